@@ -1,0 +1,3 @@
+//! The capsa command line.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! OCI image store: load, pull, save, layer unpacking and runtime spec generation.

@@ -1,0 +1,1 @@
+//! Host <-> guest-agent protocol: message types, framing and versioning (not implemented yet).

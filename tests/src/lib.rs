@@ -1,0 +1,1 @@
+//! Integration tests of the whole system, in both isolation modes.
