@@ -1,1 +1,49 @@
-//! OCI image store: load, pull, save, layer unpacking and runtime spec generation.
+//! capsa's OCI image store: load, pull, save, layer unpacking and runtime
+//! spec generation.
+//!
+//! # API
+//!
+//! ```text
+//! Store::open(root)                    -> Store         images live under <root>/images
+//! Store::load(path)                    -> Vec<ImageSummary>  OCI layout dir/tar or `docker save` tar
+//! Store::load_demo()                   -> ImageSummary  "demo:latest" from /bin/busybox, offline
+//! Store::pull(reference, &PullOptions) -> ImageSummary  registry pull (linux/amd64)
+//! Store::list()                        -> Vec<ImageSummary>
+//! Store::get(name_or_id)               -> Image         name, full id or id prefix
+//! Store::tag(src, new_name)
+//! Store::remove(name_or_id)            -> Vec<String>   "Untagged: …"/"Deleted: …" lines
+//! Store::save(name, out)                                OCI image-layout tar
+//! Store::layer_dirs(&image)            -> Vec<PathBuf>  unpacked layers, LOWEST first
+//! spec::generate(&image, rootfs, &RunConfig) -> oci_spec::runtime::Spec
+//! ```
+//!
+//! Every blob is verified (sha256) before it is committed; every import is
+//! staged in a temporary directory in the store and committed atomically
+//! (see [`store`] for the on-disk layout). Layers are unpacked once per
+//! diff_id, with OCI whiteouts turned into overlayfs whiteouts, so
+//! [`Store::layer_dirs`] can be used directly as overlayfs lower dirs.
+//!
+//! All functions are synchronous; [`Store::pull`] runs a private tokio
+//! runtime. Errors are [`Error`], whose messages say what to do.
+
+mod demo;
+mod digest;
+mod error;
+mod import;
+
+pub mod reference;
+
+pub mod spec;
+pub mod store;
+mod unpack;
+
+#[cfg(test)]
+mod tests;
+
+pub use demo::{BUSYBOX, DEMO_NAME};
+pub use error::{Error, Result};
+
+pub use store::{short_id, Image, ImageSummary, Layer, Store};
+
+/// Re-exported so callers use the same oci-spec version.
+pub use oci_spec;

@@ -1,0 +1,758 @@
+//! The content-addressed store: index, lock, blobs, unpacked layers and the
+//! staging area every import goes through.
+//!
+//! On-disk layout under `<root>/images/`:
+//!
+//! ```text
+//! index.json              image records (names, manifest, layers), replaced atomically
+//! lock                    flock(2) held around every index update
+//! blobs/sha256/<hex>      manifests, configs and layer blobs, verified before commit
+//! layers/<hex of diff_id> unpacked layers, ready as overlayfs lower dirs
+//! tmp/<random>/           staging of one import (with its own flock'd .lock)
+//! ```
+//!
+//! An import stages everything (blobs, unpacked layers) in one `tmp/`
+//! directory, verifying every digest, and only then, under the lock, renames
+//! the new blobs and layers into place and rewrites `index.json`. A failed
+//! import drops its staging directory; an interrupted one (killed process) is
+//! reaped by the next [`Store::open`], because its `.lock` is no longer held.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::ImageConfiguration;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{self, hex_of, HashingWriter};
+use crate::error::{Error, IoContext, Result};
+use crate::reference;
+
+/// One layer of an image, lowest first in [`Image::layers`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Layer {
+    /// Digest of the blob as stored (possibly compressed).
+    pub digest: String,
+    pub media_type: String,
+    /// Size of the blob in bytes.
+    pub size: u64,
+    /// Digest of the uncompressed tar (from the image config).
+    pub diff_id: String,
+    /// Size of the uncompressed tar in bytes.
+    pub unpacked_size: u64,
+}
+
+/// An image in the store, with its parsed config. Serializable for `capsa inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Image {
+    /// The config digest, `sha256:<hex>` (what `docker images --no-trunc` shows as ID).
+    pub id: String,
+    /// Normalized names, e.g. `demo:latest`, `localhost:5000/x:t`.
+    pub names: Vec<String>,
+    pub manifest_digest: String,
+    pub manifest_media_type: String,
+    /// RFC 3339 creation time from the image config, if any.
+    pub created: Option<String>,
+    /// Sum of the uncompressed layer sizes.
+    pub size: u64,
+    pub architecture: String,
+    pub os: String,
+    pub layers: Vec<Layer>,
+    pub config: ImageConfiguration,
+}
+
+impl Image {
+    /// The OCI chain IDs of the layers (lowest first); the last one
+    /// identifies the whole root filesystem.
+    pub fn chain_ids(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let next = match out.last() {
+                None => l.diff_id.clone(),
+                Some(prev) => digest::sha256_bytes(format!("{prev} {}", l.diff_id).as_bytes()),
+            };
+            out.push(next);
+        }
+        out
+    }
+
+    /// The short id (12 hex characters) as `docker images` shows it.
+    pub fn short_id(&self) -> &str {
+        short_id(&self.id)
+    }
+}
+
+/// What `capsa images` lists.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ImageSummary {
+    pub id: String,
+    pub names: Vec<String>,
+    pub size: u64,
+    pub created: Option<String>,
+}
+
+/// The first 12 hex characters of a `sha256:` digest.
+pub fn short_id(id: &str) -> &str {
+    let h = id.strip_prefix("sha256:").unwrap_or(id);
+    &h[..h.len().min(12)]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub id: String,
+    pub names: Vec<String>,
+    pub manifest_digest: String,
+    pub manifest_media_type: String,
+    pub created: Option<String>,
+    pub size: u64,
+    pub architecture: String,
+    pub os: String,
+    pub layers: Vec<Layer>,
+}
+
+impl Record {
+    fn summary(&self) -> ImageSummary {
+        ImageSummary {
+            id: self.id.clone(),
+            names: self.names.clone(),
+            size: self.size,
+            created: self.created.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    version: u32,
+    images: Vec<Record>,
+}
+
+/// The image store. Cheap to open; all methods are synchronous.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// An exclusive flock on a file, released on drop.
+pub(crate) struct FileLock(#[allow(dead_code)] File);
+
+impl FileLock {
+    fn acquire(path: &Path, block: bool) -> Result<Option<FileLock>> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .at("open lock file", path)?;
+        let flags = libc::LOCK_EX | if block { 0 } else { libc::LOCK_NB };
+        loop {
+            // SAFETY: flock on a valid, owned file descriptor.
+            let r = unsafe { libc::flock(f.as_raw_fd(), flags) };
+            if r == 0 {
+                return Ok(Some(FileLock(f)));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) if !block => return Ok(None),
+                _ => return Err(Error::io(format!("lock {}", path.display()), e)),
+            }
+        }
+    }
+}
+
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let res = (|| -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res.at("write", path)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `<root>/images` and reaps
+    /// the staging directories of interrupted imports.
+    pub fn open(root: &Path) -> Result<Store> {
+        let dir = root.join("images");
+        for sub in ["blobs/sha256", "layers", "tmp"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).at("create store directory", &p)?;
+        }
+        let store = Store { dir };
+        store.reap_tmp()?;
+        Ok(store)
+    }
+
+    /// The store's directory (`<root>/images`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of a committed blob (it may not exist).
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+        Ok(self.dir.join("blobs/sha256").join(hex_of(digest)?))
+    }
+
+    pub(crate) fn layer_path(&self, diff_id: &str) -> Result<PathBuf> {
+        Ok(self.dir.join("layers").join(hex_of(diff_id)?))
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    pub(crate) fn lock(&self) -> Result<FileLock> {
+        Ok(FileLock::acquire(&self.dir.join("lock"), true)?.expect("blocking lock"))
+    }
+
+    fn reap_tmp(&self) -> Result<()> {
+        let tmp = self.tmp_dir();
+        for entry in fs::read_dir(&tmp).at("read", &tmp)? {
+            let entry = entry.at("read", &tmp)?;
+            let path = entry.path();
+            let lock_path = path.join(".lock");
+            let stale = if lock_path.exists() {
+                FileLock::acquire(&lock_path, false)?.is_some()
+            } else {
+                // Created but not yet locked by its owner, or a stray file:
+                // only reap it once it is clearly old.
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 600)
+            };
+            if stale {
+                tracing::info!(path = %path.display(), "removing leftovers of an interrupted import");
+                let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_index(&self) -> Result<Index> {
+        let path = self.dir.join("index.json");
+        match fs::read(&path) {
+            Ok(data) => serde_json::from_slice(&data).map_err(|e| {
+                Error::BadConfig(format!(
+                    "the store index {} is corrupt ({e}); move it away to start with an empty store",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index {
+                version: 1,
+                images: Vec::new(),
+            }),
+            Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+        }
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
+        let data = serde_json::to_vec_pretty(index).expect("index serializes");
+        write_atomic(&self.dir.join("index.json"), &data)
+    }
+
+    /// All images, in the order they were added.
+    pub fn list(&self) -> Result<Vec<ImageSummary>> {
+        Ok(self
+            .read_index()?
+            .images
+            .iter()
+            .map(Record::summary)
+            .collect())
+    }
+
+    fn find(index: &Index, name_or_id: &str) -> Result<usize> {
+        let wanted = name_or_id.trim();
+        if let Ok(n) = reference::normalize(wanted) {
+            let n = reference::canonical(&n);
+            if let Some(i) = index
+                .images
+                .iter()
+                .position(|r| r.names.iter().any(|x| x == n))
+            {
+                return Ok(i);
+            }
+        }
+        let hex = wanted.strip_prefix("sha256:").unwrap_or(wanted);
+        if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let hex = hex.to_ascii_lowercase();
+            let hits: Vec<usize> = index
+                .images
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.id["sha256:".len()..].starts_with(&hex))
+                .map(|(i, _)| i)
+                .collect();
+            match hits.len() {
+                0 => {}
+                1 => return Ok(hits[0]),
+                _ => return Err(Error::Ambiguous(wanted.to_string())),
+            }
+        }
+        Err(Error::NotFound(wanted.to_string()))
+    }
+
+    /// Reads and verifies a committed blob.
+    pub(crate) fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest)?;
+        let data = fs::read(&path).map_err(|e| {
+            Error::io(
+                format!("read blob {digest} ({}): the store is damaged; remove the image and load it again", path.display()),
+                e,
+            )
+        })?;
+        digest::verify(
+            &format!("stored blob {}", path.display()),
+            digest,
+            &digest::sha256_bytes(&data),
+        )?;
+        Ok(data)
+    }
+
+    fn image_of(&self, r: &Record) -> Result<Image> {
+        let data = self.read_blob(&r.id)?;
+        let config = parse_config(&r.id, &data)?;
+        Ok(Image {
+            id: r.id.clone(),
+            names: r.names.clone(),
+            manifest_digest: r.manifest_digest.clone(),
+            manifest_media_type: r.manifest_media_type.clone(),
+            created: r.created.clone(),
+            size: r.size,
+            architecture: r.architecture.clone(),
+            os: r.os.clone(),
+            layers: r.layers.clone(),
+            config,
+        })
+    }
+
+    /// Looks an image up by name (`demo`, `demo:latest`,
+    /// `localhost:5000/x:tag`) or by a full or short id prefix.
+    pub fn get(&self, name_or_id: &str) -> Result<Image> {
+        let index = self.read_index()?;
+        let i = Self::find(&index, name_or_id)?;
+        self.image_of(&index.images[i])
+    }
+
+    /// Adds the name `new_name` to the image `src`; a previous holder of
+    /// that name loses it (as with `docker tag`).
+    pub fn tag(&self, src: &str, new_name: &str) -> Result<()> {
+        let name = reference::canonical(&reference::normalize(new_name)?).to_string();
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let i = Self::find(&index, src)?;
+        for r in index.images.iter_mut() {
+            r.names.retain(|n| *n != name);
+        }
+        index.images[i].names.push(name);
+        self.write_index(&index)
+    }
+
+    /// `docker rmi`: given a name of an image with other names, only that
+    /// name is removed; given its last name or its id, the image goes, with
+    /// every blob and unpacked layer no other image uses. Returns lines
+    /// like docker's (`Untagged: …`, `Deleted: …`). The caller checks that
+    /// no container uses the image.
+    pub fn remove(&self, name_or_id: &str) -> Result<Vec<String>> {
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let i = Self::find(&index, name_or_id)?;
+        let mut out = Vec::new();
+        let by_name = reference::normalize(name_or_id)
+            .ok()
+            .map(|n| reference::canonical(&n).to_string())
+            .filter(|n| index.images[i].names.contains(n));
+        if let Some(name) = by_name {
+            if index.images[i].names.len() > 1 {
+                index.images[i].names.retain(|n| *n != name);
+                self.write_index(&index)?;
+                return Ok(vec![format!("Untagged: {name}")]);
+            }
+        }
+        let rec = index.images.remove(i);
+        for n in &rec.names {
+            out.push(format!("Untagged: {n}"));
+        }
+        self.write_index(&index)?;
+        out.push(format!("Deleted: {}", rec.id));
+        self.gc(&index);
+        Ok(out)
+    }
+
+    /// Deletes blobs and layer dirs no image in `index` references.
+    fn gc(&self, index: &Index) {
+        let mut blobs = BTreeSet::new();
+        let mut layers = BTreeSet::new();
+        for r in &index.images {
+            blobs.insert(r.id.clone());
+            blobs.insert(r.manifest_digest.clone());
+            for l in &r.layers {
+                blobs.insert(l.digest.clone());
+                layers.insert(l.diff_id.clone());
+            }
+        }
+        let sweep = |dir: PathBuf, keep: &BTreeSet<String>, is_dir: bool| {
+            let Ok(rd) = fs::read_dir(&dir) else { return };
+            for e in rd.flatten() {
+                let name = format!("sha256:{}", e.file_name().to_string_lossy());
+                if !keep.contains(&name) {
+                    let p = e.path();
+                    let res = if is_dir {
+                        fs::remove_dir_all(&p)
+                    } else {
+                        fs::remove_file(&p)
+                    };
+                    if let Err(err) = res {
+                        tracing::warn!(path = %p.display(), error = %err, "cannot remove unused image data");
+                    }
+                }
+            }
+        };
+        sweep(self.dir.join("blobs/sha256"), &blobs, false);
+        sweep(self.dir.join("layers"), &layers, true);
+    }
+
+    /// The unpacked layer directories of `image`, lowest first, ready to be
+    /// overlayfs lower dirs (overlayfs wants them highest first in
+    /// `lowerdir=`: reverse this list). Layers are unpacked at import; a
+    /// missing one is unpacked again here from its blob, once.
+    pub fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::with_capacity(image.layers.len());
+        for l in &image.layers {
+            let path = self.layer_path(&l.diff_id)?;
+            if !path.is_dir() {
+                let mut st = Staging::new(self)?;
+                st.ensure_layer(l)?;
+                st.commit()?;
+            }
+            out.push(path);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn records(&self) -> Result<Vec<Record>> {
+        Ok(self.read_index()?.images)
+    }
+}
+
+pub(crate) fn parse_config(digest: &str, data: &[u8]) -> Result<ImageConfiguration> {
+    serde_json::from_slice(data).map_err(|e| {
+        Error::BadConfig(format!(
+            "image config {digest} is not a valid OCI image config: {e}"
+        ))
+    })
+}
+
+/// One import in progress: blobs and unpacked layers in a private
+/// directory under `tmp/`, committed together or not at all.
+pub(crate) struct Staging<'a> {
+    pub(crate) store: &'a Store,
+    dir: tempfile::TempDir,
+    _lock: FileLock,
+    blobs: BTreeSet<String>,
+    layers: BTreeMap<String, u64>,
+    records: Vec<Record>,
+}
+
+impl<'a> Staging<'a> {
+    pub(crate) fn new(store: &'a Store) -> Result<Staging<'a>> {
+        let tmp = store.tmp_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("import-")
+            .tempdir_in(&tmp)
+            .at("create staging directory in", &tmp)?;
+        let lock = FileLock::acquire(&dir.path().join(".lock"), true)?.expect("blocking lock");
+        for sub in ["blobs", "layers", "work"] {
+            fs::create_dir(dir.path().join(sub)).at("create", dir.path())?;
+        }
+        Ok(Staging {
+            store,
+            dir,
+            _lock: lock,
+            blobs: BTreeSet::new(),
+            layers: BTreeMap::new(),
+            records: Vec::new(),
+        })
+    }
+
+    /// A scratch directory inside the staging area (same filesystem).
+    pub(crate) fn work_dir(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn staged_blob(&self, digest: &str) -> Result<PathBuf> {
+        Ok(self.dir.path().join("blobs").join(hex_of(digest)?))
+    }
+
+    /// Where the verified blob `digest` is: staged or already committed.
+    pub(crate) fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+        if self.blobs.contains(digest) {
+            self.staged_blob(digest)
+        } else {
+            self.store.blob_path(digest)
+        }
+    }
+
+    /// True if the blob is already staged or committed (no need to fetch it).
+    pub(crate) fn has_blob(&self, digest: &str) -> bool {
+        self.blobs.contains(digest)
+            || self
+                .store
+                .blob_path(digest)
+                .map(|p| p.is_file())
+                .unwrap_or(false)
+    }
+
+    /// Streams `reader` into the staging area while hashing it; fails with
+    /// DigestMismatch (leaving nothing) unless it matches `expected`.
+    pub(crate) fn add_blob_reader(
+        &mut self,
+        what: &str,
+        reader: &mut dyn Read,
+        expected: Option<&str>,
+    ) -> Result<(String, u64)> {
+        if let Some(e) = expected {
+            hex_of(e)?;
+        }
+        let tmp = tempfile::NamedTempFile::new_in(self.dir.path().join("blobs"))
+            .at("create temp file in", self.dir.path())?;
+        let mut w = HashingWriter::new(io::BufWriter::new(tmp));
+        io::copy(reader, &mut w).map_err(|e| Error::io(format!("read {what}"), e))?;
+        w.flush().at("write", self.dir.path())?;
+        let digest = w.digest();
+        let size = w.count;
+        if let Some(e) = expected {
+            digest::verify(what, e, &digest)?;
+        }
+        let tmp = w
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io("flush blob", e.into_error()))?;
+        if !self.has_blob(&digest) {
+            tmp.persist(self.staged_blob(&digest)?)
+                .map_err(|e| Error::io("store blob", e.error))?;
+            self.blobs.insert(digest.clone());
+        }
+        Ok((digest, size))
+    }
+
+    pub(crate) fn add_blob_bytes(
+        &mut self,
+        what: &str,
+        data: &[u8],
+        expected: Option<&str>,
+    ) -> Result<(String, u64)> {
+        self.add_blob_reader(what, &mut &data[..], expected)
+    }
+
+    pub(crate) fn add_blob_file(
+        &mut self,
+        what: &str,
+        path: &Path,
+        expected: Option<&str>,
+    ) -> Result<(String, u64)> {
+        if let Some(e) = expected {
+            if self.has_blob(e) {
+                let have = self.blob_path(e)?;
+                let size = fs::metadata(&have).at("stat", &have)?.len();
+                return Ok((e.to_string(), size));
+            }
+        }
+        let mut f = File::open(path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::BadConfig(format!(
+                    "{what} is missing ({} does not exist)",
+                    path.display()
+                ))
+            } else {
+                Error::io(format!("open {}", path.display()), e)
+            }
+        })?;
+        self.add_blob_reader(what, &mut f, expected)
+    }
+
+    /// Unpacks `layer` (its blob must be staged or committed) unless it is
+    /// already unpacked, verifying its diff_id. Returns the unpacked size.
+    pub(crate) fn ensure_layer(&mut self, layer: &Layer) -> Result<u64> {
+        if let Some(size) = self.layers.get(&layer.diff_id) {
+            return Ok(*size);
+        }
+        let committed = self.store.layer_path(&layer.diff_id)?;
+        if committed.is_dir() {
+            if let Some(size) = self.known_unpacked_size(&layer.diff_id) {
+                return Ok(size);
+            }
+            // Size unknown (no record): measure the blob instead of unpacking.
+            let (actual, size) = crate::unpack::diff_id_of(&self.blob_path(&layer.digest)?)?;
+            digest::verify("uncompressed layer (diff_id)", &layer.diff_id, &actual)?;
+            return Ok(size);
+        }
+        let dest = self.dir.path().join("layers").join(hex_of(&layer.diff_id)?);
+        let blob = self.blob_path(&layer.digest)?;
+        let size = crate::unpack::unpack_layer(&blob, &layer.diff_id, &dest)?;
+        self.layers.insert(layer.diff_id.clone(), size);
+        Ok(size)
+    }
+
+    fn known_unpacked_size(&self, diff_id: &str) -> Option<u64> {
+        let recs = self.store.records().ok()?;
+        recs.iter()
+            .chain(self.records.iter())
+            .flat_map(|r| r.layers.iter())
+            .find(|l| l.diff_id == diff_id && l.unpacked_size > 0)
+            .map(|l| l.unpacked_size)
+    }
+
+    pub(crate) fn add_record(&mut self, r: Record) {
+        self.records.push(r);
+    }
+
+    /// Moves the staged blobs and layers into the store and records the
+    /// images, all under the store lock. On failure, undoes what it moved.
+    pub(crate) fn commit(self) -> Result<Vec<ImageSummary>> {
+        let store = self.store;
+        let _lock = store.lock()?;
+        let mut moved: Vec<(PathBuf, bool)> = Vec::new();
+        let res = (|| -> Result<Vec<ImageSummary>> {
+            for d in &self.blobs {
+                let dst = store.blob_path(d)?;
+                if !dst.exists() {
+                    let src = self.staged_blob(d)?;
+                    fs::rename(&src, &dst).at("commit blob", &dst)?;
+                    moved.push((dst, false));
+                }
+            }
+            for d in self.layers.keys() {
+                let dst = store.layer_path(d)?;
+                if !dst.exists() {
+                    let src = self.dir.path().join("layers").join(hex_of(d)?);
+                    fs::rename(&src, &dst).at("commit layer", &dst)?;
+                    moved.push((dst, true));
+                }
+            }
+            let mut index = store.read_index()?;
+            index.version = 1;
+            let mut out = Vec::new();
+            for rec in &self.records {
+                for other in index.images.iter_mut() {
+                    other.names.retain(|n| !rec.names.contains(n));
+                }
+                if let Some(existing) = index.images.iter_mut().find(|r| r.id == rec.id) {
+                    for n in &rec.names {
+                        if !existing.names.contains(n) {
+                            existing.names.push(n.clone());
+                        }
+                    }
+                    out.push(existing.summary());
+                } else {
+                    index.images.push(rec.clone());
+                    out.push(rec.summary());
+                }
+            }
+            if !self.records.is_empty() {
+                store.write_index(&index)?;
+            }
+            Ok(out)
+        })();
+        if res.is_err() {
+            for (p, is_dir) in moved.iter().rev() {
+                let _ = if *is_dir {
+                    fs::remove_dir_all(p)
+                } else {
+                    fs::remove_file(p)
+                };
+            }
+        }
+        res
+    }
+}
+
+/// Builds the index record of an image whose blobs and layers are staged.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_image(
+    st: &mut Staging<'_>,
+    names: Vec<String>,
+    manifest_digest: &str,
+    manifest_media_type: &str,
+    config_digest: &str,
+    config: &ImageConfiguration,
+    layer_descs: Vec<(String, String, u64)>,
+) -> Result<ImageSummary> {
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != layer_descs.len() {
+        return Err(Error::BadConfig(format!(
+            "image config {config_digest} lists {} layers (rootfs.diff_ids) but the manifest has {}",
+            diff_ids.len(),
+            layer_descs.len()
+        )));
+    }
+    let os = config.os().to_string();
+    let arch = config.architecture().to_string();
+    if os != "linux" || arch != "amd64" {
+        return Err(Error::Unsupported(format!(
+            "the image is for {os}/{arch}; capsa runs linux/amd64 images"
+        )));
+    }
+    let mut layers = Vec::new();
+    let mut total = 0;
+    for ((digest, media_type, size), diff_id) in layer_descs.into_iter().zip(diff_ids) {
+        hex_of(diff_id)?;
+        let mut l = Layer {
+            digest,
+            media_type,
+            size,
+            diff_id: diff_id.clone(),
+            unpacked_size: 0,
+        };
+        l.unpacked_size = st.ensure_layer(&l)?;
+        total += l.unpacked_size;
+        layers.push(l);
+    }
+    let mut seen = HashMap::new();
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| seen.insert(n.clone(), ()).is_none())
+        .collect();
+    let rec = Record {
+        id: config_digest.to_string(),
+        names,
+        manifest_digest: manifest_digest.to_string(),
+        manifest_media_type: manifest_media_type.to_string(),
+        created: config.created().clone(),
+        size: total,
+        architecture: arch,
+        os,
+        layers,
+    };
+    let s = rec.summary();
+    st.add_record(rec);
+    Ok(s)
+}
+
+/// Normalizes a list of names from an archive, dropping invalid ones with a warning.
+pub(crate) fn clean_names(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in names {
+        match reference::normalize(&n) {
+            Ok(v) => {
+                let v = reference::canonical(&v).to_string();
+                if !out.contains(&v) {
+                    out.push(v)
+                }
+            }
+            Err(e) => tracing::warn!("ignoring image name: {e}"),
+        }
+    }
+    out
+}
