@@ -16,7 +16,6 @@ use crate::unpack::{sniff, Compression};
 pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-#[allow(dead_code)] // used by pull
 pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub(crate) const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -31,7 +30,6 @@ pub(crate) struct Desc {
     pub media_type: Option<String>,
     pub digest: String,
     #[serde(default)]
-    #[allow(dead_code)] // used by pull
     pub size: u64,
     #[serde(default)]
     pub platform: Option<Platform>,

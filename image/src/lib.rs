@@ -30,8 +30,10 @@ mod demo;
 mod digest;
 mod error;
 mod import;
+mod pull;
 
 pub mod reference;
+mod save;
 
 pub mod spec;
 pub mod store;
@@ -43,6 +45,7 @@ mod tests;
 pub use demo::{BUSYBOX, DEMO_NAME};
 pub use error::{Error, Result};
 
+pub use pull::PullOptions;
 pub use store::{short_id, Image, ImageSummary, Layer, Store};
 
 /// Re-exported so callers use the same oci-spec version.

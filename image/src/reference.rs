@@ -97,7 +97,6 @@ pub(crate) fn canonical(name: &str) -> &str {
 }
 
 /// The fully qualified form containerd expects in `io.containerd.image.name`.
-#[allow(dead_code)] // used by save
 pub(crate) fn fully_qualified(name: &str) -> String {
     let first = name.split('/').next().unwrap_or("");
     let has_host =

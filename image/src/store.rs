@@ -454,6 +454,18 @@ pub(crate) fn parse_config(digest: &str, data: &[u8]) -> Result<ImageConfigurati
     })
 }
 
+/// A blob being written into the staging area (see [`Staging::blob_writer`]).
+pub(crate) struct BlobWriter(HashingWriter<io::BufWriter<tempfile::NamedTempFile>>);
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// One import in progress: blobs and unpacked layers in a private
 /// directory under `tmp/`, committed together or not at all.
 pub(crate) struct Staging<'a> {
@@ -514,21 +526,22 @@ impl<'a> Staging<'a> {
                 .unwrap_or(false)
     }
 
-    /// Streams `reader` into the staging area while hashing it; fails with
-    /// DigestMismatch (leaving nothing) unless it matches `expected`.
-    pub(crate) fn add_blob_reader(
-        &mut self,
-        what: &str,
-        reader: &mut dyn Read,
-        expected: Option<&str>,
-    ) -> Result<(String, u64)> {
-        if let Some(e) = expected {
-            hex_of(e)?;
-        }
+    /// A temporary file in the staging area that hashes what is written.
+    pub(crate) fn blob_writer(&self) -> Result<BlobWriter> {
         let tmp = tempfile::NamedTempFile::new_in(self.dir.path().join("blobs"))
             .at("create temp file in", self.dir.path())?;
-        let mut w = HashingWriter::new(io::BufWriter::new(tmp));
-        io::copy(reader, &mut w).map_err(|e| Error::io(format!("read {what}"), e))?;
+        Ok(BlobWriter(HashingWriter::new(io::BufWriter::new(tmp))))
+    }
+
+    /// Verifies a written blob against `expected` and keeps it (or drops it
+    /// on mismatch). Returns `(digest, size)`.
+    pub(crate) fn finish_blob(
+        &mut self,
+        what: &str,
+        w: BlobWriter,
+        expected: Option<&str>,
+    ) -> Result<(String, u64)> {
+        let mut w = w.0;
         w.flush().at("write", self.dir.path())?;
         let digest = w.digest();
         let size = w.count;
@@ -545,6 +558,22 @@ impl<'a> Staging<'a> {
             self.blobs.insert(digest.clone());
         }
         Ok((digest, size))
+    }
+
+    /// Streams `reader` into the staging area while hashing it; fails with
+    /// DigestMismatch (leaving nothing) unless it matches `expected`.
+    pub(crate) fn add_blob_reader(
+        &mut self,
+        what: &str,
+        reader: &mut dyn Read,
+        expected: Option<&str>,
+    ) -> Result<(String, u64)> {
+        if let Some(e) = expected {
+            hex_of(e)?;
+        }
+        let mut w = self.blob_writer()?;
+        io::copy(reader, &mut w.0).map_err(|e| Error::io(format!("read {what}"), e))?;
+        self.finish_blob(what, w, expected)
     }
 
     pub(crate) fn add_blob_bytes(

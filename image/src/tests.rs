@@ -725,3 +725,56 @@ fn missing_layer_dir_is_unpacked_again() {
     assert!(again[0].join("bin/busybox").is_file());
     assert_eq!(fs::read_dir(s.dir().join("tmp")).unwrap().count(), 0);
 }
+
+#[test]
+fn save_then_load_round_trip() {
+    let (_r, s) = store();
+    let demo = s.load_demo().unwrap();
+    s.tag("demo", "localhost:5000/demo:t").unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("demo.tar");
+    s.save("demo", &out).unwrap();
+    // Only the archive, no temp file, in the output dir.
+    assert_eq!(fs::read_dir(out_dir.path()).unwrap().count(), 1);
+
+    // Its structure: oci-layout, index.json with both names, all blobs.
+    let ex = out_dir.path().join("x");
+    tar::Archive::new(fs::File::open(&out).unwrap())
+        .unpack(&ex)
+        .unwrap();
+    assert!(ex.join("oci-layout").is_file());
+    let idx: serde_json::Value =
+        serde_json::from_slice(&fs::read(ex.join("index.json")).unwrap()).unwrap();
+    let m = idx["manifests"].as_array().unwrap();
+    assert_eq!(m.len(), 2);
+    assert_eq!(
+        m[0]["annotations"]["org.opencontainers.image.ref.name"],
+        "demo:latest"
+    );
+    assert_eq!(
+        m[0]["annotations"]["io.containerd.image.name"],
+        "docker.io/library/demo:latest"
+    );
+    assert_eq!(
+        m[1]["annotations"]["io.containerd.image.name"],
+        "localhost:5000/demo:t"
+    );
+    let img = s.get("demo").unwrap();
+    for d in [&img.manifest_digest, &img.id, &img.layers[0].digest] {
+        let data = fs::read(ex.join("blobs/sha256").join(&d[7..])).unwrap();
+        assert_eq!(&sha256_bytes(&data), d);
+    }
+
+    // Loading it elsewhere gives the same image, names and layers.
+    let (_r2, s2) = store();
+    let loaded = s2.load(&out).unwrap();
+    assert_eq!(loaded.len(), 2);
+    assert!(loaded.iter().all(|l| l.id == demo.id));
+    let img2 = s2.get("localhost:5000/demo:t").unwrap();
+    assert_eq!(img2.manifest_digest, img.manifest_digest);
+    assert_eq!(img2.layers, img.layers);
+    let mut names = img2.names.clone();
+    names.sort();
+    assert_eq!(names, vec!["demo:latest", "localhost:5000/demo:t"]);
+    assert!(matches!(s.save("nope", &out), Err(Error::NotFound(_))));
+}

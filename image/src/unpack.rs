@@ -241,14 +241,22 @@ pub(crate) fn unpack_layer(blob: &Path, diff_id: &str, dest: &Path) -> Result<u6
 
         let header = entry.header().clone();
         let mode = header.mode().map_err(bad)? & 0o7777;
-        let uid = header.uid().map_err(bad)? as u32;
-        let gid = header.gid().map_err(bad)? as u32;
+        // Like Go's archive/tar (which wrote most image layers), an empty
+        // numeric field reads as 0.
+        let mut uid = header.uid().unwrap_or(0) as u32;
+        let mut gid = header.gid().unwrap_or(0) as u32;
         let mtime = header.mtime().unwrap_or(0);
         let mut xattrs: Vec<(String, Vec<u8>)> = Vec::new();
         if let Some(exts) = entry.pax_extensions().map_err(bad)? {
             for ext in exts {
                 let ext = ext.map_err(bad)?;
                 if let Ok(key) = ext.key() {
+                    let num = || ext.value().ok().and_then(|v| v.trim().parse::<u32>().ok());
+                    match key {
+                        "uid" => uid = num().unwrap_or(uid),
+                        "gid" => gid = num().unwrap_or(gid),
+                        _ => {}
+                    }
                     if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
                         if !name.starts_with("trusted.overlay.") {
                             xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
