@@ -1,9 +1,8 @@
 //! `Store::save`: an OCI image-layout tar (`oci-layout`, `index.json`,
 //! `blobs/sha256/*`) that `skopeo copy oci-archive:`, `podman load` and
-//! `ctr image import` accept. Each name of the image gets an index entry
-//! annotated with `org.opencontainers.image.ref.name` (the name as capsa
-//! shows it) and `io.containerd.image.name` (fully qualified, as containerd
-//! wants it).
+//! `ctr image import` accept. Its single index entry is annotated with
+//! `org.opencontainers.image.ref.name` (the name as capsa shows it) and
+//! `io.containerd.image.name` (fully qualified, as containerd wants it).
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -34,36 +33,27 @@ impl Store {
     pub fn save(&self, name: &str, out: &Path) -> Result<()> {
         let img = self.get(name)?;
         let manifest = self.read_blob(&img.manifest_digest)?;
-        let mut entries: Vec<serde_json::Value> = Vec::new();
-        let desc = |annotations: Option<serde_json::Value>| {
-            let mut d = json!({
-                "mediaType": img.manifest_media_type,
-                "digest": img.manifest_digest,
-                "size": manifest.len(),
-            });
-            if let Some(a) = annotations {
-                d["annotations"] = a;
-            }
-            d
-        };
-        // A name given by the caller comes first; then the image's others.
-        let mut names = img.names.clone();
-        if let Ok(n) = crate::reference::normalize(name) {
-            let n = crate::reference::canonical(&n).to_string();
-            if let Some(i) = names.iter().position(|x| *x == n) {
-                let first = names.remove(i);
-                names.insert(0, first);
-            }
-        }
-        for n in &names {
-            entries.push(desc(Some(json!({
+        // One index entry only: podman and skopeo refuse an archive with
+        // several ("more than one image in oci, choose an image"), so like
+        // `docker save NAME` the archive carries the name it was saved by
+        // (or, saved by id, the image's first name).
+        let chosen = crate::reference::normalize(name)
+            .ok()
+            .map(|n| crate::reference::canonical(&n).to_string())
+            .filter(|n| img.names.contains(n))
+            .or_else(|| img.names.first().cloned());
+        let mut entry = json!({
+            "mediaType": img.manifest_media_type,
+            "digest": img.manifest_digest,
+            "size": manifest.len(),
+        });
+        if let Some(n) = &chosen {
+            entry["annotations"] = json!({
                 "org.opencontainers.image.ref.name": n,
                 "io.containerd.image.name": fully_qualified(n),
-            }))));
+            });
         }
-        if entries.is_empty() {
-            entries.push(desc(None));
-        }
+        let entries = vec![entry];
         let index = canonical_json(&json!({
             "schemaVersion": 2,
             "mediaType": OCI_INDEX,
