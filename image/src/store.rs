@@ -670,6 +670,27 @@ impl<'a> Staging<'a> {
                     moved.push((dst, true));
                 }
             }
+            // Blobs and layers this import reused from the store must still
+            // be there: a concurrent `remove` may have collected them.
+            for rec in &self.records {
+                let mut needed = vec![rec.id.clone(), rec.manifest_digest.clone()];
+                needed.extend(rec.layers.iter().map(|l| l.digest.clone()));
+                for d in needed {
+                    if !store.blob_path(&d)?.is_file() {
+                        return Err(Error::BadConfig(format!(
+                            "blob {d} was removed by a concurrent `rmi` during this import; run it again"
+                        )));
+                    }
+                }
+                for l in &rec.layers {
+                    if !store.layer_path(&l.diff_id)?.is_dir() {
+                        return Err(Error::BadConfig(format!(
+                            "layer {} was removed by a concurrent `rmi` during this import; run it again",
+                            l.diff_id
+                        )));
+                    }
+                }
+            }
             let mut index = store.read_index()?;
             index.version = 1;
             let mut out = Vec::new();

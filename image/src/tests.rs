@@ -73,6 +73,16 @@ impl TarBuilder {
         self.0.append(&h, &[][..]).unwrap();
         self
     }
+    pub(crate) fn file_with_xattrs(mut self, p: &str, data: &str, xattrs: &[(&str, &str)]) -> Self {
+        let pax: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_bytes()))
+            .collect();
+        self.0
+            .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), *v)))
+            .unwrap();
+        self.file(p, data)
+    }
     pub(crate) fn char_dev(mut self, p: &str, major: u32, minor: u32) -> Self {
         let mut h = Self::hdr(tar::EntryType::Char, 0o666, 0);
         h.set_device_major(major).unwrap();
@@ -235,6 +245,15 @@ fn unpack_whiteouts_opaque_hardlinks_and_owners() {
         .hardlink("bin/link", "bin/suid")
         .symlink("bin/sh", "/bin/busybox")
         .char_dev("dev/null", 1, 3)
+        .file_with_xattrs(
+            "xattrs",
+            "x",
+            &[
+                ("user.capsa", "1"),
+                ("trusted.overlay.opaque", "y"),
+                ("trusted.overlay.redirect", "/etc"),
+            ],
+        )
         .build();
     let (d, r) = unpack(&tar);
     assert_eq!(r.unwrap(), tar.len() as u64);
@@ -261,6 +280,13 @@ fn unpack_whiteouts_opaque_hardlinks_and_owners() {
     let null = fs::symlink_metadata(out.join("dev/null")).unwrap();
     assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
     assert_eq!(suid.mtime(), 1_000_000);
+    // Ordinary xattrs are kept; overlayfs' own cannot be forged by an image.
+    assert_eq!(
+        xattr(&out.join("xattrs"), "user.capsa").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(xattr(&out.join("xattrs"), "trusted.overlay.opaque"), None);
+    assert_eq!(xattr(&out.join("xattrs"), "trusted.overlay.redirect"), None);
 }
 
 #[test]
@@ -784,4 +810,52 @@ fn save_then_load_round_trip() {
     let (_r4, s4) = store();
     assert_eq!(s4.load(&out3).unwrap()[0].names, vec!["demo:latest"]);
     assert!(matches!(s.save("nope", &out), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn concurrent_loads_into_one_store() {
+    let src = tempfile::tempdir().unwrap();
+    let (_r, s) = store();
+    let shared = TarBuilder::new().file("shared", "s").build();
+    let layouts: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let mut lay = Layout::new(&src.path().join(format!("l{i}")));
+            let own = TarBuilder::new().file("own", &format!("{i}")).build();
+            lay.image(Some(&format!("img{i}:1")), &[shared.clone(), own]);
+            lay.dir
+        })
+        .collect();
+    std::thread::scope(|sc| {
+        for l in &layouts {
+            let s = s.clone();
+            sc.spawn(move || s.load(l).unwrap());
+        }
+        let s2 = s.clone();
+        sc.spawn(move || s2.load_demo().unwrap());
+    });
+    let mut names: Vec<String> = s
+        .list()
+        .unwrap()
+        .into_iter()
+        .flat_map(|i| i.names)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["demo:latest", "img0:1", "img1:1", "img2:1", "img3:1"]
+    );
+    // The shared layer exists once; all layers are there; no staging left.
+    assert_eq!(
+        fs::read_dir(s.dir().join("layers")).unwrap().count(),
+        1 + 4 + 1
+    );
+    assert_eq!(fs::read_dir(s.dir().join("tmp")).unwrap().count(), 0);
+    for i in 0..4 {
+        let img = s.get(&format!("img{i}:1")).unwrap();
+        let dirs = s.layer_dirs(&img).unwrap();
+        assert_eq!(
+            fs::read_to_string(dirs[1].join("own")).unwrap(),
+            format!("{i}")
+        );
+    }
 }
