@@ -14,6 +14,7 @@
 //! Store::remove(name_or_id)            -> Vec<String>   "Untagged: …"/"Deleted: …" lines
 //! Store::save(name, out)                                OCI image-layout tar
 //! Store::layer_dirs(&image)            -> Vec<PathBuf>  unpacked layers, LOWEST first
+//! Store::rootfs_image(&image, format)  -> PathBuf       flattened ext4/erofs image (vm mode)
 //! spec::generate(&image, rootfs, &RunConfig) -> oci_spec::runtime::Spec
 //! ```
 //!
@@ -33,6 +34,7 @@ mod import;
 mod pull;
 
 pub mod reference;
+mod rootfs;
 mod save;
 
 pub mod spec;
@@ -46,6 +48,7 @@ pub use demo::{BUSYBOX, DEMO_NAME};
 pub use error::{Error, Result};
 
 pub use pull::PullOptions;
+pub use rootfs::RootfsFormat;
 pub use store::{short_id, Image, ImageSummary, Layer, Store};
 
 /// Re-exported so callers use the same oci-spec version.

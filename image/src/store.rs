@@ -63,6 +63,20 @@ pub struct Image {
     pub config: ImageConfiguration,
 }
 
+/// The hex key of an image's vm-mode rootfs: its top chain ID (or, with no
+/// layers, its config digest).
+pub(crate) fn top_chain_id(id: &str, diff_ids: &[&str]) -> String {
+    let mut chain: Option<String> = None;
+    for d in diff_ids {
+        chain = Some(match chain {
+            None => d.to_string(),
+            Some(prev) => digest::sha256_bytes(format!("{prev} {d}").as_bytes()),
+        });
+    }
+    let c = chain.unwrap_or_else(|| id.to_string());
+    c.trim_start_matches("sha256:").to_string()
+}
+
 impl Image {
     /// The OCI chain IDs of the layers (lowest first); the last one
     /// identifies the whole root filesystem.
@@ -421,6 +435,21 @@ impl Store {
         };
         sweep(self.dir.join("blobs/sha256"), &blobs, false);
         sweep(self.dir.join("layers"), &layers, true);
+        // vm-mode rootfs images are named <chain id hex>.<format>.
+        let mut tops = BTreeSet::new();
+        for r in &index.images {
+            let img_layers: Vec<&str> = r.layers.iter().map(|l| l.diff_id.as_str()).collect();
+            tops.insert(top_chain_id(&r.id, &img_layers));
+        }
+        if let Ok(rd) = fs::read_dir(self.dir.join("rootfs")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let stem = name.split('.').next().unwrap_or("");
+                if !tops.contains(stem) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
     }
 
     /// The unpacked layer directories of `image`, lowest first, ready to be

@@ -859,3 +859,89 @@ fn concurrent_loads_into_one_store() {
         );
     }
 }
+
+// ---------- vm-mode rootfs images ----------
+
+#[test]
+fn rootfs_images_flatten_layers() {
+    let src = tempfile::tempdir().unwrap();
+    let (l1, l2) = two_layers();
+    let l1 = {
+        // Add a hardlink pair and an owned file to the lower layer.
+        let mut b = TarBuilder::new().file_owned("home/u/f", "owned", 0o640, 1000, 1000);
+        b = b.hardlink("home/u/g", "home/u/f");
+        let mut t = b.build();
+        // Concatenate tars: strip the end-of-archive blocks of the first.
+        let mut first = l1.clone();
+        first.truncate(first.len() - 1024);
+        first.append(&mut t);
+        first
+    };
+    let mut lay = Layout::new(src.path());
+    lay.image(Some("flat:1"), &[l1, l2]);
+    let (_r, s) = store();
+    s.load(src.path()).unwrap();
+    let img = s.get("flat:1").unwrap();
+
+    // The flattened tree shows what overlayfs would.
+    let tree = src.path().join("tree");
+    crate::rootfs::flatten(&s.layer_dirs(&img).unwrap(), &tree).unwrap();
+    assert_eq!(fs::read_to_string(tree.join("bin/tool")).unwrap(), "v2");
+    assert!(!tree.join("etc/old").exists(), "whiteout applied");
+    assert!(tree.join("data/b").exists());
+    assert!(
+        !tree.join("data/a").exists(),
+        "opaque dir hides the lower content"
+    );
+    let f = fs::metadata(tree.join("home/u/f")).unwrap();
+    assert_eq!((f.uid(), f.mode() & 0o7777), (1000, 0o640));
+    assert_eq!(f.ino(), fs::metadata(tree.join("home/u/g")).unwrap().ino());
+
+    // ext4: read back with debugfs, without mounting.
+    let ext4 = s.rootfs_image(&img, crate::RootfsFormat::Ext4).unwrap();
+    let cat = |p: &str| {
+        let o = std::process::Command::new("debugfs")
+            .args(["-R", &format!("cat {p}")])
+            .arg(&ext4)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(cat("/bin/tool"), "v2");
+    assert_eq!(cat("/data/b"), "b");
+    assert_eq!(cat("/data/a"), "");
+    assert_eq!(cat("/etc/old"), "");
+    let stat = std::process::Command::new("debugfs")
+        .args(["-R", "stat /home/u/f"])
+        .arg(&ext4)
+        .output()
+        .unwrap();
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    assert!(
+        stat.contains("User:  1000") && stat.contains("Links: 2"),
+        "{stat}"
+    );
+    // Cached: the same file, and no staging left.
+    assert_eq!(
+        s.rootfs_image(&img, crate::RootfsFormat::Ext4).unwrap(),
+        ext4
+    );
+    assert_eq!(fs::read_dir(s.dir().join("tmp")).unwrap().count(), 0);
+
+    // erofs: extract with fsck.erofs and compare.
+    let erofs = s.rootfs_image(&img, crate::RootfsFormat::Erofs).unwrap();
+    let out = src.path().join("erofs-out");
+    let st = std::process::Command::new("fsck.erofs")
+        .arg(format!("--extract={}", out.display()))
+        .arg(&erofs)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(fs::read_to_string(out.join("bin/tool")).unwrap(), "v2");
+    assert!(!out.join("etc/old").exists() && !out.join("data/a").exists());
+    assert_eq!(fs::metadata(out.join("home/u/f")).unwrap().uid(), 1000);
+
+    // rmi removes the cached images with the image.
+    s.remove("flat:1").unwrap();
+    assert_eq!(fs::read_dir(s.dir().join("rootfs")).unwrap().count(), 0);
+}

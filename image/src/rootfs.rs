@@ -1,0 +1,211 @@
+//! Root filesystem images for vm mode: the image's layers flattened (OCI
+//! whiteouts and opaque directories applied) into one read-only ext4 or
+//! erofs image, cached per chain ID under `<root>/images/rootfs/`.
+//!
+//! The flattened tree is built from hardlinks to the unpacked layer files
+//! (no data is copied; ownership, modes and file xattrs come along with the
+//! inode), then `mkfs.ext4 -d` or `mkfs.erofs` turns it into an image. Like
+//! every import, it is built in the staging area and renamed into place.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{lchown, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::digest::hex_of;
+use crate::error::{Error, IoContext, Result};
+use crate::store::{Image, Staging, Store};
+
+/// Filesystem of a vm-mode root filesystem image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsFormat {
+    /// ext4 via `mkfs.ext4 -d` (e2fsprogs).
+    Ext4,
+    /// erofs via `mkfs.erofs` (erofs-utils); smaller, read-only by design.
+    Erofs,
+}
+
+impl RootfsFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            RootfsFormat::Ext4 => "ext4",
+            RootfsFormat::Erofs => "erofs",
+        }
+    }
+}
+
+fn is_whiteout(m: &fs::Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+fn is_opaque(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(p) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut buf = [0u8; 4];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given size.
+    let n = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    n == 1 && buf[0] == b'y'
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).at("remove", path),
+        Ok(_) => fs::remove_file(path).at("remove", path),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Applies the layer dirs (lowest first) onto `merged`, like overlayfs would
+/// show them. Returns (bytes of regular files, number of inodes).
+pub(crate) fn flatten(layers: &[PathBuf], merged: &Path) -> Result<(u64, u64)> {
+    fs::create_dir_all(merged).at("create", merged)?;
+    let mut dir_meta: HashMap<PathBuf, fs::Metadata> = HashMap::new();
+    for layer in layers {
+        let walker = walkdir::WalkDir::new(layer)
+            .min_depth(1)
+            .follow_links(false);
+        for entry in walker {
+            let entry = entry
+                .map_err(|e| Error::io(format!("walk layer {}", layer.display()), e.into()))?;
+            let rel = entry.path().strip_prefix(layer).expect("inside layer");
+            let dst = merged.join(rel);
+            let meta = entry.path().symlink_metadata().at("stat", entry.path())?;
+            if is_whiteout(&meta) {
+                remove_any(&dst)?;
+                continue;
+            }
+            if meta.is_dir() {
+                let exists_as_dir = fs::symlink_metadata(&dst)
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false);
+                if exists_as_dir && is_opaque(entry.path()) {
+                    fs::remove_dir_all(&dst).at("remove", &dst)?;
+                    fs::create_dir(&dst).at("create", &dst)?;
+                } else if !exists_as_dir {
+                    remove_any(&dst)?;
+                    fs::create_dir(&dst).at("create", &dst)?;
+                }
+                dir_meta.insert(dst, meta);
+                continue;
+            }
+            remove_any(&dst)?;
+            fs::hard_link(entry.path(), &dst).at("link", &dst)?;
+        }
+    }
+    // Directory owners and modes: the uppermost layer's, as overlayfs shows.
+    let mut dirs: Vec<_> = dir_meta.into_iter().filter(|(p, _)| p.exists()).collect();
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (p, m) in dirs {
+        lchown(&p, Some(m.uid()), Some(m.gid())).at("chown", &p)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(m.mode() & 0o7777)).at("chmod", &p)?;
+    }
+    let mut bytes = 0u64;
+    let mut inodes = 0u64;
+    for e in walkdir::WalkDir::new(merged).follow_links(false) {
+        let e = e.map_err(|e| Error::io("walk rootfs", e.into()))?;
+        let m = e.path().symlink_metadata().at("stat", e.path())?;
+        inodes += 1;
+        if m.is_file() {
+            bytes += m.len();
+        }
+    }
+    Ok((bytes, inodes))
+}
+
+fn run(cmd: &mut Command, what: &str, package: &str) -> Result<()> {
+    let out = cmd.output().map_err(|e| {
+        Error::io(
+            format!("run {what} (install Debian's {package} package)"),
+            e,
+        )
+    })?;
+    if !out.status.success() {
+        return Err(Error::io(
+            format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            std::io::Error::other("non-zero exit status"),
+        ));
+    }
+    Ok(())
+}
+
+fn mkfs(format: RootfsFormat, tree: &Path, out: &Path, bytes: u64, inodes: u64) -> Result<()> {
+    match format {
+        RootfsFormat::Ext4 => {
+            // Room for metadata and block rounding: 25% + 32 MiB, 4 KiB blocks.
+            let size = (bytes + bytes / 4 + (32 << 20) + 4095) / 4096 * 4096;
+            let f = fs::File::create(out).at("create", out)?;
+            f.set_len(size).at("size", out)?;
+            drop(f);
+            run(
+                Command::new("mkfs.ext4")
+                    .args([
+                        "-q",
+                        "-F",
+                        "-b",
+                        "4096",
+                        "-m",
+                        "0",
+                        "-O",
+                        "^has_journal",
+                        "-L",
+                        "capsa-rootfs",
+                    ])
+                    .arg("-N")
+                    .arg((inodes + inodes / 4 + 1024).to_string())
+                    .arg("-d")
+                    .arg(tree)
+                    .arg(out),
+                "mkfs.ext4",
+                "e2fsprogs",
+            )
+        }
+        RootfsFormat::Erofs => run(
+            Command::new("mkfs.erofs").arg("-T0").arg(out).arg(tree),
+            "mkfs.erofs",
+            "erofs-utils",
+        ),
+    }
+}
+
+impl Store {
+    /// The read-only root filesystem image of `image` for vm mode, built on
+    /// first use and cached by the chain ID of its top layer.
+    pub fn rootfs_image(&self, image: &Image, format: RootfsFormat) -> Result<PathBuf> {
+        let key = match image.chain_ids().last() {
+            Some(c) => hex_of(c)?.to_string(),
+            // No layers: an empty filesystem, keyed by the config.
+            None => hex_of(&image.id)?.to_string(),
+        };
+        let dir = self.dir().join("rootfs");
+        fs::create_dir_all(&dir).at("create", &dir)?;
+        let path = dir.join(format!("{key}.{}", format.extension()));
+        if path.is_file() {
+            return Ok(path);
+        }
+        let layers = self.layer_dirs(image)?;
+        let st = Staging::new(self)?;
+        let tree = st.work_dir().join("tree");
+        let (bytes, inodes) = flatten(&layers, &tree)?;
+        let tmp_img = st.work_dir().join(format!("rootfs.{}", format.extension()));
+        mkfs(format, &tree, &tmp_img, bytes, inodes)?;
+        let _lock = self.lock()?;
+        if !path.is_file() {
+            fs::rename(&tmp_img, &path).at("store rootfs image", &path)?;
+        }
+        Ok(path)
+    }
+}
