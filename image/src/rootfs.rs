@@ -146,7 +146,7 @@ fn mkfs(format: RootfsFormat, tree: &Path, out: &Path, bytes: u64, inodes: u64) 
     match format {
         RootfsFormat::Ext4 => {
             // Room for metadata and block rounding: 25% + 32 MiB, 4 KiB blocks.
-            let size = (bytes + bytes / 4 + (32 << 20) + 4095) / 4096 * 4096;
+            let size = (bytes + bytes / 4 + (32 << 20)).div_ceil(4096) * 4096;
             let f = fs::File::create(out).at("create", out)?;
             f.set_len(size).at("size", out)?;
             drop(f);
