@@ -9,10 +9,10 @@
 //! - Plain HTTP only with `insecure`, or for `localhost` / `127.0.0.1` / `::1`.
 //! - One progress bar per layer on stderr, hidden when stderr is not a tty.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use futures_util::StreamExt;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
@@ -223,11 +223,7 @@ async fn pull_into(
         .clone()
         .ok_or_else(|| Error::BadConfig(format!("manifest of {name} has no config")))?;
 
-    let multi = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
+    let multi = MultiProgress::with_draw_target(crate::store::progress_target());
     let style =
         ProgressStyle::with_template("{prefix:.bold} {msg:>12} [{bar:30}] {bytes}/{total_bytes}")
             .expect("valid template")

@@ -483,6 +483,16 @@ pub(crate) fn parse_config(digest: &str, data: &[u8]) -> Result<ImageConfigurati
     })
 }
 
+/// Progress bars go to stderr only when it is a terminal.
+pub(crate) fn progress_target() -> indicatif::ProgressDrawTarget {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    }
+}
+
 /// A blob being written into the staging area (see [`Staging::blob_writer`]).
 pub(crate) struct BlobWriter(HashingWriter<io::BufWriter<tempfile::NamedTempFile>>);
 
@@ -504,6 +514,7 @@ pub(crate) struct Staging<'a> {
     blobs: BTreeSet<String>,
     layers: BTreeMap<String, u64>,
     records: Vec<Record>,
+    progress: indicatif::MultiProgress,
 }
 
 impl<'a> Staging<'a> {
@@ -524,6 +535,7 @@ impl<'a> Staging<'a> {
             blobs: BTreeSet::new(),
             layers: BTreeMap::new(),
             records: Vec::new(),
+            progress: indicatif::MultiProgress::with_draw_target(progress_target()),
         })
     }
 
@@ -658,7 +670,23 @@ impl<'a> Staging<'a> {
         }
         let dest = self.dir.path().join("layers").join(hex_of(&layer.diff_id)?);
         let blob = self.blob_path(&layer.digest)?;
-        let size = crate::unpack::unpack_layer(&blob, &layer.diff_id, &dest)?;
+        let len = fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
+        let bar = self.progress.add(indicatif::ProgressBar::new(len));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:.bold} {msg:>12} [{bar:30}] {bytes}/{total_bytes}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(short_id(&layer.diff_id).to_string());
+        bar.set_message("unpacking");
+        let res = crate::unpack::unpack_layer_with(&blob, &layer.diff_id, &dest, &bar);
+        match &res {
+            Ok(_) => bar.finish_with_message("unpacked"),
+            Err(_) => bar.abandon_with_message("failed"),
+        }
+        let size = res?;
         self.layers.insert(layer.diff_id.clone(), size);
         Ok(size)
     }

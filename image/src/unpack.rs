@@ -58,8 +58,16 @@ pub(crate) fn sniff(path: &Path) -> Result<Compression> {
 
 /// Opens a layer blob and returns a reader of its uncompressed tar stream.
 pub(crate) fn open_uncompressed(path: &Path) -> Result<Box<dyn Read>> {
+    open_uncompressed_with(path, &indicatif::ProgressBar::hidden())
+}
+
+/// [`open_uncompressed`], advancing `bar` by the compressed bytes read.
+pub(crate) fn open_uncompressed_with(
+    path: &Path,
+    bar: &indicatif::ProgressBar,
+) -> Result<Box<dyn Read>> {
     let comp = sniff(path)?;
-    let f = BufReader::new(File::open(path).at("open layer blob", path)?);
+    let f = BufReader::new(bar.wrap_read(File::open(path).at("open layer blob", path)?));
     Ok(match comp {
         Compression::None => Box::new(f),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
@@ -186,12 +194,23 @@ fn make_node(path: &Path, kind: SFlag, mode: u32, major: u32, minor: u32) -> Res
 /// checks the uncompressed stream against `diff_id`. Returns the
 /// uncompressed size. On error `dest` may hold a partial tree: the caller
 /// unpacks into a temporary directory it removes on failure.
+#[cfg(test)]
 pub(crate) fn unpack_layer(blob: &Path, diff_id: &str, dest: &Path) -> Result<u64> {
+    unpack_layer_with(blob, diff_id, dest, &indicatif::ProgressBar::hidden())
+}
+
+/// [`unpack_layer`] with a progress bar (compressed bytes).
+pub(crate) fn unpack_layer_with(
+    blob: &Path,
+    diff_id: &str,
+    dest: &Path,
+    bar: &indicatif::ProgressBar,
+) -> Result<u64> {
     let layer = diff_id;
     fs::create_dir(dest).at("create layer directory", dest)?;
     fs::set_permissions(dest, fs::Permissions::from_mode(0o755)).at("chmod", dest)?;
     let is_root = nix::unistd::geteuid().is_root();
-    let reader = HashingReader::new(open_uncompressed(blob)?);
+    let reader = HashingReader::new(open_uncompressed_with(blob, bar)?);
     let mut archive = tar::Archive::new(reader);
     let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
     let bad = |e: io::Error| Error::corrupt(layer, format!("cannot read the layer tar: {e}"));

@@ -59,6 +59,30 @@ fn podman_loads_saved_archive() {
         "podman shows another image id: {images}"
     );
     assert!(images.contains("demo:latest"), "{images}");
+
+    // And back: podman's docker-archive and oci-archive exports load into capsa.
+    for format in ["docker-archive", "oci-archive"] {
+        let out = d.path().join(format!("podman-{format}.tar"));
+        podman(&[
+            "save",
+            "--format",
+            format,
+            "-o",
+            out.to_str().unwrap(),
+            "demo:latest",
+        ]);
+        let s = Store::open(&d.path().join(format!("store-{format}"))).unwrap();
+        let loaded = s.load(&out).unwrap();
+        assert_eq!(loaded.len(), 1, "{format}");
+        assert_eq!(loaded[0].id, id, "{format}: same config digest");
+        assert!(
+            loaded[0].names.iter().any(|n| n.ends_with("demo:latest")),
+            "{format}: {:?}",
+            loaded[0].names
+        );
+        let img = s.get(&id).unwrap();
+        assert!(s.layer_dirs(&img).unwrap()[0].join("bin/busybox").is_file());
+    }
 }
 
 /// A private containerd, killed when dropped.
