@@ -10,6 +10,8 @@ PKGS=(
   libseccomp-dev pkg-config runc crun hyperfine
   # engines that drive capsa, and a local registry for pull tests
   containerd docker-registry skopeo podman
+  # image store tests: token-server signing key for the bearer-auth pull test
+  openssl
   # reference VMM and the KVM test host
   qemu-system-x86
   # guest kernel build

@@ -49,24 +49,32 @@ fn free_port(ip: &str) -> u16 {
 impl Registry {
     /// Starts a registry on `ip`; with `user`, it requires basic auth.
     fn start(ip: &str, user: Option<(&str, &str)>) -> Registry {
-        require(REGISTRY);
         let dir = tempfile::tempdir().unwrap();
+        let auth = user.map(|(u, p)| {
+            let hash = bcrypt::hash_with_result(p, 4)
+                .unwrap()
+                .format_for_version(bcrypt::Version::TwoA);
+            let htpasswd = dir.path().join("htpasswd");
+            fs::write(&htpasswd, format!("{u}:{hash}\n")).unwrap();
+            format!(
+                "auth:\n  htpasswd:\n    realm: capsa-test\n    path: {}\n",
+                htpasswd.display()
+            )
+        });
+        Registry::start_with(ip, dir, auth)
+    }
+
+    /// Starts a registry on `ip` with an optional `auth:` config section.
+    fn start_with(ip: &str, dir: tempfile::TempDir, auth: Option<String>) -> Registry {
+        require(REGISTRY);
         let port = free_port(ip);
         let addr = format!("{ip}:{port}");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("storage").display()
         );
-        if let Some((u, p)) = user {
-            let hash = bcrypt::hash_with_result(p, 4)
-                .unwrap()
-                .format_for_version(bcrypt::Version::TwoA);
-            let htpasswd = dir.path().join("htpasswd");
-            fs::write(&htpasswd, format!("{u}:{hash}\n")).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: capsa-test\n    path: {}\n",
-                htpasswd.display()
-            ));
+        if let Some(a) = auth {
+            config.push_str(&a);
         }
         let cfg_path = dir.path().join("config.yml");
         fs::write(&cfg_path, config).unwrap();
@@ -409,4 +417,208 @@ fn pull_with_basic_auth_and_insecure_flag() {
     let p = s.pull(&dest, &creds("alice", "s3cret")).unwrap();
     assert_eq!(p.id, demo_id);
     assert_eq!(s.get(&dest).unwrap().id, demo_id);
+}
+
+// ---------- bearer tokens: a tiny token server for the registry ----------
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is needed to make the token signing key (apt-get install openssl)");
+    if let Some(data) = stdin {
+        child.stdin.take().unwrap().write_all(data).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Issues RS256 JWTs the way distribution's token auth expects them (x5c
+/// header with the signing certificate, which is the registry's root).
+struct TokenServer {
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn token_server(dir: &Path, user: &'static str, password: &'static str) -> TokenServer {
+    let key = dir.join("token.key");
+    let cert = dir.join("token.crt");
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=capsa-token",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+        None,
+    );
+    let der = openssl(
+        &["x509", "-in", cert.to_str().unwrap(), "-outform", "DER"],
+        None,
+    );
+    let x5c = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(der)
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let basic = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        };
+        for conn in listener.incoming() {
+            if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let Ok(mut conn) = conn else { continue };
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = vec![0u8; 16384];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+            let authed = req.lines().any(|l| {
+                l.to_ascii_lowercase().starts_with("authorization:") && l.contains(&basic)
+            });
+            let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+            let mut scope = String::new();
+            let mut service = String::new();
+            for kv in query.split('&') {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                let v = v
+                    .replace("%3A", ":")
+                    .replace("%2F", "/")
+                    .replace("%2C", ",")
+                    .replace("%3a", ":")
+                    .replace("%2f", "/")
+                    .replace("%2c", ",");
+                match k {
+                    "scope" => scope = v,
+                    "service" => service = v,
+                    _ => {}
+                }
+            }
+            let mut access = vec![];
+            if authed {
+                // scope = repository:NAME:ACTIONS
+                let parts: Vec<&str> = scope.splitn(2, ':').collect();
+                if parts.len() == 2 {
+                    if let Some((name, actions)) = parts[1].rsplit_once(':') {
+                        access.push(serde_json::json!({
+                            "type": parts[0], "name": name,
+                            "actions": actions.split(',').collect::<Vec<_>>()
+                        }));
+                    }
+                }
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+            let claims = serde_json::json!({
+                "iss": "capsa-test-issuer", "sub": if authed { user } else { "" },
+                "aud": service, "exp": now + 300, "nbf": now - 60, "iat": now - 60,
+                "jti": format!("{now}-{}", rand_suffix()), "access": access
+            });
+            let signing_input = format!(
+                "{}.{}",
+                b64url(&serde_json::to_vec(&header).unwrap()),
+                b64url(&serde_json::to_vec(&claims).unwrap())
+            );
+            let sig = openssl(
+                &["dgst", "-sha256", "-sign", key.to_str().unwrap()],
+                Some(signing_input.as_bytes()),
+            );
+            let jwt = format!("{signing_input}.{}", b64url(&sig));
+            let body = serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300})
+                .to_string();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes());
+        }
+    });
+    TokenServer {
+        addr,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[test]
+fn pull_with_bearer_token_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_server(dir.path(), "bob", "t0ken-pass");
+    let auth = format!(
+        "auth:\n  token:\n    realm: http://{}/token\n    service: capsa-registry\n    issuer: capsa-test-issuer\n    rootcertbundle: {}\n",
+        tokens.addr,
+        dir.path().join("token.crt").display()
+    );
+    let reg = Registry::start_with("127.0.0.1", dir, Some(auth));
+    let (_d, src, archive) = demo_archive();
+    let demo_id = src.get("demo").unwrap().id;
+    let dest = format!("{}/team/demo:2", reg.addr);
+    skopeo_push(&archive, &dest, Some("bob:t0ken-pass"));
+
+    let (_d2, s) = store();
+    // Anonymous: the token has no access, the registry refuses.
+    let e = s.pull(&dest, &PullOptions::default()).unwrap_err();
+    eprintln!("expected error: {e}");
+    assert!(matches!(e, Error::Registry { .. }), "{e}");
+    assert_clean(&s);
+    let opts = PullOptions {
+        username: Some("bob".into()),
+        password: Some("t0ken-pass".into()),
+        insecure: false,
+    };
+    let p = s.pull(&dest, &opts).unwrap();
+    assert_eq!(p.id, demo_id);
+    assert!(s.layer_dirs(&s.get(&dest).unwrap()).unwrap()[0]
+        .join("bin/busybox")
+        .is_file());
 }
