@@ -87,6 +87,7 @@ pub const NOFILE_LIMIT: u64 = 1024;
 /// blocks for a container with the default capabilities because they reach
 /// kernel attack surface or host-wide state: kernel modules and kexec, bpf,
 /// perf, the keyring, mounts and namespaces, time, swap, accounting, reboot,
+/// the kernel log, NUMA memory policy,
 /// I/O ports, handle-based opens, userfaultfd, io_uring, and tracing other
 /// processes (ptrace, process_vm_*, kcmp — stricter than docker, which
 /// allows ptrace on new kernels). `clone`/`clone3`/`personality` get
@@ -123,7 +124,6 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "mount_setattr",
     "move_mount",
     "move_pages",
-    "name_to_handle_at",
     "nfsservctl",
     "open_by_handle_at",
     "open_tree",
@@ -142,6 +142,7 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "swapoff",
     "swapon",
     "sysfs",
+    "syslog",
     "_sysctl",
     "umount2",
     "unshare",
