@@ -509,9 +509,16 @@ fn token_server(dir: &Path, user: &'static str, password: &'static str) -> Token
             }
             let Ok(mut conn) = conn else { continue };
             conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut buf = vec![0u8; 16384];
-            let n = conn.read(&mut buf).unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            // Read the whole request head (it may arrive in pieces).
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&head).into_owned();
             let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
             let authed = req.lines().any(|l| {
                 l.to_ascii_lowercase().starts_with("authorization:") && l.contains(&basic)
