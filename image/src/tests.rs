@@ -945,3 +945,47 @@ fn rootfs_images_flatten_layers() {
     s.remove("flat:1").unwrap();
     assert_eq!(fs::read_dir(s.dir().join("rootfs")).unwrap().count(), 0);
 }
+
+/// Unmounts on drop, so a failed assertion leaves no mount behind.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn layer_dirs_stack_as_overlay_lower_dirs() {
+    let src = tempfile::tempdir().unwrap();
+    let (l1, l2) = two_layers();
+    let mut lay = Layout::new(&src.path().join("layout"));
+    lay.image(Some("ovl:1"), &[l1, l2]);
+    let (_r, s) = store();
+    s.load(&lay.dir).unwrap();
+    let img = s.get("ovl:1").unwrap();
+    let dirs = s.layer_dirs(&img).unwrap();
+    let lower: Vec<String> = dirs.iter().rev().map(|d| d.display().to_string()).collect();
+    let target = src.path().join("merged");
+    fs::create_dir(&target).unwrap();
+    nix::mount::mount(
+        Some("overlay"),
+        &target,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(format!("lowerdir={}", lower.join(":")).as_str()),
+    )
+    .expect("mount overlayfs (tests run as root)");
+    let _guard = MountGuard(target.clone());
+    assert_eq!(fs::read_to_string(target.join("bin/tool")).unwrap(), "v2");
+    assert!(
+        !target.join("etc/old").exists(),
+        "whiteout hides the lower file"
+    );
+    assert!(target.join("etc").is_dir());
+    let data: Vec<String> = fs::read_dir(target.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(data, vec!["b"], "opaque dir hides the lower contents");
+}
