@@ -288,18 +288,24 @@ impl Store {
 
     fn find(index: &Index, name_or_id: &str) -> Result<usize> {
         let wanted = name_or_id.trim();
-        if let Ok(n) = reference::normalize(wanted) {
-            let n = reference::canonical(&n);
-            if let Some(i) = index
-                .images
-                .iter()
-                .position(|r| r.names.iter().any(|x| x == n))
-            {
-                return Ok(i);
-            }
-        }
         let hex = wanted.strip_prefix("sha256:").unwrap_or(wanted);
-        if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let hex_like =
+            !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        match reference::normalize(wanted) {
+            Ok(n) => {
+                let n = reference::canonical(&n);
+                if let Some(i) = index
+                    .images
+                    .iter()
+                    .position(|r| r.names.iter().any(|x| x == n))
+                {
+                    return Ok(i);
+                }
+            }
+            Err(e) if !hex_like => return Err(e),
+            Err(_) => {}
+        }
+        if hex_like {
             let hex = hex.to_ascii_lowercase();
             let hits: Vec<usize> = index
                 .images

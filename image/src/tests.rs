@@ -371,6 +371,11 @@ fn demo_is_deterministic_and_usable() {
     assert_eq!(s1.get(&a.id[7..19]).unwrap().id, a.id);
     assert!(matches!(s1.get("nope"), Err(Error::NotFound(_))));
     assert!(matches!(s1.get("demo:other"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        s1.get("Demo"),
+        Err(Error::InvalidReference { .. })
+    ));
+    assert!(matches!(s1.get("ABCDEF"), Err(Error::NotFound(_))));
     let cfg = img.config.config().clone().unwrap();
     assert_eq!(cfg.cmd().clone().unwrap(), vec!["/bin/sh"]);
     assert!(cfg.env().clone().unwrap()[0].starts_with("PATH="));
