@@ -192,6 +192,7 @@ impl Store {
         };
         let dir = self.dir().join("rootfs");
         fs::create_dir_all(&dir).at("create", &dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).at("chmod", &dir)?;
         let path = dir.join(format!("{key}.{}", format.extension()));
         if path.is_file() {
             return Ok(path);

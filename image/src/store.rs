@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::ImageConfiguration;
@@ -200,6 +201,12 @@ impl Store {
         for sub in ["blobs/sha256", "layers", "tmp"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).at("create store directory", &p)?;
+        }
+        // Unpacked layers hold the images' setuid binaries and device nodes
+        // with their real owners: keep other host users out of them.
+        for sub in ["layers", "tmp"] {
+            let p = dir.join(sub);
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).at("chmod", &p)?;
         }
         let store = Store { dir };
         store.reap_tmp()?;

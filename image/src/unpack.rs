@@ -292,7 +292,8 @@ pub(crate) fn unpack_layer_with(
                 }
                 dir_times.push((target.clone(), mtime));
             }
-            EntryType::Regular | EntryType::Continuous => {
+            // The tar crate fills in the holes of GNU sparse files.
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 clear(&target, false)?;
                 let mut f = File::create(&target).at("create file", &target)?;
                 io::copy(&mut entry, &mut f).map_err(bad)?;
