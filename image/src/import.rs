@@ -188,7 +188,16 @@ fn load_oci_layout(st: &mut Staging<'_>, dir: &Path) -> Result<Vec<ImageSummary>
             if let Some(n) = a.get("io.containerd.image.name") {
                 names.push(n.clone());
             } else if let Some(n) = a.get("org.opencontainers.image.ref.name") {
-                names.push(n.clone());
+                // A bare tag ("latest", as `skopeo copy … oci:DIR:latest`
+                // writes) names no repository: load the image unnamed.
+                if n.contains(':') || n.contains('/') {
+                    names.push(n.clone());
+                } else {
+                    tracing::warn!(
+                        "image reference {n:?} in {} is only a tag; loading the image without a name (name it with `capsa tag`)",
+                        dir.display()
+                    );
+                }
             }
         }
         let names = clean_names(names);

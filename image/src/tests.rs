@@ -521,6 +521,19 @@ fn assert_empty_store_after_rmi(s: &Store) {
 }
 
 #[test]
+fn bare_tag_ref_names_load_unnamed() {
+    let src = tempfile::tempdir().unwrap();
+    let mut lay = Layout::new(src.path());
+    let id = lay.image(Some("latest"), &[TarBuilder::new().file("f", "1").build()]);
+    let (_r, s) = store();
+    let out = s.load(src.path()).unwrap();
+    assert_eq!(out[0].id, id);
+    assert!(out[0].names.is_empty());
+    s.tag(&id, "named:1").unwrap();
+    assert_eq!(s.get("named:1").unwrap().id, id);
+}
+
+#[test]
 fn tag_moves_names_and_index_entries() {
     let src = tempfile::tempdir().unwrap();
     let mut lay = Layout::new(src.path());
