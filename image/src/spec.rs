@@ -448,6 +448,10 @@ pub fn environment(
     Ok(env)
 }
 
+/// A rule matching `(arg[index] & mask) == mask`. `value` and `valueTwo`
+/// are both the mask on purpose: runc reads `value` as the mask and
+/// `valueTwo` as the datum, youki's libcontainer the other way round, and
+/// with equal values both mean the same.
 fn arg_rule(names: &[&str], errno: u32, index: usize, mask: u64) -> Value {
     json!({
         "names": names,
