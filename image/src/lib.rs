@@ -4,19 +4,30 @@
 //! # API
 //!
 //! ```text
-//! Store::open(root)                    -> Store         images live under <root>/images
-//! Store::load(path)                    -> Vec<ImageSummary>  OCI layout dir/tar or `docker save` tar
-//! Store::load_demo()                   -> ImageSummary  "demo:latest" from /bin/busybox, offline
-//! Store::pull(reference, &PullOptions) -> ImageSummary  registry pull (linux/amd64)
-//! Store::list()                        -> Vec<ImageSummary>
-//! Store::get(name_or_id)               -> Image         name, full id or id prefix
-//! Store::tag(src, new_name)
-//! Store::remove(name_or_id)            -> Vec<String>   "Untagged: …"/"Deleted: …" lines
-//! Store::save(name, out)                                OCI image-layout tar
-//! Store::layer_dirs(&image)            -> Vec<PathBuf>  unpacked layers, LOWEST first
-//! Store::rootfs_image(&image, format)  -> PathBuf       flattened ext4/erofs image (vm mode)
+//! Store::open(root)                    -> Store              images live under <root>/images
+//! Store::load(path)                    -> Vec<ImageSummary>  OCI layout dir/tar (also .gz/.zst) or `docker save` tar
+//! Store::load_demo()                   -> ImageSummary       "demo:latest" from /bin/busybox, offline, deterministic
+//! Store::load_demo_from(busybox)       -> ImageSummary       same, from another busybox binary
+//! Store::pull(reference, &PullOptions) -> ImageSummary       registry pull (linux/amd64), PullOptions{username,password,insecure}
+//! Store::list()                        -> Vec<ImageSummary>  in the order images were added
+//! Store::get(name_or_id)               -> Image              "demo", "demo:latest", "localhost:5000/x:t", full id or id prefix
+//! Store::tag(src, new_name)                                  the name moves if another image had it
+//! Store::remove(name_or_id)            -> Vec<String>        "Untagged: …" / "Deleted: …" lines (docker's)
+//! Store::save(name_or_id, out)                               OCI image-layout tar, one index entry
+//! Store::layer_dirs(&image)            -> Vec<PathBuf>       unpacked layers, LOWEST first (reverse for lowerdir=)
+//! Store::rootfs_image(&image, fmt)     -> PathBuf            flattened read-only ext4/erofs image for vm mode
 //! spec::generate(&image, rootfs, &RunConfig) -> oci_spec::runtime::Spec
 //! ```
+//!
+//! [`Image`] (id = config digest, names, manifest digest, created, size,
+//! layers, parsed config) serializes to JSON for `capsa inspect`.
+//!
+//! Errors ([`Error`]): `NotFound`, `Ambiguous` (id prefix),
+//! `InvalidReference`, `DigestMismatch`, `CorruptLayer` (truncated or
+//! unreadable layer tar, path escapes), `BadConfig` (malformed
+//! manifest/config/layout, missing blob), `Unsupported` (other platform,
+//! unknown format), `InvalidRunConfig` (bad `capsa run` options),
+//! `Registry` and `Io`. Each message says what the user can do.
 //!
 //! Every blob is verified (sha256) before it is committed; every import is
 //! staged in a temporary directory in the store and committed atomically

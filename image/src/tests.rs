@@ -1007,3 +1007,13 @@ fn layer_dirs_stack_as_overlay_lower_dirs() {
         .collect();
     assert_eq!(data, vec!["b"], "opaque dir hides the lower contents");
 }
+
+#[test]
+fn demo_without_busybox_fails_clearly() {
+    let (_r, s) = store();
+    let e = s
+        .load_demo_from(Path::new("/nonexistent/busybox"))
+        .unwrap_err();
+    assert!(e.to_string().contains("busybox-static"), "{e}");
+    assert_empty_store(&s);
+}
