@@ -1,10 +1,11 @@
 //! Image names: validation and docker-like normalization.
 //!
-//! Names are kept as the user wrote them, with `:latest` added when there is
-//! neither tag nor digest (`demo` -> `demo:latest`,
-//! `localhost:5000/x` -> `localhost:5000/x:latest`). When comparing, a
-//! leading `docker.io/library/` or `docker.io/` is ignored, so `busybox` and
-//! `docker.io/library/busybox:latest` name the same image.
+//! Names are stored with `:latest` added when there is neither tag nor
+//! digest (`demo` -> `demo:latest`, `localhost:5000/x` ->
+//! `localhost:5000/x:latest`) and in Docker Hub's short form: a leading
+//! `docker.io/`, `docker.io/library/` or `library/` is dropped, so `busybox`,
+//! `library/busybox` and `docker.io/library/busybox:latest` name the same
+//! image.
 
 use crate::error::{Error, Result};
 
@@ -91,9 +92,17 @@ pub fn normalize(name: &str) -> Result<String> {
 
 /// The comparison form of a normalized name (without `docker.io/library/`).
 pub(crate) fn canonical(name: &str) -> &str {
-    name.strip_prefix("docker.io/library/")
+    let n = name
+        .strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("index.docker.io/library/"))
         .or_else(|| name.strip_prefix("docker.io/"))
-        .unwrap_or(name)
+        .or_else(|| name.strip_prefix("index.docker.io/"))
+        .unwrap_or(name);
+    // Docker Hub's official images: "library/busybox" is "busybox".
+    match n.strip_prefix("library/") {
+        Some(rest) if !rest.contains('/') => rest,
+        _ => n,
+    }
 }
 
 /// The fully qualified form containerd expects in `io.containerd.image.name`.
@@ -137,6 +146,9 @@ mod tests {
         assert!(normalize("x@sha256:abc").is_err());
         assert_eq!(split("localhost:5000/x"), ("localhost:5000/x", None, None));
         assert_eq!(canonical("docker.io/library/busybox:1"), "busybox:1");
+        assert_eq!(canonical("library/busybox:1"), "busybox:1");
+        assert_eq!(canonical("docker.io/me/app:1"), "me/app:1");
+        assert_eq!(canonical("library/a/b:1"), "library/a/b:1");
         assert_eq!(
             fully_qualified("demo:latest"),
             "docker.io/library/demo:latest"
