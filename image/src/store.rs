@@ -241,17 +241,21 @@ impl Store {
             let entry = entry.at("read", &tmp)?;
             let path = entry.path();
             let lock_path = path.join(".lock");
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             let stale = if lock_path.exists() {
-                FileLock::acquire(&lock_path, false)?.is_some()
+                // Unlocked: its owner is gone. (The age check covers the
+                // instant between an owner creating .lock and locking it.)
+                age >= 2 && FileLock::acquire(&lock_path, false)?.is_some()
             } else {
                 // Created but not yet locked by its owner, or a stray file:
                 // only reap it once it is clearly old.
-                entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age.as_secs() > 600)
+                age > 600
             };
             if stale {
                 tracing::info!(path = %path.display(), "removing leftovers of an interrupted import");

@@ -747,6 +747,16 @@ fn interrupted_import_is_reaped_on_open() {
     let dead = s.dir().join("tmp/import-dead");
     fs::create_dir_all(dead.join("layers/x")).unwrap();
     fs::write(dead.join(".lock"), "").unwrap();
+    // Older than the grace period new staging dirs get.
+    let old = nix::sys::time::TimeSpec::new(1_600_000_000, 0);
+    nix::sys::stat::utimensat(
+        None,
+        &dead,
+        &old,
+        &old,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
     // A live one (held lock) must survive.
     let live = crate::store::Staging::new(&s).unwrap();
     let _s2 = Store::open(root.path()).unwrap();
