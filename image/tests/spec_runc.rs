@@ -198,3 +198,35 @@ echo "pids=$(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/
     assert_eq!(line(&out, "mem="), (64u64 << 20).to_string());
     assert_eq!(line(&out, "pids="), "30");
 }
+
+#[test]
+fn network_none_and_host() {
+    let script = r#"echo "ifaces=$(ls /sys/class/net | tr '\n' ' ')"; echo "host=$(hostname)""#;
+    let (code, out) = run(RunConfig::default(), script);
+    assert_eq!(code, 0);
+    assert_eq!(
+        line(&out, "ifaces="),
+        "lo",
+        "a new network namespace has only loopback"
+    );
+    let (code, out) = run(
+        RunConfig {
+            network: spec::Network::Host,
+            ..Default::default()
+        },
+        script,
+    );
+    assert_eq!(code, 0);
+    let host_ifaces: Vec<String> = fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for i in &host_ifaces {
+        assert!(
+            line(&out, "ifaces=").split(' ').any(|x| x == i),
+            "{i} missing: {out}"
+        );
+    }
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert_eq!(line(&out, "host="), host);
+}
