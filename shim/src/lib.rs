@@ -1,1 +1,50 @@
-//! Lifecycle core: the container state machine with a namespace backend and a microVM backend.
+//! capsa's lifecycle core.
+//!
+//! One state machine (`created → running → stopped → removed`) drives every
+//! container, whichever isolation backend runs it:
+//!
+//! - [`namespace`]: a namespace container on the host (youki's libcontainer);
+//! - the microVM backend (not built yet) will run the same bundle in a guest.
+//!
+//! The pieces: [`paths`] says where state lives, [`record`] is the persisted
+//! state of one container, [`lifecycle`] holds the user-facing operations
+//! (create, run, stop, kill, exec, rm …), [`monitor`] is the process that
+//! owns a running container (pumps its output into the log and records its
+//! exit), and [`logs`] is the log format.
+
+pub mod backend;
+pub mod lifecycle;
+pub mod logs;
+pub mod monitor;
+pub mod namespace;
+pub mod paths;
+pub mod record;
+pub mod stdio;
+
+pub use lifecycle::{CreateRequest, Isolation};
+pub use paths::Roots;
+pub use record::{Record, Status};
+
+/// Exit code for capsa's own failures, as docker uses it.
+pub const EXIT_CAPSA_ERROR: i32 = 125;
+/// The command was found but could not be executed.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+/// The command was not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// An error that carries the exit code the CLI should end with.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CodedError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CodedError {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        CodedError {
+            code,
+            message: message.into(),
+        }
+    }
+}

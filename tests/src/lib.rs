@@ -1,1 +1,199 @@
-//! Integration tests of the whole system, in both isolation modes.
+//! Shared helpers for capsa's integration tests: run the real `capsa`
+//! binary against a private state root, and check that nothing leaked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The `capsa` binary under test: `$CAPSA_BIN`, or the one cargo built next
+/// to this test executable (target/<profile>/capsa).
+pub fn capsa_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("CAPSA_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = profile_dir.join("capsa");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (cargo build --release --workspace --bins)",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails the test clearly unless we are root: these tests create real
+/// namespaces, cgroups and mounts.
+pub fn require_root() {
+    assert!(
+        nix_is_root(),
+        "these integration tests start real containers and must run as root"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// A private capsa state root for one test, removed (with a leak check) at
+/// the end.
+pub struct Env {
+    pub root: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        require_root();
+        let root = tempfile::Builder::new()
+            .prefix("capsa-test-")
+            .tempdir_in("/var/tmp")
+            .expect("temp root");
+        Env { root }
+    }
+
+    /// A new env with the demo image loaded.
+    pub fn with_demo() -> Env {
+        let env = Env::new();
+        env.ok(&["load", "--demo"]);
+        env
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(capsa_bin());
+        c.arg("--root").arg(self.root.path()).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("spawn capsa")
+    }
+
+    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn capsa");
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("wait capsa");
+        writer.join().unwrap();
+        out
+    }
+
+    /// Runs capsa and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "capsa {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8 stdout")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Container IDs known to this root.
+    pub fn container_ids(&self) -> Vec<String> {
+        std::fs::read_dir(self.path().join("containers"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Asserts that no mount, cgroup or process of this root is left.
+    pub fn assert_no_leaks(&self, ids: &[String]) {
+        let leaks = leaks_of(self.path(), ids);
+        assert!(leaks.is_empty(), "leaked host resources: {leaks:#?}");
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Best effort: remove whatever a failed test left running.
+        for id in self.container_ids() {
+            let _ = self.run(&["rm", "-f", &id]);
+        }
+    }
+}
+
+/// Host resources that still refer to `root` or the given container IDs:
+/// mounts, cgroup directories, processes.
+pub fn leaks_of(root: &Path, ids: &[String]) -> Vec<String> {
+    let mut leaks = Vec::new();
+    let root_s = root.display().to_string();
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for l in mounts.lines() {
+            if l.contains(&root_s) {
+                leaks.push(format!("mount: {l}"));
+            }
+        }
+    }
+    for id in ids {
+        for hier in cgroup_hierarchies() {
+            let p = hier.join("capsa").join(id);
+            if p.exists() {
+                leaks.push(format!("cgroup: {}", p.display()));
+            }
+        }
+    }
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let name = p.file_name().to_string_lossy().into_owned();
+            if !name.chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            if let Ok(cmd) = std::fs::read(p.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains(&root_s) && cmd.contains("__monitor") {
+                    leaks.push(format!("process {name}: {cmd}"));
+                }
+            }
+        }
+    }
+    leaks
+}
+
+/// Every mounted cgroup hierarchy (v1 controllers and the v2 tree).
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+        for l in mounts.lines() {
+            let f: Vec<&str> = l.split(' ').collect();
+            if f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2") {
+                out.push(PathBuf::from(f[1]));
+            }
+        }
+    }
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

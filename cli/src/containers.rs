@@ -1,0 +1,362 @@
+//! Container commands: run, ps, logs, exec, stop, kill, rm, wait, inspect.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use capsa_image::Store;
+use capsa_shim::backend::ExecRequest;
+use capsa_shim::lifecycle::{self, parse_signal};
+use capsa_shim::monitor::{self, Mode};
+use capsa_shim::record::{Record, Status};
+use capsa_shim::{CodedError, CreateRequest, Roots, EXIT_CAPSA_ERROR};
+use chrono::Utc;
+use clap::Args;
+
+use crate::run_flags::RunArgs;
+use crate::table;
+
+pub fn run(roots: &Roots, args: RunArgs) -> Result<i32> {
+    let store = Store::open(&roots.images())?;
+    let run = args.to_run_config()?;
+    let image = args.image().to_string();
+    crate::images::ensure_local(&store, &image)?;
+    let rec = lifecycle::create(
+        roots,
+        &store,
+        CreateRequest {
+            name: args.name.clone(),
+            image,
+            run,
+            isolation: args.isolation,
+            auto_remove: args.rm,
+            interactive: args.interactive,
+        },
+    )?;
+    if args.detach {
+        start_detached_monitor(roots, &rec)?;
+        println!("{}", rec.id);
+        return Ok(0);
+    }
+    monitor::run(roots, &rec.id, Mode::Foreground)
+}
+
+/// Starts `capsa __monitor ID` in its own session and waits until it says
+/// the container runs (or why it did not).
+fn start_detached_monitor(roots: &Roots, rec: &Record) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("locating the capsa binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root")
+        .arg(&roots.lib)
+        .arg("__monitor")
+        .arg(&rec.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; it detaches the monitor from our
+    // terminal and process group so it outlives this command.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the container monitor")?;
+    let out = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line)?;
+    let line = line.trim_end();
+    if line == "ok" {
+        // The monitor keeps running; it is reparented when we exit.
+        std::mem::forget(child);
+        return Ok(());
+    }
+    let _ = child.wait();
+    if let Some(rest) = line.strip_prefix("error ") {
+        let (code, msg) = rest.split_once(' ').unwrap_or((rest, ""));
+        let code = code.parse().unwrap_or(EXIT_CAPSA_ERROR);
+        // The monitor's message already says "failed to start …".
+        return Err(CodedError::new(code, msg.to_string()).into());
+    }
+    bail!("the container monitor exited before the container started")
+}
+
+pub fn monitor(roots: &Roots, id: &str) -> Result<i32> {
+    // Our stdout is the ready pipe to `capsa run -d`.
+    let ready = std::fs::File::options()
+        .write(true)
+        .open("/proc/self/fd/1")
+        .context("opening the ready pipe")?;
+    monitor::run(roots, id, Mode::Detached { ready })
+}
+
+#[derive(Args)]
+pub struct PsArgs {
+    /// Show all containers (default: running ones).
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only print container IDs.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
+    let recs: Vec<Record> = Record::list(roots)?
+        .into_iter()
+        .rev()
+        .filter(|r| args.all || r.status == Status::Running)
+        .collect();
+    if args.quiet {
+        for r in &recs {
+            println!("{}", &r.id[..12]);
+        }
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = recs
+        .iter()
+        .map(|r| {
+            let mut command = r.command.join(" ");
+            if command.chars().count() > 20 {
+                command = format!("{}…", command.chars().take(19).collect::<String>());
+            }
+            vec![
+                r.id[..12].to_string(),
+                r.image.clone(),
+                format!("\"{command}\""),
+                table::ago(r.created),
+                status_text(r),
+                r.isolation.to_string(),
+                r.name.clone(),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "CONTAINER ID",
+            "IMAGE",
+            "COMMAND",
+            "CREATED",
+            "STATUS",
+            "ISOLATION",
+            "NAMES",
+        ],
+        &rows,
+    );
+    Ok(0)
+}
+
+fn status_text(r: &Record) -> String {
+    match r.status {
+        Status::Created => "Created".into(),
+        Status::Running => format!(
+            "Up {}",
+            table::duration(Utc::now() - r.started.unwrap_or(r.created))
+        ),
+        Status::Stopped => format!(
+            "Exited ({}) {}",
+            r.exit_code.unwrap_or(-1),
+            table::ago(r.finished.unwrap_or(r.created))
+        ),
+    }
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Keep printing output as the container writes it.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    container: String,
+}
+
+pub fn logs(roots: &Roots, args: LogsArgs) -> Result<i32> {
+    let rec = Record::find(roots, &args.container)?;
+    let path = lifecycle::log_path(roots, &rec);
+    let id = rec.id.clone();
+    let mut running = || {
+        Record::load(roots, &id)
+            .map(|r| r.status != Status::Stopped)
+            .unwrap_or(false)
+    };
+    capsa_shim::logs::copy_log(
+        &path,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+        args.follow,
+        &mut running,
+    )?;
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Connect stdin.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Set an environment variable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// UID[:GID] to run as.
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        value_name = "CONTAINER COMMAND [ARG...]"
+    )]
+    container_and_command: Vec<String>,
+}
+
+pub fn exec(roots: &Roots, args: ExecArgs) -> Result<i32> {
+    let (container, command) = args
+        .container_and_command
+        .split_first()
+        .expect("clap requires one value");
+    if command.is_empty() {
+        bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            "exec needs a command: capsa exec CONTAINER COMMAND [ARG...]"
+        ));
+    }
+    let user = args.user.as_deref().map(parse_uid_gid).transpose()?;
+    let req = ExecRequest {
+        args: command.to_vec(),
+        env: args.env.clone(),
+        workdir: args.workdir.clone(),
+        user,
+        tty: args.tty,
+    };
+    lifecycle::exec(roots, container, &req, args.interactive)
+}
+
+fn parse_uid_gid(s: &str) -> Result<(u32, u32)> {
+    let bad = || {
+        CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("exec --user takes UID or UID:GID, not {s:?}"),
+        )
+    };
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
+}
+
+#[derive(Args)]
+pub struct StopArgs {
+    /// Seconds to wait before SIGKILL.
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u64,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+pub fn stop(roots: &Roots, args: StopArgs) -> Result<i32> {
+    each(&args.containers, |c| {
+        lifecycle::stop(roots, c, Duration::from_secs(args.time))?;
+        println!("{c}");
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct KillArgs {
+    /// Signal to send (name or number).
+    #[arg(short = 's', long = "signal", default_value = "KILL")]
+    signal: String,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+pub fn kill(roots: &Roots, args: KillArgs) -> Result<i32> {
+    let Some(sig) = parse_signal(&args.signal) else {
+        bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("invalid signal {:?}", args.signal)
+        ));
+    };
+    each(&args.containers, |c| {
+        lifecycle::kill(roots, c, sig)?;
+        println!("{c}");
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// Kill and remove running containers.
+    #[arg(short = 'f', long)]
+    force: bool,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+pub fn rm(roots: &Roots, args: RmArgs) -> Result<i32> {
+    each(&args.containers, |c| {
+        lifecycle::remove(roots, c, args.force)?;
+        println!("{c}");
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+pub fn wait(roots: &Roots, args: WaitArgs) -> Result<i32> {
+    each(&args.containers, |c| {
+        let rec = Record::find(roots, c)?;
+        let done = lifecycle::wait_stopped(roots, &rec.id, None)?;
+        println!("{}", done.and_then(|r| r.exit_code).unwrap_or(-1));
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Containers or images (containers are looked up first).
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+pub fn inspect(roots: &Roots, args: InspectArgs) -> Result<i32> {
+    let store = Store::open(&roots.images())?;
+    let mut out = Vec::new();
+    let mut failed = false;
+    for name in &args.names {
+        if let Ok(rec) = Record::find(roots, name) {
+            out.push(serde_json::to_value(&rec)?);
+        } else if let Ok(img) = store.get(name) {
+            out.push(serde_json::to_value(&img)?);
+        } else {
+            eprintln!("capsa: no such container or image: {name}");
+            failed = true;
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// Applies `f` to each name; reports each failure and returns 1 if any
+/// failed, as docker does for multi-container commands.
+fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> {
+    if let [one] = names {
+        f(one)?;
+        return Ok(0);
+    }
+    let mut failed = false;
+    for n in names {
+        if let Err(e) = f(n) {
+            eprintln!("capsa: {e:#}");
+            failed = true;
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}

@@ -1,0 +1,78 @@
+//! Human-readable output: aligned tables, "5 minutes ago", sizes.
+
+use chrono::{DateTime, Utc};
+
+/// Prints rows as columns separated by at least three spaces, like docker.
+pub fn print(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        let mut s = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i == last {
+                s.push_str(&c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+pub fn ago(t: DateTime<Utc>) -> String {
+    format!("{} ago", duration(Utc::now() - t))
+}
+
+pub fn duration(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{} minutes", s / 60),
+        3600..=7199 => "About an hour".into(),
+        7200..=172_799 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86400),
+    }
+}
+
+pub fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2}GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1}MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1}kB", b / 1e3)
+    } else {
+        format!("{bytes}B")
+    }
+}
+
+pub fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_read_like_docker() {
+        assert_eq!(size(4_300_000), "4.3MB");
+        assert_eq!(size(512), "512B");
+        assert_eq!(duration(chrono::Duration::seconds(5)), "5 seconds");
+        assert_eq!(duration(chrono::Duration::seconds(300)), "5 minutes");
+        assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
+    }
+}

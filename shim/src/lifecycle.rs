@@ -1,0 +1,395 @@
+//! The user-facing operations on containers, the same for every backend:
+//! create, run (through the monitor), stop, kill, wait, exec, remove.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use capsa_image::spec::RunConfig;
+use capsa_image::Store;
+use chrono::Utc;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, ExecRequest};
+use crate::namespace::NamespaceBackend;
+use crate::paths::{ContainerPaths, Roots};
+use crate::record::{Record, Status};
+use crate::{CodedError, EXIT_CAPSA_ERROR};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A namespace container on the host kernel.
+    #[default]
+    Container,
+    /// A microVM with its own kernel and a guest agent.
+    Vm,
+}
+
+impl FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "container" => Ok(Isolation::Container),
+            "vm" => Ok(Isolation::Vm),
+            other => Err(format!(
+                "unknown isolation {other:?}: use \"container\" or \"vm\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Isolation::Container => "container",
+            Isolation::Vm => "vm",
+        })
+    }
+}
+
+pub fn backend_for(roots: &Roots, isolation: Isolation) -> Result<Box<dyn Backend>> {
+    match isolation {
+        Isolation::Container => Ok(Box::new(NamespaceBackend::new(roots))),
+        Isolation::Vm => Err(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            "VM isolation is not available in this build yet: the microVM backend \
+             (capsa-vmm and capsa-agent) is still being built; use --isolation container",
+        )
+        .into()),
+    }
+}
+
+pub struct CreateRequest {
+    pub name: Option<String>,
+    pub image: String,
+    pub run: RunConfig,
+    pub isolation: Isolation,
+    pub auto_remove: bool,
+    pub interactive: bool,
+}
+
+/// Prepares a container: record, writable layer, root filesystem, bundle.
+/// On any failure everything it made is removed again.
+pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Record> {
+    let backend = backend_for(roots, req.isolation)?;
+    let image = store.get(&req.image).map_err(|e| {
+        CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!(
+                "{e}; load it with `capsa load -i FILE` (or `capsa load --demo`) or pull it with `capsa pull {}`",
+                req.image
+            ),
+        )
+    })?;
+    let id = new_id()?;
+    let name = match req.name.take() {
+        Some(n) => {
+            validate_name(&n)?;
+            n
+        }
+        None => generated_name(&id),
+    };
+    if Record::list(roots)?.iter().any(|r| r.name == name) {
+        return Err(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("the container name {name:?} is already in use; remove that container or choose another --name"),
+        )
+        .into());
+    }
+
+    fs::create_dir_all(roots.containers())?;
+    let paths = ContainerPaths::new(roots, &id);
+    fs::DirBuilder::new().mode(0o700).create(&paths.dir)?;
+    let mut guard = CreateGuard {
+        backend: backend.as_ref(),
+        paths: &paths,
+        armed: true,
+    };
+
+    fs::create_dir_all(paths.bundle())?;
+    let layers = store.layer_dirs(&image)?;
+    backend.prepare_rootfs(&paths, &layers)?;
+
+    req.run.container_id = id.clone();
+    let mut spec = capsa_image::spec::generate(&image, &paths.rootfs(), &req.run)
+        .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_cgroups_path(Some(crate::namespace::cgroup_path(&id)));
+    }
+    let command = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().clone())
+        .unwrap_or_default();
+    if command.is_empty() {
+        return Err(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!(
+                "no command given and image {} has no default command (Cmd/Entrypoint)",
+                req.image
+            ),
+        )
+        .into());
+    }
+    let tty = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    spec.save(paths.config())
+        .with_context(|| format!("writing {}", paths.config().display()))?;
+
+    let stop_signal = image
+        .config
+        .config()
+        .as_ref()
+        .and_then(|c| c.stop_signal().clone())
+        .unwrap_or_else(|| "SIGTERM".into());
+    let rec = Record {
+        id: id.clone(),
+        name,
+        image: req.image.clone(),
+        image_id: image.id.clone(),
+        isolation: req.isolation,
+        command,
+        created: Utc::now(),
+        started: None,
+        finished: None,
+        status: Status::Created,
+        pid: None,
+        monitor_pid: None,
+        exit_code: None,
+        oom_killed: false,
+        error: None,
+        auto_remove: req.auto_remove,
+        tty,
+        interactive: req.interactive,
+        stop_signal,
+    };
+    rec.save(roots)?;
+    guard.armed = false;
+    Ok(rec)
+}
+
+/// Removes a half-created container if `create` fails part-way.
+struct CreateGuard<'a> {
+    backend: &'a dyn Backend,
+    paths: &'a ContainerPaths,
+    armed: bool,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.backend.release_rootfs(self.paths);
+            let _ = fs::remove_dir_all(&self.paths.dir);
+        }
+    }
+}
+
+/// Sends a signal to a running container.
+pub fn kill(roots: &Roots, key: &str, signal: Signal) -> Result<Record> {
+    let rec = Record::find(roots, key)?;
+    if rec.status != Status::Running {
+        return Err(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("container {} is not running", rec.name),
+        )
+        .into());
+    }
+    backend_for(roots, rec.isolation)?.kill(&rec, signal)?;
+    Ok(rec)
+}
+
+/// Stops a container: its stop signal, then SIGKILL after `timeout`.
+pub fn stop(roots: &Roots, key: &str, timeout: Duration) -> Result<Record> {
+    let rec = Record::find(roots, key)?;
+    if rec.status != Status::Running {
+        return Ok(rec);
+    }
+    let backend = backend_for(roots, rec.isolation)?;
+    let sig = parse_signal(&rec.stop_signal).unwrap_or(Signal::SIGTERM);
+    // The process may exit between our read of the record and the signal.
+    let _ = backend.kill(&rec, sig);
+    if let Some(done) = wait_stopped(roots, &rec.id, Some(timeout))? {
+        return Ok(done);
+    }
+    let _ = backend.kill(&rec, Signal::SIGKILL);
+    wait_stopped(roots, &rec.id, Some(Duration::from_secs(30)))?.ok_or_else(|| {
+        CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("container {} did not stop after SIGKILL", rec.name),
+        )
+        .into()
+    })
+}
+
+/// Waits until the container has stopped (or is gone, for `--rm`), up to
+/// `timeout`. Returns the final record, or None on timeout.
+pub fn wait_stopped(roots: &Roots, id: &str, timeout: Option<Duration>) -> Result<Option<Record>> {
+    let start = Instant::now();
+    let mut last: Option<Record> = None;
+    loop {
+        match Record::load(roots, id) {
+            Ok(rec) if rec.status == Status::Stopped => return Ok(Some(rec)),
+            Ok(rec) => last = Some(rec),
+            // Removed by --rm after it stopped: the last state we saw is all
+            // we can report.
+            Err(_) if !ContainerPaths::new(roots, id).dir.exists() => {
+                return Ok(last.map(|mut r| {
+                    r.status = Status::Stopped;
+                    r
+                }))
+            }
+            Err(_) => {}
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes a container and everything it has on the host.
+pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
+    let rec = Record::find(roots, key)?;
+    if rec.status == Status::Running {
+        if !force {
+            return Err(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!(
+                    "container {} is running: stop it first, or use `capsa rm -f`",
+                    rec.name
+                ),
+            )
+            .into());
+        }
+        let backend = backend_for(roots, rec.isolation)?;
+        let _ = backend.kill(&rec, Signal::SIGKILL);
+        wait_stopped(roots, &rec.id, Some(Duration::from_secs(30)))?;
+    }
+    remove_files(roots, &rec)?;
+    Ok(rec)
+}
+
+/// Releases the runtime state, unmounts the root filesystem and deletes the
+/// container's directory. Safe to call more than once.
+pub fn remove_files(roots: &Roots, rec: &Record) -> Result<()> {
+    let paths = ContainerPaths::new(roots, &rec.id);
+    if let Ok(backend) = backend_for(roots, rec.isolation) {
+        backend.release(rec)?;
+        backend.release_rootfs(&paths)?;
+    }
+    match fs::remove_dir_all(&paths.dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", paths.dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Runs a process inside a running container and returns its exit code.
+pub fn exec(roots: &Roots, key: &str, req: &ExecRequest, interactive: bool) -> Result<i32> {
+    let rec = Record::find(roots, key)?;
+    if rec.status != Status::Running {
+        return Err(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("container {} is not running", rec.name),
+        )
+        .into());
+    }
+    let backend = backend_for(roots, rec.isolation)?;
+    crate::monitor::exec_attached(roots, backend.as_ref(), &rec, req, interactive)
+}
+
+pub fn parse_signal(s: &str) -> Option<Signal> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name).ok()
+}
+
+fn new_id() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !ok {
+        bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("invalid container name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"),
+        ));
+    }
+    Ok(())
+}
+
+/// docker-style "adjective_noun" names, picked from the container ID.
+fn generated_name(id: &str) -> String {
+    const ADJ: [&str; 16] = [
+        "brave", "calm", "eager", "fond", "gentle", "happy", "keen", "lucid", "merry", "nimble",
+        "proud", "quiet", "sharp", "swift", "tidy", "witty",
+    ];
+    const NOUN: [&str; 16] = [
+        "badger", "crane", "dolphin", "falcon", "gecko", "heron", "ibis", "koala", "lynx",
+        "marten", "newt", "otter", "panda", "quokka", "raven", "wombat",
+    ];
+    let a = usize::from_str_radix(&id[0..1], 16).unwrap_or(0);
+    let n = usize::from_str_radix(&id[1..2], 16).unwrap_or(0);
+    format!("{}_{}_{}", ADJ[a], NOUN[n], &id[2..6])
+}
+
+/// Host-side path of a container's log (for `capsa logs`).
+pub fn log_path(roots: &Roots, rec: &Record) -> PathBuf {
+    ContainerPaths::new(roots, &rec.id).log()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(parse_signal("TERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigkill"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("NOPE"), None);
+    }
+
+    #[test]
+    fn names_are_validated_like_docker() {
+        assert!(validate_name("web-1.a_b").is_ok());
+        assert!(validate_name("-x").is_err());
+        assert!(validate_name("a b").is_err());
+        assert!(validate_name("").is_err());
+    }
+
+    #[test]
+    fn isolation_parses() {
+        assert_eq!("vm".parse::<Isolation>(), Ok(Isolation::Vm));
+        assert!("kvm".parse::<Isolation>().is_err());
+    }
+}

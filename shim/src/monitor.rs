@@ -1,0 +1,326 @@
+//! The monitor: the process that owns one running container.
+//!
+//! It creates the container (so it is the parent of the container's first
+//! process), starts it, copies its output into the log and, for `capsa run`
+//! without `-d`, to the user's terminal, forwards signals, waits for the exit,
+//! records the exit code (and whether the OOM killer struck), and releases
+//! the host resources. For `-d` it runs detached in its own session.
+
+use std::fs::File;
+use std::io::{IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::backend::{Backend, ExecRequest, ProcessIo};
+use crate::logs::{LogWriter, Stream};
+use crate::paths::{ContainerPaths, Roots};
+use crate::record::{Record, Status};
+use crate::stdio::{self, Pump, RawMode, Source};
+use crate::{CodedError, EXIT_CAPSA_ERROR};
+
+pub enum Mode {
+    /// `capsa run` without `-d`: output also goes to our stdout/stderr, and
+    /// with `-i` our stdin goes to the container.
+    Foreground,
+    /// `capsa run -d`: a line "ok" (or "error CODE MESSAGE") is written to
+    /// `ready` once the container runs or failed to start.
+    Detached { ready: File },
+}
+
+/// Runs the container `id` (already created) to completion; returns its exit
+/// code as docker reports it.
+pub fn run(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
+    let mut rec = Record::load(roots, id)?;
+    let backend = crate::lifecycle::backend_for(roots, rec.isolation)?;
+    let paths = ContainerPaths::new(roots, id);
+    let foreground = matches!(mode, Mode::Foreground);
+
+    let started = start(roots, backend.as_ref(), &mut rec, &paths, foreground);
+    let (pid, outputs, master) = match started {
+        Ok(s) => s,
+        Err(err) => {
+            let err = crate::namespace::classify_start_error(err);
+            let code = err
+                .downcast_ref::<CodedError>()
+                .map_or(EXIT_CAPSA_ERROR, |c| c.code);
+            finish(
+                roots,
+                backend.as_ref(),
+                &mut rec,
+                code,
+                Some(format!("{err:#}")),
+            );
+            if let Mode::Detached { mut ready } = mode {
+                let _ = writeln!(ready, "error {code} {err:#}");
+            }
+            return Err(err);
+        }
+    };
+
+    // Signals for the container arrive on a signalfd; blocked only now, so
+    // the container's own processes never inherit the blocked mask.
+    let mut forwarded = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        forwarded.add(s);
+    }
+    forwarded.thread_block()?;
+    let sfd = SignalFd::with_flags(&forwarded, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+
+    if let Mode::Detached { mut ready } = mode {
+        writeln!(ready, "ok")?;
+        drop(ready);
+        // Our stdout was the ready pipe: point it at /dev/null so the
+        // reader sees EOF.
+        let null = File::options().write(true).open("/dev/null")?;
+        nix::unistd::dup2(null.as_raw_fd(), 1)?;
+    }
+
+    let stdin_is_tty = nix::unistd::isatty(0).unwrap_or(false);
+    let _raw = match (&master, foreground && rec.interactive && stdin_is_tty) {
+        (Some(m), true) => {
+            stdio::copy_winsize(0, m.as_raw_fd());
+            RawMode::enable(std::io::stdin().as_fd())
+        }
+        _ => None,
+    };
+    let stdin = std::io::stdin();
+    let input = match &master {
+        Some(m) if foreground && rec.interactive => Some((stdin.as_fd(), m.try_clone()?)),
+        _ => None,
+    };
+    let pump = Pump {
+        sources: outputs,
+        input,
+        log: LogWriter::create(&paths.log())?,
+        attach: foreground,
+        signals: Some(&sfd),
+    };
+    let master_fd = master.as_ref().map(|m| m.as_raw_fd());
+    let container = Pid::from_raw(pid);
+    pump.run(&mut |sig| match (sig, master_fd) {
+        (Signal::SIGWINCH, Some(m)) => stdio::copy_winsize(0, m),
+        (Signal::SIGWINCH, None) => {}
+        (sig, _) => {
+            let _ = nix::sys::signal::kill(container, sig);
+        }
+    })?;
+    drop(master);
+
+    let code = wait_exit(pid)?;
+    finish(roots, backend.as_ref(), &mut rec, code, None);
+    Ok(code)
+}
+
+type Started = (i32, Vec<Source>, Option<OwnedFd>);
+
+fn start(
+    roots: &Roots,
+    backend: &dyn Backend,
+    rec: &mut Record,
+    paths: &ContainerPaths,
+    foreground: bool,
+) -> Result<Started> {
+    let mut io = ProcessIo::default();
+    let mut outputs = Vec::new();
+    let mut console: Option<(UnixListener, PathBuf)> = None;
+    if rec.tty {
+        let (listener, path) = console_listener(roots, &rec.id)?;
+        io.console_socket = Some(path.clone());
+        console = Some((listener, path));
+    } else {
+        let out = stdio::pipe()?;
+        let err = stdio::pipe()?;
+        io.stdout = Some(out.write);
+        io.stderr = Some(err.write);
+        outputs.push(Source {
+            fd: out.read,
+            stream: Stream::Stdout,
+        });
+        outputs.push(Source {
+            fd: err.read,
+            stream: Stream::Stderr,
+        });
+        if foreground && rec.interactive {
+            io.stdin = Some(std::io::stdin().as_fd().try_clone_to_owned()?);
+        }
+    }
+
+    let created = backend.create(rec, io);
+    // The console socket has done its job once create returns.
+    let master = match (&console, &created) {
+        (Some((listener, _)), Ok(_)) => Some(receive_master(listener)?),
+        _ => None,
+    };
+    if let Some((_, path)) = &console {
+        let _ = std::fs::remove_file(path);
+    }
+    let pid = created?;
+    if let Some(m) = &master {
+        outputs.push(Source {
+            fd: m.try_clone()?,
+            stream: Stream::Stdout,
+        });
+    }
+
+    backend.start(rec)?;
+    rec.status = Status::Running;
+    rec.pid = Some(pid);
+    rec.monitor_pid = Some(std::process::id() as i32);
+    rec.started = Some(Utc::now());
+    rec.save(roots)?;
+    let _ = paths;
+    Ok((pid, outputs, master))
+}
+
+/// Records the exit and gives back what the container held on the host.
+fn finish(
+    roots: &Roots,
+    backend: &dyn Backend,
+    rec: &mut Record,
+    code: i32,
+    error: Option<String>,
+) {
+    rec.oom_killed = backend.oom_killed(rec);
+    if let Err(e) = backend.release(rec) {
+        tracing::warn!("releasing container {}: {e:#}", rec.id);
+    }
+    if let Err(e) = backend.release_rootfs(&ContainerPaths::new(roots, &rec.id)) {
+        tracing::warn!("unmounting the root of {}: {e:#}", rec.id);
+    }
+    rec.status = Status::Stopped;
+    rec.exit_code = Some(code);
+    rec.finished = Some(Utc::now());
+    rec.pid = None;
+    rec.error = error;
+    if rec.auto_remove {
+        let _ = crate::lifecycle::remove_files(roots, rec);
+    } else if let Err(e) = rec.save(roots) {
+        tracing::warn!("saving the record of {}: {e:#}", rec.id);
+    }
+}
+
+/// docker's convention: the exit code, or 128+N for a process killed by
+/// signal N.
+fn wait_exit(pid: i32) -> Result<i32> {
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("waiting for the container's process"),
+        }
+    }
+}
+
+fn console_listener(roots: &Roots, id: &str) -> Result<(UnixListener, PathBuf)> {
+    let dir = roots.sockets();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}-{}.sock", &id[..12], std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("binding console socket {}", path.display()))?;
+    Ok((listener, path))
+}
+
+/// Receives the pty master that the container's process sent over the
+/// console socket (SCM_RIGHTS).
+fn receive_master(listener: &UnixListener) -> Result<OwnedFd> {
+    let (conn, _) = listener.accept().context("accepting the console socket")?;
+    let mut buf = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .context("receiving the terminal from the container")?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just gave us this fd; we own it now.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    anyhow::bail!("the container did not send its terminal over the console socket")
+}
+
+/// `capsa exec`: runs a process in the container with our own standard
+/// streams (or a new terminal with `-t`) and returns its exit code.
+pub fn exec_attached(
+    roots: &Roots,
+    backend: &dyn Backend,
+    rec: &Record,
+    req: &ExecRequest,
+    interactive: bool,
+) -> Result<i32> {
+    let mut io = ProcessIo::default();
+    let mut console = None;
+    if req.tty {
+        let (listener, path) = console_listener(roots, &rec.id)?;
+        io.console_socket = Some(path.clone());
+        console = Some((listener, path));
+    } else {
+        if interactive {
+            io.stdin = Some(std::io::stdin().as_fd().try_clone_to_owned()?);
+        }
+        io.stdout = Some(std::io::stdout().as_fd().try_clone_to_owned()?);
+        io.stderr = Some(std::io::stderr().as_fd().try_clone_to_owned()?);
+    }
+    let created = backend.exec(rec, req, io);
+    let master = match (&console, &created) {
+        (Some((listener, _)), Ok(_)) => Some(receive_master(listener)?),
+        _ => None,
+    };
+    if let Some((_, path)) = &console {
+        let _ = std::fs::remove_file(path);
+    }
+    let pid = created.map_err(crate::namespace::classify_start_error)?;
+    if let Some(m) = master {
+        let stdin_is_tty = nix::unistd::isatty(0).unwrap_or(false);
+        let _raw = if interactive && stdin_is_tty {
+            stdio::copy_winsize(0, m.as_raw_fd());
+            RawMode::enable(std::io::stdin().as_fd())
+        } else {
+            None
+        };
+        let stdin = std::io::stdin();
+        // exec output is not part of the container's log.
+        let pump = Pump {
+            sources: vec![Source {
+                fd: m.try_clone()?,
+                stream: Stream::Stdout,
+            }],
+            input: if interactive {
+                Some((stdin.as_fd(), m.try_clone()?))
+            } else {
+                None
+            },
+            log: LogWriter::create(std::path::Path::new("/dev/null"))?,
+            attach: true,
+            signals: None,
+        };
+        pump.run(&mut |_| {})?;
+    }
+    wait_exit(pid)
+}

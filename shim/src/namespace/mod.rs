@@ -1,0 +1,176 @@
+//! The namespace backend: the container runs on the host kernel, isolated
+//! by namespaces, cgroups, capabilities and seccomp, set up by youki's
+//! libcontainer from the OCI bundle.
+
+mod rootfs;
+mod workload;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::Signal;
+
+use crate::backend::{Backend, ExecRequest, ProcessIo};
+use crate::paths::{ContainerPaths, Roots};
+use crate::record::Record;
+
+pub use workload::classify_start_error;
+
+pub struct NamespaceBackend {
+    roots: Roots,
+}
+
+impl NamespaceBackend {
+    pub fn new(roots: &Roots) -> Self {
+        NamespaceBackend {
+            roots: roots.clone(),
+        }
+    }
+
+    fn builder(&self, id: &str, io: ProcessIo) -> Result<ContainerBuilder> {
+        std::fs::create_dir_all(self.roots.runtime())?;
+        let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(self.roots.runtime())?
+            .with_executor(workload::CapsaExecutor)
+            .with_console_socket(io.console_socket.as_deref());
+        b = b.with_stdin(io.stdin.map_or_else(dev_null, Ok)?);
+        b = b.with_stdout(io.stdout.map_or_else(dev_null, Ok)?);
+        b = b.with_stderr(io.stderr.map_or_else(dev_null, Ok)?);
+        Ok(b)
+    }
+
+    fn load(&self, id: &str) -> Result<Container> {
+        Container::load(self.roots.runtime().join(id))
+            .with_context(|| format!("container {id} is not running"))
+    }
+}
+
+fn dev_null() -> Result<std::os::fd::OwnedFd> {
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into())
+}
+
+/// The cgroup path capsa gives each container (relative to each hierarchy).
+pub fn cgroup_path(id: &str) -> PathBuf {
+    PathBuf::from(format!("/capsa/{id}"))
+}
+
+impl Backend for NamespaceBackend {
+    fn prepare_rootfs(&self, paths: &ContainerPaths, layers: &[PathBuf]) -> Result<()> {
+        rootfs::mount_overlay(layers, &paths.upper(), &paths.work(), &paths.rootfs())
+    }
+
+    fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()> {
+        rootfs::unmount(&paths.rootfs())
+    }
+
+    fn create(&self, rec: &Record, io: ProcessIo) -> Result<i32> {
+        let paths = ContainerPaths::new(&self.roots, &rec.id);
+        let container = self
+            .builder(&rec.id, io)?
+            .as_init(paths.bundle())
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(anyhow::Error::from)?;
+        let pid = container
+            .pid()
+            .context("libcontainer created the container but reported no pid")?;
+        Ok(pid.as_raw())
+    }
+
+    fn start(&self, rec: &Record) -> Result<()> {
+        self.load(&rec.id)?.start()?;
+        Ok(())
+    }
+
+    fn kill(&self, rec: &Record, signal: Signal) -> Result<()> {
+        let mut c = self.load(&rec.id)?;
+        match c.kill(signal, false) {
+            Ok(()) => Ok(()),
+            // libcontainer saves its state after signalling; if the signal
+            // ended the container, the monitor may already have removed that
+            // state. The signal was delivered, which is what was asked.
+            Err(_) if !self.roots.runtime().join(&rec.id).exists() => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("sending {signal} to container {}", rec.name)),
+        }
+    }
+
+    fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<i32> {
+        let config = ContainerPaths::new(&self.roots, &rec.id).config();
+        let spec = oci_spec::runtime::Spec::load(&config)?;
+        let process = spec.process().as_ref().context("bundle has no process")?;
+        let mut env: std::collections::HashMap<String, String> = process
+            .env()
+            .iter()
+            .flatten()
+            .chain(req.env.iter())
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.into(), v.into())))
+            .collect();
+        if req.tty {
+            env.entry("TERM".into()).or_insert_with(|| "xterm".into());
+        }
+        let (uid, gid) = req
+            .user
+            .unwrap_or((process.user().uid(), process.user().gid()));
+        let cwd = req
+            .workdir
+            .clone()
+            .unwrap_or_else(|| process.cwd().display().to_string());
+        let pid = self
+            .builder(&rec.id, io)?
+            .as_tenant()
+            .with_container_args(req.args.clone())
+            .with_env(env)
+            .with_cwd(Some(cwd))
+            .with_user(Some(uid))
+            .with_group(Some(gid))
+            .with_detach(req.tty)
+            .build()?;
+        Ok(pid.as_raw())
+    }
+
+    fn oom_killed(&self, rec: &Record) -> bool {
+        oom_kill_count(&cgroup_path(&rec.id)) > 0
+    }
+
+    fn release(&self, rec: &Record) -> Result<()> {
+        let dir = self.roots.runtime().join(&rec.id);
+        if dir.exists() {
+            let mut c = Container::load(dir.clone())?;
+            c.delete(true)
+                .with_context(|| format!("deleting runtime state of {}", rec.id))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the OOM-kill counter of a container's memory cgroup, on either
+/// cgroup layout.
+fn oom_kill_count(cgroup: &Path) -> u64 {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let candidates = [
+        // cgroup v1 (and hybrid hosts): memory.oom_control has "oom_kill N".
+        Path::new("/sys/fs/cgroup/memory")
+            .join(rel)
+            .join("memory.oom_control"),
+        // cgroup v2: memory.events has "oom_kill N".
+        Path::new("/sys/fs/cgroup").join(rel).join("memory.events"),
+    ];
+    for file in candidates {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            for line in text.lines() {
+                if let Some(n) = line.strip_prefix("oom_kill ") {
+                    return n.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+    }
+    0
+}

@@ -1,0 +1,104 @@
+//! How the container's process is executed, and how failures to execute map
+//! to docker's exit codes (127: not found, 126: not executable).
+
+use std::ffi::CString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use oci_spec::runtime::Spec;
+
+use crate::{CodedError, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
+
+// libcontainer sends validation errors back to the creating process as text;
+// these markers let us recover the exit code from that text.
+const NOT_FOUND: &str = "executable file not found in $PATH";
+const NOT_EXECUTABLE: &str = "permission denied: not an executable file";
+
+#[derive(Clone)]
+pub struct CapsaExecutor;
+
+impl Executor for CapsaExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        let args = args_of(spec).ok_or(ExecutorError::InvalidArg)?;
+        let argv: Vec<CString> = args
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| ExecutorError::InvalidArg)?;
+        let err = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
+        Err(ExecutorError::Other(format!("exec {}: {err}", args[0])))
+    }
+
+    /// Runs in the container (after pivot_root) before it waits for start,
+    /// so a bad command fails `create` with a clear message.
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        let args = args_of(spec).ok_or_else(|| {
+            ExecutorValidationError::ArgValidationError("no command given".into())
+        })?;
+        let path_var = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.env().as_ref())
+            .and_then(|env| env.iter().find_map(|e| e.strip_prefix("PATH=")))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .to_string();
+        let Some(path) = lookup(&args[0], &path_var) else {
+            return Err(ExecutorValidationError::ArgValidationError(format!(
+                "{}: {NOT_FOUND}",
+                args[0]
+            )));
+        };
+        let executable = path
+            .metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if !executable {
+            return Err(ExecutorValidationError::ArgValidationError(format!(
+                "{}: {NOT_EXECUTABLE}",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn args_of(spec: &Spec) -> Option<&Vec<String>> {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.args().as_ref())
+        .filter(|a| !a.is_empty())
+}
+
+fn lookup(name: &str, path_var: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return p.exists().then_some(p);
+    }
+    path_var
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.exists())
+}
+
+/// Turns a failed `create` into the error the user sees, with docker's exit
+/// code when the cause is the command itself.
+pub fn classify_start_error(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    for (marker, code) in [
+        (NOT_FOUND, EXIT_NOT_FOUND),
+        (NOT_EXECUTABLE, EXIT_NOT_EXECUTABLE),
+    ] {
+        if let Some(pos) = text.find(marker) {
+            // Keep "CMD: reason", dropping libcontainer's wrapping.
+            let start = text[..pos]
+                .rfind(": ")
+                .map_or(0, |p| text[..p].rfind(['\'', ' ']).map_or(0, |q| q + 1));
+            let msg = text[start..pos + marker.len()]
+                .trim_matches('\'')
+                .to_string();
+            return CodedError::new(code, format!("failed to start the container: {msg}")).into();
+        }
+    }
+    err.context("failed to start the container")
+}

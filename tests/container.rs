@@ -1,0 +1,407 @@
+//! Container mode end to end: real namespace containers from the demo
+//! image, driven through the `capsa` command line as a user would.
+
+use capsa_tests::{stderr, stdout, Env};
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().expect("capsa exited by signal")
+}
+
+#[test]
+fn run_prints_output_and_leaves_nothing_behind() {
+    let env = Env::with_demo();
+    let out = env.run(&["run", "--rm", "demo", "echo", "hello", "world"]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "hello world\n");
+    assert!(env.container_ids().is_empty(), "--rm left a container");
+    env.assert_no_leaks(&[]);
+}
+
+#[test]
+fn exit_codes_follow_docker() {
+    let env = Env::with_demo();
+    for (cmd, want) in [("exit 0", 0), ("exit 1", 1), ("exit 7", 7)] {
+        let out = env.run(&["run", "--rm", "demo", "sh", "-c", cmd]);
+        assert_eq!(code(&out), want, "{cmd}: {}", stderr(&out));
+    }
+    let out = env.run(&["run", "--rm", "demo", "no-such-command"]);
+    assert_eq!(code(&out), 127, "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no-such-command") && stderr(&out).contains("not found"),
+        "unclear message: {}",
+        stderr(&out)
+    );
+    let out = env.run(&["run", "--rm", "demo", "/etc/passwd"]);
+    assert_eq!(code(&out), 126, "stderr: {}", stderr(&out));
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[]);
+}
+
+#[test]
+fn env_user_and_workdir_are_applied() {
+    let env = Env::with_demo();
+    let envfile = env.path().join("envfile");
+    std::fs::write(&envfile, "# comment\nFROM_FILE=yes\n").unwrap();
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hi there",
+        "--env-file",
+        envfile.to_str().unwrap(),
+        "-u",
+        "1000:1000",
+        "-w",
+        "/tmp",
+        "demo",
+        "sh",
+        "-c",
+        "echo $GREETING; echo $FROM_FILE; id -u; id -g; pwd",
+    ]);
+    assert_eq!(out, "hi there\nyes\n1000\n1000\n/tmp\n");
+    // A user name is resolved from the image's /etc/passwd.
+    let out = env.ok(&["run", "--rm", "-u", "nobody", "demo", "id", "-un"]);
+    assert_eq!(out.trim(), "nobody");
+}
+
+#[test]
+fn secure_defaults_are_in_force() {
+    let env = Env::with_demo();
+    let status = env.ok(&["run", "--rm", "demo", "cat", "/proc/self/status"]);
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    // docker's default capability set.
+    assert_eq!(field("CapEff"), "00000000a80425fb", "{status}");
+    assert_eq!(field("CapBnd"), "00000000a80425fb");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2", "no seccomp filter");
+    // Masked paths read as empty (which of them exist depends on the
+    // host kernel's config).
+    let masked = ["/proc/kcore", "/proc/keys", "/proc/timer_list"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("none of the masked /proc files exists on this host");
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "demo",
+        "sh",
+        "-c",
+        &format!("wc -c < {masked}"),
+    ]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "0",
+        "{masked} is not masked: {}",
+        stderr(&out)
+    );
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "demo",
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/kernel/domainname",
+    ]);
+    assert_ne!(code(&out), 0, "/proc/sys is writable");
+    // seccomp denies what the capability set would not stop on its own.
+    let out = env.run(&["run", "--rm", "demo", "unshare", "-U", "true"]);
+    assert_ne!(code(&out), 0, "a user namespace could be created");
+}
+
+#[test]
+fn read_only_root_volumes_and_tmpfs() {
+    let env = Env::with_demo();
+    let out = env.run(&["run", "--rm", "--read-only", "demo", "touch", "/x"]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+
+    let data = env.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("in.txt"), "from the host\n").unwrap();
+    let ro = format!("{}:/data:ro", data.display());
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "-v",
+        &ro,
+        "demo",
+        "sh",
+        "-c",
+        "cat /data/in.txt; touch /data/new",
+    ]);
+    assert_eq!(stdout(&out), "from the host\n");
+    assert_ne!(code(&out), 0, "a read-only volume was writable");
+    assert!(!data.join("new").exists());
+    let rw = format!("{}:/data", data.display());
+    env.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &rw,
+        "demo",
+        "sh",
+        "-c",
+        "echo out > /data/out.txt",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(data.join("out.txt")).unwrap(),
+        "out\n"
+    );
+
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/scratch",
+        "demo",
+        "sh",
+        "-c",
+        "echo ok > /scratch/f && cat /scratch/f && grep ' /scratch ' /proc/mounts",
+    ]);
+    assert!(out.starts_with("ok\n") && out.contains("tmpfs"), "{out}");
+}
+
+#[test]
+fn memory_limit_oom_kills_and_is_reported() {
+    let env = Env::with_demo();
+    // The shell holds a 64 MB string in a 16 MB container.
+    let out = env.run(&[
+        "run",
+        "--name",
+        "hog",
+        "--memory",
+        "16m",
+        "demo",
+        "sh",
+        "-c",
+        "a=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived ${#a}",
+    ]);
+    assert_eq!(
+        code(&out),
+        137,
+        "stdout: {} stderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("survived"));
+    let inspect: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "hog"])).unwrap();
+    assert_eq!(inspect[0]["oom_killed"], true, "{inspect}");
+    assert_eq!(inspect[0]["exit_code"], 137);
+    let ids = env.container_ids();
+    env.ok(&["rm", "hog"]);
+    env.assert_no_leaks(&ids);
+}
+
+/// Reads a file of the container's cgroup in whichever hierarchy has it.
+fn cgroup_file(id: &str, name: &str) -> Option<String> {
+    capsa_tests::cgroup_hierarchies()
+        .into_iter()
+        .find_map(|h| std::fs::read_to_string(h.join("capsa").join(id).join(name)).ok())
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    let env = Env::with_demo();
+    // A subshell forks until the kernel refuses; the limit must hold.
+    let id = env.ok(&[
+        "run",
+        "-d",
+        "--pids-limit",
+        "16",
+        "demo",
+        "sh",
+        "-c",
+        "(for i in $(seq 64); do sleep 30 & done) 2>/dev/null; sleep 30",
+    ]);
+    let id = id.trim();
+    let mut refused = 0;
+    for _ in 0..100 {
+        let events = cgroup_file(id, "pids.events").expect("no pids cgroup for the container");
+        refused = events
+            .lines()
+            .find_map(|l| l.strip_prefix("max "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if refused > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let current: u64 = cgroup_file(id, "pids.current")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(refused > 0, "no fork was refused");
+    assert!(current <= 16, "{current} processes ran under a limit of 16");
+    env.ok(&["rm", "-f", id]);
+    env.assert_no_leaks(&[id.to_string()]);
+}
+
+#[test]
+fn cpu_quota_is_applied() {
+    let env = Env::with_demo();
+    let id = env.ok(&["run", "-d", "--cpus", "0.5", "demo", "sleep", "30"]);
+    let id = id.trim();
+    let quota = cgroup_file(id, "cpu.cfs_quota_us")
+        .or_else(|| cgroup_file(id, "cpu.max"))
+        .expect("no cpu cgroup file for the container");
+    assert!(quota.starts_with("50000"), "quota: {quota}");
+    env.ok(&["rm", "-f", id]);
+    env.assert_no_leaks(&[id.to_string()]);
+}
+
+#[test]
+fn detached_lifecycle_ps_logs_exec_stop_wait_rm() {
+    let env = Env::with_demo();
+    let id = env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "demo",
+        "sh",
+        "-c",
+        "echo started; echo oops >&2; sleep 300",
+    ]);
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 64);
+
+    let ps = env.ok(&["ps"]);
+    assert!(ps.contains("web") && ps.contains("Up"), "{ps}");
+
+    // Logs keep stdout and stderr apart.
+    let mut logs = env.run(&["logs", "web"]);
+    for _ in 0..50 {
+        if stdout(&logs).contains("started") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        logs = env.run(&["logs", "web"]);
+    }
+    assert_eq!(stdout(&logs), "started\n");
+    assert_eq!(stderr(&logs), "oops\n");
+
+    assert_eq!(env.ok(&["exec", "web", "echo", "inside"]), "inside\n");
+    let out = env.run(&["exec", "web", "sh", "-c", "exit 3"]);
+    assert_eq!(code(&out), 3);
+    let out = env.run_stdin(&["exec", "-i", "web", "cat"], b"piped");
+    assert_eq!(stdout(&out), "piped");
+
+    // rm without -f refuses a running container.
+    let out = env.run(&["rm", "web"]);
+    assert_eq!(code(&out), 125);
+    assert!(stderr(&out).contains("running"));
+
+    // sh as PID 1 ignores SIGTERM, so stop escalates to SIGKILL.
+    env.ok(&["stop", "-t", "1", "web"]);
+    assert_eq!(env.ok(&["wait", "web"]).trim(), "137");
+    let ps = env.ok(&["ps", "-a"]);
+    assert!(ps.contains("Exited (137)"), "{ps}");
+    assert!(!env.ok(&["ps"]).contains("web"));
+
+    env.ok(&["rm", "web"]);
+    assert!(!env.ok(&["ps", "-a"]).contains("web"));
+    env.assert_no_leaks(&[id]);
+}
+
+#[test]
+fn kill_reports_128_plus_signal() {
+    let env = Env::with_demo();
+    let id = env.ok(&["run", "-d", "demo", "sleep", "300"]);
+    let id = id.trim();
+    env.ok(&["kill", "-s", "KILL", id]);
+    assert_eq!(env.ok(&["wait", id]).trim(), "137");
+    // A handled signal ends the process with the script's own code.
+    let id2 = env.ok(&[
+        "run",
+        "-d",
+        "demo",
+        "sh",
+        "-c",
+        "trap 'exit 42' USR1; while true; do sleep 0.1; done",
+    ]);
+    let id2 = id2.trim();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    env.ok(&["kill", "-s", "USR1", id2]);
+    assert_eq!(env.ok(&["wait", id2]).trim(), "42");
+    env.ok(&["rm", id, id2]);
+    env.assert_no_leaks(&[id.to_string(), id2.to_string()]);
+}
+
+#[test]
+fn stdin_tty_and_hostname() {
+    let env = Env::with_demo();
+    let out = env.run_stdin(
+        &["run", "--rm", "-i", "demo", "sh", "-c", "tr a-z A-Z"],
+        b"shout\n",
+    );
+    assert_eq!(stdout(&out), "SHOUT\n");
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "-t",
+        "demo",
+        "sh",
+        "-c",
+        "test -t 1 && echo is-a-tty",
+    ]);
+    assert_eq!(out.trim_end(), "is-a-tty");
+    let out = env.ok(&["run", "--rm", "--hostname", "box1", "demo", "hostname"]);
+    assert_eq!(out, "box1\n");
+}
+
+#[test]
+fn network_none_has_only_loopback_and_host_shares_ours() {
+    let env = Env::with_demo();
+    let out = env.ok(&["run", "--rm", "demo", "cat", "/proc/net/dev"]);
+    let ifaces: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(ifaces, vec!["lo"], "{out}");
+    let host = std::fs::read_to_string("/proc/net/dev").unwrap();
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "demo",
+        "cat",
+        "/proc/net/dev",
+    ]);
+    assert_eq!(out.lines().count(), host.lines().count());
+}
+
+#[test]
+fn large_output_is_not_lost() {
+    let env = Env::with_demo();
+    // 20 MB through the pipe to us and into the log.
+    let out = env.run(&[
+        "run",
+        "--name",
+        "big",
+        "demo",
+        "sh",
+        "-c",
+        "head -c 20000000 /dev/zero | tr '\\0' x",
+    ]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(out.stdout.len(), 20_000_000);
+    let logs = env.run(&["logs", "big"]);
+    assert_eq!(logs.stdout.len(), 20_000_000);
+    env.ok(&["rm", "big"]);
+}
