@@ -66,7 +66,49 @@ const QEMU_MACHINE: &[&str] = &[
 /// `virtio_mmio.device=` entries for the devices below (acpi=off).
 /// `reboot=t` + qemu's `-no-reboot`: the init's final `reboot -f` ends qemu;
 /// `panic=-1`: so does a kernel panic, instead of hanging until the timeout.
+/// [`tsc_cmdline`] adds the TSC frequency.
 const CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t rdinit=/init";
+
+/// Kernel arguments that give the test host a usable TSC.
+///
+/// Why: the test host has no HPET or ACPI PM timer, and calibrating the TSC
+/// against the PIT fails under TCG whenever this machine is busy ("Fast TSC
+/// calibration failed", "Marking TSC unstable due to could not calculate TSC
+/// khz"). Then tsc_khz is 0, and KVM in the test host never enters a guest:
+/// kvm_guest_time_update() finds cpu_tsc_khz == 0, re-requests a clock
+/// update and returns, forever (the inner vCPU spins in KVM_RUN at the reset
+/// vector with zero exits). Under TCG the guest TSC is this machine's TSC,
+/// so we measure its rate here and hand it over with `tsc_early_khz`;
+/// `tsc=reliable` skips the cross-CPU sync check and the clocksource
+/// watchdog, which fail for the same reason.
+fn tsc_cmdline() -> String {
+    format!("tsc=reliable tsc_early_khz={}", host_tsc_khz())
+}
+
+/// This machine's TSC rate in kHz: `CAPSA_TEST_HOST_TSC_KHZ`, or measured
+/// against CLOCK_MONOTONIC over 50 ms (good to about 0.1%).
+fn host_tsc_khz() -> u64 {
+    if let Some(khz) = std::env::var("CAPSA_TEST_HOST_TSC_KHZ")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return khz;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: RDTSC has no preconditions on x86-64.
+        let rdtsc = || unsafe { core::arch::x86_64::_rdtsc() };
+        let (t0, c0) = (Instant::now(), rdtsc());
+        std::thread::sleep(Duration::from_millis(50));
+        let (c1, t1) = (rdtsc(), Instant::now());
+        let ns = t1.duration_since(t0).as_nanos() as u64;
+        c1.wrapping_sub(c0).saturating_mul(1_000_000) / ns.max(1)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        1_000_000
+    }
+}
 
 /// /init of the test host (busybox sh). The command's script is /run.sh.
 const INIT: &str = r#"#!/bin/sh
@@ -162,6 +204,7 @@ pub struct TestHost {
     kernel: Option<PathBuf>,
     qemu: PathBuf,
     show_console: bool,
+    extra_cmdline: String,
 }
 
 impl TestHost {
@@ -183,6 +226,7 @@ impl TestHost {
             kernel: None,
             qemu: PathBuf::from(QEMU),
             show_console: std::env::var_os("CAPSA_TEST_HOST_CONSOLE").is_some_and(|v| v != "0"),
+            extra_cmdline: std::env::var("CAPSA_TEST_HOST_APPEND").unwrap_or_default(),
         }
     }
 
@@ -240,6 +284,14 @@ impl TestHost {
 
     pub fn qemu(mut self, qemu: impl AsRef<Path>) -> Self {
         self.qemu = qemu.as_ref().to_path_buf();
+        self
+    }
+
+    /// Appends to the test host's kernel command line (also
+    /// `CAPSA_TEST_HOST_APPEND=…`), e.g. `kvm_amd.npt=0` when debugging.
+    pub fn append_cmdline(mut self, args: &str) -> Self {
+        self.extra_cmdline.push(' ');
+        self.extra_cmdline.push_str(args);
         self
     }
 
@@ -333,7 +385,12 @@ impl TestHost {
             .arg(&kernel)
             .arg("-initrd")
             .arg(&initrd)
-            .args(["-append", CMDLINE])
+            .arg("-append")
+            .arg(format!(
+                "{CMDLINE} {} {}",
+                tsc_cmdline(),
+                self.extra_cmdline.trim()
+            ))
             .args([
                 "-chardev",
                 "stdio,id=con,signal=off",
@@ -691,6 +748,12 @@ mod tests {
         );
         let text = String::from_utf8_lossy(&script);
         assert!(text.contains("export 'X_Y=v'\\''w'"), "{text}");
+    }
+
+    #[test]
+    fn tsc_rate_is_plausible() {
+        let khz = host_tsc_khz();
+        assert!((500_000..10_000_000).contains(&khz), "{khz} kHz");
     }
 
     #[test]

@@ -49,6 +49,7 @@ fn guest_kernel_boots_under_kvm_inside_the_test_host() {
     initramfs::write_busybox_init(
         &initrd,
         "#!/bin/sh\n\
+         /bin/busybox mount -t sysfs sysfs /sys\n\
          /bin/busybox echo \"capsa guest kernel is up: $(/bin/busybox uname -r) on $(/bin/busybox cat /sys/devices/system/clocksource/clocksource0/current_clocksource)\"\n\
          /bin/busybox reboot -f\n",
     )
