@@ -66,6 +66,11 @@ enum Command {
     Tag(images::TagArgs),
     /// Write an image to an OCI archive.
     Save(images::SaveArgs),
+    /// The guest kernel: where it is (building it first) and its config.
+    Kernel(capsa_kernel::cli::KernelArgs),
+    /// Run a command inside the KVM test host (a nested-KVM VM for hosts
+    /// whose /dev/kvm cannot run ordinary guests).
+    TestHost(capsa_kernel::cli::TestHostArgs),
     /// The monitor process of a detached container (internal).
     #[command(name = "__monitor", hide = true)]
     Monitor { id: String },
@@ -128,6 +133,8 @@ fn dispatch(roots: &Roots, command: Command) -> anyhow::Result<i32> {
         Command::Rmi(a) => images::rmi(roots, a),
         Command::Tag(a) => images::tag(roots, a),
         Command::Save(a) => images::save(roots, a),
+        Command::Kernel(a) => a.run(),
+        Command::TestHost(a) => a.run(),
         Command::Monitor { id } => containers::monitor(roots, &id),
     }
 }

@@ -122,6 +122,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(Some(crate::namespace::cgroup_path(&id)));
     }
+    add_etc_files(&paths, &mut spec, req.run.network)?;
     let command = spec
         .process()
         .as_ref()
@@ -175,6 +176,48 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     rec.save(roots)?;
     guard.armed = false;
     Ok(rec)
+}
+
+/// Gives the container its own /etc/hostname and /etc/hosts (and, on the
+/// host network, the host's /etc/resolv.conf), as docker does: images ship
+/// placeholders or nothing at these paths.
+fn add_etc_files(
+    paths: &ContainerPaths,
+    spec: &mut oci_spec::runtime::Spec,
+    network: capsa_image::spec::Network,
+) -> Result<()> {
+    use oci_spec::runtime::MountBuilder;
+    let hostname = spec.hostname().clone().unwrap_or_default();
+    let mut files = vec![("hostname", format!("{hostname}\n"))];
+    let host_net = network == capsa_image::spec::Network::Host;
+    let hosts = if host_net {
+        fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        )
+    };
+    files.push(("hosts", hosts));
+    if host_net {
+        if let Ok(resolv) = fs::read_to_string("/etc/resolv.conf") {
+            files.push(("resolv.conf", resolv));
+        }
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (name, content) in files {
+        let src = paths.dir.join(name);
+        fs::write(&src, content)?;
+        mounts.push(
+            MountBuilder::default()
+                .destination(format!("/etc/{name}"))
+                .typ("bind")
+                .source(src)
+                .options(vec!["rbind".into(), "rprivate".into()])
+                .build()?,
+        );
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 /// Removes a half-created container if `create` fails part-way.
