@@ -121,7 +121,13 @@ mkdir -p "$obj" "$tmp/result"
 on_exit() {
   local rc=$?
   if [ $rc -ne 0 ]; then
-    echo "capsa-kernel: $kind kernel build FAILED after $(elapsed); last lines of $log:" >&2
+    echo "capsa-kernel: $kind kernel build FAILED after $(elapsed)" >&2
+    # With make -j the first compiler error is often far above the tail.
+    if grep -qE '(error|Error):' "$log" 2>/dev/null; then
+      echo "capsa-kernel: first errors:" >&2
+      grep -m 5 -B 2 -A 3 -E ': (fatal )?error:|\*\*\*' "$log" >&2 || true
+    fi
+    echo "capsa-kernel: last lines of the build log:" >&2
     tail -n 40 "$log" >&2 || true
     cp "$log" "$cache/last-failed-$kind.log" 2>/dev/null \
       && echo "capsa-kernel: full log kept at $cache/last-failed-$kind.log" >&2
