@@ -1,0 +1,505 @@
+//! Credit-based flow control for the standard streams.
+//!
+//! Every stream (a process's stdin, stdout or stderr) has a receive window.
+//! The sender starts with [`INITIAL_WINDOW`] bytes of credit, spends credit
+//! for every data byte it sends, and stops when it has none. The receiver
+//! buffers at most a window of bytes; as its consumer takes bytes out of the
+//! buffer it hands the credit back with [`Frame::Window`] frames. So:
+//!
+//! - a slow reader makes the *sender* wait (and, in the agent, stop reading
+//!   the process's pipe, so the process blocks in `write`); nobody buffers
+//!   more than a window per stream;
+//! - no byte is dropped: data is only sent against credit, and a receiver
+//!   always has room for what the credit allowed;
+//! - a peer that sends beyond its credit broke the protocol:
+//!   [`FlowError::WindowExceeded`].
+//!
+//! Because a receiver only buffers (never blocks) when data arrives, the
+//! thread that reads frames off the connection never waits on a slow
+//! consumer, and the other streams and the control messages keep flowing.
+//!
+//! The pieces: [`SendCredit`] (sender's credit, blocking acquire),
+//! [`RecvWindow`] (receiver's accounting, decides when to send credit),
+//! and built on them [`OutboundWriter`] (an `io::Write` that sends data
+//! frames against credit) and [`inbound`] (a bounded buffer whose reader end
+//! is an `io::Read` that returns credit as it is read).
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::codec::{Encoder, ProtoError};
+use crate::message::{Frame, StdStream};
+
+/// Receive window of every stream at its start, bytes.
+pub const INITIAL_WINDOW: u32 = 256 * 1024;
+
+/// Most data bytes an [`OutboundWriter`] puts in one frame.
+pub const MAX_DATA: usize = 64 * 1024;
+
+/// A broken flow-control rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlowError {
+    /// The peer sent more bytes than its credit allowed.
+    #[error("flow control violated: {got} data bytes arrived while only {allowed} were allowed")]
+    WindowExceeded {
+        /// Bytes in the offending frame.
+        got: usize,
+        /// Credit the peer had left.
+        allowed: u64,
+    },
+    /// The peer granted credit beyond any possible window.
+    #[error("flow control violated: a credit of {credit} would raise the window above {max}")]
+    CreditOverflow {
+        /// The credit granted.
+        credit: u32,
+        /// The most credit a sender may hold.
+        max: u64,
+    },
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not turn into a second panic here; the state
+    // guarded by these mutexes stays consistent between statements.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The sender's side of a stream: credit it may spend. Thread-safe; share it
+/// with `Arc` between the thread that sends data and the thread that reads
+/// `Window` frames.
+#[derive(Debug)]
+pub struct SendCredit {
+    state: Mutex<SendState>,
+    cv: Condvar,
+}
+
+#[derive(Debug)]
+struct SendState {
+    available: u64,
+    closed: bool,
+}
+
+impl SendCredit {
+    /// Credit for a stream whose receiver announced `window` bytes (for
+    /// every stream, [`INITIAL_WINDOW`]).
+    pub fn new(window: u32) -> Self {
+        SendCredit {
+            state: Mutex::new(SendState {
+                available: u64::from(window),
+                closed: false,
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Adds credit from a `Window` frame and wakes a waiting sender.
+    pub fn grant(&self, credit: u32) -> Result<(), FlowError> {
+        let max = u64::from(u32::MAX);
+        let mut s = lock(&self.state);
+        let new = s.available + u64::from(credit);
+        if new > max {
+            return Err(FlowError::CreditOverflow { credit, max });
+        }
+        s.available = new;
+        self.cv.notify_all();
+        Ok(())
+    }
+
+    /// Takes up to `max` bytes of credit, waiting while there is none.
+    /// Returns `None` once [`close`](Self::close) was called, `Some(0)` only
+    /// for `max == 0`.
+    pub fn acquire(&self, max: usize) -> Option<usize> {
+        let mut s = lock(&self.state);
+        loop {
+            if s.closed {
+                return None;
+            }
+            if s.available > 0 || max == 0 {
+                let n = (max as u64).min(s.available);
+                s.available -= n;
+                return Some(n as usize);
+            }
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Takes up to `max` bytes of credit without waiting (0 when none).
+    pub fn try_acquire(&self, max: usize) -> usize {
+        let mut s = lock(&self.state);
+        if s.closed {
+            return 0;
+        }
+        let n = (max as u64).min(s.available);
+        s.available -= n;
+        n as usize
+    }
+
+    /// Credit left.
+    pub fn available(&self) -> u64 {
+        lock(&self.state).available
+    }
+
+    /// Ends the stream for the sender: waiting and later `acquire`s return
+    /// `None` (e.g. the process exited or the connection died).
+    pub fn close(&self) {
+        lock(&self.state).closed = true;
+        self.cv.notify_all();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+}
+
+/// The receiver's accounting for one stream (not thread-safe by itself; see
+/// [`inbound`] for a shared buffer built on it).
+///
+/// Invariant: the peer may send `allowed` more bytes, and
+/// `allowed + buffered + unacknowledged == window`; so the bytes the
+/// receiver holds never exceed the window.
+#[derive(Debug, Clone)]
+pub struct RecvWindow {
+    window: u32,
+    allowed: u64,
+    unacked: u64,
+}
+
+impl RecvWindow {
+    /// A window of `window` bytes (> 0), all of it granted to the peer.
+    pub fn new(window: u32) -> Self {
+        let window = window.max(1);
+        RecvWindow {
+            window,
+            allowed: u64::from(window),
+            unacked: 0,
+        }
+    }
+
+    /// The window size.
+    pub fn window(&self) -> u32 {
+        self.window
+    }
+
+    /// Bytes the peer may still send.
+    pub fn allowed(&self) -> u64 {
+        self.allowed
+    }
+
+    /// Accounts for `n` bytes that arrived. Fails, changing nothing, when the
+    /// peer had less credit.
+    pub fn on_data(&mut self, n: usize) -> Result<(), FlowError> {
+        if n as u64 > self.allowed {
+            return Err(FlowError::WindowExceeded {
+                got: n,
+                allowed: self.allowed,
+            });
+        }
+        self.allowed -= n as u64;
+        Ok(())
+    }
+
+    /// Accounts for `n` bytes the consumer took out of the buffer. Returns
+    /// the credit to send in a `Window` frame, once a quarter of the window
+    /// has been consumed (batching keeps `Window` frames few). Holding back
+    /// less than a quarter never stalls the peer: with an empty buffer it
+    /// still has three quarters of the window to send.
+    pub fn on_consumed(&mut self, n: usize) -> Option<u32> {
+        self.unacked += n as u64;
+        let threshold = u64::from(self.window / 4).max(1);
+        if self.unacked >= threshold {
+            self.flush()
+        } else {
+            None
+        }
+    }
+
+    /// Returns all credit held back, if any.
+    pub fn flush(&mut self) -> Option<u32> {
+        if self.unacked == 0 {
+            return None;
+        }
+        // unacked <= window - allowed, so it fits in u32.
+        let credit = self.unacked as u32;
+        self.allowed += self.unacked;
+        self.unacked = 0;
+        Some(credit)
+    }
+}
+
+/// An [`Encoder`] shared by the threads that send on one connection. Each
+/// frame is written whole under the lock.
+#[derive(Debug)]
+pub struct SharedEncoder<W> {
+    inner: Arc<Mutex<Encoder<W>>>,
+}
+
+impl<W> Clone for SharedEncoder<W> {
+    fn clone(&self) -> Self {
+        SharedEncoder {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<W: Write> SharedEncoder<W> {
+    /// Shares `enc`.
+    pub fn new(enc: Encoder<W>) -> Self {
+        SharedEncoder {
+            inner: Arc::new(Mutex::new(enc)),
+        }
+    }
+
+    /// Sends one frame.
+    pub fn send(&self, frame: &Frame) -> Result<(), ProtoError> {
+        lock(&self.inner).send(frame)
+    }
+
+    /// Sends a data frame without building a [`Frame`].
+    pub fn send_data(
+        &self,
+        process: &str,
+        stream: StdStream,
+        data: &[u8],
+    ) -> Result<(), ProtoError> {
+        lock(&self.inner).send_data(process, stream, data)
+    }
+
+    /// Runs `f` with the encoder locked.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Encoder<W>) -> T) -> T {
+        f(&mut lock(&self.inner))
+    }
+}
+
+fn to_io(e: ProtoError) -> io::Error {
+    match e {
+        ProtoError::Io(e) => e,
+        other => io::Error::other(other),
+    }
+}
+
+/// The sending end of a stream as an `io::Write`: each `write` waits for
+/// credit, then sends as many bytes as the credit (and [`MAX_DATA`]) allow
+/// in one `Data` frame. Use it with `io::copy(&mut pipe, &mut writer)`.
+///
+/// When the [`SendCredit`] is closed, writes fail with `BrokenPipe`.
+#[derive(Debug)]
+pub struct OutboundWriter<W> {
+    enc: SharedEncoder<W>,
+    credit: Arc<SendCredit>,
+    process: String,
+    stream: StdStream,
+}
+
+impl<W: Write> OutboundWriter<W> {
+    /// A writer for `stream` of `process`, spending `credit` (feed the
+    /// stream's `Window` frames into the same `SendCredit`).
+    pub fn new(
+        enc: SharedEncoder<W>,
+        credit: Arc<SendCredit>,
+        process: impl Into<String>,
+        stream: StdStream,
+    ) -> Self {
+        OutboundWriter {
+            enc,
+            credit,
+            process: process.into(),
+            stream,
+        }
+    }
+
+    /// The credit this writer spends.
+    pub fn credit(&self) -> &Arc<SendCredit> {
+        &self.credit
+    }
+
+    /// Ends the stream: sends its `Eof` frame.
+    pub fn close(self) -> Result<(), ProtoError> {
+        self.enc.send(&Frame::Eof {
+            process: self.process,
+            stream: self.stream,
+        })
+    }
+}
+
+impl<W: Write> Write for OutboundWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min(MAX_DATA);
+        let Some(n) = self.credit.acquire(want) else {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("{:?} of {} is closed", self.stream, self.process),
+            ));
+        };
+        self.enc
+            .send_data(&self.process, self.stream, &buf[..n])
+            .map_err(to_io)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct InState {
+    buf: VecDeque<u8>,
+    window: RecvWindow,
+    eof: bool,
+    failed: Option<String>,
+    reader_gone: bool,
+}
+
+struct InShared {
+    state: Mutex<InState>,
+    cv: Condvar,
+}
+
+/// Creates the receiving end of a stream: a bounded buffer of `window`
+/// bytes. The thread that reads frames pushes `Data` into the
+/// [`InboundSender`] (never blocks); the consumer reads the
+/// [`InboundReader`], which calls `on_credit` with the credit to return
+/// (send it as a `Window` frame for this stream).
+pub fn inbound<F>(window: u32, on_credit: F) -> (InboundSender, InboundReader)
+where
+    F: FnMut(u32) -> io::Result<()> + Send + 'static,
+{
+    let shared = Arc::new(InShared {
+        state: Mutex::new(InState {
+            buf: VecDeque::new(),
+            window: RecvWindow::new(window),
+            eof: false,
+            failed: None,
+            reader_gone: false,
+        }),
+        cv: Condvar::new(),
+    });
+    (
+        InboundSender {
+            shared: Arc::clone(&shared),
+        },
+        InboundReader {
+            shared,
+            on_credit: Box::new(on_credit),
+        },
+    )
+}
+
+/// The frame-reading thread's handle on an inbound stream.
+pub struct InboundSender {
+    shared: Arc<InShared>,
+}
+
+impl std::fmt::Debug for InboundSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundSender").finish_non_exhaustive()
+    }
+}
+
+impl InboundSender {
+    /// Buffers the bytes of a `Data` frame. Fails when they exceed the
+    /// peer's credit (a protocol violation: answer with an error frame) or
+    /// arrive after `Eof`. Never blocks. When the reader was dropped the
+    /// bytes are discarded (still counted against the window, and no credit
+    /// comes back: keep the reader and drain it into `io::sink()` to keep
+    /// the peer flowing).
+    pub fn push(&self, data: &[u8]) -> Result<(), ProtoError> {
+        let mut s = lock(&self.shared.state);
+        if s.eof {
+            return Err(ProtoError::Malformed {
+                kind: "data".into(),
+                reason: "data after the stream's eof".into(),
+                request_id: None,
+            });
+        }
+        s.window.on_data(data.len())?;
+        if !s.reader_gone {
+            s.buf.extend(data);
+            self.shared.cv.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Marks the end of the stream (an `Eof` frame): the reader gets EOF
+    /// after the buffered bytes.
+    pub fn finish(&self) {
+        lock(&self.shared.state).eof = true;
+        self.shared.cv.notify_all();
+    }
+
+    /// The connection died: the reader gets an error (not EOF: bytes may be
+    /// missing) after the buffered bytes.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let mut s = lock(&self.shared.state);
+        if s.failed.is_none() {
+            s.failed = Some(reason.into());
+        }
+        self.shared.cv.notify_all();
+    }
+
+    /// Bytes buffered and not yet read.
+    pub fn buffered(&self) -> usize {
+        lock(&self.shared.state).buf.len()
+    }
+}
+
+/// The consumer's end of an inbound stream, an `io::Read`. Each read returns
+/// credit through the `on_credit` callback given to [`inbound`].
+pub struct InboundReader {
+    shared: Arc<InShared>,
+    on_credit: Box<dyn FnMut(u32) -> io::Result<()> + Send>,
+}
+
+impl std::fmt::Debug for InboundReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundReader").finish_non_exhaustive()
+    }
+}
+
+impl Read for InboundReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let (n, credit) = {
+            let mut s = lock(&self.shared.state);
+            while s.buf.is_empty() {
+                if let Some(reason) = &s.failed {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        reason.clone(),
+                    ));
+                }
+                if s.eof {
+                    return Ok(0);
+                }
+                s = self.shared.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            let (a, b) = s.buf.as_slices();
+            let n = out.len().min(s.buf.len());
+            let from_a = n.min(a.len());
+            out[..from_a].copy_from_slice(&a[..from_a]);
+            out[from_a..n].copy_from_slice(&b[..n - from_a]);
+            s.buf.drain(..n);
+            let credit = s.window.on_consumed(n);
+            (n, credit)
+        };
+        // Outside the lock: sending may block on the connection.
+        if let Some(c) = credit {
+            (self.on_credit)(c)?;
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for InboundReader {
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared.state);
+        s.reader_gone = true;
+        s.buf = VecDeque::new();
+    }
+}
