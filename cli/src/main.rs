@@ -2,6 +2,7 @@
 //! commands docker users know. This binary is a thin layer: images come from
 //! `capsa-image`, the container lifecycle from `capsa-shim`.
 
+mod bench;
 mod containers;
 mod images;
 mod run_flags;
@@ -71,6 +72,8 @@ enum Command {
     /// Run a command inside the KVM test host (a nested-KVM VM for hosts
     /// whose /dev/kvm cannot run ordinary guests).
     TestHost(capsa_kernel::cli::TestHostArgs),
+    /// Measure capsa against runc and crun (container lifecycle latency).
+    Bench(bench::BenchArgs),
     /// The monitor process of a detached container (internal).
     #[command(name = "__monitor", hide = true)]
     Monitor { id: String },
@@ -135,6 +138,7 @@ fn dispatch(roots: &Roots, command: Command) -> anyhow::Result<i32> {
         Command::Save(a) => images::save(roots, a),
         Command::Kernel(a) => a.run(),
         Command::TestHost(a) => a.run(),
+        Command::Bench(a) => bench::run(roots, a),
         Command::Monitor { id } => containers::monitor(roots, &id),
     }
 }

@@ -42,6 +42,43 @@ impl NamespaceBackend {
         Ok(b)
     }
 
+    /// Creates container `id` from the OCI bundle at `bundle` (a directory
+    /// holding config.json); its process waits for [`Self::start_id`].
+    /// Returns its host PID; the caller is its parent and must reap it.
+    /// The lifecycle below `create` works on capsa's own bundles; this is
+    /// the bare OCI operation, for any bundle (`capsa bench` uses it).
+    pub fn create_bundle(&self, id: &str, bundle: &Path, io: ProcessIo) -> Result<i32> {
+        let container = self
+            .builder(id, io)?
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(anyhow::Error::from)?;
+        let pid = container
+            .pid()
+            .context("libcontainer created the container but reported no pid")?;
+        Ok(pid.as_raw())
+    }
+
+    /// Starts the created container `id`: its process runs its command.
+    pub fn start_id(&self, id: &str) -> Result<()> {
+        self.load(id)?.start()?;
+        Ok(())
+    }
+
+    /// Deletes the runtime state and cgroups of container `id`, killing
+    /// what is left of it. A no-op if it has no state.
+    pub fn delete_id(&self, id: &str) -> Result<()> {
+        let dir = self.roots.runtime().join(id);
+        if dir.exists() {
+            let mut c = Container::load(dir)?;
+            c.delete(true)
+                .with_context(|| format!("deleting runtime state of {id}"))?;
+        }
+        Ok(())
+    }
+
     fn load(&self, id: &str) -> Result<Container> {
         Container::load(self.roots.runtime().join(id))
             .with_context(|| format!("container {id} is not running"))
@@ -72,22 +109,11 @@ impl Backend for NamespaceBackend {
 
     fn create(&self, rec: &Record, io: ProcessIo) -> Result<i32> {
         let paths = ContainerPaths::new(&self.roots, &rec.id);
-        let container = self
-            .builder(&rec.id, io)?
-            .as_init(paths.bundle())
-            .with_systemd(false)
-            .with_detach(true)
-            .build()
-            .map_err(anyhow::Error::from)?;
-        let pid = container
-            .pid()
-            .context("libcontainer created the container but reported no pid")?;
-        Ok(pid.as_raw())
+        self.create_bundle(&rec.id, &paths.bundle(), io)
     }
 
     fn start(&self, rec: &Record) -> Result<()> {
-        self.load(&rec.id)?.start()?;
-        Ok(())
+        self.start_id(&rec.id)
     }
 
     fn kill(&self, rec: &Record, signal: Signal) -> Result<()> {
@@ -141,13 +167,7 @@ impl Backend for NamespaceBackend {
     }
 
     fn release(&self, rec: &Record) -> Result<()> {
-        let dir = self.roots.runtime().join(&rec.id);
-        if dir.exists() {
-            let mut c = Container::load(dir.clone())?;
-            c.delete(true)
-                .with_context(|| format!("deleting runtime state of {}", rec.id))?;
-        }
-        Ok(())
+        self.delete_id(&rec.id)
     }
 }
 
