@@ -18,6 +18,7 @@
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::message::{ErrorCode, ErrorReply, Frame, Hello, Request, Response, StdStream};
 use crate::message::{MAX_ID_LEN, PROTOCOL_VERSION};
@@ -203,21 +204,41 @@ struct ResponseIn {
     response: Response,
 }
 
+fn to_value<T: Serialize>(kind: &'static str, value: &T) -> Result<Value, ProtoError> {
+    // Through serde_json::Value: its maps are sorted, so a message (e.g. a
+    // spec holding HashMaps) always encodes to the same bytes.
+    serde_json::to_value(value).map_err(|e| ProtoError::Encode {
+        kind,
+        reason: e.to_string(),
+    })
+}
+
+fn write_json(kind: &'static str, value: &Value, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+    serde_json::to_writer(out, value).map_err(|e| ProtoError::Encode {
+        kind,
+        reason: e.to_string(),
+    })
+}
+
 fn json_body<T: Serialize>(
     kind: &'static str,
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), ProtoError> {
-    // Through serde_json::Value: its maps are sorted, so a message (e.g. a
-    // spec holding HashMaps) always encodes to the same bytes.
-    let value = serde_json::to_value(value).map_err(|e| ProtoError::Encode {
-        kind,
-        reason: e.to_string(),
-    })?;
-    serde_json::to_writer(out, &value).map_err(|e| ProtoError::Encode {
-        kind,
-        reason: e.to_string(),
-    })
+    write_json(kind, &to_value(kind, value)?, out)
+}
+
+/// The one set-valued part of an OCI spec, the capability sets
+/// (`HashSet`s in oci-spec), serializes in hash order: sort them so the
+/// encoding stays deterministic. Their order has no meaning.
+fn canonicalize_spec(spec: &mut Value) {
+    if let Some(Value::Object(caps)) = spec.pointer_mut("/process/capabilities") {
+        for set in caps.values_mut() {
+            if let Value::Array(items) = set {
+                items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
 }
 
 fn stream_head(
@@ -263,7 +284,11 @@ fn encode_into(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtoError> {
         }
         Frame::Request { id, request } => {
             out.push(kind::REQUEST);
-            json_body(name, &RequestOut { id: *id, request }, out)?;
+            let mut value = to_value(name, &RequestOut { id: *id, request })?;
+            if let Some(spec) = value.pointer_mut("/request/spec") {
+                canonicalize_spec(spec);
+            }
+            write_json(name, &value, out)?;
         }
         Frame::Response { id, response } => {
             out.push(kind::RESPONSE);

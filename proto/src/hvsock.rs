@@ -31,20 +31,24 @@ pub fn connect_hybrid_vsock(
         )
     })?;
     s.set_read_timeout(timeout)?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    match s.write_all(format!("CONNECT {port}\n").as_bytes()) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return Err(refused(port))
+        }
+        Err(e) => return Err(e),
+    }
     let mut line = Vec::new();
     let mut byte = [0u8];
     loop {
         match s.read(&mut byte) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!(
-                        "the VM refused vsock port {port} (nothing listening in the guest, or \
-                         the VMM's connection limit reached)"
-                    ),
-                ))
-            }
+            Ok(0) => return Err(refused(port)),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(refused(port)),
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) if line.len() >= MAX_REPLY => {
                 return Err(io::Error::new(
@@ -83,4 +87,14 @@ pub fn connect_hybrid_vsock(
     }
     s.set_read_timeout(None)?;
     Ok(s)
+}
+
+fn refused(port: u32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!(
+            "the VM refused vsock port {port} (nothing listening in the guest, or the \
+             VMM's connection limit reached)"
+        ),
+    )
 }
