@@ -56,8 +56,12 @@ fn main() -> ProcessExit {
         Ok(VmmExit::PowerOff) | Ok(VmmExit::Reset) => exit(ExitCode::Ok),
         Ok(VmmExit::Terminated) => exit(ExitCode::Terminated),
         Ok(VmmExit::GuestPanic) => {
+            let what = events
+                .panic_line()
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default();
             eprintln!(
-                "capsa-vmm: the guest kernel panicked{}",
+                "capsa-vmm: the guest kernel panicked{what}{}",
                 console_tail(&events.console_tail())
             );
             exit(ExitCode::GuestPanic)

@@ -80,6 +80,7 @@ pub struct VmEvents {
     exit: Mutex<Option<VmmExit>>,
     exit_evt: EventFd,
     panicked: AtomicBool,
+    panic_line: Mutex<Option<String>>,
     console: Mutex<ConsoleTail>,
 }
 
@@ -89,6 +90,7 @@ impl VmEvents {
             exit: Mutex::new(None),
             exit_evt: EventFd::new(EFD_NONBLOCK)?,
             panicked: AtomicBool::new(false),
+            panic_line: Mutex::new(None),
             console: Mutex::new(ConsoleTail::default()),
         })
     }
@@ -134,15 +136,27 @@ impl VmEvents {
             if line.contains("---[ end Kernel panic") {
                 // panic=0: the kernel stops here and never resets.
                 self.request_exit(VmmExit::GuestPanic);
-            } else if line.contains("Kernel panic - not syncing") {
+            } else if let Some(i) = line.find("Kernel panic - not syncing") {
                 // panic=N: a reset follows; it will be reported as a panic.
                 self.panicked.store(true, Ordering::SeqCst);
+                self.panic_line
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(|| line[i..].to_string());
             } else if line.contains("reboot: Power down") {
                 // Without ACPI the kernel has no way to turn the machine
                 // off; this line is its last word before halting.
                 self.request_exit(VmmExit::PowerOff);
             }
         }
+    }
+
+    /// The kernel's "Kernel panic - not syncing: ..." line, if it printed one.
+    pub fn panic_line(&self) -> Option<String> {
+        self.panic_line
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn console_tail(&self) -> Vec<String> {
@@ -176,6 +190,10 @@ mod tests {
         let ev = VmEvents::new().unwrap();
         ev.console_output(b"[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n");
         assert!(!ev.should_stop());
+        assert_eq!(
+            ev.panic_line().as_deref(),
+            Some("Kernel panic - not syncing: VFS: Unable to mount root fs")
+        );
         ev.request_exit(VmmExit::Reset);
         assert_eq!(ev.exit_reason(), Some(VmmExit::GuestPanic));
         assert_eq!(ev.exit_evt().read().unwrap(), 1);

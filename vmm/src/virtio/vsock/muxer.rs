@@ -591,9 +591,11 @@ impl Muxer {
             let want = (c.peer_credit() as usize).min(room).min(self.bounce.len());
             match c.stream.read(&mut self.bounce[..want]) {
                 Ok(0) => {
+                    // The host closed its write side; it may still read
+                    // (half-close), so only "we will send no more".
                     c.local_eof = true;
                     self.fill_header(pkt, key, OP_SHUTDOWN);
-                    pkt.set_flags(SHUTDOWN_RCV | SHUTDOWN_SEND);
+                    pkt.set_flags(SHUTDOWN_SEND);
                     return true;
                 }
                 Ok(n) => {

@@ -279,14 +279,28 @@ fn host_initiated_connect_handshake_and_echo() {
     host.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"pong");
 
-    // The host closes: the guest is told to shut down, then resets.
-    drop(host);
+    // The host half-closes: the guest learns the host sends no more, and
+    // can still answer.
+    host.shutdown(std::net::Shutdown::Write).unwrap();
     g.give_rx(2, 4096);
     let p = pump(&mut dev, &mut g);
     assert_eq!(p[0].0.op, OP_SHUTDOWN);
-    assert_eq!(p[0].0.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
-    g.send(&mut dev, &Hdr::guest(1234, local, OP_RST), &[]);
+    assert_eq!(p[0].0.flags, SHUTDOWN_SEND);
+    let mut h = Hdr::guest(1234, local, OP_RW);
+    h.len = 3;
+    g.send(&mut dev, &h, b"bye");
+    let mut got = [0u8; 3];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"bye");
+    // The guest closes: full shutdown is answered with a reset, and the
+    // host sees EOF.
+    let mut h = Hdr::guest(1234, local, OP_SHUTDOWN);
+    h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+    g.send(&mut dev, &h, &[]);
+    assert_eq!(g.recv()[0].0.op, OP_RST);
     assert_eq!(dev.muxer().connection_count(), 0);
+    let mut b = [0u8; 1];
+    assert_eq!(host.read(&mut b).unwrap(), 0);
 }
 
 #[test]
