@@ -36,6 +36,12 @@ pub struct ExecRequest {
 pub trait Backend {
     /// Makes the root filesystem the bundle's config.json points at.
     fn prepare_rootfs(&self, paths: &ContainerPaths, layers: &[PathBuf]) -> Result<()>;
+    /// As `prepare_rootfs`, for a container whose writes are thrown away when
+    /// it stops (`--rm`): they need not survive a crash of the host, so a
+    /// backend may skip syncing them.
+    fn prepare_ephemeral_rootfs(&self, paths: &ContainerPaths, layers: &[PathBuf]) -> Result<()> {
+        self.prepare_rootfs(paths, layers)
+    }
     /// Undoes `prepare_rootfs`; idempotent, and safe on a half-prepared one.
     fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()>;
     /// Creates the container from its bundle; its process waits for `start`.

@@ -114,7 +114,11 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
 
     fs::create_dir_all(paths.bundle())?;
     let layers = store.layer_dirs(&image)?;
-    backend.prepare_rootfs(&paths, &layers)?;
+    if req.auto_remove {
+        backend.prepare_ephemeral_rootfs(&paths, &layers)?;
+    } else {
+        backend.prepare_rootfs(&paths, &layers)?;
+    }
 
     req.run.container_id = id.clone();
     let mut spec = capsa_image::spec::generate(&image, &paths.rootfs(), &req.run)

@@ -2,7 +2,7 @@
 //! by namespaces, cgroups, capabilities and seccomp, set up by youki's
 //! libcontainer from the OCI bundle.
 
-mod rootfs;
+pub mod rootfs;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -100,7 +100,18 @@ pub fn cgroup_path(id: &str) -> PathBuf {
 
 impl Backend for NamespaceBackend {
     fn prepare_rootfs(&self, paths: &ContainerPaths, layers: &[PathBuf]) -> Result<()> {
-        rootfs::mount_overlay(layers, &paths.upper(), &paths.work(), &paths.rootfs())
+        rootfs::mount_overlay(
+            layers,
+            &paths.upper(),
+            &paths.work(),
+            &paths.rootfs(),
+            false,
+        )
+    }
+
+    /// A volatile overlay: see [`rootfs::mount_overlay`].
+    fn prepare_ephemeral_rootfs(&self, paths: &ContainerPaths, layers: &[PathBuf]) -> Result<()> {
+        rootfs::mount_overlay(layers, &paths.upper(), &paths.work(), &paths.rootfs(), true)
     }
 
     fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()> {
