@@ -19,9 +19,10 @@
 //!     - `capsa run --rm demo true`: the real binary (image lookup, overlay
 //!       mount, spec generation, container record, the lifecycle, unmount,
 //!       removal);
-//!     - runc/crun + fresh overlay: the bench mounts an overlay of the
-//!       image's layers and writes config.json (in process, the cheapest way
-//!       to do it), runs `runc run`/`crun run`, then unmounts and removes.
+//!     - runc/crun + fresh rootfs as capsa's: the bench mounts the image's
+//!       layers with capsa's own overlay code (volatile, as for `--rm`) and
+//!       writes config.json, in process, runs `runc run`/`crun run`, then
+//!       unmounts with capsa's code and removes the directory.
 //!
 //! Iterations are interleaved (each round runs every row once, in a rotated
 //! order) so that machine noise falls on all rows alike.
@@ -36,10 +37,10 @@ use anyhow::{bail, Context, Result};
 use capsa_image::spec::RunConfig;
 use capsa_image::Store;
 use capsa_shim::backend::ProcessIo;
-use capsa_shim::namespace::NamespaceBackend;
+use capsa_shim::namespace::{rootfs, NamespaceBackend};
 use capsa_shim::Roots;
 use clap::{Args, Subcommand};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{umount2, MntFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
@@ -121,7 +122,7 @@ impl Row {
             Row::CapsaProcess => "capsa, one process (`capsa bench __bundle-run`)".into(),
             Row::PeerRun(p) => format!("{0} run --bundle (one {0} process)", p.name()),
             Row::CapsaRunRm => "capsa run --rm demo true".into(),
-            Row::PeerFresh(p) => format!("{} run + fresh overlay rootfs", p.name()),
+            Row::PeerFresh(p) => format!("{} run + fresh rootfs as capsa's", p.name()),
         }
     }
     fn key(self) -> String {
@@ -144,6 +145,19 @@ const ROWS: [Row; 7] = [
     Row::PeerFresh(Peer::Runc),
     Row::PeerFresh(Peer::Crun),
 ];
+
+const ROWS_EXPLAINED: &str = "  what each row includes (wall clock, timed from this process):
+    capsa, in process: libcontainer create (clone of the container's init, namespaces,
+      cgroups, mounts, pivot_root, seccomp) + start + waitpid + delete (state, cgroups);
+      no launch of a runtime binary
+    capsa, one process / runc run / crun run: fork+exec of the runtime binary, which
+      creates, starts, waits for and deletes the container, and exits
+    capsa run --rm: the whole CLI: image lookup, overlay mount (volatile, as for every
+      --rm container), spec generation, container record and log, the lifecycle,
+      unmount, removal of the container's directory
+    runc/crun + fresh rootfs as capsa's: capsa's own code mounts the same overlay
+      (in this process), config.json is written, `run --bundle`, capsa's unmount, rm -r
+";
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -230,11 +244,16 @@ impl Bench {
             Row::PeerFresh(p) => {
                 let b = self.dir.join("fresh").join(&id);
                 let rootfs = b.join("rootfs");
+                // The root filesystem made and removed by capsa's own code,
+                // as `capsa run --rm` does (a volatile overlay).
                 let result = (|| {
-                    for d in [b.join("upper"), b.join("work"), rootfs.clone()] {
-                        fs::create_dir_all(&d)?;
-                    }
-                    mount_overlay(&self.layers, &b.join("upper"), &b.join("work"), &rootfs)?;
+                    rootfs::mount_overlay(
+                        &self.layers,
+                        &b.join("upper"),
+                        &b.join("work"),
+                        &rootfs,
+                        true,
+                    )?;
                     fs::write(b.join("config.json"), &self.config)?;
                     let mut cmd = Command::new(self.peer_exe(p));
                     cmd.arg("--root")
@@ -245,13 +264,10 @@ impl Bench {
                         .arg(&id);
                     spawn(row, cmd)
                 })();
-                // As capsa unmounts its container roots: a plain unmount,
-                // detached only if something still holds it.
-                if umount2(&rootfs, MntFlags::empty()).is_err() {
-                    let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
-                }
+                let unmounted = rootfs::unmount(&rootfs);
                 fs::remove_dir_all(&b).with_context(|| format!("removing {}", b.display()))?;
                 result?;
+                unmounted?;
             }
         }
         Ok(t0.elapsed())
@@ -329,29 +345,6 @@ fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
         .map(|mp| PathBuf::from(mp.replace("\\040", " ")))
         .filter(|mp| mp.starts_with(dir))
         .collect()
-}
-
-/// `layers` lowest first; overlayfs wants them top first.
-fn mount_overlay(layers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
-    let lower: Vec<String> = layers
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect();
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        upper.display(),
-        work.display()
-    );
-    mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(data.as_str()),
-    )
-    .with_context(|| format!("mounting an overlay at {}", target.display()))
 }
 
 fn check_code(row: Row, code: i32) -> Result<()> {
@@ -466,11 +459,12 @@ fn prepare_bundle(bench: &mut Bench, image: &capsa_image::Image) -> Result<()> {
     for d in [scratch.join("upper"), scratch.join("work"), merged.clone()] {
         fs::create_dir_all(&d)?;
     }
-    mount_overlay(
+    rootfs::mount_overlay(
         &bench.layers,
         &scratch.join("upper"),
         &scratch.join("work"),
         &merged,
+        true,
     )?;
     let copied = Command::new("cp")
         .arg("-a")
@@ -644,24 +638,7 @@ fn lifecycle(roots: &Roots, args: LifecycleArgs) -> Result<i32> {
         ratio(Row::CapsaRunRm, Row::PeerFresh(Peer::Crun))
     );
     println!();
-    println!("  what each row includes (all timed from this process, wall clock):");
-    println!(
-        "    capsa, in process: libcontainer create (clone of the container init, namespaces,"
-    );
-    println!(
-        "      cgroups, mounts, pivot_root, seccomp) + start + waitpid + delete (state, cgroups);"
-    );
-    println!("      no process launch of a runtime binary");
-    println!(
-        "    capsa, one process / runc run / crun run: fork+exec of the runtime binary, which"
-    );
-    println!("      does create, start, wait and delete, and its exit");
-    println!("    capsa run --rm: the whole CLI: image lookup, overlay mount, spec generation,");
-    println!("      container record and log, the lifecycle, unmount, removal of the record");
-    println!(
-        "    runc/crun + fresh overlay rootfs: mkdir, overlay mount of the image's layers and"
-    );
-    println!("      writing config.json (done in this process), `run --bundle`, unmount, rm -r");
+    print!("{ROWS_EXPLAINED}");
 
     drop(bench);
     let left: Vec<PathBuf> = cgroup_dirs();
