@@ -541,6 +541,25 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
+/// Appends at most `limit` bytes from `r` to `buf`, stopping early only at
+/// the end of the stream; returns the bytes appended. Reads in steps of at
+/// most 64 KiB, so the buffer grows with the data, not with `limit`.
+fn read_to_end_bounded<R: Read>(r: &mut R, limit: usize, buf: &mut Vec<u8>) -> io::Result<usize> {
+    const STEP: usize = 64 * 1024;
+    let start = buf.len();
+    while buf.len() - start < limit {
+        let have = buf.len();
+        let want = (limit - (have - start)).min(STEP);
+        buf.resize(have + want, 0);
+        let got = read_full(r, &mut buf[have..])?;
+        buf.truncate(have + got);
+        if got < want {
+            break;
+        }
+    }
+    Ok(buf.len() - start)
+}
+
 /// Writes frames to a blocking byte stream. Each frame goes out with one
 /// `write_all` and a `flush`.
 #[derive(Debug)]
@@ -636,8 +655,9 @@ impl<R: Read> Decoder<R> {
         let len = u32::from_be_bytes(head) as usize;
         check_len(len)?;
         self.buf.clear();
-        self.buf.resize(len, 0);
-        let got = read_full(&mut self.inner, &mut self.buf)?;
+        // Grows with the bytes that actually arrive (up to `len`, which is
+        // bounded): a peer that declares 1 MiB and sends 10 bytes costs 10.
+        let got = read_to_end_bounded(&mut self.inner, len, &mut self.buf)?;
         if got < len {
             return Err(ProtoError::Truncated {
                 expected: 4 + len,

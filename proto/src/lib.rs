@@ -7,8 +7,8 @@
 //! [`codec`]); the length is bounded by [`MAX_FRAME`] and checked before
 //! anything is allocated. Control messages (hello, requests, responses,
 //! errors) are JSON: the payload of `Create` is the OCI runtime spec, which
-//! is defined as JSON and whose `oci-spec` types rely on serde attributes
-//! (`skip_serializing_if`, flattened and untagged parts) that non
+//! is defined as JSON and whose `oci-spec` types skip empty optional fields
+//! (`skip_serializing_if`), which, like our internally tagged enums, non
 //! self-describing formats such as postcard or bincode cannot round-trip.
 //! Control messages are few and small, so JSON's cost does not matter, and
 //! it is readable in a hex dump. Messages are serialized through
