@@ -21,10 +21,11 @@
 //! The pieces: [`SendCredit`] (sender's credit, blocking acquire),
 //! [`RecvWindow`] (receiver's accounting, decides when to send credit),
 //! and built on them [`OutboundWriter`] (an `io::Write` that sends data
-//! frames against credit) and [`inbound`] (a bounded buffer whose reader end
-//! is an `io::Read` that returns credit as it is read).
+//! frames against credit), [`inbound`] (a bounded buffer whose reader end
+//! is an `io::Read` that returns credit as it is read) and [`Streams`] (the
+//! table of one connection's streams, routing incoming stream frames).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -511,6 +512,180 @@ impl Drop for InboundReader {
         let mut s = lock(&self.shared.state);
         s.reader_gone = true;
         s.buf = VecDeque::new();
+    }
+}
+
+type StreamKey = (String, StdStream);
+
+/// The streams of one connection, for the thread that reads its frames:
+/// routes `Window` frames to the credit of this side's outbound streams and
+/// `Data`/`Eof` frames to its inbound buffers. Both the host and the agent
+/// use one per connection.
+///
+/// ```no_run
+/// # use capsa_proto::*;
+/// # fn demo(sock: std::os::unix::net::UnixStream) -> Result<(), ProtoError> {
+/// let streams = Streams::new(
+///     SharedEncoder::new(Encoder::new(sock.try_clone()?)),
+///     INITIAL_WINDOW,
+/// );
+/// // Before sending (host) or handling (agent) an exec of "e1":
+/// let stdout = streams.open_inbound("e1", StdStream::Stdout); // host side
+/// let mut dec = Decoder::new(std::io::BufReader::new(sock));
+/// loop {
+///     let frame = match dec.recv() {
+///         Ok(f) => f,
+///         Err(e) if !e.is_fatal() => continue,
+///         Err(e) => { streams.fail_all(&e.to_string()); return Err(e) }
+///     };
+///     if let Some(control) = streams.dispatch(frame)? {
+///         // Hello, Request, Response or Error: the caller's business.
+///         # let _ = control;
+///     }
+/// }
+/// # }
+/// ```
+pub struct Streams<W> {
+    enc: SharedEncoder<W>,
+    window: u32,
+    outbound: Mutex<HashMap<StreamKey, Arc<SendCredit>>>,
+    inbound: Mutex<HashMap<StreamKey, InboundSender>>,
+}
+
+impl<W> std::fmt::Debug for Streams<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams")
+            .field("window", &self.window)
+            .field("outbound", &lock(&self.outbound).len())
+            .field("inbound", &lock(&self.inbound).len())
+            .finish()
+    }
+}
+
+impl<W: Write + Send + 'static> Streams<W> {
+    /// Streams sending on `enc`, every stream with a window of `window`
+    /// bytes ([`INITIAL_WINDOW`] on both sides of a real connection).
+    pub fn new(enc: SharedEncoder<W>, window: u32) -> Self {
+        Streams {
+            enc,
+            window,
+            outbound: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The connection's encoder.
+    pub fn encoder(&self) -> &SharedEncoder<W> {
+        &self.enc
+    }
+
+    /// Opens a stream this side sends (agent: stdout/stderr; host: stdin).
+    /// Reopening a process's stream closes the old writer's credit.
+    pub fn open_outbound(&self, process: &str, stream: StdStream) -> OutboundWriter<W> {
+        let credit = Arc::new(SendCredit::new(self.window));
+        if let Some(old) =
+            lock(&self.outbound).insert((process.to_owned(), stream), Arc::clone(&credit))
+        {
+            old.close();
+        }
+        OutboundWriter::new(self.enc.clone(), credit, process, stream)
+    }
+
+    /// Opens a stream this side receives (host: stdout/stderr; agent:
+    /// stdin). Its reader returns credit on this connection. Open it before
+    /// the peer may send: the host before it sends the `create`/`exec`, the
+    /// agent before it answers it.
+    pub fn open_inbound(&self, process: &str, stream: StdStream) -> InboundReader {
+        let enc = self.enc.clone();
+        let name = process.to_owned();
+        let (tx, rx) = inbound(self.window, move |credit| {
+            enc.send(&Frame::Window {
+                process: name.clone(),
+                stream,
+                credit,
+            })
+            .map_err(to_io)
+        });
+        if let Some(old) = lock(&self.inbound).insert((process.to_owned(), stream), tx) {
+            old.finish();
+        }
+        rx
+    }
+
+    /// Handles a stream frame (`Data`, `Window`, `Eof`) and returns `None`;
+    /// returns any other frame for the caller. Never blocks.
+    ///
+    /// Frames for streams that are not open (e.g. stdin sent while the
+    /// process was exiting, after [`close_process`](Self::close_process))
+    /// are dropped: there is nobody to deliver them to. Data beyond the
+    /// window ([`ProtoError::Flow`], fatal) or after `Eof` (`Malformed`,
+    /// not fatal) is an error.
+    pub fn dispatch(&self, frame: Frame) -> Result<Option<Frame>, ProtoError> {
+        match frame {
+            Frame::Data {
+                process,
+                stream,
+                data,
+            } => {
+                if let Some(tx) = lock(&self.inbound).get(&(process, stream)) {
+                    tx.push(&data)?;
+                }
+                Ok(None)
+            }
+            Frame::Window {
+                process,
+                stream,
+                credit,
+            } => {
+                let c = lock(&self.outbound).get(&(process, stream)).cloned();
+                if let Some(c) = c {
+                    c.grant(credit)?;
+                }
+                Ok(None)
+            }
+            Frame::Eof { process, stream } => {
+                if let Some(tx) = lock(&self.inbound).get(&(process, stream)) {
+                    tx.finish();
+                }
+                Ok(None)
+            }
+            other => Ok(Some(other)),
+        }
+    }
+
+    /// Forgets a process's streams: its writers' credit is closed (writes
+    /// fail with `BrokenPipe`), its readers see EOF after what is buffered.
+    pub fn close_process(&self, process: &str) {
+        lock(&self.outbound).retain(|(p, _), c| {
+            if p == process {
+                c.close();
+            }
+            p != process
+        });
+        lock(&self.inbound).retain(|(p, _), tx| {
+            if p == process {
+                tx.finish();
+            }
+            p != process
+        });
+    }
+
+    /// The connection died: every writer's credit is closed, every reader
+    /// gets an error (not EOF) after what is buffered.
+    pub fn fail_all(&self, reason: &str) {
+        for c in lock(&self.outbound).drain() {
+            c.1.close();
+        }
+        for tx in lock(&self.inbound).drain() {
+            tx.1.fail(reason);
+        }
+    }
+
+    /// Bytes buffered for an inbound stream, if it is open.
+    pub fn buffered(&self, process: &str, stream: StdStream) -> Option<usize> {
+        lock(&self.inbound)
+            .get(&(process.to_owned(), stream))
+            .map(InboundSender::buffered)
     }
 }
 

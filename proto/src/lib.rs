@@ -65,7 +65,7 @@ pub use codec::{
 };
 pub use flow::{
     inbound, FlowError, InboundReader, InboundSender, OutboundWriter, RecvWindow, SendCredit,
-    SharedEncoder, INITIAL_WINDOW, MAX_DATA,
+    SharedEncoder, Streams, INITIAL_WINDOW, MAX_DATA,
 };
 pub use handshake::handshake;
 pub use hvsock::connect_hybrid_vsock;

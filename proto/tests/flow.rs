@@ -2,124 +2,80 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use capsa_proto::*;
 use common::Rng;
 
-type Key = (String, StdStream);
-
-/// One end of a connection: a demux thread routing `Window` frames to the
-/// credit of our outbound streams and `Data`/`Eof` to our inbound buffers.
+/// One end of a connection: a demux thread feeding [`Streams`], recording
+/// the most bytes ever buffered for one inbound stream.
 struct End {
-    enc: SharedEncoder<UnixStream>,
-    credits: Arc<Mutex<HashMap<Key, Arc<SendCredit>>>>,
-    inbound: Arc<Mutex<HashMap<Key, InboundSender>>>,
+    streams: Arc<Streams<UnixStream>>,
     max_buffered: Arc<AtomicUsize>,
     demux: Option<thread::JoinHandle<Result<(), ProtoError>>>,
 }
 
 impl End {
-    fn new(sock: UnixStream) -> End {
+    fn new(sock: UnixStream, window: u32) -> End {
         sock.set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
         let enc = SharedEncoder::new(Encoder::new(sock.try_clone().unwrap()));
-        let credits: Arc<Mutex<HashMap<Key, Arc<SendCredit>>>> = Arc::default();
-        let inbound: Arc<Mutex<HashMap<Key, InboundSender>>> = Arc::default();
+        let streams = Arc::new(Streams::new(enc, window));
         let max_buffered = Arc::new(AtomicUsize::new(0));
-        let (c, i, m) = (credits.clone(), inbound.clone(), max_buffered.clone());
+        let (st, m) = (streams.clone(), max_buffered.clone());
         let demux = thread::spawn(move || {
             let mut dec = Decoder::new(BufReader::new(sock));
             loop {
                 match dec.recv() {
-                    Ok(Frame::Window {
-                        process,
-                        stream,
-                        credit,
-                    }) => {
-                        let credit_of = c.lock().unwrap().get(&(process, stream)).cloned();
-                        credit_of
-                            .expect("window for a known stream")
-                            .grant(credit)?;
+                    Ok(frame) => {
+                        let data_of = match &frame {
+                            Frame::Data {
+                                process, stream, ..
+                            } => Some((process.clone(), *stream)),
+                            _ => None,
+                        };
+                        let rest = st
+                            .dispatch(frame)
+                            .inspect_err(|e| st.fail_all(&e.to_string()))?;
+                        assert!(rest.is_none(), "unexpected {rest:?}");
+                        if let Some((p, s)) = data_of {
+                            m.fetch_max(st.buffered(&p, s).unwrap_or(0), Ordering::Relaxed);
+                        }
                     }
-                    Ok(Frame::Data {
-                        process,
-                        stream,
-                        data,
-                    }) => {
-                        let map = i.lock().unwrap();
-                        let tx = map
-                            .get(&(process, stream))
-                            .expect("data for a known stream");
-                        tx.push(&data)?;
-                        m.fetch_max(tx.buffered(), Ordering::Relaxed);
-                    }
-                    Ok(Frame::Eof { process, stream }) => {
-                        i.lock().unwrap()[&(process, stream)].finish();
-                    }
-                    Ok(other) => panic!("unexpected {other:?}"),
                     Err(ProtoError::Closed) => {
-                        for tx in i.lock().unwrap().values() {
-                            tx.fail("connection closed");
-                        }
-                        for credit in c.lock().unwrap().values() {
-                            credit.close();
-                        }
+                        st.fail_all("connection closed");
                         return Ok(());
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        st.fail_all(&e.to_string());
+                        return Err(e);
+                    }
                 }
             }
         });
         End {
-            enc,
-            credits,
-            inbound,
+            streams,
             max_buffered,
             demux: Some(demux),
         }
     }
 
-    fn outbound(
-        &self,
-        process: &str,
-        stream: StdStream,
-        window: u32,
-    ) -> OutboundWriter<UnixStream> {
-        let credit = Arc::new(SendCredit::new(window));
-        self.credits
-            .lock()
-            .unwrap()
-            .insert((process.into(), stream), credit.clone());
-        OutboundWriter::new(self.enc.clone(), credit, process, stream)
+    fn outbound(&self, process: &str, stream: StdStream) -> OutboundWriter<UnixStream> {
+        self.streams.open_outbound(process, stream)
     }
 
-    fn inbound(&self, process: &str, stream: StdStream, window: u32) -> InboundReader {
-        let enc = self.enc.clone();
-        let p = process.to_owned();
-        let (tx, rx) = inbound(window, move |credit| {
-            enc.send(&Frame::Window {
-                process: p.clone(),
-                stream,
-                credit,
-            })
-            .map_err(io::Error::other)
-        });
-        self.inbound
-            .lock()
-            .unwrap()
-            .insert((process.into(), stream), tx);
-        rx
+    fn inbound(&self, process: &str, stream: StdStream) -> InboundReader {
+        self.streams.open_inbound(process, stream)
     }
 
     fn shutdown(mut self) -> Result<(), ProtoError> {
-        self.enc
+        self.streams
+            .encoder()
             .with(|e| e.get_ref().shutdown(std::net::Shutdown::Both))
             .unwrap();
         self.demux.take().unwrap().join().unwrap()
@@ -175,33 +131,33 @@ fn consume(mut r: InboundReader, seed: u64, pause_every: usize) -> Vec<u8> {
 fn twenty_megabytes_through_a_small_window_both_ways_byte_exact() {
     const WINDOW: u32 = 16 * 1024;
     let (a, h) = UnixStream::pair().unwrap();
-    let agent = End::new(a);
-    let host = End::new(h);
+    let agent = End::new(a, WINDOW);
+    let host = End::new(h, WINDOW);
 
     let out = Arc::new(Rng::new(1).bytes(20 << 20));
     let err = Arc::new(Rng::new(2).bytes(1 << 20));
     let inp = Arc::new(Rng::new(3).bytes(8 << 20));
 
     // Register receivers before anything can be sent, as the protocol asks.
-    let host_out = host.inbound("c1", StdStream::Stdout, WINDOW);
-    let host_err = host.inbound("c1", StdStream::Stderr, WINDOW);
-    let agent_in = agent.inbound("c1", StdStream::Stdin, WINDOW);
+    let host_out = host.inbound("c1", StdStream::Stdout);
+    let host_err = host.inbound("c1", StdStream::Stderr);
+    let agent_in = agent.inbound("c1", StdStream::Stdin);
     let sent = Arc::new(AtomicU64::new(0));
     let producers = [
         produce(
-            agent.outbound("c1", StdStream::Stdout, WINDOW),
+            agent.outbound("c1", StdStream::Stdout),
             out.clone(),
             10,
             sent.clone(),
         ),
         produce(
-            agent.outbound("c1", StdStream::Stderr, WINDOW),
+            agent.outbound("c1", StdStream::Stderr),
             err.clone(),
             11,
             sent.clone(),
         ),
         produce(
-            host.outbound("c1", StdStream::Stdin, WINDOW),
+            host.outbound("c1", StdStream::Stdin),
             inp.clone(),
             12,
             sent.clone(),
@@ -249,13 +205,13 @@ fn twenty_megabytes_through_a_small_window_both_ways_byte_exact() {
 fn a_stalled_reader_stops_the_sender_at_the_window_and_loses_nothing() {
     const WINDOW: u32 = 8 * 1024;
     let (a, h) = UnixStream::pair().unwrap();
-    let agent = End::new(a);
-    let host = End::new(h);
+    let agent = End::new(a, WINDOW);
+    let host = End::new(h, WINDOW);
     let data = Arc::new(Rng::new(5).bytes(2 << 20));
-    let mut reader = host.inbound("e1", StdStream::Stdout, WINDOW);
+    let mut reader = host.inbound("e1", StdStream::Stdout);
     let sent = Arc::new(AtomicU64::new(0));
     let producer = produce(
-        agent.outbound("e1", StdStream::Stdout, WINDOW),
+        agent.outbound("e1", StdStream::Stdout),
         data.clone(),
         6,
         sent.clone(),
@@ -299,8 +255,8 @@ fn a_stalled_reader_stops_the_sender_at_the_window_and_loses_nothing() {
 #[test]
 fn a_peer_that_ignores_its_credit_is_caught() {
     let (a, h) = UnixStream::pair().unwrap();
-    let host = End::new(h);
-    let _reader = host.inbound("c1", StdStream::Stdout, 1024);
+    let host = End::new(h, 1024);
+    let _reader = host.inbound("c1", StdStream::Stdout);
     // A rogue agent sends 1025 bytes against a 1024-byte window.
     let mut enc = Encoder::new(a.try_clone().unwrap());
     enc.send_data("c1", StdStream::Stdout, &[1; 1000]).unwrap();
@@ -325,10 +281,10 @@ fn a_peer_that_ignores_its_credit_is_caught() {
 #[test]
 fn a_dead_connection_fails_readers_and_wakes_writers() {
     let (a, h) = UnixStream::pair().unwrap();
-    let agent = End::new(a);
-    let host = End::new(h);
-    let mut reader = host.inbound("c1", StdStream::Stdout, 4096);
-    let mut writer = agent.outbound("c1", StdStream::Stdout, 4096);
+    let agent = End::new(a, 4096);
+    let host = End::new(h, 4096);
+    let mut reader = host.inbound("c1", StdStream::Stdout);
+    let mut writer = agent.outbound("c1", StdStream::Stdout);
     writer.write_all(&[9; 4096]).unwrap();
     // Out of credit: the next write waits until the connection dies.
     let t = thread::spawn(move || writer.write(&[1]).map(|_| ()));
@@ -349,4 +305,80 @@ fn a_dead_connection_fails_readers_and_wakes_writers() {
     };
     assert_eq!(got, 4096);
     assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+}
+
+#[test]
+fn streams_route_frames_and_forget_closed_processes() {
+    let (a, h) = UnixStream::pair().unwrap();
+    let streams = Streams::new(SharedEncoder::new(Encoder::new(a)), 64);
+    let mut peer = Decoder::new(h);
+    let mut rx = streams.open_inbound("c1", StdStream::Stdin);
+    let tx = streams.open_outbound("c1", StdStream::Stdout);
+
+    // Control frames come back to the caller.
+    let hello = Frame::Hello(Hello::new("x"));
+    assert_eq!(streams.dispatch(hello.clone()).unwrap(), Some(hello));
+    // Data and Eof reach the reader; reading returns credit on the wire.
+    let data = |d: &[u8]| Frame::Data {
+        process: "c1".into(),
+        stream: StdStream::Stdin,
+        data: d.to_vec(),
+    };
+    assert_eq!(streams.dispatch(data(&[5; 40])).unwrap(), None);
+    assert_eq!(streams.buffered("c1", StdStream::Stdin), Some(40));
+    let mut buf = [0u8; 40];
+    rx.read_exact(&mut buf).unwrap();
+    assert_eq!(
+        peer.recv().unwrap(),
+        Frame::Window {
+            process: "c1".into(),
+            stream: StdStream::Stdin,
+            credit: 40
+        }
+    );
+    // Beyond the window: a fatal flow error.
+    assert!(matches!(
+        streams.dispatch(data(&[0; 65])),
+        Err(ProtoError::Flow(_))
+    ));
+    // Window frames feed the writer's credit.
+    assert_eq!(tx.credit().available(), 64);
+    streams
+        .dispatch(Frame::Window {
+            process: "c1".into(),
+            stream: StdStream::Stdout,
+            credit: 10,
+        })
+        .unwrap();
+    assert_eq!(tx.credit().available(), 74);
+    // Frames for streams nobody opened are dropped.
+    for f in [
+        Frame::Data {
+            process: "zz".into(),
+            stream: StdStream::Stdin,
+            data: vec![1],
+        },
+        Frame::Window {
+            process: "zz".into(),
+            stream: StdStream::Stdout,
+            credit: 1,
+        },
+        Frame::close_stdin("zz"),
+    ] {
+        assert_eq!(streams.dispatch(f).unwrap(), None);
+    }
+    // Closing the process: the reader sees EOF, the writer a broken pipe,
+    // later frames for it are dropped.
+    streams.dispatch(data(b"last")).unwrap();
+    streams.close_process("c1");
+    let mut rest = Vec::new();
+    rx.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"last");
+    let mut tx = tx;
+    assert_eq!(
+        tx.write(b"x").unwrap_err().kind(),
+        io::ErrorKind::BrokenPipe
+    );
+    assert_eq!(streams.dispatch(data(b"late")).unwrap(), None);
+    assert_eq!(streams.buffered("c1", StdStream::Stdin), None);
 }
