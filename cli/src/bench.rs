@@ -146,7 +146,10 @@ const ROWS: [Row; 7] = [
     Row::PeerFresh(Peer::Crun),
 ];
 
-const ROWS_EXPLAINED: &str = "  what each row includes (wall clock, timed from this process):
+const ROWS_EXPLAINED: &str =
+    "  what each row includes (wall clock, timed from this process; CPU: user + system
+  time of this process and of every process it waited for, so less sensitive to
+  other load on the host than the wall clock):
     capsa, in process: libcontainer create (clone of the container's init, namespaces,
       cgroups, mounts, pivot_root, seccomp) + start + waitpid + delete (state, cgroups);
       no launch of a runtime binary
@@ -203,9 +206,12 @@ impl Bench {
         format!("{}-{}-{}", tag(), row.key(), self.counter)
     }
 
-    /// Runs one iteration of `row`; returns how long it took.
-    fn once(&mut self, row: Row) -> Result<Duration> {
+    /// Runs one iteration of `row`; returns how long it took (wall clock)
+    /// and the CPU time it used (user + system, of this process and of the
+    /// processes it waited for).
+    fn once(&mut self, row: Row) -> Result<(Duration, Duration)> {
         let id = self.next_id(row);
+        let cpu0 = cpu_time();
         let t0 = Instant::now();
         match row {
             Row::CapsaInProcess => {
@@ -270,7 +276,8 @@ impl Bench {
                 unmounted?;
             }
         }
-        Ok(t0.elapsed())
+        let wall = t0.elapsed();
+        Ok((wall, cpu_time().saturating_sub(cpu0)))
     }
 }
 
@@ -553,6 +560,7 @@ fn lifecycle(roots: &Roots, args: LifecycleArgs) -> Result<i32> {
         .collect();
 
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); ROWS.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); ROWS.len()];
     let mut phases: Vec<Vec<f64>> = vec![Vec::new(); 4];
     let rounds = args.warmup + args.iterations;
     for round in 0..rounds {
@@ -561,7 +569,7 @@ fn lifecycle(roots: &Roots, args: LifecycleArgs) -> Result<i32> {
                 bail!("interrupted; everything the bench made has been removed");
             }
             let i = (round + k) % ROWS.len();
-            let took = bench.once(ROWS[i]).map_err(|e| {
+            let (took, used) = bench.once(ROWS[i]).map_err(|e| {
                 e.context(if round < args.warmup {
                     "a warm-up run failed (crun 1.8.1 needs the hugetlb cgroup v1 hierarchy \
                      mounted: scripts/setup.sh does it)"
@@ -571,6 +579,7 @@ fn lifecycle(roots: &Roots, args: LifecycleArgs) -> Result<i32> {
             })?;
             if round >= args.warmup {
                 samples[i].push(ms(took));
+                cpu[i].push(ms(used));
                 if ROWS[i] == Row::CapsaInProcess {
                     for (p, d) in phases.iter_mut().zip(bench.last_phases) {
                         p.push(ms(d));
@@ -581,7 +590,11 @@ fn lifecycle(roots: &Roots, args: LifecycleArgs) -> Result<i32> {
     }
     let load_after = loadavg();
 
-    let stats: Vec<Stats> = samples.iter().map(|s| Stats::of(s)).collect();
+    let stats: Vec<Stats> = samples
+        .iter()
+        .zip(&cpu)
+        .map(|(s, c)| Stats::of(s).with_cpu(c))
+        .collect();
     let get = |r: Row| &stats[ROWS.iter().position(|x| *x == r).expect("row")];
 
     println!("capsa bench lifecycle: /bin/true in the demo image");
@@ -602,8 +615,8 @@ fn lifecycle(roots: &Roots, args: LifecycleArgs) -> Result<i32> {
     );
     println!();
     println!(
-        "  {:<50} {:>10} {:>10} {:>10}",
-        "times in ms", "median", "p90", "min"
+        "  {:<50} {:>8} {:>8} {:>8} {:>10}",
+        "times in ms", "median", "p90", "min", "CPU (med)"
     );
     println!("  (a) create -> start -> wait -> delete of the prepared bundle");
     for r in &ROWS[..4] {
@@ -619,20 +632,26 @@ fn lifecycle(roots: &Roots, args: LifecycleArgs) -> Result<i32> {
         get(*r).print(&r.label());
     }
     println!();
-    println!("  ratios of medians (below 1.00: capsa is faster)");
-    let ratio = |a: Row, b: Row| get(a).median / get(b).median;
+    println!("  ratios of medians, wall clock (CPU time in brackets); below 1.00: capsa is faster");
+    let ratio = |a: Row, b: Row| {
+        format!(
+            "{:.2} ({:.2})",
+            get(a).median / get(b).median,
+            get(a).cpu / get(b).cpu
+        )
+    };
     for (capsa, what) in [
         (Row::CapsaInProcess, "(a) capsa in process"),
         (Row::CapsaProcess, "(a) capsa one process"),
     ] {
         println!(
-            "    {what:<28} / runc run: {:.2}   / crun run: {:.2}",
+            "    {what:<24} / runc run: {}   / crun run: {}",
             ratio(capsa, Row::PeerRun(Peer::Runc)),
             ratio(capsa, Row::PeerRun(Peer::Crun))
         );
     }
     println!(
-        "    {:<28} / runc + fresh rootfs: {:.2}   / crun + fresh rootfs: {:.2}",
+        "    {:<24} / runc + fresh rootfs: {}   / crun + fresh rootfs: {}",
         "(b) capsa run --rm",
         ratio(Row::CapsaRunRm, Row::PeerFresh(Peer::Runc)),
         ratio(Row::CapsaRunRm, Row::PeerFresh(Peer::Crun))
@@ -648,6 +667,21 @@ fn lifecycle(roots: &Roots, args: LifecycleArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// User + system CPU time of this process and its waited-for descendants.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    [UsageWho::RUSAGE_SELF, UsageWho::RUSAGE_CHILDREN]
+        .into_iter()
+        .filter_map(|who| getrusage(who).ok())
+        .map(|u| {
+            let t = |tv: nix::sys::time::TimeVal| {
+                Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000)
+            };
+            t(u.user_time()) + t(u.system_time())
+        })
+        .sum()
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -656,6 +690,8 @@ struct Stats {
     median: f64,
     p90: f64,
     min: f64,
+    /// Median CPU time, where measured (not for the phases).
+    cpu: f64,
 }
 
 impl Stats {
@@ -674,12 +710,23 @@ impl Stats {
             median,
             p90,
             min: s[0],
+            cpu: f64::NAN,
         }
     }
 
+    fn with_cpu(mut self, cpu: &[f64]) -> Stats {
+        self.cpu = Stats::of(cpu).median;
+        self
+    }
+
     fn print(&self, label: &str) {
+        let cpu = if self.cpu.is_nan() {
+            String::new()
+        } else {
+            format!("{:.1}", self.cpu)
+        };
         println!(
-            "    {label:<48} {:>10.1} {:>10.1} {:>10.1}",
+            "    {label:<48} {:>8.1} {:>8.1} {:>8.1} {cpu:>10}",
             self.median, self.p90, self.min
         );
     }
