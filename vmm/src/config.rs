@@ -216,6 +216,9 @@ pub struct Cli {
     /// KVM_RUN (microseconds since process start), for measurements.
     #[arg(long)]
     pub report_first_run: bool,
+    /// Do not install the per-thread seccomp filters (debugging only).
+    #[arg(long)]
+    pub no_seccomp: bool,
     /// Stop the VM right after the first KVM_RUN returns (measurement aid).
     #[arg(long, hide = true)]
     pub exit_after_first_run: bool,

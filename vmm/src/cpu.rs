@@ -220,6 +220,7 @@ pub struct VcpuRunner {
     pub events: Arc<VmEvents>,
     pub report_first_run: bool,
     pub exit_after_first_run: bool,
+    pub seccomp: bool,
     pub started: Instant,
 }
 
@@ -238,6 +239,13 @@ fn monotonic_ns() -> u128 {
 impl VcpuRunner {
     /// Runs the vCPU until the VM is asked to stop.
     pub fn run(mut self) {
+        if self.seccomp {
+            if let Err(e) = crate::seccomp::apply(crate::seccomp::Thread::Vcpu) {
+                self.events
+                    .request_exit(VmmExit::VmmError(format!("vcpu{}: {e}", self.id)));
+                return;
+            }
+        }
         let mut first = true;
         while !self.events.should_stop() {
             if first && self.id == 0 {

@@ -12,6 +12,7 @@
 //! - [`virtio`]: the virtio-mmio transport, virtio-blk and virtio-vsock.
 //! - [`vmm`]: the `Vmm` builder and the event loop that owns device I/O.
 //! - [`pvm`]: detection of PVM hosts whose /dev/kvm cannot run ordinary guests.
+//! - [`seccomp`]: per-thread seccomp filters.
 
 pub mod boot;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod layout;
 pub mod mptable;
 pub mod pvm;
+pub mod seccomp;
 pub mod virtio;
 pub mod vmm;
 

@@ -43,6 +43,7 @@ fn main() -> ProcessExit {
     let opts = RunOptions {
         report_first_run: cli.report_first_run,
         exit_after_first_run: cli.exit_after_first_run,
+        seccomp: !cli.no_seccomp,
     };
     let vmm = match Vmm::build(&cfg, opts) {
         Ok(v) => v,

@@ -46,6 +46,8 @@ fn kick_signal() -> i32 {
 pub struct RunOptions {
     pub report_first_run: bool,
     pub exit_after_first_run: bool,
+    /// Install the per-thread seccomp filters (on unless --no-seccomp).
+    pub seccomp: bool,
 }
 
 pub struct Vmm {
@@ -121,6 +123,7 @@ impl Vmm {
             ..Default::default()
         })
         .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        tracing::debug!(us = started.elapsed().as_micros() as u64, "VM created");
 
         let mem = boot::create_memory(cfg.mem_mib)?;
         for (slot, region) in mem.iter().enumerate() {
@@ -140,6 +143,10 @@ impl Vmm {
                 .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
+        tracing::debug!(
+            us = started.elapsed().as_micros() as u64,
+            "guest memory registered"
+        );
         let events = Arc::new(VmEvents::new()?);
 
         // Legacy devices on port I/O.
@@ -222,6 +229,7 @@ impl Vmm {
             virtio.push(t);
         }
 
+        tracing::debug!(us = started.elapsed().as_micros() as u64, "devices created");
         let cmdline = cfg
             .cmdline
             .as_deref()
@@ -235,6 +243,7 @@ impl Vmm {
             cfg.vcpus,
         )?;
 
+        tracing::debug!(us = started.elapsed().as_micros() as u64, "guest loaded");
         let base_cpuid = cpu::supported_cpuid(&kvm)?;
         let mut vcpus = Vec::new();
         for id in 0..cfg.vcpus {
@@ -334,6 +343,7 @@ impl Vmm {
                 events: self.events.clone(),
                 report_first_run: self.opts.report_first_run,
                 exit_after_first_run: self.opts.exit_after_first_run,
+                seccomp: self.opts.seccomp,
                 started: self.started,
             };
             let h = std::thread::Builder::new()
@@ -342,6 +352,12 @@ impl Vmm {
             handles.push(h);
         }
 
+        if self.opts.seccomp {
+            if let Err(e) = crate::seccomp::apply(crate::seccomp::Thread::EventLoop) {
+                self.events
+                    .request_exit(VmmExit::VmmError(format!("event loop: {e}")));
+            }
+        }
         let mut evs = [EpollEvent::default(); 32];
         while !self.events.should_stop() {
             let n = match epoll.wait(-1, &mut evs) {
