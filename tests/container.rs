@@ -358,7 +358,16 @@ fn stdin_tty_and_hostname() {
         "test -t 1 && echo is-a-tty",
     ]);
     assert_eq!(out.trim_end(), "is-a-tty");
-    let out = env.ok(&["run", "--rm", "--hostname", "box1", "demo", "sh", "-c", "hostname; cat /etc/hostname; grep box1 /etc/hosts"]);
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--hostname",
+        "box1",
+        "demo",
+        "sh",
+        "-c",
+        "hostname; cat /etc/hostname; grep box1 /etc/hosts",
+    ]);
     assert_eq!(out, "box1\nbox1\n127.0.1.1\tbox1\n");
 }
 

@@ -32,6 +32,7 @@ pub fn run(roots: &Roots, args: RunArgs) -> Result<i32> {
             isolation: args.isolation,
             auto_remove: args.rm,
             interactive: args.interactive,
+            kernel: args.kernel.clone(),
         },
     )?;
     if args.detach {

@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// Isolation: container (namespaces on this kernel) or vm (a microVM).
     #[arg(long, default_value = "container")]
     pub isolation: Isolation,
+    /// VM mode: boot this guest kernel (an ELF vmlinux) instead of capsa's
+    /// own, e.g. a PVM-enabled kernel on a PVM host.
+    #[arg(long, value_name = "VMLINUX")]
+    pub kernel: Option<PathBuf>,
     /// The image, then the command and its arguments.
     #[arg(
         required = true,

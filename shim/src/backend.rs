@@ -5,6 +5,8 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
+use capsa_image::{Image, Store};
+
 use anyhow::Result;
 use nix::sys::signal::Signal;
 
@@ -33,30 +35,51 @@ pub struct ExecRequest {
     pub tty: bool,
 }
 
+/// How a container's (or exec'd) process ended.
+#[derive(Debug, Clone, Default)]
+pub struct Exit {
+    /// docker's convention: the exit code, or 128+N for signal N.
+    pub code: i32,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+    /// Why the container ended abnormally (its VM died, …), if it did.
+    pub error: Option<String>,
+}
+
+/// A process started by `exec`: a local child to wait for, or a remote one
+/// whose exit code a closure fetches.
+pub enum ProcessHandle {
+    Pid(i32),
+    Remote(Box<dyn FnOnce() -> Result<i32> + Send>),
+}
+
 pub trait Backend {
     /// Makes the root filesystem the bundle's config.json points at.
-    fn prepare_rootfs(&self, paths: &ContainerPaths, layers: &[PathBuf]) -> Result<()>;
-    /// As `prepare_rootfs`, for a container whose writes are thrown away when
-    /// it stops (`--rm`): they need not survive a crash of the host, so a
-    /// backend may skip syncing them.
-    fn prepare_ephemeral_rootfs(&self, paths: &ContainerPaths, layers: &[PathBuf]) -> Result<()> {
-        self.prepare_rootfs(paths, layers)
-    }
+    /// `ephemeral`: the container's writes are thrown away when it stops
+    /// (`--rm`), so they need not survive a crash of the host.
+    fn prepare_rootfs(
+        &self,
+        paths: &ContainerPaths,
+        store: &Store,
+        image: &Image,
+        ephemeral: bool,
+    ) -> Result<()>;
     /// Undoes `prepare_rootfs`; idempotent, and safe on a half-prepared one.
     fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()>;
     /// Creates the container from its bundle; its process waits for `start`.
-    /// Returns the host PID the caller waits on (the caller is its parent).
+    /// Returns the host PID of the process the caller owns (the container's
+    /// first process, or its VMM); the caller is its parent.
     fn create(&self, rec: &Record, io: ProcessIo) -> Result<i32>;
     fn start(&self, rec: &Record) -> Result<()>;
+    /// Waits for the container started by this backend object to end.
+    /// Called by the monitor, after the output streams closed and before
+    /// `release`.
+    fn wait(&self, rec: &Record, pid: i32) -> Result<Exit>;
     fn kill(&self, rec: &Record, signal: Signal) -> Result<()>;
-    /// Starts another process in the running container; returns its host
-    /// PID, a child of the caller.
-    fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<i32>;
-    /// Whether the kernel's OOM killer killed a process of the container.
-    /// Must be asked before `release`.
-    fn oom_killed(&self, rec: &Record) -> bool;
+    /// Starts another process in the running container.
+    fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle>;
     /// Releases what the created container holds on the host (cgroups,
-    /// runtime state). Idempotent.
+    /// runtime state, the VM). Idempotent.
     fn release(&self, rec: &Record) -> Result<()>;
 }
 

@@ -4,7 +4,8 @@
 //! container, whichever isolation backend runs it:
 //!
 //! - [`namespace`]: a namespace container on the host (youki's libcontainer);
-//! - the microVM backend (not built yet) will run the same bundle in a guest.
+//! - [`microvm`]: the same bundle inside a KVM microVM (capsa-vmm), set up
+//!   by capsa-agent in the guest.
 //!
 //! The pieces: [`paths`] says where state lives, [`record`] is the persisted
 //! state of one container, [`lifecycle`] holds the user-facing operations
@@ -15,6 +16,7 @@
 pub mod backend;
 pub mod lifecycle;
 pub mod logs;
+pub mod microvm;
 pub mod monitor;
 pub mod namespace;
 pub mod paths;

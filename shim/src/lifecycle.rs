@@ -16,6 +16,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ExecRequest};
+use crate::microvm::MicroVmBackend;
 use crate::namespace::NamespaceBackend;
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
@@ -56,12 +57,7 @@ impl std::fmt::Display for Isolation {
 pub fn backend_for(roots: &Roots, isolation: Isolation) -> Result<Box<dyn Backend>> {
     match isolation {
         Isolation::Container => Ok(Box::new(NamespaceBackend::new(roots))),
-        Isolation::Vm => Err(CodedError::new(
-            EXIT_CAPSA_ERROR,
-            "VM isolation is not available in this build yet: the microVM backend \
-             (capsa-vmm and capsa-agent) is still being built; use --isolation container",
-        )
-        .into()),
+        Isolation::Vm => Ok(Box::new(MicroVmBackend::new(roots))),
     }
 }
 
@@ -72,12 +68,17 @@ pub struct CreateRequest {
     pub isolation: Isolation,
     pub auto_remove: bool,
     pub interactive: bool,
+    /// VM mode: a guest kernel to use instead of capsa's own.
+    pub kernel: Option<PathBuf>,
 }
 
 /// Prepares a container: record, writable layer, root filesystem, bundle.
 /// On any failure everything it made is removed again.
 pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Record> {
     let backend = backend_for(roots, req.isolation)?;
+    if req.isolation == Isolation::Vm {
+        crate::microvm::check_host(req.kernel.as_deref())?;
+    }
     let image = store.get(&req.image).map_err(|e| {
         CodedError::new(
             EXIT_CAPSA_ERROR,
@@ -113,12 +114,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     };
 
     fs::create_dir_all(paths.bundle())?;
-    let layers = store.layer_dirs(&image)?;
-    if req.auto_remove {
-        backend.prepare_ephemeral_rootfs(&paths, &layers)?;
-    } else {
-        backend.prepare_rootfs(&paths, &layers)?;
-    }
+    backend.prepare_rootfs(&paths, store, &image, req.auto_remove)?;
 
     req.run.container_id = id.clone();
     let mut spec = capsa_image::spec::generate(&image, &paths.rootfs(), &req.run)
@@ -176,6 +172,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         tty,
         interactive: req.interactive,
         stop_signal,
+        kernel: req.kernel.clone(),
     };
     rec.save(roots)?;
     guard.armed = false;

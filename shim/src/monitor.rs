@@ -17,10 +17,8 @@ use chrono::Utc;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
 
-use crate::backend::{Backend, ExecRequest, ProcessIo};
+use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo};
 use crate::logs::{LogWriter, Stream};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
@@ -52,13 +50,12 @@ pub fn run(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
             let code = err
                 .downcast_ref::<CodedError>()
                 .map_or(EXIT_CAPSA_ERROR, |c| c.code);
-            finish(
-                roots,
-                backend.as_ref(),
-                &mut rec,
+            let exit = Exit {
                 code,
-                Some(format!("{err:#}")),
-            );
+                oom_killed: false,
+                error: Some(format!("{err:#}")),
+            };
+            finish(roots, backend.as_ref(), &mut rec, exit);
             if let Mode::Detached { mut ready } = mode {
                 let _ = writeln!(ready, "error {code} {err:#}");
             }
@@ -113,18 +110,19 @@ pub fn run(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
         signals: Some(&sfd),
     };
     let master_fd = master.as_ref().map(|m| m.as_raw_fd());
-    let container = Pid::from_raw(pid);
+    let target = rec.clone();
     pump.run(&mut |sig| match (sig, master_fd) {
         (Signal::SIGWINCH, Some(m)) => stdio::copy_winsize(0, m),
         (Signal::SIGWINCH, None) => {}
         (sig, _) => {
-            let _ = nix::sys::signal::kill(container, sig);
+            let _ = backend.kill(&target, sig);
         }
     })?;
     drop(master);
 
-    let code = wait_exit(pid)?;
-    finish(roots, backend.as_ref(), &mut rec, code, None);
+    let exit = backend.wait(&rec, pid)?;
+    let code = exit.code;
+    finish(roots, backend.as_ref(), &mut rec, exit);
     Ok(code)
 }
 
@@ -190,14 +188,8 @@ fn start(
 }
 
 /// Records the exit and gives back what the container held on the host.
-fn finish(
-    roots: &Roots,
-    backend: &dyn Backend,
-    rec: &mut Record,
-    code: i32,
-    error: Option<String>,
-) {
-    rec.oom_killed = backend.oom_killed(rec);
+fn finish(roots: &Roots, backend: &dyn Backend, rec: &mut Record, exit: Exit) {
+    rec.oom_killed = exit.oom_killed;
     if let Err(e) = backend.release(rec) {
         tracing::warn!("releasing container {}: {e:#}", rec.id);
     }
@@ -205,28 +197,14 @@ fn finish(
         tracing::warn!("unmounting the root of {}: {e:#}", rec.id);
     }
     rec.status = Status::Stopped;
-    rec.exit_code = Some(code);
+    rec.exit_code = Some(exit.code);
     rec.finished = Some(Utc::now());
     rec.pid = None;
-    rec.error = error;
+    rec.error = exit.error;
     if rec.auto_remove {
         let _ = crate::lifecycle::remove_files(roots, rec);
     } else if let Err(e) = rec.save(roots) {
         tracing::warn!("saving the record of {}: {e:#}", rec.id);
-    }
-}
-
-/// docker's convention: the exit code, or 128+N for a process killed by
-/// signal N.
-fn wait_exit(pid: i32) -> Result<i32> {
-    loop {
-        match waitpid(Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("waiting for the container's process"),
-        }
     }
 }
 
@@ -242,7 +220,7 @@ fn console_listener(roots: &Roots, id: &str) -> Result<(UnixListener, PathBuf)> 
 
 /// Receives the pty master that the container's process sent over the
 /// console socket (SCM_RIGHTS).
-fn receive_master(listener: &UnixListener) -> Result<OwnedFd> {
+pub fn receive_master(listener: &UnixListener) -> Result<OwnedFd> {
     let (conn, _) = listener.accept().context("accepting the console socket")?;
     let mut buf = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut buf)];
@@ -295,7 +273,7 @@ pub fn exec_attached(
     if let Some((_, path)) = &console {
         let _ = std::fs::remove_file(path);
     }
-    let pid = created.map_err(crate::namespace::classify_start_error)?;
+    let handle = created.map_err(crate::namespace::classify_start_error)?;
     if let Some(m) = master {
         let stdin_is_tty = nix::unistd::isatty(0).unwrap_or(false);
         let _raw = if interactive && stdin_is_tty {
@@ -322,5 +300,8 @@ pub fn exec_attached(
         };
         pump.run(&mut |_| {})?;
     }
-    wait_exit(pid)
+    match handle {
+        ProcessHandle::Pid(pid) => crate::namespace::wait_pid(pid),
+        ProcessHandle::Remote(wait) => wait(),
+    }
 }

@@ -61,6 +61,9 @@ pub struct Record {
     pub interactive: bool,
     /// Signal `capsa stop` sends first (the image's StopSignal or SIGTERM).
     pub stop_signal: String,
+    /// VM mode: the user's guest kernel (`--kernel`), if any.
+    #[serde(default)]
+    pub kernel: Option<std::path::PathBuf>,
 }
 
 impl Record {

@@ -13,9 +13,10 @@ use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
 
-use crate::backend::{Backend, ExecRequest, ProcessIo};
+use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::Record;
+use capsa_image::{Image, Store};
 
 pub use workload::classify_start_error;
 
@@ -99,19 +100,21 @@ pub fn cgroup_path(id: &str) -> PathBuf {
 }
 
 impl Backend for NamespaceBackend {
-    fn prepare_rootfs(&self, paths: &ContainerPaths, layers: &[PathBuf]) -> Result<()> {
+    fn prepare_rootfs(
+        &self,
+        paths: &ContainerPaths,
+        store: &Store,
+        image: &Image,
+        ephemeral: bool,
+    ) -> Result<()> {
+        // A volatile overlay for --rm: see [`rootfs::mount_overlay`].
         rootfs::mount_overlay(
-            layers,
+            &store.layer_dirs(image)?,
             &paths.upper(),
             &paths.work(),
             &paths.rootfs(),
-            false,
+            ephemeral,
         )
-    }
-
-    /// A volatile overlay: see [`rootfs::mount_overlay`].
-    fn prepare_ephemeral_rootfs(&self, paths: &ContainerPaths, layers: &[PathBuf]) -> Result<()> {
-        rootfs::mount_overlay(layers, &paths.upper(), &paths.work(), &paths.rootfs(), true)
     }
 
     fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()> {
@@ -127,6 +130,16 @@ impl Backend for NamespaceBackend {
         self.start_id(&rec.id)
     }
 
+    fn wait(&self, rec: &Record, pid: i32) -> Result<Exit> {
+        let code = wait_pid(pid)?;
+        Ok(Exit {
+            code,
+            // Read before `release` deletes the cgroup.
+            oom_killed: oom_kill_count(&cgroup_path(&rec.id)) > 0,
+            error: None,
+        })
+    }
+
     fn kill(&self, rec: &Record, signal: Signal) -> Result<()> {
         let mut c = self.load(&rec.id)?;
         match c.kill(signal, false) {
@@ -139,7 +152,7 @@ impl Backend for NamespaceBackend {
         }
     }
 
-    fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<i32> {
+    fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
         let config = ContainerPaths::new(&self.roots, &rec.id).config();
         let spec = oci_spec::runtime::Spec::load(&config)?;
         let process = spec.process().as_ref().context("bundle has no process")?;
@@ -170,15 +183,25 @@ impl Backend for NamespaceBackend {
             .with_group(Some(gid))
             .with_detach(req.tty)
             .build()?;
-        Ok(pid.as_raw())
-    }
-
-    fn oom_killed(&self, rec: &Record) -> bool {
-        oom_kill_count(&cgroup_path(&rec.id)) > 0
+        Ok(ProcessHandle::Pid(pid.as_raw()))
     }
 
     fn release(&self, rec: &Record) -> Result<()> {
         self.delete_id(&rec.id)
+    }
+}
+
+/// docker's convention: the exit code, or 128+N for a process killed by
+/// signal N. `pid` must be our child.
+pub fn wait_pid(pid: i32) -> Result<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("waiting for the container's process"),
+        }
     }
 }
 

@@ -1,0 +1,77 @@
+//! What a microVM boots: the guest kernel, and an initramfs holding only
+//! the static `capsa-agent` as /init. Both are found or built once and
+//! cached.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::paths::Roots;
+
+/// The guest kernel: `--kernel` if given, else capsa's own (built on first
+/// use and cached by capsa-kernel).
+pub fn kernel(user_kernel: Option<&Path>) -> Result<PathBuf> {
+    match user_kernel {
+        Some(k) if k.exists() => Ok(k.to_path_buf()),
+        Some(k) => bail!("--kernel {} does not exist", k.display()),
+        None => capsa_kernel::kernel_path(capsa_kernel::Kind::Guest)
+            .context("building capsa's guest kernel (see docs/guest-kernel.md)"),
+    }
+}
+
+/// Finds a helper binary shipped with capsa: `$ENV`, next to the running
+/// executable, or in cargo's static-target directory beside it.
+pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
+    if let Ok(p) = std::env::var(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no directory")?;
+    let profile = dir.file_name().unwrap_or_default();
+    let candidates = [
+        dir.join(name),
+        dir.join("..")
+            .join("x86_64-unknown-linux-gnu")
+            .join(profile)
+            .join(name),
+    ];
+    for c in &candidates {
+        if c.exists() {
+            return Ok(c.clone());
+        }
+    }
+    bail!(
+        "{name} was not found next to {} (set {env}, or build it: scripts/build-agent.sh)",
+        exe.display()
+    )
+}
+
+/// The initramfs with the agent as /init, cached under the run root by the
+/// agent binary's hash.
+pub fn initramfs(roots: &Roots) -> Result<PathBuf> {
+    let agent = sibling_binary("capsa-agent", "CAPSA_AGENT")?;
+    let bytes = std::fs::read(&agent).with_context(|| format!("reading {}", agent.display()))?;
+    let key = hex::encode(&Sha256::digest(&bytes)[..8]);
+    let dir = roots.run.join("initramfs");
+    let out = dir.join(format!("agent-{key}.cpio"));
+    if out.exists() {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut cpio = capsa_kernel::initramfs::Initramfs::new();
+    cpio.dir("/dev", 0o755)
+        .dir("/proc", 0o755)
+        .dir("/sys", 0o755)
+        .dir("/run", 0o755)
+        .dir("/mnt", 0o755)
+        .char_dev("/dev/console", 0o600, 5, 1)
+        .char_dev("/dev/null", 0o666, 1, 3)
+        .file("/init", 0o755, bytes);
+    // Written to a temp name and renamed, so a concurrent start never sees a
+    // half-written file.
+    let tmp = dir.join(format!(".agent-{key}.{}", std::process::id()));
+    cpio.write_to(&tmp)?;
+    std::fs::rename(&tmp, &out)?;
+    Ok(out)
+}

@@ -1,0 +1,406 @@
+//! The microVM backend: the container runs inside a KVM microVM with its
+//! own guest kernel. capsa-vmm runs the VM (one process per container);
+//! capsa-agent, PID 1 in the guest, sets the container up with the same
+//! container code the namespace backend uses on the host. This side talks
+//! to the agent over hybrid vsock (capsa-proto).
+
+mod client;
+pub mod guest;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use capsa_image::{Image, RootfsFormat, Store};
+use capsa_proto::{ExecProcess, Request, Response, Rootfs, StdStream, StdioOptions, WritableLayer};
+use nix::sys::signal::Signal;
+
+use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo};
+use crate::paths::{ContainerPaths, Roots};
+use crate::record::Record;
+use crate::{CodedError, EXIT_CAPSA_ERROR};
+use client::AgentConn;
+
+/// Memory the guest kernel and agent need beyond the container's limit.
+const GUEST_OVERHEAD_MIB: u64 = 96;
+const MIN_MEM_MIB: u64 = 256;
+
+pub struct MicroVmBackend {
+    roots: Roots,
+    state: Mutex<VmState>,
+}
+
+#[derive(Default)]
+struct VmState {
+    conn: Option<Arc<AgentConn>>,
+    vmm: Option<Child>,
+}
+
+impl MicroVmBackend {
+    pub fn new(roots: &Roots) -> Self {
+        MicroVmBackend {
+            roots: roots.clone(),
+            state: Mutex::new(VmState::default()),
+        }
+    }
+
+    fn socket(&self, id: &str) -> PathBuf {
+        self.roots.sockets().join(format!("{}.vsock", &id[..12]))
+    }
+
+    fn console_log(&self, id: &str) -> PathBuf {
+        ContainerPaths::new(&self.roots, id).dir.join("console.log")
+    }
+
+    /// A connection for a command other than the monitor (kill, exec).
+    fn connect(&self, rec: &Record) -> Result<AgentConn> {
+        AgentConn::connect(&self.socket(&rec.id), Duration::from_secs(10), &mut || true)
+            .with_context(|| format!("reaching the microVM of {}", rec.name))
+    }
+
+    fn with_conn<T>(&self, rec: &Record, f: impl FnOnce(&AgentConn) -> Result<T>) -> Result<T> {
+        // Clone the connection out: a blocking request (wait) must not keep
+        // others (a forwarded signal) from using it.
+        let conn = self.state.lock().unwrap().conn.clone();
+        match conn {
+            Some(c) => f(&c),
+            None => f(&self.connect(rec)?),
+        }
+    }
+
+    /// The last lines of the guest console, for error messages.
+    fn console_tail(&self, id: &str) -> String {
+        let text = std::fs::read_to_string(self.console_log(id)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    }
+}
+
+/// Refuses VM mode where it cannot work, before anything is created.
+pub fn check_host(user_kernel: Option<&Path>) -> Result<()> {
+    if !Path::new("/dev/kvm").exists() {
+        bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            "VM isolation needs /dev/kvm, which this host does not have: load kvm_intel or kvm_amd, or use --isolation container"
+        ));
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() && user_kernel.is_none() {
+        bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            "this host's /dev/kvm is PVM, which cannot run capsa's guest kernel: pass --kernel with a PVM-enabled guest kernel, or run VM mode inside the KVM test host (capsa test-host -- capsa run --isolation vm …)"
+        ));
+    }
+    Ok(())
+}
+
+/// VM size from the container's limits: memory limit plus the guest's own
+/// needs, and one vCPU per (started) CPU of quota.
+fn vm_size(spec: &oci_spec::runtime::Spec) -> (u64, u64) {
+    let res = spec.linux().as_ref().and_then(|l| l.resources().clone());
+    let limit_mib = res
+        .as_ref()
+        .and_then(|r| r.memory().as_ref().and_then(|m| m.limit()))
+        .filter(|l| *l > 0)
+        .map(|l| (l as u64).div_ceil(1 << 20));
+    let mem = limit_mib.map_or(MIN_MEM_MIB, |l| (l + GUEST_OVERHEAD_MIB).max(MIN_MEM_MIB));
+    let vcpus = res
+        .as_ref()
+        .and_then(|r| {
+            r.cpu()
+                .as_ref()
+                .and_then(|c| Some((c.quota()?, c.period()?)))
+        })
+        .filter(|(q, p)| *q > 0 && *p > 0)
+        .map_or(1, |(q, p)| (q as u64).div_ceil(p).max(1));
+    (mem, vcpus)
+}
+
+impl Backend for MicroVmBackend {
+    fn prepare_rootfs(
+        &self,
+        paths: &ContainerPaths,
+        store: &Store,
+        image: &Image,
+        _ephemeral: bool,
+    ) -> Result<()> {
+        let disk = store.rootfs_image(image, RootfsFormat::Ext4)?;
+        std::os::unix::fs::symlink(&disk, paths.dir.join("rootfs.disk"))?;
+        // The host needs a read-only view of the image while the runtime
+        // spec is generated (user names come from its /etc/passwd); `create`
+        // drops it again.
+        crate::namespace::rootfs::mount_lower_only(&store.layer_dirs(image)?, &paths.rootfs())
+    }
+
+    fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()> {
+        crate::namespace::rootfs::unmount(&paths.rootfs())
+    }
+
+    fn create(&self, rec: &Record, io: ProcessIo) -> Result<i32> {
+        let paths = ContainerPaths::new(&self.roots, &rec.id);
+        self.release_rootfs(&paths)?;
+        if io.console_socket.is_some() {
+            bail!(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                "-t (a terminal) is not supported in VM mode yet"
+            ));
+        }
+        let spec = oci_spec::runtime::Spec::load(paths.config())?;
+        let (mem_mib, vcpus) = vm_size(&spec);
+        let kernel = guest::kernel(rec.kernel.as_deref())?;
+        let initrd = guest::initramfs(&self.roots)?;
+        let vmm = guest::sibling_binary("capsa-vmm", "CAPSA_VMM")?;
+        let disk = std::fs::read_link(paths.dir.join("rootfs.disk"))?;
+        let sock = self.socket(&rec.id);
+        std::fs::create_dir_all(self.roots.sockets())?;
+        let _ = std::fs::remove_file(&sock);
+
+        let mut cmd = Command::new(&vmm);
+        cmd.arg("--kernel")
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .arg("--cmdline")
+            .arg("console=ttyS0 reboot=k panic=-1 quiet")
+            .arg("--mem-mib")
+            .arg(mem_mib.to_string())
+            .arg("--vcpus")
+            .arg(vcpus.to_string())
+            .arg("--disk")
+            .arg(format!("{},ro", disk.display()))
+            .arg("--vsock-cid")
+            .arg("3")
+            .arg("--vsock-uds")
+            .arg(&sock)
+            .arg("--serial")
+            .arg(self.console_log(&rec.id))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if rec.kernel.is_some() {
+            // The user chose the kernel (e.g. a PVM-enabled one).
+            cmd.arg("--allow-pvm");
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", vmm.display()))?;
+        let pid = child.id() as i32;
+
+        let mut alive = || matches!(child.try_wait(), Ok(None));
+        let conn = match AgentConn::connect(&sock, agent_timeout(), &mut alive) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut vmm_err = String::new();
+                if let Some(mut s) = child.stderr.take() {
+                    let _ = s.read_to_string(&mut vmm_err);
+                }
+                bail!(
+                    "{e:#}\ncapsa-vmm: {}\nguest console:\n{}",
+                    vmm_err.trim(),
+                    self.console_tail(&rec.id)
+                );
+            }
+        };
+        let memory = mem_mib << 20;
+        let stdio = StdioOptions {
+            tty: false,
+            stdin: io.stdin.is_some(),
+            tty_size: None,
+        };
+        if let Some(out) = io.stdout {
+            conn.route_output(&rec.id, StdStream::Stdout, out);
+        }
+        if let Some(err) = io.stderr {
+            conn.route_output(&rec.id, StdStream::Stderr, err);
+        }
+        let created = conn.request(Request::Create {
+            container_id: rec.id.clone(),
+            spec: Box::new(spec),
+            rootfs: Rootfs {
+                device: "/dev/vda".into(),
+                fstype: "ext4".into(),
+                writable: WritableLayer::Tmpfs {
+                    size_bytes: memory / 2,
+                },
+                volumes: vec![],
+            },
+            stdio,
+        });
+        if let Err(e) = created {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        if let Some(input) = io.stdin {
+            conn.pump_stdin(&rec.id, input)?;
+        }
+        let mut st = self.state.lock().unwrap();
+        st.conn = Some(Arc::new(conn));
+        st.vmm = Some(child);
+        Ok(pid)
+    }
+
+    fn start(&self, rec: &Record) -> Result<()> {
+        self.with_conn(rec, |c| {
+            c.request(Request::Start {
+                container_id: rec.id.clone(),
+            })
+            .map(|_| ())
+        })
+    }
+
+    fn wait(&self, rec: &Record, _pid: i32) -> Result<Exit> {
+        let reply = self.with_conn(rec, |c| c.request(Request::Wait { id: rec.id.clone() }));
+        let mut exit = match reply {
+            Ok(Response::Exited { code, oom_killed }) => Exit {
+                code,
+                oom_killed,
+                error: None,
+            },
+            Ok(other) => Exit {
+                code: EXIT_CAPSA_ERROR,
+                oom_killed: false,
+                error: Some(format!("the guest agent answered wait with {other:?}")),
+            },
+            Err(e) => Exit {
+                code: EXIT_CAPSA_ERROR,
+                oom_killed: false,
+                error: Some(format!("{e:#}")),
+            },
+        };
+        // Power the guest off and collect the VMM.
+        let (conn, vmm) = {
+            let mut st = self.state.lock().unwrap();
+            (st.conn.take(), st.vmm.take())
+        };
+        if let Some(c) = conn {
+            let _ = c.request(Request::Shutdown);
+        }
+        if let Some(mut child) = vmm {
+            let status = wait_child(&mut child, Duration::from_secs(10));
+            if exit.error.is_some() {
+                // The agent is gone: say what happened to the VM.
+                use std::os::unix::process::ExitStatusExt;
+                match status.and_then(|s| s.signal()) {
+                    Some(9) => {
+                        exit.code = 137;
+                        exit.error = Some("the microVM (capsa-vmm) was killed with SIGKILL".into());
+                    }
+                    _ => {
+                        exit.error = Some(format!(
+                            "the microVM stopped unexpectedly ({}); guest console:\n{}",
+                            exit.error.unwrap_or_default(),
+                            self.console_tail(&rec.id)
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(exit)
+    }
+
+    fn kill(&self, rec: &Record, signal: Signal) -> Result<()> {
+        self.with_conn(rec, |c| {
+            c.request(Request::Signal {
+                id: rec.id.clone(),
+                signal: signal as i32,
+            })
+            .map(|_| ())
+        })
+    }
+
+    fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
+        if req.tty {
+            bail!(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                "exec -t is not supported in VM mode yet"
+            ));
+        }
+        let conn = self.connect(rec)?;
+        let exec_id = format!("exec-{}", std::process::id());
+        if let Some(out) = io.stdout {
+            conn.route_output(&exec_id, StdStream::Stdout, out);
+        }
+        if let Some(err) = io.stderr {
+            conn.route_output(&exec_id, StdStream::Stderr, err);
+        }
+        conn.request(Request::Exec {
+            container_id: rec.id.clone(),
+            exec_id: exec_id.clone(),
+            process: ExecProcess {
+                args: req.args.clone(),
+                env: req.env.clone(),
+                cwd: req.workdir.clone(),
+                user: req.user.map(|(uid, gid)| capsa_proto::User {
+                    uid,
+                    gid,
+                    additional_gids: vec![],
+                }),
+            },
+            stdio: StdioOptions {
+                tty: false,
+                stdin: io.stdin.is_some(),
+                tty_size: None,
+            },
+        })?;
+        if let Some(input) = io.stdin {
+            conn.pump_stdin(&exec_id, input)?;
+        }
+        Ok(ProcessHandle::Remote(Box::new(move || {
+            match conn.request(Request::Wait { id: exec_id })? {
+                Response::Exited { code, .. } => Ok(code),
+                other => bail!("the guest agent answered wait with {other:?}"),
+            }
+        })))
+    }
+
+    fn release(&self, rec: &Record) -> Result<()> {
+        let mut st = self.state.lock().unwrap();
+        st.conn = None;
+        if let Some(mut child) = st.vmm.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else if let Some(pid) = rec.pid.filter(|p| is_vmm(*p)) {
+            // A monitor that died left its VMM behind.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let sock = self.socket(&rec.id);
+        let _ = std::fs::remove_file(&sock);
+        Ok(())
+    }
+}
+
+fn agent_timeout() -> Duration {
+    std::env::var("CAPSA_AGENT_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
+
+fn is_vmm(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .next()
+                .is_some_and(|a| a.ends_with(b"capsa-vmm"))
+        })
+        .unwrap_or(false)
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+        }
+    }
+}
