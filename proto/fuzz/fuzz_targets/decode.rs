@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
             Ok(frame) => {
                 let mut buf = Vec::new();
                 encode_frame(&frame, &mut buf).expect("a decoded frame re-encodes");
-                assert_eq!(decode_frame(&buf).expect("a re-encoded frame decodes"), frame);
+                assert_eq!(
+                    decode_frame(&buf).expect("a re-encoded frame decodes"),
+                    frame
+                );
             }
             Err(ProtoError::Closed) => break,
             Err(e) => {
