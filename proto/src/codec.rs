@@ -274,6 +274,14 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtoError> 
 }
 
 fn encode_into(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+    if let Frame::Data {
+        process,
+        stream,
+        data,
+    } = frame
+    {
+        return encode_data(process, *stream, data, out);
+    }
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     let name = frame.kind_name();
@@ -298,20 +306,18 @@ fn encode_into(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtoError> {
             out.push(kind::ERROR);
             json_body(name, e, out)?;
         }
-        Frame::Data {
-            process,
-            stream,
-            data,
-        } => {
-            out.push(kind::DATA);
-            stream_head(name, process, *stream, out)?;
-            out.extend_from_slice(data);
-        }
+        Frame::Data { .. } => unreachable!("encoded by encode_data above"),
         Frame::Window {
             process,
             stream,
             credit,
         } => {
+            if *credit == 0 {
+                return Err(ProtoError::Encode {
+                    kind: name,
+                    reason: "a credit of 0".into(),
+                });
+            }
             out.push(kind::WINDOW);
             stream_head(name, process, *stream, out)?;
             out.extend_from_slice(&credit.to_be_bytes());
@@ -337,6 +343,8 @@ fn finish_header(name: &'static str, start: usize, out: &mut [u8]) -> Result<(),
 }
 
 /// Appends a `Data` frame for `data` without copying it into a [`Frame`].
+/// `data` must not be empty (an empty frame would mean nothing). On error
+/// `out` is left as it was.
 pub fn encode_data(
     process: &str,
     stream: StdStream,
@@ -347,6 +355,12 @@ pub fn encode_data(
     out.extend_from_slice(&[0; 4]);
     out.push(kind::DATA);
     let r = stream_head("data", process, stream, out).and_then(|()| {
+        if data.is_empty() {
+            return Err(ProtoError::Encode {
+                kind: "data",
+                reason: "no data bytes".into(),
+            });
+        }
         if 3 + process.len() + data.len() > MAX_FRAME {
             return Err(ProtoError::Encode {
                 kind: "data",

@@ -126,6 +126,30 @@ fn oversized_frames_are_refused_before_allocating() {
 }
 
 #[test]
+fn frames_the_decoder_would_refuse_are_not_encoded() {
+    let mut out = vec![1, 2, 3];
+    for f in [
+        Frame::Data {
+            process: "c".into(),
+            stream: StdStream::Stdout,
+            data: vec![],
+        },
+        Frame::Window {
+            process: "c".into(),
+            stream: StdStream::Stdout,
+            credit: 0,
+        },
+    ] {
+        let err = encode_frame(&f, &mut out).unwrap_err();
+        assert!(matches!(err, ProtoError::Encode { .. }), "{err}");
+        assert_eq!(out, [1, 2, 3], "output left as it was");
+    }
+    let mut enc = Encoder::new(Vec::new());
+    assert!(enc.send_data("c", StdStream::Stdin, b"").is_err());
+    assert!(enc.get_ref().is_empty());
+}
+
+#[test]
 fn bad_ids_are_refused_on_both_sides() {
     for process in [String::new(), "x".repeat(MAX_ID_LEN + 1)] {
         let err = encode_frame(
