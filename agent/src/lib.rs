@@ -1,1 +1,26 @@
-//! capsa-agent: PID 1 inside the microVM guest that runs the container (not implemented yet).
+//! capsa-agent: PID 1 inside capsa's microVM guest.
+//!
+//! The guest boots from a tiny initramfs holding only this binary
+//! ([`initramfs::build`]). As PID 1 the agent ([`guest`]) leaves the
+//! initramfs for a tmpfs root (so containers can `pivot_root`), mounts
+//! `/proc`, `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, cgroup2 and `/run`,
+//! starts the zombie reaper ([`reaper`]) and listens on vsock port
+//! [`capsa_proto::AGENT_PORT`] for the host. Each connection speaks
+//! capsa-proto ([`server`]): the host creates the container — the agent
+//! assembles its root (the image's read-only disk under an overlay with a
+//! writable layer), then runs it with **the same container code as the
+//! host**, capsa-shim's namespace backend on youki's libcontainer
+//! ([`container`]) — starts it, streams its stdio with flow control, and
+//! waits for its exit. When the container is gone (or on `Shutdown`) the
+//! agent powers the guest off. Any fatal error prints one line on the serial
+//! console and powers off: PID 1 never panics or hangs.
+
+pub mod cmdline;
+pub mod container;
+pub mod guest;
+pub mod initramfs;
+pub mod reaper;
+pub mod server;
+
+/// This agent's software version, sent in the protocol handshake.
+pub const SOFTWARE_VERSION: &str = concat!("capsa-agent ", env!("CARGO_PKG_VERSION"));

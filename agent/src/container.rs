@@ -1,0 +1,321 @@
+//! The container inside the guest: its root filesystem (the image's
+//! read-only disk under an overlay with a writable layer) and the container
+//! itself, run by capsa-shim's namespace backend — the same libcontainer
+//! code the host's container mode uses.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use capsa_proto::{Rootfs, WritableLayer};
+use capsa_shim::backend::{Backend, ExecRequest, ProcessHandle, ProcessIo};
+use capsa_shim::namespace::NamespaceBackend;
+use capsa_shim::paths::ContainerPaths;
+use capsa_shim::{Isolation, Record, Roots, Status};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::signal::Signal;
+use oci_spec::runtime::Spec;
+
+/// Where the agent keeps its state in the guest (a tmpfs).
+pub const STATE_DIR: &str = "/run/capsa-agent";
+
+/// A created container.
+pub struct Container {
+    pub record: Record,
+    pub backend: NamespaceBackend,
+    pub roots: Roots,
+    pub spec: Spec,
+    mounts: Vec<PathBuf>,
+}
+
+fn mount_dev(device: &str, fstype: &str, target: &Path, flags: MsFlags, data: &str) -> Result<()> {
+    fs::create_dir_all(target).with_context(|| format!("mkdir {}", target.display()))?;
+    mount(
+        Some(device),
+        target,
+        Some(fstype),
+        flags,
+        (!data.is_empty()).then_some(data),
+    )
+    .with_context(|| format!("mounting {device} ({fstype}) at {}", target.display()))
+}
+
+/// Checks a container id before it becomes part of paths.
+pub fn check_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.len() > capsa_proto::MAX_ID_LEN
+        || id.starts_with('.')
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        bail!("invalid container id {id:?}: use letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+/// The tmpfs mount options for a writable layer of `size_bytes`.
+pub fn tmpfs_options(size_bytes: u64) -> Result<String> {
+    if size_bytes < 1024 * 1024 {
+        bail!("the writable layer must be at least 1 MiB, got {size_bytes} bytes");
+    }
+    Ok(format!("size={size_bytes},mode=0755"))
+}
+
+impl Container {
+    /// Assembles the root filesystem and creates the container (its
+    /// process waits for [`Container::start`]). Returns it with its init
+    /// PID (a child of this process). On failure, undoes what it did.
+    pub fn create(
+        id: &str,
+        mut spec: Spec,
+        rootfs: &Rootfs,
+        io: ProcessIo,
+        register: impl FnOnce(i32),
+    ) -> Result<(Container, i32)> {
+        check_id(id)?;
+        let roots = Roots::new(Some(Path::new(STATE_DIR)));
+        let paths = ContainerPaths::new(&roots, id);
+        let mut c = Container {
+            record: record(id, &spec),
+            backend: NamespaceBackend::new(&roots),
+            roots,
+            spec: spec.clone(),
+            mounts: Vec::new(),
+        };
+        let result = (|| -> Result<i32> {
+            c.assemble_rootfs(&paths, rootfs)?;
+            // The root is the overlay we just built; the cgroup is where
+            // the backend looks for OOM kills and the agent for stats.
+            let mut root = spec.root().clone().unwrap_or_default();
+            root.set_path(paths.rootfs());
+            spec.set_root(Some(root));
+            if let Some(linux) = spec.linux_mut() {
+                linux.set_cgroups_path(Some(capsa_shim::namespace::cgroup_path(id)));
+            }
+            if let Some(h) = spec.hostname() {
+                let _ = crate::guest::set_hostname(h);
+            }
+            spec.save(paths.config())
+                .with_context(|| format!("writing {}", paths.config().display()))?;
+            c.spec = spec;
+            let pid = c.backend.create(&c.record, io)?;
+            register(pid);
+            Ok(pid)
+        })();
+        match result {
+            Ok(pid) => {
+                c.record.pid = Some(pid);
+                Ok((c, pid))
+            }
+            Err(e) => {
+                c.destroy();
+                Err(capsa_shim::namespace::classify_start_error(e))
+            }
+        }
+    }
+
+    fn assemble_rootfs(&mut self, paths: &ContainerPaths, rootfs: &Rootfs) -> Result<()> {
+        let base = Path::new(STATE_DIR).join("disks").join(&self.record.id);
+        let image = base.join("image");
+        let scratch = base.join("scratch");
+        let ro = MsFlags::MS_RDONLY;
+        mount_dev(&rootfs.device, &rootfs.fstype, &image, ro, "")
+            .context("mounting the image's root filesystem")?;
+        self.mounts.push(image.clone());
+        match &rootfs.writable {
+            WritableLayer::Tmpfs { size_bytes } => {
+                let opts = tmpfs_options(*size_bytes)?;
+                mount_dev("scratch", "tmpfs", &scratch, MsFlags::empty(), &opts)?
+            }
+            WritableLayer::Disk { device, fstype } => {
+                mount_dev(device, fstype, &scratch, MsFlags::empty(), "")
+                    .context("mounting the writable layer's disk")?
+            }
+        }
+        self.mounts.push(scratch.clone());
+        for v in &rootfs.volumes {
+            let flags = if v.readonly { ro } else { MsFlags::empty() };
+            mount_dev(&v.device, &v.fstype, Path::new(&v.guest_path), flags, "")
+                .with_context(|| format!("mounting the volume disk {}", v.device))?;
+            self.mounts.push(PathBuf::from(&v.guest_path));
+        }
+        let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+        for d in [&upper, &work, &paths.rootfs()] {
+            fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
+        }
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            image.display(),
+            upper.display(),
+            work.display()
+        );
+        mount_dev(
+            "overlay",
+            "overlay",
+            &paths.rootfs(),
+            MsFlags::empty(),
+            &data,
+        )
+        .context("mounting the container's overlay root")?;
+        self.mounts.push(paths.rootfs());
+        Ok(())
+    }
+
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        self.backend.start(&self.record)?;
+        self.record.status = Status::Running;
+        Ok(())
+    }
+
+    pub fn kill(&self, sig: Signal) -> Result<()> {
+        self.backend.kill(&self.record, sig)
+    }
+
+    /// Starts another process in the container; returns its PID (a child
+    /// of this process).
+    pub fn exec(&self, req: &ExecRequest, io: ProcessIo) -> Result<i32> {
+        match self
+            .backend
+            .exec(&self.record, req, io)
+            .map_err(capsa_shim::namespace::classify_start_error)?
+        {
+            ProcessHandle::Pid(pid) => Ok(pid),
+            ProcessHandle::Remote(_) => bail!("the namespace backend returned a remote process"),
+        }
+    }
+
+    /// Whether the kernel's OOM killer killed a process of the container
+    /// (its cgroup's `memory.events`); ask before [`Container::destroy`].
+    pub fn oom_killed(&self) -> bool {
+        oom_kills(&self.cgroup_dir()) > 0
+    }
+
+    /// The container's cgroup directory.
+    pub fn cgroup_dir(&self) -> PathBuf {
+        let rel = capsa_shim::namespace::cgroup_path(&self.record.id);
+        Path::new("/sys/fs/cgroup").join(rel.strip_prefix("/").unwrap_or(&rel))
+    }
+
+    /// Kills what is left, deletes the runtime state and cgroups, and
+    /// unmounts the root filesystem. Idempotent.
+    pub fn destroy(&mut self) {
+        if let Err(e) = self.backend.release(&self.record) {
+            crate::guest::say(&format!("releasing container {}: {e:#}", self.record.id));
+        }
+        while let Some(m) = self.mounts.pop() {
+            if umount2(&m, MntFlags::empty()).is_err() {
+                let _ = umount2(&m, MntFlags::MNT_DETACH);
+            }
+        }
+        self.record.status = Status::Stopped;
+    }
+}
+
+fn record(id: &str, spec: &Spec) -> Record {
+    let command = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().clone())
+        .unwrap_or_default();
+    Record {
+        id: id.to_string(),
+        name: id.to_string(),
+        image: String::new(),
+        image_id: String::new(),
+        // Inside the guest the container is a namespace container.
+        isolation: Isolation::Container,
+        command,
+        created: chrono::Utc::now(),
+        started: None,
+        finished: None,
+        status: Status::Created,
+        pid: None,
+        monitor_pid: Some(std::process::id() as i32),
+        exit_code: None,
+        oom_killed: false,
+        error: None,
+        auto_remove: false,
+        tty: false,
+        interactive: false,
+        stop_signal: "SIGTERM".into(),
+        kernel: None,
+    }
+}
+
+/// The `oom_kill` counter of a cgroup v2 directory.
+pub fn oom_kills(cgroup: &Path) -> u64 {
+    fs::read_to_string(cgroup.join("memory.events"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resource usage from the container's cgroup v2 files.
+pub fn stats(cgroup: &Path) -> capsa_proto::Stats {
+    let read = |f: &str| fs::read_to_string(cgroup.join(f)).unwrap_or_default();
+    let num = |f: &str| read(f).trim().parse::<u64>().ok();
+    let keyed = |f: &str, key: &str| {
+        read(f).lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
+        })
+    };
+    let mut s = capsa_proto::Stats::default();
+    s.memory.usage_bytes = num("memory.current").unwrap_or(0);
+    s.memory.max_usage_bytes = num("memory.peak");
+    s.memory.limit_bytes = num("memory.max");
+    s.cpu.usage_usec = keyed("cpu.stat", "usage_usec").unwrap_or(0);
+    s.cpu.user_usec = keyed("cpu.stat", "user_usec").unwrap_or(0);
+    s.cpu.system_usec = keyed("cpu.stat", "system_usec").unwrap_or(0);
+    s.pids.current = num("pids.current").unwrap_or(0);
+    s.pids.limit = num("pids.max");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_would_escape_paths_are_refused() {
+        for bad in ["", "..", "a/b", ".hidden", "x y", &"a".repeat(256)] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+        for good in ["abc", "0123456789abcdef", "my_ctr-1.2"] {
+            check_id(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn tmpfs_size_is_checked() {
+        assert_eq!(tmpfs_options(64 << 20).unwrap(), "size=67108864,mode=0755");
+        assert!(tmpfs_options(4096).is_err());
+    }
+
+    #[test]
+    fn stats_read_cgroup_v2_files() {
+        let d = tempfile::tempdir().unwrap();
+        let w = |f: &str, t: &str| fs::write(d.path().join(f), t).unwrap();
+        w("memory.current", "1234\n");
+        w("memory.max", "max\n");
+        w("memory.peak", "2000\n");
+        w("cpu.stat", "usage_usec 10\nuser_usec 7\nsystem_usec 3\n");
+        w("pids.current", "2\n");
+        w("pids.max", "100\n");
+        let s = stats(d.path());
+        assert_eq!(s.memory.usage_bytes, 1234);
+        assert_eq!(s.memory.limit_bytes, None, "max means unlimited");
+        assert_eq!(s.memory.max_usage_bytes, Some(2000));
+        assert_eq!(
+            (s.cpu.usage_usec, s.cpu.user_usec, s.cpu.system_usec),
+            (10, 7, 3)
+        );
+        assert_eq!((s.pids.current, s.pids.limit), (2, Some(100)));
+    }
+}
