@@ -12,7 +12,10 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, KernelLoader};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 
 use crate::error::{Error, Result};
 use crate::layout::*;
@@ -28,7 +31,19 @@ pub fn create_memory(mem_mib: u32) -> Result<GuestMemoryMmap> {
         .into_iter()
         .map(|(a, l)| (GuestAddress(a), l as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(format!("{e}")))
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(format!("{e}")))?;
+    // Transparent huge pages where the host offers them: loading a 20 MiB
+    // kernel then takes ten page faults instead of five thousand, and the
+    // guest gets fewer TLB misses. Advice only; failure changes nothing.
+    for region in mem.iter() {
+        if let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) {
+            // SAFETY: advising on a mapping we own, within its bounds.
+            unsafe {
+                libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    Ok(mem)
 }
 
 /// A virtio-mmio device window announced to the guest.
