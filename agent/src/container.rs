@@ -96,6 +96,8 @@ impl Container {
             if let Some(h) = spec.hostname() {
                 let _ = crate::guest::set_hostname(h);
             }
+            let etc = Path::new(STATE_DIR).join("etc").join(id);
+            guest_bind_sources(&mut spec, &etc)?;
             spec.save(paths.config())
                 .with_context(|| format!("writing {}", paths.config().display()))?;
             c.spec = spec;
@@ -247,6 +249,54 @@ fn record(id: &str, spec: &Spec) -> Record {
     }
 }
 
+/// Makes the spec's bind mounts usable in the guest. The host's spec
+/// binds the container's own `/etc/hostname` and `/etc/hosts` (and, with
+/// the host network, `/etc/resolv.conf`) from files on the host, which the
+/// guest cannot see: the agent writes the same files under `dir` (a
+/// hostname line, docker's hosts template) and points the mounts there;
+/// a resolv.conf the guest cannot provide is left to the image. Any other
+/// bind mount whose source is missing in the guest is an error naming it
+/// (host paths reach the guest only as volume disks).
+pub fn guest_bind_sources(spec: &mut Spec, dir: &Path) -> Result<()> {
+    let hostname = spec.hostname().clone().unwrap_or_default();
+    let Some(mounts) = spec.mounts().clone() else {
+        return Ok(());
+    };
+    let mut out = Vec::with_capacity(mounts.len());
+    for mut m in mounts {
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        let missing = m.source().as_ref().is_some_and(|s| !s.exists());
+        if !is_bind || !missing {
+            out.push(m);
+            continue;
+        }
+        let dest = m.destination().display().to_string();
+        let content = match dest.as_str() {
+            "/etc/hostname" => format!("{hostname}\n"),
+            "/etc/hosts" => format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+            ),
+            "/etc/resolv.conf" => continue,
+            _ => bail!(
+                "the bind mount for {dest} has source {}, which does not exist in the guest \
+                 (in VM mode host paths reach the container only as volume disks)",
+                m.source().as_ref().map(|s| s.display().to_string()).unwrap_or_default()
+            ),
+        };
+        fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        let src = dir.join(dest.trim_start_matches("/etc/"));
+        fs::write(&src, content).with_context(|| format!("writing {}", src.display()))?;
+        m.set_source(Some(src));
+        out.push(m);
+    }
+    spec.set_mounts(Some(out));
+    Ok(())
+}
+
 /// The `oom_kill` counter of a cgroup v2 directory.
 pub fn oom_kills(cgroup: &Path) -> u64 {
     fs::read_to_string(cgroup.join("memory.events"))
@@ -290,6 +340,58 @@ mod tests {
         for good in ["abc", "0123456789abcdef", "my_ctr-1.2"] {
             check_id(good).unwrap();
         }
+    }
+
+    #[test]
+    fn etc_files_are_made_in_the_guest_and_other_missing_binds_refused() {
+        use oci_spec::runtime::MountBuilder;
+        let d = tempfile::tempdir().unwrap();
+        let existing = d.path().join("data");
+        fs::create_dir(&existing).unwrap();
+        let bind = |dest: &str, src: &Path| {
+            MountBuilder::default()
+                .destination(dest)
+                .typ("bind")
+                .source(src)
+                .options(vec!["rbind".to_string(), "rprivate".to_string()])
+                .build()
+                .unwrap()
+        };
+        let gone = Path::new("/nonexistent/host/container");
+        let mut spec = Spec::default();
+        spec.set_hostname(Some("abc123".into()));
+        let mut mounts = spec.mounts().clone().unwrap();
+        let defaults = mounts.len();
+        mounts.push(bind("/data", &existing));
+        mounts.push(bind("/etc/hostname", &gone.join("hostname")));
+        mounts.push(bind("/etc/hosts", &gone.join("hosts")));
+        mounts.push(bind("/etc/resolv.conf", &gone.join("resolv.conf")));
+        spec.set_mounts(Some(mounts));
+        let etc = d.path().join("etc");
+        guest_bind_sources(&mut spec, &etc).unwrap();
+        let mounts = spec.mounts().clone().unwrap();
+        assert_eq!(
+            mounts.len(),
+            defaults + 3,
+            "resolv.conf dropped, others kept"
+        );
+        assert_eq!(
+            mounts[defaults].source().as_deref(),
+            Some(existing.as_path())
+        );
+        assert_eq!(
+            fs::read_to_string(mounts[defaults + 1].source().as_ref().unwrap()).unwrap(),
+            "abc123\n"
+        );
+        let hosts = fs::read_to_string(mounts[defaults + 2].source().as_ref().unwrap()).unwrap();
+        assert!(hosts.contains("127.0.1.1\tabc123\n"), "{hosts}");
+
+        let mut spec = Spec::default();
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.push(bind("/srv", &gone.join("srv")));
+        spec.set_mounts(Some(mounts));
+        let e = guest_bind_sources(&mut spec, &etc).unwrap_err();
+        assert!(format!("{e}").contains("/srv"), "{e}");
     }
 
     #[test]

@@ -79,6 +79,15 @@ fn run() -> Result<String> {
     guest::switch_root().context("leaving the initramfs")?;
     guest::mount_system()?;
     let settings = Settings::parse(&guest::kernel_cmdline()).map_err(anyhow::Error::msg)?;
+    // libcontainer says why a step failed in its log (its errors carry
+    // only the step): errors go to the console, everything with capsa.debug.
+    let level = if settings.debug { "debug" } else { "error" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stdout)
+        .with_ansi(false)
+        .without_time()
+        .init();
     guest::loopback_up();
     let _ = guest::set_hostname("capsa");
     let agent = Agent::new(settings.debug);
