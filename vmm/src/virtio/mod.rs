@@ -105,6 +105,9 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 pub(crate) mod testutil {
     //! Shared helpers for device tests: guest memory and a queue test driver.
     use vm_memory::{GuestAddress, GuestMemoryMmap};
