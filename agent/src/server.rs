@@ -405,6 +405,9 @@ impl Agent {
         rootfs: capsa_proto::Rootfs,
         stdio: StdioOptions,
     ) -> Response {
+        if let Err(e) = crate::container::check_id(&id) {
+            return err(ErrorCode::InvalidRequest, format!("{e:#}"));
+        }
         {
             let mut st = self.lock();
             if st.container.is_some() || st.creating {
@@ -760,4 +763,207 @@ fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The protocol loop on the host, over a socketpair: everything that
+    //! needs no container (and so neither PID 1 nor the reaper).
+
+    use super::*;
+    use capsa_proto::{encode_frame, Hello, Rootfs, WritableLayer};
+
+    struct Peer {
+        enc: Encoder<UnixStream>,
+        dec: Decoder<BufReader<UnixStream>>,
+        raw: UnixStream,
+        server: std::thread::JoinHandle<()>,
+    }
+
+    fn connect(agent: &Arc<Agent>) -> (Peer, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let a = Arc::clone(agent);
+        let server = std::thread::spawn(move || a.serve(theirs));
+        let peer = Peer {
+            enc: Encoder::new(ours.try_clone().unwrap()),
+            dec: Decoder::new(BufReader::new(ours.try_clone().unwrap())),
+            raw: ours.try_clone().unwrap(),
+            server,
+        };
+        (peer, ours)
+    }
+
+    fn call(p: &mut Peer, id: u64, request: Request) -> Response {
+        p.enc.send(&Frame::Request { id, request }).unwrap();
+        match p.dec.recv().unwrap() {
+            Frame::Response { id: got, response } => {
+                assert_eq!(got, id);
+                response
+            }
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    fn code(r: &Response) -> ErrorCode {
+        match r {
+            Response::Error(e) => e.code,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_without_a_container_get_clear_errors_and_bad_frames_do_not_end_the_session() {
+        let agent = Agent::new(false);
+        let (mut p, _keep) = connect(&agent);
+        let hello = handshake(&mut p.enc, &mut p.dec, "test-host").unwrap();
+        assert_eq!(hello.software_version, crate::SOFTWARE_VERSION);
+
+        let r = call(
+            &mut p,
+            1,
+            Request::Stats {
+                container_id: "c".into(),
+            },
+        );
+        assert_eq!(code(&r), ErrorCode::NotFound);
+        let r = call(
+            &mut p,
+            2,
+            Request::Signal {
+                id: "c".into(),
+                signal: 15,
+            },
+        );
+        assert_eq!(code(&r), ErrorCode::NotFound);
+        let r = call(
+            &mut p,
+            3,
+            Request::Signal {
+                id: "c".into(),
+                signal: 999,
+            },
+        );
+        assert_eq!(code(&r), ErrorCode::InvalidRequest);
+        let r = call(&mut p, 4, Request::Wait { id: "nope".into() });
+        assert_eq!(code(&r), ErrorCode::NotFound);
+        let r = call(
+            &mut p,
+            5,
+            Request::ResizeTty {
+                id: "c".into(),
+                rows: 1,
+                cols: 1,
+            },
+        );
+        assert_eq!(code(&r), ErrorCode::NotFound);
+        let r = call(
+            &mut p,
+            6,
+            Request::Exec {
+                container_id: "c".into(),
+                exec_id: "e".into(),
+                process: ExecProcess::default(),
+                stdio: StdioOptions::default(),
+            },
+        );
+        assert_eq!(code(&r), ErrorCode::NotFound);
+        // An id that would escape the agent's state directory.
+        let r = call(
+            &mut p,
+            7,
+            Request::Create {
+                container_id: "../x".into(),
+                spec: Box::default(),
+                rootfs: Rootfs {
+                    device: "/dev/vda".into(),
+                    fstype: "ext4".into(),
+                    writable: WritableLayer::Tmpfs {
+                        size_bytes: 1 << 20,
+                    },
+                    volumes: vec![],
+                },
+                stdio: StdioOptions::default(),
+            },
+        );
+        assert_eq!(code(&r), ErrorCode::InvalidRequest);
+
+        // A request frame whose JSON is broken: an error frame, and the
+        // session goes on.
+        let mut buf = Vec::new();
+        encode_frame(
+            &Frame::Request {
+                id: 8,
+                request: Request::Stats {
+                    container_id: "c".into(),
+                },
+            },
+            &mut buf,
+        )
+        .unwrap();
+        let brace = buf.iter().position(|b| *b == b'{').unwrap();
+        buf[brace] = b'!';
+        p.raw.write_all(&buf).unwrap();
+        match p.dec.recv().unwrap() {
+            Frame::Error(e) => assert_eq!(e.code, ErrorCode::Malformed),
+            Frame::Response { response, .. } => assert_eq!(code(&response), ErrorCode::Malformed),
+            other => panic!("expected an error about the bad frame, got {other:?}"),
+        }
+        // Stdin data for a process that does not exist.
+        p.enc
+            .send(&Frame::Data {
+                process: "ghost".into(),
+                stream: StdStream::Stdin,
+                data: b"x".to_vec(),
+            })
+            .unwrap();
+        match p.dec.recv().unwrap() {
+            Frame::Error(e) => assert_eq!(e.code, ErrorCode::InvalidRequest),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        let r = call(
+            &mut p,
+            9,
+            Request::Stats {
+                container_id: "c".into(),
+            },
+        );
+        assert_eq!(code(&r), ErrorCode::NotFound, "still answering");
+
+        // Shutdown is answered and asks for the power-off.
+        assert_eq!(call(&mut p, 10, Request::Shutdown), Response::Ok);
+        let why = agent.wait_for_poweroff(None);
+        assert!(why.contains("shutdown"), "{why}");
+        p.raw.shutdown(std::net::Shutdown::Both).unwrap();
+        p.server.join().unwrap();
+        assert!(agent.lock().conns.is_empty(), "connection forgotten");
+    }
+
+    #[test]
+    fn a_peer_with_another_protocol_version_is_refused() {
+        let agent = Agent::new(false);
+        let (mut p, _keep) = connect(&agent);
+        p.enc
+            .send(&Frame::Hello(Hello {
+                protocol_version: capsa_proto::PROTOCOL_VERSION + 1,
+                software_version: "capsa 9".into(),
+            }))
+            .unwrap();
+        assert!(matches!(p.dec.recv().unwrap(), Frame::Hello(_)));
+        match p.dec.recv().unwrap() {
+            Frame::Error(e) => assert_eq!(e.code, ErrorCode::VersionMismatch),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // The agent closes the connection and does not count it.
+        p.server.join().unwrap();
+        assert!(agent.lock().conns.is_empty());
+    }
+
+    #[test]
+    fn no_container_within_the_create_timeout_powers_off() {
+        let agent = Agent::new(false);
+        let why = agent.wait_for_poweroff(Some(Duration::from_millis(100)));
+        assert!(why.contains("no container was created"), "{why}");
+    }
 }
