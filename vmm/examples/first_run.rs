@@ -40,6 +40,7 @@ fn main() {
     let (vmm, vmm_args) = args[sep + 1..].split_first().expect("capsa-vmm path");
     let mut times = Vec::new();
     let mut rss = Vec::new();
+    let mut anons = Vec::new();
     for i in 0..runs {
         let t0 = monotonic_ns();
         let out = Command::new(vmm)
@@ -60,19 +61,23 @@ fn main() {
         let us = (t1 - t0) as f64 / 1000.0;
         let vmm_kib = field(&err, "rss_vmm_kib=").unwrap_or(0);
         let total = field(&err, "rss_total_kib=").unwrap_or(0);
+        let anon = field(&err, "rss_vmm_anon_kib=").unwrap_or(0);
         println!(
-            "run {i}: exec -> first KVM_RUN {us:.0} us; RSS total {total} KiB, VMM (without guest memory) {vmm_kib} KiB; exit {:?}",
+            "run {i}: exec -> first KVM_RUN {us:.0} us; RSS total {total} KiB, VMM (without guest memory) {vmm_kib} KiB of which anonymous {anon} KiB; exit {:?}",
             out.status.code()
         );
         times.push(us);
         rss.push(vmm_kib);
+        anons.push(anon);
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     rss.sort();
+    anons.sort();
     println!(
-        "median over {runs} runs: exec -> first KVM_RUN {:.0} us; VMM RSS without guest memory {} KiB ({:.2} MiB)",
+        "median over {runs} runs: exec -> first KVM_RUN {:.0} us; VMM RSS without guest memory {} KiB ({:.2} MiB), of which anonymous {} KiB (the rest is shared file-backed text: capsa-vmm, libc, ld.so)",
         times[runs / 2],
         rss[runs / 2],
-        rss[runs / 2] as f64 / 1024.0
+        rss[runs / 2] as f64 / 1024.0,
+        anons[runs / 2]
     );
 }

@@ -409,10 +409,13 @@ impl Vmm {
             "event loop ended without a reason".into(),
         ));
         if self.opts.report_first_run {
-            if let Some((total, guest)) = rss_kib(&self.guest_host_ranges()) {
+            if let Some(r) = rss_kib(&self.guest_host_ranges()) {
                 eprintln!(
-                    "capsa-vmm: rss_total_kib={total} rss_guest_kib={guest} rss_vmm_kib={}",
-                    total.saturating_sub(guest)
+                    "capsa-vmm: rss_total_kib={} rss_guest_kib={} rss_vmm_kib={} rss_vmm_anon_kib={}",
+                    r.total,
+                    r.guest,
+                    r.total.saturating_sub(r.guest),
+                    r.vmm_anon
                 );
             }
         }
@@ -462,18 +465,41 @@ fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
     }
 }
 
-/// (total RSS, RSS inside the guest memory mappings) of this process, KiB.
-pub fn rss_kib(guest: &[(u64, u64)]) -> Option<(u64, u64)> {
+/// Memory of this process from /proc/self/smaps, KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RssReport {
+    /// All resident pages.
+    pub total: u64,
+    /// Resident pages of guest memory.
+    pub guest: u64,
+    /// Anonymous (heap, stacks, page tables aside) pages outside guest
+    /// memory: what this VMM adds that no other process shares.
+    pub vmm_anon: u64,
+}
+
+pub fn rss_kib(guest: &[(u64, u64)]) -> Option<RssReport> {
     let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-    let (mut total, mut in_guest) = (0u64, 0u64);
+    let (mut total, mut in_guest, mut anon) = (0u64, 0u64, 0u64);
     let mut current_is_guest = false;
+    let mut current_name = String::new();
+    let mut by_mapping: Vec<(u64, String)> = Vec::new();
     for line in smaps.lines() {
-        if let Some((range, _)) = line.split_once(' ') {
+        if let Some((range, rest)) = line.split_once(' ') {
             if let Some((a, b)) = range.split_once('-') {
                 if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
                     current_is_guest = guest.iter().any(|&(s, e)| a >= s && b <= e);
+                    current_name = rest
+                        .split_whitespace()
+                        .nth(4)
+                        .unwrap_or("[anon]")
+                        .to_string();
                     continue;
                 }
+            }
+        }
+        if let Some(v) = line.strip_prefix("Anonymous:") {
+            if !current_is_guest {
+                anon += v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
             }
         }
         if let Some(v) = line.strip_prefix("Rss:") {
@@ -481,8 +507,16 @@ pub fn rss_kib(guest: &[(u64, u64)]) -> Option<(u64, u64)> {
             total += kib;
             if current_is_guest {
                 in_guest += kib;
+            } else {
+                by_mapping.push((kib, current_name.clone()));
             }
         }
     }
-    Some((total, in_guest))
+    by_mapping.sort_by(|a, b| b.0.cmp(&a.0));
+    tracing::debug!(top = ?&by_mapping[..by_mapping.len().min(8)], "VMM RSS by mapping (KiB)");
+    Some(RssReport {
+        total,
+        guest: in_guest,
+        vmm_anon: anon,
+    })
 }
