@@ -512,7 +512,7 @@ pub fn rss_kib(guest: &[(u64, u64)]) -> Option<RssReport> {
             }
         }
     }
-    by_mapping.sort_by(|a, b| b.0.cmp(&a.0));
+    by_mapping.sort_by_key(|m| std::cmp::Reverse(m.0));
     tracing::debug!(top = ?&by_mapping[..by_mapping.len().min(8)], "VMM RSS by mapping (KiB)");
     Some(RssReport {
         total,
