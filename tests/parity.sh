@@ -1,0 +1,62 @@
+#!/bin/sh
+# Runs each parity case in one isolation mode and prints, per case, one
+# result line (exit code, length and hash of stdout and stderr) and a
+# preview. The Rust test (parity.rs) runs this once per mode inside one KVM
+# test-host boot and compares the result lines.
+#   parity.sh CAPSA MODE
+capsa=$1 mode=$2
+c="$capsa --root /run/parity-$mode"
+$c load --demo >/dev/null || { echo "@@ load failed"; exit 1; }
+printf 'hello stdin\nsecond line\n' > /run/stdin.txt
+: > /run/empty
+
+report() { # name code
+  printf '@@ %s code=%s out=%s/%s err=%s/%s\n' "$1" "$2" \
+    "$(wc -c < /run/o | tr -d ' ')" "$(sha256sum < /run/o | cut -c1-12)" \
+    "$(wc -c < /run/e | tr -d ' ')" "$(sha256sum < /run/e | cut -c1-12)"
+  printf '   out: %s\n   err: %s\n' "$(head -c 160 /run/o | tr '\n' '|')" "$(head -c 160 /run/e | tr '\n' '|')"
+}
+case_run() { # name stdin-file capsa-run-args...
+  name=$1 input=$2; shift 2
+  $c run --rm --isolation "$mode" --hostname box "$@" > /run/o 2> /run/e < "$input"
+  report "$name" $?
+}
+
+case_run echo /run/empty demo echo hello world
+for n in 0 1 7; do case_run "exit-$n" /run/empty demo sh -c "exit $n"; done
+case_run exit-127 /run/empty demo no-such-command
+case_run env /run/empty -e GREETING=hi -e EMPTY= demo sh -c 'env | sort'
+case_run user /run/empty -u 1000:1000 demo sh -c 'id -u; id -g; id -G'
+case_run user-name /run/empty -u nobody demo id -un
+case_run cwd /run/empty -w /tmp demo pwd
+case_run cwd-image /run/empty demo pwd
+case_run stdin /run/stdin.txt -i demo sh -c 'tr a-z A-Z'
+case_run stdout-20mb /run/empty demo sh -c 'head -c 20000000 /dev/zero | tr "\0" x'
+case_run stderr /run/empty demo sh -c 'echo to-err >&2; echo to-out'
+case_run read-only-root /run/empty --read-only demo touch /x
+case_run oom /run/empty --memory 32m demo sh -c 'a=$(head -c 100000000 /dev/zero | tr "\0" a); echo survived'
+case_run limits /run/empty --pids-limit 64 demo sh -c 'ulimit -n; cat /proc/self/status | grep -E "^(CapEff|NoNewPrivs|Seccomp):"'
+
+# stop: SIGTERM first; a shell that ignores it is killed after the timeout.
+$c run -d --isolation "$mode" --name stopper demo sh -c 'trap "echo got-term; exit 3" TERM; echo ready; while :; do sleep 0.1; done' > /dev/null
+sleep 1; $c stop -t 5 stopper > /dev/null; $c wait stopper > /run/o 2> /run/e; $c logs stopper >> /run/o 2>> /run/e
+report stop-term 0; $c rm stopper > /dev/null
+$c run -d --isolation "$mode" --name stubborn demo sh -c 'trap "" TERM; while :; do sleep 0.1; done' > /dev/null
+sleep 1; $c stop -t 1 stubborn > /dev/null; $c wait stubborn > /run/o 2> /run/e
+report stop-kill 0; $c rm stubborn > /dev/null
+
+# the writable layer belongs to one container
+$c run --isolation "$mode" --name writer demo sh -c 'echo data > /tmp/f' > /dev/null
+$c rm writer > /dev/null
+case_run tmp-gone-after-rm /run/empty demo cat /tmp/f
+
+# exec into a running container
+$c run -d --isolation "$mode" --name target demo sleep 300 > /dev/null
+$c exec target sh -c 'echo in-exec; exit 4' > /run/o 2> /run/e; code=$?
+report exec "$code"
+printf 'piped' | $c exec -i target cat > /run/o 2> /run/e; report exec-stdin $?
+$c rm -f target > /dev/null
+
+# nothing left behind
+left=$($c ps -aq | wc -l)
+echo "@@ leftovers containers=$left mounts=$(grep -c parity-$mode /proc/mounts) vmms=$(pgrep -c capsa-vmm)"
