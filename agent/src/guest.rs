@@ -3,15 +3,53 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{Context, Result};
 use nix::mount::{mount, MsFlags};
 
-/// Prints one line on the serial console (our stdout, `/dev/console`).
+/// The console descriptor: a close-on-exec copy of PID 1's stdout
+/// (`/dev/console`), or -1 before [`console_init`] (then stderr is used).
+static CONSOLE: AtomicI32 = AtomicI32::new(-1);
+
+/// Keeps a close-on-exec copy of stdout for the agent's messages. Not
+/// stdout itself: libcontainer's forked helpers log before they exec the
+/// container's command, with the container's pipes already on 0, 1 and 2,
+/// so anything written to "stdout" there would land in the container's
+/// output.
+pub fn console_init() {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on fd 1, which the kernel opened.
+    let fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 100) };
+    if fd >= 0 {
+        CONSOLE.store(fd, Ordering::SeqCst);
+    }
+}
+
+/// A writer to the console (for the log).
+pub struct Console;
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let fd = match CONSOLE.load(Ordering::SeqCst) {
+            -1 => 2,
+            fd => fd,
+        };
+        // SAFETY: write(2) from a buffer we borrow.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Prints one line on the serial console.
 pub fn say(msg: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "capsa-agent: {msg}");
-    let _ = out.flush();
+    let _ = Console.write_all(format!("capsa-agent: {msg}\n").as_bytes());
 }
 
 /// Leaves the initramfs: PID 1 starts on the kernel's `rootfs`, which

@@ -76,6 +76,7 @@ fn pid1() -> ! {
 }
 
 fn run() -> Result<String> {
+    guest::console_init();
     guest::switch_root().context("leaving the initramfs")?;
     guest::mount_system()?;
     let settings = Settings::parse(&guest::kernel_cmdline()).map_err(anyhow::Error::msg)?;
@@ -84,7 +85,7 @@ fn run() -> Result<String> {
     let level = if settings.debug { "debug" } else { "error" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(level))
-        .with_writer(std::io::stdout)
+        .with_writer(|| guest::Console)
         .with_ansi(false)
         .without_time()
         .init();

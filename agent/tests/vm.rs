@@ -29,7 +29,7 @@ use capsa_proto::{
 };
 
 const INNER_ENV: &str = "CAPSA_AGENT_TEST_DIR";
-const SCENARIOS: &[&str] = &["echo", "exit7"];
+const SCENARIOS: &[&str] = &["echo", "exit7", "exec_kill"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -110,6 +110,11 @@ fn agent_runs_containers_in_a_microvm() {
     )
     .unwrap();
     std::fs::write(
+        d.join("sleep.json"),
+        spec_for(&store, &image, &["sleep", "1000"]),
+    )
+    .unwrap();
+    std::fs::write(
         d.join("missing.json"),
         spec_for(&store, &image, &["no-such-command"]),
     )
@@ -181,10 +186,7 @@ impl Vm {
             .arg(kernel)
             .arg("--initrd")
             .arg(dir.join("initramfs.cpio"))
-            .args([
-                "--cmdline",
-                "console=ttyS0 reboot=k panic=-1 quiet capsa.debug",
-            ])
+            .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 quiet"])
             .args(["--mem-mib", "256", "--vcpus", "1"])
             .arg("--disk")
             .arg(format!("{},ro", dir.join("rootfs.ext4").display()))
@@ -410,12 +412,86 @@ fn exit7(dir: &Path, vm: &mut Vm) -> Result<String, String> {
     Ok("exit 7 with stderr, guest powered off".into())
 }
 
+/// A second connection execs into the running container (its own output,
+/// exit code, the container's hostname file), stats, then SIGKILL: 137.
+fn exec_kill(dir: &Path, vm: &mut Vm) -> Result<String, String> {
+    let mut s = vm.connect()?;
+    match s.create(dir, "sleep")? {
+        Response::Ok => {}
+        other => return Err(format!("create answered {other:?}")),
+    }
+    let start = Request::Start {
+        container_id: "c1".into(),
+    };
+    match s.call(start, &mut Outcome::default())? {
+        Response::Ok => {}
+        other => return Err(format!("start answered {other:?}")),
+    }
+    let mut e = vm.connect()?;
+    let mut out = Outcome::default();
+    let exec = Request::Exec {
+        container_id: "c1".into(),
+        exec_id: "e1".into(),
+        process: capsa_proto::ExecProcess {
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo from-exec $(hostname) $(id -u); exit 3".into(),
+            ],
+            ..Default::default()
+        },
+        stdio: StdioOptions::default(),
+    };
+    match e.call(exec, &mut out)? {
+        Response::Ok => {}
+        other => return Err(format!("exec answered {other:?}")),
+    }
+    match e.call(Request::Wait { id: "e1".into() }, &mut out)? {
+        Response::Exited { code: 3, .. } => {}
+        other => return Err(format!("wait for the exec answered {other:?}")),
+    }
+    if out.stdout != b"from-exec 0123456789ab 0\n" {
+        return Err(format!("exec output {out:?}"));
+    }
+    match e.call(
+        Request::Stats {
+            container_id: "c1".into(),
+        },
+        &mut out,
+    )? {
+        Response::Stats(st) if st.pids.current >= 1 && st.memory.usage_bytes > 0 => {}
+        other => return Err(format!("stats answered {other:?}")),
+    }
+    drop(e);
+    let kill = Request::Signal {
+        id: "c1".into(),
+        signal: 9,
+    };
+    match s.call(kill, &mut Outcome::default())? {
+        Response::Ok => {}
+        other => return Err(format!("signal answered {other:?}")),
+    }
+    match s.call(Request::Wait { id: "c1".into() }, &mut Outcome::default())? {
+        Response::Exited {
+            code: 137,
+            oom_killed: false,
+        } => {}
+        other => return Err(format!("wait answered {other:?}")),
+    }
+    let code = vm.wait_exit(Duration::from_secs(30))?;
+    if code != 0 {
+        return Err(format!("capsa-vmm exited with {code}"));
+    }
+    Ok("exec output and exit 3, stats, SIGKILL gives 137, guest powered off".into())
+}
+
 #[test]
 #[ignore = "runs inside the KVM test host (see agent_runs_containers_in_a_microvm)"]
 fn inner() {
     let dir = PathBuf::from(std::env::var(INNER_ENV).expect("run by the outer test"));
     type Scenario = fn(&Path, &mut Vm) -> Result<String, String>;
-    let scenarios: [(&str, Scenario); 2] = [("echo", echo), ("exit7", exit7)];
+    let scenarios: [(&str, Scenario); 3] =
+        [("echo", echo), ("exit7", exit7), ("exec_kill", exec_kill)];
     for (name, f) in scenarios {
         let t = Instant::now();
         let mut vm = Vm::boot(&dir, name);
