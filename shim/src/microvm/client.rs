@@ -47,7 +47,7 @@ impl AgentConn {
                 Ok(s) => break s,
                 Err(e) => {
                     if !alive() {
-                        bail!("the microVM exited before its agent answered ({e})");
+                        bail!("the microVM exited before its agent answered");
                     }
                     if start.elapsed() > timeout {
                         bail!(

@@ -29,12 +29,14 @@ pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("executable has no directory")?;
     let profile = dir.file_name().unwrap_or_default();
+    // The static build (scripts/build-agent.sh) first: a plain `cargo build`
+    // also leaves a dynamically linked capsa-agent next to capsa.
     let candidates = [
-        dir.join(name),
         dir.join("..")
             .join("x86_64-unknown-linux-gnu")
             .join(profile)
             .join(name),
+        dir.join(name),
     ];
     for c in &candidates {
         if c.exists() {
@@ -52,6 +54,13 @@ pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
 pub fn initramfs(roots: &Roots) -> Result<PathBuf> {
     let agent = sibling_binary("capsa-agent", "CAPSA_AGENT")?;
     let bytes = std::fs::read(&agent).with_context(|| format!("reading {}", agent.display()))?;
+    // The initramfs has no dynamic loader and no libraries.
+    if bytes.windows(15).any(|w| w == b"/lib64/ld-linux") {
+        bail!(
+            "{} is dynamically linked and cannot be the guest's PID 1: build it with scripts/build-agent.sh",
+            agent.display()
+        );
+    }
     let key = hex::encode(&Sha256::digest(&bytes)[..8]);
     let dir = roots.run.join("initramfs");
     let out = dir.join(format!("agent-{key}.cpio"));

@@ -198,11 +198,13 @@ impl Backend for MicroVmBackend {
                 if let Some(mut s) = child.stderr.take() {
                     let _ = s.read_to_string(&mut vmm_err);
                 }
-                bail!(
-                    "{e:#}\ncapsa-vmm: {}\nguest console:\n{}",
-                    vmm_err.trim(),
-                    self.console_tail(&rec.id)
-                );
+                // capsa-vmm's own first line names a panic or a triple
+                // fault; otherwise the guest console says how far it got.
+                let reason = match vmm_err.lines().next().map(str::trim) {
+                    Some(l) if !l.is_empty() => l.trim_start_matches("capsa-vmm: ").to_string(),
+                    _ => format!("guest console:\n{}", self.console_tail(&rec.id)),
+                };
+                bail!("{e:#}: {reason}");
             }
         };
         let memory = mem_mib << 20;

@@ -1,0 +1,74 @@
+//! VM mode fails clearly and cleanly: an agent that never answers, a guest
+//! kernel panic, and capsa-vmm killed mid-run each end with exit 125 or 137
+//! and a reason, and leave no container, VMM, mount or socket behind. One
+//! KVM test-host boot runs all three (tests/vm_failures.sh).
+
+use std::process::Command;
+
+use capsa_kernel::test_host::TestHost;
+use capsa_tests::capsa_bin;
+
+fn section<'a>(out: &'a str, name: &str) -> &'a str {
+    let start = out
+        .find(&format!("@@ {name}"))
+        .unwrap_or_else(|| panic!("no section {name} in:\n{out}"));
+    let rest = &out[start + 3..];
+    &rest[..rest.find("@@ ").unwrap_or(rest.len())]
+}
+
+#[test]
+fn timeouts_panics_and_killed_vmms_are_reported_and_cleaned_up() {
+    capsa_tests::require_root();
+    // PID 1 that exits at once: the guest kernel panics ("Attempted to kill init").
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let src = dir.path().join("exit0.c");
+    std::fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let exit0 = dir.path().join("exit0");
+    let cc = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&exit0)
+        .arg(&src)
+        .status()
+        .expect("gcc is needed to build the panicking init (build-essential, scripts/setup.sh)");
+    assert!(cc.success(), "gcc -static failed (is libc6-dev installed?)");
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/vm_failures.sh");
+    let out = TestHost::new("/bin/sh")
+        .arg(script)
+        .arg(capsa_bin())
+        .arg(&exit0)
+        .output()
+        .expect("the KVM test host could not run (see scripts/setup.sh and docs/guest-kernel.md)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // stdout and stderr arrive separately; the sections are in stdout and
+    // the messages in stderr, so check messages on the whole text.
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+
+    assert!(
+        section(&stdout, "agent-timeout").contains("rc=125"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the guest agent did not answer within 5s"),
+        "{text}"
+    );
+
+    assert!(
+        section(&stdout, "kernel-panic").contains("rc=125"),
+        "{text}"
+    );
+    assert!(text.contains("panicked"), "{text}");
+
+    let killed = section(&stdout, "vmm-killed");
+    assert!(killed.contains("rc=137"), "{text}");
+    assert!(killed.contains("killed with SIGKILL"), "{text}");
+
+    assert!(
+        stdout.contains("@@ leftovers containers=0 vmms=0 mounts=0 sockets=0"),
+        "{text}"
+    );
+}
