@@ -22,6 +22,7 @@ pub mod namespace;
 pub mod paths;
 pub mod record;
 pub mod stdio;
+pub mod timing;
 
 pub use lifecycle::{CreateRequest, Isolation};
 pub use paths::Roots;

@@ -75,6 +75,7 @@ pub struct CreateRequest {
 /// Prepares a container: record, writable layer, root filesystem, bundle.
 /// On any failure everything it made is removed again.
 pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Record> {
+    let mut clock = std::time::Instant::now();
     let backend = backend_for(roots, req.isolation)?;
     if req.isolation == Isolation::Vm {
         crate::microvm::check_host(req.kernel.as_deref())?;
@@ -176,6 +177,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     };
     rec.save(roots)?;
     guard.armed = false;
+    crate::timing::phase("host preparation (rootfs, bundle)", &mut clock);
     Ok(rec)
 }
 

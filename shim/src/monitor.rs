@@ -42,6 +42,7 @@ pub fn run(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
     let paths = ContainerPaths::new(roots, id);
     let foreground = matches!(mode, Mode::Foreground);
 
+    let mut clock = std::time::Instant::now();
     let started = start(roots, backend.as_ref(), &mut rec, &paths, foreground);
     let (pid, outputs, master) = match started {
         Ok(s) => s,
@@ -62,6 +63,8 @@ pub fn run(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
             return Err(err);
         }
     };
+
+    crate::timing::phase("container created and started", &mut clock);
 
     // Signals for the container arrive on a signalfd; blocked only now, so
     // the container's own processes never inherit the blocked mask.
@@ -120,9 +123,12 @@ pub fn run(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
     })?;
     drop(master);
 
+    crate::timing::phase("container ran (output closed)", &mut clock);
     let exit = backend.wait(&rec, pid)?;
     let code = exit.code;
+    crate::timing::phase("exit collected", &mut clock);
     finish(roots, backend.as_ref(), &mut rec, exit);
+    crate::timing::phase("teardown", &mut clock);
     Ok(code)
 }
 

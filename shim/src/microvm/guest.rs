@@ -53,6 +53,26 @@ pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
 /// agent binary's hash.
 pub fn initramfs(roots: &Roots) -> Result<PathBuf> {
     let agent = sibling_binary("capsa-agent", "CAPSA_AGENT")?;
+    // Keyed by the binary's identity (path, size, mtime) so the common case
+    // reads nothing: hashing a 10 MB binary on every start is measurable.
+    let meta = std::fs::metadata(&agent).with_context(|| format!("reading {}", agent.display()))?;
+    let mut h = Sha256::new();
+    h.update(agent.as_os_str().as_encoded_bytes());
+    h.update(meta.len().to_le_bytes());
+    h.update(
+        meta.modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .to_le_bytes(),
+    );
+    let key = hex::encode(&h.finalize()[..8]);
+    let dir = roots.run.join("initramfs");
+    let out = dir.join(format!("agent-{key}.cpio"));
+    if out.exists() {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(&dir)?;
     let bytes = std::fs::read(&agent).with_context(|| format!("reading {}", agent.display()))?;
     // The initramfs has no dynamic loader and no libraries.
     if bytes.windows(15).any(|w| w == b"/lib64/ld-linux") {
@@ -61,13 +81,6 @@ pub fn initramfs(roots: &Roots) -> Result<PathBuf> {
             agent.display()
         );
     }
-    let key = hex::encode(&Sha256::digest(&bytes)[..8]);
-    let dir = roots.run.join("initramfs");
-    let out = dir.join(format!("agent-{key}.cpio"));
-    if out.exists() {
-        return Ok(out);
-    }
-    std::fs::create_dir_all(&dir)?;
     let mut cpio = capsa_kernel::initramfs::Initramfs::new();
     cpio.dir("/dev", 0o755)
         .dir("/proc", 0o755)

@@ -139,6 +139,7 @@ impl Backend for MicroVmBackend {
     }
 
     fn create(&self, rec: &Record, io: ProcessIo) -> Result<i32> {
+        let mut clock = Instant::now();
         let paths = ContainerPaths::new(&self.roots, &rec.id);
         self.release_rootfs(&paths)?;
         if io.console_socket.is_some() {
@@ -187,6 +188,7 @@ impl Backend for MicroVmBackend {
             .spawn()
             .with_context(|| format!("starting {}", vmm.display()))?;
         let pid = child.id() as i32;
+        crate::timing::phase("vm: kernel, initramfs and VMM started", &mut clock);
 
         let mut alive = || matches!(child.try_wait(), Ok(None));
         let conn = match AgentConn::connect(&sock, agent_timeout(), &mut alive) {
@@ -207,6 +209,7 @@ impl Backend for MicroVmBackend {
                 bail!("{e:#}: {reason}");
             }
         };
+        crate::timing::phase("vm: guest booted, agent answered", &mut clock);
         let memory = mem_mib << 20;
         let stdio = StdioOptions {
             tty: false,
@@ -237,6 +240,7 @@ impl Backend for MicroVmBackend {
             let _ = child.wait();
             return Err(e);
         }
+        crate::timing::phase("vm: container created in the guest", &mut clock);
         if let Some(input) = io.stdin {
             conn.pump_stdin(&rec.id, input)?;
         }
