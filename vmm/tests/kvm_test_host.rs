@@ -116,6 +116,7 @@ fn prepare(dir: &Path) {
         "echo HELLO-FROM-CAPSA-GUEST\nreboot -f\n",
         None,
     );
+    write_initrd(dir, "poweroff", "echo POWERING-OFF\npoweroff -f\n", None);
     write_initrd(
         dir,
         "smp",
@@ -398,6 +399,17 @@ fn boot(ctx: &Ctx) -> Result<String, String> {
     Ok(format!("guest printed its line; /init after {t:.1?}"))
 }
 
+fn poweroff(ctx: &Ctx) -> Result<String, String> {
+    let run = Vm::spawn(&mut ctx.vmm("poweroff", &[])).finish(Duration::from_secs(60));
+    expect(run.code == Some(0), "exit code 0 after poweroff", &run)?;
+    expect(
+        run.stdout.contains("POWERING-OFF"),
+        "guest line on stdout",
+        &run,
+    )?;
+    Ok("poweroff -f ends the VM with exit 0".into())
+}
+
 fn smp(ctx: &Ctx) -> Result<String, String> {
     let run = Vm::spawn(&mut ctx.vmm("smp", &["--vcpus", "4"])).finish(Duration::from_secs(60));
     expect(run.code == Some(0), "exit code 0", &run)?;
@@ -633,8 +645,9 @@ fn inner_scenarios() {
     );
     let ctx = Ctx { dir, kernel };
     type Scenario = fn(&Ctx) -> Result<String, String>;
-    let all: [(&str, Scenario); 7] = [
+    let all: [(&str, Scenario); 8] = [
         ("boot", boot),
+        ("poweroff", poweroff),
         ("smp", smp),
         ("blk", blk),
         ("vsock", vsock),

@@ -143,9 +143,12 @@ impl VmEvents {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get_or_insert_with(|| line[i..].to_string());
-            } else if line.contains("reboot: Power down") {
+            } else if line.contains("reboot: Power down") || line.contains("reboot: System halted")
+            {
                 // Without ACPI the kernel has no way to turn the machine
-                // off; this line is its last word before halting.
+                // off: `poweroff` becomes a halt (Linux 6.1 prints "System
+                // halted", older ones "Power down") and the CPUs stop for
+                // good. That line is its last word.
                 self.request_exit(VmmExit::PowerOff);
             }
         }
@@ -197,6 +200,13 @@ mod tests {
         ev.request_exit(VmmExit::Reset);
         assert_eq!(ev.exit_reason(), Some(VmmExit::GuestPanic));
         assert_eq!(ev.exit_evt().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn halt_without_acpi_is_a_power_off() {
+        let ev = VmEvents::new().unwrap();
+        ev.console_output(b"[    2.1] reboot: System halted\r\n");
+        assert_eq!(ev.exit_reason(), Some(VmmExit::PowerOff));
     }
 
     #[test]
