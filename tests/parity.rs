@@ -77,6 +77,7 @@ fn both_modes_give_the_same_results() {
     expect("oom", "code=137 out=0/");
     expect("tmp-gone-after-rm", "code=1");
     expect("exec", "code=4 out=8/");
+    expect("tty", "code=0 out=10/");
     expect("exec-stdin", "code=0 out=5/");
     assert!(c["stop-term"].1.contains("3|ready|got-term"), "{ctx}");
     assert!(c["stop-kill"].1.contains("137"), "{ctx}");

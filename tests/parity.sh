@@ -32,6 +32,7 @@ case_run cwd /run/empty -w /tmp demo pwd
 case_run cwd-image /run/empty demo pwd
 case_run stdin /run/stdin.txt -i demo sh -c 'tr a-z A-Z'
 case_run stdout-20mb /run/empty demo sh -c 'head -c 20000000 /dev/zero | tr "\0" x'
+case_run tty /run/empty -t demo sh -c 'test -t 0 && test -t 1 && echo is-a-tty'
 case_run stderr /run/empty demo sh -c 'echo to-err >&2; echo to-out'
 case_run read-only-root /run/empty --read-only demo touch /x
 case_run oom /run/empty --memory 32m demo sh -c 'a=$(head -c 100000000 /dev/zero | tr "\0" a); echo survived'

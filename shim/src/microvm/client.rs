@@ -106,6 +106,15 @@ impl AgentConn {
         }
     }
 
+    /// Whether `process`'s `stream` is still routed (its end not yet seen).
+    pub fn output_open(&self, process: &str, stream: StdStream) -> bool {
+        self.routes
+            .lock()
+            .unwrap()
+            .sinks
+            .contains_key(&(process.to_string(), stream))
+    }
+
     /// Sends `process`'s `stream` bytes to `sink` (closed at the stream's end).
     pub fn route_output(&self, process: &str, stream: StdStream, sink: OwnedFd) {
         self.routes

@@ -6,6 +6,7 @@
 
 mod client;
 pub mod guest;
+mod tty;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -142,12 +143,6 @@ impl Backend for MicroVmBackend {
         let mut clock = Instant::now();
         let paths = ContainerPaths::new(&self.roots, &rec.id);
         self.release_rootfs(&paths)?;
-        if io.console_socket.is_some() {
-            bail!(CodedError::new(
-                EXIT_CAPSA_ERROR,
-                "-t (a terminal) is not supported in VM mode yet"
-            ));
-        }
         let spec = oci_spec::runtime::Spec::load(paths.config())?;
         let (mem_mib, vcpus) = vm_size(&spec);
         let kernel = guest::kernel(rec.kernel.as_deref())?;
@@ -211,11 +206,21 @@ impl Backend for MicroVmBackend {
         };
         crate::timing::phase("vm: guest booted, agent answered", &mut clock);
         let memory = mem_mib << 20;
-        let stdio = StdioOptions {
-            tty: false,
-            stdin: io.stdin.is_some(),
-            tty_size: None,
+        let conn = Arc::new(conn);
+        // With -t the guest allocates the container's terminal; the monitor
+        // gets a host pty whose other end we bridge to the guest.
+        let tty = match &io.console_socket {
+            Some(sock) => Some(tty::bridge(sock)?),
+            None => None,
         };
+        let stdio = StdioOptions {
+            tty: tty.is_some(),
+            stdin: io.stdin.is_some() || (tty.is_some() && rec.interactive),
+            tty_size: tty.as_ref().and_then(|_| tty::our_winsize()),
+        };
+        if let Some(slave) = &tty {
+            conn.route_output(&rec.id, StdStream::Stdout, slave.try_clone()?);
+        }
         if let Some(out) = io.stdout {
             conn.route_output(&rec.id, StdStream::Stdout, out);
         }
@@ -244,8 +249,13 @@ impl Backend for MicroVmBackend {
         if let Some(input) = io.stdin {
             conn.pump_stdin(&rec.id, input)?;
         }
+        if let Some(slave) = tty {
+            if stdio.stdin {
+                tty::pump_input(Arc::clone(&conn), &rec.id, slave)?;
+            }
+        }
         let mut st = self.state.lock().unwrap();
-        st.conn = Some(Arc::new(conn));
+        st.conn = Some(conn);
         st.vmm = Some(child);
         Ok(pid)
     }
