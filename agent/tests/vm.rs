@@ -62,10 +62,20 @@ fn agent_binary() -> PathBuf {
 }
 
 fn spec_for(store: &capsa_image::Store, image: &capsa_image::Image, args: &[&str]) -> String {
+    spec_tty(store, image, args, false)
+}
+
+fn spec_tty(
+    store: &capsa_image::Store,
+    image: &capsa_image::Image,
+    args: &[&str],
+    tty: bool,
+) -> String {
     let layers = store.layer_dirs(image).unwrap();
     let rc = capsa_image::spec::RunConfig {
         container_id: "0123456789abcdef0123".into(),
         args: Some(args.iter().map(|s| s.to_string()).collect()),
+        tty,
         ..Default::default()
     };
     let spec = capsa_image::spec::generate(image, layers.last().unwrap(), &rc).unwrap();
@@ -111,7 +121,12 @@ fn agent_runs_containers_in_a_microvm() {
     .unwrap();
     std::fs::write(
         d.join("sleep.json"),
-        spec_for(&store, &image, &["sleep", "1000"]),
+        spec_tty(
+            &store,
+            &image,
+            &["sh", "-c", "tty; stty size; exec sleep 1000"],
+            true,
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -325,6 +340,15 @@ impl Session {
     }
 
     fn create(&mut self, dir: &Path, spec: &str) -> Result<Response, String> {
+        let stdio = if spec == "sleep" {
+            StdioOptions {
+                tty: true,
+                stdin: false,
+                tty_size: Some(capsa_proto::WinSize { rows: 33, cols: 77 }),
+            }
+        } else {
+            StdioOptions::default()
+        };
         let spec = std::fs::read_to_string(dir.join(format!("{spec}.json"))).unwrap();
         let spec: oci_spec::runtime::Spec = serde_json::from_str(&spec).unwrap();
         self.call(
@@ -339,7 +363,7 @@ impl Session {
                     },
                     volumes: vec![],
                 },
-                stdio: StdioOptions::default(),
+                stdio,
             },
             &mut Outcome::default(),
         )
@@ -412,18 +436,21 @@ fn exit7(dir: &Path, vm: &mut Vm) -> Result<String, String> {
     Ok("exit 7 with stderr, guest powered off".into())
 }
 
-/// A second connection execs into the running container (its own output,
-/// exit code, the container's hostname file), stats, then SIGKILL: 137.
+/// A container whose init has a terminal (of the size asked for); a
+/// second connection execs into it (its own output, exit code, hostname)
+/// and reads its stats; then SIGKILL: 137.
 fn exec_kill(dir: &Path, vm: &mut Vm) -> Result<String, String> {
     let mut s = vm.connect()?;
     match s.create(dir, "sleep")? {
         Response::Ok => {}
         other => return Err(format!("create answered {other:?}")),
     }
+    // Output of the init, whichever call's reply it arrives before.
+    let mut init = Outcome::default();
     let start = Request::Start {
         container_id: "c1".into(),
     };
-    match s.call(start, &mut Outcome::default())? {
+    match s.call(start, &mut init)? {
         Response::Ok => {}
         other => return Err(format!("start answered {other:?}")),
     }
@@ -467,22 +494,30 @@ fn exec_kill(dir: &Path, vm: &mut Vm) -> Result<String, String> {
         id: "c1".into(),
         signal: 9,
     };
-    match s.call(kill, &mut Outcome::default())? {
+    match s.call(kill, &mut init)? {
         Response::Ok => {}
         other => return Err(format!("signal answered {other:?}")),
     }
-    match s.call(Request::Wait { id: "c1".into() }, &mut Outcome::default())? {
+    match s.call(Request::Wait { id: "c1".into() }, &mut init)? {
         Response::Exited {
             code: 137,
             oom_killed: false,
         } => {}
         other => return Err(format!("wait answered {other:?}")),
     }
+    // The container's init ran on a terminal of the size asked for.
+    let text = String::from_utf8_lossy(&init.stdout);
+    if !text.starts_with("/dev/pts/") || !text.contains("33 77\r\n") {
+        return Err(format!("the init's terminal output was {text:?}"));
+    }
     let code = vm.wait_exit(Duration::from_secs(30))?;
     if code != 0 {
         return Err(format!("capsa-vmm exited with {code}"));
     }
-    Ok("exec output and exit 3, stats, SIGKILL gives 137, guest powered off".into())
+    Ok(
+        "init on a terminal, exec output and exit 3, stats, SIGKILL gives 137, guest powered off"
+            .into(),
+    )
 }
 
 #[test]
