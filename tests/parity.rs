@@ -78,6 +78,7 @@ fn both_modes_give_the_same_results() {
     expect("tmp-gone-after-rm", "code=1");
     expect("exec", "code=4 out=8/");
     expect("tty", "code=0 out=10/");
+    expect("volume-ro", "code=1 out=15/");
     expect("exec-stdin", "code=0 out=5/");
     assert!(c["stop-term"].1.contains("3|ready|got-term"), "{ctx}");
     assert!(c["stop-kill"].1.contains("137"), "{ctx}");

@@ -9,6 +9,7 @@ c="$capsa --root /run/parity-$mode"
 $c load --demo >/dev/null || { echo "@@ load failed"; exit 1; }
 printf 'hello stdin\nsecond line\n' > /run/stdin.txt
 : > /run/empty
+mkdir -p /run/vol/sub && echo host-file > /run/vol/f && echo deep > /run/vol/sub/g
 
 report() { # name code
   printf '@@ %s code=%s out=%s/%s err=%s/%s\n' "$1" "$2" \
@@ -33,6 +34,7 @@ case_run cwd-image /run/empty demo pwd
 case_run stdin /run/stdin.txt -i demo sh -c 'tr a-z A-Z'
 case_run stdout-20mb /run/empty demo sh -c 'head -c 20000000 /dev/zero | tr "\0" x'
 case_run tty /run/empty -t demo sh -c 'test -t 0 && test -t 1 && echo is-a-tty'
+case_run volume-ro /run/empty -v /run/vol:/data:ro demo sh -c 'cat /data/f /data/sub/g; touch /data/x'
 case_run stderr /run/empty demo sh -c 'echo to-err >&2; echo to-out'
 case_run read-only-root /run/empty --read-only demo touch /x
 case_run oom /run/empty --memory 32m demo sh -c 'a=$(head -c 100000000 /dev/zero | tr "\0" a); echo survived'

@@ -7,6 +7,7 @@
 mod client;
 pub mod guest;
 mod tty;
+mod volumes;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -143,7 +144,8 @@ impl Backend for MicroVmBackend {
         let mut clock = Instant::now();
         let paths = ContainerPaths::new(&self.roots, &rec.id);
         self.release_rootfs(&paths)?;
-        let spec = oci_spec::runtime::Spec::load(paths.config())?;
+        let mut spec = oci_spec::runtime::Spec::load(paths.config())?;
+        let volumes = volumes::disks_for(&mut spec, &paths.dir, 'b')?;
         let (mem_mib, vcpus) = vm_size(&spec);
         let kernel = guest::kernel(rec.kernel.as_deref())?;
         let initrd = guest::initramfs(&self.roots)?;
@@ -165,8 +167,11 @@ impl Backend for MicroVmBackend {
             .arg("--vcpus")
             .arg(vcpus.to_string())
             .arg("--disk")
-            .arg(format!("{},ro", disk.display()))
-            .arg("--vsock-cid")
+            .arg(format!("{},ro", disk.display()));
+        for v in &volumes {
+            cmd.arg("--disk").arg(format!("{},ro", v.image.display()));
+        }
+        cmd.arg("--vsock-cid")
             .arg("3")
             .arg("--vsock-uds")
             .arg(&sock)
@@ -236,7 +241,7 @@ impl Backend for MicroVmBackend {
                 writable: WritableLayer::Tmpfs {
                     size_bytes: memory / 2,
                 },
-                volumes: vec![],
+                volumes: volumes.into_iter().map(|v| v.volume).collect(),
             },
             stdio,
         });

@@ -1,0 +1,121 @@
+//! `-v HOST:CTR:ro` in VM mode. The guest cannot see the host's files, so
+//! each read-only bind mount becomes a small read-only ext4 disk made from
+//! the host directory (`mkfs.ext4 -d`, a snapshot taken at start); the agent
+//! mounts it in the guest and the spec's bind source is rewritten to that
+//! place. Read-write volumes would need a shared filesystem (virtio-fs) and
+//! are refused with a clear message.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use capsa_proto::Volume;
+use oci_spec::runtime::Spec;
+
+use crate::{CodedError, EXIT_CAPSA_ERROR};
+
+/// A disk the VM gets for a volume.
+pub struct VolumeDisk {
+    pub image: PathBuf,
+    pub volume: Volume,
+}
+
+/// Turns the user's bind mounts in `spec` into disks under `dir`. Bind
+/// mounts of files capsa itself made under `dir` (/etc/hosts…) are left to
+/// the agent. `first_device` is the letter of the first free /dev/vdX.
+pub fn disks_for(spec: &mut Spec, dir: &Path, first_device: char) -> Result<Vec<VolumeDisk>> {
+    let mut out = Vec::new();
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return Ok(out);
+    };
+    for m in mounts.iter_mut() {
+        let opts = m.options().clone().unwrap_or_default();
+        let is_bind =
+            m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
+        let Some(src) = m.source().clone() else {
+            continue;
+        };
+        if !is_bind || src.starts_with(dir) {
+            continue;
+        }
+        if !opts.iter().any(|o| o == "ro") {
+            bail!(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!(
+                    "VM mode shares host directories read-only only: use -v {}:{}:ro",
+                    src.display(),
+                    m.destination().display()
+                )
+            ));
+        }
+        if !src.is_dir() {
+            bail!(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!(
+                    "VM mode can share directories, not single files: {}",
+                    src.display()
+                )
+            ));
+        }
+        let n = out.len();
+        let letter = (first_device as u8 + n as u8) as char;
+        let image = dir.join(format!("volume-{n}.ext4"));
+        make_image(&src, &image)?;
+        let guest_path = format!("/run/capsa/volumes/{n}");
+        m.set_source(Some(PathBuf::from(&guest_path)));
+        out.push(VolumeDisk {
+            image,
+            volume: Volume {
+                device: format!("/dev/vd{letter}"),
+                fstype: "ext4".into(),
+                guest_path,
+                readonly: true,
+            },
+        });
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(out)
+}
+
+/// An ext4 image holding a copy of `src`, sized to fit it.
+fn make_image(src: &Path, image: &Path) -> Result<()> {
+    let used = dir_size(src);
+    // Room for metadata and the journal-less filesystem's overhead.
+    let size_kib = (used / 1024) * 13 / 10 + 16 * 1024;
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^has_journal", "-d"])
+        .arg(src)
+        .arg(image)
+        .arg(format!("{size_kib}k"))
+        .output()
+        .context("running mkfs.ext4 (e2fsprogs) for a VM volume")?;
+    if !out.status.success() {
+        bail!(
+            "making a disk of {} for the VM failed: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => {
+                    total += 4096;
+                    stack.push(e.path());
+                }
+                Ok(m) => total += m.len().div_ceil(4096) * 4096,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
