@@ -96,6 +96,9 @@ impl Container {
             if let Some(h) = spec.hostname() {
                 let _ = crate::guest::set_hostname(h);
             }
+            if !Path::new("/proc/swaps").exists() {
+                drop_swap_limit(&mut spec);
+            }
             let etc = Path::new(STATE_DIR).join("etc").join(id);
             guest_bind_sources(&mut spec, &etc)?;
             spec.save(paths.config())
@@ -297,6 +300,24 @@ pub fn guest_bind_sources(spec: &mut Spec, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes the spec's swap limit. capsa's guest kernel has no swap (no
+/// `/proc/swaps`, no `memory.swap.max`), so the limit the host writes
+/// (swap = memory, i.e. no swap, as docker) is already how the guest
+/// behaves, and libcontainer would fail writing the missing file.
+pub fn drop_swap_limit(spec: &mut Spec) {
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let Some(mut res) = linux.resources().clone() else {
+        return;
+    };
+    if let Some(mut mem) = res.memory().clone() {
+        mem.set_swap(None);
+        res.set_memory(Some(mem));
+        linux.set_resources(Some(res));
+    }
+}
+
 /// The `oom_kill` counter of a cgroup v2 directory.
 pub fn oom_kills(cgroup: &Path) -> u64 {
     fs::read_to_string(cgroup.join("memory.events"))
@@ -392,6 +413,33 @@ mod tests {
         spec.set_mounts(Some(mounts));
         let e = guest_bind_sources(&mut spec, &etc).unwrap_err();
         assert!(format!("{e}").contains("/srv"), "{e}");
+    }
+
+    #[test]
+    fn swap_limit_is_dropped_and_the_memory_limit_kept() {
+        use oci_spec::runtime::{LinuxBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+        let mut spec = Spec::default();
+        let mem = LinuxMemoryBuilder::default()
+            .limit(32 << 20)
+            .swap(32 << 20)
+            .build()
+            .unwrap();
+        let res = LinuxResourcesBuilder::default()
+            .memory(mem)
+            .build()
+            .unwrap();
+        spec.set_linux(Some(
+            LinuxBuilder::default().resources(res).build().unwrap(),
+        ));
+        drop_swap_limit(&mut spec);
+        let mem = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .and_then(|r| r.memory().clone())
+            .unwrap();
+        assert_eq!(mem.limit(), Some(32 << 20));
+        assert_eq!(mem.swap(), None);
     }
 
     #[test]

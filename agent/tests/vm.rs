@@ -29,7 +29,7 @@ use capsa_proto::{
 };
 
 const INNER_ENV: &str = "CAPSA_AGENT_TEST_DIR";
-const SCENARIOS: &[&str] = &["echo", "exit7", "exec_kill"];
+const SCENARIOS: &[&str] = &["echo", "exit7", "exec_kill", "oom"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -71,11 +71,22 @@ fn spec_tty(
     args: &[&str],
     tty: bool,
 ) -> String {
+    spec_with(store, image, args, tty, None)
+}
+
+fn spec_with(
+    store: &capsa_image::Store,
+    image: &capsa_image::Image,
+    args: &[&str],
+    tty: bool,
+    memory_bytes: Option<i64>,
+) -> String {
     let layers = store.layer_dirs(image).unwrap();
     let rc = capsa_image::spec::RunConfig {
         container_id: "0123456789abcdef0123".into(),
         args: Some(args.iter().map(|s| s.to_string()).collect()),
         tty,
+        memory_bytes,
         ..Default::default()
     };
     let spec = capsa_image::spec::generate(image, layers.last().unwrap(), &rc).unwrap();
@@ -126,6 +137,22 @@ fn agent_runs_containers_in_a_microvm() {
             &image,
             &["sh", "-c", "tty; stty size; exec sleep 1000"],
             true,
+        ),
+    )
+    .unwrap();
+    // Holds 100 MB in a shell variable under a 32 MB limit.
+    std::fs::write(
+        d.join("oom.json"),
+        spec_with(
+            &store,
+            &image,
+            &[
+                "sh",
+                "-c",
+                "a=$(head -c 100000000 /dev/zero | tr '\\0' x); echo survived",
+            ],
+            false,
+            Some(32 << 20),
         ),
     )
     .unwrap();
@@ -520,13 +547,47 @@ fn exec_kill(dir: &Path, vm: &mut Vm) -> Result<String, String> {
     )
 }
 
+/// A memory limit from the spec holds in the guest's cgroup: the OOM
+/// killer ends the container, reported as 137 with oom_killed.
+fn oom(dir: &Path, vm: &mut Vm) -> Result<String, String> {
+    let mut s = vm.connect()?;
+    match s.create(dir, "oom")? {
+        Response::Ok => {}
+        other => return Err(format!("create answered {other:?}")),
+    }
+    let mut out = Outcome::default();
+    let start = Request::Start {
+        container_id: "c1".into(),
+    };
+    match s.call(start, &mut out)? {
+        Response::Ok => {}
+        other => return Err(format!("start answered {other:?}")),
+    }
+    match s.call(Request::Wait { id: "c1".into() }, &mut out)? {
+        Response::Exited {
+            code: 137,
+            oom_killed: true,
+        } => {}
+        other => return Err(format!("wait answered {other:?}; output {out:?}")),
+    }
+    let code = vm.wait_exit(Duration::from_secs(30))?;
+    if code != 0 {
+        return Err(format!("capsa-vmm exited with {code}"));
+    }
+    Ok("killed by the OOM killer under a 32 MB limit: 137, oom_killed".into())
+}
+
 #[test]
 #[ignore = "runs inside the KVM test host (see agent_runs_containers_in_a_microvm)"]
 fn inner() {
     let dir = PathBuf::from(std::env::var(INNER_ENV).expect("run by the outer test"));
     type Scenario = fn(&Path, &mut Vm) -> Result<String, String>;
-    let scenarios: [(&str, Scenario); 3] =
-        [("echo", echo), ("exit7", exit7), ("exec_kill", exec_kill)];
+    let scenarios: [(&str, Scenario); 4] = [
+        ("echo", echo),
+        ("exit7", exit7),
+        ("exec_kill", exec_kill),
+        ("oom", oom),
+    ];
     for (name, f) in scenarios {
         let t = Instant::now();
         let mut vm = Vm::boot(&dir, name);
