@@ -311,7 +311,7 @@ pub fn drop_swap_limit(spec: &mut Spec) {
     let Some(mut res) = linux.resources().clone() else {
         return;
     };
-    if let Some(mut mem) = res.memory().clone() {
+    if let Some(mut mem) = *res.memory() {
         mem.set_swap(None);
         res.set_memory(Some(mem));
         linux.set_resources(Some(res));
@@ -436,7 +436,7 @@ mod tests {
             .linux()
             .as_ref()
             .and_then(|l| l.resources().clone())
-            .and_then(|r| r.memory().clone())
+            .and_then(|r| *r.memory())
             .unwrap();
         assert_eq!(mem.limit(), Some(32 << 20));
         assert_eq!(mem.swap(), None);
