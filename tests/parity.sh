@@ -37,7 +37,11 @@ case_run tty /run/empty -t demo sh -c 'test -t 0 && test -t 1 && echo is-a-tty'
 case_run volume-ro /run/empty -v /run/vol:/data:ro demo sh -c 'cat /data/f /data/sub/g; touch /data/x'
 case_run stderr /run/empty demo sh -c 'echo to-err >&2; echo to-out'
 case_run read-only-root /run/empty --read-only demo touch /x
-case_run oom /run/empty --memory 32m demo sh -c 'a=$(head -c 100000000 /dev/zero | tr "\0" a); echo survived'
+# One process fills a 100 MB buffer, so the OOM killer's victim is certain.
+case_run oom /run/empty --memory 32m demo dd if=/dev/zero of=/dev/null bs=100M count=1
+$c run --isolation "$mode" --name oomer --memory 32m demo dd if=/dev/zero of=/dev/null bs=100M count=1 > /dev/null 2>&1
+$c inspect oomer | grep '"oom_killed"' | tr -d ' ,' > /run/o; : > /run/e
+report oom-reported 0; $c rm oomer > /dev/null
 case_run limits /run/empty --pids-limit 64 demo sh -c 'ulimit -n; cat /proc/self/status | grep -E "^(CapEff|NoNewPrivs|Seccomp):"'
 
 # stop: SIGTERM first; a shell that ignores it is killed after the timeout.
