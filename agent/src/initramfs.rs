@@ -6,10 +6,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-
-use capsa_kernel::initramfs::Initramfs;
 
 /// Bump when the layout of the archive changes (it is part of the key).
 const LAYOUT_VERSION: &str = "capsa-agent-initramfs-v1";
@@ -21,32 +19,7 @@ pub fn default_cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/capsa/agent"))
 }
 
-/// Checks that `data` is a statically linked ELF executable (the initramfs
-/// has no libraries).
-pub fn check_static_elf(data: &[u8], what: &Path) -> Result<()> {
-    if data.len() < 64 || &data[..4] != b"\x7fELF" {
-        bail!("{} is not an ELF executable", what.display());
-    }
-    if data
-        .windows(b"/lib64/ld-linux".len())
-        .any(|w| w == b"/lib64/ld-linux")
-    {
-        bail!(
-            "{} is dynamically linked; build the agent with scripts/build-agent.sh (static glibc)",
-            what.display()
-        );
-    }
-    Ok(())
-}
-
-/// The archive for agent binary `agent` (bytes).
-pub fn archive(agent: &[u8]) -> Vec<u8> {
-    let mut img = Initramfs::new();
-    img.dir("dev", 0o755)
-        .char_dev("dev/console", 0o600, 5, 1)
-        .file("init", 0o755, agent.to_vec());
-    img.to_bytes()
-}
+pub use capsa_shim::microvm::guest::{check_static_elf, initramfs_archive as archive};
 
 /// Returns the path of the initramfs for the agent binary at `agent`, in
 /// `cache_dir`, building it if it is not cached. The file name carries the

@@ -57,6 +57,7 @@ pub fn initramfs(roots: &Roots) -> Result<PathBuf> {
     // reads nothing: hashing a 10 MB binary on every start is measurable.
     let meta = std::fs::metadata(&agent).with_context(|| format!("reading {}", agent.display()))?;
     let mut h = Sha256::new();
+    h.update(b"layout-v2");
     h.update(agent.as_os_str().as_encoded_bytes());
     h.update(meta.len().to_le_bytes());
     h.update(
@@ -74,26 +75,37 @@ pub fn initramfs(roots: &Roots) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir)?;
     let bytes = std::fs::read(&agent).with_context(|| format!("reading {}", agent.display()))?;
-    // The initramfs has no dynamic loader and no libraries.
-    if bytes.windows(15).any(|w| w == b"/lib64/ld-linux") {
-        bail!(
-            "{} is dynamically linked and cannot be the guest's PID 1: build it with scripts/build-agent.sh",
-            agent.display()
-        );
-    }
-    let mut cpio = capsa_kernel::initramfs::Initramfs::new();
-    cpio.dir("/dev", 0o755)
-        .dir("/proc", 0o755)
-        .dir("/sys", 0o755)
-        .dir("/run", 0o755)
-        .dir("/mnt", 0o755)
-        .char_dev("/dev/console", 0o600, 5, 1)
-        .char_dev("/dev/null", 0o666, 1, 3)
-        .file("/init", 0o755, bytes);
+    check_static_elf(&bytes, &agent)?;
     // Written to a temp name and renamed, so a concurrent start never sees a
     // half-written file.
     let tmp = dir.join(format!(".agent-{key}.{}", std::process::id()));
-    cpio.write_to(&tmp)?;
+    std::fs::write(&tmp, initramfs_archive(&bytes))?;
     std::fs::rename(&tmp, &out)?;
     Ok(out)
+}
+
+/// The guest's initramfs for agent binary `agent`: the agent as `/init`
+/// and `/dev/console`, so the kernel can give PID 1 its standard streams.
+/// The agent mounts everything else itself.
+pub fn initramfs_archive(agent: &[u8]) -> Vec<u8> {
+    let mut img = capsa_kernel::initramfs::Initramfs::new();
+    img.dir("dev", 0o755)
+        .char_dev("dev/console", 0o600, 5, 1)
+        .file("init", 0o755, agent.to_vec());
+    img.to_bytes()
+}
+
+/// The initramfs has no dynamic loader and no libraries: refuse anything
+/// but a static ELF executable.
+pub fn check_static_elf(data: &[u8], what: &Path) -> Result<()> {
+    if data.len() < 64 || &data[..4] != b"\x7fELF" {
+        bail!("{} is not an ELF executable", what.display());
+    }
+    if data.windows(15).any(|w| w == b"/lib64/ld-linux") {
+        bail!(
+            "{} is dynamically linked and cannot be the guest's PID 1: build it with scripts/build-agent.sh",
+            what.display()
+        );
+    }
+    Ok(())
 }
