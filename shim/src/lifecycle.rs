@@ -239,8 +239,7 @@ impl Drop for CreateGuard<'_> {
     }
 }
 
-/// Sends a signal to a running container.
-pub fn kill(roots: &Roots, key: &str, signal: Signal) -> Result<Record> {
+fn find_running(roots: &Roots, key: &str) -> Result<Record> {
     let rec = Record::find(roots, key)?;
     if rec.status != Status::Running {
         return Err(CodedError::new(
@@ -249,6 +248,12 @@ pub fn kill(roots: &Roots, key: &str, signal: Signal) -> Result<Record> {
         )
         .into());
     }
+    Ok(rec)
+}
+
+/// Sends a signal to a running container.
+pub fn kill(roots: &Roots, key: &str, signal: Signal) -> Result<Record> {
+    let rec = find_running(roots, key)?;
     backend_for(roots, rec.isolation)?.kill(&rec, signal)?;
     Ok(rec)
 }
@@ -342,14 +347,7 @@ pub fn remove_files(roots: &Roots, rec: &Record) -> Result<()> {
 
 /// Runs a process inside a running container and returns its exit code.
 pub fn exec(roots: &Roots, key: &str, req: &ExecRequest, interactive: bool) -> Result<i32> {
-    let rec = Record::find(roots, key)?;
-    if rec.status != Status::Running {
-        return Err(CodedError::new(
-            EXIT_CAPSA_ERROR,
-            format!("container {} is not running", rec.name),
-        )
-        .into());
-    }
+    let rec = find_running(roots, key)?;
     let backend = backend_for(roots, rec.isolation)?;
     crate::monitor::exec_attached(roots, backend.as_ref(), &rec, req, interactive)
 }

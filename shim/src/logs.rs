@@ -56,12 +56,19 @@ pub fn copy_log(
     };
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    // Reads what is there and writes its complete frames; false at EOF.
+    let mut drain =
+        |file: &mut File, out: &mut dyn Write, err: &mut dyn Write| -> io::Result<bool> {
+            let n = file.read(&mut buf)?;
+            if n > 0 {
+                pending.extend_from_slice(&buf[..n]);
+                let used = emit_frames(&pending, out, err)?;
+                pending.drain(..used);
+            }
+            Ok(n > 0)
+        };
     loop {
-        let n = file.read(&mut buf)?;
-        if n > 0 {
-            pending.extend_from_slice(&buf[..n]);
-            let used = emit_frames(&pending, out, err)?;
-            pending.drain(..used);
+        if drain(&mut file, out, err)? {
             continue;
         }
         if !follow {
@@ -70,11 +77,7 @@ pub fn copy_log(
         // Check liveness before the final read so nothing written between
         // the last read and the exit is missed.
         let running = still_running();
-        let n = file.read(&mut buf)?;
-        if n > 0 {
-            pending.extend_from_slice(&buf[..n]);
-            let used = emit_frames(&pending, out, err)?;
-            pending.drain(..used);
+        if drain(&mut file, out, err)? {
             continue;
         }
         if !running {
