@@ -10,7 +10,7 @@ use capsa_image::{Image, Store};
 use anyhow::Result;
 use nix::sys::signal::Signal;
 
-use crate::paths::{ContainerPaths, Roots};
+use crate::paths::ContainerPaths;
 use crate::record::Record;
 
 /// Standard streams for a new process. `None` means /dev/null, except that
@@ -81,8 +81,4 @@ pub trait Backend {
     /// Releases what the created container holds on the host (cgroups,
     /// runtime state, the VM). Idempotent.
     fn release(&self, rec: &Record) -> Result<()>;
-}
-
-pub fn for_record(roots: &Roots, rec: &Record) -> Result<Box<dyn Backend>> {
-    crate::lifecycle::backend_for(roots, rec.isolation)
 }

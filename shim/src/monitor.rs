@@ -43,7 +43,7 @@ pub fn run(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
     let foreground = matches!(mode, Mode::Foreground);
 
     let mut clock = std::time::Instant::now();
-    let started = start(roots, backend.as_ref(), &mut rec, &paths, foreground);
+    let started = start(roots, backend.as_ref(), &mut rec, foreground);
     let (pid, outputs, master) = match started {
         Ok(s) => s,
         Err(err) => {
@@ -138,16 +138,15 @@ fn start(
     roots: &Roots,
     backend: &dyn Backend,
     rec: &mut Record,
-    paths: &ContainerPaths,
     foreground: bool,
 ) -> Result<Started> {
     let mut io = ProcessIo::default();
     let mut outputs = Vec::new();
-    let mut console: Option<(UnixListener, PathBuf)> = None;
+    let mut console = None;
     if rec.tty {
-        let (listener, path) = console_listener(roots, &rec.id)?;
-        io.console_socket = Some(path.clone());
-        console = Some((listener, path));
+        let c = ConsoleSocket::bind(roots, &rec.id)?;
+        io.console_socket = Some(c.path.clone());
+        console = Some(c);
     } else {
         let out = stdio::pipe()?;
         let err = stdio::pipe()?;
@@ -166,16 +165,8 @@ fn start(
         }
     }
 
-    let created = backend.create(rec, io);
-    // The console socket has done its job once create returns.
-    let master = match (&console, &created) {
-        (Some((listener, _)), Ok(_)) => Some(receive_master(listener)?),
-        _ => None,
-    };
-    if let Some((_, path)) = &console {
-        let _ = std::fs::remove_file(path);
-    }
-    let pid = created?;
+    let pid = backend.create(rec, io)?;
+    let master = console.as_ref().map(ConsoleSocket::receive).transpose()?;
     if let Some(m) = &master {
         outputs.push(Source {
             fd: m.try_clone()?,
@@ -189,7 +180,6 @@ fn start(
     rec.monitor_pid = Some(std::process::id() as i32);
     rec.started = Some(Utc::now());
     rec.save(roots)?;
-    let _ = paths;
     Ok((pid, outputs, master))
 }
 
@@ -214,14 +204,34 @@ fn finish(roots: &Roots, backend: &dyn Backend, rec: &mut Record, exit: Exit) {
     }
 }
 
-fn console_listener(roots: &Roots, id: &str) -> Result<(UnixListener, PathBuf)> {
-    let dir = roots.sockets();
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{}-{}.sock", &id[..12], std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .with_context(|| format!("binding console socket {}", path.display()))?;
-    Ok((listener, path))
+/// The socket a new process's terminal master arrives on (`-t`). Bound
+/// before the process is created (its connection waits in the backlog), read
+/// after; the socket file is removed when this is dropped.
+struct ConsoleSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ConsoleSocket {
+    fn bind(roots: &Roots, id: &str) -> Result<Self> {
+        let dir = roots.sockets();
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}-{}.sock", &id[..12], std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)
+            .with_context(|| format!("binding console socket {}", path.display()))?;
+        Ok(ConsoleSocket { listener, path })
+    }
+
+    fn receive(&self) -> Result<OwnedFd> {
+        receive_master(&self.listener)
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Receives the pty master that the container's process sent over the
@@ -261,9 +271,9 @@ pub fn exec_attached(
     let mut io = ProcessIo::default();
     let mut console = None;
     if req.tty {
-        let (listener, path) = console_listener(roots, &rec.id)?;
-        io.console_socket = Some(path.clone());
-        console = Some((listener, path));
+        let c = ConsoleSocket::bind(roots, &rec.id)?;
+        io.console_socket = Some(c.path.clone());
+        console = Some(c);
     } else {
         if interactive {
             io.stdin = Some(std::io::stdin().as_fd().try_clone_to_owned()?);
@@ -271,15 +281,11 @@ pub fn exec_attached(
         io.stdout = Some(std::io::stdout().as_fd().try_clone_to_owned()?);
         io.stderr = Some(std::io::stderr().as_fd().try_clone_to_owned()?);
     }
-    let created = backend.exec(rec, req, io);
-    let master = match (&console, &created) {
-        (Some((listener, _)), Ok(_)) => Some(receive_master(listener)?),
-        _ => None,
-    };
-    if let Some((_, path)) = &console {
-        let _ = std::fs::remove_file(path);
-    }
-    let handle = created.map_err(crate::namespace::classify_start_error)?;
+    let handle = backend
+        .exec(rec, req, io)
+        .map_err(crate::namespace::classify_start_error)?;
+    let master = console.as_ref().map(ConsoleSocket::receive).transpose()?;
+    drop(console);
     if let Some(m) = master {
         let stdin_is_tty = nix::unistd::isatty(0).unwrap_or(false);
         let _raw = if interactive && stdin_is_tty {

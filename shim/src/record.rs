@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -152,8 +151,4 @@ pub fn pid_alive(pid: i32) -> bool {
     // Signal 0 checks existence; a zombie still counts as alive until reaped,
     // which is what we want for "is the monitor still responsible".
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-}
-
-pub fn exists(path: &Path) -> bool {
-    path.symlink_metadata().is_ok()
 }
