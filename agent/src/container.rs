@@ -249,6 +249,7 @@ fn record(id: &str, spec: &Spec) -> Record {
         interactive: false,
         stop_signal: "SIGTERM".into(),
         kernel: None,
+        bundle: None,
     }
 }
 

@@ -155,6 +155,10 @@ fn status_text(r: &Record) -> String {
             "Up {}",
             table::duration(Utc::now() - r.started.unwrap_or(r.created))
         ),
+        Status::Paused => format!(
+            "Up {} (Paused)",
+            table::duration(Utc::now() - r.started.unwrap_or(r.created))
+        ),
         Status::Stopped => format!(
             "Exited ({}) {}",
             r.exit_code.unwrap_or(-1),

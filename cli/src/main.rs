@@ -77,6 +77,11 @@ enum Command {
     /// The monitor process of a detached container (internal).
     #[command(name = "__monitor", hide = true)]
     Monitor { id: String },
+    #[command(name = "__oci-monitor", hide = true)]
+    OciMonitor {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -140,5 +145,6 @@ fn dispatch(roots: &Roots, command: Command) -> anyhow::Result<i32> {
         Command::TestHost(a) => a.run(),
         Command::Bench(a) => bench::run(roots, a),
         Command::Monitor { id } => containers::monitor(roots, &id),
+        Command::OciMonitor { args } => std::process::exit(capsa_shim::oci::monitor_main(&args)),
     }
 }

@@ -59,7 +59,7 @@ pub use demo::{BUSYBOX, DEMO_NAME};
 pub use error::{Error, Result};
 
 pub use pull::PullOptions;
-pub use rootfs::RootfsFormat;
+pub use rootfs::{filesystem_image_of, RootfsFormat};
 pub use store::{short_id, Image, ImageSummary, Layer, Store};
 
 /// Re-exported so callers use the same oci-spec version.

@@ -110,9 +110,14 @@ pub(crate) fn flatten(layers: &[PathBuf], merged: &Path) -> Result<(u64, u64)> {
         lchown(&p, Some(m.uid()), Some(m.gid())).at("chown", &p)?;
         fs::set_permissions(&p, fs::Permissions::from_mode(m.mode() & 0o7777)).at("chmod", &p)?;
     }
+    measure(merged)
+}
+
+/// (bytes of regular files, number of inodes) under `tree`.
+fn measure(tree: &Path) -> Result<(u64, u64)> {
     let mut bytes = 0u64;
     let mut inodes = 0u64;
-    for e in walkdir::WalkDir::new(merged).follow_links(false) {
+    for e in walkdir::WalkDir::new(tree).follow_links(false) {
         let e = e.map_err(|e| Error::io("walk rootfs", e.into()))?;
         let m = e.path().symlink_metadata().at("stat", e.path())?;
         inodes += 1;
@@ -121,6 +126,13 @@ pub(crate) fn flatten(layers: &[PathBuf], merged: &Path) -> Result<(u64, u64)> {
         }
     }
     Ok((bytes, inodes))
+}
+
+/// A filesystem image at `out` holding a copy of the directory `tree`
+/// (an OCI bundle's root filesystem that did not come from capsa's store).
+pub fn filesystem_image_of(tree: &Path, out: &Path, format: RootfsFormat) -> Result<()> {
+    let (bytes, inodes) = measure(tree)?;
+    mkfs(format, tree, out, bytes, inodes)
 }
 
 fn run(cmd: &mut Command, what: &str, package: &str) -> Result<()> {

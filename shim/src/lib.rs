@@ -11,7 +11,9 @@
 //! state of one container, [`lifecycle`] holds the user-facing operations
 //! (create, run, stop, kill, exec, rm …), [`monitor`] is the process that
 //! owns a running container (pumps its output into the log and records its
-//! exit), and [`logs`] is the log format.
+//! exit), and [`logs`] is the log format. [`oci`] holds runc's operations
+//! on bundles other engines prepare (the runc-compatible commands and the
+//! containerd shim use it).
 
 pub mod backend;
 pub mod lifecycle;
@@ -19,6 +21,7 @@ pub mod logs;
 pub mod microvm;
 pub mod monitor;
 pub mod namespace;
+pub mod oci;
 pub mod paths;
 pub mod record;
 pub mod stdio;

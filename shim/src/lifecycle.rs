@@ -174,6 +174,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         interactive: req.interactive,
         stop_signal,
         kernel: req.kernel.clone(),
+        bundle: None,
     };
     rec.save(roots)?;
     guard.armed = false;

@@ -20,6 +20,8 @@ use crate::paths::{ContainerPaths, Roots};
 pub enum Status {
     Created,
     Running,
+    /// Frozen by `capsa pause` (runc's pause): still holds its resources.
+    Paused,
     Stopped,
 }
 
@@ -28,6 +30,7 @@ impl std::fmt::Display for Status {
         f.write_str(match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "exited",
         })
     }
@@ -63,6 +66,10 @@ pub struct Record {
     /// VM mode: the user's guest kernel (`--kernel`), if any.
     #[serde(default)]
     pub kernel: Option<std::path::PathBuf>,
+    /// A container made from someone else's OCI bundle (`capsa create`,
+    /// containerd): the bundle's directory. None for `capsa run`.
+    #[serde(default)]
+    pub bundle: Option<std::path::PathBuf>,
 }
 
 impl Record {
@@ -91,11 +98,16 @@ impl Record {
     /// with SIGKILL, host crash) is reported as stopped rather than running
     /// forever.
     fn refresh(&mut self) {
-        if self.status == Status::Running {
+        if matches!(self.status, Status::Running | Status::Paused) {
             let monitor_alive = self.monitor_pid.is_some_and(pid_alive);
             let init_alive = self.pid.is_some_and(pid_alive);
             if !monitor_alive && !init_alive {
                 self.status = Status::Stopped;
+                if self.bundle.is_some() {
+                    // The caller of `capsa create` reaps the process and
+                    // knows its exit status; we do not.
+                    return;
+                }
                 self.exit_code.get_or_insert(-1);
                 self.error
                     .get_or_insert_with(|| "the container's monitor process was lost".into());

@@ -50,7 +50,27 @@ impl MicroVmBackend {
     }
 
     fn socket(&self, id: &str) -> PathBuf {
-        self.roots.sockets().join(format!("{}.vsock", &id[..12]))
+        // Short names keep the path within a socket address's 108 bytes:
+        // capsa's IDs are 64 hex digits; other engines' IDs are hashed.
+        let short = if id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            id[..12].to_string()
+        } else {
+            use sha2::Digest;
+            hex::encode(&sha2::Sha256::digest(id.as_bytes())[..6])
+        };
+        self.roots.sockets().join(format!("{short}.vsock"))
+    }
+
+    /// Resource usage of the container, from its cgroup in the guest.
+    pub fn stats(&self, rec: &Record) -> Result<capsa_proto::Stats> {
+        match self.with_conn(rec, |c| {
+            c.request(Request::Stats {
+                container_id: rec.id.clone(),
+            })
+        })? {
+            Response::Stats(s) => Ok(s),
+            other => bail!("the guest agent answered stats with {other:?}"),
+        }
     }
 
     fn console_log(&self, id: &str) -> PathBuf {

@@ -12,6 +12,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
+use oci_spec::runtime::Process;
 
 use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo};
 use crate::paths::{ContainerPaths, Roots};
@@ -80,6 +81,45 @@ impl NamespaceBackend {
         Ok(())
     }
 
+    /// Runs `process` (an OCI process, what `runc exec --process` reads)
+    /// in container `id`. Returns its host PID; it is our child until we
+    /// exit, then our subreaper's. With `process.terminal` its pty master
+    /// goes to `io.console_socket`.
+    pub fn exec_process(&self, id: &str, process: &Process, io: ProcessIo) -> Result<i32> {
+        let terminal = process.terminal().unwrap_or(false);
+        std::fs::create_dir_all(self.roots.runtime())?;
+        let mut file = tempfile::Builder::new()
+            .prefix(".exec-")
+            .suffix(".json")
+            .tempfile_in(self.roots.runtime())?;
+        serde_json::to_writer(&mut file, process)?;
+        let pid = self
+            .builder(id, io)?
+            .as_tenant()
+            .with_process(Some(file.path()))
+            // libcontainer wants a console socket exactly for a detached
+            // process on a terminal; we always return at once.
+            .with_detach(terminal)
+            .build()?;
+        Ok(pid.as_raw())
+    }
+
+    /// libcontainer's view of container `id` (status refreshed from /proc).
+    pub fn container(&self, id: &str) -> Result<Container> {
+        self.load(id)
+    }
+
+    /// The cgroup manager of container `id`, for stats, pids and freezing.
+    pub fn cgroup(&self, id: &str) -> Result<libcgroups::common::AnyCgroupManager> {
+        let c = self.load(id)?;
+        let config = libcgroups::common::CgroupConfig {
+            cgroup_path: c.spec()?.cgroup_path,
+            systemd_cgroup: c.systemd(),
+            container_name: id.to_string(),
+        };
+        Ok(libcgroups::common::create_cgroup_manager(config)?)
+    }
+
     fn load(&self, id: &str) -> Result<Container> {
         Container::load(self.roots.runtime().join(id))
             .with_context(|| format!("container {id} is not running"))
@@ -92,6 +132,37 @@ fn dev_null() -> Result<std::os::fd::OwnedFd> {
         .write(true)
         .open("/dev/null")?
         .into())
+}
+
+/// The process `capsa exec` starts: the container's own process (its
+/// capabilities, rlimits, no_new_privileges, environment), with the
+/// request's command, extra environment, directory, user and terminal.
+pub fn exec_process(init: &Process, req: &ExecRequest) -> Result<Process> {
+    let mut env: Vec<String> = init.env().clone().unwrap_or_default();
+    for kv in &req.env {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        env.push(kv.clone());
+    }
+    if req.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    let mut p = init.clone();
+    p.set_args(Some(req.args.clone()));
+    p.set_env(Some(env));
+    p.set_terminal(Some(req.tty));
+    p.set_console_size(None);
+    if let Some(dir) = &req.workdir {
+        p.set_cwd(PathBuf::from(dir));
+    }
+    if let Some((uid, gid)) = req.user {
+        let mut user = p.user().clone();
+        user.set_uid(uid);
+        user.set_gid(gid);
+        user.set_additional_gids(None);
+        p.set_user(user);
+    }
+    Ok(p)
 }
 
 /// The cgroup path capsa gives each container (relative to each hierarchy).
@@ -155,35 +226,11 @@ impl Backend for NamespaceBackend {
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
         let config = ContainerPaths::new(&self.roots, &rec.id).config();
         let spec = oci_spec::runtime::Spec::load(&config)?;
-        let process = spec.process().as_ref().context("bundle has no process")?;
-        let mut env: std::collections::HashMap<String, String> = process
-            .env()
-            .iter()
-            .flatten()
-            .chain(req.env.iter())
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.into(), v.into())))
-            .collect();
-        if req.tty {
-            env.entry("TERM".into()).or_insert_with(|| "xterm".into());
-        }
-        let (uid, gid) = req
-            .user
-            .unwrap_or((process.user().uid(), process.user().gid()));
-        let cwd = req
-            .workdir
-            .clone()
-            .unwrap_or_else(|| process.cwd().display().to_string());
-        let pid = self
-            .builder(&rec.id, io)?
-            .as_tenant()
-            .with_container_args(req.args.clone())
-            .with_env(env)
-            .with_cwd(Some(cwd))
-            .with_user(Some(uid))
-            .with_group(Some(gid))
-            .with_detach(req.tty)
-            .build()?;
-        Ok(ProcessHandle::Pid(pid.as_raw()))
+        let init = spec.process().as_ref().context("bundle has no process")?;
+        let process = exec_process(init, req)?;
+        Ok(ProcessHandle::Pid(
+            self.exec_process(&rec.id, &process, io)?,
+        ))
     }
 
     fn release(&self, rec: &Record) -> Result<()> {

@@ -1,0 +1,756 @@
+//! The OCI runtime operations on a bundle someone else prepared: what
+//! `runc create/start/state/kill/delete/exec/pause/resume` do, for both
+//! isolation modes. The runc-compatible commands of the `capsa` binary and
+//! `containerd-shim-capsa-v2` are thin layers over this module.
+//!
+//! The bundle's annotation `io.capsa.isolation` picks the backend
+//! (`container`, the default, or `vm`). Each container gets a [`Record`]
+//! like the ones `capsa run` makes, with `bundle` set, so `capsa ps -a`
+//! shows them too.
+//!
+//! Who owns the processes: [`create`] returns a PID that is the caller's
+//! child, and the caller (or its subreaper, once `capsa create` has exited)
+//! reaps it and learns the exit status from it, as with runc. In container
+//! mode that is the container's first process. In VM mode it is a small
+//! monitor process (`capsa __oci-monitor`) that boots the VM, holds the
+//! connection to the guest agent, passes the standard streams through and
+//! exits with the container's exit status.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use libcgroups::common::CgroupManager;
+use libcontainer::container::ContainerStatus;
+use nix::sys::signal::Signal;
+use oci_spec::runtime::{Process, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, ExecRequest, ProcessHandle, ProcessIo};
+use crate::lifecycle::Isolation;
+use crate::microvm::MicroVmBackend;
+use crate::namespace::NamespaceBackend;
+use crate::paths::{ContainerPaths, Roots};
+use crate::record::{Record, Status};
+use crate::CodedError;
+
+/// Picks the isolation mode of a bundle: `container` (default) or `vm`.
+pub const ISOLATION_ANNOTATION: &str = "io.capsa.isolation";
+/// VM mode: the guest kernel to boot instead of capsa's own (a
+/// PVM-enabled one on a PVM host).
+pub const KERNEL_ANNOTATION: &str = "io.capsa.kernel";
+
+/// runc's exit code for a failed command.
+pub const EXIT_RUNC_ERROR: i32 = 1;
+
+/// What `runc state` prints.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct State {
+    #[serde(rename = "ociVersion")]
+    pub oci_version: String,
+    pub id: String,
+    /// The PID the caller reaps; 0 once the container stopped.
+    pub pid: i32,
+    /// created, running, paused or stopped.
+    pub status: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: DateTime<Utc>,
+    pub owner: String,
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+}
+
+/// Resource usage of a container (its cgroup on the host, or in the guest).
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Stats {
+    pub cpu_usage_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub memory_usage_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids_current: u64,
+}
+
+fn error(message: impl Into<String>) -> anyhow::Error {
+    CodedError::new(EXIT_RUNC_ERROR, message).into()
+}
+
+/// runc's rule for container IDs, which also keeps them safe as path names.
+fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+-.".contains(c));
+    if !ok {
+        return Err(error(format!(
+            "invalid container ID {id:?}: use letters, digits, '_', '+', '-' and '.'"
+        )));
+    }
+    Ok(())
+}
+
+fn load_spec(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).map_err(|e| error(format!("reading {}: {e}", path.display())))
+}
+
+pub fn isolation_of(spec: &Spec) -> Result<Isolation> {
+    match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ISOLATION_ANNOTATION))
+    {
+        None => Ok(Isolation::Container),
+        Some(v) => v
+            .parse()
+            .map_err(|e| error(format!("annotation {ISOLATION_ANNOTATION}: {e}"))),
+    }
+}
+
+fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
+    let root = spec
+        .root()
+        .as_ref()
+        .map_or_else(|| PathBuf::from("rootfs"), |r| r.path().clone());
+    bundle.join(root)
+}
+
+/// Finds a container made by [`create`].
+fn record(roots: &Roots, id: &str) -> Result<Record> {
+    check_id(id)?;
+    match Record::load(roots, id) {
+        Ok(r) if r.bundle.is_some() => Ok(r),
+        Ok(_) => Err(error(format!(
+            "container {id} was made by `capsa run`; use the docker-style commands for it"
+        ))),
+        Err(_) => Err(error(format!("container {id} does not exist"))),
+    }
+}
+
+/// Removes what a failed create made, unless disarmed.
+struct Undo<'a> {
+    roots: &'a Roots,
+    rec: Option<Record>,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if let Some(rec) = self.rec.take() {
+            if rec.isolation == Isolation::Container {
+                let _ = NamespaceBackend::new(self.roots).delete_id(&rec.id);
+            }
+            let _ = crate::lifecycle::remove_files(self.roots, &rec);
+        }
+    }
+}
+
+/// Creates container `id` from the bundle; its process waits for
+/// [`start`]. Returns the PID the caller must reap (see the module docs).
+pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i32> {
+    check_id(id)?;
+    let bundle =
+        fs::canonicalize(bundle).map_err(|e| error(format!("bundle {}: {e}", bundle.display())))?;
+    let spec = load_spec(&bundle)?;
+    let isolation = isolation_of(&spec)?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| error("the bundle's config.json has no process"))?;
+    let paths = ContainerPaths::new(roots, id);
+    fs::create_dir_all(roots.containers())?;
+    match fs::DirBuilder::new().mode(0o700).create(&paths.dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(error(format!("container with ID {id} already exists")))
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating {}", paths.dir.display())),
+    }
+    let mut rec = Record {
+        id: id.to_string(),
+        name: id.to_string(),
+        image: bundle.display().to_string(),
+        image_id: String::new(),
+        isolation,
+        command: process.args().clone().unwrap_or_default(),
+        created: Utc::now(),
+        started: None,
+        finished: None,
+        status: Status::Created,
+        pid: None,
+        monitor_pid: None,
+        exit_code: None,
+        oom_killed: false,
+        error: None,
+        auto_remove: false,
+        tty: process.terminal().unwrap_or(false),
+        interactive: io.stdin.is_some(),
+        stop_signal: "SIGTERM".into(),
+        kernel: spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(KERNEL_ANNOTATION))
+            .map(PathBuf::from),
+        bundle: Some(bundle.clone()),
+    };
+    let mut undo = Undo {
+        roots,
+        rec: Some(rec.clone()),
+    };
+    rec.save(roots)?;
+    let pid = match isolation {
+        Isolation::Container => NamespaceBackend::new(roots).create_bundle(id, &bundle, io)?,
+        Isolation::Vm => {
+            crate::microvm::check_host(rec.kernel.as_deref())
+                .map_err(|e| error(format!("{e:#}")))?;
+            prepare_vm_bundle(&paths, &bundle, spec)?;
+            let pid = spawn_monitor(roots, id, &MonitorArgs::create(roots, id, &io), io)?;
+            rec.monitor_pid = Some(pid);
+            pid
+        }
+    };
+    rec.pid = Some(pid);
+    rec.save(roots)?;
+    undo.rec = None;
+    Ok(pid)
+}
+
+/// What the microVM backend reads from a container's directory: the spec
+/// as config.json and the root filesystem as a disk image, made here from
+/// the bundle's root directory (a snapshot: the guest's writes go to its
+/// own writable layer, not back to that directory).
+fn prepare_vm_bundle(paths: &ContainerPaths, bundle: &Path, mut spec: Spec) -> Result<()> {
+    let rootfs = rootfs_of(bundle, &spec);
+    if !rootfs.is_dir() {
+        bail!(error(format!(
+            "the root filesystem {} is not a directory",
+            rootfs.display()
+        )));
+    }
+    let disk = paths.dir.join("rootfs.ext4");
+    capsa_image::filesystem_image_of(&rootfs, &disk, capsa_image::RootfsFormat::Ext4)
+        .with_context(|| format!("making a disk image of {}", rootfs.display()))?;
+    std::os::unix::fs::symlink(&disk, paths.dir.join("rootfs.disk"))?;
+    // The guest has namespaces of its own: paths to the host's (a network
+    // namespace the engine prepared) mean nothing there.
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(ns) = linux.namespaces().clone() {
+            let ns = ns
+                .into_iter()
+                .map(|mut n| {
+                    n.set_path(None);
+                    n
+                })
+                .collect();
+            linux.set_namespaces(Some(ns));
+        }
+    }
+    fs::create_dir_all(paths.bundle())?;
+    spec.save(paths.config())?;
+    Ok(())
+}
+
+/// Arguments of `capsa __oci-monitor`.
+#[derive(Serialize, Deserialize)]
+struct MonitorArgs {
+    lib: PathBuf,
+    run: PathBuf,
+    id: String,
+    stdin: bool,
+    console_socket: Option<PathBuf>,
+    /// Exec mode: the process to run in the existing container.
+    exec: Option<Process>,
+}
+
+impl MonitorArgs {
+    fn create(roots: &Roots, id: &str, io: &ProcessIo) -> MonitorArgs {
+        MonitorArgs {
+            lib: roots.lib.clone(),
+            run: roots.run.clone(),
+            id: id.to_string(),
+            stdin: io.stdin.is_some(),
+            console_socket: io.console_socket.clone(),
+            exec: None,
+        }
+    }
+}
+
+/// Starts `capsa __oci-monitor` with the container's standard streams and
+/// waits until it reports that the container (or exec'd process) exists.
+fn spawn_monitor(roots: &Roots, id: &str, args: &MonitorArgs, io: ProcessIo) -> Result<i32> {
+    let capsa = crate::microvm::guest::sibling_binary("capsa", "CAPSA_BIN")?;
+    let (ready_r, ready_w) = nix::unistd::pipe()?;
+    let mut cmd = Command::new(&capsa);
+    cmd.arg("__oci-monitor").arg(serde_json::to_string(args)?);
+    let stdio = |fd: Option<OwnedFd>| fd.map_or_else(Stdio::null, Stdio::from);
+    cmd.stdin(stdio(io.stdin))
+        .stdout(stdio(io.stdout))
+        .stderr(stdio(io.stderr));
+    let ready_fd = ready_w.as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Its own session: a ^C meant for whoever ran `capsa create`
+            // must not reach the container's monitor.
+            nix::unistd::setsid()?;
+            if ready_fd != 3 {
+                nix::unistd::dup2(ready_fd, 3)?;
+            } else {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", capsa.display()))?;
+    drop(ready_w);
+    let pid = child.id() as i32;
+    // The child is the caller's to reap: do not wait for it through `child`.
+    std::mem::forget(child);
+    let mut line = String::new();
+    BufReader::new(fs::File::from(ready_r)).read_line(&mut line)?;
+    match line
+        .trim_end()
+        .split_once(' ')
+        .unwrap_or((line.trim_end(), ""))
+    {
+        ("ok", _) => Ok(pid),
+        (_, msg) => {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            let msg = if msg.is_empty() {
+                format!("the monitor of {id} exited before the container was ready")
+            } else {
+                msg.to_string()
+            };
+            let _ = roots;
+            Err(error(msg))
+        }
+    }
+}
+
+/// `capsa __oci-monitor ARGS`: the VM-mode process behind [`create`] and
+/// [`exec`]. Returns the exit status to end with.
+pub fn monitor_main(args: &[String]) -> i32 {
+    // SAFETY: fd 3 is the ready pipe spawn_monitor set up for us.
+    let ready = unsafe { fs::File::from_raw_fd(3) };
+    match monitor(args, ready) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("capsa: {e:#}");
+            crate::EXIT_CAPSA_ERROR
+        }
+    }
+}
+
+fn monitor(args: &[String], mut ready: fs::File) -> Result<i32> {
+    let args: MonitorArgs = serde_json::from_str(args.first().map(String::as_str).unwrap_or(""))
+        .context("monitor arguments")?;
+    let roots = Roots {
+        lib: args.lib.clone(),
+        run: args.run.clone(),
+    };
+    let rec = Record::load(&roots, &args.id)?;
+    let backend = MicroVmBackend::new(&roots);
+    let dup = |fd: i32| -> Result<OwnedFd> {
+        Ok(nix::unistd::dup(fd).map(|f| unsafe { OwnedFd::from_raw_fd(f) })?)
+    };
+    let io = ProcessIo {
+        stdin: if args.stdin { Some(dup(0)?) } else { None },
+        stdout: Some(dup(1)?),
+        stderr: Some(dup(2)?),
+        console_socket: args.console_socket.clone(),
+    };
+    if let Some(process) = &args.exec {
+        let req = exec_request(process);
+        let handle = match backend.exec(&rec, &req, io) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = writeln!(ready, "error {}", one_line(&e));
+                return Err(e);
+            }
+        };
+        writeln!(ready, "ok")?;
+        drop(ready);
+        return match handle {
+            ProcessHandle::Remote(wait) => wait(),
+            ProcessHandle::Pid(pid) => crate::namespace::wait_pid(pid),
+        };
+    }
+    let pid = match backend.create(&rec, io) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = writeln!(ready, "error {}", one_line(&e));
+            return Err(e);
+        }
+    };
+    writeln!(ready, "ok")?;
+    drop(ready);
+    forward_signals(&roots, &rec);
+    let exit = backend.wait(&rec, pid)?;
+    let _ = backend.release(&rec);
+    with_record(&roots, &rec.id, |r| {
+        r.status = Status::Stopped;
+        r.exit_code = Some(exit.code);
+        r.oom_killed = exit.oom_killed;
+        r.error = exit.error.clone();
+        r.finished = Some(Utc::now());
+    });
+    if let Some(e) = &exit.error {
+        eprintln!("capsa: {e}");
+    }
+    Ok(exit.code)
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+/// Signals sent to the monitor (by an engine that signals the PID it was
+/// given) go to the container in the guest.
+fn forward_signals(roots: &Roots, rec: &Record) {
+    use nix::sys::signal::SigSet;
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        set.add(s);
+    }
+    if set.thread_block().is_err() {
+        return;
+    }
+    let roots = roots.clone();
+    let rec = rec.clone();
+    std::thread::spawn(move || {
+        let other = MicroVmBackend::new(&roots);
+        while let Ok(sig) = set.wait() {
+            let _ = other.kill(&rec, sig);
+        }
+    });
+}
+
+fn exec_request(p: &Process) -> ExecRequest {
+    ExecRequest {
+        args: p.args().clone().unwrap_or_default(),
+        env: p.env().clone().unwrap_or_default(),
+        workdir: Some(p.cwd().display().to_string()),
+        user: Some((p.user().uid(), p.user().gid())),
+        tty: p.terminal().unwrap_or(false),
+    }
+}
+
+/// Loads, changes and saves a record under its lock, so the monitor (which
+/// records the exit) and `capsa start` (which records the start) cannot
+/// overwrite each other.
+fn with_record(roots: &Roots, id: &str, f: impl FnOnce(&mut Record)) -> Option<Record> {
+    let dir = ContainerPaths::new(roots, id).dir;
+    let lock = fs::File::open(&dir).ok()?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).ok()?;
+    let mut rec = Record::load(roots, id).ok()?;
+    f(&mut rec);
+    rec.save(roots).ok()?;
+    Some(rec)
+}
+
+/// Lets the created container run its process.
+pub fn start(roots: &Roots, id: &str) -> Result<()> {
+    let rec = record(roots, id)?;
+    let status = status_of(roots, &rec);
+    if status != "created" {
+        bail!(error(format!("cannot start a container that is {status}")));
+    }
+    match rec.isolation {
+        Isolation::Container => NamespaceBackend::new(roots).start_id(id)?,
+        Isolation::Vm => MicroVmBackend::new(roots).start(&rec)?,
+    }
+    with_record(roots, id, |r| {
+        if r.status == Status::Created {
+            r.status = Status::Running;
+        }
+        r.started = Some(Utc::now());
+    });
+    Ok(())
+}
+
+/// created, running, paused or stopped, as runc says it.
+fn status_of(roots: &Roots, rec: &Record) -> &'static str {
+    match rec.isolation {
+        Isolation::Container => match NamespaceBackend::new(roots).container(&rec.id) {
+            Ok(c) => match c.status() {
+                ContainerStatus::Creating | ContainerStatus::Created => "created",
+                ContainerStatus::Running => "running",
+                ContainerStatus::Paused => "paused",
+                ContainerStatus::Stopped => "stopped",
+            },
+            Err(_) => "stopped",
+        },
+        Isolation::Vm => match rec.status {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        },
+    }
+}
+
+fn state_of(roots: &Roots, rec: &Record) -> Result<State> {
+    let bundle = rec.bundle.clone().unwrap_or_default();
+    let spec = load_spec(&bundle).ok();
+    let status = status_of(roots, rec);
+    Ok(State {
+        oci_version: spec
+            .as_ref()
+            .map_or_else(|| "1.0.2".into(), |s| s.version().clone()),
+        id: rec.id.clone(),
+        pid: if status == "stopped" {
+            0
+        } else {
+            rec.pid.unwrap_or(0)
+        },
+        status: status.into(),
+        rootfs: spec
+            .as_ref()
+            .map_or_else(|| bundle.join("rootfs"), |s| rootfs_of(&bundle, s)),
+        annotations: spec
+            .as_ref()
+            .and_then(|s| s.annotations().clone())
+            .unwrap_or_default(),
+        bundle,
+        created: rec.created,
+        owner: String::new(),
+    })
+}
+
+pub fn state(roots: &Roots, id: &str) -> Result<State> {
+    state_of(roots, &record(roots, id)?)
+}
+
+/// Every container made by [`create`], oldest first.
+pub fn list(roots: &Roots) -> Result<Vec<State>> {
+    Record::list(roots)?
+        .iter()
+        .filter(|r| r.bundle.is_some())
+        .map(|r| state_of(roots, r))
+        .collect()
+}
+
+/// Sends `signal` to the container's first process, or with `all` to every
+/// process of the container.
+pub fn kill(roots: &Roots, id: &str, signal: Signal, all: bool) -> Result<()> {
+    let rec = record(roots, id)?;
+    let status = status_of(roots, &rec);
+    if status == "stopped" {
+        bail!(error(format!("container {id} is not running")));
+    }
+    match rec.isolation {
+        Isolation::Container => {
+            let mut c = NamespaceBackend::new(roots).container(id)?;
+            c.kill(signal, all)
+                .map_err(|e| error(format!("sending {signal} to {id}: {e}")))?;
+        }
+        // In the guest the container is alone in its VM: `all` only
+        // differs for processes that escaped its namespace, and there are
+        // none to escape to.
+        Isolation::Vm => MicroVmBackend::new(roots).kill(&rec, signal)?,
+    }
+    Ok(())
+}
+
+/// Deletes a stopped container and everything it has on the host; with
+/// `force`, kills a running one first.
+pub fn delete(roots: &Roots, id: &str, force: bool) -> Result<()> {
+    let rec = record(roots, id)?;
+    let status = status_of(roots, &rec);
+    if status != "stopped" && status != "created" && !force {
+        bail!(error(format!(
+            "cannot delete container {id} that is {status}: stop it first or use --force"
+        )));
+    }
+    match rec.isolation {
+        Isolation::Container => NamespaceBackend::new(roots).delete_id(id)?,
+        Isolation::Vm => {
+            if let Some(pid) = rec.monitor_pid.filter(|p| crate::record::pid_alive(*p)) {
+                let _ = MicroVmBackend::new(roots).kill(&rec, Signal::SIGKILL);
+                // The monitor is the caller's child: it exits once the VM
+                // is gone; the caller reaps it.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while monitor_running(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if monitor_running(pid) {
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+    crate::lifecycle::remove_files(roots, &rec)
+}
+
+/// Alive and not yet a zombie.
+fn monitor_running(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// Runs `process` in the running container. Returns the PID of a process
+/// that is the caller's child and exits with the process's status.
+pub fn exec(roots: &Roots, id: &str, process: &Process, io: ProcessIo) -> Result<i32> {
+    let rec = record(roots, id)?;
+    let status = status_of(roots, &rec);
+    if status != "running" {
+        bail!(error(format!(
+            "cannot exec in a container that is {status}"
+        )));
+    }
+    match rec.isolation {
+        Isolation::Container => NamespaceBackend::new(roots).exec_process(id, process, io),
+        Isolation::Vm => {
+            let mut args = MonitorArgs::create(roots, id, &io);
+            args.exec = Some(process.clone());
+            spawn_monitor(roots, id, &args, io)
+        }
+    }
+}
+
+/// Freezes every process of the container (the whole VM in VM mode).
+pub fn pause(roots: &Roots, id: &str) -> Result<()> {
+    set_paused(roots, id, true)
+}
+
+pub fn resume(roots: &Roots, id: &str) -> Result<()> {
+    set_paused(roots, id, false)
+}
+
+fn set_paused(roots: &Roots, id: &str, pause: bool) -> Result<()> {
+    let rec = record(roots, id)?;
+    let status = status_of(roots, &rec);
+    let want = if pause { "running" } else { "paused" };
+    if status != want {
+        bail!(error(format!(
+            "cannot {} container {id} that is {status}",
+            if pause { "pause" } else { "resume" }
+        )));
+    }
+    match rec.isolation {
+        Isolation::Container => {
+            let mut c = NamespaceBackend::new(roots).container(id)?;
+            if pause { c.pause() } else { c.resume() }.map_err(|e| error(format!("{e}")))?;
+        }
+        Isolation::Vm => {
+            // Stopping the VMM stops the vCPUs: the guest, and with it
+            // the container, is frozen as a whole.
+            let vmm = vmm_pid(&rec).ok_or_else(|| error(format!("the VM of {id} is gone")))?;
+            let sig = if pause {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            };
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(vmm), sig)?;
+            with_record(roots, id, |r| {
+                if matches!(r.status, Status::Running | Status::Paused) {
+                    r.status = if pause {
+                        Status::Paused
+                    } else {
+                        Status::Running
+                    };
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The capsa-vmm process under a VM-mode container's monitor.
+fn vmm_pid(rec: &Record) -> Option<i32> {
+    let monitor = rec.monitor_pid?;
+    let children = fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .find(|p: &i32| {
+            fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| {
+                    c.split(|b| *b == 0)
+                        .next()
+                        .is_some_and(|a| a.ends_with(b"capsa-vmm"))
+                })
+                .unwrap_or(false)
+        })
+}
+
+pub fn stats(roots: &Roots, id: &str) -> Result<Stats> {
+    let rec = record(roots, id)?;
+    match rec.isolation {
+        Isolation::Container => {
+            let s = NamespaceBackend::new(roots)
+                .cgroup(id)?
+                .stats()
+                .map_err(|e| error(format!("reading the cgroup of {id}: {e}")))?;
+            let limit = s.memory.memory.limit;
+            Ok(Stats {
+                cpu_usage_ns: s.cpu.usage.usage_total,
+                cpu_user_ns: s.cpu.usage.usage_user,
+                cpu_system_ns: s.cpu.usage.usage_kernel,
+                memory_usage_bytes: s.memory.memory.usage,
+                // Unlimited reads as a huge number on cgroup v1.
+                memory_limit_bytes: (limit > 0 && limit < (1 << 62)).then_some(limit),
+                pids_current: s.pids.current,
+            })
+        }
+        Isolation::Vm => {
+            let s = MicroVmBackend::new(roots).stats(&rec)?;
+            Ok(Stats {
+                cpu_usage_ns: s.cpu.usage_usec * 1000,
+                cpu_user_ns: s.cpu.user_usec * 1000,
+                cpu_system_ns: s.cpu.system_usec * 1000,
+                memory_usage_bytes: s.memory.usage_bytes,
+                memory_limit_bytes: s.memory.limit_bytes,
+                pids_current: s.pids.current,
+            })
+        }
+    }
+}
+
+/// Host PIDs of the container's processes. In VM mode its processes live
+/// in the guest; the host-side ones are the monitor and the VMM.
+pub fn pids(roots: &Roots, id: &str) -> Result<Vec<i32>> {
+    let rec = record(roots, id)?;
+    match rec.isolation {
+        Isolation::Container => Ok(NamespaceBackend::new(roots)
+            .cgroup(id)?
+            .get_all_pids()
+            .map_err(|e| error(format!("reading the cgroup of {id}: {e}")))?
+            .into_iter()
+            .map(|p| p.as_raw())
+            .collect()),
+        Isolation::Vm => {
+            if status_of(roots, &rec) == "stopped" {
+                return Ok(vec![]);
+            }
+            Ok(rec.monitor_pid.into_iter().chain(vmm_pid(&rec)).collect())
+        }
+    }
+}
