@@ -80,6 +80,8 @@ fn both_modes_give_the_same_results() {
     expect("tty", "code=0 out=10/");
     expect("volume-ro", "code=1 out=15/");
     expect("exec-stdin", "code=0 out=5/");
+    // A terminal turns "\n" into "\r\n".
+    expect("exec-tty", "code=5 out=10/");
     assert!(c["stop-term"].1.contains("3|ready|got-term"), "{ctx}");
     assert!(c["stop-kill"].1.contains("137"), "{ctx}");
     assert!(c["oom-reported"].1.contains("\"oom_killed\":true"), "{ctx}");

@@ -62,6 +62,7 @@ $c run -d --isolation "$mode" --name target demo sleep 300 > /dev/null
 $c exec target sh -c 'echo in-exec; exit 4' > /run/o 2> /run/e; code=$?
 report exec "$code"
 printf 'piped' | $c exec -i target cat > /run/o 2> /run/e; report exec-stdin $?
+$c exec -t target sh -c 'test -t 0 && test -t 1 && echo exec-tty; exit 5' > /run/o 2> /run/e; report exec-tty $?
 $c rm -f target > /dev/null
 
 # nothing left behind

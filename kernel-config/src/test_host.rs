@@ -160,7 +160,10 @@ ip link set lo up 2>/dev/null
 hostname capsa-test-host
 cp /run.sh $r/run/capsa-test-host.sh
 
-chroot $r /bin/sh /run/capsa-test-host.sh </dev/null >"$out" 2>"$err"
+# The new root moves onto / before the chroot, so the command's root is a
+# mount root, as on a booted host: programs that enter other mount
+# namespaces (a container's, for exec) resolve paths as they would there.
+(cd $r && mount --move . / && exec chroot . /bin/sh /run/capsa-test-host.sh) </dev/null >"$out" 2>"$err"
 finish $?
 "#;
 

@@ -165,7 +165,7 @@ impl Backend for MicroVmBackend {
         let paths = ContainerPaths::new(&self.roots, &rec.id);
         self.release_rootfs(&paths)?;
         let mut spec = oci_spec::runtime::Spec::load(paths.config())?;
-        let volumes = volumes::disks_for(&mut spec, &paths.dir, 'b')?;
+        let volumes = volumes::disks_for(&mut spec, &paths.dir, 'b', rec.bundle.is_some())?;
         let (mem_mib, vcpus) = vm_size(&spec);
         let kernel = guest::kernel(rec.kernel.as_deref())?;
         let initrd = guest::initramfs(&self.roots)?;
@@ -203,6 +203,19 @@ impl Backend for MicroVmBackend {
         if rec.kernel.is_some() {
             // The user chose the kernel (e.g. a PVM-enabled one).
             cmd.arg("--allow-pvm");
+        }
+        // The VM lives no longer than the process that holds its agent
+        // connection (the monitor): a killed monitor must not leave a
+        // guest running that nobody can reach.
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         let mut child = cmd
             .spawn()
@@ -355,14 +368,17 @@ impl Backend for MicroVmBackend {
     }
 
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
-        if req.tty {
-            bail!(CodedError::new(
-                EXIT_CAPSA_ERROR,
-                "exec -t is not supported in VM mode yet"
-            ));
-        }
-        let conn = self.connect(rec)?;
+        let conn = Arc::new(self.connect(rec)?);
         let exec_id = format!("exec-{}", std::process::id());
+        // -t: a host pty bridged to the terminal the guest allocates, as
+        // for the container's own process.
+        let tty = match (&io.console_socket, req.tty) {
+            (Some(sock), true) => Some(tty::bridge(sock)?),
+            _ => None,
+        };
+        if let Some(slave) = &tty {
+            conn.route_output(&exec_id, StdStream::Stdout, slave.try_clone()?);
+        }
         if let Some(out) = io.stdout {
             conn.route_output(&exec_id, StdStream::Stdout, out);
         }
@@ -383,13 +399,16 @@ impl Backend for MicroVmBackend {
                 }),
             },
             stdio: StdioOptions {
-                tty: false,
-                stdin: io.stdin.is_some(),
-                tty_size: None,
+                tty: tty.is_some(),
+                stdin: io.stdin.is_some() || tty.is_some(),
+                tty_size: tty.as_ref().and_then(|_| tty::our_winsize()),
             },
         })?;
         if let Some(input) = io.stdin {
             conn.pump_stdin(&exec_id, input)?;
+        }
+        if let Some(slave) = tty {
+            tty::pump_input(Arc::clone(&conn), &exec_id, slave)?;
         }
         Ok(ProcessHandle::Remote(Box::new(move || {
             match conn.request(Request::Wait { id: exec_id })? {

@@ -23,8 +23,18 @@ pub struct VolumeDisk {
 /// Turns the user's bind mounts in `spec` into disks under `dir`. Bind
 /// mounts of files capsa itself made under `dir` (/etc/hosts…) are left to
 /// the agent. `first_device` is the letter of the first free /dev/vdX.
-pub fn disks_for(spec: &mut Spec, dir: &Path, first_device: char) -> Result<Vec<VolumeDisk>> {
+/// With `copy_files`, bind mounts of single files (an engine's /etc/hosts,
+/// /etc/resolv.conf, /run/.containerenv) are copied onto one more disk, a
+/// snapshot the container reads but whose changes stay in the guest.
+pub fn disks_for(
+    spec: &mut Spec,
+    dir: &Path,
+    first_device: char,
+    copy_files: bool,
+) -> Result<Vec<VolumeDisk>> {
     let mut out = Vec::new();
+    let files_dir = dir.join("files");
+    let mut files = 0usize;
     let Some(mut mounts) = spec.mounts().clone() else {
         return Ok(out);
     };
@@ -36,6 +46,27 @@ pub fn disks_for(spec: &mut Spec, dir: &Path, first_device: char) -> Result<Vec<
             continue;
         };
         if !is_bind || src.starts_with(dir) {
+            continue;
+        }
+        if copy_files && m.destination() == Path::new("/dev/shm") {
+            // An engine's shared-memory directory (podman binds one): in
+            // the guest, the container's own tmpfs does the same job.
+            m.set_typ(Some("tmpfs".into()));
+            m.set_source(Some(PathBuf::from("shm")));
+            m.set_options(Some(
+                ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"]
+                    .map(String::from)
+                    .to_vec(),
+            ));
+            continue;
+        }
+        if copy_files && src.is_file() {
+            std::fs::create_dir_all(&files_dir)?;
+            let name = files.to_string();
+            std::fs::copy(&src, files_dir.join(&name))
+                .with_context(|| format!("copying {} for the VM", src.display()))?;
+            m.set_source(Some(PathBuf::from(FILES_GUEST_PATH).join(name)));
+            files += 1;
             continue;
         }
         if !opts.iter().any(|o| o == "ro") {
@@ -73,9 +104,26 @@ pub fn disks_for(spec: &mut Spec, dir: &Path, first_device: char) -> Result<Vec<
             },
         });
     }
+    if files > 0 {
+        let n = out.len();
+        let image = dir.join("files.ext4");
+        make_image(&files_dir, &image)?;
+        out.push(VolumeDisk {
+            image,
+            volume: Volume {
+                device: format!("/dev/vd{}", (first_device as u8 + n as u8) as char),
+                fstype: "ext4".into(),
+                guest_path: FILES_GUEST_PATH.into(),
+                readonly: true,
+            },
+        });
+    }
     spec.set_mounts(Some(mounts));
     Ok(out)
 }
+
+/// Where the agent mounts the disk of copied files.
+const FILES_GUEST_PATH: &str = "/run/capsa/volumes/files";
 
 /// An ext4 image holding a copy of `src`, sized to fit it.
 fn make_image(src: &Path, image: &Path) -> Result<()> {
