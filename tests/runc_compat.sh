@@ -22,6 +22,13 @@ step() { # name command... (stdout and stderr into $o)
   "$@" > "$o" 2>&1
   report "$name" $?
 }
+state_step() { # name capsa-args...: `capsa state`, its id, status and isolation lines
+  name=$1; shift
+  "$capsa" "$@" > "$dir/state" 2>&1
+  code=$?
+  grep -E '"(id|status)"|io.capsa.isolation|capsa:' "$dir/state" > "$o"
+  report "$name" $code
+}
 # Waits up to $1 tenths of a second for the command after it to succeed.
 poll() {
   n=$1; shift
@@ -72,7 +79,7 @@ EOF
   step run-d $ctr run -d $runtime $image t2 sh -c 'echo ready; exec sleep 300'
   poll 300 sh -c "$ctr task ls | grep -q 't2 .*RUNNING'"
   step task-ls $ctr task ls
-  step state "$capsa" --root "$dir/runc/capsa-test" state t2
+  state_step state --root "$dir/runc/capsa-test" state t2
   step exec $ctr task exec --exec-id e1 t2 sh -c 'echo x; echo y >&2'
   step exec-code $ctr task exec --exec-id e2 t2 sh -c 'exit 4'
   step ps $ctr task ps t2
@@ -102,7 +109,7 @@ podman)
   step run-exit $podman run --rm --cidfile "$dir/cid2" $run $image sh -c 'exit 3'
   step run-d $podman run -d --cidfile "$dir/cid3" --name p1 $run $image sh -c 'trap "exit 0" TERM; echo ready; while :; do sleep 0.1; done'
   id=$(cat "$dir/cid3")
-  step state "$capsa" state "$id"
+  state_step state state "$id"
   step exec $podman exec p1 sh -c 'echo x; echo y >&2'
   step exec-code $podman exec p1 sh -c 'exit 4'
   step stop $podman stop -t 5 p1
