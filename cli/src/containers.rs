@@ -97,10 +97,10 @@ pub fn monitor(roots: &Roots, id: &str) -> Result<i32> {
 pub struct PsArgs {
     /// Show all containers (default: running ones).
     #[arg(short = 'a', long)]
-    all: bool,
+    pub(crate) all: bool,
     /// Only print container IDs.
     #[arg(short = 'q', long)]
-    quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
@@ -198,25 +198,25 @@ pub fn logs(roots: &Roots, args: LogsArgs) -> Result<i32> {
 pub struct ExecArgs {
     /// Allocate a terminal.
     #[arg(short = 't', long)]
-    tty: bool,
+    pub(crate) tty: bool,
     /// Connect stdin.
     #[arg(short = 'i', long)]
-    interactive: bool,
+    pub(crate) interactive: bool,
     /// Set an environment variable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
+    pub(crate) env: Vec<String>,
     /// Working directory.
     #[arg(short = 'w', long = "workdir")]
-    workdir: Option<String>,
+    pub(crate) workdir: Option<String>,
     /// UID[:GID] to run as.
     #[arg(short = 'u', long = "user")]
-    user: Option<String>,
+    pub(crate) user: Option<String>,
     #[arg(
         required = true,
         trailing_var_arg = true,
         value_name = "CONTAINER COMMAND [ARG...]"
     )]
-    container_and_command: Vec<String>,
+    pub(crate) container_and_command: Vec<String>,
 }
 
 pub fn exec(roots: &Roots, args: ExecArgs) -> Result<i32> {
@@ -273,9 +273,9 @@ pub fn stop(roots: &Roots, args: StopArgs) -> Result<i32> {
 pub struct KillArgs {
     /// Signal to send (name or number).
     #[arg(short = 's', long = "signal", default_value = "KILL")]
-    signal: String,
+    pub(crate) signal: String,
     #[arg(required = true)]
-    containers: Vec<String>,
+    pub(crate) containers: Vec<String>,
 }
 
 pub fn kill(roots: &Roots, args: KillArgs) -> Result<i32> {

@@ -1,11 +1,13 @@
 //! `capsa`: run OCI images as namespace containers or in microVMs, with the
 //! commands docker users know. This binary is a thin layer: images come from
-//! `capsa-image`, the container lifecycle from `capsa-shim`.
+//! `capsa-image`, the container lifecycle from `capsa-shim`. It also speaks
+//! runc's command line (`runc.rs`), so tools that drive runc drive capsa.
 
 mod bench;
 mod containers;
 mod images;
 mod run_flags;
+mod runc;
 mod table;
 
 use std::path::PathBuf;
@@ -31,6 +33,40 @@ struct Cli {
     #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
     log_level: String,
 
+    /// runc: write capsa's log, and its error messages, to FILE instead of stderr.
+    #[arg(long, global = true, value_name = "FILE")]
+    log: Option<PathBuf>,
+
+    /// runc: the format of --log: text or json.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: runc::LogFormat,
+
+    /// runc: debug logging (the same as --log-level debug).
+    #[arg(long, global = true)]
+    debug: bool,
+
+    /// runc: accepted; capsa manages cgroups through cgroupfs itself.
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
+
+    /// runc: accepted (true, false or auto); capsa runs as root. With
+    /// `spec`: write a spec for an unprivileged user.
+    #[arg(
+        long,
+        global = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    rootless: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -39,16 +75,16 @@ struct Cli {
 enum Command {
     /// Run a command in a new container.
     Run(Box<run_flags::RunArgs>),
-    /// List containers.
-    Ps(containers::PsArgs),
+    /// List containers (docker), or the processes of one (runc: `ps ID`).
+    Ps(runc::PsArgs),
     /// Show a container's output.
     Logs(containers::LogsArgs),
-    /// Run a command in a running container.
-    Exec(containers::ExecArgs),
+    /// Run a command in a running container (docker's and runc's flags).
+    Exec(runc::ExecArgs),
     /// Stop containers: the stop signal, then SIGKILL after a timeout.
     Stop(containers::StopArgs),
-    /// Send a signal to containers.
-    Kill(containers::KillArgs),
+    /// Send a signal to containers (docker's `-s SIG C…`, runc's `ID [SIG]`).
+    Kill(runc::KillArgs),
     /// Remove containers.
     Rm(containers::RmArgs),
     /// Wait for containers to stop and print their exit codes.
@@ -74,9 +110,30 @@ enum Command {
     TestHost(capsa_kernel::cli::TestHostArgs),
     /// Measure capsa against runc and crun (container lifecycle latency).
     Bench(bench::BenchArgs),
+    /// runc: create a container from an OCI bundle; it waits for `start`.
+    Create(runc::CreateArgs),
+    /// runc: start a container made by `create`.
+    Start(runc::IdArg),
+    /// runc: print a container's state as JSON.
+    State(runc::IdArg),
+    /// runc: delete containers made by `create`.
+    Delete(runc::DeleteArgs),
+    /// runc: list containers made by `create`.
+    List(runc::ListArgs),
+    /// runc: print what capsa supports, as JSON.
+    Features,
+    /// runc: write a default config.json into a bundle.
+    Spec(runc::SpecArgs),
+    /// runc: print a container's resource statistics.
+    Events(runc::EventsArgs),
+    /// runc: freeze every process of a container.
+    Pause(runc::IdArg),
+    /// runc: thaw a paused container.
+    Resume(runc::IdArg),
     /// The monitor process of a detached container (internal).
     #[command(name = "__monitor", hide = true)]
     Monitor { id: String },
+    /// The monitor of a VM-mode container made by `capsa create` (internal).
     #[command(name = "__oci-monitor", hide = true)]
     OciMonitor {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -89,6 +146,14 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_CAPSA_ERROR } else { 0 };
+            if e.use_stderr() {
+                // A runc client reads its --log file to say why we failed.
+                if let Some((path, format)) = log_flags_from_argv() {
+                    let msg = e.render().to_string();
+                    let first = msg.lines().next().unwrap_or_default();
+                    runc::append_log(&path, format, "error", first);
+                }
+            }
             let _ = e.print();
             return ExitCode::from(code as u8);
         }
@@ -96,42 +161,93 @@ fn main() -> ExitCode {
     // libcontainer logs every failure at error level from inside the
     // container's processes; capsa reports the same failure once, in its own
     // words, so its chatter is shown only at debug level and above.
-    let level = cli.log_level.to_ascii_lowercase();
+    let level = if cli.debug {
+        "debug".to_string()
+    } else {
+        cli.log_level.to_ascii_lowercase()
+    };
     let filter = if matches!(level.as_str(), "debug" | "trace") {
         level
     } else {
         format!("{level},libcontainer=off,libcgroups=off")
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .without_time()
-        .init();
+    let env_filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // With runc's --log, logs go to that file as runc's do: a runc client
+    // hands `create` the container's own stdio, which must stay clean.
+    let log_file = cli.log.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    match log_file {
+        Some(f) if cli.log_format == runc::LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(env_filter)
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .init(),
+        Some(f) => tracing_subscriber::fmt()
+            .with_env_filter(env_filter)
+            .event_format(runc::JsonLines)
+            .with_writer(std::sync::Mutex::new(f))
+            .init(),
+        None => tracing_subscriber::fmt()
+            .with_env_filter(env_filter)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init(),
+    }
 
     let roots = Roots::new(cli.root.as_deref());
-    match dispatch(&roots, cli.command) {
+    let (log, log_format) = (cli.log.clone(), cli.log_format);
+    let rootless = cli.rootless.as_deref() == Some("true");
+    match dispatch(&roots, cli.command, rootless) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) => {
             let code = err
                 .downcast_ref::<CodedError>()
                 .map_or(EXIT_CAPSA_ERROR, |c| c.code);
-            eprintln!("capsa: {err:#}");
+            let msg = format!("{err:#}");
+            if let Some(path) = &log {
+                runc::append_log(path, log_format, "error", &msg);
+            }
+            eprintln!("capsa: {msg}");
             ExitCode::from(code as u8)
         }
     }
 }
 
-fn dispatch(roots: &Roots, command: Command) -> anyhow::Result<i32> {
+/// `--log FILE` and `--log-format F` read straight from argv, for errors
+/// found before clap could parse the command line.
+fn log_flags_from_argv() -> Option<(PathBuf, runc::LogFormat)> {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str| {
+        args.iter().enumerate().find_map(|(i, a)| {
+            if a == name {
+                args.get(i + 1).cloned()
+            } else {
+                a.strip_prefix(&format!("{name}=")).map(str::to_string)
+            }
+        })
+    };
+    let path = PathBuf::from(value("--log")?);
+    let format = match value("--log-format").as_deref() {
+        Some("json") => runc::LogFormat::Json,
+        _ => runc::LogFormat::Text,
+    };
+    Some((path, format))
+}
+
+fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i32> {
     match command {
         Command::Run(a) => containers::run(roots, *a),
-        Command::Ps(a) => containers::ps(roots, a),
+        Command::Ps(a) => runc::ps(roots, a),
         Command::Logs(a) => containers::logs(roots, a),
-        Command::Exec(a) => containers::exec(roots, a),
+        Command::Exec(a) => runc::exec(roots, a),
         Command::Stop(a) => containers::stop(roots, a),
-        Command::Kill(a) => containers::kill(roots, a),
+        Command::Kill(a) => runc::kill(roots, a),
         Command::Rm(a) => containers::rm(roots, a),
         Command::Wait(a) => containers::wait(roots, a),
         Command::Inspect(a) => containers::inspect(roots, a),
@@ -145,6 +261,151 @@ fn dispatch(roots: &Roots, command: Command) -> anyhow::Result<i32> {
         Command::TestHost(a) => a.run(),
         Command::Bench(a) => bench::run(roots, a),
         Command::Monitor { id } => containers::monitor(roots, &id),
+        Command::Create(a) => runc::create(roots, a),
+        Command::Start(a) => runc::start(roots, a),
+        Command::State(a) => runc::state(roots, a),
+        Command::Delete(a) => runc::delete(roots, a),
+        Command::List(a) => runc::list(roots, a),
+        Command::Features => runc::features(),
+        Command::Spec(a) => runc::spec(a, rootless),
+        Command::Events(a) => runc::events(roots, a),
+        Command::Pause(a) => runc::pause(roots, a),
+        Command::Resume(a) => runc::resume(roots, a),
         Command::OciMonitor { args } => std::process::exit(capsa_shim::oci::monitor_main(&args)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("capsa").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// The command lines go-runc (containerd's runc shim) and conmon
+    /// (podman) send, and the orders runc's users write.
+    #[test]
+    fn runc_clients_command_lines_parse() {
+        let root = [
+            "--root",
+            "/run/containerd/runc/default",
+            "--log",
+            "/b/log.json",
+            "--log-format",
+            "json",
+        ];
+        let with_root = |rest: &[&str]| -> Vec<String> {
+            root.iter()
+                .chain(rest.iter())
+                .map(|s| s.to_string())
+                .collect()
+        };
+        for line in [
+            with_root(&[
+                "create",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/b/init.pid",
+                "c1",
+            ]),
+            with_root(&[
+                "create",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/b/init.pid",
+                "--no-pivot",
+                "--no-new-keyring",
+                "--console-socket",
+                "/tmp/s",
+                "--detach",
+                "--preserve-fds",
+                "2",
+                "c1",
+            ]),
+            with_root(&["start", "c1"]),
+            with_root(&["state", "c1"]),
+            with_root(&["kill", "c1", "9"]),
+            with_root(&["kill", "--all", "c1", "15"]),
+            with_root(&["delete", "--force", "c1"]),
+            with_root(&[
+                "exec",
+                "--process",
+                "/tmp/p.json",
+                "--detach",
+                "--pid-file",
+                "/b/e.pid",
+                "c1",
+            ]),
+            with_root(&[
+                "exec",
+                "--pid-file",
+                "/x/pid",
+                "--process",
+                "/x/p.json",
+                "--detach",
+                "--tty",
+                "--console-socket",
+                "/x/s",
+                "--process",
+                "/x/p.json",
+                "c1",
+            ]),
+            with_root(&["ps", "--format", "json", "c1"]),
+            with_root(&["events", "--stats", "c1"]),
+            with_root(&["pause", "c1"]),
+            with_root(&["resume", "c1"]),
+            vec![
+                "--systemd-cgroup".into(),
+                "--rootless=false".into(),
+                "--root=/r".into(),
+                "delete".into(),
+                "c1".into(),
+                "--force".into(),
+            ],
+            vec![
+                "--debug".into(),
+                "--rootless".into(),
+                "list".into(),
+                "-q".into(),
+            ],
+            vec!["kill".into(), "c1".into(), "KILL".into()],
+            vec!["kill".into(), "--all".into(), "c1".into(), "9".into()],
+            vec![
+                "exec".into(),
+                "--pid-file".into(),
+                "f".into(),
+                "c1".into(),
+                "echo".into(),
+                "-n".into(),
+                "x".into(),
+            ],
+            vec!["ps".into(), "c1".into(), "-o".into(), "pid,comm".into()],
+            vec![
+                "spec".into(),
+                "--rootless".into(),
+                "-b".into(),
+                "/tmp".into(),
+            ],
+            vec!["features".into()],
+            vec!["__oci-monitor".into(), "--x".into(), "y".into()],
+        ] {
+            let refs: Vec<&str> = line.iter().map(String::as_str).collect();
+            parse(&refs);
+        }
+        let cli = parse(&["exec", "c1", "sh", "-c", "--pid-file"]);
+        let Command::Exec(e) = cli.command else {
+            panic!()
+        };
+        assert!(e.pid_file_is_none(), "flags after the command belong to it");
     }
 }

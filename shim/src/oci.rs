@@ -256,9 +256,45 @@ fn prepare_vm_bundle(paths: &ContainerPaths, bundle: &Path, mut spec: Spec) -> R
             linux.set_namespaces(Some(ns));
         }
     }
+    engine_binds_for_vm(&mut spec);
     fs::create_dir_all(paths.bundle())?;
     spec.save(paths.config())?;
     Ok(())
+}
+
+/// The bind mounts an engine adds to every container (podman: /etc/hosts,
+/// /etc/hostname, /etc/resolv.conf, /run/.containerenv as writable files,
+/// /dev/shm as a host tmpfs) cannot be shared with a guest: the files
+/// become read-only snapshots (copied into the VM, as the root filesystem
+/// is), and /dev/shm the guest's own tmpfs (its IPC namespace is private
+/// anyway). Other writable binds stay refused by the microvm backend.
+fn engine_binds_for_vm(spec: &mut Spec) {
+    let Some(mounts) = spec.mounts().clone() else {
+        return;
+    };
+    let mounts = mounts
+        .into_iter()
+        .map(|mut m| {
+            let mut opts = m.options().clone().unwrap_or_default();
+            let is_bind = m.typ().as_deref() == Some("bind")
+                || opts.iter().any(|o| o == "bind" || o == "rbind");
+            let src_is_file = m.source().as_ref().is_some_and(|s| s.is_file());
+            if !is_bind || opts.iter().any(|o| o == "ro") {
+                return m;
+            }
+            if m.destination() == Path::new("/dev/shm") {
+                opts.retain(|o| !matches!(o.as_str(), "bind" | "rbind" | "rprivate" | "private"));
+                m.set_typ(Some("tmpfs".into()));
+                m.set_source(Some(PathBuf::from("shm")));
+                m.set_options(Some(opts));
+            } else if src_is_file {
+                opts.push("ro".into());
+                m.set_options(Some(opts));
+            }
+            m
+        })
+        .collect();
+    spec.set_mounts(Some(mounts));
 }
 
 /// Arguments of `capsa __oci-monitor`.

@@ -1,6 +1,7 @@
 //! `-v HOST:CTR:ro` in VM mode. The guest cannot see the host's files, so
 //! each read-only bind mount becomes a small read-only ext4 disk made from
-//! the host directory (`mkfs.ext4 -d`, a snapshot taken at start); the agent
+//! the host directory, or from a copy of the single file it binds
+//! (`mkfs.ext4 -d`, a snapshot taken at start); the agent
 //! mounts it in the guest and the spec's bind source is rewritten to that
 //! place. Read-write volumes would need a shared filesystem (virtio-fs) and
 //! are refused with a clear message.
@@ -79,21 +80,35 @@ pub fn disks_for(
                 )
             ));
         }
-        if !src.is_dir() {
+        let n = out.len();
+        let letter = (first_device as u8 + n as u8) as char;
+        let image = dir.join(format!("volume-{n}.ext4"));
+        let guest_path = format!("/run/capsa/volumes/{n}");
+        if src.is_dir() {
+            make_image(&src, &image)?;
+            m.set_source(Some(PathBuf::from(&guest_path)));
+        } else if src.is_file() {
+            // A single file (an engine's /etc/hosts, /run/.containerenv…):
+            // a disk holding only a copy of it, never its directory.
+            let name = src.file_name().context("a bind source without a name")?;
+            let staging = dir.join(format!("volume-{n}.d"));
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging)?;
+            std::fs::copy(&src, staging.join(name))
+                .with_context(|| format!("copying {} for the VM", src.display()))?;
+            let made = make_image(&staging, &image);
+            let _ = std::fs::remove_dir_all(&staging);
+            made?;
+            m.set_source(Some(Path::new(&guest_path).join(name)));
+        } else {
             bail!(CodedError::new(
                 EXIT_CAPSA_ERROR,
                 format!(
-                    "VM mode can share directories, not single files: {}",
+                    "VM mode can share directories and files, not {}",
                     src.display()
                 )
             ));
         }
-        let n = out.len();
-        let letter = (first_device as u8 + n as u8) as char;
-        let image = dir.join(format!("volume-{n}.ext4"));
-        make_image(&src, &image)?;
-        let guest_path = format!("/run/capsa/volumes/{n}");
-        m.set_source(Some(PathBuf::from(&guest_path)));
         out.push(VolumeDisk {
             image,
             volume: Volume {

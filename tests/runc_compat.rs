@@ -1,0 +1,566 @@
+//! capsa's runc-compatible command line, driven the way runc is driven:
+//!
+//! - directly (`capsa spec`, `create`, `start`, `state`, `list`, `ps`,
+//!   `exec`, `events --stats`, `pause`, `resume`, `kill`, `delete`), checking
+//!   runc's output formats and exit codes;
+//! - by containerd 1.6's stock runc shim (`ctr run --runc-binary capsa`), and
+//!   by podman (`podman --runtime capsa`), each with a private daemon/root
+//!   under a temp dir (tests/runc_compat.sh does the client steps);
+//! - both clients again with `io.capsa.isolation=vm`, in one KVM test-host
+//!   boot (this machine's /dev/kvm cannot run the microVM itself).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use capsa_kernel::test_host::TestHost;
+use capsa_tests::{capsa_bin, leaks_of, require_root, stderr, stdout, Env};
+use serde_json::Value;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/runc_compat.sh");
+
+/// Fails clearly when a client this test drives is not installed.
+fn require_tools(tools: &[&str]) {
+    for t in tools {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).exists()))
+            .unwrap_or(false);
+        assert!(
+            found,
+            "{t} is not installed: run scripts/setup.sh (it installs containerd and podman)"
+        );
+    }
+}
+
+/// An OCI bundle with the demo image's root filesystem, unpacked from the
+/// archive `capsa save` writes (what any runc user would do with an image).
+fn demo_bundle(env: &Env, bundle: &Path) {
+    let archive = env.path().join("demo.tar");
+    env.ok(&["save", "demo", "-o", archive.to_str().unwrap()]);
+    let oci = env.path().join("demo-oci");
+    std::fs::create_dir_all(&oci).unwrap();
+    sh(&format!(
+        "tar -xf {} -C {}",
+        archive.display(),
+        oci.display()
+    ));
+    let blob = |digest: &str| {
+        oci.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(oci.join("index.json")).unwrap()).unwrap();
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let b = blob(layer["digest"].as_str().unwrap());
+        sh(&format!("tar -xzf {} -C {}", b.display(), rootfs.display()));
+    }
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "{cmd} failed");
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "code {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    )
+}
+
+/// `capsa state ID` as JSON.
+fn state(env: &Env, id: &str) -> Value {
+    let out = env.ok(&["state", id]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("state is not JSON ({e}): {out}"))
+}
+
+fn wait_status(env: &Env, id: &str, want: &str) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let s = state(env, id);
+        if s["status"] == want {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{id} is still {} after 20 s, want {want}",
+            s["status"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Processes whose root directory is under `dir`: a container left behind.
+fn processes_rooted_in(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(root) = std::fs::read_link(p.path().join("root")) {
+            if root.starts_with(dir) {
+                out.push(format!(
+                    "process {:?} rooted in {}",
+                    p.file_name(),
+                    root.display()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Sets the bundle's process (args, no terminal) in its config.json.
+fn set_process(bundle: &Path, args: &[&str]) {
+    let path = bundle.join("config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["process"]["terminal"] = Value::Bool(false);
+    spec["process"]["args"] = serde_json::json!(args);
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+}
+
+#[test]
+fn runc_command_line_directly() {
+    let env = Env::with_demo();
+    let root = env.path().to_str().unwrap().to_string();
+    let bundle = env.path().join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    demo_bundle(&env, &bundle);
+    let b = bundle.to_str().unwrap();
+
+    // spec: a default config.json, and runc's refusal to overwrite it.
+    env.ok(&["spec", "--bundle", b]);
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(spec["root"]["path"], "rootfs");
+    assert_eq!(spec["process"]["args"], serde_json::json!(["sh"]));
+    assert_eq!(spec["process"]["terminal"], true);
+    let again = env.run(&["spec", "--bundle", b]);
+    assert_eq!(
+        code(&again),
+        1,
+        "spec over an existing config.json: {}",
+        show(&again)
+    );
+
+    // features: runc's shape.
+    let f: Value = serde_json::from_str(&env.ok(&["features"])).unwrap();
+    assert!(f["ociVersionMax"].is_string() && f["linux"]["namespaces"].is_array());
+    assert!(f["annotations"]["io.capsa.isolation"].is_string());
+
+    set_process(
+        &bundle,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; echo started; while :; do sleep 0.1; done",
+        ],
+    );
+    // The container's stdio is create's own (runc's pass-through).
+    let out_path = env.path().join("c1.out");
+    let out_file = std::fs::File::create(&out_path).unwrap();
+    let pid_file = env.path().join("c1.pid");
+    let created = env
+        .cmd(&[
+            "--log",
+            &format!("{root}/runc.log"),
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            b,
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "c1",
+        ])
+        .stdout(Stdio::from(out_file.try_clone().unwrap()))
+        .stderr(Stdio::from(out_file))
+        .status()
+        .unwrap();
+    assert!(
+        created.success(),
+        "create failed: {}",
+        std::fs::read_to_string(&out_path).unwrap_or_default()
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let s = state(&env, "c1");
+    assert_eq!(s["status"], "created", "{s}");
+    assert_eq!(s["id"], "c1");
+    assert_eq!(s["pid"], pid, "state pid vs --pid-file");
+    assert_eq!(Path::new(s["bundle"].as_str().unwrap()), bundle);
+    for k in ["ociVersion", "rootfs", "created", "owner"] {
+        assert!(s.get(k).is_some(), "state lacks {k}: {s}");
+    }
+
+    // list: runc's table, json and -q.
+    let table = env.ok(&["list"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["c1", &pid.to_string(), "created", b]);
+    let listed: Value = serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(listed[0]["id"], "c1");
+    assert_eq!(env.ok(&["list", "-q"]), "c1\n");
+
+    env.ok(&["start", "c1"]);
+    wait_status(&env, "c1", "running");
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&out_path)
+        .unwrap()
+        .contains("started")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no output from the container"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = env.run(&["start", "c1"]);
+    assert_eq!(
+        code(&again),
+        1,
+        "start of a running container: {}",
+        show(&again)
+    );
+
+    // ps: the pids as JSON, or ps(1)'s table filtered to the container.
+    let pids: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", "c1"])).unwrap();
+    assert!(pids.contains(&pid), "ps {pids:?} lacks init {pid}");
+    let table = env.ok(&["ps", "c1"]);
+    assert!(table.lines().next().unwrap().contains("PID"), "{table}");
+    assert!(
+        table
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some(&pid.to_string())),
+        "ps table lacks {pid}:\n{table}"
+    );
+
+    // exec: waits and passes the exit code on; flags before the ID.
+    let o = env.run(&[
+        "exec",
+        "--env",
+        "X=42",
+        "c1",
+        "sh",
+        "-c",
+        "echo from-exec $X; exit 5",
+    ]);
+    assert_eq!(code(&o), 5, "{}", show(&o));
+    assert_eq!(stdout(&o), "from-exec 42\n");
+    // --process FILE, --pid-file, --detach (what go-runc and conmon send).
+    let mut process = spec["process"].clone();
+    process["terminal"] = Value::Bool(false);
+    process["args"] = serde_json::json!(["sh", "-c", "echo detached > /dev/shm/d; sleep 1"]);
+    let pfile = env.path().join("process.json");
+    std::fs::write(&pfile, process.to_string()).unwrap();
+    let epid = env.path().join("exec.pid");
+    env.ok(&[
+        "exec",
+        "--process",
+        pfile.to_str().unwrap(),
+        "--detach",
+        "--pid-file",
+        epid.to_str().unwrap(),
+        "c1",
+    ]);
+    assert!(std::fs::read_to_string(&epid)
+        .unwrap()
+        .trim()
+        .parse::<i32>()
+        .is_ok());
+    let t0 = Instant::now();
+    loop {
+        let o = env.run(&["exec", "c1", "cat", "/dev/shm/d"]);
+        if stdout(&o) == "detached\n" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "detached exec: {}",
+            show(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = env.run(&["exec", "c1", "no-such-command"]);
+    assert_ne!(code(&o), 0, "{}", show(&o));
+
+    // events --stats: one runc stats event.
+    let ev: Value = serde_json::from_str(env.ok(&["events", "--stats", "c1"]).trim()).unwrap();
+    assert_eq!(ev["type"], "stats");
+    assert_eq!(ev["id"], "c1");
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
+    assert!(
+        ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
+        "{ev}"
+    );
+    assert!(
+        ev["data"]["cpu"]["usage"]["total"].as_u64().unwrap() > 0,
+        "{ev}"
+    );
+
+    env.ok(&["pause", "c1"]);
+    assert_eq!(state(&env, "c1")["status"], "paused");
+    env.ok(&["resume", "c1"]);
+    assert_eq!(state(&env, "c1")["status"], "running");
+
+    // delete refuses a running container.
+    let o = env.run(&["delete", "c1"]);
+    assert_eq!(code(&o), 1, "delete of a running container: {}", show(&o));
+
+    // kill ID (SIGTERM by default, runc's), then the container stops.
+    env.ok(&["kill", "c1"]);
+    let s = wait_status(&env, "c1", "stopped");
+    assert_eq!(s["pid"], 0, "{s}");
+    assert!(std::fs::read_to_string(&out_path)
+        .unwrap()
+        .contains("got-term"));
+    let o = env.run(&["kill", "c1", "KILL"]);
+    assert_eq!(code(&o), 1, "kill of a stopped container: {}", show(&o));
+
+    // delete; then the container is gone in runc's words.
+    env.ok(&["delete", "c1"]);
+    let o = env.run(&["state", "c1"]);
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(stderr(&o).contains("does not exist"), "{}", show(&o));
+    env.ok(&["delete", "--force", "c1"]); // runc: --force of a missing one succeeds
+    let o = env.run(&[
+        "--log",
+        &format!("{root}/runc.log"),
+        "--log-format",
+        "json",
+        "start",
+        "c1",
+    ]);
+    assert_eq!(code(&o), 1);
+    let log = std::fs::read_to_string(format!("{root}/runc.log")).unwrap();
+    let last: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "error", "{log}");
+    assert!(last["msg"].as_str().unwrap().contains("c1"), "{log}");
+
+    // A created container deleted with --force; `kill --all ID 9` and flags
+    // after the ID, on a running one.
+    set_process(&bundle, &["sleep", "300"]);
+    for id in ["c2", "c3"] {
+        // Not output(): the container keeps create's stdio open.
+        let st = env
+            .cmd(&["create", "-b", b, id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "create {id} failed");
+    }
+    env.ok(&["delete", "c2", "--force"]);
+    env.ok(&["start", "c3"]);
+    env.ok(&["kill", "--all", "c3", "9"]);
+    wait_status(&env, "c3", "stopped");
+    env.ok(&["delete", "c3"]);
+    assert_eq!(env.ok(&["list", "--format", "json"]).trim(), "null");
+
+    let mut leaks = leaks_of(env.path(), &[]);
+    leaks.extend(processes_rooted_in(&bundle));
+    assert!(leaks.is_empty(), "leaked: {leaks:#?}");
+}
+
+// ------------------------------------------------------------ real clients
+
+type Steps = BTreeMap<String, (i32, String)>;
+
+/// The "@@ NAME code=N out=…" lines of one runc_compat.sh run.
+fn parse(section: &str) -> Steps {
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("@@ "))
+        .map(|rest| {
+            let (name, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (code, out) = rest.split_once(" out=").unwrap_or((rest, ""));
+            let code = code.trim_start_matches("code=").parse().unwrap_or(-1);
+            (name.to_string(), (code, out.to_string()))
+        })
+        .collect()
+}
+
+struct Check<'a> {
+    steps: Steps,
+    ctx: &'a str,
+}
+
+impl Check<'_> {
+    fn get(&self, name: &str) -> &(i32, String) {
+        self.steps
+            .get(name)
+            .unwrap_or_else(|| panic!("step {name} did not run\n{}", self.ctx))
+    }
+    fn code(&self, name: &str, want: i32) -> &str {
+        let (code, out) = self.get(name);
+        assert_eq!(*code, want, "step {name}: output {out}\n{}", self.ctx);
+        out
+    }
+    fn has(&self, name: &str, want: i32, parts: &[&str]) {
+        let out = self.code(name, want);
+        for p in parts {
+            assert!(
+                out.contains(p),
+                "step {name}: {out:?} lacks {p:?}\n{}",
+                self.ctx
+            );
+        }
+    }
+    fn empty(&self, name: &str) {
+        let out = self.code(name, 0);
+        assert!(
+            out.is_empty(),
+            "step {name}: {out:?}, want nothing\n{}",
+            self.ctx
+        );
+    }
+}
+
+fn check_containerd(section: &str, mode: &str, ctx: &str) {
+    let c = Check {
+        steps: parse(section),
+        ctx,
+    };
+    c.code("setup", 0);
+    c.code("daemon-up", 0);
+    c.code("import", 0);
+    // ctr run --rm: output and the exit code through the runc shim.
+    c.has("run-rm", 3, &["hi", "err"]);
+    c.code("run-d", 0);
+    c.has("task-ls", 0, &["t2", "RUNNING"]);
+    c.has("state", 0, &["\"status\": \"running\"", "\"id\": \"t2\""]);
+    if mode == "vm" {
+        c.has("state", 0, &["io.capsa.isolation", "vm"]);
+    }
+    c.has("exec", 0, &["x", "y"]);
+    c.code("exec-code", 4);
+    c.code("ps", 0);
+    c.code("kill", 0);
+    c.has("stopped", 0, &["t2", "STOPPED"]);
+    c.code("task-delete", 0);
+    c.code("container-delete", 0);
+    c.empty("runc-list");
+    c.code("image-rm", 0);
+    c.empty("leftovers");
+}
+
+fn check_podman(section: &str, mode: &str, ctx: &str) {
+    let c = Check {
+        steps: parse(section),
+        ctx,
+    };
+    c.code("setup", 0);
+    c.code("load", 0);
+    c.has("run-rm", 0, &["hi", "err"]);
+    c.code("run-exit", 3);
+    c.code("run-d", 0);
+    c.has("state", 0, &["\"status\": \"running\""]);
+    if mode == "vm" {
+        c.has("state", 0, &["io.capsa.isolation", "vm"]);
+    }
+    c.has("exec", 0, &["x", "y"]);
+    c.code("exec-code", 4);
+    c.code("stop", 0);
+    c.has("wait", 0, &["0"]);
+    c.code("rm", 0);
+    c.empty("ps");
+    c.empty("runc-list");
+    c.code("rmi", 0);
+    c.empty("leftovers");
+}
+
+/// Runs runc_compat.sh for one client on this machine (container mode).
+fn run_client(client: &str) -> (String, PathBuf, tempfile::TempDir) {
+    require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("capsa-runc-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let work = dir.path().join("w");
+    let out = Command::new("sh")
+        .arg(SCRIPT)
+        .arg(capsa_bin())
+        .arg(client)
+        .arg("container")
+        .arg(&work)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!("{}\nstderr:\n{}", stdout(&out), stderr(&out));
+    (text, work, dir)
+}
+
+#[test]
+fn containerd_runc_shim_drives_capsa() {
+    require_tools(&["containerd", "ctr", "containerd-shim-runc-v2"]);
+    let (out, work, _dir) = run_client("containerd");
+    check_containerd(&out, "container", &out);
+    let leaks = leaks_of(&work, &[]);
+    assert!(leaks.is_empty(), "leaked: {leaks:#?}");
+}
+
+#[test]
+fn podman_drives_capsa() {
+    require_tools(&["podman", "conmon"]);
+    let (out, work, _dir) = run_client("podman");
+    check_podman(&out, "container", &out);
+    let leaks = leaks_of(&work, &[]);
+    assert!(leaks.is_empty(), "leaked: {leaks:#?}");
+}
+
+/// VM isolation through both clients: one KVM test-host boot runs the
+/// script for containerd and for podman (state under /run, the test host's
+/// writable tmpfs).
+#[test]
+fn both_clients_drive_vm_isolation() {
+    require_root();
+    require_tools(&[
+        "containerd",
+        "ctr",
+        "containerd-shim-runc-v2",
+        "podman",
+        "conmon",
+    ]);
+    let capsa = capsa_bin();
+    let cmd = format!(
+        "sh {SCRIPT} {c} containerd vm /run/rc-containerd; echo '#### podman'; \
+         sh {SCRIPT} {c} podman vm /run/rc-podman",
+        c = capsa.display()
+    );
+    let out = TestHost::new("/bin/sh")
+        .arg("-c")
+        .arg(&cmd)
+        .timeout(Duration::from_secs(1200))
+        .output()
+        .expect("the KVM test host could not run (see scripts/setup.sh and docs/guest-kernel.md)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ctx = format!(
+        "{text}\nstderr:\n{}\nconsole tail:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.console[out.console.len().saturating_sub(3000)..])
+    );
+    let (containerd, podman) = text
+        .split_once("#### podman")
+        .unwrap_or_else(|| panic!("the script did not finish:\n{ctx}"));
+    check_containerd(containerd, "vm", &ctx);
+    check_podman(podman, "vm", &ctx);
+}
