@@ -376,6 +376,27 @@ fn runc_command_line_directly() {
     env.ok(&["delete", "c3"]);
     assert_eq!(env.ok(&["list", "--format", "json"]).trim(), "null");
 
+    // kill, exec, ps and delete keep docker's meaning for `capsa run`'s
+    // containers, and runc's commands do not touch them.
+    env.ok(&["run", "-d", "--name", "dock", "demo", "sleep", "300"]);
+    assert!(env.ok(&["ps"]).contains("dock"), "docker-style ps");
+    assert_eq!(env.ok(&["exec", "dock", "echo", "in-dock"]), "in-dock\n");
+    let o = env.run(&["delete", "--force", "dock"]);
+    assert_eq!(
+        code(&o),
+        1,
+        "runc delete of a docker-style container: {}",
+        show(&o)
+    );
+    assert_eq!(
+        env.ok(&["list", "-q"]),
+        "",
+        "list shows only runc's containers"
+    );
+    assert_eq!(env.ok(&["kill", "dock"]), "dock\n"); // docker: SIGKILL, prints the name
+    env.ok(&["wait", "dock"]);
+    env.ok(&["rm", "dock"]);
+
     let mut leaks = leaks_of(env.path(), &[]);
     leaks.extend(processes_rooted_in(&bundle));
     assert!(leaks.is_empty(), "leaked: {leaks:#?}");

@@ -250,8 +250,16 @@ pub fn delete(roots: &Roots, a: DeleteArgs) -> Result<i32> {
     for id in &a.ids {
         // runc: `delete --force` of a container that does not exist succeeds
         // (containerd and podman clean up that way).
-        if a.force && oci::state(roots, id).is_err() {
+        let known = capsa_shim::Record::find(roots, id).is_ok();
+        if a.force && !known {
             continue;
+        }
+        if known && !is_oci(roots, id) {
+            return Err(CodedError::new(
+                EXIT_RUNC_ERROR,
+                format!("container {id} was made by `capsa run`: remove it with `capsa rm`"),
+            )
+            .into());
         }
         state_or_missing(roots, id)
             .and_then(|_| oci::delete(roots, id, a.force))
@@ -815,6 +823,7 @@ pub fn features_json() -> serde_json::Value {
         "annotations": {
             "io.capsa.isolation": "container|vm (default container)",
             "io.capsa.kernel": "vm isolation: path of the guest kernel to boot",
+            "io.capsa.hooks": "supported in container isolation only (a VM's guest cannot run host binaries)",
             "org.opencontainers.runc.checkpoint.enabled": "false"
         }
     })

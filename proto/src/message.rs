@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol. Bump it on any incompatible change; the
 /// handshake refuses a peer that speaks another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// v2 added [`Request::Delete`] (several containers per guest).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest container or exec id, in bytes (ids travel in a one-byte length
 /// field in stream frames).
@@ -171,8 +173,13 @@ pub struct ExecProcess {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Create the container (namespaces, mounts, process set up, but the
+    /// Create a container (namespaces, mounts, process set up, but the
     /// user process not started). Reply: `Ok`.
+    ///
+    /// A guest may hold several containers (the containers of one pod),
+    /// each with its own id. The first one created is the sandbox's: the
+    /// guest powers off once it has exited and its exit was reported (or no
+    /// host is connected); the others' exits do not end the guest.
     Create {
         /// Container id, 1..=[`MAX_ID_LEN`] bytes.
         container_id: String,
@@ -230,6 +237,14 @@ pub enum Request {
     /// Kill every process, sync, and power the guest off. Reply: `Ok`
     /// (sent before the power-off).
     Shutdown,
+    /// Remove a container whose init process has exited: its processes'
+    /// state, its runtime state and cgroup, its root overlay and disks are
+    /// released, and its id may be created again. Kills nothing: a container
+    /// with a live process is refused (`InvalidState`). Reply: `Ok`.
+    Delete {
+        /// Container id.
+        container_id: String,
+    },
 }
 
 impl Request {
@@ -244,11 +259,12 @@ impl Request {
             Request::ResizeTty { .. } => "resize_tty",
             Request::Stats { .. } => "stats",
             Request::Shutdown => "shutdown",
+            Request::Delete { .. } => "delete",
         }
     }
 
-    /// Checks what serde cannot: ids that name new processes are non-empty
-    /// and fit [`MAX_ID_LEN`]. The decoder applies it to every request.
+    /// Checks what serde cannot: ids that name new processes (and the
+    /// container a `Delete` removes) are non-empty and fit [`MAX_ID_LEN`]. The decoder applies it to every request.
     pub fn validate(&self) -> Result<(), String> {
         let check = |what: &str, id: &str| {
             if id.is_empty() || id.len() > MAX_ID_LEN {
@@ -261,7 +277,9 @@ impl Request {
             }
         };
         match self {
-            Request::Create { container_id, .. } => check("container_id", container_id),
+            Request::Create { container_id, .. } | Request::Delete { container_id } => {
+                check("container_id", container_id)
+            }
             Request::Exec {
                 container_id,
                 exec_id,

@@ -240,6 +240,13 @@ fn malformed_frames_are_answered_and_the_stream_stays_in_step() {
             Some(6),
         ),
         (frame(0x02, br#"{"request":{"op":"shutdown"}}"#), None),
+        (
+            frame(
+                0x02,
+                br#"{"id":7,"request":{"op":"delete","container_id":""}}"#,
+            ),
+            Some(7),
+        ),
         (frame(0x02, b"[]"), None),
         (
             frame(0x03, br#"{"id":1,"response":{"result":"maybe"}}"#),
@@ -675,5 +682,5 @@ fn fuzz_seeds_written_from_the_documented_layout_decode() {
             }
         }
     }
-    assert_eq!(frames, 18);
+    assert_eq!(frames, 19);
 }

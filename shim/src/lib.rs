@@ -16,6 +16,7 @@
 //! containerd shim use it).
 
 pub mod backend;
+pub mod containerd;
 pub mod lifecycle;
 pub mod logs;
 pub mod microvm;

@@ -132,6 +132,9 @@ pub fn all_requests() -> Vec<Request> {
             container_id: "c1".into(),
         },
         Request::Shutdown,
+        Request::Delete {
+            container_id: "c2".into(),
+        },
     ]
 }
 
