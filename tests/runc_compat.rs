@@ -479,9 +479,47 @@ fn check_containerd(section: &str, mode: &str, ctx: &str) {
     c.has("stopped", 0, &["t2", "STOPPED"]);
     c.code("task-delete", 0);
     c.code("container-delete", 0);
+    check_pod(&c, mode);
     c.empty("runc-list");
     c.code("image-rm", 0);
     c.empty("leftovers");
+}
+
+/// A sandbox and its members: in VM mode one VM (one capsa-vmm, one
+/// guest boot_id different from the host's); in container mode all of
+/// them run on the host's kernel.
+fn check_pod(c: &Check, mode: &str) {
+    c.code("pod-sandbox", 0);
+    c.code("pod-member", 0);
+    let out = c.code("pod-kernels", 0);
+    let lines: Vec<&str> = out.split('|').collect();
+    assert!(lines.len() >= 4, "pod-kernels: {out}\n{}", c.ctx);
+    let (b0, b1, host, vmms) = (lines[0], lines[1], lines[2], lines[3]);
+    assert_eq!(
+        b0, b1,
+        "the pod's containers run on different kernels\n{}",
+        c.ctx
+    );
+    if mode == "vm" {
+        assert_ne!(
+            b0, host,
+            "a VM-mode pod runs on the host's kernel\n{}",
+            c.ctx
+        );
+        assert_eq!(
+            vmms, "1",
+            "a VM-mode pod of two containers runs {vmms} VMs\n{}",
+            c.ctx
+        );
+    } else {
+        assert_eq!(b0, host, "{}", c.ctx);
+    }
+    c.has("pod-run-rm", 6, &["from-pod2"]);
+    c.has("pod-slot-reused", 0, &["from-pod3"]);
+    c.code("pod-kill-member", 0);
+    c.has("pod-sandbox-alive", 0, &["sandbox-alive"]);
+    c.code("pod-kill-sandbox", 0);
+    c.code("pod-delete", 0);
 }
 
 fn check_podman(section: &str, mode: &str, ctx: &str) {

@@ -88,10 +88,40 @@ EOF
   step stopped $ctr task ls
   step task-delete $ctr task delete t2
   step container-delete $ctr container delete t2
+  # A pod, marked as containerd's CRI plugin marks one: a sandbox container
+  # and members naming it. In VM mode the members join the sandbox's VM:
+  # one capsa-vmm, one guest kernel (boot_id) for the whole pod.
+  sandbox="--annotation io.kubernetes.cri.container-type=sandbox"
+  member="--annotation io.kubernetes.cri.container-type=container --annotation io.kubernetes.cri.sandbox-id=pod0"
+  step pod-sandbox $ctr run -d $runtime $sandbox $image pod0 sleep 300
+  poll 300 sh -c "$ctr task ls | grep -q 'pod0 .*RUNNING'"
+  step pod-member $ctr run -d $runtime $member $image pod1 sleep 300
+  poll 300 sh -c "$ctr task ls | grep -q 'pod1 .*RUNNING'"
+  {
+    $ctr task exec --exec-id b0 pod0 cat /proc/sys/kernel/random/boot_id
+    $ctr task exec --exec-id b1 pod1 cat /proc/sys/kernel/random/boot_id
+    cat /proc/sys/kernel/random/boot_id
+    pgrep -c capsa-vmm
+  } > "$o" 2>&1
+  report pod-kernels 0
+  $ctr run --rm $runtime $member $image pod2 sh -c 'echo from-pod2; exit 6' > "$o" 2>&1
+  report pod-run-rm $?
+  # A slot freed by pod2 is used again.
+  $ctr run --rm $runtime $member $image pod3 sh -c 'echo from-pod3' > "$o" 2>&1
+  report pod-slot-reused $?
+  step pod-kill-member $ctr task kill -s SIGKILL pod1
+  poll 300 sh -c "$ctr task ls | grep -q 'pod1 .*STOPPED'"
+  $ctr task exec --exec-id a0 pod0 echo sandbox-alive > "$o" 2>&1
+  report pod-sandbox-alive $?
+  $ctr task delete pod1 > /dev/null 2>&1 && $ctr container delete pod1 > /dev/null 2>&1
+  step pod-kill-sandbox $ctr task kill -s SIGKILL pod0
+  poll 300 sh -c "$ctr task ls | grep -q 'pod0 .*STOPPED'"
+  $ctr task delete pod0 > "$o" 2>&1 && $ctr container delete pod0 >> "$o" 2>&1
+  report pod-delete $?
   step runc-list "$capsa" --root "$dir/runc/capsa-test" list -q
   step image-rm $ctr image rm $image
   kill "$daemon"; wait "$daemon"
-  ids="t1 t2"
+  ids="t1 t2 pod0 pod1 pod2 pod3"
   ;;
 podman)
   # capsa's state is in its default root here: podman 4.3 does not pass

@@ -250,6 +250,7 @@ fn record(id: &str, spec: &Spec) -> Record {
         stop_signal: "SIGTERM".into(),
         kernel: None,
         bundle: None,
+        sandbox: None,
     }
 }
 

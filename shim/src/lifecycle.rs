@@ -175,6 +175,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         stop_signal,
         kernel: req.kernel.clone(),
         bundle: None,
+        sandbox: None,
     };
     rec.save(roots)?;
     guard.armed = false;

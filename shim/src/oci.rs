@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ExecRequest, ProcessHandle, ProcessIo};
 use crate::lifecycle::Isolation;
-use crate::microvm::MicroVmBackend;
+use crate::microvm::{sandbox, MicroVmBackend};
 use crate::namespace::NamespaceBackend;
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
@@ -203,6 +203,7 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
             .and_then(|a| a.get(KERNEL_ANNOTATION))
             .map(PathBuf::from),
         bundle: Some(bundle.clone()),
+        sandbox: None,
     };
     let mut undo = Undo {
         roots,
@@ -214,7 +215,20 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
         Isolation::Vm => {
             crate::microvm::check_host(rec.kernel.as_deref())
                 .map_err(|e| error(format!("{e:#}")))?;
-            prepare_vm_bundle(&paths, &bundle, spec)?;
+            let sandbox = sandbox::sandbox_of(&spec);
+            if let Some(sb) = &sandbox {
+                check_sandbox(roots, sb)?;
+                rec.sandbox = Some(sb.clone());
+                rec.save(roots)?;
+                undo.rec = Some(rec.clone());
+            }
+            prepare_vm_bundle(&paths, &bundle, spec, sandbox.as_deref())?;
+            if let Some(sb) = &sandbox {
+                let image = paths.dir.join("rootfs.ext4");
+                let device = sandbox::claim(&ContainerPaths::new(roots, sb).dir, id, &image)?;
+                fs::write(paths.dir.join(sandbox::DEVICE_FILE), device)?;
+                fs::remove_file(&image)?;
+            }
             let pid = spawn_monitor(roots, id, &MonitorArgs::create(roots, id, &io), io)?;
             rec.monitor_pid = Some(pid);
             pid
@@ -230,7 +244,12 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
 /// as config.json and the root filesystem as a disk image, made here from
 /// the bundle's root directory (a snapshot: the guest's writes go to its
 /// own writable layer, not back to that directory).
-fn prepare_vm_bundle(paths: &ContainerPaths, bundle: &Path, mut spec: Spec) -> Result<()> {
+fn prepare_vm_bundle(
+    paths: &ContainerPaths,
+    bundle: &Path,
+    mut spec: Spec,
+    sandbox: Option<&str>,
+) -> Result<()> {
     let rootfs = rootfs_of(bundle, &spec);
     if !rootfs.is_dir() {
         bail!(error(format!(
@@ -241,7 +260,14 @@ fn prepare_vm_bundle(paths: &ContainerPaths, bundle: &Path, mut spec: Spec) -> R
     let disk = paths.dir.join("rootfs.ext4");
     capsa_image::filesystem_image_of(&rootfs, &disk, capsa_image::RootfsFormat::Ext4)
         .with_context(|| format!("making a disk image of {}", rootfs.display()))?;
-    std::os::unix::fs::symlink(&disk, paths.dir.join("rootfs.disk"))?;
+    if sandbox.is_some() {
+        // A joined container gets no disks besides its slot: the files
+        // the engine binds in go into its root image.
+        let id = paths.dir.file_name().unwrap_or_default().to_string_lossy();
+        embed_bound_files(&mut spec, &disk, &id)?;
+    } else {
+        std::os::unix::fs::symlink(&disk, paths.dir.join("rootfs.disk"))?;
+    }
     // The guest has namespaces of its own: paths to the host's (a network
     // namespace the engine prepared) mean nothing there.
     if let Some(linux) = spec.linux_mut() {
@@ -256,45 +282,95 @@ fn prepare_vm_bundle(paths: &ContainerPaths, bundle: &Path, mut spec: Spec) -> R
             linux.set_namespaces(Some(ns));
         }
     }
-    engine_binds_for_vm(&mut spec);
     fs::create_dir_all(paths.bundle())?;
     spec.save(paths.config())?;
     Ok(())
 }
 
-/// The bind mounts an engine adds to every container (podman: /etc/hosts,
-/// /etc/hostname, /etc/resolv.conf, /run/.containerenv as writable files,
-/// /dev/shm as a host tmpfs) cannot be shared with a guest: the files
-/// become read-only snapshots (copied into the VM, as the root filesystem
-/// is), and /dev/shm the guest's own tmpfs (its IPC namespace is private
-/// anyway). Other writable binds stay refused by the microvm backend.
-fn engine_binds_for_vm(spec: &mut Spec) {
-    let Some(mounts) = spec.mounts().clone() else {
-        return;
+/// The sandbox a pod container joins must be a live VM-mode pod sandbox.
+fn check_sandbox(roots: &Roots, sandbox_id: &str) -> Result<()> {
+    let sb = record(roots, sandbox_id)
+        .map_err(|_| error(format!("the pod sandbox {sandbox_id} does not exist")))?;
+    if sb.isolation != Isolation::Vm {
+        bail!(error(format!(
+            "the pod sandbox {sandbox_id} runs in container mode; a VM-mode container can only join a VM-mode pod"
+        )));
+    }
+    match status_of(roots, &sb) {
+        "created" | "running" => Ok(()),
+        other => Err(error(format!("the pod sandbox {sandbox_id} is {other}"))),
+    }
+}
+
+/// Where the agent mounts a container's root image in the guest (its
+/// `assemble_rootfs`); files embedded in the image are bound from there.
+fn guest_image_dir(id: &str) -> String {
+    format!("/run/capsa-agent/disks/{id}/image")
+}
+
+/// Writes the single files an engine binds into a joined container
+/// (/etc/hosts, /etc/resolv.conf, /dev/termination-log…) into its root
+/// image under /.capsa-files (debugfs, from e2fsprogs) and points the
+/// mounts there. A copy: changes stay in the guest. /dev/shm becomes the
+/// container's own tmpfs; other host directories cannot reach the VM.
+fn embed_bound_files(spec: &mut Spec, image: &Path, id: &str) -> Result<()> {
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return Ok(());
     };
-    let mounts = mounts
-        .into_iter()
-        .map(|mut m| {
-            let mut opts = m.options().clone().unwrap_or_default();
-            let is_bind = m.typ().as_deref() == Some("bind")
-                || opts.iter().any(|o| o == "bind" || o == "rbind");
-            let src_is_file = m.source().as_ref().is_some_and(|s| s.is_file());
-            if !is_bind || opts.iter().any(|o| o == "ro") {
-                return m;
-            }
-            if m.destination() == Path::new("/dev/shm") {
-                opts.retain(|o| !matches!(o.as_str(), "bind" | "rbind" | "rprivate" | "private"));
-                m.set_typ(Some("tmpfs".into()));
-                m.set_source(Some(PathBuf::from("shm")));
-                m.set_options(Some(opts));
-            } else if src_is_file {
-                opts.push("ro".into());
-                m.set_options(Some(opts));
-            }
-            m
-        })
-        .collect();
+    let mut script = String::from("mkdir /.capsa-files\n");
+    let mut n = 0;
+    for m in mounts.iter_mut() {
+        let opts = m.options().clone().unwrap_or_default();
+        let is_bind =
+            m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
+        let Some(src) = m.source().clone().filter(|_| is_bind) else {
+            continue;
+        };
+        if m.destination() == Path::new("/dev/shm") {
+            crate::microvm::shm_as_tmpfs(m);
+        } else if src.is_file() {
+            script.push_str(&format!("write {} /.capsa-files/{n}\n", src.display()));
+            m.set_source(Some(PathBuf::from(format!(
+                "{}/.capsa-files/{n}",
+                guest_image_dir(id)
+            ))));
+            n += 1;
+        } else {
+            bail!(error(format!(
+                "a container in a VM-mode pod cannot mount the host directory {} (at {})",
+                src.display(),
+                m.destination().display()
+            )));
+        }
+    }
     spec.set_mounts(Some(mounts));
+    if n == 0 {
+        return Ok(());
+    }
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg("-")
+        .arg(image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .expect("piped")
+                .write_all(script.as_bytes())?;
+            c.wait_with_output()
+        })
+        .context("running debugfs (e2fsprogs)")?;
+    if !out.status.success() {
+        bail!(
+            "writing the bound files into the root image failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// Arguments of `capsa __oci-monitor`.
@@ -637,6 +713,9 @@ pub fn delete(roots: &Roots, id: &str, force: bool) -> Result<()> {
             }
         }
     }
+    if let Some(sb) = &rec.sandbox {
+        sandbox::release(&ContainerPaths::new(roots, sb).dir, id);
+    }
     crate::lifecycle::remove_files(roots, &rec)
 }
 
@@ -694,6 +773,11 @@ fn set_paused(roots: &Roots, id: &str, pause: bool) -> Result<()> {
         Isolation::Container => {
             let mut c = NamespaceBackend::new(roots).container(id)?;
             if pause { c.pause() } else { c.resume() }.map_err(|e| error(format!("{e}")))?;
+        }
+        Isolation::Vm if rec.sandbox.is_some() => {
+            bail!(error(format!(
+                "container {id} shares its pod's VM: pause the pod's sandbox container instead"
+            )));
         }
         Isolation::Vm => {
             // Stopping the VMM stops the vCPUs: the guest, and with it

@@ -70,6 +70,9 @@ pub struct Record {
     /// containerd): the bundle's directory. None for `capsa run`.
     #[serde(default)]
     pub bundle: Option<std::path::PathBuf>,
+    /// VM mode: the pod sandbox container whose VM this container joined.
+    #[serde(default)]
+    pub sandbox: Option<String>,
 }
 
 impl Record {

@@ -6,6 +6,7 @@
 
 mod client;
 pub mod guest;
+pub mod sandbox;
 mod tty;
 mod volumes;
 
@@ -25,6 +26,8 @@ use crate::paths::{ContainerPaths, Roots};
 use crate::record::Record;
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 use client::AgentConn;
+use sandbox::is_sandbox;
+pub use volumes::shm_as_tmpfs;
 
 /// Memory the guest kernel and agent need beyond the container's limit.
 const GUEST_OVERHEAD_MIB: u64 = 96;
@@ -77,10 +80,20 @@ impl MicroVmBackend {
         ContainerPaths::new(&self.roots, id).dir.join("console.log")
     }
 
+    /// The agent socket of the VM the container runs in: its own, or its
+    /// sandbox's when it joined a sandbox VM.
+    fn agent_socket(&self, rec: &Record) -> PathBuf {
+        self.socket(rec.sandbox.as_deref().unwrap_or(&rec.id))
+    }
+
     /// A connection for a command other than the monitor (kill, exec).
     fn connect(&self, rec: &Record) -> Result<AgentConn> {
-        AgentConn::connect(&self.socket(&rec.id), Duration::from_secs(10), &mut || true)
-            .with_context(|| format!("reaching the microVM of {}", rec.name))
+        AgentConn::connect(
+            &self.agent_socket(rec),
+            Duration::from_secs(10),
+            &mut || true,
+        )
+        .with_context(|| format!("reaching the microVM of {}", rec.name))
     }
 
     fn with_conn<T>(&self, rec: &Record, f: impl FnOnce(&AgentConn) -> Result<T>) -> Result<T> {
@@ -98,6 +111,88 @@ impl MicroVmBackend {
         let text = std::fs::read_to_string(self.console_log(id)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(8)..].join("\n")
+    }
+}
+
+impl MicroVmBackend {
+    /// Sends `Create` for the container and wires its standard streams.
+    fn create_in_guest(
+        &self,
+        conn: &Arc<AgentConn>,
+        rec: &Record,
+        spec: oci_spec::runtime::Spec,
+        rootfs: Rootfs,
+        io: ProcessIo,
+    ) -> Result<()> {
+        // With -t the guest allocates the container's terminal; the monitor
+        // gets a host pty whose other end we bridge to the guest.
+        let tty = match &io.console_socket {
+            Some(sock) => Some(tty::bridge(sock)?),
+            None => None,
+        };
+        let stdio = StdioOptions {
+            tty: tty.is_some(),
+            stdin: io.stdin.is_some() || (tty.is_some() && rec.interactive),
+            tty_size: tty.as_ref().and_then(|_| tty::our_winsize()),
+        };
+        if let Some(slave) = &tty {
+            conn.route_output(&rec.id, StdStream::Stdout, slave.try_clone()?);
+        }
+        if let Some(out) = io.stdout {
+            conn.route_output(&rec.id, StdStream::Stdout, out);
+        }
+        if let Some(err) = io.stderr {
+            conn.route_output(&rec.id, StdStream::Stderr, err);
+        }
+        conn.request(Request::Create {
+            container_id: rec.id.clone(),
+            spec: Box::new(spec),
+            rootfs,
+            stdio,
+        })?;
+        if let Some(input) = io.stdin {
+            conn.pump_stdin(&rec.id, input)?;
+        }
+        if let Some(slave) = tty {
+            if stdio.stdin {
+                tty::pump_input(Arc::clone(conn), &rec.id, slave)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the container in its sandbox's running VM, from the slot
+    /// disk `oci` wrote its root filesystem into. It has no VMM of its own:
+    /// the caller's process (the monitor) stands for it.
+    fn join_sandbox(
+        &self,
+        rec: &Record,
+        paths: &ContainerPaths,
+        spec: oci_spec::runtime::Spec,
+        io: ProcessIo,
+    ) -> Result<i32> {
+        let device = std::fs::read_to_string(paths.dir.join(sandbox::DEVICE_FILE))
+            .context("the container has no slot in its sandbox VM")?;
+        let conn = Arc::new(self.connect(rec)?);
+        let limit = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .filter(|l| *l > 0)
+            .map_or(MIN_MEM_MIB << 20, |l| l as u64);
+        let rootfs = Rootfs {
+            device: device.trim().into(),
+            fstype: "ext4".into(),
+            writable: WritableLayer::Tmpfs {
+                size_bytes: limit / 2,
+            },
+            volumes: vec![],
+        };
+        self.create_in_guest(&conn, rec, spec, rootfs, io)?;
+        self.state.lock().unwrap().conn = Some(conn);
+        Ok(std::process::id() as i32)
     }
 }
 
@@ -165,8 +260,14 @@ impl Backend for MicroVmBackend {
         let paths = ContainerPaths::new(&self.roots, &rec.id);
         self.release_rootfs(&paths)?;
         let mut spec = oci_spec::runtime::Spec::load(paths.config())?;
+        if rec.sandbox.is_some() {
+            return self.join_sandbox(rec, &paths, spec, io);
+        }
         let volumes = volumes::disks_for(&mut spec, &paths.dir, 'b', rec.bundle.is_some())?;
-        let (mem_mib, vcpus) = vm_size(&spec);
+        let (mut mem_mib, vcpus) = vm_size(&spec);
+        if is_sandbox(&spec) {
+            mem_mib = mem_mib.max(sandbox::memory_mib(&spec)?);
+        }
         let kernel = guest::kernel(rec.kernel.as_deref())?;
         let initrd = guest::initramfs(&self.roots)?;
         let vmm = guest::sibling_binary("capsa-vmm", "CAPSA_VMM")?;
@@ -190,6 +291,16 @@ impl Backend for MicroVmBackend {
             .arg(format!("{},ro", disk.display()));
         for v in &volumes {
             cmd.arg("--disk").arg(format!("{},ro", v.image.display()));
+        }
+        // A pod's sandbox VM gets spare disks that the pod's other
+        // containers' root filesystems are written into later.
+        let slots = if is_sandbox(&spec) {
+            sandbox::make_slots(&paths.dir, (b'b' + volumes.len() as u8) as char)?
+        } else {
+            vec![]
+        };
+        for slot in &slots {
+            cmd.arg("--disk").arg(format!("{},ro", slot.display()));
         }
         cmd.arg("--vsock-cid")
             .arg("3")
@@ -245,53 +356,20 @@ impl Backend for MicroVmBackend {
         crate::timing::phase("vm: guest booted, agent answered", &mut clock);
         let memory = mem_mib << 20;
         let conn = Arc::new(conn);
-        // With -t the guest allocates the container's terminal; the monitor
-        // gets a host pty whose other end we bridge to the guest.
-        let tty = match &io.console_socket {
-            Some(sock) => Some(tty::bridge(sock)?),
-            None => None,
-        };
-        let stdio = StdioOptions {
-            tty: tty.is_some(),
-            stdin: io.stdin.is_some() || (tty.is_some() && rec.interactive),
-            tty_size: tty.as_ref().and_then(|_| tty::our_winsize()),
-        };
-        if let Some(slave) = &tty {
-            conn.route_output(&rec.id, StdStream::Stdout, slave.try_clone()?);
-        }
-        if let Some(out) = io.stdout {
-            conn.route_output(&rec.id, StdStream::Stdout, out);
-        }
-        if let Some(err) = io.stderr {
-            conn.route_output(&rec.id, StdStream::Stderr, err);
-        }
-        let created = conn.request(Request::Create {
-            container_id: rec.id.clone(),
-            spec: Box::new(spec),
-            rootfs: Rootfs {
-                device: "/dev/vda".into(),
-                fstype: "ext4".into(),
-                writable: WritableLayer::Tmpfs {
-                    size_bytes: memory / 2,
-                },
-                volumes: volumes.into_iter().map(|v| v.volume).collect(),
+        let rootfs = Rootfs {
+            device: "/dev/vda".into(),
+            fstype: "ext4".into(),
+            writable: WritableLayer::Tmpfs {
+                size_bytes: memory / 2,
             },
-            stdio,
-        });
-        if let Err(e) = created {
+            volumes: volumes.into_iter().map(|v| v.volume).collect(),
+        };
+        if let Err(e) = self.create_in_guest(&conn, rec, spec, rootfs, io) {
             let _ = child.kill();
             let _ = child.wait();
             return Err(e);
         }
         crate::timing::phase("vm: container created in the guest", &mut clock);
-        if let Some(input) = io.stdin {
-            conn.pump_stdin(&rec.id, input)?;
-        }
-        if let Some(slave) = tty {
-            if stdio.stdin {
-                tty::pump_input(Arc::clone(&conn), &rec.id, slave)?;
-            }
-        }
         let mut st = self.state.lock().unwrap();
         st.conn = Some(conn);
         st.vmm = Some(child);
@@ -332,7 +410,14 @@ impl Backend for MicroVmBackend {
             (st.conn.take(), st.vmm.take())
         };
         if let Some(c) = conn {
-            let _ = c.request(Request::Shutdown);
+            if rec.sandbox.is_some() {
+                // The VM is the sandbox's: only this container goes.
+                let _ = c.request(Request::Delete {
+                    container_id: rec.id.clone(),
+                });
+            } else {
+                let _ = c.request(Request::Shutdown);
+            }
         }
         if let Some(mut child) = vmm {
             let status = wait_child(&mut child, Duration::from_secs(10));

@@ -1,9 +1,9 @@
 //! `-v HOST:CTR:ro` in VM mode. The guest cannot see the host's files, so
-//! each read-only bind mount becomes a small read-only ext4 disk made from
-//! the host directory, or from a copy of the single file it binds
-//! (`mkfs.ext4 -d`, a snapshot taken at start); the agent
-//! mounts it in the guest and the spec's bind source is rewritten to that
-//! place. Read-write volumes would need a shared filesystem (virtio-fs) and
+//! each read-only bind mount of a directory becomes a small read-only ext4
+//! disk made from it (`mkfs.ext4 -d`, a snapshot taken at start), and the
+//! single files bound in share one more such disk of copies; the agent
+//! mounts them in the guest and the spec's bind sources are rewritten to
+//! those places. Read-write volumes would need a shared filesystem (virtio-fs) and
 //! are refused with a clear message.
 
 use std::path::{Path, PathBuf};
@@ -24,9 +24,10 @@ pub struct VolumeDisk {
 /// Turns the user's bind mounts in `spec` into disks under `dir`. Bind
 /// mounts of files capsa itself made under `dir` (/etc/hosts…) are left to
 /// the agent. `first_device` is the letter of the first free /dev/vdX.
-/// With `copy_files`, bind mounts of single files (an engine's /etc/hosts,
-/// /etc/resolv.conf, /run/.containerenv) are copied onto one more disk, a
-/// snapshot the container reads but whose changes stay in the guest.
+/// Read-only bind mounts of single files — and with `copy_files` (an
+/// engine's bundle: its /etc/hosts, /etc/resolv.conf, /run/.containerenv)
+/// writable ones too — are copied onto one more disk, a snapshot the
+/// container reads but whose changes stay in the guest.
 pub fn disks_for(
     spec: &mut Spec,
     dir: &Path,
@@ -52,16 +53,11 @@ pub fn disks_for(
         if copy_files && m.destination() == Path::new("/dev/shm") {
             // An engine's shared-memory directory (podman binds one): in
             // the guest, the container's own tmpfs does the same job.
-            m.set_typ(Some("tmpfs".into()));
-            m.set_source(Some(PathBuf::from("shm")));
-            m.set_options(Some(
-                ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"]
-                    .map(String::from)
-                    .to_vec(),
-            ));
+            shm_as_tmpfs(m);
             continue;
         }
-        if copy_files && src.is_file() {
+        let readonly = opts.iter().any(|o| o == "ro");
+        if src.is_file() && (copy_files || readonly) {
             std::fs::create_dir_all(&files_dir)?;
             let name = files.to_string();
             std::fs::copy(&src, files_dir.join(&name))
@@ -70,7 +66,7 @@ pub fn disks_for(
             files += 1;
             continue;
         }
-        if !opts.iter().any(|o| o == "ro") {
+        if !readonly {
             bail!(CodedError::new(
                 EXIT_CAPSA_ERROR,
                 format!(
@@ -84,23 +80,7 @@ pub fn disks_for(
         let letter = (first_device as u8 + n as u8) as char;
         let image = dir.join(format!("volume-{n}.ext4"));
         let guest_path = format!("/run/capsa/volumes/{n}");
-        if src.is_dir() {
-            make_image(&src, &image)?;
-            m.set_source(Some(PathBuf::from(&guest_path)));
-        } else if src.is_file() {
-            // A single file (an engine's /etc/hosts, /run/.containerenv…):
-            // a disk holding only a copy of it, never its directory.
-            let name = src.file_name().context("a bind source without a name")?;
-            let staging = dir.join(format!("volume-{n}.d"));
-            let _ = std::fs::remove_dir_all(&staging);
-            std::fs::create_dir_all(&staging)?;
-            std::fs::copy(&src, staging.join(name))
-                .with_context(|| format!("copying {} for the VM", src.display()))?;
-            let made = make_image(&staging, &image);
-            let _ = std::fs::remove_dir_all(&staging);
-            made?;
-            m.set_source(Some(Path::new(&guest_path).join(name)));
-        } else {
+        if !src.is_dir() {
             bail!(CodedError::new(
                 EXIT_CAPSA_ERROR,
                 format!(
@@ -109,6 +89,8 @@ pub fn disks_for(
                 )
             ));
         }
+        make_image(&src, &image)?;
+        m.set_source(Some(PathBuf::from(&guest_path)));
         out.push(VolumeDisk {
             image,
             volume: Volume {
@@ -181,4 +163,15 @@ fn dir_size(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// Turns an engine's /dev/shm bind mount into the container's own tmpfs.
+pub fn shm_as_tmpfs(m: &mut oci_spec::runtime::Mount) {
+    m.set_typ(Some("tmpfs".into()));
+    m.set_source(Some(PathBuf::from("shm")));
+    m.set_options(Some(
+        ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"]
+            .map(String::from)
+            .to_vec(),
+    ));
 }
