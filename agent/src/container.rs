@@ -26,6 +26,29 @@ pub struct Container {
     pub roots: Roots,
     pub spec: Spec,
     mounts: Vec<PathBuf>,
+    /// A mount that even a lazy unmount could not remove: its directories
+    /// are left alone.
+    unmount_failed: bool,
+}
+
+/// `BLKFLSBUF`, `_IO(0x12, 97)` in `<linux/fs.h>` (not in the libc crate).
+const BLKFLSBUF: libc::c_ulong = 0x1261;
+
+/// Drops the guest's cached blocks of block device `device`. The host may
+/// write a new filesystem image into a disk's backing file after boot (a
+/// spare disk "slot" reused for a new container); what the guest read from
+/// it before — at least the zero first block of the boot's partition scan —
+/// must not be what the mount sees.
+pub fn drop_cached_blocks(device: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(device).with_context(|| format!("opening {device}"))?;
+    // SAFETY: BLKFLSBUF takes no argument; the descriptor is open.
+    if unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF, 0) } < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| {
+            format!("dropping the guest's cached blocks of {device} (BLKFLSBUF)")
+        });
+    }
+    Ok(())
 }
 
 fn mount_dev(device: &str, fstype: &str, target: &Path, flags: MsFlags, data: &str) -> Result<()> {
@@ -82,6 +105,7 @@ impl Container {
             roots,
             spec: spec.clone(),
             mounts: Vec::new(),
+            unmount_failed: false,
         };
         let result = (|| -> Result<i32> {
             c.assemble_rootfs(&paths, rootfs)?;
@@ -125,6 +149,7 @@ impl Container {
         let image = base.join("image");
         let scratch = base.join("scratch");
         let ro = MsFlags::MS_RDONLY;
+        drop_cached_blocks(&rootfs.device)?;
         mount_dev(&rootfs.device, &rootfs.fstype, &image, ro, "")
             .context("mounting the image's root filesystem")?;
         self.mounts.push(image.clone());
@@ -134,6 +159,7 @@ impl Container {
                 mount_dev("scratch", "tmpfs", &scratch, MsFlags::empty(), &opts)?
             }
             WritableLayer::Disk { device, fstype } => {
+                drop_cached_blocks(device)?;
                 mount_dev(device, fstype, &scratch, MsFlags::empty(), "")
                     .context("mounting the writable layer's disk")?
             }
@@ -141,6 +167,7 @@ impl Container {
         self.mounts.push(scratch.clone());
         for v in &rootfs.volumes {
             let flags = if v.readonly { ro } else { MsFlags::empty() };
+            drop_cached_blocks(&v.device)?;
             mount_dev(&v.device, &v.fstype, Path::new(&v.guest_path), flags, "")
                 .with_context(|| format!("mounting the volume disk {}", v.device))?;
             self.mounts.push(PathBuf::from(&v.guest_path));
@@ -213,11 +240,36 @@ impl Container {
             crate::guest::say(&format!("releasing container {}: {e:#}", self.record.id));
         }
         while let Some(m) = self.mounts.pop() {
-            if umount2(&m, MntFlags::empty()).is_err() {
-                let _ = umount2(&m, MntFlags::MNT_DETACH);
+            if umount2(&m, MntFlags::empty()).is_err() && umount2(&m, MntFlags::MNT_DETACH).is_err()
+            {
+                crate::guest::say(&format!("could not unmount {}", m.display()));
+                self.unmount_failed = true;
             }
         }
         self.record.status = Status::Stopped;
+    }
+
+    /// After [`Container::destroy`]: removes the container's directories in
+    /// the agent's state (bundle, disk mount points, generated /etc files),
+    /// so its id can be created again. Volume mount points (guest paths the
+    /// host chose) are left in place.
+    pub fn remove_state(&self) {
+        if self.unmount_failed {
+            return;
+        }
+        let id = &self.record.id;
+        let dirs = [
+            Path::new(STATE_DIR).join("disks").join(id),
+            Path::new(STATE_DIR).join("etc").join(id),
+            self.roots.container(id),
+        ];
+        for d in dirs {
+            if let Err(e) = fs::remove_dir_all(&d) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    crate::guest::say(&format!("removing {}: {e}", d.display()));
+                }
+            }
+        }
     }
 }
 

@@ -11,8 +11,9 @@
 //! writable layer), then runs it with **the same container code as the
 //! host**, capsa-shim's namespace backend on youki's libcontainer
 //! ([`container`]) — starts it, streams its stdio with flow control, and
-//! waits for its exit. When the container is gone (or on `Shutdown`) the
-//! agent powers the guest off. Any fatal error prints one line on the serial
+//! waits for its exit. A guest may hold several containers (a pod's); when
+//! the first one created is gone (or on `Shutdown`) the agent powers the
+//! guest off. Any fatal error prints one line on the serial
 //! console and powers off: PID 1 never panics or hangs.
 
 pub mod cmdline;

@@ -2,13 +2,15 @@
 //! frames and answering requests, plus threads that move each process's
 //! standard streams with flow control.
 //!
-//! One container per guest. Every process (the container's init, named by
-//! the container id, and each exec'd process, named by its exec id) belongs
-//! to the connection that created it: its output goes there. If that
-//! connection closes, its output is drained and dropped, so the process
-//! never blocks on a full pipe.
+//! A guest holds one or more containers (the containers of one pod share
+//! its microVM); the first one created is the sandbox's, and its exit ends
+//! the guest. Every process (a container's init, named by the container id,
+//! and each exec'd process, named by its exec id) belongs to the connection
+//! that created it: its output goes there. If that connection closes, its
+//! output is drained and dropped, so the process never blocks on a full
+//! pipe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -27,17 +29,72 @@ use capsa_proto::{
 use capsa_shim::backend::{ExecRequest, ProcessIo};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
 
 use crate::container::{Container, STATE_DIR};
 use crate::reaper::Reaper;
 
 type Conn = SharedEncoder<UnixStream>;
 
-/// One process the agent runs (the container's init or an exec'd one).
+/// What the agent asks of a container: a [`Container`] in the guest, a
+/// stand-in in the unit tests (which run neither as PID 1 nor as root).
+pub trait Managed: Send {
+    fn start(&mut self) -> Result<()>;
+    /// Signals the container's init.
+    fn kill(&self, sig: Signal) -> Result<()>;
+    /// Starts another process in the container; returns its PID.
+    fn exec(&self, req: &ExecRequest, io: ProcessIo) -> Result<i32>;
+    fn oom_killed(&self) -> bool;
+    fn stats(&self) -> capsa_proto::Stats;
+    /// Kills what is left and releases the container. Idempotent.
+    fn destroy(&mut self);
+    /// After `destroy`: removes its state so its id can be created again.
+    fn remove_state(&mut self);
+}
+
+impl Managed for Container {
+    fn start(&mut self) -> Result<()> {
+        Container::start(self)
+    }
+    fn kill(&self, sig: Signal) -> Result<()> {
+        Container::kill(self, sig)
+    }
+    fn exec(&self, req: &ExecRequest, io: ProcessIo) -> Result<i32> {
+        Container::exec(self, req, io)
+    }
+    fn oom_killed(&self) -> bool {
+        Container::oom_killed(self)
+    }
+    fn stats(&self) -> capsa_proto::Stats {
+        crate::container::stats(&self.cgroup_dir())
+    }
+    fn destroy(&mut self) {
+        Container::destroy(self)
+    }
+    fn remove_state(&mut self) {
+        Container::remove_state(self)
+    }
+}
+
+/// Creates a container (its init waiting for `start`), calling `register`
+/// with the init's PID before anything can reap it.
+type Maker = dyn Fn(&str, Spec, &capsa_proto::Rootfs, ProcessIo, &mut dyn FnMut(i32)) -> Result<Box<dyn Managed>>
+    + Send
+    + Sync;
+
+/// One process the agent runs (a container's init or an exec'd one).
 struct Proc {
     pid: i32,
     init: bool,
+    /// The container it runs in (its own id for an init).
+    container: String,
+    /// Tells this process from an earlier one of the same id (a deleted
+    /// container's), whose output threads may still be finishing.
+    serial: u64,
     exit: Option<i32>,
+    /// The host has been sent the exit (init processes only; an exec'd
+    /// process is forgotten then).
+    reported: bool,
     /// Output streams whose Eof has not been sent yet.
     outputs_open: usize,
     master: Option<OwnedFd>,
@@ -48,13 +105,15 @@ struct Proc {
 
 #[derive(Default)]
 struct State {
-    container: Option<Container>,
-    creating: bool,
+    containers: HashMap<String, Box<dyn Managed>>,
+    /// Container ids being created or deleted: reserved, but not usable.
+    busy: HashSet<String>,
+    /// The first container created in this guest, the sandbox's: the
+    /// guest lives as long as it does.
+    first: Option<String>,
     procs: HashMap<String, Proc>,
     /// Live connections: a handle to shut each down at power-off.
     conns: HashMap<u64, UnixStream>,
-    /// The container's exit was reported to the host.
-    exit_reported: bool,
     poweroff: Option<String>,
 }
 
@@ -65,6 +124,8 @@ pub struct Agent {
     reaper: OnceLock<Arc<Reaper>>,
     next_conn: AtomicU64,
     console_seq: AtomicU64,
+    next_serial: AtomicU64,
+    make: Box<Maker>,
     debug: bool,
 }
 
@@ -74,14 +135,38 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> Response {
 
 impl Agent {
     pub fn new(debug: bool) -> Arc<Agent> {
+        Self::with_maker(
+            debug,
+            Box::new(
+                |id: &str,
+                 spec: Spec,
+                 rootfs: &capsa_proto::Rootfs,
+                 io: ProcessIo,
+                 register: &mut dyn FnMut(i32)| {
+                    let (c, _pid) = Container::create(id, spec, rootfs, io, &mut *register)?;
+                    Ok(Box::new(c) as Box<dyn Managed>)
+                },
+            ),
+        )
+    }
+
+    fn with_maker(debug: bool, make: Box<Maker>) -> Arc<Agent> {
         Arc::new(Agent {
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
             reaper: OnceLock::new(),
             next_conn: AtomicU64::new(1),
             console_seq: AtomicU64::new(1),
+            next_serial: AtomicU64::new(1),
+            make,
             debug,
         })
+    }
+
+    /// Holds off the reaper while this side forks and waits (see
+    /// [`Reaper::ops`]); nothing to hold before the reaper runs.
+    fn ops(&self) -> Option<MutexGuard<'_, ()>> {
+        self.reaper.get().map(|r| r.ops())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -100,10 +185,6 @@ impl Agent {
         Ok(())
     }
 
-    fn reaper(&self) -> &Reaper {
-        self.reaper.get().expect("start_reaper was called")
-    }
-
     fn exited(&self, pid: i32, code: i32) {
         let mut st = self.lock();
         for p in st.procs.values_mut() {
@@ -116,10 +197,13 @@ impl Agent {
         self.cv.notify_all();
     }
 
+    /// A signal PID 1 received goes to every container whose init runs.
     fn forward(&self, sig: Signal) {
         let st = self.lock();
-        if let Some(c) = &st.container {
-            let _ = c.kill(sig);
+        for (id, c) in &st.containers {
+            if st.procs.get(id).is_some_and(|p| p.exit.is_none()) {
+                let _ = c.kill(sig);
+            }
         }
     }
 
@@ -131,31 +215,16 @@ impl Agent {
     }
 
     /// Blocks until the guest should power off; returns why. That is: on
-    /// request (`Shutdown`), once the container's init has exited and the
-    /// host has been told (or no host is connected to tell), or when no
-    /// container was created within `create_timeout` of the call.
+    /// request (`Shutdown`), once the init of the first container created
+    /// (the sandbox's) has exited and the host has been told (or no host is
+    /// connected to tell), or when no container was created within
+    /// `create_timeout` of the call. Other containers' exits do not count.
     pub fn wait_for_poweroff(&self, create_timeout: Option<Duration>) -> String {
         let start = Instant::now();
         let mut st = self.lock();
         loop {
-            if let Some(why) = &st.poweroff {
-                return why.clone();
-            }
-            if let Some(c) = &st.container {
-                let init = st.procs.get(c.id());
-                let done = init.is_none_or(|p| p.exit.is_some() && p.outputs_open == 0);
-                if done && (st.exit_reported || st.conns.is_empty()) {
-                    let code = init.and_then(|p| p.exit).unwrap_or(-1);
-                    return format!("the container exited with code {code}");
-                }
-            } else if let Some(t) = create_timeout {
-                if !st.creating && start.elapsed() >= t {
-                    return format!(
-                        "no container was created within {}s of boot (is the host connected to vsock port {}?)",
-                        t.as_secs(),
-                        capsa_proto::AGENT_PORT
-                    );
-                }
+            if let Some(why) = poweroff_due(&st, start, create_timeout) {
+                return why;
             }
             st = self
                 .cv
@@ -169,7 +238,7 @@ impl Agent {
     /// host up to `linger` to read the last frames and close its
     /// connections, then releases the container.
     pub fn teardown(&self, linger: Duration) {
-        let mut container = {
+        let containers = {
             let mut st = self.lock();
             for p in st.procs.values() {
                 if p.exit.is_none() {
@@ -189,10 +258,10 @@ impl Agent {
             for c in st.conns.values() {
                 let _ = c.shutdown(std::net::Shutdown::Both);
             }
-            st.container.take()
+            std::mem::take(&mut st.containers)
         };
-        if let Some(c) = &mut container {
-            let _ops = self.reaper.get().map(|r| r.ops());
+        let _ops = self.ops();
+        for (_, mut c) in containers {
             c.destroy();
         }
     }
@@ -338,12 +407,12 @@ impl Agent {
             } => self.create(conn, enc, container_id, *spec, rootfs, stdio),
             Request::Start { container_id } => {
                 let mut st = self.lock();
-                match st.container.as_mut() {
-                    Some(c) if c.id() == container_id => match c.start() {
+                match st.containers.get_mut(&container_id) {
+                    Some(c) => match c.start() {
                         Ok(()) => Response::Ok,
                         Err(e) => err(ErrorCode::InvalidState, format!("{e:#}")),
                     },
-                    _ => not_found(&container_id),
+                    None => not_found(&container_id),
                 }
             }
             Request::Exec {
@@ -382,17 +451,16 @@ impl Agent {
             }
             Request::Stats { container_id } => {
                 let st = self.lock();
-                match &st.container {
-                    Some(c) if c.id() == container_id => {
-                        Response::Stats(crate::container::stats(&c.cgroup_dir()))
-                    }
-                    _ => not_found(&container_id),
+                match st.containers.get(&container_id) {
+                    Some(c) => Response::Stats(c.stats()),
+                    None => not_found(&container_id),
                 }
             }
             Request::Shutdown => {
                 self.request_poweroff("the host asked for a shutdown");
                 Response::Ok
             }
+            Request::Delete { container_id } => self.delete(&container_id),
         })
     }
 
@@ -401,7 +469,7 @@ impl Agent {
         conn: u64,
         enc: &Conn,
         id: String,
-        spec: oci_spec::runtime::Spec,
+        spec: Spec,
         rootfs: capsa_proto::Rootfs,
         stdio: StdioOptions,
     ) -> Response {
@@ -410,46 +478,126 @@ impl Agent {
         }
         {
             let mut st = self.lock();
-            if st.container.is_some() || st.creating {
+            if st.containers.contains_key(&id) || st.busy.contains(&id) {
                 return err(
                     ErrorCode::AlreadyExists,
-                    "this guest already has a container (one per microVM)",
+                    format!("container {id} exists already in this guest"),
                 );
             }
-            st.creating = true;
+            if st.procs.contains_key(&id) {
+                return err(
+                    ErrorCode::AlreadyExists,
+                    format!("a process named {id:?} exists already in this guest"),
+                );
+            }
+            st.busy.insert(id.clone());
         }
+        let mut made: Option<Box<dyn Managed>> = None;
         let result = (|| -> Result<()> {
             let (io, wiring) = self.wiring(&stdio)?;
-            let ops = self.reaper().ops();
-            let (container, _pid) = Container::create(&id, spec, &rootfs, io, |pid| {
-                self.lock().procs.insert(
-                    id.clone(),
-                    Proc {
-                        pid,
-                        init: true,
-                        exit: None,
-                        outputs_open: 0,
-                        master: None,
-                        stdin: None,
-                        credits: Vec::new(),
-                        conn,
-                    },
-                );
-            })?;
+            let ops = self.ops();
+            let serial = self.next_serial.fetch_add(1, Ordering::SeqCst);
+            let mut register = |pid: i32| {
+                self.lock()
+                    .procs
+                    .insert(id.clone(), Proc::new(pid, &id, serial, true, conn));
+            };
+            made = Some((self.make)(&id, spec, &rootfs, io, &mut register)?);
             drop(ops);
-            self.lock().container = Some(container);
             self.connect_streams(conn, enc, &id, wiring, &stdio)
         })();
+        let failed = match (result, made) {
+            (Ok(()), Some(c)) => {
+                let mut st = self.lock();
+                st.containers.insert(id.clone(), c);
+                st.first.get_or_insert_with(|| id.clone());
+                None
+            }
+            (Ok(()), None) => Some(anyhow::anyhow!("the container was not made")),
+            (Err(e), made) => {
+                if let Some(mut c) = made {
+                    let _ops = self.ops();
+                    c.destroy();
+                    c.remove_state();
+                }
+                Some(e)
+            }
+        };
         let mut st = self.lock();
-        st.creating = false;
+        st.busy.remove(&id);
         self.cv.notify_all();
-        match result {
-            Ok(()) => Response::Ok,
-            Err(e) => {
+        match failed {
+            None => Response::Ok,
+            Some(e) => {
                 st.procs.remove(&id);
                 err(ErrorCode::Internal, format!("{e:#}"))
             }
         }
+    }
+
+    /// Removes a container whose processes have all exited; kills nothing.
+    fn delete(&self, id: &str) -> Response {
+        let mut st = self.lock();
+        if st.busy.contains(id) {
+            return err(
+                ErrorCode::InvalidState,
+                format!("container {id} is being created or deleted"),
+            );
+        }
+        if !st.containers.contains_key(id) {
+            return not_found(id);
+        }
+        let mut running: Vec<&str> = st
+            .procs
+            .iter()
+            .filter(|(_, p)| p.container == id && p.exit.is_none())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        running.sort_by_key(|name| *name != id);
+        if let Some(first) = running.first() {
+            let what = if *first == id {
+                format!("container {id} is still running")
+            } else {
+                format!("process {first} of container {id} is still running")
+            };
+            return err(
+                ErrorCode::InvalidState,
+                format!("{what}: signal it and wait for its exit before deleting"),
+            );
+        }
+        let code = st.procs.get(id).and_then(|p| p.exit).unwrap_or(-1);
+        let names: Vec<String> = st
+            .procs
+            .iter()
+            .filter(|(_, p)| p.container == id)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            if let Some(mut p) = st.procs.remove(&name) {
+                for (_, c) in &p.credits {
+                    c.close();
+                }
+                p.stdin = None;
+            }
+        }
+        let mut c = st.containers.remove(id).expect("checked above");
+        st.busy.insert(id.to_string());
+        if st.first.as_deref() == Some(id) {
+            // The host knows it exited: the sandbox is over.
+            st.poweroff.get_or_insert_with(|| {
+                format!("the container exited with code {code} and was deleted")
+            });
+        }
+        drop(st);
+        {
+            let _ops = self.ops();
+            c.destroy();
+            c.remove_state();
+        }
+        let mut st = self.lock();
+        st.busy.remove(id);
+        self.cv.notify_all();
+        Response::Ok
     }
 
     fn exec(
@@ -463,11 +611,13 @@ impl Agent {
     ) -> Response {
         {
             let st = self.lock();
-            match &st.container {
-                Some(c) if c.id() == container_id => {}
-                _ => return not_found(&container_id),
+            if !st.containers.contains_key(&container_id) {
+                return not_found(&container_id);
             }
-            if st.procs.contains_key(&exec_id) {
+            if st.procs.contains_key(&exec_id)
+                || st.containers.contains_key(&exec_id)
+                || st.busy.contains(&exec_id)
+            {
                 return err(
                     ErrorCode::AlreadyExists,
                     format!("a process named {exec_id:?} exists already"),
@@ -493,25 +643,20 @@ impl Agent {
         };
         let result = (|| -> Result<()> {
             let (io, wiring) = self.wiring(&stdio)?;
-            let _ops = self.reaper().ops();
+            let ops = self.ops();
             let mut st = self.lock();
-            let c = st.container.as_ref().context("the container is gone")?;
+            let c = st
+                .containers
+                .get(&container_id)
+                .context("the container is gone")?;
             let pid = c.exec(&req, io)?;
+            let serial = self.next_serial.fetch_add(1, Ordering::SeqCst);
             st.procs.insert(
                 exec_id.clone(),
-                Proc {
-                    pid,
-                    init: false,
-                    exit: None,
-                    outputs_open: 0,
-                    master: None,
-                    stdin: None,
-                    credits: Vec::new(),
-                    conn,
-                },
+                Proc::new(pid, &container_id, serial, false, conn),
             );
             drop(st);
-            drop(_ops);
+            drop(ops);
             self.connect_streams(conn, enc, &exec_id, wiring, &stdio)
         })();
         match result {
@@ -534,8 +679,8 @@ impl Agent {
         if p.exit.is_some() {
             return err(ErrorCode::InvalidState, format!("{id} has exited"));
         }
-        let r = match (&st.container, p.init) {
-            (Some(c), true) => c.kill(sig),
+        let r = match st.containers.get(&p.container) {
+            Some(c) if p.init => c.kill(sig),
             _ => nix::sys::signal::kill(Pid::from_raw(p.pid), sig).map_err(Into::into),
         };
         match r {
@@ -551,7 +696,11 @@ impl Agent {
                 return not_found(id);
             };
             if let (Some(code), 0) = (p.exit, p.outputs_open) {
-                let oom = p.init && st.container.as_ref().is_some_and(|c| c.oom_killed());
+                let oom = p.init
+                    && st
+                        .containers
+                        .get(&p.container)
+                        .is_some_and(|c| c.oom_killed());
                 return Response::Exited {
                     code,
                     oom_killed: oom,
@@ -562,11 +711,12 @@ impl Agent {
     }
 
     /// The host has been sent the exit of process `id`: an exec'd process
-    /// is forgotten; for the container's init, the guest may power off.
+    /// is forgotten; for the sandbox container's init, the guest may power
+    /// off.
     fn reported(&self, id: &str) {
         let mut st = self.lock();
-        match st.procs.get(id) {
-            Some(p) if p.init => st.exit_reported = true,
+        match st.procs.get_mut(id) {
+            Some(p) if p.init => p.reported = true,
             Some(_) => {
                 st.procs.remove(id);
             }
@@ -642,6 +792,7 @@ impl Agent {
         };
         let mut st = self.lock();
         let p = st.procs.get_mut(id).context("the process vanished")?;
+        let serial = p.serial;
         p.conn = conn;
         p.master = master;
         p.outputs_open = outputs.len();
@@ -673,7 +824,7 @@ impl Agent {
             std::thread::spawn(move || {
                 pump_output(fd, w);
                 let mut st = me.lock();
-                if let Some(p) = st.procs.get_mut(&id) {
+                if let Some(p) = st.procs.get_mut(&id).filter(|p| p.serial == serial) {
                     p.outputs_open = p.outputs_open.saturating_sub(1);
                 }
                 me.cv.notify_all();
@@ -681,6 +832,50 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+impl Proc {
+    fn new(pid: i32, container: &str, serial: u64, init: bool, conn: u64) -> Proc {
+        Proc {
+            pid,
+            init,
+            container: container.to_string(),
+            serial,
+            exit: None,
+            reported: false,
+            outputs_open: 0,
+            master: None,
+            stdin: None,
+            credits: Vec::new(),
+            conn,
+        }
+    }
+}
+
+/// Why the guest should power off now, if it should (see
+/// [`Agent::wait_for_poweroff`]).
+fn poweroff_due(st: &State, start: Instant, create_timeout: Option<Duration>) -> Option<String> {
+    if let Some(why) = &st.poweroff {
+        return Some(why.clone());
+    }
+    if let Some(first) = &st.first {
+        let init = st.procs.get(first);
+        let done = init.is_none_or(|p| p.exit.is_some() && p.outputs_open == 0);
+        let reported = init.is_some_and(|p| p.reported);
+        if done && (reported || st.conns.is_empty()) {
+            let code = init.and_then(|p| p.exit).unwrap_or(-1);
+            return Some(format!("the container exited with code {code}"));
+        }
+    } else if let Some(t) = create_timeout {
+        if st.busy.is_empty() && start.elapsed() >= t {
+            return Some(format!(
+                "no container was created within {}s of boot (is the host connected to vsock port {}?)",
+                t.as_secs(),
+                capsa_proto::AGENT_PORT
+            ));
+        }
+    }
+    None
 }
 
 enum Wiring {
@@ -795,14 +990,19 @@ mod tests {
         (peer, ours)
     }
 
+    /// Sends a request and returns its response, skipping the `Eof`s of
+    /// processes' streams on the way.
     fn call(p: &mut Peer, id: u64, request: Request) -> Response {
         p.enc.send(&Frame::Request { id, request }).unwrap();
-        match p.dec.recv().unwrap() {
-            Frame::Response { id: got, response } => {
-                assert_eq!(got, id);
-                response
+        loop {
+            match p.dec.recv().unwrap() {
+                Frame::Response { id: got, response } => {
+                    assert_eq!(got, id);
+                    return response;
+                }
+                Frame::Eof { .. } => {}
+                other => panic!("expected a response, got {other:?}"),
             }
-            other => panic!("expected a response, got {other:?}"),
         }
     }
 
@@ -965,5 +1165,271 @@ mod tests {
         let agent = Agent::new(false);
         let why = agent.wait_for_poweroff(Some(Duration::from_millis(100)));
         assert!(why.contains("no container was created"), "{why}");
+    }
+
+    /// What the stand-in containers were asked to do.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A container that is only bookkeeping: it logs what it is asked.
+    struct Fake {
+        id: String,
+        log: Log,
+    }
+
+    impl Managed for Fake {
+        fn start(&mut self) -> Result<()> {
+            self.log.lock().unwrap().push(format!("start {}", self.id));
+            Ok(())
+        }
+        fn kill(&self, sig: Signal) -> Result<()> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("kill {} {sig}", self.id));
+            Ok(())
+        }
+        fn exec(&self, _req: &ExecRequest, _io: ProcessIo) -> Result<i32> {
+            Ok(next_fake_pid())
+        }
+        fn oom_killed(&self) -> bool {
+            false
+        }
+        fn stats(&self) -> capsa_proto::Stats {
+            capsa_proto::Stats::default()
+        }
+        fn destroy(&mut self) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("destroy {}", self.id));
+        }
+        fn remove_state(&mut self) {
+            self.log.lock().unwrap().push(format!("remove {}", self.id));
+        }
+    }
+
+    /// PIDs above Linux's PID_MAX_LIMIT (2^22): no real process has one,
+    /// so teardown's SIGKILL to them reaches nobody.
+    fn next_fake_pid() -> i32 {
+        static NEXT: AtomicU64 = AtomicU64::new(5_000_000);
+        NEXT.fetch_add(1, Ordering::SeqCst) as i32
+    }
+
+    /// An agent whose containers are [`Fake`]s; their stdio is closed at
+    /// once, as by a process that wrote nothing.
+    fn fake_agent() -> (Arc<Agent>, Log) {
+        let log = Log::default();
+        let l = log.clone();
+        let agent = Agent::with_maker(
+            false,
+            Box::new(
+                move |id: &str,
+                      _spec: Spec,
+                      _rootfs: &Rootfs,
+                      io: ProcessIo,
+                      register: &mut dyn FnMut(i32)| {
+                    drop(io);
+                    register(next_fake_pid());
+                    Ok(Box::new(Fake {
+                        id: id.to_string(),
+                        log: l.clone(),
+                    }) as Box<dyn Managed>)
+                },
+            ),
+        );
+        (agent, log)
+    }
+
+    fn create(id: &str) -> Request {
+        Request::Create {
+            container_id: id.into(),
+            spec: Box::default(),
+            rootfs: Rootfs {
+                device: "/dev/vda".into(),
+                fstype: "ext4".into(),
+                writable: WritableLayer::Tmpfs {
+                    size_bytes: 1 << 20,
+                },
+                volumes: vec![],
+            },
+            stdio: StdioOptions::default(),
+        }
+    }
+
+    fn pid_of(agent: &Agent, id: &str) -> i32 {
+        agent.lock().procs[id].pid
+    }
+
+    /// Waits until the host has been sent `id`'s exit (the agent notes it
+    /// after the reply is written).
+    fn until_reported(agent: &Agent, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !agent.lock().procs.get(id).is_some_and(|p| p.reported) {
+            assert!(Instant::now() < deadline, "{id}'s exit never noted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn due(agent: &Agent) -> Option<String> {
+        poweroff_due(&agent.lock(), Instant::now(), None)
+    }
+
+    #[test]
+    fn several_containers_share_the_guest_and_only_the_first_ends_it() {
+        let (agent, log) = fake_agent();
+        let (mut p, _keep) = connect(&agent);
+        handshake(&mut p.enc, &mut p.dec, "test-host").unwrap();
+
+        assert_eq!(call(&mut p, 1, create("c1")), Response::Ok);
+        let r = call(&mut p, 2, create("c1"));
+        assert_eq!(code(&r), ErrorCode::AlreadyExists, "same id twice");
+        assert_eq!(
+            call(&mut p, 3, create("c2")),
+            Response::Ok,
+            "a second container"
+        );
+        for (rid, id) in [(4, "c1"), (5, "c2")] {
+            let start = Request::Start {
+                container_id: id.into(),
+            };
+            assert_eq!(call(&mut p, rid, start), Response::Ok);
+        }
+        let stats = Request::Stats {
+            container_id: "c2".into(),
+        };
+        assert!(matches!(call(&mut p, 6, stats), Response::Stats(_)));
+
+        // Requests address the container they name.
+        let sig = Request::Signal {
+            id: "c2".into(),
+            signal: 15,
+        };
+        assert_eq!(call(&mut p, 7, sig), Response::Ok);
+        assert_eq!(log.lock().unwrap().last().unwrap(), "kill c2 SIGTERM");
+        // A signal to PID 1 goes to every running container.
+        log.lock().unwrap().clear();
+        agent.forward(Signal::SIGHUP);
+        let mut got = log.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, ["kill c1 SIGHUP", "kill c2 SIGHUP"]);
+        log.lock().unwrap().clear();
+
+        // An exec in c2 keeps it from being deleted after its init exits.
+        let exec = Request::Exec {
+            container_id: "c2".into(),
+            exec_id: "e1".into(),
+            process: ExecProcess::default(),
+            stdio: StdioOptions::default(),
+        };
+        assert_eq!(call(&mut p, 8, exec), Response::Ok);
+        let delete = |id: &str| Request::Delete {
+            container_id: id.into(),
+        };
+        let r = call(&mut p, 9, delete("c2"));
+        assert_eq!(code(&r), ErrorCode::InvalidState, "c2 still runs: {r:?}");
+        assert_eq!(code(&call(&mut p, 10, delete("nope"))), ErrorCode::NotFound);
+
+        agent.exited(pid_of(&agent, "c2"), 6);
+        let wait = Request::Wait { id: "c2".into() };
+        assert_eq!(
+            call(&mut p, 11, wait),
+            Response::Exited {
+                code: 6,
+                oom_killed: false
+            }
+        );
+        until_reported(&agent, "c2");
+        assert_eq!(
+            due(&agent),
+            None,
+            "the second container's exit does not end the guest"
+        );
+        match call(&mut p, 12, delete("c2")) {
+            Response::Error(e) => {
+                assert_eq!(e.code, ErrorCode::InvalidState);
+                assert!(e.message.contains("e1"), "{e}");
+            }
+            other => panic!("delete with a live exec answered {other:?}"),
+        }
+        agent.exited(pid_of(&agent, "e1"), 0);
+        assert!(!log.lock().unwrap().iter().any(|l| l.starts_with("kill")));
+        assert_eq!(call(&mut p, 13, delete("c2")), Response::Ok);
+        {
+            let l = log.lock().unwrap();
+            assert_eq!(l[l.len() - 2..], ["destroy c2", "remove c2"]);
+            let st = agent.lock();
+            assert!(!st.procs.contains_key("c2") && !st.procs.contains_key("e1"));
+            assert!(st.poweroff.is_none());
+        }
+        assert_eq!(code(&call(&mut p, 14, delete("c2"))), ErrorCode::NotFound);
+        let wait = Request::Wait { id: "c2".into() };
+        assert_eq!(code(&call(&mut p, 15, wait)), ErrorCode::NotFound);
+        // The id can be created again.
+        assert_eq!(call(&mut p, 16, create("c2")), Response::Ok);
+        let start = Request::Start {
+            container_id: "c2".into(),
+        };
+        assert_eq!(call(&mut p, 17, start), Response::Ok);
+
+        // The first container (the sandbox's) exits: not before the host
+        // has been told, and then the guest powers off.
+        let r = call(&mut p, 18, delete("c1"));
+        assert_eq!(code(&r), ErrorCode::InvalidState, "c1 still runs");
+        agent.exited(pid_of(&agent, "c1"), 0);
+        assert_eq!(due(&agent), None, "the host is connected and not told yet");
+        let wait = Request::Wait { id: "c1".into() };
+        assert_eq!(
+            call(&mut p, 19, wait),
+            Response::Exited {
+                code: 0,
+                oom_killed: false
+            }
+        );
+        let why = agent.wait_for_poweroff(None);
+        assert_eq!(why, "the container exited with code 0");
+
+        // Power-off ends the containers still there.
+        p.raw.shutdown(std::net::Shutdown::Both).unwrap();
+        p.server.join().unwrap();
+        log.lock().unwrap().clear();
+        agent.teardown(Duration::ZERO);
+        let mut got = log.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, ["destroy c1", "destroy c2"]);
+        assert!(agent.lock().containers.is_empty());
+    }
+
+    #[test]
+    fn the_first_container_ends_the_guest_once_reported_deleted_or_unwatched() {
+        // Deleting the sandbox's container means the host knows it exited.
+        let (agent, _log) = fake_agent();
+        let (mut p, _keep) = connect(&agent);
+        handshake(&mut p.enc, &mut p.dec, "test-host").unwrap();
+        assert_eq!(call(&mut p, 1, create("sandbox")), Response::Ok);
+        assert_eq!(call(&mut p, 2, create("app")), Response::Ok);
+        agent.exited(pid_of(&agent, "sandbox"), 137);
+        assert_eq!(due(&agent), None);
+        let delete = Request::Delete {
+            container_id: "sandbox".into(),
+        };
+        assert_eq!(call(&mut p, 3, delete), Response::Ok);
+        let why = due(&agent).expect("powering off");
+        assert!(why.contains("137"), "{why}");
+
+        // With no host connected, the first container's exit is enough; a
+        // later container's is not.
+        let (agent, _log) = fake_agent();
+        let (mut p, _keep) = connect(&agent);
+        handshake(&mut p.enc, &mut p.dec, "test-host").unwrap();
+        assert_eq!(call(&mut p, 1, create("sandbox")), Response::Ok);
+        assert_eq!(call(&mut p, 2, create("app")), Response::Ok);
+        p.raw.shutdown(std::net::Shutdown::Both).unwrap();
+        p.server.join().unwrap();
+        agent.exited(pid_of(&agent, "app"), 0);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(due(&agent), None);
+        agent.exited(pid_of(&agent, "sandbox"), 3);
+        let why = agent.wait_for_poweroff(Some(Duration::ZERO));
+        assert_eq!(why, "the container exited with code 3");
     }
 }

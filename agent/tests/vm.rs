@@ -29,7 +29,7 @@ use capsa_proto::{
 };
 
 const INNER_ENV: &str = "CAPSA_AGENT_TEST_DIR";
-const SCENARIOS: &[&str] = &["echo", "exit7", "exec_kill", "oom"];
+const SCENARIOS: &[&str] = &["echo", "exit7", "exec_kill", "oom", "pod"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -154,6 +154,22 @@ fn agent_runs_containers_in_a_microvm() {
         ),
     )
     .unwrap();
+    // Two containers in one guest (a pod), each from its own disk.
+    std::fs::write(
+        d.join("pod_sleep.json"),
+        spec_for(&store, &image, &["sleep", "1000"]),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("pod_c2.json"),
+        spec_for(&store, &image, &["sh", "-c", "echo from-c2; exit 6"]),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("pod_again.json"),
+        spec_for(&store, &image, &["echo", "again"]),
+    )
+    .unwrap();
     std::fs::write(
         d.join("missing.json"),
         spec_for(&store, &image, &["no-such-command"]),
@@ -216,20 +232,25 @@ struct Vm {
 }
 
 impl Vm {
-    fn boot(dir: &Path, name: &str) -> Vm {
+    /// Boots a guest with `disks` copies of the root image, read-only
+    /// (`/dev/vda`, `/dev/vdb`, …).
+    fn boot(dir: &Path, name: &str, disks: usize) -> Vm {
         let uds = dir.join(format!("{name}.vsock"));
         let console = dir.join(format!("{name}.console"));
         let _ = std::fs::remove_file(&uds);
         let kernel = std::env::var("CAPSA_GUEST_KERNEL").unwrap();
-        let child = Command::new(std::env::var("CAPSA_VMM").unwrap())
+        let mut cmd = Command::new(std::env::var("CAPSA_VMM").unwrap());
+        for _ in 0..disks {
+            cmd.arg("--disk")
+                .arg(format!("{},ro", dir.join("rootfs.ext4").display()));
+        }
+        let child = cmd
             .arg("--kernel")
             .arg(kernel)
             .arg("--initrd")
             .arg(dir.join("initramfs.cpio"))
             .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 quiet"])
             .args(["--mem-mib", "256", "--vcpus", "1"])
-            .arg("--disk")
-            .arg(format!("{},ro", dir.join("rootfs.ext4").display()))
             .args(["--vsock-cid", "3", "--vsock-uds"])
             .arg(&uds)
             .arg("--serial")
@@ -365,6 +386,17 @@ impl Session {
     }
 
     fn create(&mut self, dir: &Path, spec: &str) -> Result<Response, String> {
+        self.create_as(dir, spec, "c1", "/dev/vda")
+    }
+
+    /// Creates container `id` from spec `spec` with its root on `device`.
+    fn create_as(
+        &mut self,
+        dir: &Path,
+        spec: &str,
+        id: &str,
+        device: &str,
+    ) -> Result<Response, String> {
         let stdio = if spec == "sleep" {
             StdioOptions {
                 tty: true,
@@ -378,10 +410,10 @@ impl Session {
         let spec: oci_spec::runtime::Spec = serde_json::from_str(&spec).unwrap();
         self.call(
             Request::Create {
-                container_id: "c1".into(),
+                container_id: id.into(),
                 spec: Box::new(spec),
                 rootfs: Rootfs {
-                    device: "/dev/vda".into(),
+                    device: device.into(),
                     fstype: "ext4".into(),
                     writable: WritableLayer::Tmpfs {
                         size_bytes: 64 << 20,
@@ -396,19 +428,30 @@ impl Session {
 
     /// Create, start, wait: the container's output and exit code.
     fn run(&mut self, dir: &Path, spec: &str) -> Result<Outcome, String> {
-        match self.create(dir, spec)? {
+        self.run_as(dir, spec, "c1", "/dev/vda")
+    }
+
+    /// [`Session::run`] for container `id` with its root on `device`.
+    fn run_as(
+        &mut self,
+        dir: &Path,
+        spec: &str,
+        id: &str,
+        device: &str,
+    ) -> Result<Outcome, String> {
+        match self.create_as(dir, spec, id, device)? {
             Response::Ok => {}
-            other => return Err(format!("create answered {other:?}")),
+            other => return Err(format!("create of {id} answered {other:?}")),
         }
         let mut out = Outcome::default();
         let start = Request::Start {
-            container_id: "c1".into(),
+            container_id: id.into(),
         };
         match self.call(start, &mut out)? {
             Response::Ok => {}
-            other => return Err(format!("start answered {other:?}")),
+            other => return Err(format!("start of {id} answered {other:?}")),
         }
-        match self.call(Request::Wait { id: "c1".into() }, &mut out)? {
+        match self.call(Request::Wait { id: id.into() }, &mut out)? {
             Response::Exited { code, oom_killed } => {
                 if oom_killed {
                     return Err("reported an OOM kill".into());
@@ -575,20 +618,87 @@ fn oom(dir: &Path, vm: &mut Vm) -> Result<String, String> {
     Ok("killed by the OOM killer under a 32 MB limit: 137, oom_killed".into())
 }
 
+/// Two containers in one guest, as for a pod: c1 (the first, the
+/// sandbox's) from /dev/vda keeps running while c2 from /dev/vdb runs,
+/// exits, is deleted and is created again; c2's exits leave the guest up,
+/// c1's powers it off.
+fn pod(dir: &Path, vm: &mut Vm) -> Result<String, String> {
+    let mut s = vm.connect()?;
+    match s.create_as(dir, "pod_sleep", "c1", "/dev/vda")? {
+        Response::Ok => {}
+        other => return Err(format!("create of c1 answered {other:?}")),
+    }
+    let mut c1 = Outcome::default();
+    let start = Request::Start {
+        container_id: "c1".into(),
+    };
+    match s.call(start, &mut c1)? {
+        Response::Ok => {}
+        other => return Err(format!("start of c1 answered {other:?}")),
+    }
+    let out = s.run_as(dir, "pod_c2", "c2", "/dev/vdb")?;
+    if out.stdout != b"from-c2\n" || !out.stderr.is_empty() || out.code != Some(6) {
+        return Err(format!("c2 gave {out:?}"));
+    }
+    let delete = |id: &str| Request::Delete {
+        container_id: id.into(),
+    };
+    match s.call(delete("c1"), &mut c1)? {
+        Response::Error(e) if e.code == ErrorCode::InvalidState => {}
+        other => return Err(format!("delete of the running c1 answered {other:?}")),
+    }
+    match s.call(delete("c2"), &mut c1)? {
+        Response::Ok => {}
+        other => return Err(format!("delete of the exited c2 answered {other:?}")),
+    }
+    let out = s.run_as(dir, "pod_again", "c2", "/dev/vdb")?;
+    if out.stdout != b"again\n" || out.code != Some(0) {
+        return Err(format!("c2, created again, gave {out:?}"));
+    }
+    if let Some(st) = vm.child.as_mut().unwrap().try_wait().unwrap() {
+        return Err(format!("the guest ended ({st}) although c1 still runs"));
+    }
+    match s.call(
+        Request::Signal {
+            id: "c1".into(),
+            signal: 9,
+        },
+        &mut c1,
+    )? {
+        Response::Ok => {}
+        other => return Err(format!("signal to c1 answered {other:?}")),
+    }
+    match s.call(Request::Wait { id: "c1".into() }, &mut c1)? {
+        Response::Exited { code: 137, .. } => {}
+        other => return Err(format!("wait for c1 answered {other:?}")),
+    }
+    let code = vm.wait_exit(Duration::from_secs(30))?;
+    if code != 0 {
+        return Err(format!("capsa-vmm exited with {code}"));
+    }
+    Ok(
+        "c2 on vdb beside c1 on vda: output and exit 6, deleted, created again (exit 0); \
+        running c1 not deletable; SIGKILL to c1 powered the guest off"
+            .into(),
+    )
+}
+
 #[test]
 #[ignore = "runs inside the KVM test host (see agent_runs_containers_in_a_microvm)"]
 fn inner() {
     let dir = PathBuf::from(std::env::var(INNER_ENV).expect("run by the outer test"));
     type Scenario = fn(&Path, &mut Vm) -> Result<String, String>;
-    let scenarios: [(&str, Scenario); 4] = [
-        ("echo", echo),
-        ("exit7", exit7),
-        ("exec_kill", exec_kill),
-        ("oom", oom),
+    // (name, scenario, disks)
+    let scenarios: [(&str, Scenario, usize); 5] = [
+        ("echo", echo, 1),
+        ("exit7", exit7, 1),
+        ("exec_kill", exec_kill, 1),
+        ("oom", oom, 1),
+        ("pod", pod, 2),
     ];
-    for (name, f) in scenarios {
+    for (name, f, disks) in scenarios {
         let t = Instant::now();
-        let mut vm = Vm::boot(&dir, name);
+        let mut vm = Vm::boot(&dir, name, disks);
         let result = f(&dir, &mut vm);
         let mut stderr = String::new();
         if let Some(mut c) = vm.child.take() {
