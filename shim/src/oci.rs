@@ -479,10 +479,13 @@ fn monitor(args: &[String], mut ready: fs::File) -> Result<i32> {
     let dup = |fd: i32| -> Result<OwnedFd> {
         Ok(nix::unistd::dup(fd).map(|f| unsafe { OwnedFd::from_raw_fd(f) })?)
     };
+    // With a terminal the output goes to it: a stdout route would replace
+    // the terminal's (the agent connection keeps one sink per stream).
+    let tty = args.console_socket.is_some();
     let io = ProcessIo {
         stdin: if args.stdin { Some(dup(0)?) } else { None },
-        stdout: Some(dup(1)?),
-        stderr: Some(dup(2)?),
+        stdout: if tty { None } else { Some(dup(1)?) },
+        stderr: if tty { None } else { Some(dup(2)?) },
         console_socket: args.console_socket.clone(),
     };
     if let Some(process) = &args.exec {
