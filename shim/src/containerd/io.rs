@@ -38,6 +38,8 @@ pub struct IoHandles {
     stdin: Arc<Mutex<Option<File>>>,
     /// The pty master (terminal processes), for `ResizePty`.
     master: Arc<Mutex<Option<Arc<File>>>>,
+    /// Set once the stdin fifo is drained (its writer closed), if it is fed.
+    fed: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Stdio being set up: the shim's ends, until the process exists
@@ -129,10 +131,10 @@ impl Pending {
     /// The process exists (the fds in its [`ProcessIo`] went to it, so only
     /// it holds them now): start copying. A terminal's master is received
     /// on a thread, whenever the process sends it.
-    pub fn finish(self) -> IoHandles {
+    pub fn finish(mut self) -> IoHandles {
         let handles = IoHandles::default();
-        let paths = self.paths;
-        if let Some((listener, path)) = self.console {
+        let paths = std::mem::take(&mut self.paths);
+        if let Some((listener, path)) = self.console.take() {
             let stdin = handles.stdin.clone();
             let slot = handles.master.clone();
             std::thread::spawn(move || {
@@ -162,13 +164,28 @@ impl Pending {
             });
             return handles;
         }
-        if let Some(w) = self.stdin_writer {
+        let mut handles = handles;
+        if let Some(w) = self.stdin_writer.take() {
             *handles.stdin.lock().unwrap() = Some(w);
             let p = paths.stdin.clone();
             let sink = handles.stdin.clone();
-            std::thread::spawn(move || feed_stdin(&p, &sink, false));
+            let fed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            handles.fed = Some(fed.clone());
+            std::thread::spawn(move || {
+                feed_stdin(&p, &sink, false);
+                fed.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
         }
         handles
+    }
+}
+
+impl Drop for Pending {
+    /// The process was never created: its console socket goes too.
+    fn drop(&mut self) {
+        if let Some((_, path)) = self.console.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -213,8 +230,26 @@ fn feed_stdin(path: &str, sink: &Mutex<Option<File>>, terminal: bool) {
 
 impl IoHandles {
     /// `CloseIO`: the process sees EOF on stdin (no more input for a terminal).
+    ///
+    /// containerd sends it once its side of the stdin fifo is done, which
+    /// can be before the shim has copied what is still in the fifo: the
+    /// copy thread gets up to 2 s to drain it (it closes the pipe itself at
+    /// the fifo's EOF); only a writer that stays open is cut off.
     pub fn close_stdin(&self) {
-        self.stdin.lock().unwrap().take();
+        let stdin = self.stdin.clone();
+        let Some(fed) = self.fed.clone() else {
+            stdin.lock().unwrap().take();
+            return;
+        };
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                if fed.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            stdin.lock().unwrap().take();
+        });
     }
 
     /// `ResizePty`: sets the terminal's window size.
