@@ -122,6 +122,28 @@ fn check(mode: &str, cases: &Cases, ctx: &str) {
         "{mode}: two-delete\n{ctx}"
     );
     expect("tty", "5", "is-a-tty");
+    // The pod: one kernel for both containers; in VM mode not the
+    // host's, and one VM for the pod.
+    let (_, kernels, _) = get("pod-kernels");
+    let k: Vec<&str> = kernels.split('|').collect();
+    assert!(k.len() >= 6, "{mode}: pod-kernels {kernels:?}\n{ctx}");
+    assert_eq!(
+        k[0], k[1],
+        "{mode}: a pod's containers on two kernels\n{ctx}"
+    );
+    assert!(k[4].starts_with("net:["), "{mode}: {kernels:?}\n{ctx}");
+    assert_eq!(
+        k[4], k[5],
+        "{mode}: the member is not in the pod's network namespace\n{ctx}"
+    );
+    if mode == "vm" {
+        assert_ne!(k[0], k[2], "vm: a pod on the host's kernel\n{ctx}");
+        assert_eq!(k[3], "1", "vm: the pod runs {} VMs\n{ctx}", k[3]);
+    } else {
+        assert_eq!(k[0], k[2], "container: {kernels:?}\n{ctx}");
+    }
+    expect("pod-sandbox-alive", "0", "sandbox-alive");
+    expect("pod-delete", "0", "");
     expect("containers-left", "0", "0|");
     expect("leak-shims", "0", "0");
     expect("leak-mounts", "0", "0");

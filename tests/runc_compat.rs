@@ -493,8 +493,18 @@ fn check_pod(c: &Check, mode: &str) {
     c.code("pod-member", 0);
     let out = c.code("pod-kernels", 0);
     let lines: Vec<&str> = out.split('|').collect();
-    assert!(lines.len() >= 4, "pod-kernels: {out}\n{}", c.ctx);
+    assert!(lines.len() >= 6, "pod-kernels: {out}\n{}", c.ctx);
     let (b0, b1, host, vmms) = (lines[0], lines[1], lines[2], lines[3]);
+    assert!(
+        lines[4].starts_with("net:["),
+        "pod-kernels: {out}\n{}",
+        c.ctx
+    );
+    assert_eq!(
+        lines[4], lines[5],
+        "the member is not in the pod's network namespace\n{}",
+        c.ctx
+    );
     assert_eq!(
         b0, b1,
         "the pod's containers run on different kernels\n{}",

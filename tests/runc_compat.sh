@@ -95,13 +95,18 @@ EOF
   member="--annotation io.kubernetes.cri.container-type=container --annotation io.kubernetes.cri.sandbox-id=pod0"
   step pod-sandbox $ctr run -d $runtime $sandbox $image pod0 sleep 300
   poll 300 sh -c "$ctr task ls | grep -q 'pod0 .*RUNNING'"
-  step pod-member $ctr run -d $runtime $member $image pod1 sleep 300
+  # pod1 joins the pod's network namespace, named as the CRI plugin names
+  # it (by the sandbox's host PID; in VM mode capsa maps it into the guest).
+  pid0=$($ctr task ls | awk '$1 == "pod0" { print $2 }')
+  step pod-member $ctr run -d $runtime $member --with-ns "network:/proc/$pid0/ns/net" $image pod1 sleep 300
   poll 300 sh -c "$ctr task ls | grep -q 'pod1 .*RUNNING'"
   {
     $ctr task exec --exec-id b0 pod0 cat /proc/sys/kernel/random/boot_id
     $ctr task exec --exec-id b1 pod1 cat /proc/sys/kernel/random/boot_id
     cat /proc/sys/kernel/random/boot_id
     pgrep -c capsa-vmm
+    $ctr task exec --exec-id n0 pod0 readlink /proc/self/ns/net
+    $ctr task exec --exec-id n1 pod1 readlink /proc/self/ns/net
   } > "$o" 2>&1
   report pod-kernels 0
   $ctr run --rm $runtime $member $image pod2 sh -c 'echo from-pod2; exit 6' > "$o" 2>&1

@@ -464,6 +464,53 @@ impl Agent {
         })
     }
 
+    /// A pod's members share some of its sandbox's namespaces (network,
+    /// IPC, UTS). The host names them `container:ID` — paths on the host
+    /// mean nothing here — and they become the namespaces of container
+    /// ID's first process in this guest.
+    fn pod_namespaces(&self, mut spec: Spec) -> Result<Spec> {
+        use oci_spec::runtime::LinuxNamespaceType as T;
+        let Some(linux) = spec.linux_mut() else {
+            return Ok(spec);
+        };
+        let Some(mut namespaces) = linux.namespaces().clone() else {
+            return Ok(spec);
+        };
+        for ns in namespaces.iter_mut() {
+            let Some(owner) = ns
+                .path()
+                .as_ref()
+                .and_then(|p| p.to_str())
+                .and_then(|p| p.strip_prefix("container:"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let pid = {
+                let st = self.lock();
+                st.procs
+                    .get(&owner)
+                    .filter(|p| p.init && p.exit.is_none())
+                    .map(|p| p.pid)
+            }
+            .with_context(|| {
+                format!("container {owner}, whose namespaces this one joins, is not running in this guest")
+            })?;
+            let file = match ns.typ() {
+                T::Network => "net",
+                T::Ipc => "ipc",
+                T::Uts => "uts",
+                T::Pid => "pid",
+                other => anyhow::bail!(
+                    "joining another container's {other:?} namespace is not supported"
+                ),
+            };
+            ns.set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/{file}"))));
+        }
+        linux.set_namespaces(Some(namespaces));
+        Ok(spec)
+    }
+
     fn create(
         self: &Arc<Self>,
         conn: u64,
@@ -494,6 +541,7 @@ impl Agent {
         }
         let mut made: Option<Box<dyn Managed>> = None;
         let result = (|| -> Result<()> {
+            let spec = self.pod_namespaces(spec)?;
             let (io, wiring) = self.wiring(&stdio)?;
             let ops = self.ops();
             let serial = self.next_serial.fetch_add(1, Ordering::SeqCst);

@@ -269,13 +269,23 @@ fn prepare_vm_bundle(
         std::os::unix::fs::symlink(&disk, paths.dir.join("rootfs.disk"))?;
     }
     // The guest has namespaces of its own: paths to the host's (a network
-    // namespace the engine prepared) mean nothing there.
+    // namespace the engine prepared) mean nothing there. A pod member's
+    // paths to its pod's namespaces name the sandbox container instead,
+    // whose namespaces in the guest the agent joins.
     if let Some(linux) = spec.linux_mut() {
         if let Some(ns) = linux.namespaces().clone() {
+            use oci_spec::runtime::LinuxNamespaceType as T;
             let ns = ns
                 .into_iter()
                 .map(|mut n| {
-                    n.set_path(None);
+                    let pod_shared = matches!(n.typ(), T::Network | T::Ipc | T::Uts | T::Pid);
+                    let path = match sandbox {
+                        Some(sb) if n.path().is_some() && pod_shared => {
+                            Some(PathBuf::from(format!("container:{sb}")))
+                        }
+                        _ => None,
+                    };
+                    n.set_path(path);
                     n
                 })
                 .collect();
