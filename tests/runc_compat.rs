@@ -205,6 +205,7 @@ fn runc_command_line_directly() {
     for k in ["ociVersion", "rootfs", "created", "owner"] {
         assert!(s.get(k).is_some(), "state lacks {k}: {s}");
     }
+    assert_eq!(s["owner"], "root", "runc names the owner: {s}");
 
     // list: runc's table, json and -q.
     let table = env.ok(&["list"]);

@@ -659,8 +659,20 @@ fn state_of(roots: &Roots, rec: &Record) -> Result<State> {
             .unwrap_or_default(),
         bundle,
         created: rec.created,
-        owner: String::new(),
+        owner: owner_of(&ContainerPaths::new(roots, &rec.id).dir),
     })
+}
+
+/// The user who owns the container's state, by name, as runc reports it.
+fn owner_of(dir: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(dir) else {
+        return String::new();
+    };
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid())) {
+        Ok(Some(u)) => u.name,
+        _ => meta.uid().to_string(),
+    }
 }
 
 pub fn state(roots: &Roots, id: &str) -> Result<State> {
