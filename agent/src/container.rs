@@ -280,29 +280,9 @@ fn record(id: &str, spec: &Spec) -> Record {
         .and_then(|p| p.args().clone())
         .unwrap_or_default();
     Record {
-        id: id.to_string(),
-        name: id.to_string(),
-        image: String::new(),
-        image_id: String::new(),
         // Inside the guest the container is a namespace container.
-        isolation: Isolation::Container,
-        command,
-        created: chrono::Utc::now(),
-        started: None,
-        finished: None,
-        status: Status::Created,
-        pid: None,
         monitor_pid: Some(std::process::id() as i32),
-        exit_code: None,
-        oom_killed: false,
-        error: None,
-        auto_remove: false,
-        tty: false,
-        interactive: false,
-        stop_signal: "SIGTERM".into(),
-        kernel: None,
-        bundle: None,
-        sandbox: None,
+        ..Record::new(id, id, Isolation::Container, command)
     }
 }
 

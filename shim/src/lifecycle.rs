@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use capsa_image::spec::RunConfig;
 use capsa_image::Store;
-use chrono::Utc;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
@@ -154,28 +153,14 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         .and_then(|c| c.stop_signal().clone())
         .unwrap_or_else(|| "SIGTERM".into());
     let rec = Record {
-        id: id.clone(),
-        name,
         image: req.image.clone(),
         image_id: image.id.clone(),
-        isolation: req.isolation,
-        command,
-        created: Utc::now(),
-        started: None,
-        finished: None,
-        status: Status::Created,
-        pid: None,
-        monitor_pid: None,
-        exit_code: None,
-        oom_killed: false,
-        error: None,
         auto_remove: req.auto_remove,
         tty,
         interactive: req.interactive,
         stop_signal,
         kernel: req.kernel.clone(),
-        bundle: None,
-        sandbox: None,
+        ..Record::new(&id, &name, req.isolation, command)
     };
     rec.save(roots)?;
     guard.armed = false;

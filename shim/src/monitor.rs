@@ -25,6 +25,17 @@ use crate::record::{Record, Status};
 use crate::stdio::{self, Pump, RawMode, Source};
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 
+/// Signals a monitor passes on to its container, as docker's and
+/// containerd's do.
+pub const FORWARDED_SIGNALS: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
 pub enum Mode {
     /// `capsa run` without `-d`: output also goes to our stdout/stderr, and
     /// with `-i` our stdin goes to the container.
@@ -69,17 +80,11 @@ pub fn run(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
     // Signals for the container arrive on a signalfd; blocked only now, so
     // the container's own processes never inherit the blocked mask.
     let mut forwarded = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-    ] {
+    for s in FORWARDED_SIGNALS {
         forwarded.add(s);
     }
+    // The terminal's size follows ours.
+    forwarded.add(Signal::SIGWINCH);
     forwarded.thread_block()?;
     let sfd = SignalFd::with_flags(&forwarded, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 

@@ -178,32 +178,21 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
         Err(e) => return Err(e).with_context(|| format!("creating {}", paths.dir.display())),
     }
     let mut rec = Record {
-        id: id.to_string(),
-        name: id.to_string(),
         image: bundle.display().to_string(),
-        image_id: String::new(),
-        isolation,
-        command: process.args().clone().unwrap_or_default(),
-        created: Utc::now(),
-        started: None,
-        finished: None,
-        status: Status::Created,
-        pid: None,
-        monitor_pid: None,
-        exit_code: None,
-        oom_killed: false,
-        error: None,
-        auto_remove: false,
         tty: process.terminal().unwrap_or(false),
         interactive: io.stdin.is_some(),
-        stop_signal: "SIGTERM".into(),
         kernel: spec
             .annotations()
             .as_ref()
             .and_then(|a| a.get(KERNEL_ANNOTATION))
             .map(PathBuf::from),
         bundle: Some(bundle.clone()),
-        sandbox: None,
+        ..Record::new(
+            id,
+            id,
+            isolation,
+            process.args().clone().unwrap_or_default(),
+        )
     };
     let mut undo = Undo {
         roots,
@@ -211,6 +200,11 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
     };
     rec.save(roots)?;
     let pid = match isolation {
+        Isolation::Container if multi_threaded() => {
+            let mut args = MonitorArgs::create(roots, id, &io);
+            args.namespace = Some(NamespaceOp::Create(bundle.clone()));
+            spawn_monitor(roots, id, &args, io)?
+        }
         Isolation::Container => NamespaceBackend::new(roots).create_bundle(id, &bundle, io)?,
         Isolation::Vm => {
             crate::microvm::check_host(rec.kernel.as_deref())
@@ -393,6 +387,33 @@ struct MonitorArgs {
     console_socket: Option<PathBuf>,
     /// Exec mode: the process to run in the existing container.
     exec: Option<Process>,
+    /// Container mode from a multi-threaded caller: the libcontainer
+    /// operation to run in this single-threaded process instead.
+    #[serde(default)]
+    namespace: Option<NamespaceOp>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum NamespaceOp {
+    Create(PathBuf),
+    Exec(Box<Process>),
+}
+
+/// libcontainer clones the calling process without exec and goes on
+/// running Rust code (allocating, logging) in the child; after a clone of
+/// a multi-threaded process a lock another thread held stays held there
+/// forever. runc avoids this by re-executing itself; capsa runs the
+/// operation in a fresh `capsa` process when the caller has threads (the
+/// containerd shim, a test harness).
+fn multi_threaded() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse::<u32>().ok())
+        })
+        .is_none_or(|n| n > 1)
 }
 
 impl MonitorArgs {
@@ -404,6 +425,7 @@ impl MonitorArgs {
             stdin: io.stdin.is_some(),
             console_socket: io.console_socket.clone(),
             exec: None,
+            namespace: None,
         }
     }
 }
@@ -449,6 +471,13 @@ fn spawn_monitor(roots: &Roots, id: &str, args: &MonitorArgs, io: ProcessIo) -> 
         .split_once(' ')
         .unwrap_or((line.trim_end(), ""))
     {
+        // A namespace operation's helper reports the container's PID and
+        // exits; the container's process is left to the caller.
+        ("ok", p) if !p.is_empty() => {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            p.parse()
+                .map_err(|_| error(format!("the helper of {id} reported {p:?}")))
+        }
         ("ok", _) => Ok(pid),
         (_, msg) => {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
@@ -464,7 +493,8 @@ fn spawn_monitor(roots: &Roots, id: &str, args: &MonitorArgs, io: ProcessIo) -> 
 }
 
 /// `capsa __oci-monitor ARGS`: the VM-mode process behind [`create`] and
-/// [`exec`]. Returns the exit status to end with.
+/// [`exec`] (and, for a multi-threaded caller, the single-threaded process
+/// that runs a container-mode create or exec and reports the PID). Returns the exit status to end with.
 pub fn monitor_main(args: &[String]) -> i32 {
     // SAFETY: fd 3 is the ready pipe spawn_monitor set up for us.
     let ready = unsafe { fs::File::from_raw_fd(3) };
@@ -484,8 +514,6 @@ fn monitor(args: &[String], mut ready: fs::File) -> Result<i32> {
         lib: args.lib.clone(),
         run: args.run.clone(),
     };
-    let rec = Record::load(&roots, &args.id)?;
-    let backend = MicroVmBackend::new(&roots);
     let dup = |fd: i32| -> Result<OwnedFd> {
         Ok(nix::unistd::dup(fd).map(|f| unsafe { OwnedFd::from_raw_fd(f) })?)
     };
@@ -498,6 +526,25 @@ fn monitor(args: &[String], mut ready: fs::File) -> Result<i32> {
         stderr: if tty { None } else { Some(dup(2)?) },
         console_socket: args.console_socket.clone(),
     };
+    if let Some(op) = args.namespace {
+        let backend = NamespaceBackend::new(&roots);
+        let result = match op {
+            NamespaceOp::Create(bundle) => backend.create_bundle(&args.id, &bundle, io),
+            NamespaceOp::Exec(process) => backend.exec_process(&args.id, &process, io),
+        };
+        return match result {
+            Ok(pid) => {
+                writeln!(ready, "ok {pid}")?;
+                Ok(0)
+            }
+            Err(e) => {
+                let _ = writeln!(ready, "error {}", one_line(&e));
+                Err(e)
+            }
+        };
+    }
+    let rec = Record::load(&roots, &args.id)?;
+    let backend = MicroVmBackend::new(&roots);
     if let Some(process) = &args.exec {
         let req = exec_request(process);
         let handle = match backend.exec(&rec, &req, io) {
@@ -548,14 +595,7 @@ fn one_line(e: &anyhow::Error) -> String {
 fn forward_signals(roots: &Roots, rec: &Record) {
     use nix::sys::signal::SigSet;
     let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
+    for s in crate::monitor::FORWARDED_SIGNALS {
         set.add(s);
     }
     if set.thread_block().is_err() {
@@ -766,6 +806,11 @@ pub fn exec(roots: &Roots, id: &str, process: &Process, io: ProcessIo) -> Result
         )));
     }
     match rec.isolation {
+        Isolation::Container if multi_threaded() => {
+            let mut args = MonitorArgs::create(roots, id, &io);
+            args.namespace = Some(NamespaceOp::Exec(Box::new(process.clone())));
+            spawn_monitor(roots, id, &args, io)
+        }
         Isolation::Container => NamespaceBackend::new(roots).exec_process(id, process, io),
         Isolation::Vm => {
             let mut args = MonitorArgs::create(roots, id, &io);

@@ -76,6 +76,34 @@ pub struct Record {
 }
 
 impl Record {
+    /// A just-created container: nothing run yet, no options set.
+    pub fn new(id: &str, name: &str, isolation: Isolation, command: Vec<String>) -> Record {
+        Record {
+            id: id.to_string(),
+            name: name.to_string(),
+            image: String::new(),
+            image_id: String::new(),
+            isolation,
+            command,
+            created: Utc::now(),
+            started: None,
+            finished: None,
+            status: Status::Created,
+            pid: None,
+            monitor_pid: None,
+            exit_code: None,
+            oom_killed: false,
+            error: None,
+            auto_remove: false,
+            tty: false,
+            interactive: false,
+            stop_signal: "SIGTERM".into(),
+            kernel: None,
+            bundle: None,
+            sandbox: None,
+        }
+    }
+
     pub fn load(roots: &Roots, id: &str) -> Result<Record> {
         let path = ContainerPaths::new(roots, id).record();
         let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;

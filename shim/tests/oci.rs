@@ -18,6 +18,22 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 fn require_root() {
+    // This harness runs tests on threads, so oci runs libcontainer in a
+    // `capsa` process (see oci::create): the one cargo built beside us.
+    if std::env::var_os("CAPSA_BIN").is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let capsa = exe.parent().unwrap().parent().unwrap().join("capsa");
+        assert!(
+            capsa.exists(),
+            "{} is missing: build it first (cargo build --release --workspace --bins)",
+            capsa.display()
+        );
+        std::env::set_var("CAPSA_BIN", capsa);
+    }
+    // That process exits once the container exists; like containerd's
+    // shim, we take its orphans to reap them.
+    // SAFETY: plain prctl on our own process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     assert!(
         nix::unistd::geteuid().is_root(),
         "these tests start real containers and must run as root"
@@ -54,6 +70,10 @@ fn bundle(root: &Path, name: &str, args: &[&str]) -> PathBuf {
             .build()
             .unwrap(),
     ));
+    // Where capsa run puts containers' cgroups, so the leak check sees them.
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_cgroups_path(Some(capsa_shim::namespace::cgroup_path(name)));
+    }
     // The host's /etc files capsa run would bind are not there.
     let mounts = spec.mounts().clone().unwrap_or_default();
     spec.set_mounts(Some(
