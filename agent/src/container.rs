@@ -301,13 +301,8 @@ pub fn guest_bind_sources(spec: &mut Spec, dir: &Path) -> Result<()> {
     };
     let mut out = Vec::with_capacity(mounts.len());
     for mut m in mounts {
-        let is_bind = m.typ().as_deref() == Some("bind")
-            || m.options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
         let missing = m.source().as_ref().is_some_and(|s| !s.exists());
-        if !is_bind || !missing {
+        if !capsa_shim::microvm::is_bind_mount(&m) || !missing {
             out.push(m);
             continue;
         }

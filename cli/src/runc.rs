@@ -24,8 +24,6 @@ use capsa_shim::oci;
 use capsa_shim::{CodedError, Roots};
 use chrono::SecondsFormat;
 use clap::{Args, ValueEnum};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::containers;
@@ -138,19 +136,6 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     std::fs::write(&tmp, pid.to_string())
         .with_context(|| format!("writing the pid file {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing the pid file {}", path.display()))
-}
-
-/// Waits for our child `pid`; its exit code, or 128+N for signal N.
-fn wait_exit(pid: i32) -> Result<i32> {
-    loop {
-        match waitpid(Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, c)) => return Ok(c),
-            Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => bail!("waiting for process {pid}: {e}"),
-        }
-    }
 }
 
 /// Whether `id` names a container made by `capsa create` (runc's world)
@@ -407,7 +392,7 @@ pub fn exec(roots: &Roots, a: ExecArgs) -> Result<i32> {
         if a.detach {
             return Ok(0);
         }
-        wait_exit(pid)
+        capsa_shim::namespace::wait_pid(pid)
     };
     run().map_err(coded(EXIT_EXEC_FAILED))
 }

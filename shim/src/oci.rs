@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ExecRequest, ProcessHandle, ProcessIo};
 use crate::lifecycle::Isolation;
-use crate::microvm::{sandbox, MicroVmBackend};
+use crate::microvm::{is_bind_mount, sandbox, MicroVmBackend};
 use crate::namespace::NamespaceBackend;
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
@@ -107,11 +107,7 @@ fn load_spec(bundle: &Path) -> Result<Spec> {
 }
 
 pub fn isolation_of(spec: &Spec) -> Result<Isolation> {
-    match spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(ISOLATION_ANNOTATION))
-    {
+    match sandbox::annotation(spec, ISOLATION_ANNOTATION) {
         None => Ok(Isolation::Container),
         Some(v) => v
             .parse()
@@ -181,11 +177,7 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
         image: bundle.display().to_string(),
         tty: process.terminal().unwrap_or(false),
         interactive: io.stdin.is_some(),
-        kernel: spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(KERNEL_ANNOTATION))
-            .map(PathBuf::from),
+        kernel: sandbox::annotation(&spec, KERNEL_ANNOTATION).map(PathBuf::from),
         bundle: Some(bundle.clone()),
         ..Record::new(
             id,
@@ -203,7 +195,7 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
         Isolation::Container if multi_threaded() => {
             let mut args = MonitorArgs::create(roots, id, &io);
             args.namespace = Some(NamespaceOp::Create(bundle.clone()));
-            spawn_monitor(roots, id, &args, io)?
+            spawn_monitor(id, &args, io)?
         }
         Isolation::Container => NamespaceBackend::new(roots).create_bundle(id, &bundle, io)?,
         Isolation::Vm => {
@@ -223,7 +215,7 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
                 fs::write(paths.dir.join(sandbox::DEVICE_FILE), device)?;
                 fs::remove_file(&image)?;
             }
-            let pid = spawn_monitor(roots, id, &MonitorArgs::create(roots, id, &io), io)?;
+            let pid = spawn_monitor(id, &MonitorArgs::create(roots, id, &io), io)?;
             rec.monitor_pid = Some(pid);
             pid
         }
@@ -324,10 +316,7 @@ fn embed_bound_files(spec: &mut Spec, image: &Path, id: &str) -> Result<()> {
     let mut script = String::from("mkdir /.capsa-files\n");
     let mut n = 0;
     for m in mounts.iter_mut() {
-        let opts = m.options().clone().unwrap_or_default();
-        let is_bind =
-            m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
-        let Some(src) = m.source().clone().filter(|_| is_bind) else {
+        let Some(src) = m.source().clone().filter(|_| is_bind_mount(m)) else {
             continue;
         };
         if m.destination() == Path::new("/dev/shm") {
@@ -432,7 +421,7 @@ impl MonitorArgs {
 
 /// Starts `capsa __oci-monitor` with the container's standard streams and
 /// waits until it reports that the container (or exec'd process) exists.
-fn spawn_monitor(roots: &Roots, id: &str, args: &MonitorArgs, io: ProcessIo) -> Result<i32> {
+fn spawn_monitor(id: &str, args: &MonitorArgs, io: ProcessIo) -> Result<i32> {
     let capsa = crate::microvm::guest::sibling_binary("capsa", "CAPSA_BIN")?;
     let (ready_r, ready_w) = nix::unistd::pipe()?;
     let mut cmd = Command::new(&capsa);
@@ -486,7 +475,6 @@ fn spawn_monitor(roots: &Roots, id: &str, args: &MonitorArgs, io: ProcessIo) -> 
             } else {
                 msg.to_string()
             };
-            let _ = roots;
             Err(error(msg))
         }
     }
@@ -809,13 +797,13 @@ pub fn exec(roots: &Roots, id: &str, process: &Process, io: ProcessIo) -> Result
         Isolation::Container if multi_threaded() => {
             let mut args = MonitorArgs::create(roots, id, &io);
             args.namespace = Some(NamespaceOp::Exec(Box::new(process.clone())));
-            spawn_monitor(roots, id, &args, io)
+            spawn_monitor(id, &args, io)
         }
         Isolation::Container => NamespaceBackend::new(roots).exec_process(id, process, io),
         Isolation::Vm => {
             let mut args = MonitorArgs::create(roots, id, &io);
             args.exec = Some(process.clone());
-            spawn_monitor(roots, id, &args, io)
+            spawn_monitor(id, &args, io)
         }
     }
 }
@@ -880,15 +868,7 @@ fn vmm_pid(rec: &Record) -> Option<i32> {
     children
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
-        .find(|p: &i32| {
-            fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| {
-                    c.split(|b| *b == 0)
-                        .next()
-                        .is_some_and(|a| a.ends_with(b"capsa-vmm"))
-                })
-                .unwrap_or(false)
-        })
+        .find(|p| crate::microvm::is_vmm(*p))
 }
 
 pub fn stats(roots: &Roots, id: &str) -> Result<Stats> {

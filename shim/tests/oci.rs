@@ -14,8 +14,6 @@ use capsa_shim::backend::ProcessIo;
 use capsa_shim::oci;
 use capsa_shim::Roots;
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
 
 fn require_root() {
     // This harness runs tests on threads, so oci runs libcontainer in a
@@ -92,11 +90,7 @@ fn pipe() -> (std::fs::File, OwnedFd) {
 }
 
 fn exit_status(pid: i32) -> i32 {
-    match waitpid(Pid::from_raw(pid), None).unwrap() {
-        WaitStatus::Exited(_, c) => c,
-        WaitStatus::Signaled(_, s, _) => 128 + s as i32,
-        other => panic!("unexpected {other:?}"),
-    }
+    capsa_shim::namespace::wait_pid(pid).unwrap()
 }
 
 fn leftovers(root: &Path, id: &str) -> Vec<String> {

@@ -11,15 +11,7 @@
 
 use std::process::Command;
 
-fn monotonic_ns() -> u128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
-}
+use capsa_vmm::cpu::monotonic_ns;
 
 fn field(text: &str, key: &str) -> Option<u128> {
     let i = text.find(key)? + key.len();

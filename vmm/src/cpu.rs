@@ -226,7 +226,8 @@ pub struct VcpuRunner {
 
 static FIRST_RUN_REPORTED: AtomicBool = AtomicBool::new(false);
 
-fn monotonic_ns() -> u128 {
+/// CLOCK_MONOTONIC in nanoseconds (what `first_run` compares against).
+pub fn monotonic_ns() -> u128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

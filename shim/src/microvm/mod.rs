@@ -27,7 +27,7 @@ use crate::record::Record;
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 use client::AgentConn;
 use sandbox::is_sandbox;
-pub use volumes::shm_as_tmpfs;
+pub use volumes::{is_bind_mount, shm_as_tmpfs};
 
 /// Memory the guest kernel and agent need beyond the container's limit.
 const GUEST_OVERHEAD_MIB: u64 = 96;
@@ -174,14 +174,7 @@ impl MicroVmBackend {
         let device = std::fs::read_to_string(paths.dir.join(sandbox::DEVICE_FILE))
             .context("the container has no slot in its sandbox VM")?;
         let conn = Arc::new(self.connect(rec)?);
-        let limit = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-            .and_then(|r| r.memory().as_ref())
-            .and_then(|m| m.limit())
-            .filter(|l| *l > 0)
-            .map_or(MIN_MEM_MIB << 20, |l| l as u64);
+        let limit = memory_limit(&spec).unwrap_or(MIN_MEM_MIB << 20);
         let rootfs = Rootfs {
             device: device.trim().into(),
             fstype: "ext4".into(),
@@ -213,15 +206,22 @@ pub fn check_host(user_kernel: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// The container's memory limit in bytes, if it has one.
+fn memory_limit(spec: &oci_spec::runtime::Spec) -> Option<u64> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .map(|l| l as u64)
+}
+
 /// VM size from the container's limits: memory limit plus the guest's own
 /// needs, and one vCPU per (started) CPU of quota.
 fn vm_size(spec: &oci_spec::runtime::Spec) -> (u64, u64) {
     let res = spec.linux().as_ref().and_then(|l| l.resources().clone());
-    let limit_mib = res
-        .as_ref()
-        .and_then(|r| r.memory().as_ref().and_then(|m| m.limit()))
-        .filter(|l| *l > 0)
-        .map(|l| (l as u64).div_ceil(1 << 20));
+    let limit_mib = memory_limit(spec).map(|l| l.div_ceil(1 << 20));
     let mem = limit_mib.map_or(MIN_MEM_MIB, |l| (l + GUEST_OVERHEAD_MIB).max(MIN_MEM_MIB));
     let vcpus = res
         .as_ref()
@@ -526,7 +526,8 @@ fn agent_timeout() -> Duration {
         .map_or(Duration::from_secs(60), Duration::from_secs)
 }
 
-fn is_vmm(pid: i32) -> bool {
+/// Whether `pid` runs capsa-vmm.
+pub(crate) fn is_vmm(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
             c.split(|b| *b == 0)

@@ -33,7 +33,8 @@ const SLOT_BYTES: u64 = 16 << 30;
 /// In a joined container's directory: the guest device of its slot.
 pub const DEVICE_FILE: &str = "rootfs.device";
 
-fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
+/// The value of annotation `key` of the spec, if set.
+pub(crate) fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
     spec.annotations()
         .as_ref()
         .and_then(|a| a.get(key))
