@@ -299,6 +299,10 @@ impl Vmm {
             .collect()
     }
 
+    /// How long a panicked guest gets to reset itself before the panic
+    /// alone ends the VM (its kernel can hang on the way to the reset).
+    const PANIC_RESET_GRACE: Duration = Duration::from_secs(10);
+
     /// Runs the VM until it stops; returns why.
     pub fn run(mut self) -> Result<VmmExit> {
         let exit_fd = self.events.exit_evt().as_raw_fd();
@@ -310,6 +314,7 @@ impl Vmm {
         let epoll = Epoll::new()?;
         const EXIT_TOKEN: u64 = 0;
         const STDIN_TOKEN: u64 = 1;
+        const PANIC_TOKEN: u64 = 4;
         const QUEUE_TAG: u64 = 2 << 32;
         const BACKEND_TAG: u64 = 3 << 32;
         let add = |fd: RawFd, token: u64| {
@@ -320,6 +325,7 @@ impl Vmm {
             )
         };
         add(exit_fd, EXIT_TOKEN)?;
+        add(self.events.panic_evt().as_raw_fd(), PANIC_TOKEN)?;
         if self.console_input && add(0, STDIN_TOKEN).is_err() {
             self.console_input = false;
         }
@@ -359,8 +365,12 @@ impl Vmm {
             }
         }
         let mut evs = [EpollEvent::default(); 32];
+        // When the guest kernel panicked (panic=-1 resets at once), the
+        // time it did; should the reset not come, the panic ends the VM.
+        let mut panicked_at: Option<Instant> = None;
         while !self.events.should_stop() {
-            let n = match epoll.wait(-1, &mut evs) {
+            let timeout = if panicked_at.is_some() { 500 } else { -1 };
+            let n = match epoll.wait(timeout, &mut evs) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
                 Err(e) => {
@@ -372,11 +382,18 @@ impl Vmm {
             if TERMINATED.load(Ordering::SeqCst) {
                 self.events.request_exit(VmmExit::Terminated);
             }
+            if panicked_at.is_some_and(|t| t.elapsed() >= Self::PANIC_RESET_GRACE) {
+                self.events.request_exit(VmmExit::GuestPanic);
+            }
             for ev in &evs[..n] {
                 let token = ev.data();
                 match token {
                     EXIT_TOKEN => {
                         let _ = self.events.exit_evt().read();
+                    }
+                    PANIC_TOKEN => {
+                        let _ = self.events.panic_evt().read();
+                        panicked_at.get_or_insert_with(Instant::now);
                     }
                     STDIN_TOKEN => self.console_in(&epoll),
                     t if t & QUEUE_TAG == QUEUE_TAG && t & BACKEND_TAG != BACKEND_TAG => {

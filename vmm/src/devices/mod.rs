@@ -79,6 +79,9 @@ impl ConsoleTail {
 pub struct VmEvents {
     exit: Mutex<Option<VmmExit>>,
     exit_evt: EventFd,
+    /// Signalled when the kernel reports a panic, so the event loop can
+    /// end the VM should the reset that normally follows never come.
+    panic_evt: EventFd,
     panicked: AtomicBool,
     panic_line: Mutex<Option<String>>,
     console: Mutex<ConsoleTail>,
@@ -89,6 +92,7 @@ impl VmEvents {
         Ok(VmEvents {
             exit: Mutex::new(None),
             exit_evt: EventFd::new(EFD_NONBLOCK)?,
+            panic_evt: EventFd::new(EFD_NONBLOCK)?,
             panicked: AtomicBool::new(false),
             panic_line: Mutex::new(None),
             console: Mutex::new(ConsoleTail::default()),
@@ -124,6 +128,15 @@ impl VmEvents {
         &self.exit_evt
     }
 
+    pub fn panic_evt(&self) -> &EventFd {
+        &self.panic_evt
+    }
+
+    /// The kernel has reported a panic (it may still reset the VM).
+    pub fn panicked(&self) -> bool {
+        self.panicked.load(Ordering::SeqCst)
+    }
+
     /// Console bytes from the guest: kept for error messages and watched
     /// for kernel panics and power-off.
     pub fn console_output(&self, bytes: &[u8]) {
@@ -143,6 +156,7 @@ impl VmEvents {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get_or_insert_with(|| line[i..].to_string());
+                let _ = self.panic_evt.write(1);
             } else if line.contains("reboot: Power down") || line.contains("reboot: System halted")
             {
                 // Without ACPI the kernel has no way to turn the machine
@@ -197,6 +211,8 @@ mod tests {
             ev.panic_line().as_deref(),
             Some("Kernel panic - not syncing: VFS: Unable to mount root fs")
         );
+        assert_eq!(ev.panic_evt().read().unwrap(), 1, "the event loop is told");
+        assert!(ev.panicked());
         ev.request_exit(VmmExit::Reset);
         assert_eq!(ev.exit_reason(), Some(VmmExit::GuestPanic));
         assert_eq!(ev.exit_evt().read().unwrap(), 1);
