@@ -147,6 +147,7 @@ impl Drop for Undo<'_> {
             if rec.isolation == Isolation::Container {
                 let _ = NamespaceBackend::new(self.roots).delete_id(&rec.id);
             }
+            release_slot(self.roots, &rec);
             let _ = crate::lifecycle::remove_files(self.roots, &rec);
         }
     }
@@ -766,10 +767,15 @@ pub fn delete(roots: &Roots, id: &str, force: bool) -> Result<()> {
             }
         }
     }
-    if let Some(sb) = &rec.sandbox {
-        sandbox::release(&ContainerPaths::new(roots, sb).dir, id);
-    }
+    release_slot(roots, &rec);
     crate::lifecycle::remove_files(roots, &rec)
+}
+
+/// Gives a pod member's slot in its sandbox's VM back.
+fn release_slot(roots: &Roots, rec: &Record) {
+    if let Some(sb) = &rec.sandbox {
+        sandbox::release(&ContainerPaths::new(roots, sb).dir, &rec.id);
+    }
 }
 
 /// Alive and not yet a zombie.
