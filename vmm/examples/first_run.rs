@@ -9,7 +9,9 @@
 //!
 //! Prints each run and the median.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use capsa_vmm::cpu::monotonic_ns;
 
@@ -35,7 +37,7 @@ fn main() {
     let mut anons = Vec::new();
     for i in 0..runs {
         let t0 = monotonic_ns();
-        let out = Command::new(vmm)
+        let mut child = Command::new(vmm)
             .args(vmm_args)
             .args([
                 "--report-first-run",
@@ -43,9 +45,30 @@ fn main() {
                 "--serial",
                 "none",
             ])
-            .output()
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("running capsa-vmm");
-        let err = String::from_utf8_lossy(&out.stderr);
+        // On a PVM host the first KVM_RUN itself lasts seconds (the guest is
+        // emulated until its first exit): once it has begun, SIGTERM ends
+        // the VM, and capsa-vmm still reports its memory on the way out.
+        let mut err = String::new();
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        for line in lines.by_ref() {
+            let line = line.expect("reading capsa-vmm's stderr");
+            err.push_str(&line);
+            err.push('\n');
+            if line.contains("monotonic_ns=") {
+                std::thread::sleep(Duration::from_millis(50));
+                // SAFETY: signalling our own child, which has not been reaped.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                break;
+            }
+        }
+        for line in lines {
+            err.push_str(&line.expect("reading capsa-vmm's stderr"));
+            err.push('\n');
+        }
+        let status = child.wait().expect("waiting for capsa-vmm");
         let Some(t1) = field(&err, "monotonic_ns=") else {
             eprintln!("run {i}: no first-KVM_RUN report; capsa-vmm said:\n{err}");
             std::process::exit(1);
@@ -56,7 +79,7 @@ fn main() {
         let anon = field(&err, "rss_vmm_anon_kib=").unwrap_or(0);
         println!(
             "run {i}: exec -> first KVM_RUN {us:.0} us; RSS total {total} KiB, VMM (without guest memory) {vmm_kib} KiB of which anonymous {anon} KiB; exit {:?}",
-            out.status.code()
+            status.code()
         );
         times.push(us);
         rss.push(vmm_kib);
