@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build-kernels.sh
 cargo build --release --workspace --bins
-[ -x scripts/build-agent.sh ] && bash scripts/build-agent.sh >/dev/null
+[ -x scripts/build-static.sh ] && bash scripts/build-static.sh >/dev/null
 capsa=$PWD/target/release/capsa
 root=/var/lib/capsa-demo
 workload='echo "hello from $(hostname): kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpu(s)"'

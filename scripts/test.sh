@@ -11,5 +11,5 @@ bash scripts/setup.sh
 [ -x scripts/build-kernels.sh ] && bash scripts/build-kernels.sh
 
 cargo build --release --workspace --bins
-bash scripts/build-agent.sh >/dev/null   # static, for the guest's initramfs
+bash scripts/build-static.sh >/dev/null   # static, for the guest's initramfs
 cargo test --release --workspace --no-fail-fast -- --test-threads="${CAPSA_TEST_THREADS:-2}"

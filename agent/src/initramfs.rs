@@ -28,7 +28,7 @@ pub use capsa_shim::microvm::guest::{check_static_elf, initramfs_archive as arch
 pub fn build(agent: &Path, cache_dir: &Path) -> Result<PathBuf> {
     let data = fs::read(agent).with_context(|| {
         format!(
-            "reading the agent binary {} (build it with scripts/build-agent.sh)",
+            "reading the agent binary {} (build it with scripts/build-static.sh)",
             agent.display()
         )
     })?;

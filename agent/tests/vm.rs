@@ -53,11 +53,11 @@ fn vmm_binary() -> PathBuf {
 
 fn agent_binary() -> PathBuf {
     let out = Command::new("bash")
-        .arg(workspace().join("scripts/build-agent.sh"))
+        .arg(workspace().join("scripts/build-static.sh"))
         .stderr(Stdio::inherit())
         .output()
-        .expect("running scripts/build-agent.sh");
-    assert!(out.status.success(), "scripts/build-agent.sh failed");
+        .expect("running scripts/build-static.sh");
+    assert!(out.status.success(), "scripts/build-static.sh failed");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 

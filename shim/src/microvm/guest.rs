@@ -29,7 +29,7 @@ pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("executable has no directory")?;
     let profile = dir.file_name().unwrap_or_default();
-    // The static build (scripts/build-agent.sh) first: a plain `cargo build`
+    // The static build (scripts/build-static.sh) first: a plain `cargo build`
     // also leaves a dynamically linked capsa-agent next to capsa.
     let candidates = [
         dir.join("..")
@@ -44,7 +44,7 @@ pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
         }
     }
     bail!(
-        "{name} was not found next to {} (set {env}, or build it: scripts/build-agent.sh)",
+        "{name} was not found next to {} (set {env}, or build it: scripts/build-static.sh)",
         exe.display()
     )
 }
@@ -103,7 +103,7 @@ pub fn check_static_elf(data: &[u8], what: &Path) -> Result<()> {
     }
     if data.windows(15).any(|w| w == b"/lib64/ld-linux") {
         bail!(
-            "{} is dynamically linked and cannot be the guest's PID 1: build it with scripts/build-agent.sh",
+            "{} is dynamically linked and cannot be the guest's PID 1: build it with scripts/build-static.sh",
             what.display()
         );
     }
