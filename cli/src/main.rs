@@ -74,6 +74,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a command in a new container.
+    // `-h` is docker's --hostname here, so help is `--help` only.
+    #[command(disable_help_flag = true)]
     Run(Box<run_flags::RunArgs>),
     /// List containers (docker), or the processes of one (runc: `ps ID`).
     Ps(runc::PsArgs),
@@ -288,6 +290,22 @@ mod tests {
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("capsa").chain(args.iter().copied()))
             .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// `run -h` is docker's hostname flag; help stays on `--help`.
+    #[test]
+    fn run_short_h_is_hostname() {
+        let Command::Run(a) = parse(&["run", "-h", "box", "demo"]).command else {
+            panic!("not run");
+        };
+        assert_eq!(a.hostname.as_deref(), Some("box"));
+        let err = Cli::try_parse_from(["capsa", "run", "--help"])
+            .err()
+            .expect("help");
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+        let help = err.to_string();
+        assert!(help.contains("-h, --hostname"), "{help}");
+        assert!(!help.contains("-h, --help"), "{help}");
     }
 
     /// The command lines go-runc (containerd's runc shim) and conmon

@@ -10,6 +10,9 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
