@@ -30,18 +30,21 @@ pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
     let dir = exe.parent().context("executable has no directory")?;
     let profile = dir.file_name().unwrap_or_default();
     // The static build (scripts/build-static.sh) first: a plain `cargo build`
-    // also leaves a dynamically linked capsa-agent next to capsa.
-    let candidates = [
-        dir.join("..")
-            .join("x86_64-unknown-linux-gnu")
-            .join(profile)
-            .join(name),
-        dir.join(name),
-    ];
-    for c in &candidates {
-        if c.exists() {
-            return Ok(c.clone());
-        }
+    // also leaves a dynamically linked copy next to capsa. But not when that
+    // copy is newer: the static one would run stale code (for the agent,
+    // the dynamic copy is then refused with a message saying to rebuild).
+    let static_build = dir
+        .join("..")
+        .join("x86_64-unknown-linux-gnu")
+        .join(profile)
+        .join(name);
+    let beside = dir.join(name);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(&static_build), modified(&beside)) {
+        (Some(s), Some(b)) if b > s => return Ok(beside),
+        (Some(_), _) => return Ok(static_build),
+        (None, Some(_)) => return Ok(beside),
+        (None, None) => {}
     }
     bail!(
         "{name} was not found next to {} (set {env}, or build it: scripts/build-static.sh)",
