@@ -60,7 +60,7 @@ pub use error::{Error, Result};
 
 pub use pull::PullOptions;
 pub use rootfs::{filesystem_image_of, RootfsFormat};
-pub use store::{short_id, Image, ImageSummary, Layer, Store};
+pub use store::{short_id, Image, ImageRecord, ImageSummary, Layer, Store};
 
 /// Re-exported so callers use the same oci-spec version.
 pub use oci_spec;

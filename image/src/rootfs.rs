@@ -197,11 +197,7 @@ impl Store {
     /// The read-only root filesystem image of `image` for vm mode, built on
     /// first use and cached by the chain ID of its top layer.
     pub fn rootfs_image(&self, image: &Image, format: RootfsFormat) -> Result<PathBuf> {
-        let key = match image.chain_ids().last() {
-            Some(c) => hex_of(c)?.to_string(),
-            // No layers: an empty filesystem, keyed by the config.
-            None => hex_of(&image.id)?.to_string(),
-        };
+        let key = hex_of(&image.top_chain_id())?.to_string();
         let dir = self.dir().join("rootfs");
         fs::create_dir_all(&dir).at("create", &dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).at("chmod", &dir)?;

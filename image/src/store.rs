@@ -45,9 +45,9 @@ pub struct Layer {
     pub unpacked_size: u64,
 }
 
-/// An image in the store, with its parsed config. Serializable for `capsa inspect`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Image {
+/// What the store's index keeps of an image: everything but its config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageRecord {
     /// The config digest, `sha256:<hex>` (what `docker images --no-trunc` shows as ID).
     pub id: String,
     /// Normalized names, e.g. `demo:latest`, `localhost:5000/x:t`.
@@ -61,24 +61,25 @@ pub struct Image {
     pub architecture: String,
     pub os: String,
     pub layers: Vec<Layer>,
+}
+
+/// An image in the store: its record and its parsed config. Serializable
+/// for `capsa inspect` (the record's fields, then `config`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Image {
+    #[serde(flatten)]
+    pub record: ImageRecord,
     pub config: ImageConfiguration,
 }
 
-/// The hex key of an image's vm-mode rootfs: its top chain ID (or, with no
-/// layers, its config digest).
-pub(crate) fn top_chain_id(id: &str, diff_ids: &[&str]) -> String {
-    let mut chain: Option<String> = None;
-    for d in diff_ids {
-        chain = Some(match chain {
-            None => d.to_string(),
-            Some(prev) => digest::sha256_bytes(format!("{prev} {d}").as_bytes()),
-        });
+impl std::ops::Deref for Image {
+    type Target = ImageRecord;
+    fn deref(&self) -> &ImageRecord {
+        &self.record
     }
-    let c = chain.unwrap_or_else(|| id.to_string());
-    c.trim_start_matches("sha256:").to_string()
 }
 
-impl Image {
+impl ImageRecord {
     /// The OCI chain IDs of the layers (lowest first); the last one
     /// identifies the whole root filesystem.
     pub fn chain_ids(&self) -> Vec<String> {
@@ -93,9 +94,24 @@ impl Image {
         out
     }
 
+    /// What names the image's vm-mode rootfs: the chain ID of its top
+    /// layer, or with no layers its config digest.
+    pub fn top_chain_id(&self) -> String {
+        self.chain_ids().pop().unwrap_or_else(|| self.id.clone())
+    }
+
     /// The short id (12 hex characters) as `docker images` shows it.
     pub fn short_id(&self) -> &str {
         short_id(&self.id)
+    }
+
+    fn summary(&self) -> ImageSummary {
+        ImageSummary {
+            id: self.id.clone(),
+            names: self.names.clone(),
+            size: self.size,
+            created: self.created.clone(),
+        }
     }
 }
 
@@ -114,34 +130,10 @@ pub fn short_id(id: &str) -> &str {
     &h[..h.len().min(12)]
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Record {
-    pub id: String,
-    pub names: Vec<String>,
-    pub manifest_digest: String,
-    pub manifest_media_type: String,
-    pub created: Option<String>,
-    pub size: u64,
-    pub architecture: String,
-    pub os: String,
-    pub layers: Vec<Layer>,
-}
-
-impl Record {
-    fn summary(&self) -> ImageSummary {
-        ImageSummary {
-            id: self.id.clone(),
-            names: self.names.clone(),
-            size: self.size,
-            created: self.created.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Index {
     version: u32,
-    images: Vec<Record>,
+    images: Vec<ImageRecord>,
 }
 
 /// The image store. Cheap to open; all methods are synchronous.
@@ -293,7 +285,7 @@ impl Store {
             .read_index()?
             .images
             .iter()
-            .map(Record::summary)
+            .map(ImageRecord::summary)
             .collect())
     }
 
@@ -351,19 +343,11 @@ impl Store {
         Ok(data)
     }
 
-    fn image_of(&self, r: &Record) -> Result<Image> {
+    fn image_of(&self, r: &ImageRecord) -> Result<Image> {
         let data = self.read_blob(&r.id)?;
         let config = parse_config(&r.id, &data)?;
         Ok(Image {
-            id: r.id.clone(),
-            names: r.names.clone(),
-            manifest_digest: r.manifest_digest.clone(),
-            manifest_media_type: r.manifest_media_type.clone(),
-            created: r.created.clone(),
-            size: r.size,
-            architecture: r.architecture.clone(),
-            os: r.os.clone(),
-            layers: r.layers.clone(),
+            record: r.clone(),
             config,
         })
     }
@@ -455,8 +439,8 @@ impl Store {
         // vm-mode rootfs images are named <chain id hex>.<format>.
         let mut tops = BTreeSet::new();
         for r in &index.images {
-            let img_layers: Vec<&str> = r.layers.iter().map(|l| l.diff_id.as_str()).collect();
-            tops.insert(top_chain_id(&r.id, &img_layers));
+            let top = r.top_chain_id();
+            tops.insert(top.trim_start_matches("sha256:").to_string());
         }
         if let Ok(rd) = fs::read_dir(self.dir.join("rootfs")) {
             for e in rd.flatten() {
@@ -487,7 +471,7 @@ impl Store {
         Ok(out)
     }
 
-    pub(crate) fn records(&self) -> Result<Vec<Record>> {
+    pub(crate) fn records(&self) -> Result<Vec<ImageRecord>> {
         Ok(self.read_index()?.images)
     }
 }
@@ -530,7 +514,7 @@ pub(crate) struct Staging<'a> {
     _lock: FileLock,
     blobs: BTreeSet<String>,
     layers: BTreeMap<String, u64>,
-    records: Vec<Record>,
+    records: Vec<ImageRecord>,
     progress: indicatif::MultiProgress,
 }
 
@@ -717,7 +701,7 @@ impl<'a> Staging<'a> {
             .map(|l| l.unpacked_size)
     }
 
-    pub(crate) fn add_record(&mut self, r: Record) {
+    pub(crate) fn add_record(&mut self, r: ImageRecord) {
         self.records.push(r);
     }
 
@@ -848,7 +832,7 @@ pub(crate) fn stage_image(
         .into_iter()
         .filter(|n| seen.insert(n.clone(), ()).is_none())
         .collect();
-    let rec = Record {
+    let rec = ImageRecord {
         id: config_digest.to_string(),
         names,
         manifest_digest: manifest_digest.to_string(),

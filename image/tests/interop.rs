@@ -22,7 +22,7 @@ fn saved_demo(dir: &Path) -> (String, std::path::PathBuf) {
     let img = s.get("demo").unwrap();
     let out = dir.join("demo.tar");
     s.save("demo", &out).unwrap();
-    (img.id, out)
+    (img.record.id, out)
 }
 
 #[test]

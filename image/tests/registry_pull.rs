@@ -372,7 +372,7 @@ fn pull_with_basic_auth_and_insecure_flag() {
     // 127.0.0.2 is loopback but not "localhost" to capsa: plain HTTP needs --insecure.
     let reg = Registry::start("127.0.0.2", Some(("alice", "s3cret")));
     let (_d, src, archive) = demo_archive();
-    let demo_id = src.get("demo").unwrap().id;
+    let demo_id = src.get("demo").unwrap().record.id;
     let dest = format!("{}/private/demo:1", reg.addr);
     skopeo_push(&archive, &dest, Some("alice:s3cret"));
 
@@ -608,7 +608,7 @@ fn pull_with_bearer_token_auth() {
     );
     let reg = Registry::start_with("127.0.0.1", dir, Some(auth));
     let (_d, src, archive) = demo_archive();
-    let demo_id = src.get("demo").unwrap().id;
+    let demo_id = src.get("demo").unwrap().record.id;
     let dest = format!("{}/team/demo:2", reg.addr);
     skopeo_push(&archive, &dest, Some("bob:t0ken-pass"));
 
