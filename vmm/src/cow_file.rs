@@ -9,6 +9,11 @@
 //! guest its own copy, so the file is never changed. The file must not be
 //! truncated while the VM runs (its pages would vanish under the guest);
 //! capsa's kernel and initramfs are immutable cache entries.
+//!
+//! Only files on local file systems are mapped; others are copied as
+//! linux-loader would. Guest memory backed by a 9p file crashed the KVM
+//! test host's kernel (a kernel stack overflow in the vCPU thread's fault
+//! path), and a network file can change under the guest.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -23,6 +28,8 @@ const PAGE: usize = 4096;
 pub struct CowFile {
     file: File,
     size: u64,
+    /// Whether the file's pages may back guest memory (see the module doc).
+    mappable: bool,
     /// Bytes mapped rather than copied, for the debug log and tests.
     pub mapped: usize,
 }
@@ -30,9 +37,11 @@ pub struct CowFile {
 impl CowFile {
     pub fn new(file: File) -> std::io::Result<Self> {
         let size = file.metadata()?.len();
+        let mappable = on_local_fs(&file)?;
         Ok(Self {
             file,
             size,
+            mappable,
             mapped: 0,
         })
     }
@@ -52,7 +61,7 @@ impl CowFile {
         // its end would be SIGBUS, not zeros.
         let in_file = usize::try_from(self.size.saturating_sub(pos)).unwrap_or(usize::MAX);
         let len = buf.len().min(in_file) & !(PAGE - 1);
-        if len == 0 || dst as usize % PAGE != 0 || pos % PAGE as u64 != 0 {
+        if !self.mappable || len == 0 || dst as usize % PAGE != 0 || pos % PAGE as u64 != 0 {
             return Ok(0);
         }
         let Ok(offset) = libc::off_t::try_from(pos) else {
@@ -81,6 +90,22 @@ impl CowFile {
         self.mapped += len;
         Ok(len)
     }
+}
+
+/// Local disk and memory file systems, whose page cache is plain memory.
+fn on_local_fs(file: &File) -> std::io::Result<bool> {
+    const EXT4: i64 = 0xef53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683e;
+    const TMPFS: i64 = 0x0102_1994;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct,
+    // and fstatfs only writes into the struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: see above; the descriptor is open for the call's duration.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(matches!(st.f_type as i64, EXT4 | XFS | BTRFS | TMPFS))
 }
 
 impl Read for CowFile {
@@ -120,6 +145,11 @@ mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+    /// tmpfs, so that the files are mappable wherever the tests run.
+    fn local_dir() -> tempfile::TempDir {
+        tempfile::tempdir_in("/dev/shm").expect("a temporary directory in /dev/shm")
+    }
+
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
     }
@@ -127,7 +157,7 @@ mod tests {
     #[test]
     fn aligned_pages_are_mapped_and_the_tail_copied() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = local_dir();
         let path = dir.path().join("k");
         let data = pattern(3 * PAGE + 100);
         std::fs::write(&path, &data).unwrap();
@@ -153,9 +183,19 @@ mod tests {
     }
 
     #[test]
+    fn only_local_file_systems_are_mapped() {
+        let dir = local_dir();
+        let path = dir.path().join("k");
+        std::fs::write(&path, pattern(PAGE)).unwrap();
+        assert!(on_local_fs(&File::open(&path).unwrap()).unwrap());
+        // procfs stands in for 9p, NFS, FUSE and overlays here.
+        assert!(!on_local_fs(&File::open("/proc/self/status").unwrap()).unwrap());
+    }
+
+    #[test]
     fn unaligned_reads_are_copied() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = local_dir();
         let path = dir.path().join("k");
         let data = pattern(5 * PAGE);
         std::fs::write(&path, &data).unwrap();
@@ -173,7 +213,7 @@ mod tests {
     #[test]
     fn a_short_file_is_a_short_read() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = local_dir();
         let path = dir.path().join("k");
         std::fs::write(&path, pattern(PAGE + 10)).unwrap();
         let mut f = CowFile::new(File::open(&path).unwrap()).unwrap();
