@@ -131,6 +131,11 @@ pub fn run(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
     crate::timing::phase("container ran (output closed)", &mut clock);
     let exit = backend.wait(&rec, pid)?;
     let code = exit.code;
+    // The exit could not be collected (a lost guest agent, say): say why
+    // to the person waiting, not only in the container's record.
+    if let (true, Some(err)) = (foreground, &exit.error) {
+        eprintln!("capsa: {err}");
+    }
     crate::timing::phase("exit collected", &mut clock);
     finish(roots, backend.as_ref(), &mut rec, exit);
     crate::timing::phase("teardown", &mut clock);

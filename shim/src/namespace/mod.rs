@@ -74,7 +74,7 @@ impl NamespaceBackend {
     pub fn delete_id(&self, id: &str) -> Result<()> {
         let dir = self.roots.runtime().join(id);
         if dir.exists() {
-            let mut c = Container::load(dir)?;
+            let mut c = self.load(id)?;
             c.delete(true)
                 .with_context(|| format!("deleting runtime state of {id}"))?;
         }
@@ -104,8 +104,10 @@ impl NamespaceBackend {
         Ok(pid.as_raw())
     }
 
-    /// libcontainer's view of container `id` (status refreshed from /proc).
-    pub fn container(&self, id: &str) -> Result<Container> {
+    /// libcontainer's view of container `id` (status refreshed from /proc),
+    /// its state locked against other capsa processes and threads while
+    /// the value lives.
+    pub fn container(&self, id: &str) -> Result<LockedContainer> {
         self.load(id)
     }
 
@@ -120,9 +122,42 @@ impl NamespaceBackend {
         Ok(libcgroups::common::create_cgroup_manager(config)?)
     }
 
-    fn load(&self, id: &str) -> Result<Container> {
-        Container::load(self.roots.runtime().join(id))
-            .with_context(|| format!("container {id} is not running"))
+    fn load(&self, id: &str) -> Result<LockedContainer> {
+        let dir = self.roots.runtime().join(id);
+        let lock = std::fs::File::open(&dir)
+            .and_then(|f| {
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+                    .map_err(|(_, e)| e.into())
+            })
+            .with_context(|| format!("container {id} is not running"))?;
+        let container =
+            Container::load(dir).with_context(|| format!("container {id} is not running"))?;
+        Ok(LockedContainer {
+            container,
+            _lock: lock,
+        })
+    }
+}
+
+/// A libcontainer container with its state directory flock'ed.
+/// libcontainer rewrites state.json in place (truncate, then write), so a
+/// reader racing a writer (a kill against a delete, from a containerd
+/// shim's threads or two runc-CLI processes) could read an empty file.
+pub struct LockedContainer {
+    container: Container,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl std::ops::Deref for LockedContainer {
+    type Target = Container;
+    fn deref(&self) -> &Container {
+        &self.container
+    }
+}
+
+impl std::ops::DerefMut for LockedContainer {
+    fn deref_mut(&mut self) -> &mut Container {
+        &mut self.container
     }
 }
 
