@@ -13,7 +13,6 @@ use std::os::unix::fs::{lchown, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::digest::hex_of;
 use crate::error::{Error, IoContext, Result};
 use crate::store::{Image, Staging, Store};
 
@@ -197,7 +196,7 @@ impl Store {
     /// The read-only root filesystem image of `image` for vm mode, built on
     /// first use and cached by the chain ID of its top layer.
     pub fn rootfs_image(&self, image: &Image, format: RootfsFormat) -> Result<PathBuf> {
-        let key = hex_of(&image.top_chain_id())?.to_string();
+        let key = image.rootfs_key()?;
         let dir = self.dir().join("rootfs");
         fs::create_dir_all(&dir).at("create", &dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).at("chmod", &dir)?;

@@ -94,10 +94,11 @@ impl ImageRecord {
         out
     }
 
-    /// What names the image's vm-mode rootfs: the chain ID of its top
-    /// layer, or with no layers its config digest.
-    pub fn top_chain_id(&self) -> String {
-        self.chain_ids().pop().unwrap_or_else(|| self.id.clone())
+    /// The name (hex) of the image's vm-mode rootfs: the chain ID of its
+    /// top layer, or with no layers its config digest.
+    pub(crate) fn rootfs_key(&self) -> Result<String> {
+        let top = self.chain_ids().pop().unwrap_or_else(|| self.id.clone());
+        Ok(hex_of(&top)?.to_string())
     }
 
     /// The short id (12 hex characters) as `docker images` shows it.
@@ -438,9 +439,11 @@ impl Store {
         sweep(self.dir.join("layers"), &layers, true);
         // vm-mode rootfs images are named <chain id hex>.<format>.
         let mut tops = BTreeSet::new();
+        // (A key that is not a valid digest names no file rootfs_image made.)
         for r in &index.images {
-            let top = r.top_chain_id();
-            tops.insert(top.trim_start_matches("sha256:").to_string());
+            if let Ok(key) = r.rootfs_key() {
+                tops.insert(key);
+            }
         }
         if let Ok(rd) = fs::read_dir(self.dir.join("rootfs")) {
             for e in rd.flatten() {
