@@ -24,6 +24,7 @@ libdir=/usr/lib/x86_64-linux-gnu
   echo "build-static: $libdir/libseccomp.a is missing: install libseccomp-dev (scripts/setup.sh)" >&2
   exit 1
 }
+out=$target_dir/$triple/release
 # One cargo call per binary: built together, cargo would unify their
 # dependencies' features and capsa-vmm would carry the agent's.
 for b in capsa-agent capsa-vmm; do
@@ -32,9 +33,6 @@ for b in capsa-agent capsa-vmm; do
   CARGO_TARGET_DIR=$target_dir \
     cargo build --release --quiet --manifest-path "$here/Cargo.toml" \
       -p "$b" --bin "$b" --target "$triple" >&2
-done
-out=$target_dir/$triple/release
-for b in capsa-agent capsa-vmm; do
   if readelf -l "$out/$b" | grep -q 'program interpreter'; then
     echo "build-static: $out/$b is dynamically linked" >&2
     exit 1
