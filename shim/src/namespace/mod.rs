@@ -247,15 +247,11 @@ impl Backend for NamespaceBackend {
     }
 
     fn kill(&self, rec: &Record, signal: Signal) -> Result<()> {
+        // The state stays locked until libcontainer has saved it after the
+        // signal, so the monitor cannot remove it under us.
         let mut c = self.load(&rec.id)?;
-        match c.kill(signal, false) {
-            Ok(()) => Ok(()),
-            // libcontainer saves its state after signalling; if the signal
-            // ended the container, the monitor may already have removed that
-            // state. The signal was delivered, which is what was asked.
-            Err(_) if !self.roots.runtime().join(&rec.id).exists() => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("sending {signal} to container {}", rec.name)),
-        }
+        c.kill(signal, false)
+            .with_context(|| format!("sending {signal} to container {}", rec.name))
     }
 
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
