@@ -114,6 +114,32 @@ fn secure_defaults_are_in_force() {
     assert_ne!(code(&out), 0, "a user namespace could be created");
 }
 
+/// `capsa exec` starts its process with exactly the container's own
+/// confinement (seccomp filter, capabilities, no_new_privileges, cgroup and
+/// namespaces), as podman does: an exec'd process is no way around them.
+#[test]
+fn exec_gets_the_containers_confinement() {
+    let env = Env::with_demo();
+    let id = env.ok(&["run", "-d", "demo", "sleep", "300"]);
+    let id = id.trim();
+    let fields = "grep -E '^(Seccomp|NoNewPrivs|CapEff|CapBnd):' /proc/self/status; \
+                  cat /proc/self/cgroup | sort; readlink /proc/self/ns/pid /proc/self/ns/mnt";
+    let init = env.ok(&["exec", id, "sh", "-c", &fields.replace("self", "1")]);
+    let exec = env.ok(&["exec", id, "sh", "-c", fields]);
+    assert!(exec.contains("Seccomp:\t2"), "no seccomp filter in exec: {exec}");
+    assert_eq!(exec, init, "exec'd process differs from the container's");
+    // What the filter stops in the container's process it stops in exec.
+    for cmd in ["unshare -U -r true", "unshare -U true"] {
+        let out = env.run(&["exec", id, "sh", "-c", cmd]);
+        assert_ne!(code(&out), 0, "exec ran `{cmd}`: {}", stdout(&out));
+    }
+    // An explicit user keeps the filter too.
+    let out = env.ok(&["exec", "-u", "1000", id, "grep", "Seccomp:", "/proc/self/status"]);
+    assert!(out.contains('2'), "{out}");
+    env.ok(&["rm", "-f", id]);
+    env.assert_no_leaks(&[id.to_string()]);
+}
+
 #[test]
 fn read_only_root_volumes_and_tmpfs() {
     let env = Env::with_demo();

@@ -80,6 +80,15 @@ fn both_modes_give_the_same_results() {
     expect("tty", "code=0 out=10/");
     expect("volume-ro", "code=1 out=15/");
     expect("exec-stdin", "code=0 out=5/");
+    // Init's lines, then the exec'd process's: the same filter, NNP and
+    // capabilities; `unshare -U` is refused (not 0).
+    const SET: &str = "CapEff:\t00000000a80425fb|NoNewPrivs:\t1|Seccomp:\t2|";
+    let confined = &c["exec-confined"].1;
+    assert!(
+        confined.contains(&SET.repeat(2))
+            && !c["exec-confined"].0.starts_with("code=0 "),
+        "{ctx}"
+    );
     // A terminal turns "\n" into "\r\n".
     expect("exec-tty", "code=5 out=10/");
     assert!(c["stop-term"].1.contains("3|ready|got-term"), "{ctx}");

@@ -61,6 +61,8 @@ case_run tmp-gone-after-rm /run/empty demo cat /tmp/f
 $c run -d --isolation "$mode" --name target demo sleep 300 > /dev/null
 $c exec target sh -c 'echo in-exec; exit 4' > /run/o 2> /run/e; code=$?
 report exec "$code"
+# an exec'd process is confined exactly as the container's first process
+$c exec target sh -c 'for p in 1 self; do grep -E "^(Seccomp|NoNewPrivs|CapEff):" /proc/$p/status; done; unshare -U -r true' > /run/o 2> /run/e; report exec-confined $?
 printf 'piped' | $c exec -i target cat > /run/o 2> /run/e; report exec-stdin $?
 $c exec -t target sh -c 'test -t 0 && test -t 1 && echo exec-tty; exit 5' > /run/o 2> /run/e; report exec-tty $?
 $c rm -f target > /dev/null

@@ -32,11 +32,16 @@ impl NamespaceBackend {
         }
     }
 
-    fn builder(&self, id: &str, io: ProcessIo) -> Result<ContainerBuilder> {
+    fn builder(
+        &self,
+        id: &str,
+        io: ProcessIo,
+        executor: workload::CapsaExecutor,
+    ) -> Result<ContainerBuilder> {
         std::fs::create_dir_all(self.roots.runtime())?;
         let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_root_path(self.roots.runtime())?
-            .with_executor(workload::CapsaExecutor)
+            .with_executor(executor)
             .with_console_socket(io.console_socket.as_deref());
         b = b.with_stdin(io.stdin.map_or_else(dev_null, Ok)?);
         b = b.with_stdout(io.stdout.map_or_else(dev_null, Ok)?);
@@ -50,8 +55,9 @@ impl NamespaceBackend {
     /// The lifecycle below `create` works on capsa's own bundles; this is
     /// the bare OCI operation, for any bundle (`capsa bench` uses it).
     pub fn create_bundle(&self, id: &str, bundle: &Path, io: ProcessIo) -> Result<i32> {
+        rootfs::prepare_bundle(bundle)?;
         let container = self
-            .builder(id, io)?
+            .builder(id, io, workload::CapsaExecutor::default())?
             .as_init(bundle)
             .with_systemd(false)
             .with_detach(true)
@@ -93,8 +99,19 @@ impl NamespaceBackend {
             .suffix(".json")
             .tempfile_in(self.roots.runtime())?;
         serde_json::to_writer(&mut file, process)?;
+        // The exec'd process gets exactly the container's seccomp filter
+        // (libcontainer's tenant path drops it; see CapsaExecutor).
+        let seccomp = {
+            let c = self.load(id)?;
+            let config = c.bundle().join("config.json");
+            oci_spec::runtime::Spec::load(&config)
+                .with_context(|| format!("reading {}", config.display()))?
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().clone())
+        };
         let pid = self
-            .builder(id, io)?
+            .builder(id, io, workload::CapsaExecutor { seccomp })?
             .as_tenant()
             .with_process(Some(file.path()))
             // libcontainer wants a console socket exactly for a detached

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 
 use crate::{CodedError, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
 
@@ -15,12 +15,21 @@ use crate::{CodedError, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
 const NOT_FOUND: &str = "executable file not found in $PATH";
 const NOT_EXECUTABLE: &str = "permission denied: not an executable file";
 
-#[derive(Clone)]
-pub struct CapsaExecutor;
+/// Runs the container's command. For a process joining a running
+/// container (`exec`), `seccomp` is the container's own filter: libcontainer
+/// 0.7 builds an exec'd process's spec without the container's seccomp
+/// section, so without this the process would run unfiltered.
+#[derive(Clone, Default)]
+pub struct CapsaExecutor {
+    pub seccomp: Option<LinuxSeccomp>,
+}
 
 impl Executor for CapsaExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         let args = args_of(spec).ok_or(ExecutorError::InvalidArg)?;
+        if let Some(seccomp) = &self.seccomp {
+            load_seccomp(seccomp)?;
+        }
         let argv: Vec<CString> = args
             .iter()
             .map(|a| CString::new(a.as_bytes()))
@@ -61,6 +70,53 @@ impl Executor for CapsaExecutor {
         }
         Ok(())
     }
+}
+
+/// Installs `seccomp` on this process, last before execve as libcontainer
+/// does for a container's first process. Installing a filter needs
+/// no_new_privileges or CAP_SYS_ADMIN; a process that has neither (a bundle
+/// with `noNewPrivileges: false` and dropped capabilities) gets
+/// no_new_privileges, which is stricter than failing open.
+fn load_seccomp(seccomp: &LinuxSeccomp) -> Result<(), ExecutorError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        ExecutorError::Other(format!("{what} for the exec'd process: {e}"))
+    };
+    // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointers; it only returns a flag.
+    let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 1;
+    if !nnp && !has_effective_cap(CAP_SYS_ADMIN) {
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(fail(
+                "setting no_new_privileges",
+                &std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    match libcontainer::seccomp::initialize_seccomp(seccomp) {
+        // A notify action's listener fd: capsa runs no seccomp agent, and
+        // closing it makes those system calls fail (ENOSYS), never pass.
+        Ok(Some(fd)) => {
+            let _ = nix::unistd::close(fd);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(fail("installing the container's seccomp filter", &e)),
+    }
+}
+
+/// capability(7)'s number for CAP_SYS_ADMIN.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Whether capability `cap` is in this process's effective set.
+fn has_effective_cap(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|eff| eff & (1 << cap) != 0)
 }
 
 fn args_of(spec: &Spec) -> Option<&Vec<String>> {
