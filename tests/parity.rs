@@ -94,6 +94,12 @@ fn both_modes_give_the_same_results() {
     assert!(c["stop-term"].1.contains("3|ready|got-term"), "{ctx}");
     assert!(c["stop-kill"].1.contains("137"), "{ctx}");
     assert!(c["oom-reported"].1.contains("\"oom_killed\":true"), "{ctx}");
+    assert!(
+        c["monitor-killed"]
+            .1
+            .contains("7|\"status\":\"stopped\"|\"exit_code\":7|"),
+        "{ctx}"
+    );
     assert!(c["user"].1.contains("1000|1000|1000"), "{ctx}");
     assert!(
         c["limits"]

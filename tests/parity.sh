@@ -52,6 +52,13 @@ $c run -d --isolation "$mode" --name stubborn demo sh -c 'trap "" TERM; while :;
 sleep 1; $c stop -t 1 stubborn > /dev/null; $c wait stubborn > /run/o 2> /run/e
 report stop-kill 0; $c rm stubborn > /dev/null
 
+# a killed monitor loses no exit status: its keeper collects it
+$c run -d --isolation "$mode" --name keeperjob demo sh -c 'sleep 3; exit 7' > /dev/null
+kill -9 "$($c inspect keeperjob | grep '"monitor_pid"' | tr -dc 0-9)"
+$c wait keeperjob > /run/o 2> /run/e
+$c inspect keeperjob | grep -E '"(status|exit_code)"' | tr -d ' ,' >> /run/o
+report monitor-killed 0; $c rm keeperjob > /dev/null
+
 # the writable layer belongs to one container
 $c run --isolation "$mode" --name writer demo sh -c 'echo data > /tmp/f' > /dev/null
 $c rm writer > /dev/null

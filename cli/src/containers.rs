@@ -40,7 +40,7 @@ pub fn run(roots: &Roots, args: RunArgs) -> Result<i32> {
         println!("{}", rec.id);
         return Ok(0);
     }
-    monitor::run(roots, &rec.id, Mode::Foreground)
+    monitor::supervise(roots, &rec.id, Mode::Foreground)
 }
 
 /// Starts `capsa __monitor ID` in its own session and waits until it says
@@ -90,7 +90,7 @@ pub fn monitor(roots: &Roots, id: &str) -> Result<i32> {
         .write(true)
         .open("/proc/self/fd/1")
         .context("opening the ready pipe")?;
-    monitor::run(roots, id, Mode::Detached { ready })
+    monitor::supervise(roots, id, Mode::Detached { ready })
 }
 
 #[derive(Args)]
@@ -149,14 +149,22 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
 }
 
 fn status_text(r: &Record) -> String {
+    if r.damaged.is_some() {
+        return "Damaged (record unreadable; capsa rm -f removes it)".into();
+    }
+    let unsupervised = if r.unsupervised() {
+        " (unsupervised)"
+    } else {
+        ""
+    };
     match r.status {
         Status::Created => "Created".into(),
         Status::Running => format!(
-            "Up {}",
+            "Up {}{unsupervised}",
             table::duration(Utc::now() - r.started.unwrap_or(r.created))
         ),
         Status::Paused => format!(
-            "Up {} (Paused)",
+            "Up {} (Paused){unsupervised}",
             table::duration(Utc::now() - r.started.unwrap_or(r.created))
         ),
         Status::Stopped => format!(

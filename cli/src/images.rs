@@ -153,15 +153,21 @@ pub struct RmiArgs {
 
 pub fn rmi(roots: &Roots, args: RmiArgs) -> Result<i32> {
     let store = Store::open(&roots.images())?;
+    // Held while the users are checked and the image removed, so no
+    // container can be created from it in between (see lifecycle::create).
+    let _lock = capsa_shim::record::lock_containers(roots)?;
     let containers = Record::list(roots)?;
     let mut failed = false;
     for name in &args.images {
         let result = (|| -> Result<()> {
             let img = store.get(name)?;
-            let users: Vec<&str> = containers
+            let users: Vec<String> = containers
                 .iter()
                 .filter(|c| c.image_id == img.id)
-                .map(|c| c.name.as_str())
+                .map(|c| match c.damaged {
+                    Some(_) => format!("{} (damaged)", &c.id[..12]),
+                    None => c.name.clone(),
+                })
                 .collect();
             // A container's root filesystem is built from the image's layers,
             // so the image must stay while any container (even a stopped one)

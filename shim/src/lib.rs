@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod containerd;
+pub mod keeper;
 pub mod lifecycle;
 pub mod logs;
 pub mod microvm;

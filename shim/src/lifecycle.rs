@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -79,15 +78,6 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     if req.isolation == Isolation::Vm {
         crate::microvm::check_host(req.kernel.as_deref())?;
     }
-    let image = store.get(&req.image).map_err(|e| {
-        CodedError::new(
-            EXIT_CAPSA_ERROR,
-            format!(
-                "{e}; load it with `capsa load -i FILE` (or `capsa load --demo`) or pull it with `capsa pull {}`",
-                req.image
-            ),
-        )
-    })?;
     let id = new_id()?;
     let name = match req.name.take() {
         Some(n) => {
@@ -96,17 +86,41 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         }
         None => generated_name(&id),
     };
-    if Record::list(roots)?.iter().any(|r| r.name == name) {
-        return Err(CodedError::new(
-            EXIT_CAPSA_ERROR,
-            format!("the container name {name:?} is already in use; remove that container or choose another --name"),
-        )
-        .into());
-    }
+    // The name and the image are claimed under the containers lock, and the
+    // record that claims them is on disk before the lock is released: two
+    // creates cannot both take one name, and `rmi` (which checks users under
+    // the same lock) cannot remove the image under a starting container.
+    let (image, mut rec) = {
+        let _lock = crate::record::lock_containers(roots)?;
+        let image = store.get(&req.image).map_err(|e| {
+            CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!(
+                    "{e}; load it with `capsa load -i FILE` (or `capsa load --demo`) or pull it with `capsa pull {}`",
+                    req.image
+                ),
+            )
+        })?;
+        if Record::list(roots)?.iter().any(|r| r.name == name) {
+            return Err(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!("the container name {name:?} is already in use; remove that container or choose another --name"),
+            )
+            .into());
+        }
+        let rec = Record {
+            image: req.image.clone(),
+            image_id: image.id.clone(),
+            auto_remove: req.auto_remove,
+            interactive: req.interactive,
+            kernel: req.kernel.clone(),
+            ..Record::new(&id, &name, req.isolation, Vec::new())
+        };
+        rec.create_dir(roots)?;
+        (image, rec)
+    };
 
-    fs::create_dir_all(roots.containers())?;
     let paths = ContainerPaths::new(roots, &id);
-    fs::DirBuilder::new().mode(0o700).create(&paths.dir)?;
     let mut guard = CreateGuard {
         backend: backend.as_ref(),
         paths: &paths,
@@ -152,16 +166,9 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         .as_ref()
         .and_then(|c| c.stop_signal().clone())
         .unwrap_or_else(|| "SIGTERM".into());
-    let rec = Record {
-        image: req.image.clone(),
-        image_id: image.id.clone(),
-        auto_remove: req.auto_remove,
-        tty,
-        interactive: req.interactive,
-        stop_signal,
-        kernel: req.kernel.clone(),
-        ..Record::new(&id, &name, req.isolation, command)
-    };
+    rec.command = command;
+    rec.tty = tty;
+    rec.stop_signal = stop_signal;
     rec.save(roots)?;
     guard.armed = false;
     crate::timing::phase("host preparation (rootfs, bundle)", &mut clock);
@@ -297,6 +304,27 @@ pub fn wait_stopped(roots: &Roots, id: &str, timeout: Option<Duration>) -> Resul
 /// Removes a container and everything it has on the host.
 pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
     let rec = Record::find(roots, key)?;
+    if let Some(why) = &rec.damaged {
+        if !force {
+            return Err(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!(
+                    "container {} is damaged ({why}): remove it with `capsa rm -f {}`",
+                    &rec.id[..12],
+                    &rec.id[..12]
+                ),
+            )
+            .into());
+        }
+        // Its record does not say which backend ran it: release both.
+        let mut as_vm = rec.clone();
+        as_vm.isolation = Isolation::Vm;
+        if let Ok(vm) = backend_for(roots, Isolation::Vm) {
+            let _ = vm.release(&as_vm);
+        }
+        remove_files(roots, &rec)?;
+        return Ok(rec);
+    }
     if rec.status == Status::Running {
         if !force {
             return Err(CodedError::new(

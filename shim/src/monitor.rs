@@ -45,16 +45,72 @@ pub enum Mode {
     Detached { ready: File },
 }
 
-/// Runs the container `id` (already created) to completion; returns its exit
-/// code as docker reports it.
-pub fn run(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
+/// Runs the container `id` (already created) to completion under a keeper;
+/// returns its exit code as docker reports it.
+///
+/// The process that calls this forks: the child is the monitor proper (the
+/// parent of the container's process, doing all of [`run`]'s work), and the
+/// caller stays as its keeper, a child subreaper that only waits. Killing
+/// either loses nothing: if the keeper dies the monitor carries on; if the
+/// monitor dies, the container's process is reparented to the keeper, which
+/// collects its exit status, drains its output into the log, releases what
+/// it held and removes it for `--rm` (see [`crate::keeper`]). For a
+/// foreground run the keeper is the `capsa run` process the user started.
+pub fn supervise(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
+    let rec = Record::load(roots, id)?;
+    let outputs = if rec.tty {
+        None
+    } else {
+        Some((stdio::pipe()?, stdio::pipe()?))
+    };
+    if !crate::keeper::can_fork() {
+        tracing::info!("more than one thread: running container {id} without a keeper");
+        return run(roots, id, mode, None, outputs);
+    }
+    let keeper_pid = std::process::id() as i32;
+    crate::keeper::become_subreaper()?;
+    // The keeper's copies of the output pipes' read ends: while it holds
+    // them a dead monitor never turns the container's writes into SIGPIPE.
+    let kept = match &outputs {
+        Some((out, err)) => Some([out.read.try_clone()?, err.read.try_clone()?]),
+        None => None,
+    };
+    // SAFETY: the process is single-threaded (checked above), so the child
+    // may run any code; it returns to the caller like the parent does.
+    match unsafe { nix::unistd::fork() }.context("forking the container's monitor")? {
+        nix::unistd::ForkResult::Child => {
+            drop(kept);
+            run(roots, id, mode, Some(keeper_pid), outputs)
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(outputs);
+            if let Mode::Detached { ready } = mode {
+                // Only the monitor answers on the ready pipe; the reader
+                // must see EOF when the monitor is gone.
+                drop(ready);
+                crate::keeper::stdout_to_null()?;
+            }
+            crate::keeper::keep(roots, id, child, kept)
+        }
+    }
+}
+
+/// The monitor proper (see [`supervise`]).
+fn run(
+    roots: &Roots,
+    id: &str,
+    mode: Mode,
+    keeper: Option<i32>,
+    outputs: Option<(stdio::PipePair, stdio::PipePair)>,
+) -> Result<i32> {
     let mut rec = Record::load(roots, id)?;
+    rec.keeper_pid = keeper;
     let backend = crate::lifecycle::backend_for(roots, rec.isolation)?;
     let paths = ContainerPaths::new(roots, id);
     let foreground = matches!(mode, Mode::Foreground);
 
     let mut clock = std::time::Instant::now();
-    let started = start(roots, backend.as_ref(), &mut rec, foreground);
+    let started = start(roots, backend.as_ref(), &mut rec, foreground, outputs);
     let (pid, outputs, master) = match started {
         Ok(s) => s,
         Err(err) => {
@@ -149,6 +205,7 @@ fn start(
     backend: &dyn Backend,
     rec: &mut Record,
     foreground: bool,
+    pipes: Option<(stdio::PipePair, stdio::PipePair)>,
 ) -> Result<Started> {
     let mut io = ProcessIo::default();
     let mut outputs = Vec::new();
@@ -158,8 +215,10 @@ fn start(
         io.console_socket = Some(c.path.clone());
         console = Some(c);
     } else {
-        let out = stdio::pipe()?;
-        let err = stdio::pipe()?;
+        let (out, err) = match pipes {
+            Some(p) => p,
+            None => (stdio::pipe()?, stdio::pipe()?),
+        };
         io.stdout = Some(out.write);
         io.stderr = Some(err.write);
         outputs.push(Source {
@@ -194,7 +253,7 @@ fn start(
 }
 
 /// Records the exit and gives back what the container held on the host.
-fn finish(roots: &Roots, backend: &dyn Backend, rec: &mut Record, exit: Exit) {
+pub(crate) fn finish(roots: &Roots, backend: &dyn Backend, rec: &mut Record, exit: Exit) {
     rec.oom_killed = exit.oom_killed;
     if let Err(e) = backend.release(rec) {
         tracing::warn!("releasing container {}: {e:#}", rec.id);

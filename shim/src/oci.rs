@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -166,14 +165,6 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
         .as_ref()
         .ok_or_else(|| error("the bundle's config.json has no process"))?;
     let paths = ContainerPaths::new(roots, id);
-    fs::create_dir_all(roots.containers())?;
-    match fs::DirBuilder::new().mode(0o700).create(&paths.dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(error(format!("container with ID {id} already exists")))
-        }
-        Err(e) => return Err(e).with_context(|| format!("creating {}", paths.dir.display())),
-    }
     let mut rec = Record {
         image: bundle.display().to_string(),
         tty: process.terminal().unwrap_or(false),
@@ -187,11 +178,18 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
             process.args().clone().unwrap_or_default(),
         )
     };
+    if let Err(e) = rec.create_dir(roots) {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists)
+        {
+            return Err(error(format!("container with ID {id} already exists")));
+        }
+        return Err(e);
+    }
     let mut undo = Undo {
         roots,
         rec: Some(rec.clone()),
     };
-    rec.save(roots)?;
     let pid = match isolation {
         Isolation::Container if multi_threaded() => {
             let mut args = MonitorArgs::create(roots, id, &io);

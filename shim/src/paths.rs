@@ -73,6 +73,11 @@ impl ContainerPaths {
     pub fn record(&self) -> PathBuf {
         self.dir.join("record.json")
     }
+    /// The container's image ID, apart from the record so that a damaged
+    /// record still tells which image the container uses.
+    pub fn image_id(&self) -> PathBuf {
+        self.dir.join("image-id")
+    }
     pub fn bundle(&self) -> PathBuf {
         self.dir.join("bundle")
     }

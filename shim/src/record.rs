@@ -73,6 +73,15 @@ pub struct Record {
     /// VM mode: the pod sandbox container whose VM this container joined.
     #[serde(default)]
     pub sandbox: Option<String>,
+    /// PID of the keeper: the monitor's parent, which collects the exit if
+    /// the monitor is killed (see `monitor::supervise`).
+    #[serde(default)]
+    pub keeper_pid: Option<i32>,
+    /// Set (never saved) when record.json could not be read: what is wrong.
+    /// Such a container is listed, counts as a user of its image, and
+    /// `capsa rm -f` removes it.
+    #[serde(skip)]
+    pub damaged: Option<String>,
 }
 
 impl Record {
@@ -101,7 +110,81 @@ impl Record {
             kernel: None,
             bundle: None,
             sandbox: None,
+            keeper_pid: None,
+            damaged: None,
         }
+    }
+
+    /// Stands in for container `id` whose record.json cannot be read. Its
+    /// image is known from the `image-id` file written beside the record at
+    /// creation.
+    fn damaged(roots: &Roots, id: &str, why: String) -> Record {
+        let paths = ContainerPaths::new(roots, id);
+        let image_id = fs::read_to_string(paths.image_id())
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let created = fs::metadata(&paths.dir)
+            .and_then(|m| m.modified())
+            .map(DateTime::<Utc>::from)
+            .unwrap_or_else(|_| Utc::now());
+        Record {
+            image: "<damaged>".into(),
+            image_id,
+            created,
+            status: Status::Stopped,
+            damaged: Some(why),
+            ..Record::new(id, "", Isolation::Container, Vec::new())
+        }
+    }
+
+    /// Saves a new container's first record under `roots.containers()`
+    /// atomically: the directory appears with its record already in it (a
+    /// staging directory renamed into place), so any container directory
+    /// without a readable record is damaged, never half-made. The caller
+    /// holds [`lock_containers`]. Writes `image-id` beside the record.
+    pub fn create_dir(&self, roots: &Roots) -> Result<()> {
+        let containers = roots.containers();
+        fs::create_dir_all(&containers)
+            .with_context(|| format!("creating {}", containers.display()))?;
+        let target = roots.container(&self.id);
+        let exists = || {
+            anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+                .context(format!("creating {}", target.display()))
+        };
+        if target.exists() {
+            return Err(exists());
+        }
+        let staging = containers.join(format!(".new-{}", self.id));
+        match std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+            .create(&staging)
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating {}", staging.display()));
+            }
+        }
+        let result = (|| {
+            let paths = ContainerPaths {
+                dir: staging.clone(),
+            };
+            fs::write(paths.image_id(), &self.image_id)
+                .with_context(|| format!("writing {}", paths.image_id().display()))?;
+            self.save_in(&paths)?;
+            // A directory in place (another create of the same ID won)
+            // is never empty, so rename refuses to replace it.
+            match fs::rename(&staging, &target) {
+                Ok(()) => Ok(()),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {
+                    Err(exists())
+                }
+                Err(e) => Err(e).with_context(|| format!("creating {}", target.display())),
+            }
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        result
     }
 
     pub fn load(roots: &Roots, id: &str) -> Result<Record> {
@@ -116,23 +199,45 @@ impl Record {
     /// Writes the record atomically (temp file + rename), so a reader never
     /// sees a half-written file.
     pub fn save(&self, roots: &Roots) -> Result<()> {
-        let paths = ContainerPaths::new(roots, &self.id);
-        let tmp = paths.dir.join(".record.json.tmp");
-        let mut f = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(self)?)?;
-        f.sync_all()?;
-        fs::rename(&tmp, paths.record())?;
-        Ok(())
+        self.save_in(&ContainerPaths::new(roots, &self.id))
     }
 
-    /// A container whose monitor died without recording the exit (killed
-    /// with SIGKILL, host crash) is reported as stopped rather than running
-    /// forever.
+    fn save_in(&self, paths: &ContainerPaths) -> Result<()> {
+        let tmp = paths.dir.join(".record.json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::from)?)?;
+            f.sync_all()?;
+            fs::rename(&tmp, paths.record())
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            anyhow::Error::from(e).context(format!("writing {}", paths.record().display()))
+        })
+    }
+
+    /// Whether a capsa process (the monitor or its keeper) still watches
+    /// this container and will record its exit.
+    pub fn supervised(&self) -> bool {
+        self.monitor_pid.is_some_and(pid_alive) || self.keeper_pid.is_some_and(pid_alive)
+    }
+
+    /// A running container that nobody will record the exit of: its monitor
+    /// and keeper were both killed. `ps` says so.
+    pub fn unsupervised(&self) -> bool {
+        matches!(self.status, Status::Running | Status::Paused)
+            && self.bundle.is_none()
+            && !self.supervised()
+            && self.pid.is_some_and(pid_alive)
+    }
+
+    /// A container whose monitor and keeper died without recording the exit
+    /// (both killed with SIGKILL, host crash) is reported as stopped rather
+    /// than running forever.
     fn refresh(&mut self) {
         if matches!(self.status, Status::Running | Status::Paused) {
-            let monitor_alive = self.monitor_pid.is_some_and(pid_alive);
             let init_alive = self.pid.is_some_and(pid_alive);
-            if !monitor_alive && !init_alive {
+            if !self.supervised() && !init_alive {
                 self.status = Status::Stopped;
                 if self.bundle.is_some() {
                     // The caller of `capsa create` reaps the process and
@@ -146,8 +251,9 @@ impl Record {
         }
     }
 
-    /// All containers, oldest first. Directories without a readable record
-    /// (a create that is still in progress) are skipped.
+    /// All containers, oldest first. A directory whose record cannot be
+    /// read is listed as damaged (see [`Record::create_dir`]); staging
+    /// directories and the lock (dot names) are not containers.
     pub fn list(roots: &Roots) -> Result<Vec<Record>> {
         let dir = roots.containers();
         let mut out = Vec::new();
@@ -159,8 +265,12 @@ impl Record {
         for entry in entries {
             let entry = entry?;
             let id = entry.file_name().to_string_lossy().into_owned();
-            if let Ok(rec) = Record::load(roots, &id) {
-                out.push(rec);
+            if id.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            match Record::load(roots, &id) {
+                Ok(rec) => out.push(rec),
+                Err(e) => out.push(Record::damaged(roots, &id, format!("{e:#}"))),
             }
         }
         out.sort_by_key(|r| r.created);
@@ -170,7 +280,10 @@ impl Record {
     /// Finds a container by full ID, unique ID prefix, or name, as docker does.
     pub fn find(roots: &Roots, key: &str) -> Result<Record> {
         let all = Record::list(roots)?;
-        if let Some(r) = all.iter().find(|r| r.id == key || r.name == key) {
+        if let Some(r) = all
+            .iter()
+            .find(|r| r.id == key || (r.name == key && !key.is_empty()))
+        {
             return Ok(r.clone());
         }
         let matches: Vec<&Record> = all.iter().filter(|r| r.id.starts_with(key)).collect();
@@ -188,6 +301,25 @@ impl Record {
             .into()),
         }
     }
+}
+
+/// Holds the lock that makes creating a container and removing an image
+/// exclude each other, and makes container names unique: a create checks
+/// the name and the image and writes its record under it; `rmi` checks the
+/// image's users under it.
+pub fn lock_containers(roots: &Roots) -> Result<nix::fcntl::Flock<fs::File>> {
+    let dir = roots.containers();
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {}", path.display()))
 }
 
 pub fn pid_alive(pid: i32) -> bool {

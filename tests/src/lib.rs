@@ -112,6 +112,8 @@ impl Env {
             .map(|d| {
                 d.filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    // Dot names are the store's lock and staging dirs.
+                    .filter(|n| !n.starts_with('.'))
                     .collect()
             })
             .unwrap_or_default()

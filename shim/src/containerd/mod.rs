@@ -93,10 +93,7 @@ fn serve(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
     if flags.namespace.is_empty() || flags.socket.is_empty() {
         bail!("-namespace and -socket are required");
     }
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) has no memory effects.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
-        return Err(std::io::Error::last_os_error()).context("becoming a child subreaper");
-    }
+    crate::keeper::become_subreaper()?;
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .context("opening containerd's log fifo")?;
 
