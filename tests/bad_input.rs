@@ -200,3 +200,56 @@ fn malformed_config_is_refused() {
     let err = load_fails_cleanly(&layout, "malformed config");
     assert!(err.contains("config"), "{err}");
 }
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn truncate(path: &Path) {
+    let data = std::fs::read(path).unwrap();
+    std::fs::write(path, &data[..data.len() / 2]).unwrap();
+}
+
+/// Issue 17, item 6: a truncated config blob in the store. `run` says which
+/// image and blob are damaged and what to do; `load` of the image repairs
+/// it; `rmi` removes a damaged image.
+#[test]
+fn damaged_config_blob_is_reported_repaired_and_removable() {
+    let env = Env::with_demo();
+    let saved = env.path().join("demo.tar");
+    env.ok(&["save", "demo", "-o", saved.to_str().unwrap()]);
+    let id = env.ok(&["images", "-q"]).trim().to_string();
+    let full = std::fs::read_dir(env.path().join("images/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|h| h.starts_with(&id))
+        .expect("config blob");
+    let blob = env.path().join("images/blobs/sha256").join(&full);
+    truncate(&blob);
+
+    let before = files_under(env.path());
+    let out = env.run(&["run", "--rm", "demo", "true"]);
+    assert_failed_cleanly(&env, &out, &before, "run of a damaged image");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "image demo is damaged (its config blob sha256:{full} does not match its digest)"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("capsa rmi demo"), "{err}");
+
+    // Loading the image again puts an intact blob in place.
+    let out = env.ok(&["load", "-i", saved.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: demo:latest"), "{out}");
+    assert_eq!(sha256_hex(&std::fs::read(&blob).unwrap()), full);
+    assert_eq!(env.ok(&["run", "--rm", "demo", "echo", "ok"]).trim(), "ok");
+
+    // And a damaged image can be removed, with all its files.
+    truncate(&blob);
+    let out = env.ok(&["rmi", "demo"]);
+    assert!(out.contains(&format!("Deleted: sha256:{full}")), "{out}");
+    assert!(env.ok(&["images", "-q"]).trim().is_empty());
+    let left = files_under(&env.path().join("images/blobs"));
+    assert!(left.is_empty(), "left behind {left:#?}");
+}

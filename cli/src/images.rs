@@ -81,9 +81,13 @@ pub fn pull(roots: &Roots, args: PullArgs) -> Result<i32> {
 
 /// Pulls `image` if it is not in the store and names a registry host, as
 /// `docker run` does; otherwise leaves the not-found error to the caller.
+/// An image that is in the store but damaged is an error here, saying
+/// which blob is damaged and how to repair or remove the image.
 pub fn ensure_local(store: &Store, image: &str) -> Result<()> {
-    if store.get(image).is_ok() {
-        return Ok(());
+    match store.get(image) {
+        Ok(_) => return Ok(()),
+        Err(e @ capsa_image::Error::Damaged { .. }) => return Err(e.into()),
+        Err(_) => {}
     }
     let first = image.split('/').next().unwrap_or("");
     let names_registry =
@@ -160,7 +164,9 @@ pub fn rmi(roots: &Roots, args: RmiArgs) -> Result<i32> {
     let mut failed = false;
     for name in &args.images {
         let result = (|| -> Result<()> {
-            let img = store.get(name)?;
+            // The record only: a damaged image (its config unreadable) can
+            // be removed too.
+            let img = store.record(name)?;
             let users: Vec<String> = containers
                 .iter()
                 .filter(|c| c.image_id == img.id)

@@ -30,6 +30,11 @@ pub enum Error {
     #[error("malformed image: {0}")]
     BadConfig(String),
 
+    /// An image in the store whose own files no longer match what the
+    /// store recorded (a truncated or modified config blob, a missing one).
+    #[error("image {image} is damaged ({reason}): load or pull it again to repair it, or remove it with `capsa rmi {image}`")]
+    Damaged { image: String, reason: String },
+
     #[error("unsupported image: {0}")]
     Unsupported(String),
 

@@ -17,6 +17,7 @@
 //! import drops its staging directory; an interrupted one (killed process) is
 //! reaped by the next [`Store::open`], because its `.lock` is no longer held.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -27,7 +28,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::ImageConfiguration;
 use serde::{Deserialize, Serialize};
 
-use crate::digest::{self, hex_of, HashingWriter};
+use crate::digest::{self, hex_of, HashingReader, HashingWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::reference;
 
@@ -344,9 +345,35 @@ impl Store {
         Ok(data)
     }
 
-    fn image_of(&self, r: &ImageRecord) -> Result<Image> {
-        let data = self.read_blob(&r.id)?;
-        let config = parse_config(&r.id, &data)?;
+    /// The image of record `r`, with its config read from the store and
+    /// verified. A config blob that is missing, does not match its digest
+    /// or does not parse is [`Error::Damaged`], named as the user asked
+    /// for it (`asked`), so they learn which image to load again or remove.
+    fn image_of(&self, asked: &str, r: &ImageRecord) -> Result<Image> {
+        let damaged = |reason: String| Error::Damaged {
+            image: asked.trim().to_string(),
+            reason,
+        };
+        let path = self.blob_path(&r.id)?;
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(damaged(format!("its config blob {} is missing", r.id)))
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("read the config blob {} of image {asked}", path.display()),
+                    e,
+                ))
+            }
+        };
+        if digest::sha256_bytes(&data) != r.id {
+            return Err(damaged(format!(
+                "its config blob {} does not match its digest",
+                r.id
+            )));
+        }
+        let config = parse_config(&r.id, &data).map_err(|e| damaged(e.to_string()))?;
         Ok(Image {
             record: r.clone(),
             config,
@@ -355,10 +382,19 @@ impl Store {
 
     /// Looks an image up by name (`demo`, `demo:latest`,
     /// `localhost:5000/x:tag`) or by a full or short id prefix.
+    /// [`Error::Damaged`] if its config in the store is damaged.
     pub fn get(&self, name_or_id: &str) -> Result<Image> {
         let index = self.read_index()?;
         let i = Self::find(&index, name_or_id)?;
-        self.image_of(&index.images[i])
+        self.image_of(name_or_id, &index.images[i])
+    }
+
+    /// The index record of an image (as [`Store::get`] finds it), without
+    /// reading its config: works for a damaged image too, e.g. to remove it.
+    pub fn record(&self, name_or_id: &str) -> Result<ImageRecord> {
+        let mut index = self.read_index()?;
+        let i = Self::find(&index, name_or_id)?;
+        Ok(index.images.swap_remove(i))
     }
 
     /// Adds the name `new_name` to the image `src`; a previous holder of
@@ -516,6 +552,8 @@ pub(crate) struct Staging<'a> {
     dir: tempfile::TempDir,
     _lock: FileLock,
     blobs: BTreeSet<String>,
+    /// Committed blobs this import has hashed: digest -> intact.
+    checked: RefCell<BTreeMap<String, bool>>,
     layers: BTreeMap<String, u64>,
     records: Vec<ImageRecord>,
     progress: indicatif::MultiProgress,
@@ -537,6 +575,7 @@ impl<'a> Staging<'a> {
             dir,
             _lock: lock,
             blobs: BTreeSet::new(),
+            checked: RefCell::new(BTreeMap::new()),
             layers: BTreeMap::new(),
             records: Vec::new(),
             progress: indicatif::MultiProgress::with_draw_target(progress_target()),
@@ -561,14 +600,39 @@ impl<'a> Staging<'a> {
         }
     }
 
-    /// True if the blob is already staged or committed (no need to fetch it).
+    /// True if the blob is already staged, or committed and intact (no
+    /// need to fetch it). A committed blob is hashed (once per import)
+    /// before it is trusted: one that no longer matches its digest (a
+    /// truncated or modified file) counts as absent, so the import stages
+    /// a good copy and [`Staging::commit`] puts it in its place.
     pub(crate) fn has_blob(&self, digest: &str) -> bool {
-        self.blobs.contains(digest)
-            || self
-                .store
-                .blob_path(digest)
-                .map(|p| p.is_file())
-                .unwrap_or(false)
+        if self.blobs.contains(digest) {
+            return true;
+        }
+        if let Some(ok) = self.checked.borrow().get(digest) {
+            return *ok;
+        }
+        let Ok(path) = self.store.blob_path(digest) else {
+            return false;
+        };
+        let intact = match File::open(&path) {
+            Ok(f) => match HashingReader::new(io::BufReader::new(f)).finish() {
+                Ok((actual, _)) if actual == digest => true,
+                Ok((actual, _)) => {
+                    tracing::warn!(
+                        "blob {digest} in the store is damaged (its content is {actual}); replacing it"
+                    );
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!("cannot read blob {}: {e}; replacing it", path.display());
+                    false
+                }
+            },
+            Err(_) => false,
+        };
+        self.checked.borrow_mut().insert(digest.to_string(), intact);
+        intact
     }
 
     /// A temporary file in the staging area that hashes what is written.
@@ -715,11 +779,15 @@ impl<'a> Staging<'a> {
         let _lock = store.lock()?;
         let mut moved: Vec<(PathBuf, bool)> = Vec::new();
         let res = (|| -> Result<Vec<ImageSummary>> {
+            // A staged blob either is new to the store or replaces a damaged
+            // committed copy (see `has_blob`): rename it over whatever is
+            // there (at worst an intact copy a concurrent import committed).
             for d in &self.blobs {
                 let dst = store.blob_path(d)?;
-                if !dst.exists() {
-                    let src = self.staged_blob(d)?;
-                    fs::rename(&src, &dst).at("commit blob", &dst)?;
+                let existed = dst.exists();
+                let src = self.staged_blob(d)?;
+                fs::rename(&src, &dst).at("commit blob", &dst)?;
+                if !existed {
                     moved.push((dst, false));
                 }
             }

@@ -1027,3 +1027,71 @@ fn demo_without_busybox_fails_clearly() {
     assert!(e.to_string().contains("busybox-static"), "{e}");
     assert_empty_store(&s);
 }
+
+// ---------- a damaged store: reported, removable, repaired by load ----------
+
+#[test]
+fn damaged_config_is_reported_and_the_image_removable() {
+    let (_r, s) = store();
+    let demo = s.load_demo().unwrap();
+    let blob = s.blob_path(&demo.id).unwrap();
+    let data = fs::read(&blob).unwrap();
+    fs::write(&blob, &data[..data.len() / 2]).unwrap();
+    let e = s.get("demo").unwrap_err();
+    assert!(matches!(e, Error::Damaged { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("image demo is damaged"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "config blob {} does not match its digest",
+            demo.id
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("capsa rmi demo"), "{msg}");
+    assert_eq!(s.record("demo").unwrap().id, demo.id);
+    fs::remove_file(&blob).unwrap();
+    assert!(s
+        .get("demo")
+        .unwrap_err()
+        .to_string()
+        .contains("is missing"));
+    s.remove("demo").unwrap();
+    assert_empty_store_after_rmi(&s);
+}
+
+#[test]
+fn load_replaces_damaged_blobs() {
+    let src = tempfile::tempdir().unwrap();
+    let (l1, l2) = two_layers();
+    let mut lay = Layout::new(&src.path().join("lay"));
+    let id = lay.image(Some("app:1"), &[l1, l2]);
+    let (_r, s) = store();
+    s.load(&lay.dir).unwrap();
+    let img = s.get("app:1").unwrap();
+    let cut = |d: &str| {
+        let p = s.blob_path(d).unwrap();
+        let data = fs::read(&p).unwrap();
+        fs::write(&p, &data[..data.len() / 2]).unwrap();
+    };
+    cut(&id);
+    cut(&img.layers[1].digest);
+    cut(&img.manifest_digest);
+    assert!(matches!(s.get("app:1"), Err(Error::Damaged { .. })));
+    // Loading the image again repairs every damaged blob.
+    s.load(&lay.dir).unwrap();
+    for d in [&id, &img.layers[1].digest, &img.manifest_digest] {
+        assert_eq!(
+            &sha256_bytes(&fs::read(s.blob_path(d).unwrap()).unwrap()),
+            d
+        );
+    }
+    assert_eq!(s.get("app:1").unwrap().id, id);
+    assert_eq!(s.list().unwrap().len(), 1);
+    assert_eq!(fs::read_dir(s.dir().join("tmp")).unwrap().count(), 0);
+    // The demo (its blobs added from bytes) is repaired the same way.
+    let demo = s.load_demo().unwrap();
+    cut(&demo.id);
+    s.load_demo().unwrap();
+    assert_eq!(s.get("demo").unwrap().id, demo.id);
+}
