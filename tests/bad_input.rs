@@ -137,10 +137,16 @@ impl Layout {
     }
 
     fn tar(&self, out: &Path) {
-        let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
-        b.append_dir_all(".", self.dir.path()).unwrap();
-        b.finish().unwrap();
+        tar_dir(self.dir.path(), out);
     }
+}
+
+/// Tars `dir` as it is, symbolic links as links.
+fn tar_dir(dir: &Path, out: &Path) {
+    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", dir).unwrap();
+    b.finish().unwrap();
 }
 
 fn load_fails_cleanly(layout: &Layout, what: &str) -> String {
@@ -201,8 +207,121 @@ fn malformed_config_is_refused() {
     assert!(err.contains("config"), "{err}");
 }
 
+/// Runs capsa, killing it after `secs` seconds (a load that streams an
+/// endless file must not fill the disk of the machine running the tests).
+fn run_with_timeout(env: &Env, args: &[&str], secs: u64) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = env
+        .cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "capsa {args:?} still running after {secs}s: {}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+/// A `docker save` archive whose manifest.json names `config` and `layers`,
+/// with a symbolic link `h -> /` and the files `extra` in it.
+fn docker_archive(config: &str, layers: &[&str], extra: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest =
+        serde_json::json!([{"Config": config, "RepoTags": ["evil:1"], "Layers": layers}]);
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/", dir.path().join("h")).unwrap();
+    for (name, data) in extra {
+        std::fs::write(dir.path().join(name), data).unwrap();
+    }
+    dir
+}
+
+/// Issue 17, item 2: a path in an archive's manifest that leads through a
+/// symbolic link out of the archive is refused, and nothing it points to
+/// is read: not /etc/shadow (whose digest the error used to print), not
+/// /dev/zero (which used to stream into the store until the disk was full).
+#[test]
+fn load_reads_nothing_outside_the_archive() {
+    let env = Env::new();
+    let before = files_under(env.path());
+    let load = |dir: &Path, what: &str| {
+        let tar = tempfile::NamedTempFile::new().unwrap();
+        tar_dir(dir, tar.path());
+        let out = run_with_timeout(&env, &["load", "-i", tar.path().to_str().unwrap()], 60);
+        assert_failed_cleanly(&env, &out, &before, what);
+        let err = stderr(&out);
+        assert!(err.contains("out of the archive"), "{what}: {err}");
+        err
+    };
+
+    let shadow = docker_archive("h/etc/shadow", &[], &[]);
+    let err = load(shadow.path(), "config through h -> /");
+    assert!(
+        err.contains("h/etc/shadow") && err.contains("h -> /"),
+        "{err}"
+    );
+    if let Ok(host) = std::fs::read("/etc/shadow") {
+        assert!(
+            !err.contains(&sha256_hex(&host)),
+            "read the host file: {err}"
+        );
+    }
+
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(b""))]}
+    }))
+    .unwrap();
+    let zero = docker_archive("c.json", &["h/dev/zero"], &[("c.json", &config)]);
+    let err = load(zero.path(), "layer through h -> /");
+    assert!(err.contains("h/dev/zero"), "{err}");
+
+    // An OCI layout whose config blob is a link to a host file with the very
+    // content (and so the digest) the manifest names.
+    let layout = Layout::demo();
+    let cfg = layout.manifest()["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let host = tempfile::NamedTempFile::new().unwrap();
+    std::fs::copy(layout.blob(&cfg), host.path()).unwrap();
+    std::fs::remove_file(layout.blob(&cfg)).unwrap();
+    std::os::unix::fs::symlink(host.path(), layout.blob(&cfg)).unwrap();
+    load(layout.dir.path(), "OCI config blob linked to a host file");
+    // Given as a directory, too.
+    let out = env.run(&["load", "-i", layout.dir.path().to_str().unwrap()]);
+    assert_failed_cleanly(&env, &out, &before, "OCI layout directory");
+    assert!(env.ok(&["images", "-q"]).trim().is_empty());
+}
+
+/// Issue 17, item 2: a blob is read only up to its declared size, and a
+/// declared size that is not the blob's is refused before it is read.
+#[test]
+fn load_refuses_a_declared_size_that_is_not_the_blobs() {
+    let layout = Layout::demo();
+    let mut m = layout.manifest();
+    m["layers"][0]["size"] = 1_000_000_000_000_000_000u64.into();
+    layout.set_manifest(&m);
+    let err = load_fails_cleanly(&layout, "layer declared 10^18 bytes");
+    assert!(err.contains("declares 1000000000000000000 bytes"), "{err}");
 }
 
 fn truncate(path: &Path) {

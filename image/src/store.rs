@@ -694,32 +694,6 @@ impl<'a> Staging<'a> {
         self.add_blob_reader(what, &mut &data[..], expected)
     }
 
-    pub(crate) fn add_blob_file(
-        &mut self,
-        what: &str,
-        path: &Path,
-        expected: Option<&str>,
-    ) -> Result<(String, u64)> {
-        if let Some(e) = expected {
-            if self.has_blob(e) {
-                let have = self.blob_path(e)?;
-                let size = fs::metadata(&have).at("stat", &have)?.len();
-                return Ok((e.to_string(), size));
-            }
-        }
-        let mut f = File::open(path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Error::BadConfig(format!(
-                    "{what} is missing ({} does not exist)",
-                    path.display()
-                ))
-            } else {
-                Error::io(format!("open {}", path.display()), e)
-            }
-        })?;
-        self.add_blob_reader(what, &mut f, expected)
-    }
-
     /// Unpacks `layer` (its blob must be staged or committed) unless it is
     /// already unpacked, verifying its diff_id. Returns the unpacked size.
     pub(crate) fn ensure_layer(&mut self, layer: &Layer) -> Result<u64> {

@@ -648,6 +648,7 @@ fn failed_loads_leave_nothing_behind() {
         serde_json::from_slice(&fs::read(lay.dir.join("blobs/sha256").join(&md[7..])).unwrap())
             .unwrap();
     m["layers"][1]["digest"] = json!(cut_d);
+    m["layers"][1]["size"] = json!(cut.len());
     let mut lay = Layout {
         dir: lay.dir.clone(),
         manifests: vec![],
@@ -1026,6 +1027,190 @@ fn demo_without_busybox_fails_clearly() {
         .unwrap_err();
     assert!(e.to_string().contains("busybox-static"), "{e}");
     assert_empty_store(&s);
+}
+
+// ---------- untrusted archives: only regular files inside them are read ----------
+
+/// Like [`tar_dir`], but keeps symbolic links as links.
+fn tar_dir_keeping_links(dir: &Path, out: &Path) {
+    let mut b = tar::Builder::new(fs::File::create(out).unwrap());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", dir).unwrap();
+    b.finish().unwrap();
+}
+
+/// A `docker save` directory whose manifest.json names `config` and `layers`.
+fn docker_dir(dir: &Path, config: &str, layers: &[&str]) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let manifest = json!([{"Config": config, "RepoTags": ["evil:1"], "Layers": layers}]);
+    fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+fn assert_refused(s: &Store, e: &Error, wanted: &str) {
+    assert!(matches!(e, Error::BadConfig(_)), "{e}");
+    assert!(e.to_string().contains(wanted), "{wanted:?} not in: {e}");
+    assert_empty_store(s);
+}
+
+#[test]
+fn load_reads_nothing_outside_the_archive() {
+    let src = tempfile::tempdir().unwrap();
+    let (_r, s) = store();
+
+    // A file outside the archive that would pass for a good image config:
+    // loading it would put a host file into the store.
+    let l1 = TarBuilder::new().file("f", "1").build();
+    let host_cfg = src.path().join("host-config.json");
+    fs::write(&host_cfg, config_for(&[sha256_bytes(&l1)])).unwrap();
+    let host_digest = sha256_bytes(&fs::read(&host_cfg).unwrap());
+    let host_hex = &host_digest[7..];
+
+    // docker save, as a tar: `h -> /` and a config named through it.
+    let d = docker_dir(
+        &src.path().join("d1"),
+        &format!("h{}", host_cfg.display()),
+        &[],
+    );
+    std::os::unix::fs::symlink("/", d.join("h")).unwrap();
+    let t = src.path().join("d1.tar");
+    tar_dir_keeping_links(&d, &t);
+    let e = s.load(&t).unwrap_err();
+    assert_refused(&s, &e, "symbolic link h -> /");
+    assert!(!e.to_string().contains(host_hex), "{e}");
+    // The same as a directory.
+    let e = s.load(&d).unwrap_err();
+    assert_refused(&s, &e, "leads out of the archive");
+
+    // A layer through the link to /dev/zero: refused at once, nothing read.
+    let d = docker_dir(&src.path().join("d2"), "c.json", &["h/dev/zero"]);
+    fs::copy(&host_cfg, d.join("c.json")).unwrap();
+    std::os::unix::fs::symlink("/", d.join("h")).unwrap();
+    let t = src.path().join("d2.tar");
+    tar_dir_keeping_links(&d, &t);
+    let e = s.load(&t).unwrap_err();
+    assert_refused(&s, &e, "h/dev/zero");
+    // Relative links that climb out, and the file named by `..` or an
+    // absolute path, are refused as well.
+    let d = docker_dir(&src.path().join("d3"), "up/x.json", &[]);
+    std::os::unix::fs::symlink("../..", d.join("up")).unwrap();
+    assert_refused(&s, &s.load(&d).unwrap_err(), "leads out of the archive");
+    let d = docker_dir(&src.path().join("d4"), "../host-config.json", &[]);
+    assert_refused(&s, &s.load(&d).unwrap_err(), "`..`");
+    let d = docker_dir(&src.path().join("d5"), &host_cfg.display().to_string(), &[]);
+    assert_refused(&s, &s.load(&d).unwrap_err(), "absolute path");
+
+    // Devices and FIFOs in a layout directory are not read (a FIFO would
+    // block the load forever, /dev/zero would fill the disk).
+    let mut lay = Layout::new(&src.path().join("devs"));
+    lay.image(Some("x:1"), std::slice::from_ref(&l1));
+    let m: serde_json::Value = serde_json::from_slice(
+        &fs::read(
+            lay.dir
+                .join("blobs/sha256")
+                .join(&lay.manifests[0]["digest"].as_str().unwrap()[7..]),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let layer = lay
+        .dir
+        .join("blobs/sha256")
+        .join(&m["layers"][0]["digest"].as_str().unwrap()[7..]);
+    fs::remove_file(&layer).unwrap();
+    nix::unistd::mkfifo(&layer, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    assert_refused(&s, &s.load(&lay.dir).unwrap_err(), "is a FIFO");
+    fs::remove_file(&layer).unwrap();
+    nix::sys::stat::mknod(
+        &layer,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+        nix::sys::stat::makedev(1, 5),
+    )
+    .unwrap();
+    assert_refused(&s, &s.load(&lay.dir).unwrap_err(), "is a character device");
+
+    // An OCI layout whose config blob is a link to the host file with the
+    // very digest the manifest names.
+    let mut lay = Layout::new(&src.path().join("oci"));
+    lay.image(Some("x:1"), std::slice::from_ref(&l1));
+    let cfg_blob = lay.dir.join("blobs/sha256").join(host_hex);
+    assert!(
+        cfg_blob.is_file(),
+        "the layout's config is the host file's twin"
+    );
+    fs::remove_file(&cfg_blob).unwrap();
+    std::os::unix::fs::symlink(&host_cfg, &cfg_blob).unwrap();
+    assert_refused(
+        &s,
+        &s.load(&lay.dir).unwrap_err(),
+        "leads out of the archive",
+    );
+    let t = src.path().join("oci.tar");
+    tar_dir_keeping_links(&lay.dir, &t);
+    assert_refused(&s, &s.load(&t).unwrap_err(), "leads out of the archive");
+    // index.json itself through a link.
+    let lay = Layout::new(&src.path().join("idx"));
+    std::os::unix::fs::symlink(&host_cfg, lay.dir.join("index.json")).unwrap();
+    assert_refused(&s, &s.load(&lay.dir).unwrap_err(), "index.json");
+}
+
+/// `docker save` before Docker 25 writes a layer two images share once and
+/// links the second copy to it (`<id>/layer.tar -> ../<id2>/layer.tar`):
+/// links that stay inside the archive are fine.
+#[test]
+fn docker_save_links_inside_the_archive_load() {
+    let src = tempfile::tempdir().unwrap();
+    let l1 = TarBuilder::new().file("f", "1").build();
+    let cfg = config_for(&[sha256_bytes(&l1), sha256_bytes(&l1)]);
+    let cd = sha256_bytes(&cfg);
+    let d = docker_dir(
+        &src.path().join("d"),
+        &format!("{}.json", &cd[7..]),
+        &["a/layer.tar", "b/layer.tar"],
+    );
+    fs::write(d.join(format!("{}.json", &cd[7..])), &cfg).unwrap();
+    fs::create_dir(d.join("a")).unwrap();
+    fs::create_dir(d.join("b")).unwrap();
+    fs::write(d.join("a/layer.tar"), &l1).unwrap();
+    std::os::unix::fs::symlink("../a/layer.tar", d.join("b/layer.tar")).unwrap();
+    let t = src.path().join("d.tar");
+    tar_dir_keeping_links(&d, &t);
+    let (_r, s) = store();
+    assert_eq!(s.load(&t).unwrap()[0].id, cd);
+    assert_eq!(s.get("evil:1").unwrap().layers.len(), 2);
+}
+
+#[test]
+fn load_reads_blobs_only_up_to_their_declared_size() {
+    let src = tempfile::tempdir().unwrap();
+    let (_r, s) = store();
+    let l1 = TarBuilder::new().file("f", "1").build();
+    for (i, declared) in [1_000_000_000_000_000_000u64, 3].into_iter().enumerate() {
+        let mut lay = Layout::new(&src.path().join(format!("l{i}")));
+        lay.image(Some("x:1"), std::slice::from_ref(&l1));
+        let md = lay.manifests[0]["digest"].as_str().unwrap().to_string();
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&fs::read(lay.dir.join("blobs/sha256").join(&md[7..])).unwrap())
+                .unwrap();
+        m["layers"][0]["size"] = json!(declared);
+        let (nd, ns) = lay.blob(&serde_json::to_vec(&m).unwrap());
+        lay.manifests[0]["digest"] = json!(nd);
+        lay.manifests[0]["size"] = json!(ns);
+        lay.write_index();
+        let e = s.load(&lay.dir).unwrap_err();
+        assert_refused(&s, &e, &format!("declares {declared} bytes"));
+        // A manifest declared larger than any manifest may be.
+        lay.manifests[0]["size"] = json!(declared * 1_000_000_000);
+        lay.write_index();
+        let e = s.load(&lay.dir).unwrap_err();
+        assert!(e.to_string().contains("bytes"), "{e}");
+        assert_empty_store(&s);
+    }
 }
 
 // ---------- a damaged store: reported, removable, repaired by load ----------
