@@ -151,3 +151,250 @@ fn unescape_mountinfo(s: &str) -> String {
         .replace("\\012", "\n")
         .replace("\\134", "\\")
 }
+
+/// Readies the root filesystem of the bundle at `bundle` for libcontainer,
+/// as runc does before it starts the container's process:
+///
+/// - the process's working directory is created if it is missing (owned by
+///   root, mode 0755), so `-w /new/dir` works as with docker;
+/// - a bind mount of a file onto a path that is a symlink in the image
+///   (an image's `/etc/resolv.conf -> /run/systemd/resolve/stub-resolv.conf`
+///   or `/etc/hosts -> /run/hosts`) gets the file the link points to, so
+///   the mount lands on it.
+///
+/// Every path is resolved inside the root filesystem, as if it were `/`:
+/// an absolute or `..` symlink never leads out of it onto the host.
+pub fn prepare_bundle(bundle: &Path) -> Result<()> {
+    let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .with_context(|| format!("reading {}", bundle.join("config.json").display()))?;
+    let Some(root_path) = spec.root().as_ref().map(|r| r.path()) else {
+        return Ok(());
+    };
+    let rootfs = bundle.join(root_path);
+    let root = pathrs::Root::open(&rootfs)
+        .with_context(|| format!("opening the root filesystem {}", rootfs.display()))?;
+    for m in spec.mounts().iter().flatten() {
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        let file_source = m
+            .source()
+            .as_ref()
+            .and_then(|s| fs::metadata(s).ok())
+            .is_some_and(|meta| !meta.is_dir());
+        if is_bind && file_source {
+            create_link_target(&root, m.destination())?;
+        }
+    }
+    if let Some(cwd) = spec.process().as_ref().map(|p| p.cwd()) {
+        create_workdir(&root, cwd)?;
+    }
+    Ok(())
+}
+
+/// The process's working directory `cwd`, created in `root` if missing.
+fn create_workdir(root: &pathrs::Root, cwd: &Path) -> Result<()> {
+    if cwd.as_os_str().is_empty() || cwd == Path::new("/") {
+        return Ok(());
+    }
+    if let Err(e) = mkdir_all(root, cwd) {
+        let why = match first_non_directory(root, cwd) {
+            Some(p) if p == cwd => "it exists and is not a directory".to_string(),
+            Some(p) => format!("{} is not a directory", p.display()),
+            None => e.to_string(),
+        };
+        bail!(
+            "the working directory {} cannot be created in the container: {why}; \
+             choose another working directory (-w)",
+            cwd.display()
+        )
+    }
+    Ok(())
+}
+
+/// `mkdir -p path` (mode 0755) inside `root`, also through symlinks whose
+/// targets do not exist yet (docker's rule for a working directory):
+/// a link's target is taken inside `root`, and made.
+fn mkdir_all(root: &pathrs::Root, path: &Path) -> std::result::Result<(), pathrs::error::Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut path = path.to_path_buf();
+    // Linux's own limit on the links one lookup follows (MAXSYMLINKS).
+    for _ in 0..40 {
+        match root.mkdir_all(&path, &fs::Permissions::from_mode(0o755)) {
+            Ok(_) => return Ok(()),
+            Err(e) => match through_dangling_link(root, &path) {
+                Some(p) => path = p,
+                None => return Err(e),
+            },
+        }
+    }
+    root.mkdir_all(&path, &fs::Permissions::from_mode(0o755))
+        .map(|_| ())
+}
+
+/// If a component of `path` is a symlink in `root` whose target does not
+/// exist, `path` with that link replaced by its target.
+fn through_dangling_link(root: &pathrs::Root, path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let comps: Vec<Component> = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
+        .collect();
+    let mut prefix = PathBuf::from("/");
+    for (i, c) in comps.iter().enumerate() {
+        prefix.push(c);
+        if root.resolve(&prefix).is_ok() {
+            continue;
+        }
+        // The first component that does not resolve: a link to nowhere,
+        // or simply missing (then there is nothing to follow).
+        let target = root.readlink(&prefix).ok()?;
+        // A relative target is relative to the link's directory; an
+        // absolute one replaces it (and is resolved inside `root`).
+        let mut new = prefix.parent()?.join(target);
+        new.extend(&comps[i + 1..]);
+        return Some(new);
+    }
+    None
+}
+
+/// The first prefix of `path` that exists in `root` and is not a directory.
+fn first_non_directory(root: &pathrs::Root, path: &Path) -> Option<PathBuf> {
+    let mut prefix = PathBuf::from("/");
+    for c in path
+        .components()
+        .skip_while(|c| c == &std::path::Component::RootDir)
+    {
+        prefix.push(c);
+        let handle = root.resolve(&prefix).ok()?;
+        let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(
+            &handle,
+        )))
+        .ok()?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Some(prefix);
+        }
+    }
+    None
+}
+
+/// If `dest` is a symlink in `root` (through any chain of links) to a path
+/// that does not exist, creates that path as an empty file (mode 0644, its
+/// missing parents 0755), so that a bind mount onto `dest` lands on it.
+fn create_link_target(root: &pathrs::Root, dest: &Path) -> Result<()> {
+    use nix::fcntl::{openat, readlinkat, OFlag};
+    use nix::sys::stat::{fstatat, Mode};
+    use std::os::fd::{AsFd, AsRawFd};
+
+    let mut path = Path::new("/").join(dest);
+    // Linux's own limit on the links one lookup follows (MAXSYMLINKS).
+    for _ in 0..40 {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(());
+        };
+        let dir = match root.resolve(parent) {
+            Ok(d) => d,
+            // libcontainer creates a missing parent, and says so if it can't.
+            Err(_) => return Ok(()),
+        };
+        let dirfd = dir.as_fd().as_raw_fd();
+        match fstatat(Some(dirfd), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                let target = PathBuf::from(
+                    readlinkat(Some(dirfd), name)
+                        .with_context(|| format!("reading the symlink {}", path.display()))?,
+                );
+                // Relative to the link's directory; absolute ones to `root`.
+                path = parent.join(target);
+                if path.parent().is_none() || path.file_name().is_none() {
+                    return Ok(());
+                }
+                if let Some(p) = path.parent() {
+                    mkdir_all(root, p).map_err(|e| {
+                            anyhow::anyhow!(
+                                "{} is a symlink to {}, whose directory cannot be created in the container: {e}",
+                                dest.display(),
+                                path.display()
+                            )
+                        })?;
+                }
+            }
+            Ok(_) => return Ok(()),
+            Err(Errno::ENOENT) if path != Path::new("/").join(dest) => {
+                let fd = openat(
+                    Some(dirfd),
+                    name,
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_WRONLY
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o644),
+                )
+                .with_context(|| {
+                    format!(
+                        "{} is a symlink to {}, which cannot be created in the container",
+                        dest.display(),
+                        path.display()
+                    )
+                })?;
+                let _ = nix::unistd::close(fd);
+                return Ok(());
+            }
+            // Not there at all, or unreadable: libcontainer handles it.
+            Err(_) => return Ok(()),
+        }
+    }
+    bail!(
+        "{} is a chain of more than 40 symlinks in the image",
+        dest.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn link_targets_and_workdirs_are_made_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("etc")).unwrap();
+        fs::write(r.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        let outside = format!("/nonexistent-capsa-{}", std::process::id());
+        symlink(format!("{outside}/resolv.conf"), r.join("etc/resolv.conf")).unwrap();
+        symlink("../../../run/hosts", r.join("etc/hosts")).unwrap();
+        symlink(&outside, r.join("escape")).unwrap();
+        let root = pathrs::Root::open(r).unwrap();
+
+        create_link_target(&root, Path::new("/etc/resolv.conf")).unwrap();
+        assert!(r.join(&outside[1..]).join("resolv.conf").is_file());
+        create_link_target(&root, Path::new("/etc/hosts")).unwrap();
+        assert!(r.join("run/hosts").is_file());
+        // A plain file or a missing path is left to libcontainer.
+        create_link_target(&root, Path::new("/etc/passwd")).unwrap();
+        create_link_target(&root, Path::new("/etc/hostname")).unwrap();
+        assert!(!r.join("etc/hostname").exists());
+
+        create_workdir(&root, Path::new("/escape/w")).unwrap();
+        assert!(r.join(&outside[1..]).join("w").is_dir());
+        create_workdir(&root, Path::new("/a/b/c")).unwrap();
+        let mode = fs::metadata(r.join("a/b/c")).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o755
+        );
+        assert!(!Path::new(&outside).exists());
+
+        let e = create_workdir(&root, Path::new("/etc/passwd/x")).unwrap_err();
+        assert!(
+            format!("{e}").contains("/etc/passwd is not a directory"),
+            "{e}"
+        );
+        let e = create_workdir(&root, Path::new("/etc/passwd")).unwrap_err();
+        assert!(format!("{e}").contains("not a directory"), "{e}");
+    }
+}
