@@ -31,6 +31,9 @@ fn main() -> ProcessExit {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: capsa reads this stream
+        // and repeats its lines in its own error messages.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let cfg = match cli.to_config() {

@@ -37,7 +37,9 @@ pub fn check(allow: bool) -> Result<()> {
 pub fn check_at(sysfs_module: &Path, allow: bool) -> Result<()> {
     if is_pvm_host_at(sysfs_module) {
         if allow {
-            tracing::warn!("PVM host: running anyway (--allow-pvm)");
+            // Not a warning: the caller chose a PVM-enabled kernel, and a
+            // warning would stand before any real error on stderr.
+            tracing::info!("PVM host: running anyway (--allow-pvm)");
         } else {
             return Err(Error::PvmHost(refusal()));
         }

@@ -8,16 +8,71 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::paths::Roots;
+use crate::{CodedError, EXIT_CAPSA_ERROR};
 
 /// The guest kernel: `--kernel` if given, else capsa's own (built on first
 /// use and cached by capsa-kernel).
 pub fn kernel(user_kernel: Option<&Path>) -> Result<PathBuf> {
     match user_kernel {
-        Some(k) if k.exists() => Ok(k.to_path_buf()),
-        Some(k) => bail!("--kernel {} does not exist", k.display()),
+        Some(k) => {
+            check_kernel_file(k)?;
+            Ok(k.to_path_buf())
+        }
         None => capsa_kernel::kernel_path(capsa_kernel::Kind::Guest)
             .context("building capsa's guest kernel (see docs/guest-kernel.md)"),
     }
+}
+
+/// What capsa-vmm boots: an uncompressed x86-64 ELF vmlinux with a PVH
+/// entry point.
+const KERNEL_WANTED: &str = "give an uncompressed x86-64 ELF vmlinux built with CONFIG_PVH=y \
+     (the vmlinux at the top of the kernel build tree)";
+
+/// Refuses a `--kernel` file that cannot be a guest kernel, in one line
+/// naming it, before any VM is started: what is not there, not a file, not
+/// readable, a bzImage, or not an x86-64 ELF executable. (Whether it has a
+/// PVH entry point capsa-vmm finds out when it loads it.)
+pub fn check_kernel_file(k: &Path) -> Result<()> {
+    use std::io::Read;
+    let refuse = |why: String| -> anyhow::Error {
+        CodedError::new(EXIT_CAPSA_ERROR, format!("--kernel {}: {why}", k.display())).into()
+    };
+    let meta = std::fs::metadata(k).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => refuse("no such file".into()),
+        _ => refuse(format!("cannot be read ({e})")),
+    })?;
+    if !meta.is_file() {
+        return Err(refuse(format!("is not a regular file: {KERNEL_WANTED}")));
+    }
+    // The ELF header, or a bzImage's setup header ("HdrS" at 0x202).
+    let mut head = Vec::with_capacity(0x206);
+    std::fs::File::open(k)
+        .and_then(|f| f.take(0x206).read_to_end(&mut head))
+        .map_err(|e| refuse(format!("cannot be read ({e})")))?;
+    if head.get(0x202..0x206) == Some(b"HdrS") {
+        return Err(refuse(format!(
+            "is a compressed bzImage, which capsa-vmm does not boot: {KERNEL_WANTED}"
+        )));
+    }
+    if !head.starts_with(b"\x7fELF") {
+        return Err(refuse(format!("is not a kernel image: {KERNEL_WANTED}")));
+    }
+    // e_ident[EI_CLASS] 2: 64-bit; [EI_DATA] 1: little-endian;
+    // e_type 2: executable; e_machine 62: x86-64.
+    let le16 = |at: usize| {
+        head.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    if head.get(4) != Some(&2)
+        || head.get(5) != Some(&1)
+        || le16(16) != Some(2)
+        || le16(18) != Some(62)
+    {
+        return Err(refuse(format!(
+            "is an ELF file but not an x86-64 kernel executable: {KERNEL_WANTED}"
+        )));
+    }
+    Ok(())
 }
 
 /// Finds a helper binary shipped with capsa: `$ENV`, next to the running

@@ -191,6 +191,10 @@ impl MicroVmBackend {
 
 /// Refuses VM mode where it cannot work, before anything is created.
 pub fn check_host(user_kernel: Option<&Path>) -> Result<()> {
+    // A bad --kernel file is the user's to fix whatever the host is.
+    if let Some(k) = user_kernel {
+        guest::check_kernel_file(k)?;
+    }
     if !Path::new("/dev/kvm").exists() {
         bail!(CodedError::new(
             EXIT_CAPSA_ERROR,
@@ -204,6 +208,43 @@ pub fn check_host(user_kernel: Option<&Path>) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The line of capsa-vmm's stderr that says why it failed: its own
+/// `capsa-vmm: ` error line, else its first line; log lines' colour codes
+/// taken out.
+fn vmm_error_line(stderr: &str) -> Option<String> {
+    let lines: Vec<String> = stderr
+        .lines()
+        .map(strip_ansi)
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("capsa-vmm: "))
+        .or(lines.first())?;
+    Some(line.trim_start_matches("capsa-vmm: ").to_string())
+}
+
+/// `s` without ANSI escape sequences (CSI `ESC [ … final byte`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if ('\x40'..='\x7e').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The container's memory limit in bytes, if it has one.
@@ -344,11 +385,12 @@ impl Backend for MicroVmBackend {
                 if let Some(mut s) = child.stderr.take() {
                     let _ = s.read_to_string(&mut vmm_err);
                 }
-                // capsa-vmm's own first line names a panic or a triple
-                // fault; otherwise the guest console says how far it got.
-                let reason = match vmm_err.lines().next().map(str::trim) {
-                    Some(l) if !l.is_empty() => l.trim_start_matches("capsa-vmm: ").to_string(),
-                    _ => format!("guest console:\n{}", self.console_tail(&rec.id)),
+                // capsa-vmm's own error line names a panic, a triple fault
+                // or a kernel it cannot load; otherwise the guest console
+                // says how far it got.
+                let reason = match vmm_error_line(&vmm_err) {
+                    Some(l) => l,
+                    None => format!("guest console:\n{}", self.console_tail(&rec.id)),
                 };
                 bail!("{e:#}: {reason}");
             }
@@ -548,5 +590,67 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::Exit
                 return child.wait().ok();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vmm_error_line_wins_over_log_lines() {
+        let stderr = "\x1b[2m2025\x1b[0m \x1b[33m WARN\x1b[0m \x1b[2mcapsa_vmm::pvm\x1b[0m\x1b[2m:\x1b[0m PVM host: running anyway\n\
+                      capsa-vmm: cannot load the kernel /k: bad magic\n";
+        assert_eq!(
+            vmm_error_line(stderr).as_deref(),
+            Some("cannot load the kernel /k: bad magic")
+        );
+        assert_eq!(
+            vmm_error_line("\x1b[31mboom\x1b[0m\n").as_deref(),
+            Some("boom")
+        );
+        assert_eq!(vmm_error_line(" \n\n"), None);
+    }
+
+    #[test]
+    fn a_file_that_is_no_kernel_is_refused_in_one_line() {
+        let d = tempfile::tempdir().unwrap();
+        let text = d.path().join("passwd");
+        std::fs::write(&text, "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        let bzimage = d.path().join("bzImage");
+        std::fs::write(&bzimage, bz).unwrap();
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[16] = 2;
+        elf[18] = 62;
+        let vmlinux = d.path().join("vmlinux");
+        std::fs::write(&vmlinux, &elf).unwrap();
+        elf[18] = 183; // aarch64
+        let arm = d.path().join("arm64");
+        std::fs::write(&arm, &elf).unwrap();
+        for (path, want) in [
+            (text.clone(), "is not a kernel image"),
+            (bzimage, "bzImage"),
+            (arm, "not an x86-64 kernel"),
+            (d.path().join("missing"), "no such file"),
+            (d.path().to_path_buf(), "not a regular file"),
+        ] {
+            let e = check_host(Some(&path)).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains(want) && msg.contains(&path.display().to_string()),
+                "{msg}"
+            );
+            assert!(!msg.contains('\n') && !msg.contains('\x1b'), "{msg}");
+            assert_eq!(
+                e.downcast_ref::<CodedError>().unwrap().code,
+                EXIT_CAPSA_ERROR
+            );
+        }
+        guest::check_kernel_file(&vmlinux).unwrap();
     }
 }
