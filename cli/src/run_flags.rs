@@ -40,14 +40,15 @@ pub struct RunArgs {
     /// Mount a tmpfs: PATH[:OPTIONS].
     #[arg(long = "tmpfs", value_name = "PATH[:OPTIONS]")]
     pub tmpfs: Vec<String>,
-    /// Memory limit, e.g. 64m or 1g; the container is OOM-killed beyond it.
+    /// Memory limit, e.g. 64m or 1g; the container is OOM-killed beyond it
+    /// (0: no limit).
     #[arg(short = 'm', long = "memory", value_name = "BYTES")]
     pub memory: Option<String>,
-    /// CPU quota in CPUs, e.g. 0.5.
-    #[arg(long)]
-    pub cpus: Option<f64>,
-    /// Maximum number of processes.
-    #[arg(long = "pids-limit")]
+    /// CPU quota in CPUs, e.g. 0.5 (0: no limit).
+    #[arg(long, allow_hyphen_values = true)]
+    pub cpus: Option<String>,
+    /// Maximum number of processes (0 or -1: no limit).
+    #[arg(long = "pids-limit", allow_negative_numbers = true)]
     pub pids_limit: Option<i64>,
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
@@ -108,17 +109,16 @@ impl RunArgs {
         for v in &self.volumes {
             mounts.push(parse_volume(v)?);
         }
-        if let Some(cpus) = self.cpus {
-            if !(cpus > 0.0 && cpus.is_finite()) {
-                bail!(usage(format!(
-                    "--cpus must be a positive number, not {cpus}"
-                )));
-            }
-        }
+        let cpus = self
+            .cpus
+            .as_deref()
+            .map(|c| parse_cpus(c, host_cpus()))
+            .transpose()?
+            .flatten();
         if let Some(p) = self.pids_limit {
-            if p == 0 || p < -1 {
+            if p < -1 {
                 bail!(usage(format!(
-                    "--pids-limit must be positive (or -1 for unlimited), not {p}"
+                    "--pids-limit {p} is invalid: give a positive number of processes, or 0 or -1 for no limit"
                 )));
             }
         }
@@ -136,9 +136,15 @@ impl RunArgs {
             user: self.user.clone(),
             mounts,
             tmpfs: self.tmpfs.clone(),
-            memory_bytes: self.memory.as_deref().map(parse_bytes).transpose()?,
-            cpus: self.cpus,
-            pids_limit: self.pids_limit,
+            memory_bytes: self
+                .memory
+                .as_deref()
+                .map(parse_memory)
+                .transpose()?
+                .flatten(),
+            cpus,
+            // docker's meaning: 0 and -1 are both "no limit".
+            pids_limit: self.pids_limit.filter(|p| *p > 0),
             read_only: self.read_only,
             network,
             hostname: self.hostname.clone(),
@@ -205,28 +211,131 @@ fn parse_volume(v: &str) -> Result<BindMount> {
     })
 }
 
-/// docker's size syntax: a number with an optional b, k, m or g suffix
-/// (powers of 1024).
-pub fn parse_bytes(s: &str) -> Result<i64> {
-    let lower = s.trim().to_ascii_lowercase();
-    // "1gb" means "1g"; a lone "b" means bytes.
-    let t = lower.strip_suffix('b').unwrap_or(&lower);
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
+/// docker's size syntax (go-units' `RAMInBytes`): a whole or decimal
+/// number, an optional space, and an optional unit `b`, or `k`, `m`, `g`,
+/// `t`, `p` (powers of 1024) optionally followed by `b` or `ib`, in any
+/// case. Anything else (an exponent, a sign, `nan`) is refused, and so is a
+/// value beyond the largest byte count a limit can hold.
+pub fn parse_bytes(s: &str) -> Result<i64, String> {
+    let invalid = || {
+        format!("{s:?} is not a size: use a number of bytes, or a number with a unit b, k, m, g, t or p (e.g. 512m, 1.5g)")
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| usage(format!("invalid size {s:?}: use e.g. 512m or 1g")))?;
-    let bytes = (n * mult as f64) as i64;
+    let lower = s.to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(digits_end);
+    // One space may separate the number from a unit ("1 g").
+    let unit = match unit.strip_prefix(' ') {
+        Some(u) if !u.is_empty() => u,
+        _ => unit,
+    };
+    let well_formed = match num.split_once('.') {
+        Some((whole, frac)) => {
+            !whole.is_empty()
+                && !frac.is_empty()
+                && (whole.bytes().chain(frac.bytes())).all(|b| b.is_ascii_digit())
+        }
+        None => !num.is_empty(),
+    };
+    if !well_formed {
+        return Err(invalid());
+    }
+    let shift = match unit.as_bytes() {
+        [] | [b'b'] => 0,
+        [u] | [u, b'b'] | [u, b'i', b'b'] => match u {
+            b'k' => 10,
+            b'm' => 20,
+            b'g' => 30,
+            b't' => 40,
+            b'p' => 50,
+            _ => return Err(invalid()),
+        },
+        _ => return Err(invalid()),
+    };
+    let too_large = || {
+        format!(
+            "{s:?} is too large: the most is {} bytes (just under 8192p)",
+            i64::MAX
+        )
+    };
+    let bytes = match num.split_once('.') {
+        // Whole numbers exactly, without going through a float.
+        None => num
+            .parse::<i64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1i64 << shift))
+            .ok_or_else(too_large)?,
+        Some(_) => {
+            let n: f64 = num.parse().map_err(|_| invalid())?;
+            let b = n * (1u64 << shift) as f64;
+            // i64::MAX as f64 rounds up to 2^63, which does not fit.
+            if !b.is_finite() || b >= i64::MAX as f64 {
+                return Err(too_large());
+            }
+            b as i64
+        }
+    };
+    Ok(bytes)
+}
+
+/// `--memory`: a size as [`parse_bytes`] reads it; 0 means no limit (as
+/// docker), anything else must be at least docker's minimum of 6 MiB.
+pub fn parse_memory(s: &str) -> Result<Option<i64>> {
+    let bytes = parse_bytes(s).map_err(|e| usage(format!("invalid --memory: {e}")))?;
+    if bytes == 0 {
+        return Ok(None);
+    }
     if bytes < 6 * 1024 * 1024 {
         bail!(usage(format!(
-            "memory limit {s:?} is too small: the minimum is 6m"
+            "--memory {s:?} is too small: the minimum is 6m (or 0 for no limit)"
         )));
     }
-    Ok(bytes)
+    Ok(Some(bytes))
+}
+
+/// `--cpus`: a decimal number of CPUs, with docker's limits: at least
+/// 0.01, at most the CPUs this host has; 0 means no limit.
+pub fn parse_cpus(s: &str, host_cpus: usize) -> Result<Option<f64>> {
+    let range = format!("give a number of CPUs from 0.01 to {host_cpus} (this host has {host_cpus}), or 0 for no limit");
+    let decimal = {
+        let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+        !(whole.is_empty() && frac.is_empty())
+            && whole
+                .bytes()
+                .chain(frac.bytes())
+                .all(|b| b.is_ascii_digit())
+            && !(s.contains('.') && frac.is_empty())
+    };
+    if !decimal {
+        bail!(usage(format!(
+            "--cpus {s:?} is not a number of CPUs: {range}"
+        )));
+    }
+    let cpus: f64 = s
+        .parse()
+        .map_err(|_| usage(format!("--cpus {s:?} is not a number of CPUs: {range}")))?;
+    if cpus == 0.0 {
+        return Ok(None);
+    }
+    if cpus < 0.01 || cpus > host_cpus as f64 {
+        bail!(usage(format!("--cpus {s} is out of range: {range}")));
+    }
+    Ok(Some(cpus))
+}
+
+/// The CPUs this process may run on (what docker counts for `--cpus`).
+fn host_cpus() -> usize {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| {
+            (0..nix::sched::CpuSet::count())
+                .filter(|&i| set.is_set(i).unwrap_or(false))
+                .count()
+        })
+        .ok()
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -238,9 +347,58 @@ mod tests {
         assert_eq!(parse_bytes("64m").unwrap(), 64 << 20);
         assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
         assert_eq!(parse_bytes("1gb").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("2 t").unwrap(), 2 << 40);
+        assert_eq!(parse_bytes("1p").unwrap(), 1 << 50);
         assert_eq!(parse_bytes("10485760").unwrap(), 10 << 20);
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("1k").is_err());
+        assert_eq!(parse_bytes("100b").unwrap(), 100);
+        assert_eq!(parse_bytes("8191p").unwrap(), 8191 << 50);
+        for bad in [
+            "lots", "1e30", "1E3", "-1", "+5", "nan", "inf", "", "m", ".5g", "1.g", "1..2", "1x",
+            "1kk", "1bb", "1mbb", "1ki", "1 ", " 1", "0x10",
+        ] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} accepted");
+        }
+        for huge in [
+            "8192p",
+            "9223372036854775808",
+            "99999999999999999999",
+            "1e400",
+        ] {
+            assert!(parse_bytes(huge).is_err(), "{huge:?} accepted");
+        }
+    }
+
+    #[test]
+    fn memory_limits() {
+        assert_eq!(parse_memory("64m").unwrap(), Some(64 << 20));
+        assert_eq!(parse_memory("0").unwrap(), None);
+        let err = parse_memory("1k").unwrap_err().to_string();
+        assert!(err.contains("--memory") && err.contains("6m"), "{err}");
+        let err = parse_memory("1e30").unwrap_err().to_string();
+        assert!(err.contains("--memory") && err.contains("1e30"), "{err}");
+        let err = parse_memory("9000p").unwrap_err().to_string();
+        assert!(
+            err.contains("--memory") && err.contains("too large"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cpus_like_docker() {
+        assert_eq!(parse_cpus("0.5", 2).unwrap(), Some(0.5));
+        assert_eq!(parse_cpus("2", 2).unwrap(), Some(2.0));
+        assert_eq!(parse_cpus("0", 2).unwrap(), None);
+        assert_eq!(parse_cpus("0.0", 2).unwrap(), None);
+        for bad in [
+            "-1", "nan", "NaN", "inf", "1e3", "", ".", "1.", "abc", "0.001", "3", "2.01",
+        ] {
+            let err = parse_cpus(bad, 2).unwrap_err().to_string();
+            assert!(err.starts_with("--cpus"), "{bad:?}: {err}");
+        }
+        let err = parse_cpus("3", 2).unwrap_err().to_string();
+        assert!(err.contains("this host has 2"), "{err}");
     }
 
     #[test]
