@@ -211,7 +211,7 @@ fn main() -> ExitCode {
             let code = err
                 .downcast_ref::<CodedError>()
                 .map_or(EXIT_CAPSA_ERROR, |c| c.code);
-            let msg = format!("{err:#}");
+            let msg = disk_full_advice(format!("{err:#}"), &roots);
             if let Some(path) = &log {
                 runc::append_log(path, log_format, "error", &msg);
             }
@@ -219,6 +219,19 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
     }
+}
+
+/// A full disk (or quota) is named by the path that could not be written;
+/// this adds what to do about it.
+fn disk_full_advice(msg: String, roots: &Roots) -> String {
+    const FULL: [&str; 2] = ["No space left on device", "Disk quota exceeded"];
+    if !FULL.iter().any(|f| msg.contains(f)) {
+        return msg;
+    }
+    format!(
+        "{msg}: free space on that filesystem (`df -h {}` shows what is left) and try again",
+        roots.lib.display()
+    )
 }
 
 /// `--log FILE` and `--log-format F` read straight from argv, for errors

@@ -44,11 +44,12 @@ pub enum Error {
     #[error("registry error while pulling {reference}: {reason}")]
     Registry { reference: String, reason: String },
 
-    #[error("{context}: {source}")]
+    /// The I/O error is part of the message and not also its `source()`:
+    /// a chain printer (anyhow's `{:#}`) would say it twice.
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -59,7 +60,7 @@ impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 

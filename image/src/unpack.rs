@@ -296,7 +296,10 @@ pub(crate) fn unpack_layer_with(
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 clear(&target, false)?;
                 let mut f = File::create(&target).at("create file", &target)?;
-                io::copy(&mut entry, &mut f).map_err(bad)?;
+                copy_entry(&mut entry, &mut f, &target).map_err(|e| match e {
+                    CopyError::Read(e) => bad(e),
+                    CopyError::Write(e) => e,
+                })?;
             }
             EntryType::Symlink => {
                 let link = entry
@@ -381,6 +384,31 @@ pub(crate) fn unpack_layer_with(
         &actual,
     )?;
     Ok(size)
+}
+
+enum CopyError {
+    /// The layer could not be read: its fault.
+    Read(io::Error),
+    /// The file could not be written (a full disk): named by its path.
+    Write(Error),
+}
+
+/// Copies a tar entry's content into `f` (the new file `target`), telling
+/// a damaged layer from a host that cannot take the file.
+fn copy_entry(entry: &mut impl Read, f: &mut File, target: &Path) -> Result<(), CopyError> {
+    use std::io::Write;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        f.write_all(&buf[..n])
+            .at("write", target)
+            .map_err(CopyError::Write)?;
+    }
 }
 
 fn dev(v: io::Result<Option<u32>>) -> u32 {
