@@ -36,9 +36,30 @@ fn both_modes_give_the_same_results() {
     capsa_tests::require_root();
     let capsa = capsa_bin();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/parity.sh");
+    // An image whose /etc files are symlinks to nowhere, absolute and
+    // relative (made here: the test host sees this machine's /var/tmp).
+    let links_dir = tempfile::Builder::new()
+        .prefix("capsa-parity-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let links = links_dir.path().join("links.tar");
+    capsa_tests::demo_with_layer(
+        &[
+            ("run", None),
+            (
+                "etc/resolv.conf",
+                Some("/run/systemd/resolve/stub-resolv.conf"),
+            ),
+            ("etc/hosts", Some("../../run/capsa-hosts")),
+            ("etc/hostname", Some("/run/capsa-hostname")),
+        ],
+        "links:latest",
+        &links,
+    );
     let cmd = format!(
-        "sh {script} {c} container; echo '#### vm'; sh {script} {c} vm",
-        c = capsa.display()
+        "sh {script} {c} container {l}; echo '#### vm'; sh {script} {c} vm {l}",
+        c = capsa.display(),
+        l = links.display()
     );
     let out = TestHost::new("/bin/sh")
         .arg("-c")
@@ -85,8 +106,17 @@ fn both_modes_give_the_same_results() {
     const SET: &str = "CapEff:\t00000000a80425fb|NoNewPrivs:\t1|Seccomp:\t2|";
     let confined = &c["exec-confined"].1;
     assert!(
-        confined.contains(&SET.repeat(2))
-            && !c["exec-confined"].0.starts_with("code=0 "),
+        confined.contains(&SET.repeat(2)) && !c["exec-confined"].0.starts_with("code=0 "),
+        "{ctx}"
+    );
+    expect("cwd-created", "code=0");
+    assert!(c["cwd-created"].1.contains("/new/deeper|0:0:755|"), "{ctx}");
+    expect("cwd-through-file", "code=125 out=2/");
+    expect("etc-links", "code=0");
+    assert!(
+        c["etc-links"]
+            .1
+            .contains("box|127.0.0.1\tlocalhost|::1\tlocalhost ip6-localhost ip6-loopback|127.0.1.1\tbox|box|1|"),
         "{ctx}"
     );
     // A terminal turns "\n" into "\r\n".

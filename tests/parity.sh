@@ -3,10 +3,12 @@
 # result line (exit code, length and hash of stdout and stderr) and a
 # preview. The Rust test (parity.rs) runs this once per mode inside one KVM
 # test-host boot and compares the result lines.
-#   parity.sh CAPSA MODE
-capsa=$1 mode=$2
+#   parity.sh CAPSA MODE LINKS
+# LINKS: an image archive (links:latest) whose /etc files are symlinks.
+capsa=$1 mode=$2 links=$3
 c="$capsa --root /run/parity-$mode"
 $c load --demo >/dev/null || { echo "@@ load failed"; exit 1; }
+$c load -i "$links" >/dev/null || { echo "@@ load of $links failed"; exit 1; }
 printf 'hello stdin\nsecond line\n' > /run/stdin.txt
 : > /run/empty
 mkdir -p /run/vol/sub && echo host-file > /run/vol/f && echo deep > /run/vol/sub/g
@@ -63,6 +65,16 @@ report monitor-killed 0; $c rm keeperjob > /dev/null
 $c run --isolation "$mode" --name writer demo sh -c 'echo data > /tmp/f' > /dev/null
 $c rm writer > /dev/null
 case_run tmp-gone-after-rm /run/empty demo cat /tmp/f
+
+# a missing working directory is made in the container's root (docker's
+# rule); one that cannot be made is named
+case_run cwd-created /run/empty -w /new/deeper demo sh -c 'pwd; stat -c %u:%g:%a .'
+$c run --rm --isolation "$mode" -w /etc/passwd/x demo true > /run/o 2> /run/e; code=$?
+grep -c 'working directory /etc/passwd/x .*/etc/passwd is not a directory' /run/e > /run/o; : > /run/e
+report cwd-through-file "$code"
+# /etc/hosts, /etc/hostname and /etc/resolv.conf that are symlinks (to
+# nowhere) are followed inside the container's root
+case_run etc-links /run/empty links sh -c 'cat /etc/hostname /etc/hosts /run/capsa-hostname; ls -l /etc/resolv.conf | grep -c stub-resolv'
 
 # exec into a running container
 $c run -d --isolation "$mode" --name target demo sleep 300 > /dev/null

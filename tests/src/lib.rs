@@ -199,3 +199,85 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Writes to `archive` an OCI image archive named `name`: the demo image
+/// with one more layer on top holding `entries`, each a path and either
+/// `Some(target)` for a symlink or `None` for a directory. For images that
+/// capsa must handle but cannot build itself (symlinked /etc files).
+pub fn demo_with_layer(entries: &[(&str, Option<&str>)], name: &str, archive: &Path) {
+    use sha2::{Digest, Sha256};
+    let src = Env::with_demo();
+    let saved = src.path().join("demo.tar");
+    src.ok(&["save", "demo", "-o", saved.to_str().unwrap()]);
+    let dir = tempfile::tempdir().unwrap();
+    tar::Archive::new(std::fs::File::open(&saved).unwrap())
+        .unpack(dir.path())
+        .unwrap();
+    let blob = |d: &str| {
+        dir.path()
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let put = |data: &[u8]| {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
+        std::fs::write(blob(&digest), data).unwrap();
+        digest
+    };
+    let read = |d: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(blob(d)).unwrap()).unwrap()
+    };
+
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, link) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(1_704_067_200);
+        h.set_size(0);
+        match link {
+            Some(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                b.append_link(&mut h, path, target).unwrap();
+            }
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                b.append_data(&mut h, format!("{path}/"), &[][..]).unwrap();
+            }
+        }
+    }
+    let layer = b.into_inner().unwrap();
+    let layer_digest = put(&layer);
+
+    let index_path = dir.path().join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .unwrap()
+        .push(layer_digest.clone().into());
+    let config_data = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = put(&config_data).into();
+    manifest["config"]["size"] = config_data.len().into();
+    manifest["layers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": layer_digest,
+            "size": layer.len(),
+        }));
+    let manifest_data = serde_json::to_vec(&manifest).unwrap();
+    index["manifests"][0]["digest"] = put(&manifest_data).into();
+    index["manifests"][0]["size"] = manifest_data.len().into();
+    index["manifests"][0]["annotations"] = serde_json::json!({
+        "org.opencontainers.image.ref.name": name,
+        "io.containerd.image.name": format!("docker.io/library/{name}"),
+    });
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let mut out = tar::Builder::new(std::fs::File::create(archive).unwrap());
+    out.append_dir_all(".", dir.path()).unwrap();
+    out.finish().unwrap();
+}
