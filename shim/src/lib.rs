@@ -13,7 +13,8 @@
 //! owns a running container (pumps its output into the log and records its
 //! exit), and [`logs`] is the log format. [`oci`] holds runc's operations
 //! on bundles other engines prepare (the runc-compatible commands and the
-//! containerd shim use it).
+//! containerd shim use it); [`spec_check`] refuses a bad bundle before any
+//! of them acts on it.
 
 pub mod backend;
 pub mod containerd;
@@ -26,6 +27,7 @@ pub mod namespace;
 pub mod oci;
 pub mod paths;
 pub mod record;
+pub mod spec_check;
 pub mod stdio;
 pub mod timing;
 

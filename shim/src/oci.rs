@@ -102,7 +102,13 @@ fn check_id(id: &str) -> Result<()> {
 
 fn load_spec(bundle: &Path) -> Result<Spec> {
     let path = bundle.join("config.json");
-    Spec::load(&path).map_err(|e| error(format!("reading {}: {e}", path.display())))
+    let text =
+        fs::read_to_string(&path).map_err(|e| error(format!("reading {}: {e}", path.display())))?;
+    crate::spec_check::parse(&text).map_err(invalid_bundle)
+}
+
+fn invalid_bundle(e: crate::spec_check::Invalid) -> anyhow::Error {
+    error(format!("invalid bundle config.json: {e}"))
 }
 
 pub fn isolation_of(spec: &Spec) -> Result<Isolation> {
@@ -159,6 +165,8 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
     let bundle =
         fs::canonicalize(bundle).map_err(|e| error(format!("bundle {}: {e}", bundle.display())))?;
     let spec = load_spec(&bundle)?;
+    // Before anything touches the host, in either mode.
+    crate::spec_check::check(&spec).map_err(invalid_bundle)?;
     let isolation = isolation_of(&spec)?;
     let process = spec
         .process()
@@ -790,6 +798,8 @@ fn monitor_running(pid: i32) -> bool {
 /// Runs `process` in the running container. Returns the PID of a process
 /// that is the caller's child and exits with the process's status.
 pub fn exec(roots: &Roots, id: &str, process: &Process, io: ProcessIo) -> Result<i32> {
+    crate::spec_check::check_process(process, "")
+        .map_err(|e| error(format!("invalid process: {e}")))?;
     let rec = record(roots, id)?;
     let status = status_of(roots, &rec);
     if status != "running" {
