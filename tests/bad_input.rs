@@ -357,6 +357,14 @@ fn damaged_config_blob_is_reported_repaired_and_removable() {
         "{err}"
     );
     assert!(err.contains("capsa rmi demo"), "{err}");
+    // inspect says the same, not "no such container or image".
+    let out = env.run(&["inspect", "demo"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("image demo is damaged") && !err.contains("no such"),
+        "{err}"
+    );
 
     // Loading the image again puts an intact blob in place.
     let out = env.ok(&["load", "-i", saved.to_str().unwrap()]);

@@ -126,7 +126,10 @@ fn exec_gets_the_containers_confinement() {
                   cat /proc/self/cgroup | sort";
     let init = env.ok(&["exec", id, "sh", "-c", &fields.replace("self", "1")]);
     let exec = env.ok(&["exec", id, "sh", "-c", fields]);
-    assert!(exec.contains("Seccomp:\t2"), "no seccomp filter in exec: {exec}");
+    assert!(
+        exec.contains("Seccomp:\t2"),
+        "no seccomp filter in exec: {exec}"
+    );
     assert_eq!(exec, init, "exec'd process differs from the container's");
     // The container's PID namespace: its PID 1 is the container's process.
     assert_eq!(env.ok(&["exec", id, "cat", "/proc/1/comm"]), "sleep\n");
@@ -136,7 +139,15 @@ fn exec_gets_the_containers_confinement() {
         assert_ne!(code(&out), 0, "exec ran `{cmd}`: {}", stdout(&out));
     }
     // An explicit user keeps the filter too.
-    let out = env.ok(&["exec", "-u", "1000", id, "grep", "Seccomp:", "/proc/self/status"]);
+    let out = env.ok(&[
+        "exec",
+        "-u",
+        "1000",
+        id,
+        "grep",
+        "Seccomp:",
+        "/proc/self/status",
+    ]);
     assert!(out.contains('2'), "{out}");
     env.ok(&["rm", "-f", id]);
     env.assert_no_leaks(&[id.to_string()]);

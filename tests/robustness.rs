@@ -51,7 +51,12 @@ fn concurrent_runs_with_one_name_make_one_container() {
     let env = Env::with_demo();
     for round in 0..5 {
         let children: Vec<Child> = (0..3)
-            .map(|_| spawn(&env, &["run", "-d", "--name", "same", "demo", "sleep", "30"]))
+            .map(|_| {
+                spawn(
+                    &env,
+                    &["run", "-d", "--name", "same", "demo", "sleep", "30"],
+                )
+            })
             .collect();
         let outs: Vec<Output> = children
             .into_iter()
@@ -82,7 +87,12 @@ fn rmi_and_run_exclude_each_other() {
         let rmi = env.run(&["rmi", "demo"]);
         let run = run.wait_with_output().unwrap();
         if rmi.status.success() {
-            assert_eq!(code(&run), 125, "round {round}: run after rmi: {}", stderr(&run));
+            assert_eq!(
+                code(&run),
+                125,
+                "round {round}: run after rmi: {}",
+                stderr(&run)
+            );
             assert!(stderr(&run).contains("load it"), "{}", stderr(&run));
             env.ok(&["load", "--demo"]);
         } else {
@@ -110,7 +120,11 @@ fn damaged_record_is_listed_protects_its_image_and_is_removable() {
         let ps = env.ok(&["ps", "-a"]);
         assert!(ps.contains(&id[..12]) && ps.contains("Damaged"), "{ps}");
         let rmi = env.run(&["rmi", "demo"]);
-        assert_eq!(code(&rmi), 1, "rmi removed an image a damaged container uses");
+        assert_eq!(
+            code(&rmi),
+            1,
+            "rmi removed an image a damaged container uses"
+        );
         assert!(stderr(&rmi).contains(&id[..12]), "{}", stderr(&rmi));
         let rm = env.run(&["rm", &id]);
         assert_eq!(code(&rm), 125);
@@ -124,8 +138,12 @@ fn damaged_record_is_listed_protects_its_image_and_is_removable() {
 
 /// The pid of the monitor of container `name`, and of its keeper.
 fn supervisors(env: &Env, name: &str) -> (i32, i32) {
-    let m = inspect_field(env, name, "monitor_pid").as_i64().expect("monitor_pid");
-    let k = inspect_field(env, name, "keeper_pid").as_i64().expect("keeper_pid");
+    let m = inspect_field(env, name, "monitor_pid")
+        .as_i64()
+        .expect("monitor_pid");
+    let k = inspect_field(env, name, "keeper_pid")
+        .as_i64()
+        .expect("keeper_pid");
     (m as i32, k as i32)
 }
 
@@ -152,7 +170,8 @@ fn killed_monitor_loses_no_exit_status() {
     assert_eq!(inspect_field(&env, "job", "exit_code"), 7);
     // Output written after the monitor died still reaches the log.
     assert_eq!(stdout(&env.run(&["logs", "job"])), "after\n");
-    assert!(eventually(10, || capsa_tests::leaks_of(env.path(), &[id.clone()]).is_empty()));
+    let released = || capsa_tests::leaks_of(env.path(), &[id.clone()]).is_empty();
+    assert!(eventually(10, released), "host resources not released");
     env.ok(&["rm", "job"]);
     env.assert_no_leaks(&[id]);
 }
@@ -163,7 +182,10 @@ fn killed_monitor_loses_no_exit_status() {
 fn killed_foreground_run_still_removes_its_container() {
     let env = Env::with_demo();
     let mut run = spawn(&env, &["run", "--rm", "--name", "fg", "demo", "sleep", "2"]);
-    assert!(eventually(10, || env.ok(&["ps"]).contains("fg")), "never started");
+    assert!(
+        eventually(10, || env.ok(&["ps"]).contains("fg")),
+        "never started"
+    );
     kill9(run.id() as i32);
     let _ = run.wait();
     assert!(

@@ -346,11 +346,20 @@ pub fn inspect(roots: &Roots, args: InspectArgs) -> Result<i32> {
     for name in &args.names {
         if let Ok(rec) = Record::find(roots, name) {
             out.push(serde_json::to_value(&rec)?);
-        } else if let Ok(img) = store.get(name) {
-            out.push(serde_json::to_value(&img)?);
         } else {
-            eprintln!("capsa: no such container or image: {name}");
-            failed = true;
+            match store.get(name) {
+                Ok(img) => out.push(serde_json::to_value(&img)?),
+                // An image that is there but damaged: say what is wrong
+                // with it, not that it is missing.
+                Err(e @ capsa_image::Error::Damaged { .. }) => {
+                    eprintln!("capsa: {e}");
+                    failed = true;
+                }
+                Err(_) => {
+                    eprintln!("capsa: no such container or image: {name}");
+                    failed = true;
+                }
+            }
         }
     }
     println!("{}", serde_json::to_string_pretty(&out)?);

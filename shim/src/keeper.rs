@@ -86,12 +86,7 @@ pub fn keep(roots: &Roots, id: &str, child: Pid, outputs: Option<[OwnedFd; 2]>) 
 
 /// The monitor was killed by `sig`: collect the container's exit as the
 /// monitor would have, and give back what it held.
-fn take_over(
-    roots: &Roots,
-    id: &str,
-    sig: Signal,
-    outputs: Option<[OwnedFd; 2]>,
-) -> Result<i32> {
+fn take_over(roots: &Roots, id: &str, sig: Signal, outputs: Option<[OwnedFd; 2]>) -> Result<i32> {
     let Ok(mut rec) = Record::load(roots, id) else {
         // Removed (`--rm`) before it was killed: nothing is left to do.
         return Ok(128 + sig as i32);

@@ -78,6 +78,9 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     if req.isolation == Isolation::Vm {
         crate::microvm::check_host(req.kernel.as_deref())?;
     }
+    // An unknown image fails here, before anything is written (the check
+    // is repeated under the lock below).
+    resolve_image(store, &req.image)?;
     let id = new_id()?;
     let name = match req.name.take() {
         Some(n) => {
@@ -92,15 +95,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     // the same lock) cannot remove the image under a starting container.
     let (image, mut rec) = {
         let _lock = crate::record::lock_containers(roots)?;
-        let image = store.get(&req.image).map_err(|e| {
-            CodedError::new(
-                EXIT_CAPSA_ERROR,
-                format!(
-                    "{e}; load it with `capsa load -i FILE` (or `capsa load --demo`) or pull it with `capsa pull {}`",
-                    req.image
-                ),
-            )
-        })?;
+        let image = resolve_image(store, &req.image)?;
         if Record::list(roots)?.iter().any(|r| r.name == name) {
             return Err(CodedError::new(
                 EXIT_CAPSA_ERROR,
@@ -173,6 +168,18 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     guard.armed = false;
     crate::timing::phase("host preparation (rootfs, bundle)", &mut clock);
     Ok(rec)
+}
+
+fn resolve_image(store: &Store, name: &str) -> Result<capsa_image::Image> {
+    store.get(name).map_err(|e| {
+        CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!(
+                "{e}; load it with `capsa load -i FILE` (or `capsa load --demo`) or pull it with `capsa pull {name}`"
+            ),
+        )
+        .into()
+    })
 }
 
 /// Gives the container its own /etc/hostname and /etc/hosts (and, on the
