@@ -55,6 +55,7 @@ impl NamespaceBackend {
     /// The lifecycle below `create` works on capsa's own bundles; this is
     /// the bare OCI operation, for any bundle (`capsa bench` uses it).
     pub fn create_bundle(&self, id: &str, bundle: &Path, io: ProcessIo) -> Result<i32> {
+        rootfs::prepare_bundle(bundle)?;
         let container = self
             .builder(id, io, workload::CapsaExecutor::default())?
             .as_init(bundle)
