@@ -2,7 +2,8 @@
 //!
 //! - directly (`capsa spec`, `create`, `start`, `state`, `list`, `ps`,
 //!   `exec`, `events --stats`, `pause`, `resume`, `kill`, `delete`), checking
-//!   runc's output formats and exit codes;
+//!   runc's output formats and exit codes; a bundle with a bad value is
+//!   refused with one line naming the field, before anything is made;
 //! - by containerd 1.6's stock runc shim (`ctr run --runc-binary capsa`), and
 //!   by podman (`podman --runtime capsa`), each with a private daemon/root
 //!   under a temp dir (tests/runc_compat.sh does the client steps);
@@ -401,6 +402,269 @@ fn runc_command_line_directly() {
     let mut leaks = leaks_of(env.path(), &[]);
     leaks.extend(processes_rooted_in(&bundle));
     assert!(leaks.is_empty(), "leaked: {leaks:#?}");
+}
+
+/// Sets the value at JSON pointer `pointer` (`/linux/resources/cpu/quota`),
+/// making the objects on the way.
+fn set_at(v: &mut Value, pointer: &str, new: Value) {
+    let mut cur = v;
+    for part in pointer.trim_start_matches('/').split('/') {
+        cur = match part.parse::<usize>() {
+            Ok(i) if cur.is_array() => &mut cur[i],
+            _ => cur
+                .as_object_mut()
+                .unwrap_or_else(|| panic!("{pointer}: {part} is not in an object"))
+                .entry(part)
+                .or_insert(serde_json::json!({})),
+        };
+    }
+    *cur = new;
+}
+
+/// Directories named after `id` in any cgroup hierarchy, four levels down.
+fn cgroups_named(id: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, id: &str, depth: usize, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_string_lossy().contains(id) {
+                out.push(e.path());
+            }
+            if depth > 1 {
+                walk(&e.path(), id, depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for h in capsa_tests::cgroup_hierarchies() {
+        walk(&h, id, 4, &mut out);
+    }
+    out
+}
+
+/// Every path under `dir`, directories too.
+fn paths_under(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+            out.insert(e.path());
+        }
+    }
+    out
+}
+
+/// A bundle with a bad value is refused before capsa does anything with
+/// it: an id the kernel reads as "unchanged" (the process stayed root), a
+/// cgroup path out of the cgroup filesystem (it made the directory), a
+/// limit that means nothing, malformed JSON. runc's exit code 1, one line
+/// naming the field, no directory where the cgroup path points or in any
+/// cgroup hierarchy, no state in --root. VM mode takes the same check
+/// before any VM (so this machine, which cannot run one, tests it too).
+#[test]
+fn bad_bundle_values_are_refused_before_anything_is_made() {
+    use serde_json::json;
+    let env = Env::with_demo();
+    let bundle = env.path().join("bundle");
+    demo_bundle(&env, &bundle);
+    let b = bundle.to_str().unwrap();
+    env.ok(&["spec", "--bundle", b]);
+    set_process(&bundle, &["true"]);
+    let config = bundle.join("config.json");
+    let good: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    // Where a cgroup path with enough '..' lands, from any hierarchy.
+    let outside = tempfile::tempdir_in("/tmp").unwrap();
+    let escape = outside.path().join("x");
+    let logs = tempfile::tempdir().unwrap();
+    let up = format!("/../../../../../..{}", escape.display());
+    let vm = ("/annotations", json!({"io.capsa.isolation": "vm"}));
+
+    let cases: Vec<(&str, Vec<(&str, Value)>)> = vec![
+        (
+            "process.user.uid",
+            vec![("/process/user/uid", json!(4294967295u32))],
+        ),
+        (
+            "process.user.gid",
+            vec![("/process/user/gid", json!(4294967295u32))],
+        ),
+        (
+            "process.user.additionalGids[1]",
+            vec![("/process/user/additionalGids", json!([5, 4294967295u32]))],
+        ),
+        (
+            "linux.uidMappings[0].hostID",
+            vec![(
+                "/linux/uidMappings",
+                json!([{"containerID": 0, "hostID": 4294967295u32, "size": 1}]),
+            )],
+        ),
+        ("linux.cgroupsPath", vec![("/linux/cgroupsPath", json!(up))]),
+        (
+            "linux.cgroupsPath",
+            vec![("/linux/cgroupsPath", json!(format!("capsa{up}")))],
+        ),
+        (
+            "linux.resources.cpu.period: 0 is out of range (1000–1000000)",
+            vec![
+                ("/linux/resources/cpu/quota", json!(-7)),
+                ("/linux/resources/cpu/period", json!(0)),
+            ],
+        ),
+        (
+            "linux.resources.cpu.quota",
+            vec![
+                ("/linux/resources/cpu/quota", json!(-7)),
+                ("/linux/resources/cpu/period", json!(100000)),
+            ],
+        ),
+        (
+            "linux.resources.cpu.shares",
+            vec![("/linux/resources/cpu/shares", json!(1))],
+        ),
+        (
+            "linux.resources.memory.limit",
+            vec![("/linux/resources/memory/limit", json!(-7))],
+        ),
+        (
+            "linux.resources.pids.limit",
+            vec![("/linux/resources/pids/limit", json!(-7))],
+        ),
+        (
+            "linux.resources.unified[",
+            vec![(
+                "/linux/resources/unified",
+                json!({ format!("..{up}"): "1" }),
+            )],
+        ),
+        // Malformed: serde's type error, with the field it is in.
+        ("process.user.uid", vec![("/process/user/uid", json!(-1))]),
+        (
+            "linux.resources.cpu.period",
+            vec![vm.clone(), ("/linux/resources/cpu/period", json!(0))],
+        ),
+        (
+            "process.user.uid",
+            vec![vm.clone(), ("/process/user/uid", json!(4294967295u32))],
+        ),
+        (
+            "linux.cgroupsPath",
+            vec![vm.clone(), ("/linux/cgroupsPath", json!(up))],
+        ),
+    ];
+
+    env.ok(&["list", "-q"]);
+    let before = paths_under(env.path());
+    let check = |n: usize, what: &str, text: String, field: &str| {
+        let id = format!("bad-bundle-{}-{n}", std::process::id());
+        std::fs::write(&config, text).unwrap();
+        // Not output(): a container that does get created keeps create's
+        // stdio open.
+        let err_path = logs.path().join(format!("{id}.err"));
+        let st = env
+            .cmd(&["create", "--bundle", b, &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()))
+            .status()
+            .unwrap();
+        if st.success() {
+            let _ = env.run(&["delete", "--force", &id]);
+        }
+        let err = std::fs::read_to_string(&err_path).unwrap();
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(st.code(), Some(1), "{what}: stderr: {err}");
+        assert!(
+            lines.len() == 1
+                && lines[0].starts_with("capsa: invalid bundle config.json: ")
+                && lines[0].contains(field),
+            "{what}: want one line naming {field}: {err}"
+        );
+        assert!(!escape.exists(), "{what}: made {}", escape.display());
+        let made = cgroups_named(&id);
+        assert!(made.is_empty(), "{what}: made cgroups {made:?}");
+        assert_eq!(env.ok(&["list", "-q"]), "", "{what}: a container is listed");
+        let after = paths_under(env.path());
+        let left: Vec<_> = after.difference(&before).collect();
+        assert!(left.is_empty(), "{what}: left in --root: {left:#?}");
+    };
+    for (n, (field, edits)) in cases.iter().enumerate() {
+        let mut spec = good.clone();
+        for (pointer, value) in edits {
+            set_at(&mut spec, pointer, value.clone());
+        }
+        let what = format!("{edits:?}");
+        check(
+            n,
+            &what,
+            serde_json::to_string_pretty(&spec).unwrap(),
+            field,
+        );
+    }
+    // Not JSON at all: the line and column.
+    let text = serde_json::to_string_pretty(&good).unwrap();
+    let cut = text[..text.len() / 2].to_string();
+    check(cases.len(), "truncated config.json", cut, "(line ");
+    env.assert_no_leaks(&[]);
+
+    // Sound values pass: the limits reach the container's cgroup.
+    let mut spec = good.clone();
+    spec["process"]["args"] = json!(["sleep", "300"]);
+    let id = format!("good-bundle-{}", std::process::id());
+    for (pointer, value) in [
+        ("/process/user/uid", json!(1000)),
+        ("/process/user/additionalGids", json!([1000, 4294967294u32])),
+        ("/linux/cgroupsPath", json!(format!("/capsa/{id}"))),
+        ("/linux/resources/cpu/quota", json!(50000)),
+        ("/linux/resources/cpu/period", json!(100000)),
+        ("/linux/resources/memory/limit", json!(64 << 20)),
+        ("/linux/resources/pids/limit", json!(64)),
+    ] {
+        set_at(&mut spec, pointer, value);
+    }
+    std::fs::write(&config, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
+    let st = env
+        .cmd(&["create", "--bundle", b, &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "create of a sound bundle failed");
+    assert_eq!(state(&env, &id)["status"], "created");
+    let quota = capsa_tests::cgroup_hierarchies()
+        .into_iter()
+        .map(|h| h.join("capsa").join(&id).join("cpu.cfs_quota_us"))
+        .find(|p| p.exists());
+    if let Some(q) = quota {
+        assert_eq!(std::fs::read_to_string(q).unwrap().trim(), "50000");
+    }
+    // A process to exec gets the same check (runc's exit code 255).
+    env.ok(&["start", &id]);
+    wait_status(&env, &id, "running");
+    let mut process = spec["process"].clone();
+    process["args"] = json!(["id"]);
+    process["user"]["uid"] = json!(4294967295u32);
+    let pfile = env.path().join("bad-process.json");
+    std::fs::write(&pfile, process.to_string()).unwrap();
+    let o = env.run(&["exec", "--process", pfile.to_str().unwrap(), &id]);
+    assert_eq!(code(&o), 255, "{}", show(&o));
+    assert!(
+        stderr(&o).contains("invalid process: user.uid: 4294967295"),
+        "{}",
+        show(&o)
+    );
+    let o = env.run(&["exec", "--user", "4294967295", &id, "id", "-u"]);
+    assert_eq!(code(&o), 255, "{}", show(&o));
+    assert!(stderr(&o).contains("user.uid"), "{}", show(&o));
+    env.ok(&["delete", "--force", &id]);
+    assert!(cgroups_named(&id).is_empty(), "{id}'s cgroups are left");
+    env.assert_no_leaks(&[id]);
 }
 
 // ------------------------------------------------------------ real clients
