@@ -394,3 +394,22 @@ fn memory_and_cpus_values_are_checked() {
         "-1\n"
     );
 }
+
+/// A user ID of 4294967295 is (uid_t)-1: the kernel's "no change", which
+/// would leave the process root. `run -u` and `exec -u` refuse it.
+#[test]
+fn user_id_minus_one_is_refused() {
+    let env = Env::with_demo();
+    for user in ["4294967295", "4294967295:4294967295", "0:4294967295"] {
+        let out = env.run(&["run", "--rm", "-u", user, "demo", "id"]);
+        assert_eq!(out.status.code(), Some(125), "-u {user}: {}", stdout(&out));
+        assert!(stderr(&out).contains("4294967295"), "{}", stderr(&out));
+    }
+    let id = env.ok(&["run", "-d", "demo", "sleep", "300"]);
+    let id = id.trim();
+    let out = env.run(&["exec", "-u", "4294967295", id, "id"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stdout(&out));
+    env.ok(&["rm", "-f", id]);
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[id.to_string()]);
+}

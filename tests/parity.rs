@@ -127,7 +127,7 @@ fn both_modes_give_the_same_results() {
     assert!(
         c["monitor-killed"]
             .1
-            .contains("7|\"status\":\"stopped\"|\"exit_code\":7|"),
+            .contains("7|\"exit_code\":7|\"status\":\"stopped\"|"),
         "{ctx}"
     );
     assert!(c["user"].1.contains("1000|1000|1000"), "{ctx}");

@@ -131,6 +131,10 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(Some(crate::namespace::cgroup_path(&id)));
     }
+    // The same checks a runc bundle gets (a user of 4294967295 would run as
+    // root, for one).
+    crate::spec_check::check(&spec)
+        .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("invalid container settings: {e}")))?;
     add_etc_files(&paths, &mut spec, req.run.network)?;
     let command = spec
         .process()
@@ -369,6 +373,15 @@ pub fn remove_files(roots: &Roots, rec: &Record) -> Result<()> {
 
 /// Runs a process inside a running container and returns its exit code.
 pub fn exec(roots: &Roots, key: &str, req: &ExecRequest, interactive: bool) -> Result<i32> {
+    if let Some((uid, gid)) = req.user {
+        if uid == u32::MAX || gid == u32::MAX {
+            return Err(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                "exec --user: 4294967295 is (uid_t)-1, not a user or group ID",
+            )
+            .into());
+        }
+    }
     let rec = find_running(roots, key)?;
     let backend = backend_for(roots, rec.isolation)?;
     crate::monitor::exec_attached(roots, backend.as_ref(), &rec, req, interactive)

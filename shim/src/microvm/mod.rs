@@ -358,16 +358,20 @@ impl Backend for MicroVmBackend {
         }
         // The VM lives no longer than the process that holds its agent
         // connection (the monitor): a killed monitor must not leave a
-        // guest running that nobody can reach.
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
+        // guest running that nobody can reach. With a keeper (see
+        // crate::keeper) the VM outlives the monitor: the keeper adopts it
+        // and collects the container's exit from the agent.
+        if rec.keeper_pid.is_none() {
             use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            // SAFETY: prctl is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd
             .spawn()
