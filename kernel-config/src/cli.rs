@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use crate::test_host::TestHost;
+use crate::test_host::{host_failure, TestHost};
 use crate::{kernel_config, kernel_path, Kind};
 
 /// `capsa kernel path|config [--test-host]`
@@ -61,12 +61,20 @@ impl KernelArgs {
 /// Boots the KVM test host (qemu TCG with an emulated SVM CPU) and runs
 /// COMMAND in it as root, with /dev/kvm, this machine's files at their usual
 /// paths (read-only underneath, writable through a throw-away overlay) and the
-/// current directory. Exits with COMMAND's exit code.
+/// current directory. Exits with COMMAND's exit code, or, when the test host
+/// fails instead, with one of its own: 240 its kernel crashed, 241 it hung,
+/// 242 qemu failed, 243 the time limit passed, 244 the command hung in a live
+/// test host (see docs/guest-kernel.md).
 #[derive(Debug, Args)]
 pub struct TestHostArgs {
     /// Time limit in seconds for the whole run, boot included.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub timeout: u64,
+
+    /// Stop the run as hung after this many seconds without any output
+    /// (console, stdout, stderr); default CAPSA_TEST_HOST_SILENCE or 300.
+    #[arg(long, value_name = "SECS")]
+    pub silence: Option<u64>,
 
     /// Memory of the test host in MiB (it must hold the microVMs it runs).
     #[arg(long, value_name = "MIB", default_value_t = crate::test_host::DEFAULT_MEMORY_MIB)]
@@ -106,14 +114,28 @@ impl TestHostArgs {
         if self.console {
             host = host.show_console(true);
         }
+        if let Some(secs) = self.silence {
+            host = host.silence_limit(Duration::from_secs(secs));
+        }
         for (k, v) in std::env::vars_os() {
             if k.to_str().is_some_and(passes_through) {
                 host = host.env(k, v);
             }
         }
-        let outcome = host.run()?;
-        tracing::info!(code = outcome.code, elapsed = ?outcome.elapsed, "test host finished");
-        Ok(outcome.code)
+        match host.run() {
+            Ok(outcome) => {
+                tracing::info!(code = outcome.code, elapsed = ?outcome.elapsed, "test host finished");
+                Ok(outcome.code)
+            }
+            Err(err) => match host_failure(&err) {
+                // Not capsa's error: say what happened and exit with its code.
+                Some(failure) => {
+                    eprintln!("capsa test-host: {failure}");
+                    Ok(failure.exit_code())
+                }
+                None => Err(err),
+            },
+        }
     }
 }
 
@@ -167,6 +189,7 @@ mod tests {
         match cli.cmd {
             Cmd::TestHost(a) => {
                 assert_eq!(a.timeout, 30);
+                assert_eq!(a.silence, None);
                 assert_eq!(a.command, vec!["ls", "-l", "--all"]);
             }
             _ => panic!("wrong subcommand"),

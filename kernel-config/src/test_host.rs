@@ -18,6 +18,13 @@
 //! The qemu process is killed and reaped on every path: normal exit, time
 //! limit, error, panic (drop guard), and the death of the calling thread
 //! (`PR_SET_PDEATHSIG`).
+//!
+//! A run that does not end with the command's own exit status is never
+//! passed off as one: it is an error holding a [`HostFailure`] (a kernel
+//! crash on the test host's console, a hang, qemu failing, the time limit),
+//! whose message starts with what happened and goes on with the console's
+//! last lines. [`host_failure`] gets it back from an [`anyhow::Error`];
+//! `capsa test-host` exits with [`FailureKind::exit_code`].
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
@@ -35,6 +42,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::initramfs;
 use crate::Kind;
 
+mod console;
+pub use console::{find_crash, Crash, CrashKind};
+
 /// The qemu binary used unless [`TestHost::qemu`] says otherwise.
 pub const QEMU: &str = "qemu-system-x86_64";
 /// Default time limit for one test-host run (boot included).
@@ -46,6 +56,34 @@ pub const DEFAULT_MEMORY_MIB: u32 = 4096;
 /// The exit code the test host's init reports when it cannot run the command
 /// at all (docker's convention for the runtime's own errors).
 pub const EXIT_SETUP_FAILED: i32 = 125;
+
+/// Default silence limit: a run with no output at all (console, stdout,
+/// stderr) for this long is stopped as hung. `CAPSA_TEST_HOST_SILENCE=SECS`
+/// or [`TestHost::silence_limit`] change it.
+pub const DEFAULT_SILENCE: Duration = Duration::from_secs(300);
+/// The silence allowed before the command has started (the kernel boots
+/// with `quiet`, and boots take up to a minute on a busy machine): the
+/// silence limit, but at least this.
+pub const BOOT_SILENCE: Duration = Duration::from_secs(180);
+/// Once the console shows a kernel crash, the run is stopped after this
+/// much silence (the rest of the report has come by then; after a double
+/// fault qemu may spin forever without another word).
+const CRASH_GRACE: Duration = Duration::from_secs(10);
+/// After the exit status has come, qemu gets this long to power off.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
+/// How often the test host's init writes to the heartbeat port (seconds).
+const HEARTBEAT_SECS: u32 = 2;
+
+/// `capsa test-host`'s exit code when the test host's kernel crashed.
+pub const EXIT_KERNEL_CRASH: i32 = 240;
+/// … when the test host hung (no output, and its heartbeat stopped too).
+pub const EXIT_HOST_HUNG: i32 = 241;
+/// … when qemu failed or ended before the command's exit status came.
+pub const EXIT_QEMU_FAILED: i32 = 242;
+/// … when the time limit passed while output was still coming.
+pub const EXIT_TIMED_OUT: i32 = 243;
+/// … when the command went silent in a test host that was still alive.
+pub const EXIT_COMMAND_HUNG: i32 = 244;
 
 /// The machine is TCG-emulated, with an AMD CPU model that has SVM and nested
 /// paging, so the test-host kernel's KVM_AMD gives a working /dev/kvm.
@@ -128,6 +166,10 @@ port() {
   return 1
 }
 st=$(port capsa.status)
+# A line every few seconds from the test host itself (nothing here touches
+# the 9p share), so the harness can tell a stuck test host from a command
+# that is merely silent.
+hb=$(port capsa.heartbeat) && (while :; do echo .; sleep HEARTBEAT_SECS; done) >"$hb" 2>/dev/null &
 finish() {
   if [ -n "$st" ]; then echo "$1" >"$st"; else msg "no status port; exit status $1"; fi
   reboot -f
@@ -160,6 +202,7 @@ ip link set lo up 2>/dev/null
 hostname capsa-test-host
 cp /run.sh $r/run/capsa-test-host.sh
 
+echo started >"$st"
 # The new root moves onto / before the chroot, so the command's root is a
 # mount root, as on a booted host: programs that enter other mount
 # namespaces (a container's, for exec) resolve paths as they would there.
@@ -194,6 +237,235 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
+/// How a test-host run failed to give the command's own exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The test host's kernel crashed (panic, oops, BUG, double fault on
+    /// its console), whether or not the command's exit status came after.
+    KernelCrash,
+    /// No output for the silence limit, and the test host's own heartbeat
+    /// stopped too: the test host (its kernel, or qemu) is stuck.
+    HostHung,
+    /// qemu exited (or failed to run) before the command's exit status
+    /// came, with no kernel crash on the console: a qemu error, or the test
+    /// host reset (a triple fault) or powered off on its own.
+    QemuFailed,
+    /// The time limit passed while output was still coming.
+    TimedOut,
+    /// No output for the silence limit while the test host itself was
+    /// alive (its heartbeat kept coming): the command is stuck. This one is
+    /// the command's failure rather than the test host's.
+    CommandHung,
+}
+
+impl FailureKind {
+    /// The exit code `capsa test-host` gives it (240–244; see
+    /// `docs/guest-kernel.md`).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            FailureKind::KernelCrash => EXIT_KERNEL_CRASH,
+            FailureKind::HostHung => EXIT_HOST_HUNG,
+            FailureKind::QemuFailed => EXIT_QEMU_FAILED,
+            FailureKind::TimedOut => EXIT_TIMED_OUT,
+            FailureKind::CommandHung => EXIT_COMMAND_HUNG,
+        }
+    }
+
+    /// The kind for an exit code of `capsa test-host`, if it is one of them.
+    pub fn from_exit_code(code: i32) -> Option<FailureKind> {
+        [
+            FailureKind::KernelCrash,
+            FailureKind::HostHung,
+            FailureKind::QemuFailed,
+            FailureKind::TimedOut,
+            FailureKind::CommandHung,
+        ]
+        .into_iter()
+        .find(|k| k.exit_code() == code)
+    }
+
+    /// A short name for counting: `kernel-crash`, `host-hung`,
+    /// `qemu-failed`, `timed-out`, `command-hung`.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::KernelCrash => "kernel-crash",
+            FailureKind::HostHung => "host-hung",
+            FailureKind::QemuFailed => "qemu-failed",
+            FailureKind::TimedOut => "timed-out",
+            FailureKind::CommandHung => "command-hung",
+        }
+    }
+
+    /// Whether the test host (or qemu) failed, as opposed to the command
+    /// (which only [`FailureKind::CommandHung`] and, often,
+    /// [`FailureKind::TimedOut`] are).
+    pub fn is_host_failure(self) -> bool {
+        matches!(
+            self,
+            FailureKind::KernelCrash | FailureKind::HostHung | FailureKind::QemuFailed
+        )
+    }
+}
+
+/// A test-host run that did not end with the command's own exit status (or
+/// whose test host crashed on the way). [`TestHost::run`],
+/// [`TestHost::output`] and [`TestHost::run_with`] return it inside their
+/// error; [`host_failure`] gets it back. Its message's first line says what
+/// happened ("KVM test host crashed: kernel panic …", "KVM test host hung:
+/// no output for 300 s …", "qemu failed: …"); the console's last lines and
+/// the command's last output follow.
+#[derive(Debug, Clone)]
+pub struct HostFailure {
+    pub kind: FailureKind,
+    /// The kernel crash on the console, if any (always for
+    /// [`FailureKind::KernelCrash`]).
+    pub crash: Option<Crash>,
+    /// The command line that was running.
+    pub command: String,
+    /// The command's exit code, if it came anyway.
+    pub status: Option<i32>,
+    /// When the command started, counted from qemu's start (`None`: the
+    /// test host never got that far).
+    pub started: Option<Duration>,
+    /// How long there had been no output when the run ended.
+    pub silence: Duration,
+    /// How long ago the test host's heartbeat had last come (`None`: never).
+    pub heartbeat: Option<Duration>,
+    /// How qemu ended (`None`: the harness killed it).
+    pub qemu_exit: Option<String>,
+    /// The silence limit or time limit that ended the run, when one did.
+    pub limit: Option<Duration>,
+    /// Wall time from starting qemu to the end.
+    pub elapsed: Duration,
+    /// The test host's whole console and qemu's messages.
+    pub console: Vec<u8>,
+    /// The last few KiB of the command's stdout and stderr, as they came.
+    pub output_tail: Vec<u8>,
+}
+
+/// The [`HostFailure`] inside an error from [`TestHost`], if that is what
+/// it is (also through added context).
+pub fn host_failure(err: &anyhow::Error) -> Option<&HostFailure> {
+    err.downcast_ref::<HostFailure>()
+}
+
+/// How many console lines a failure message shows.
+const CONSOLE_LINES: usize = 20;
+/// How many of the command's last output lines a failure message shows.
+const OUTPUT_LINES: usize = 10;
+/// How much of the command's output a failure keeps.
+const OUTPUT_TAIL_BYTES: usize = 4096;
+
+impl HostFailure {
+    /// `capsa test-host`'s exit code for it.
+    pub fn exit_code(&self) -> i32 {
+        self.kind.exit_code()
+    }
+
+    /// The message's first line.
+    pub fn summary(&self) -> String {
+        let secs = |d: Duration| d.as_secs();
+        let phase = match self.started {
+            Some(at) => format!(
+                "`{}` had run {} s",
+                self.command,
+                secs(self.elapsed.saturating_sub(at))
+            ),
+            None => format!("while booting, before `{}` started", self.command),
+        };
+        match self.kind {
+            FailureKind::KernelCrash => {
+                let crash = self.crash.as_ref().expect("a kernel crash has a crash");
+                let after = match self.status {
+                    Some(code) => format!(
+                        "; the command's exit status {code} came after it but is not trusted"
+                    ),
+                    None => String::new(),
+                };
+                format!(
+                    "KVM test host crashed: {} ({phase}{after})",
+                    crash.signature()
+                )
+            }
+            FailureKind::HostHung => format!(
+                "KVM test host hung: no output for {} s, and {} ({phase})",
+                secs(self.silence),
+                match self.heartbeat {
+                    Some(d) => format!("its heartbeat stopped {} s ago", secs(d)),
+                    None => "its init never sent a heartbeat".to_string(),
+                }
+            ),
+            FailureKind::CommandHung => format!(
+                "KVM test host: the command hung: no output for {} s while the test host stayed \
+                 alive (its heartbeat came {} s ago; {phase})",
+                secs(self.silence),
+                self.heartbeat.map_or(0, secs)
+            ),
+            FailureKind::QemuFailed => {
+                let how = self.qemu_exit.as_deref().unwrap_or("was killed");
+                let why = if self.qemu_exit.as_deref() == Some("exit status: 0") {
+                    " (the test host reset or powered off with no kernel crash on its console: \
+                     a triple fault, or something in it rebooted)"
+                } else {
+                    ""
+                };
+                format!(
+                    "qemu failed: the KVM test host's qemu exited ({how}) before the command's \
+                     exit status came{why} ({phase})"
+                )
+            }
+            FailureKind::TimedOut => format!(
+                "KVM test host run timed out after {} s with output still coming ({phase})",
+                secs(self.limit.unwrap_or(self.elapsed))
+            ),
+        }
+    }
+
+    /// The console lines the message shows: from just before a crash's
+    /// first line (its report), else the last ones.
+    fn console_excerpt(&self) -> String {
+        let text = String::from_utf8_lossy(&self.console);
+        let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+        let last = lines.len().saturating_sub(CONSOLE_LINES);
+        let from = match &self.crash {
+            Some(c) => c.line_index.saturating_sub(2).min(last),
+            None => last,
+        };
+        let to = lines.len().min(from + 2 * CONSOLE_LINES);
+        let mut out = lines[from..to].join("\n");
+        if to < lines.len() {
+            out.push_str(&format!(
+                "\n[… {} more lines]\n{}",
+                lines.len() - to,
+                lines[lines.len().saturating_sub(5).max(to)..].join("\n")
+            ));
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for HostFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.summary())?;
+        let console = self.console_excerpt();
+        if console.trim().is_empty() {
+            write!(f, "\n--- the test host's console was empty ---")?;
+        } else {
+            write!(f, "\n--- the test host's console ---\n{console}")?;
+        }
+        if !self.output_tail.is_empty() {
+            write!(
+                f,
+                "\n--- the command's last output ---\n{}",
+                tail(&self.output_tail, OUTPUT_LINES)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for HostFailure {}
+
 /// One command to run inside a fresh test host; a builder like
 /// [`std::process::Command`].
 #[derive(Debug, Clone)]
@@ -202,6 +474,7 @@ pub struct TestHost {
     cwd: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
     timeout: Duration,
+    silence: Duration,
     memory_mib: u32,
     cpus: u32,
     kernel: Option<PathBuf>,
@@ -224,6 +497,10 @@ impl TestHost {
                 ("HOME".into(), "/root".into()),
             ],
             timeout: DEFAULT_TIMEOUT,
+            silence: std::env::var("CAPSA_TEST_HOST_SILENCE")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .map_or(DEFAULT_SILENCE, Duration::from_secs),
             memory_mib: DEFAULT_MEMORY_MIB,
             cpus: 2,
             kernel: None,
@@ -269,6 +546,15 @@ impl TestHost {
         self
     }
 
+    /// The silence limit: with no output at all (console, stdout, stderr)
+    /// for this long, the run is stopped as hung (default
+    /// [`DEFAULT_SILENCE`], or `CAPSA_TEST_HOST_SILENCE=SECS`). Before the
+    /// command starts, at least [`BOOT_SILENCE`] is allowed.
+    pub fn silence_limit(mut self, limit: Duration) -> Self {
+        self.silence = limit;
+        self
+    }
+
     pub fn memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
         self
@@ -306,6 +592,8 @@ impl TestHost {
     }
 
     /// Runs the command, streaming its stdout and stderr to this process's.
+    /// An error that is a [`HostFailure`] (see [`host_failure`]) means the
+    /// test host failed, not the command.
     pub fn run(&self) -> Result<Outcome> {
         let stdout = std::io::stdout();
         let stderr = std::io::stderr();
@@ -342,6 +630,10 @@ impl TestHost {
     /// Runs the command, passing every chunk of output to `sink` as it
     /// arrives. Console chunks go to `sink` only if `show_console` is on
     /// (they are always kept in [`Outcome::console`]).
+    ///
+    /// `Ok` means the command's exit status came and the test host's
+    /// kernel did not crash; a kernel crash, a hang, qemu ending without
+    /// the status and the time limit are errors holding a [`HostFailure`].
     pub fn run_with(&self, sink: &mut dyn FnMut(Stream, &[u8])) -> Result<Outcome> {
         let kernel = match &self.kernel {
             Some(k) => k.clone(),
@@ -362,17 +654,19 @@ impl TestHost {
             .tempdir()
             .context("creating the test host's work directory")?;
         let initrd = work.path().join("initramfs.cpio");
-        let mut img = initramfs::busybox_init(INIT)?;
+        let init = INIT.replace("HEARTBEAT_SECS", &HEARTBEAT_SECS.to_string());
+        let mut img = initramfs::busybox_init(&init)?;
         img.file("run.sh", 0o755, self.script(&cwd));
         img.write_to(&initrd)?;
 
         let mut ports = Vec::new();
-        for (name, stream) in [
-            ("stdout", Stream::Stdout),
-            ("stderr", Stream::Stderr),
-            ("status", Stream::Console), // stream unused for the status port
+        for (name, chan) in [
+            ("stdout", Chan::Stdout),
+            ("stderr", Chan::Stderr),
+            ("status", Chan::Status),
+            ("heartbeat", Chan::Heartbeat),
         ] {
-            ports.push((name, stream, Fifo::create(work.path(), name)?));
+            ports.push((name, chan, Fifo::create(work.path(), name)?));
         }
 
         let mut cmd = Command::new(&self.qemu);
@@ -406,7 +700,7 @@ impl TestHost {
                 "-device",
                 "virtio-9p-device,fsdev=hostroot,mount_tag=hostroot",
                 "-device",
-                "virtio-serial-device,max_ports=4",
+                "virtio-serial-device,max_ports=5",
             ]);
         for (i, (name, _, fifo)) in ports.iter().enumerate() {
             cmd.arg("-chardev")
@@ -450,80 +744,141 @@ impl TestHost {
         set_nonblocking(qemu_err.as_raw_fd())?;
 
         let mut sources: Vec<Source> = vec![
-            Source::new(Reader::Out(qemu_out), Stream::Console),
-            Source::new(Reader::Err(qemu_err), Stream::Console),
+            Source::new(Reader::Out(qemu_out), Chan::Console),
+            Source::new(Reader::Err(qemu_err), Chan::Console),
         ];
-        let mut status_idx = 0;
-        for (name, stream, fifo) in ports {
-            if name == "status" {
-                status_idx = sources.len();
-            }
-            sources.push(Source::new(Reader::Fifo(fifo.reader), stream));
+        for (_, chan, fifo) in ports {
+            sources.push(Source::new(Reader::Fifo(fifo.reader), chan));
         }
-        let mut console = Vec::new();
-        let mut status = Vec::new();
+
         let show_console = self.show_console;
-        let mut dispatch = |idx: usize, stream: Stream, data: &[u8]| {
-            if idx == status_idx {
-                status.extend_from_slice(data);
-            } else if stream == Stream::Console {
-                console.extend_from_slice(data);
-                if show_console {
-                    sink(Stream::Console, data);
-                }
-            } else {
-                sink(stream, data);
+        let mut watch = Watch::new(start);
+        let mut dispatch = |chan: Chan, data: &[u8], watch: &mut Watch| {
+            watch.record(chan, data);
+            match chan {
+                Chan::Stdout => sink(Stream::Stdout, data),
+                Chan::Stderr => sink(Stream::Stderr, data),
+                Chan::Console if show_console => sink(Stream::Console, data),
+                _ => {}
             }
+        };
+        let mut drain_all = |sources: &mut Vec<Source>, watch: &mut Watch| -> Result<()> {
+            for s in sources.iter_mut() {
+                let chan = s.chan;
+                s.drain(|d| dispatch(chan, d, watch))?;
+            }
+            Ok(())
         };
 
         let deadline = start + self.timeout;
-        let exit: ExitStatus = loop {
+        let mut stopped_at = None;
+        let (qemu_exit, limit) = loop {
             poll_readable(&sources, Duration::from_millis(100));
-            for (i, s) in sources.iter_mut().enumerate() {
-                s.drain(|stream, d| dispatch(i, stream, d))?;
-            }
+            drain_all(&mut sources, &mut watch)?;
             if let Some(st) = guard.try_wait()? {
-                for (i, s) in sources.iter_mut().enumerate() {
-                    s.drain(|stream, d| dispatch(i, stream, d))?;
-                }
-                break st;
+                drain_all(&mut sources, &mut watch)?;
+                break (Some(st), None);
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            let stop = if now >= deadline {
+                Some(Stop::Timeout)
+            } else if watch.code.is_some() && now.duration_since(watch.code_at) >= POWER_OFF_GRACE {
+                Some(Stop::PowerOff)
+            } else {
+                let silent_limit = if watch.crash.is_some() {
+                    self.silence.min(CRASH_GRACE)
+                } else if watch.started.is_none() {
+                    self.silence.max(BOOT_SILENCE)
+                } else {
+                    self.silence
+                };
+                (now.duration_since(watch.last_output) >= silent_limit)
+                    .then_some(Stop::Silence(silent_limit))
+            };
+            if let Some(stop) = stop {
+                stopped_at = Some(now);
                 guard.kill();
-                for (i, s) in sources.iter_mut().enumerate() {
-                    s.drain(|stream, d| dispatch(i, stream, d))?;
+                drain_all(&mut sources, &mut watch)?;
+                match stop {
+                    Stop::Timeout => break (None, Some((FailureKind::TimedOut, self.timeout))),
+                    Stop::Silence(limit) => {
+                        let alive = watch
+                            .last_heartbeat
+                            .is_some_and(|t| now.duration_since(t) < heartbeat_fresh(self.silence));
+                        let kind = if alive {
+                            FailureKind::CommandHung
+                        } else {
+                            FailureKind::HostHung
+                        };
+                        break (None, Some((kind, limit)));
+                    }
+                    Stop::PowerOff => {
+                        tracing::warn!(
+                            "the test host did not power off within {POWER_OFF_GRACE:?} after \
+                             reporting the exit status; killed qemu"
+                        );
+                        break (None, None);
+                    }
                 }
-                bail!(
-                    "the KVM test host timed out after {:?} running {}; its console ended with:\n{}",
-                    self.timeout,
-                    self.describe(),
-                    tail(&console, 30)
-                );
             }
         };
         let elapsed = start.elapsed();
-        let text = String::from_utf8_lossy(&status);
-        let code = match text.trim().parse::<i32>() {
-            Ok(code) => code,
-            Err(_) => bail!(
-                "the KVM test host ended ({exit}) without reporting the exit status of {}; its console ended with:\n{}",
-                self.describe(),
-                tail(&console, 30)
-            ),
+        // Ages are taken when the harness decided to stop qemu.
+        let end = stopped_at.unwrap_or_else(Instant::now);
+        let crash = find_crash(&watch.console);
+        let kind = if crash.is_some() {
+            Some(FailureKind::KernelCrash)
+        } else if watch.code.is_some() {
+            None
+        } else if let Some((kind, _)) = limit {
+            Some(kind)
+        } else {
+            Some(FailureKind::QemuFailed)
         };
-        if code == EXIT_SETUP_FAILED {
-            tracing::warn!(
-                "the test host may have failed to set up (exit {code}); console:\n{}",
-                tail(&console, 15)
-            );
-        }
-        Ok(Outcome {
-            code,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            console,
+        let Some(kind) = kind else {
+            let code = watch.code.expect("checked above");
+            if code == EXIT_SETUP_FAILED {
+                tracing::warn!(
+                    "the test host may have failed to set up (exit {code}); console:\n{}",
+                    tail(&watch.console, 15)
+                );
+            }
+            return Ok(Outcome {
+                code,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                console: watch.console,
+                elapsed,
+            });
+        };
+        let failure = HostFailure {
+            kind,
+            crash,
+            command: self.short_description(),
+            status: watch.code,
+            started: watch.started.map(|t| t.duration_since(start)),
+            silence: end.duration_since(watch.last_output),
+            heartbeat: watch.last_heartbeat.map(|t| end.duration_since(t)),
+            qemu_exit: qemu_exit.map(|st| st.to_string()),
+            limit: limit.map(|(_, l)| l),
             elapsed,
-        })
+            console: watch.console,
+            output_tail: watch.output_tail,
+        };
+        tracing::debug!(kind = failure.kind.label(), "test-host run failed");
+        Err(anyhow::Error::new(failure))
+    }
+
+    /// The command line for a one-line message: its first line, at most
+    /// 80 characters.
+    fn short_description(&self) -> String {
+        let full = self.describe();
+        let first = full.lines().next().unwrap_or_default();
+        let mut short: String = first.chars().take(80).collect();
+        if short.len() < full.len() {
+            short.push('…');
+        }
+        short
     }
 
     fn describe(&self) -> String {
@@ -667,32 +1022,148 @@ impl Reader {
 
 struct Source {
     reader: Reader,
-    stream: Stream,
+    chan: Chan,
     eof: bool,
 }
 
 impl Source {
-    fn new(reader: Reader, stream: Stream) -> Source {
+    fn new(reader: Reader, chan: Chan) -> Source {
         Source {
             reader,
-            stream,
+            chan,
             eof: false,
         }
     }
 
     /// Reads everything available now.
-    fn drain(&mut self, mut f: impl FnMut(Stream, &[u8])) -> Result<()> {
+    fn drain(&mut self, mut f: impl FnMut(&[u8])) -> Result<()> {
         let mut buf = [0u8; 16384];
         while !self.eof {
             match self.reader.read(&mut buf) {
                 Ok(0) => self.eof = true,
-                Ok(n) => f(self.stream, &buf[..n]),
+                Ok(n) => f(&buf[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e).context("reading the test host's output"),
             }
         }
         Ok(())
+    }
+}
+
+/// Where a chunk of the test host's output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chan {
+    /// The serial console and qemu's own messages.
+    Console,
+    Stdout,
+    Stderr,
+    /// `started`, then the command's exit code.
+    Status,
+    /// A line every [`HEARTBEAT_SECS`] from the test host's init.
+    Heartbeat,
+}
+
+/// Why the harness stopped qemu.
+enum Stop {
+    Timeout,
+    Silence(Duration),
+    PowerOff,
+}
+
+/// A heartbeat younger than this means the test host is alive.
+fn heartbeat_fresh(silence: Duration) -> Duration {
+    (silence / 2).clamp(Duration::from_secs(5), Duration::from_secs(30))
+}
+
+/// What the harness learns while a run goes on.
+struct Watch {
+    console: Vec<u8>,
+    /// How much of `console` has been searched for a crash (whole lines).
+    scanned: usize,
+    crash: Option<Crash>,
+    status: Vec<u8>,
+    code: Option<i32>,
+    code_at: Instant,
+    started: Option<Instant>,
+    last_output: Instant,
+    last_heartbeat: Option<Instant>,
+    output_tail: Vec<u8>,
+}
+
+impl Watch {
+    fn new(start: Instant) -> Watch {
+        Watch {
+            console: Vec::new(),
+            scanned: 0,
+            crash: None,
+            status: Vec::new(),
+            code: None,
+            code_at: start,
+            started: None,
+            last_output: start,
+            last_heartbeat: None,
+            output_tail: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, chan: Chan, data: &[u8]) {
+        let now = Instant::now();
+        if chan == Chan::Heartbeat {
+            self.last_heartbeat = Some(now);
+            return;
+        }
+        self.last_output = now;
+        match chan {
+            Chan::Console => {
+                self.console.extend_from_slice(data);
+                if self.crash.is_none() {
+                    // Search the new whole lines only (a crash line split
+                    // across two reads is found with its second half).
+                    if let Some(nl) = self.console.iter().rposition(|&b| b == b'\n') {
+                        if nl + 1 > self.scanned {
+                            let from = self.console[..self.scanned]
+                                .iter()
+                                .rposition(|&b| b == b'\n')
+                                .map_or(0, |i| i + 1);
+                            self.crash = find_crash(&self.console[from..=nl]);
+                            self.scanned = nl + 1;
+                        }
+                    }
+                }
+            }
+            Chan::Stdout | Chan::Stderr => {
+                self.output_tail.extend_from_slice(data);
+                let excess = self.output_tail.len().saturating_sub(OUTPUT_TAIL_BYTES);
+                self.output_tail.drain(..excess);
+            }
+            Chan::Status => {
+                self.status.extend_from_slice(data);
+                // Whole lines only: a code may come in two reads.
+                let whole = self
+                    .status
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1);
+                let text = String::from_utf8_lossy(&self.status[..whole]);
+                for line in text.lines() {
+                    match line.trim() {
+                        "started" => {
+                            self.started.get_or_insert(now);
+                        }
+                        l => {
+                            if let Ok(code) = l.parse::<i32>() {
+                                if self.code.is_none() {
+                                    self.code_at = now;
+                                }
+                                self.code = Some(code);
+                            }
+                        }
+                    }
+                }
+            }
+            Chan::Heartbeat => {}
+        }
     }
 }
 
@@ -757,6 +1228,175 @@ mod tests {
     fn tsc_rate_is_plausible() {
         let khz = host_tsc_khz();
         assert!((500_000..10_000_000).contains(&khz), "{khz} kHz");
+    }
+
+    fn failure(kind: FailureKind, console: &str) -> HostFailure {
+        HostFailure {
+            kind,
+            crash: find_crash(console.as_bytes()),
+            command: "sh -c true".into(),
+            status: None,
+            started: Some(Duration::from_secs(4)),
+            silence: Duration::from_secs(300),
+            heartbeat: Some(Duration::from_secs(290)),
+            qemu_exit: None,
+            limit: Some(Duration::from_secs(300)),
+            elapsed: Duration::from_secs(310),
+            console: console.as_bytes().to_vec(),
+            output_tail: b"scenario 1 PASS\nscenario 2 ...\n".to_vec(),
+        }
+    }
+
+    #[test]
+    fn failure_messages_say_what_happened_first() {
+        let panic = "kvm: no hardware support for 'kvm_intel'\r\n\
+                     Kernel panic - not syncing: Out of memory: system-wide panic_on_oom is enabled\r\n\
+                     CPU: 0 PID: 70 Comm: dd Not tainted 6.1.192 #1\r\n";
+        let f = failure(FailureKind::KernelCrash, panic);
+        let text = f.to_string();
+        let first = text.lines().next().unwrap();
+        assert_eq!(
+            first,
+            "KVM test host crashed: kernel panic — Out of memory: system-wide panic_on_oom is \
+             enabled [task dd] (`sh -c true` had run 306 s)"
+        );
+        assert!(
+            text.contains("--- the test host's console ---\nkvm: no hardware"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("--- the command's last output ---\nscenario 1 PASS\nscenario 2 ..."),
+            "{text}"
+        );
+
+        let crashed_then_exited = HostFailure {
+            status: Some(0),
+            ..failure(FailureKind::KernelCrash, panic)
+        };
+        assert!(crashed_then_exited
+            .summary()
+            .contains("the command's exit status 0 came after it but is not trusted"));
+
+        let hung = failure(FailureKind::HostHung, "capsa-test-host: x\n");
+        assert_eq!(
+            hung.summary(),
+            "KVM test host hung: no output for 300 s, and its heartbeat stopped 290 s ago \
+             (`sh -c true` had run 306 s)"
+        );
+        let booting = HostFailure {
+            started: None,
+            heartbeat: None,
+            ..failure(FailureKind::HostHung, "")
+        };
+        assert_eq!(
+            booting.to_string().lines().collect::<Vec<_>>()[..2],
+            [
+                "KVM test host hung: no output for 300 s, and its init never sent a heartbeat \
+                 (while booting, before `sh -c true` started)",
+                "--- the test host's console was empty ---"
+            ]
+        );
+        let silent = HostFailure {
+            heartbeat: Some(Duration::from_secs(1)),
+            ..failure(FailureKind::CommandHung, "")
+        };
+        assert!(silent.summary().starts_with(
+            "KVM test host: the command hung: no output for 300 s while the test host stayed alive"
+        ));
+        let qemu = HostFailure {
+            qemu_exit: Some("exit status: 0".into()),
+            ..failure(FailureKind::QemuFailed, "")
+        };
+        assert!(qemu.summary().starts_with(
+            "qemu failed: the KVM test host's qemu exited (exit status: 0) before the command's exit status came (the test host reset"
+        ));
+        let timeout = failure(FailureKind::TimedOut, "");
+        assert!(timeout
+            .summary()
+            .starts_with("KVM test host run timed out after 300 s"));
+
+        // Found again through added context, as callers see it.
+        let err = anyhow::Error::new(failure(FailureKind::HostHung, "")).context("running x");
+        assert_eq!(
+            host_failure(&err).map(|f| f.kind),
+            Some(FailureKind::HostHung)
+        );
+        assert!(format!("{err:#}").starts_with("running x: KVM test host hung: "));
+        assert!(host_failure(&anyhow!("other")).is_none());
+    }
+
+    #[test]
+    fn a_long_crash_report_shows_its_start_and_its_end() {
+        let mut console = String::from("booting\n");
+        console.push_str("BUG: unable to handle page fault for address: ffffc90000000000\n");
+        for i in 0..100 {
+            console.push_str(&format!("trace line {i}\n"));
+        }
+        let text = failure(FailureKind::KernelCrash, &console).to_string();
+        assert!(
+            text.contains("---\nbooting\nBUG: unable to handle"),
+            "{text}"
+        );
+        assert!(
+            text.contains("trace line 37\n[… 62 more lines]\ntrace line 95\n"),
+            "{text}"
+        );
+        assert!(text.contains("trace line 99\n--- the command's"), "{text}");
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_and_named() {
+        let kinds = [
+            FailureKind::KernelCrash,
+            FailureKind::HostHung,
+            FailureKind::QemuFailed,
+            FailureKind::TimedOut,
+            FailureKind::CommandHung,
+        ];
+        for (k, code) in kinds.into_iter().zip(240..) {
+            assert_eq!(k.exit_code(), code);
+            assert_eq!(FailureKind::from_exit_code(code), Some(k));
+        }
+        assert_eq!(FailureKind::from_exit_code(EXIT_SETUP_FAILED), None);
+        assert_eq!(FailureKind::from_exit_code(0), None);
+        assert!(FailureKind::HostHung.is_host_failure());
+        assert!(!FailureKind::CommandHung.is_host_failure());
+    }
+
+    #[test]
+    fn watch_reads_status_console_and_heartbeat() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(t0);
+        w.record(Chan::Status, b"star");
+        assert!(w.started.is_none());
+        w.record(Chan::Status, b"ted\n1");
+        assert!(w.started.is_some());
+        assert_eq!(w.code, None, "half a code is not a code");
+        w.record(Chan::Status, b"25\n");
+        assert_eq!(w.code, Some(125));
+
+        w.record(Chan::Console, b"fine\nKernel pan");
+        assert!(w.crash.is_none());
+        w.record(Chan::Console, b"ic - not syncing: Fatal exception\r\n");
+        assert_eq!(w.crash.as_ref().map(|c| c.kind), Some(CrashKind::Panic));
+
+        let before = w.last_output;
+        std::thread::sleep(Duration::from_millis(2));
+        w.record(Chan::Heartbeat, b".\n");
+        assert_eq!(w.last_output, before, "a heartbeat is not output");
+        assert!(w.last_heartbeat.is_some());
+        w.record(Chan::Stderr, &[b'x'; 10000]);
+        assert!(w.last_output > before);
+        assert_eq!(w.output_tail.len(), OUTPUT_TAIL_BYTES);
+    }
+
+    #[test]
+    fn one_line_command_description() {
+        let host = TestHost::new("sh").args(["-c", "set -e\necho a\necho b"]);
+        assert_eq!(host.short_description(), "sh -c set -e…");
+        let long = TestHost::new("x".repeat(100));
+        assert_eq!(long.short_description().chars().count(), 81);
+        assert_eq!(TestHost::new("true").short_description(), "true");
     }
 
     #[test]
