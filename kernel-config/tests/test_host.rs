@@ -7,10 +7,19 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use capsa_kernel::test_host::{TestHost, QEMU};
+use capsa_kernel::test_host::{host_failure, CrashKind, FailureKind, Stream, TestHost, QEMU};
 use capsa_kernel::{initramfs, kernel_path, Kind};
+
+/// One test-host boot at a time: they share this machine's two cores, and
+/// the hang tests judge timing (a heartbeat every 2 s) that a crowd of
+/// emulated machines would blur.
+fn one_boot_at_a_time() -> MutexGuard<'static, ()> {
+    static BOOTS: Mutex<()> = Mutex::new(());
+    BOOTS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn require_qemu() {
     match Command::new(QEMU).arg("--version").output() {
@@ -42,6 +51,7 @@ fn scratch() -> tempfile::TempDir {
 #[test]
 fn guest_kernel_boots_under_kvm_inside_the_test_host() {
     require_qemu();
+    let _boot = one_boot_at_a_time();
     let guest = kernel(Kind::Guest);
     kernel(Kind::TestHost);
     let dir = scratch();
@@ -94,6 +104,7 @@ fn guest_kernel_boots_under_kvm_inside_the_test_host() {
 #[test]
 fn test_host_runs_a_command_like_a_local_one() {
     require_qemu();
+    let _boot = one_boot_at_a_time();
     kernel(Kind::TestHost);
     let dir = scratch();
     let marker = dir.path().join("marker");
@@ -143,6 +154,7 @@ fn test_host_runs_a_command_like_a_local_one() {
 fn test_host_time_limit_is_enforced() {
     require_qemu();
     kernel(Kind::TestHost);
+    let _boot = one_boot_at_a_time();
     let start = Instant::now();
     let err = TestHost::new("sleep")
         .arg("1000")
@@ -151,4 +163,142 @@ fn test_host_time_limit_is_enforced() {
         .expect_err("sleep 1000 must hit the 5 s limit");
     assert!(start.elapsed() < Duration::from_secs(30));
     assert!(format!("{err:#}").contains("timed out"), "{err:#}");
+    assert_eq!(
+        host_failure(&err).map(|f| f.kind),
+        Some(FailureKind::TimedOut),
+        "{err:#}"
+    );
+}
+
+/// Issue 16: a kernel panic in the test host is reported as one, not as the
+/// command's result. The command makes the test host's kernel panic for
+/// real: `vm.panic_on_oom`, then more memory than the test host has.
+#[test]
+fn a_test_host_kernel_panic_is_reported_as_one() {
+    require_qemu();
+    kernel(Kind::TestHost);
+    let _boot = one_boot_at_a_time();
+    let start = Instant::now();
+    let err = TestHost::new("sh")
+        .args([
+            "-c",
+            "echo 1 > /proc/sys/vm/overcommit_memory && echo 1 > /proc/sys/vm/panic_on_oom \
+             && echo 'filling memory' && exec dd if=/dev/zero of=/dev/null bs=1G count=1",
+        ])
+        .memory_mib(512)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .expect_err("the test host's kernel must panic");
+    let text = format!("{err:#}");
+    eprintln!("reported after {:.1?}:\n{text}", start.elapsed());
+    let failure = host_failure(&err).unwrap_or_else(|| panic!("not a HostFailure: {text}"));
+    assert_eq!(failure.kind, FailureKind::KernelCrash, "{text}");
+    assert_eq!(failure.exit_code(), 240);
+    let crash = failure.crash.as_ref().expect("the crash");
+    assert_eq!(crash.kind, CrashKind::Panic, "{text}");
+    assert_eq!(crash.comm.as_deref(), Some("dd"), "{text}");
+    assert!(
+        text.starts_with(
+            "KVM test host crashed: kernel panic — Out of memory: system-wide panic_on_oom is enabled"
+        ),
+        "{text}"
+    );
+    // The console's report and the command's last words follow.
+    assert!(text.contains("\nCall Trace:"), "{text}");
+    assert!(
+        text.ends_with("--- the command's last output ---\nfilling memory"),
+        "{text}"
+    );
+    assert!(failure.started.is_some(), "{text}");
+    assert_eq!(failure.status, None);
+}
+
+/// Issue 16: a command that goes silent in a live test host is stopped
+/// after the silence limit and reported as hung, not left to the time limit.
+#[test]
+fn a_silent_command_is_reported_as_hung() {
+    require_qemu();
+    kernel(Kind::TestHost);
+    let _boot = one_boot_at_a_time();
+    let start = Instant::now();
+    let err = TestHost::new("sh")
+        .args(["-c", "echo ready; exec sleep 1000"])
+        .silence_limit(Duration::from_secs(20))
+        .timeout(Duration::from_secs(300))
+        .output()
+        .expect_err("sleep 1000 must hit the silence limit");
+    let elapsed = start.elapsed();
+    let text = format!("{err:#}");
+    eprintln!("reported after {elapsed:.1?}:\n{text}");
+    let failure = host_failure(&err).unwrap_or_else(|| panic!("not a HostFailure: {text}"));
+    assert_eq!(failure.kind, FailureKind::CommandHung, "{text}");
+    assert_eq!(failure.exit_code(), 244);
+    assert!(
+        text.starts_with(
+            "KVM test host: the command hung: no output for 20 s while the test host stayed alive"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("--- the command's last output ---\nready"),
+        "{text}"
+    );
+    assert!(elapsed < Duration::from_secs(200), "{elapsed:?}");
+}
+
+/// Issue 16: a test host that stops altogether (qemu frozen here with
+/// SIGSTOP, as qemu spinning after a double fault looks from outside) is
+/// reported as the test host hanging, told apart from a silent command by
+/// its missing heartbeat.
+#[test]
+fn a_frozen_test_host_is_reported_as_hung() {
+    require_qemu();
+    kernel(Kind::TestHost);
+    let _boot = one_boot_at_a_time();
+    // Marks this test's qemu among the machine's others (its command line).
+    let mark = format!("capsa_test.freeze={}-{}", std::process::id(), start_nanos());
+    let mut frozen = None;
+    let err = TestHost::new("sh")
+        .args(["-c", "echo ready; exec sleep 1000"])
+        .append_cmdline(&mark)
+        .silence_limit(Duration::from_secs(20))
+        .timeout(Duration::from_secs(300))
+        .run_with(&mut |stream, data| {
+            if stream == Stream::Stdout && frozen.is_none() && data.starts_with(b"ready") {
+                let pid = pid_with_arg(&mark).expect("this test's qemu process");
+                // SAFETY: a plain kill(2) on a pid we just found.
+                assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+                frozen = Some(Instant::now());
+            }
+        })
+        .expect_err("a frozen test host must hit the silence limit");
+    let text = format!("{err:#}");
+    eprintln!("{text}");
+    assert!(frozen.is_some(), "the command never said ready: {text}");
+    let failure = host_failure(&err).unwrap_or_else(|| panic!("not a HostFailure: {text}"));
+    assert_eq!(failure.kind, FailureKind::HostHung, "{text}");
+    assert_eq!(failure.exit_code(), 241);
+    assert!(
+        text.starts_with("KVM test host hung: no output for 20 s, and its heartbeat stopped "),
+        "{text}"
+    );
+}
+
+fn start_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The process whose command line has `arg` in one of its arguments.
+fn pid_with_arg(arg: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        cmdline
+            .split(|&b| b == 0)
+            .any(|a| String::from_utf8_lossy(a).contains(arg))
+            .then_some(pid)
+    })
 }
