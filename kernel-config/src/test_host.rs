@@ -349,6 +349,29 @@ pub fn host_failure(err: &anyhow::Error) -> Option<&HostFailure> {
     err.downcast_ref::<HostFailure>()
 }
 
+/// For tests: `.expect_ran()` on what [`TestHost::output`], [`TestHost::run`]
+/// or [`TestHost::run_with`] returned gives the [`Outcome`], or panics with a
+/// message whose first line says what went wrong: the test host's failure
+/// itself ("KVM test host crashed: …", "KVM test host hung: …", "qemu
+/// failed: …"), or why the test host could not run at all.
+pub trait ExpectRan {
+    fn expect_ran(self) -> Outcome;
+}
+
+impl ExpectRan for Result<Outcome> {
+    #[track_caller]
+    fn expect_ran(self) -> Outcome {
+        match self {
+            Ok(outcome) => outcome,
+            Err(err) if host_failure(&err).is_some() => panic!("{err:#}"),
+            Err(err) => panic!(
+                "the KVM test host could not run (see scripts/setup.sh and \
+                 docs/guest-kernel.md): {err:#}"
+            ),
+        }
+    }
+}
+
 /// How many console lines a failure message shows.
 const CONSOLE_LINES: usize = 20;
 /// How many of the command's last output lines a failure message shows.
@@ -1323,6 +1346,25 @@ mod tests {
         );
         assert!(format!("{err:#}").starts_with("running x: KVM test host hung: "));
         assert!(host_failure(&anyhow!("other")).is_none());
+    }
+
+    #[test]
+    fn expect_ran_leads_with_the_failure() {
+        let hung: Result<Outcome> = Err(anyhow::Error::new(failure(FailureKind::HostHung, "")));
+        let msg = std::panic::catch_unwind(|| hung.expect_ran()).unwrap_err();
+        let msg = msg.downcast_ref::<String>().unwrap();
+        assert!(
+            msg.starts_with("KVM test host hung: no output for 300 s"),
+            "{msg}"
+        );
+        let setup: Result<Outcome> = Err(anyhow!("qemu-system-x86_64 is missing"));
+        let msg = std::panic::catch_unwind(|| setup.expect_ran()).unwrap_err();
+        let msg = msg.downcast_ref::<String>().unwrap();
+        assert!(
+            msg.starts_with("the KVM test host could not run (see scripts/setup.sh"),
+            "{msg}"
+        );
+        assert!(msg.ends_with(": qemu-system-x86_64 is missing"), "{msg}");
     }
 
     #[test]

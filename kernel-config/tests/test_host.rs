@@ -10,7 +10,9 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use capsa_kernel::test_host::{host_failure, CrashKind, FailureKind, Stream, TestHost, QEMU};
+use capsa_kernel::test_host::{
+    host_failure, CrashKind, ExpectRan, FailureKind, Stream, TestHost, QEMU,
+};
 use capsa_kernel::{initramfs, kernel_path, Kind};
 
 /// One test-host boot at a time: they share this machine's two cores, and
@@ -78,7 +80,7 @@ fn guest_kernel_boots_under_kvm_inside_the_test_host() {
         .args(["-append", "console=ttyS0 reboot=t panic=-1 quiet"])
         .timeout(Duration::from_secs(300))
         .output()
-        .expect("running qemu inside the KVM test host");
+        .expect_ran();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!(
@@ -130,7 +132,7 @@ fn test_host_runs_a_command_like_a_local_one() {
         .env("CAPSA_TEST_VAR", "a b")
         .timeout(Duration::from_secs(300))
         .output()
-        .expect("running a command in the KVM test host");
+        .expect_ran();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
