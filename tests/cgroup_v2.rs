@@ -2,7 +2,7 @@
 //! controllers), so the checks run inside the KVM test host, whose kernel
 //! mounts only cgroup2. One test-host boot runs the whole script.
 
-use capsa_kernel::test_host::TestHost;
+use capsa_kernel::test_host::{ExpectRan, TestHost};
 use capsa_tests::capsa_bin;
 
 #[test]
@@ -38,7 +38,7 @@ echo done
         .arg("-c")
         .arg(&script)
         .output()
-        .expect("the KVM test host could not run (see scripts/setup.sh and docs/guest-kernel.md)");
+        .expect_ran();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let ctx = format!("stdout:\n{stdout}\nstderr:\n{stderr}");

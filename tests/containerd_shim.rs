@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use capsa_kernel::test_host::TestHost;
+use capsa_kernel::test_host::{ExpectRan, TestHost};
 use capsa_tests::capsa_bin;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/containerd_shim.sh");
@@ -209,7 +209,7 @@ fn vm_mode_through_containerd_in_the_test_host() {
         ))
         .timeout(Duration::from_secs(900))
         .output()
-        .expect("the KVM test host could not run (see scripts/setup.sh and docs/guest-kernel.md)");
+        .expect_ran();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let ctx = format!(
         "output:\n{stdout}\nstderr:\n{}",

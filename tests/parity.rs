@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use capsa_kernel::test_host::TestHost;
+use capsa_kernel::test_host::{ExpectRan, TestHost};
 use capsa_tests::capsa_bin;
 
 type Results = BTreeMap<String, (String, String)>;
@@ -66,7 +66,7 @@ fn both_modes_give_the_same_results() {
         .arg(&cmd)
         .timeout(std::time::Duration::from_secs(900))
         .output()
-        .expect("the KVM test host could not run (see scripts/setup.sh and docs/guest-kernel.md)");
+        .expect_ran();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let (container, vm) = stdout

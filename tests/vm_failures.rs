@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use capsa_kernel::test_host::TestHost;
+use capsa_kernel::test_host::{ExpectRan, TestHost};
 use capsa_tests::capsa_bin;
 
 fn section<'a>(out: &'a str, name: &str) -> &'a str {
@@ -38,7 +38,7 @@ fn timeouts_panics_and_killed_vmms_are_reported_and_cleaned_up() {
         .arg(capsa_bin())
         .arg(&exit0)
         .output()
-        .expect("the KVM test host could not run (see scripts/setup.sh and docs/guest-kernel.md)");
+        .expect_ran();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use capsa_kernel::test_host::{Stream, TestHost};
+use capsa_kernel::test_host::{ExpectRan, Stream, TestHost};
 use capsa_kernel::{kernel_path, Kind};
 use capsa_proto::{
     handshake, Decoder, Encoder, ErrorCode, Frame, Request, Response, Rootfs, StdStream,
@@ -198,7 +198,7 @@ fn agent_runs_containers_in_a_microvm() {
                 let _ = std::io::Write::write_all(&mut std::io::stderr(), data);
             }
         })
-        .expect("running the scenarios inside the KVM test host");
+        .expect_ran();
     let stdout = String::from_utf8_lossy(&stdout);
     let mut failures = Vec::new();
     for name in SCENARIOS {

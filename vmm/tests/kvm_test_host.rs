@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use capsa_kernel::test_host::{Stream, TestHost, QEMU};
+use capsa_kernel::test_host::{ExpectRan, Stream, TestHost, QEMU};
 use capsa_kernel::{initramfs, kernel_path, Kind};
 
 const INNER_ENV: &str = "CAPSA_VMM_TEST_DIR";
@@ -210,7 +210,7 @@ fn capsa_vmm_boots_guests_in_the_kvm_test_host() {
                 let _ = std::io::stderr().write_all(data);
             }
         })
-        .expect("running the scenarios inside the KVM test host");
+        .expect_ran();
     let stdout = String::from_utf8_lossy(&stdout);
     eprintln!("test host round trip: {:.1?}", start.elapsed());
 
