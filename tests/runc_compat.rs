@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use capsa_kernel::test_host::TestHost;
+use capsa_kernel::test_host::{ExpectRan, TestHost};
 use capsa_tests::{capsa_bin, leaks_of, require_root, stderr, stdout, Env};
 use serde_json::Value;
 
@@ -885,7 +885,7 @@ fn both_clients_drive_vm_isolation() {
         .arg(&cmd)
         .timeout(Duration::from_secs(1200))
         .output()
-        .expect("the KVM test host could not run (see scripts/setup.sh and docs/guest-kernel.md)");
+        .expect_ran();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let ctx = format!(
         "{text}\nstderr:\n{}\nconsole tail:\n{}",
