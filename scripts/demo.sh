@@ -55,5 +55,11 @@ echo "vm:        \$(\$c run --rm --isolation vm demo sh -c '$workload')"
 echo "vm:        run --rm --isolation vm demo true took \$(t \$c run --rm --isolation vm demo true) ms"
 EOS
 )
-  $capsa test-host --timeout 600 -- /bin/sh -c "$inner" || echo "-- the VM half failed inside the test host (see above)"
+  rc=0
+  $capsa test-host --timeout 600 -- /bin/sh -c "$inner" || rc=$?
+  case $rc in
+    0) ;;
+    24[0-2]) echo "-- the KVM test host itself failed (exit $rc), not capsa: see above and docs/guest-kernel.md" ;;
+    *) echo "-- the VM half failed inside the test host (exit $rc; see above)" ;;
+  esac
 fi
