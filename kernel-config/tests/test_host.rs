@@ -286,6 +286,79 @@ fn a_frozen_test_host_is_reported_as_hung() {
     );
 }
 
+/// qemu failing, and qemu's view of a crash, without booting anything: a
+/// stand-in "qemu" script that says something and ends.
+#[test]
+fn qemu_failures_are_told_apart_from_the_command() {
+    let dir = scratch();
+    let fake = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        path
+    };
+    let run = |qemu: &Path| {
+        TestHost::new("true")
+            .qemu(qemu)
+            // Any file will do: the stand-in does not boot it.
+            .kernel("/bin/sh")
+            .timeout(Duration::from_secs(60))
+            .output()
+            .expect_err("the stand-in never reports an exit status")
+    };
+
+    let err = run(&fake(
+        "qemu-error",
+        "echo 'qemu-system-x86_64: -device virtio-serial-device: no such bus' >&2; exit 1",
+    ));
+    let text = format!("{err:#}");
+    assert_eq!(
+        host_failure(&err).map(|f| f.kind),
+        Some(FailureKind::QemuFailed),
+        "{text}"
+    );
+    assert!(
+        text.starts_with(
+            "qemu failed: the KVM test host's qemu exited (exit status: 1) before the command's \
+             exit status came (while booting, before `true` started)\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("no such bus"), "{text}");
+
+    let err = run(&fake("qemu-abort", "kill -ABRT $$"));
+    let text = format!("{err:#}");
+    assert!(
+        text.starts_with("qemu failed: the KVM test host's qemu exited (signal: 6 (SIGABRT)"),
+        "{text}"
+    );
+
+    let err = run(&fake("qemu-reset", "exit 0"));
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("the test host reset or powered off"),
+        "{text}"
+    );
+
+    // A panic on the console (qemu's stdout) with panic=-1 ends qemu with
+    // status 0: a kernel crash, not a qemu failure.
+    let err = run(&fake(
+        "qemu-panic",
+        "printf 'Kernel panic - not syncing: VFS: Unable to mount root fs\\r\\n'; exit 0",
+    ));
+    let text = format!("{err:#}");
+    let failure = host_failure(&err).unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(failure.kind, FailureKind::KernelCrash, "{text}");
+    assert_eq!(failure.exit_code(), 240);
+    assert!(
+        text.starts_with(
+            "KVM test host crashed: kernel panic — VFS: Unable to mount root fs (while booting"
+        ),
+        "{text}"
+    );
+}
+
 fn start_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
