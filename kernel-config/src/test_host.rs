@@ -169,7 +169,7 @@ st=$(port capsa.status)
 # A line every few seconds from the test host itself (nothing here touches
 # the 9p share), so the harness can tell a stuck test host from a command
 # that is merely silent.
-hb=$(port capsa.heartbeat) && (while :; do echo .; sleep HEARTBEAT_SECS; done) >"$hb" 2>/dev/null &
+hb=$(port capsa.heartbeat) && (echo .; while sleep HEARTBEAT_SECS; do echo .; done) >"$hb" 2>/dev/null &
 finish() {
   if [ -n "$st" ]; then echo "$1" >"$st"; else msg "no status port; exit status $1"; fi
   reboot -f
