@@ -170,7 +170,7 @@ fn killed_monitor_loses_no_exit_status() {
     assert_eq!(inspect_field(&env, "job", "exit_code"), 7);
     // Output written after the monitor died still reaches the log.
     assert_eq!(stdout(&env.run(&["logs", "job"])), "after\n");
-    let released = || capsa_tests::leaks_of(env.path(), &[id.clone()]).is_empty();
+    let released = || capsa_tests::leaks_of(env.path(), std::slice::from_ref(&id)).is_empty();
     assert!(eventually(10, released), "host resources not released");
     env.ok(&["rm", "job"]);
     env.assert_no_leaks(&[id]);

@@ -133,8 +133,9 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     }
     // The same checks a runc bundle gets (a user of 4294967295 would run as
     // root, for one).
-    crate::spec_check::check(&spec)
-        .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("invalid container settings: {e}")))?;
+    crate::spec_check::check(&spec).map_err(|e| {
+        CodedError::new(EXIT_CAPSA_ERROR, format!("invalid container settings: {e}"))
+    })?;
     add_etc_files(&paths, &mut spec, req.run.network)?;
     let command = spec
         .process()
