@@ -45,7 +45,8 @@ use crate::Kind;
 mod console;
 pub use console::{find_crash, Crash, CrashKind};
 
-/// The qemu binary used unless [`TestHost::qemu`] says otherwise.
+/// The qemu binary used unless [`TestHost::qemu`] or `CAPSA_TEST_HOST_QEMU`
+/// says otherwise.
 pub const QEMU: &str = "qemu-system-x86_64";
 /// Default time limit for one test-host run (boot included).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -90,11 +91,11 @@ pub const EXIT_COMMAND_HUNG: i32 = 244;
 /// The `-feature`s are EPYC features TCG cannot emulate anyway; naming them
 /// only silences qemu's warning about each of them (28 lines that would bury
 /// the console tail in error messages).
+/// `-accel` is added apart: `tcg`, or `CAPSA_TEST_HOST_ACCEL` (e.g.
+/// `tcg,thread=single`, which scripts/stress-test-host.sh compares).
 const QEMU_MACHINE: &[&str] = &[
     "-M",
     "microvm,acpi=off",
-    "-accel",
-    "tcg",
     "-cpu",
     "EPYC,+svm,+npt,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw,\
      -topoext,-perfctr-core,-clzero,-xsaveerptr,-ibpb,-nrip-save,-xsavec,-xsaves",
@@ -527,7 +528,7 @@ impl TestHost {
             memory_mib: DEFAULT_MEMORY_MIB,
             cpus: 2,
             kernel: None,
-            qemu: PathBuf::from(QEMU),
+            qemu: std::env::var_os("CAPSA_TEST_HOST_QEMU").map_or(PathBuf::from(QEMU), PathBuf::from),
             show_console: std::env::var_os("CAPSA_TEST_HOST_CONSOLE").is_some_and(|v| v != "0"),
             extra_cmdline: std::env::var("CAPSA_TEST_HOST_APPEND").unwrap_or_default(),
         }
@@ -693,7 +694,9 @@ impl TestHost {
         }
 
         let mut cmd = Command::new(&self.qemu);
+        let accel = std::env::var("CAPSA_TEST_HOST_ACCEL").unwrap_or_else(|_| "tcg".into());
         cmd.args(QEMU_MACHINE)
+            .args(["-accel", &accel])
             .arg("-smp")
             .arg(self.cpus.to_string())
             .arg("-m")
