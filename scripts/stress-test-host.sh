@@ -33,8 +33,9 @@ c="$capsa --root /run/stress"
 fail() { echo "scenario failed: \$*" >&2; exit 1; }
 \$c load --demo >/dev/null || fail "load --demo"
 for round in 1 2 3 4 5; do
-  for i in 1 2 3 4; do \$c run --rm --isolation vm demo true & done
-  for i in 1 2 3 4; do wait -n || fail "burst round \$round"; done
+  pids=
+  for i in 1 2 3 4; do \$c run --rm --isolation vm demo true & pids="\$pids \$!"; done
+  for p in \$pids; do wait \$p || fail "burst round \$round: exit \$?"; done
 done
 \$c run -d --isolation vm --name t demo sleep 300 >/dev/null || fail "run -d"
 [ "\$(\$c exec t echo in)" = in ] || fail "exec"
