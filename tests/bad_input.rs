@@ -4,29 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use capsa_tests::{stderr, Env};
+use capsa_tests::{files_under, stderr, Env};
 use sha2::{Digest, Sha256};
-
-fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            // The store's empty skeleton directories don't count; any file
-            // (a blob, a layer's content, a temp file, a record) does.
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p);
-            } else {
-                out.insert(p);
-            }
-        }
-    }
-    out
-}
 
 fn assert_failed_cleanly(
     env: &Env,

@@ -6,27 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use capsa_tests::{stderr, stdout, Env};
-
-fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p);
-            } else if e.file_name() != ".lock" {
-                // (A lock file is made once per root, and stays.)
-                out.insert(p);
-            }
-        }
-    }
-    out
-}
+use capsa_tests::{files_under, stderr, stdout, Env};
 
 /// Exit code 125, one line starting "capsa: " holding each of `needles`,
 /// no escape codes, no new file under the root, no container, no leak.

@@ -528,7 +528,8 @@ impl TestHost {
             memory_mib: DEFAULT_MEMORY_MIB,
             cpus: 2,
             kernel: None,
-            qemu: std::env::var_os("CAPSA_TEST_HOST_QEMU").map_or(PathBuf::from(QEMU), PathBuf::from),
+            qemu: std::env::var_os("CAPSA_TEST_HOST_QEMU")
+                .map_or(PathBuf::from(QEMU), PathBuf::from),
             show_console: std::env::var_os("CAPSA_TEST_HOST_CONSOLE").is_some_and(|v| v != "0"),
             extra_cmdline: std::env::var("CAPSA_TEST_HOST_APPEND").unwrap_or_default(),
         }

@@ -192,6 +192,28 @@ pub fn cgroup_hierarchies() -> Vec<PathBuf> {
     out
 }
 
+/// Every file under `dir` (not directories: the store's empty skeleton
+/// doesn't count; a blob, a layer's content, a temp file or a record does).
+/// The containers lock, made once per root, is not counted.
+pub fn files_under(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else if e.file_name() != ".lock" {
+                out.insert(p);
+            }
+        }
+    }
+    out
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
