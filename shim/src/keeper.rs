@@ -8,7 +8,7 @@
 //! it and answers a new connection's `Wait`). The keeper forwards signals
 //! sent to it to the monitor and otherwise only waits.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
@@ -38,18 +38,7 @@ pub fn can_fork() -> bool {
 }
 
 pub fn become_subreaper() -> Result<()> {
-    // SAFETY: PR_SET_CHILD_SUBREAPER takes integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("becoming a child subreaper");
-    }
-    Ok(())
-}
-
-/// Points fd 1 at /dev/null (a detached keeper's stdout was the ready pipe).
-pub fn stdout_to_null() -> Result<()> {
-    let null = std::fs::File::options().write(true).open("/dev/null")?;
-    nix::unistd::dup2(null.as_raw_fd(), 1)?;
-    Ok(())
+    nix::sys::prctl::set_child_subreaper(true).context("becoming a child subreaper")
 }
 
 /// Waits for the monitor `child` of container `id`. Returns the monitor's

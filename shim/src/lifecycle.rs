@@ -78,9 +78,6 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     if req.isolation == Isolation::Vm {
         crate::microvm::check_host(req.kernel.as_deref())?;
     }
-    // An unknown image fails here, before anything is written (the check
-    // is repeated under the lock below).
-    resolve_image(store, &req.image)?;
     let id = new_id()?;
     let name = match req.name.take() {
         Some(n) => {
@@ -328,11 +325,10 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
             )
             .into());
         }
-        // Its record does not say which backend ran it: release both.
-        let mut as_vm = rec.clone();
-        as_vm.isolation = Isolation::Vm;
+        // Its record does not say which backend ran it: release both
+        // (remove_files releases the namespace one).
         if let Ok(vm) = backend_for(roots, Isolation::Vm) {
-            let _ = vm.release(&as_vm);
+            let _ = vm.release(&rec);
         }
         remove_files(roots, &rec)?;
         return Ok(rec);
@@ -375,13 +371,9 @@ pub fn remove_files(roots: &Roots, rec: &Record) -> Result<()> {
 /// Runs a process inside a running container and returns its exit code.
 pub fn exec(roots: &Roots, key: &str, req: &ExecRequest, interactive: bool) -> Result<i32> {
     if let Some((uid, gid)) = req.user {
-        if uid == u32::MAX || gid == u32::MAX {
-            return Err(CodedError::new(
-                EXIT_CAPSA_ERROR,
-                "exec --user: 4294967295 is (uid_t)-1, not a user or group ID",
-            )
-            .into());
-        }
+        crate::spec_check::check_id(uid, "exec --user (uid)")
+            .and_then(|()| crate::spec_check::check_id(gid, "exec --user (gid)"))
+            .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, e.to_string()))?;
     }
     let rec = find_running(roots, key)?;
     let backend = backend_for(roots, rec.isolation)?;

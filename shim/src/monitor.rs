@@ -87,12 +87,21 @@ pub fn supervise(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
             if let Mode::Detached { ready } = mode {
                 // Only the monitor answers on the ready pipe; the reader
                 // must see EOF when the monitor is gone.
-                drop(ready);
-                crate::keeper::stdout_to_null()?;
+                close_ready(ready)?;
             }
             crate::keeper::keep(roots, id, child, kept)
         }
     }
+}
+
+/// Closes a detached process's copies of the ready pipe: `ready` and our
+/// stdout, which `capsa run -d` handed us as the pipe; stdout goes to
+/// /dev/null, so the reader sees EOF once the monitor has answered.
+fn close_ready(ready: File) -> Result<()> {
+    drop(ready);
+    let null = File::options().write(true).open("/dev/null")?;
+    nix::unistd::dup2(null.as_raw_fd(), 1)?;
+    Ok(())
 }
 
 /// The monitor proper (see [`supervise`]).
@@ -146,11 +155,7 @@ fn run(
 
     if let Mode::Detached { mut ready } = mode {
         writeln!(ready, "ok")?;
-        drop(ready);
-        // Our stdout was the ready pipe: point it at /dev/null so the
-        // reader sees EOF.
-        let null = File::options().write(true).open("/dev/null")?;
-        nix::unistd::dup2(null.as_raw_fd(), 1)?;
+        close_ready(ready)?;
     }
 
     let stdin_is_tty = nix::unistd::isatty(0).unwrap_or(false);

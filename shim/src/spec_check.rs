@@ -139,7 +139,7 @@ pub fn check_process(p: &Process, field: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn check_id(id: u32, field: &str) -> Result<(), Invalid> {
+pub(crate) fn check_id(id: u32, field: &str) -> Result<(), Invalid> {
     if id == NO_ID {
         return Err(invalid(
             field,

@@ -81,16 +81,16 @@ fn load_seccomp(seccomp: &LinuxSeccomp) -> Result<(), ExecutorError> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         ExecutorError::Other(format!("{what} for the exec'd process: {e}"))
     };
-    // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointers; it only returns a flag.
-    let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 1;
-    if !nnp && !has_effective_cap(CAP_SYS_ADMIN) {
-        // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
-        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(fail(
-                "setting no_new_privileges",
-                &std::io::Error::last_os_error(),
-            ));
-        }
+    use nix::sys::prctl::{get_no_new_privs, set_no_new_privs};
+    let nnp = get_no_new_privs().map_err(|e| fail("reading no_new_privileges", &e))?;
+    let admin = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_ADMIN,
+    )
+    .map_err(|e| fail("reading the capabilities", &e))?;
+    if !nnp && !admin {
+        set_no_new_privs().map_err(|e| fail("setting no_new_privileges", &e))?;
     }
     match libcontainer::seccomp::initialize_seccomp(seccomp) {
         // A notify action's listener fd: capsa runs no seccomp agent, and
@@ -102,21 +102,6 @@ fn load_seccomp(seccomp: &LinuxSeccomp) -> Result<(), ExecutorError> {
         Ok(None) => Ok(()),
         Err(e) => Err(fail("installing the container's seccomp filter", &e)),
     }
-}
-
-/// capability(7)'s number for CAP_SYS_ADMIN.
-const CAP_SYS_ADMIN: u32 = 21;
-
-/// Whether capability `cap` is in this process's effective set.
-fn has_effective_cap(cap: u32) -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|eff| eff & (1 << cap) != 0)
 }
 
 fn args_of(spec: &Spec) -> Option<&Vec<String>> {
