@@ -3,9 +3,10 @@
 # the agent's path:
 #   - capsa-agent, PID 1 of the guest's initramfs, which has no dynamic
 #     loader and no libraries (libseccomp is linked statically);
-#   - capsa-vmm: a static capsa-vmm has no dynamic loader and maps only
-#     the parts of libc it uses, which took its resident memory from 3.5 to
-#     2.4 MiB (docs/vmm.md, "Measuring").
+#   - capsa-vmm: a static capsa-vmm skips the dynamic loader and maps only
+#     the parts of libc it uses, which took exec → first KVM_RUN from
+#     ~2.9 ms to ~2.4 ms and its resident memory from 3.5 to 2.4 MiB
+#     (docs/vmm.md, "Measuring").
 # capsa finds both in target/x86_64-unknown-linux-gnu/<profile>/ before the
 # dynamically linked copies a plain `cargo build` leaves next to capsa.
 # Cargo caches the build; the explicit --target keeps build scripts and

@@ -17,6 +17,7 @@ use vm_memory::{
     MemoryRegionAddress,
 };
 
+use crate::cow_file::CowFile;
 use crate::error::{Error, Result};
 use crate::layout::*;
 
@@ -81,10 +82,12 @@ pub fn load(
     mmio: &[MmioSlot],
     num_cpus: u8,
 ) -> Result<BootEntry> {
-    let mut kfile = File::open(kernel).map_err(|source| Error::Open {
-        path: kernel.to_owned(),
-        source,
-    })?;
+    let mut kfile = File::open(kernel)
+        .and_then(CowFile::new)
+        .map_err(|source| Error::Open {
+            path: kernel.to_owned(),
+            source,
+        })?;
     let loaded =
         Elf::load(mem, None, &mut kfile, Some(GuestAddress(HIMEM_START))).map_err(|e| {
             Error::Kernel {
@@ -102,6 +105,10 @@ pub fn load(
         }
     };
     let kernel_end = loaded.kernel_load.raw_value() + loaded.kernel_end;
+    tracing::debug!(
+        mapped = kfile.mapped,
+        "kernel segments mapped copy-on-write"
+    );
 
     // The initramfs goes at the top of low memory, page aligned.
     let module = match initrd {
@@ -198,11 +205,13 @@ pub fn load(
 }
 
 fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Result<(u64, u64)> {
-    let mut f = File::open(path).map_err(|source| Error::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    let size = f.metadata()?.len();
+    let mut f = File::open(path)
+        .and_then(CowFile::new)
+        .map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+    let size = f.size();
     let limit = low_mem_end(mem);
     let addr = limit
         .checked_sub(size)

@@ -16,6 +16,7 @@
 
 pub mod boot;
 pub mod config;
+pub mod cow_file;
 pub mod cpu;
 pub mod devices;
 pub mod error;
