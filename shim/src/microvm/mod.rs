@@ -10,7 +10,7 @@ pub mod sandbox;
 mod tty;
 mod volumes;
 
-use std::io::Read;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -78,6 +78,24 @@ impl MicroVmBackend {
 
     fn console_log(&self, id: &str) -> PathBuf {
         ContainerPaths::new(&self.roots, id).dir.join("console.log")
+    }
+
+    /// capsa-vmm's own stderr (its log and error lines). A file, not a
+    /// pipe: nobody reads a pipe while the VM runs, so a chatty VMM would
+    /// block once it filled, and one that outlives the monitor (keeper)
+    /// would die of SIGPIPE.
+    fn vmm_log(&self, id: &str) -> PathBuf {
+        ContainerPaths::new(&self.roots, id).dir.join("vmm.log")
+    }
+
+    /// Why capsa-vmm stopped, from its log: its error line, else the
+    /// guest console's last lines.
+    fn vmm_failure(&self, id: &str) -> String {
+        let log = std::fs::read_to_string(self.vmm_log(id)).unwrap_or_default();
+        match vmm_error_line(&log) {
+            Some(l) => l,
+            None => format!("guest console:\n{}", self.console_tail(id)),
+        }
     }
 
     /// The agent socket of the VM the container runs in: its own, or its
@@ -351,7 +369,7 @@ impl Backend for MicroVmBackend {
             .arg(self.console_log(&rec.id))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(File::create(self.vmm_log(&rec.id))?);
         if rec.kernel.is_some() {
             // The user chose the kernel (e.g. a PVM-enabled one).
             cmd.arg("--allow-pvm");
@@ -385,18 +403,10 @@ impl Backend for MicroVmBackend {
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let mut vmm_err = String::new();
-                if let Some(mut s) = child.stderr.take() {
-                    let _ = s.read_to_string(&mut vmm_err);
-                }
                 // capsa-vmm's own error line names a panic, a triple fault
                 // or a kernel it cannot load; otherwise the guest console
                 // says how far it got.
-                let reason = match vmm_error_line(&vmm_err) {
-                    Some(l) => l,
-                    None => format!("guest console:\n{}", self.console_tail(&rec.id)),
-                };
-                bail!("{e:#}: {reason}");
+                bail!("{e:#}: {}", self.vmm_failure(&rec.id));
             }
         };
         crate::timing::phase("vm: guest booted, agent answered", &mut clock);
@@ -476,10 +486,14 @@ impl Backend for MicroVmBackend {
                         exit.error = Some("the microVM (capsa-vmm) was killed with SIGKILL".into());
                     }
                     _ => {
+                        let how = match status {
+                            Some(s) => format!("capsa-vmm {s}"),
+                            None => "capsa-vmm did not exit".into(),
+                        };
                         exit.error = Some(format!(
-                            "the microVM stopped unexpectedly ({}); guest console:\n{}",
+                            "the microVM stopped unexpectedly ({}; {how}): {}",
                             exit.error.unwrap_or_default(),
-                            self.console_tail(&rec.id)
+                            self.vmm_failure(&rec.id)
                         ));
                     }
                 }
