@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Builds the two binaries capsa wants static (glibc, +crt-static) and prints
+# Links the two binaries capsa wants static (glibc, +crt-static) and prints
 # the agent's path:
 #   - capsa-agent, PID 1 of the guest's initramfs, which has no dynamic
-#     loader and no libraries (libseccomp is linked statically);
+#     loader and no libraries;
 #   - capsa-vmm: a static capsa-vmm skips the dynamic loader and maps only
-#     the parts of libc it uses, which took exec → first KVM_RUN from
-#     ~2.9 ms to ~2.4 ms and its resident memory from 3.5 to 2.4 MiB
-#     (docs/vmm.md, "Measuring").
-# capsa finds both in target/x86_64-unknown-linux-gnu/<profile>/ before the
-# dynamically linked copies a plain `cargo build` leaves next to capsa.
-# Cargo caches the build; the explicit --target keeps build scripts and
-# proc-macros dynamic.
+#     the parts of libc it uses (resident memory 3.9 -> 2.4 MiB, docs/vmm.md).
+# Only the final link differs from the ordinary release build: `cargo rustc`
+# passes crt-static to the binary crate alone, so every library compiled by
+# `cargo build --release` is reused (libseccomp is static in every build,
+# .cargo/config.toml). The results are copied to target/release/static/,
+# where capsa looks first: cargo's own copy in target/release/ is relinked
+# dynamically by the next plain build or test run.
 #
 #   scripts/build-static.sh               # print the agent binary's path
 #   scripts/build-static.sh --initramfs   # print the path of its cached initramfs
@@ -19,30 +19,30 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$here/target}
-triple=x86_64-unknown-linux-gnu
-libdir=/usr/lib/x86_64-linux-gnu
-[ -f "$libdir/libseccomp.a" ] || {
-  echo "build-static: $libdir/libseccomp.a is missing: install libseccomp-dev (scripts/setup.sh)" >&2
+[ -f /usr/lib/x86_64-linux-gnu/libseccomp.a ] || {
+  echo "build-static: libseccomp.a is missing: install libseccomp-dev (scripts/setup.sh)" >&2
   exit 1
 }
-out=$target_dir/$triple/release
-# One cargo call per binary: built together, cargo would unify their
-# dependencies' features and capsa-vmm would carry the agent's.
+out=$target_dir/release/static
+mkdir -p "$out"
+# One cargo call per binary (cargo rustc takes one); each resolves only its
+# own package's features, so capsa-vmm does not carry the agent's.
+# The agent is stripped: with debug info it is ~80 MB, and the guest loads
+# every byte of its initramfs.
 for b in capsa-agent capsa-vmm; do
-  RUSTFLAGS="-C target-feature=+crt-static" \
-  LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$libdir \
-  CARGO_TARGET_DIR=$target_dir \
-    cargo build --release --quiet --manifest-path "$here/Cargo.toml" \
-      -p "$b" --bin "$b" --target "$triple" >&2
-  if readelf -l "$out/$b" | grep -q 'program interpreter'; then
-    echo "build-static: $out/$b is dynamically linked" >&2
+  strip=
+  [ "$b" = capsa-agent ] && strip="-C strip=symbols"
+  # shellcheck disable=SC2086
+  cargo rustc --release --quiet --manifest-path "$here/Cargo.toml" \
+    -p "$b" --bin "$b" -- -C target-feature=+crt-static $strip >&2
+  if readelf -l "$target_dir/release/$b" | grep -q 'program interpreter'; then
+    echo "build-static: $target_dir/release/$b is dynamically linked" >&2
     exit 1
   fi
+  # Copied to a new file, then renamed: a running VM keeps the old one.
+  cp "$target_dir/release/$b" "$out/.$b.tmp"
+  mv -f "$out/.$b.tmp" "$out/$b"
 done
-# Debug info makes the agent ~80 MB; the guest loads every byte of its
-# initramfs. strip writes a new file, so cargo's own copy in deps/ keeps
-# its symbols.
-strip "$out/capsa-agent"
 case "${1:-}" in
   --initramfs) "$out/capsa-agent" initramfs ;;
   "") echo "$out/capsa-agent" ;;

@@ -6,10 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "scripts/demo.sh: capsa creates namespaces and VMs: run as root" >&2; exit 1; }
-bash scripts/setup.sh
-bash scripts/build-kernels.sh
-cargo build --release --workspace --bins
-[ -x scripts/build-static.sh ] && bash scripts/build-static.sh >/dev/null
+bash scripts/build.sh
 capsa=$PWD/target/release/capsa
 root=/var/lib/capsa-demo
 workload='echo "hello from $(hostname): kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpu(s)"'

@@ -7,9 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "scripts/test.sh: the tests start real containers and VMs: run as root" >&2; exit 1; }
-bash scripts/setup.sh
-[ -x scripts/build-kernels.sh ] && bash scripts/build-kernels.sh
-
-cargo build --release --workspace --bins
-bash scripts/build-static.sh >/dev/null   # static, for the guest's initramfs
+bash scripts/build.sh
 cargo test --release --workspace --no-fail-fast -- --test-threads="${CAPSA_TEST_THREADS:-2}"

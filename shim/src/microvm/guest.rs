@@ -75,31 +75,26 @@ pub fn check_kernel_file(k: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Finds a helper binary shipped with capsa: `$ENV`, next to the running
-/// executable, or in cargo's static-target directory beside it.
+/// Finds a helper binary shipped with capsa: `$ENV`, else the static copy
+/// in `static/` beside the running executable (scripts/build-static.sh),
+/// else the one beside it.
+///
+/// The static copy wins even when cargo's own copy beside capsa is newer:
+/// every plain `cargo build` or `cargo test` relinks that one dynamically
+/// (the static link is the same cargo unit with one more flag), and a
+/// dynamically linked agent cannot be the guest's PID 1. So after changing
+/// the agent or capsa-vmm, run scripts/build-static.sh (scripts/test.sh and
+/// scripts/demo.sh do).
 pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
     if let Ok(p) = std::env::var(env) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("executable has no directory")?;
-    let profile = dir.file_name().unwrap_or_default();
-    // The static build (scripts/build-static.sh) first: a plain `cargo build`
-    // also leaves a dynamically linked copy next to capsa. But not when that
-    // copy is newer: the static one would run stale code (for the agent,
-    // the dynamic copy is then refused with a message saying to rebuild).
-    let static_build = dir
-        .join("..")
-        .join("x86_64-unknown-linux-gnu")
-        .join(profile)
-        .join(name);
-    let beside = dir.join(name);
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    match (modified(&static_build), modified(&beside)) {
-        (Some(s), Some(b)) if b > s => return Ok(beside),
-        (Some(_), _) => return Ok(static_build),
-        (None, Some(_)) => return Ok(beside),
-        (None, None) => {}
+    for candidate in [dir.join("static").join(name), dir.join(name)] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
     }
     bail!(
         "{name} was not found next to {} (set {env}, or build it: scripts/build-static.sh)",
