@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds capsa's guest kernel or KVM test-host kernel (an ELF vmlinux with
-# the PVH entry note) from Debian's linux-source-6.1 package, and caches it.
+# Builds capsa's kernel (an ELF vmlinux with the PVH entry note) from
+# Debian's linux-source-6.1 package, and caches it. One kernel is both the
+# microVM guest's and the KVM test host's (see below); the argument names
+# the role asked for.
 #
 #   build.sh [--key] guest|test-host
 #
@@ -18,6 +20,7 @@
 #   CAPSA_KERNEL_CACHE   cache root (default /var/cache/capsa/kernels)
 #   CAPSA_KERNEL_SOURCE  source tarball (default Debian's linux-source-6.1)
 #   CAPSA_KERNEL_JOBS    make -j (default: number of CPUs)
+#   CAPSA_KERNEL_LINE_PROGRESS  set: progress as lines even on a terminal
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,12 +33,18 @@ say() { echo "capsa-kernel: $*" >&2; }
 
 print_key=false
 if [ "${1:-}" = "--key" ]; then print_key=true; shift; fi
-kind=${1:-}
-case "$kind" in
-  guest) fragments=("$here/fragments/guest.config") ;;
-  test-host) fragments=("$here/fragments/guest.config" "$here/fragments/test-host.config") ;;
+# One kernel serves both roles: the guest's options plus the test host's few
+# (KVM host, 9p, tun, virtio-console; see fragments/test-host.config). Those
+# select core options (preempt and MMU notifiers) that change structures
+# every file includes, so two kernels would each compile everything; one
+# build is half the first-run time. The guest's command line keeps KVM from
+# initialising in it (shim/src/microvm: initcall_blacklist).
+case "${1:-}" in
+  guest|test-host) ;;
   *) die "usage: build.sh [--key] guest|test-host" ;;
 esac
+kind=kernel
+fragments=("$here/fragments/guest.config" "$here/fragments/test-host.config")
 
 # --- The kernel source and its identity --------------------------------------
 if [ -n "${CAPSA_KERNEL_SOURCE:-}" ]; then
@@ -64,7 +73,7 @@ src_manifest="source: $source_id"$'\n'
 for p in "${patches[@]}"; do
   src_manifest+="patch: $(basename "$p") $(hash_of "$p")"$'\n'
 done
-manifest="capsa-kernel v1"$'\n'"kind: $kind"$'\n'"compiler: $compiler"$'\n'"$src_manifest"
+manifest="capsa-kernel v2"$'\n'"compiler: $compiler"$'\n'"$src_manifest"
 for f in "${fragments[@]}"; do
   manifest+="fragment: $(basename "$f") $(hash_of "$f")"$'\n'
 done
@@ -82,7 +91,7 @@ mkdir -p "$cache" || die "cannot create the kernel cache $cache (set CAPSA_KERNE
 # One builder per kernel at a time; whoever waits finds the result cached.
 exec 9>"$cache/.$kind-$key.lock"
 if ! flock -n 9; then
-  say "another process is building this $kind kernel; waiting for it"
+  say "another process is building the kernel; waiting for it"
   flock 9
 fi
 if [ -f "$out_dir/vmlinux" ]; then echo "$out_dir/vmlinux"; exit 0; fi
@@ -121,7 +130,7 @@ mkdir -p "$obj" "$tmp/result"
 on_exit() {
   local rc=$?
   if [ $rc -ne 0 ]; then
-    echo "capsa-kernel: $kind kernel build FAILED after $(elapsed)" >&2
+    echo "capsa-kernel: kernel build FAILED after $(elapsed)" >&2
     # With make -j the first compiler error is often far above the tail.
     if grep -qE '(error|Error):' "$log" 2>/dev/null; then
       echo "capsa-kernel: first errors:" >&2
@@ -137,7 +146,7 @@ on_exit() {
 }
 trap on_exit EXIT
 
-say "configuring $kind kernel (allnoconfig + $(for f in "${fragments[@]}"; do printf '%s ' "$(basename "$f")"; done| sed 's/ $//'))"
+say "configuring the kernel (allnoconfig + $(for f in "${fragments[@]}"; do printf '%s ' "$(basename "$f")"; done| sed 's/ $//'))"
 (
   cd "$src"
   # -n: start from allnoconfig, so everything the fragments do not ask for
@@ -160,7 +169,7 @@ while IFS= read -r line; do
 done < <(cat "${fragments[@]}")
 if [ ${#missing[@]} -gt 0 ]; then
   {
-    echo "capsa-kernel: the resolved $kind config does not have what the fragments ask for"
+    echo "capsa-kernel: the resolved config does not have what the fragments ask for"
     echo "(a dependency is missing from the fragment, or the symbol does not exist in this kernel):"
     printf '  %s\n' "${missing[@]}"
   } >>"$log"
@@ -168,22 +177,24 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 say "config check passed: every fragment option is set"
 
-say "building $kind kernel with make -j$jobs (log: $log)"
+say "building the kernel with make -j$jobs (log: $log)"
 (
   cd "$src"
   nice -n 19 make O="$obj" -j"$jobs" vmlinux >>"$log" 2>&1
 ) &
 make_pid=$!
 # Progress: the number of compiled objects and the elapsed time.
+# One line every 30 s instead of a redrawn one when stderr is shared with
+# another build (scripts/build.sh runs cargo beside it).
 interactive=false
-[ -t 2 ] && interactive=true
+[ -t 2 ] && [ -z "${CAPSA_KERNEL_LINE_PROGRESS:-}" ] && interactive=true
 while kill -0 "$make_pid" 2>/dev/null; do
   sleep 5
   n=$(grep -c '^  CC ' "$log" || true)
   if $interactive; then
-    printf '\rcapsa-kernel: %s: %s files compiled, %s ' "$kind" "$n" "$(elapsed)" >&2
+    printf '\rcapsa-kernel: %s: %s files compiled, %s ' "kernel" "$n" "$(elapsed)" >&2
   elif [ $(( ($(date +%s) - start) % 30 )) -lt 5 ]; then
-    say "$kind: $n files compiled, $(elapsed)"
+    say "kernel: $n files compiled, $(elapsed)"
   fi
 done
 $interactive && echo >&2
@@ -203,5 +214,5 @@ printf '%s' "$manifest" >"$tmp/result/manifest"
 cp "$log" "$tmp/result/build.log"
 rm -rf "$out_dir"
 mv "$tmp/result" "$out_dir"
-say "$kind kernel built in $(elapsed): $out_dir/vmlinux ($(( $(stat -c %s "$out_dir/vmlinux") / 1048576 )) MiB)"
+say "kernel built in $(elapsed): $out_dir/vmlinux ($(( $(stat -c %s "$out_dir/vmlinux") / 1048576 )) MiB)"
 echo "$out_dir/vmlinux"

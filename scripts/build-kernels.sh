@@ -4,7 +4,7 @@
 # cache (default /var/cache/capsa/kernels).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-for kind in guest test-host; do
+for kind in guest test-host; do   # one kernel: the second is a cache hit
   path=$("$here/kernel-config/build.sh" "$kind")
   echo "$kind: $path"
 done

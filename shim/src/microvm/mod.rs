@@ -335,13 +335,24 @@ impl Backend for MicroVmBackend {
         std::fs::create_dir_all(self.roots.sockets())?;
         let _ = std::fs::remove_file(&sock);
 
+        // The kernel is also the KVM test host's (docs/guest-kernel.md): its
+        // KVM never initialises in a guest, which has no use for it.
+        let mut cmdline = String::from(
+            "console=ttyS0 reboot=k panic=-1 quiet initcall_blacklist=svm_init,vmx_init",
+        );
+        // For a guest that does not boot: CAPSA_GUEST_KERNEL_ARGS=loglevel=7
+        // puts the kernel's messages in the console log (and error messages).
+        if let Ok(extra) = std::env::var("CAPSA_GUEST_KERNEL_ARGS") {
+            cmdline.push(' ');
+            cmdline.push_str(&extra);
+        }
         let mut cmd = Command::new(&vmm);
         cmd.arg("--kernel")
             .arg(&kernel)
             .arg("--initrd")
             .arg(&initrd)
             .arg("--cmdline")
-            .arg("console=ttyS0 reboot=k panic=-1 quiet")
+            .arg(&cmdline)
             .arg("--mem-mib")
             .arg(mem_mib.to_string())
             .arg("--vcpus")
@@ -401,12 +412,13 @@ impl Backend for MicroVmBackend {
         let conn = match AgentConn::connect(&sock, agent_timeout(), &mut alive) {
             Ok(c) => c,
             Err(e) => {
+                let threads = vmm_threads(pid);
                 let _ = child.kill();
                 let _ = child.wait();
                 // capsa-vmm's own error line names a panic, a triple fault
                 // or a kernel it cannot load; otherwise the guest console
                 // says how far it got.
-                bail!("{e:#}: {}", self.vmm_failure(&rec.id));
+                bail!("{e:#}{threads}: {}", self.vmm_failure(&rec.id));
             }
         };
         crate::timing::phase("vm: guest booted, agent answered", &mut clock);
@@ -584,6 +596,38 @@ fn agent_timeout() -> Duration {
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(Duration::from_secs(60), Duration::from_secs)
+}
+
+/// What a live capsa-vmm's threads are doing, for the message when its guest
+/// does not answer: a vCPU thread that used all the CPU it could is running
+/// (or spinning in the host's KVM); one blocked shows where (its wchan).
+/// Empty when the process is gone.
+fn vmm_threads(pid: i32) -> String {
+    let Ok(tasks) = procfs::process::Process::new(pid).and_then(|p| p.tasks()) else {
+        return String::new();
+    };
+    let ticks = procfs::ticks_per_second() as f64;
+    let threads: Vec<String> = tasks
+        .flatten()
+        .filter_map(|t| {
+            let stat = t.stat().ok()?;
+            let wchan = std::fs::read_to_string(format!("/proc/{pid}/task/{}/wchan", t.tid))
+                .unwrap_or_default();
+            let wchan = match wchan.trim() {
+                "" | "0" => String::new(),
+                w => format!(" in {w}"),
+            };
+            let cpu = (stat.utime + stat.stime) as f64 / ticks;
+            Some(format!(
+                "{} {} {cpu:.1} s CPU{wchan}",
+                stat.comm, stat.state
+            ))
+        })
+        .collect();
+    if threads.is_empty() {
+        return String::new();
+    }
+    format!(" (capsa-vmm's threads: {})", threads.join(", "))
 }
 
 /// Whether `pid` runs capsa-vmm.
