@@ -14,6 +14,8 @@
 //! linux-loader would. Guest memory backed by a 9p file crashed the KVM
 //! test host's kernel (a kernel stack overflow in the vCPU thread's fault
 //! path), and a network file can change under the guest.
+//!
+//! Nor are they mapped on a CPU emulated by qemu's TCG (see `crate::tcg`).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -37,7 +39,7 @@ pub struct CowFile {
 impl CowFile {
     pub fn new(file: File) -> std::io::Result<Self> {
         let size = file.metadata()?.len();
-        let mappable = on_local_fs(&file)?;
+        let mappable = on_local_fs(&file)? && !crate::tcg::emulated();
         Ok(Self {
             file,
             size,

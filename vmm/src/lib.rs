@@ -24,6 +24,7 @@ pub mod layout;
 pub mod mptable;
 pub mod pvm;
 pub mod seccomp;
+pub mod tcg;
 pub mod virtio;
 pub mod vmm;
 

@@ -236,6 +236,18 @@ impl Muxer {
         }
     }
 
+    /// Resets a connection that broke a rule or whose host side failed,
+    /// saying why in capsa-vmm's log (which capsa shows when a VM's agent
+    /// connection goes away).
+    fn abort_conn(&mut self, key: Key, why: std::fmt::Arguments<'_>) {
+        tracing::warn!(
+            "vsock: resetting the connection of guest port {} to host port {}: {why}",
+            key.peer,
+            key.local
+        );
+        self.reset_conn(key);
+    }
+
     /// Resets a connection: tells the guest and closes the host socket.
     fn reset_conn(&mut self, key: Key) {
         self.remove(key);
@@ -285,7 +297,7 @@ impl Muxer {
         match pkt.op() {
             OP_REQUEST => {
                 if self.conns.contains_key(&key) {
-                    self.reset_conn(key);
+                    self.abort_conn(key, format_args!("a second connection request"));
                 } else {
                     self.connect_to_host(key, pkt.buf_alloc(), pkt.fwd_cnt());
                 }
@@ -300,7 +312,7 @@ impl Muxer {
                     _ => false,
                 };
                 if !ok {
-                    self.reset_conn(key);
+                    self.abort_conn(key, format_args!("an unexpected response"));
                 }
             }
             OP_RW => self.guest_data(key, pkt),
@@ -328,7 +340,7 @@ impl Muxer {
                     self.push_ctrl(key, OP_RST, 0);
                 }
             }
-            _ => self.reset_conn(key),
+            op => self.abort_conn(key, format_args!("unknown operation {op}")),
         }
     }
 
@@ -338,7 +350,10 @@ impl Muxer {
             return;
         };
         if c.state != State::Established {
-            self.reset_conn(key);
+            self.abort_conn(
+                key,
+                format_args!("data before the connection was established"),
+            );
             return;
         }
         let len = pkt.len() as usize;
@@ -346,22 +361,25 @@ impl Muxer {
             return;
         }
         let Some(data) = pkt.data_slice() else {
-            self.reset_conn(key);
+            self.abort_conn(key, format_args!("data split across descriptors"));
             return;
         };
         if c.pending.len() + len > CONN_BUF as usize {
-            tracing::debug!(?key, "vsock: guest overran its credit");
-            self.reset_conn(key);
+            let queued = c.pending.len();
+            self.abort_conn(
+                key,
+                format_args!("the guest overran its credit ({len} bytes on {queued} queued)"),
+            );
             return;
         }
         let buf = &mut self.bounce[..len];
         if data.read_slice(buf, 0).is_err() {
-            self.reset_conn(key);
+            self.abort_conn(key, format_args!("unreadable guest data"));
             return;
         }
         c.pending.extend(buf.iter());
-        if c.flush().is_err() {
-            self.reset_conn(key);
+        if let Err(e) = c.flush() {
+            self.abort_conn(key, format_args!("writing to the host socket: {e}"));
             return;
         }
         if c.needs_credit_update() {
@@ -442,8 +460,8 @@ impl Muxer {
                 }
                 if set.contains(EventSet::OUT) {
                     let had = c.pending.len();
-                    if c.flush().is_err() {
-                        self.reset_conn(key);
+                    if let Err(e) = c.flush() {
+                        self.abort_conn(key, format_args!("writing to the host socket: {e}"));
                         continue;
                     }
                     if c.close_after_flush && c.pending.is_empty() {
@@ -601,7 +619,7 @@ impl Muxer {
                 Ok(n) => {
                     let data = pkt.data_slice().expect("room > 0");
                     if data.write_slice(&self.bounce[..n], 0).is_err() {
-                        self.reset_conn(key);
+                        self.abort_conn(key, format_args!("unwritable guest buffer"));
                         continue;
                     }
                     c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
