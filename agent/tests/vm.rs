@@ -31,10 +31,6 @@ use capsa_proto::{
 const INNER_ENV: &str = "CAPSA_AGENT_TEST_DIR";
 const SCENARIOS: &[&str] = &["echo", "exit7", "exec_kill", "oom", "pod"];
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// capsa-vmm from this workspace's build (`CAPSA_VMM` overrides).
 fn vmm_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("CAPSA_VMM") {
