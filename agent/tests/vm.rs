@@ -31,42 +31,40 @@ use capsa_proto::{
 const INNER_ENV: &str = "CAPSA_AGENT_TEST_DIR";
 const SCENARIOS: &[&str] = &["echo", "exit7", "exec_kill", "oom", "pod"];
 
-/// capsa-vmm from this workspace's build (`CAPSA_VMM` overrides).
-fn vmm_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAPSA_VMM") {
+/// A binary of this workspace's build at `target/release/<rel>` (this test
+/// runs as target/release/deps/vm-HASH), or `$env` when set.
+fn built_binary(env: &str, rel: &str, how: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
-    // target/release/deps/vm-HASH -> target/release/capsa-vmm
     let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("capsa-vmm");
+    let p = exe.parent().unwrap().parent().unwrap().join(rel);
     assert!(
         p.is_file(),
-        "{} is missing: build it with `cargo build --release -p capsa-vmm` (or set CAPSA_VMM)",
+        "{} is missing: {how} (or set {env})",
         p.display()
     );
     p
 }
 
+/// capsa-vmm from this workspace's build.
+fn vmm_binary() -> PathBuf {
+    built_binary(
+        "CAPSA_VMM",
+        "capsa-vmm",
+        "build it with `cargo build --release -p capsa-vmm`",
+    )
+}
+
 /// The static agent scripts/build-static.sh links (scripts/test.sh runs it
-/// before the tests; `CAPSA_AGENT` overrides). Not built from here: cargo
-/// holds the target directory while its tests run.
+/// before the tests). Not built from here: cargo holds the target directory
+/// while its tests run.
 fn agent_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAPSA_AGENT") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("static/capsa-agent");
-    assert!(
-        p.is_file(),
-        "{} is missing: link it with scripts/build-static.sh (or set CAPSA_AGENT)",
-        p.display()
-    );
-    p
+    built_binary(
+        "CAPSA_AGENT",
+        "static/capsa-agent",
+        "link it with scripts/build-static.sh",
+    )
 }
 
 fn spec_for(store: &capsa_image::Store, image: &capsa_image::Image, args: &[&str]) -> String {
