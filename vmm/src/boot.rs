@@ -82,12 +82,7 @@ pub fn load(
     mmio: &[MmioSlot],
     num_cpus: u8,
 ) -> Result<BootEntry> {
-    let mut kfile = File::open(kernel)
-        .and_then(CowFile::new)
-        .map_err(|source| Error::Open {
-            path: kernel.to_owned(),
-            source,
-        })?;
+    let mut kfile = open_cow(kernel)?;
     let loaded =
         Elf::load(mem, None, &mut kfile, Some(GuestAddress(HIMEM_START))).map_err(|e| {
             Error::Kernel {
@@ -204,13 +199,18 @@ pub fn load(
     })
 }
 
-fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Result<(u64, u64)> {
-    let mut f = File::open(path)
+/// Opens the kernel or initramfs for loading into guest memory.
+fn open_cow(path: &Path) -> Result<CowFile> {
+    File::open(path)
         .and_then(CowFile::new)
         .map_err(|source| Error::Open {
             path: path.to_owned(),
             source,
-        })?;
+        })
+}
+
+fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Result<(u64, u64)> {
+    let mut f = open_cow(path)?;
     let size = f.size();
     let limit = low_mem_end(mem);
     let addr = limit
