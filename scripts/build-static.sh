@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Links the two binaries capsa wants static (glibc, +crt-static) and prints
-# the agent's path:
+# the directory they are in:
 #   - capsa-agent, PID 1 of the guest's initramfs, which has no dynamic
 #     loader and no libraries;
 #   - capsa-vmm: a static capsa-vmm skips the dynamic loader and maps only
@@ -11,9 +11,6 @@
 # .cargo/config.toml). The results are copied to target/release/static/,
 # where capsa looks first: cargo's own copy in target/release/ is relinked
 # dynamically by the next plain build or test run.
-#
-#   scripts/build-static.sh               # print the agent binary's path
-#   scripts/build-static.sh --initramfs   # print the path of its cached initramfs
 #
 # CARGO_TARGET_DIR is honoured (default: the workspace's target/).
 set -euo pipefail
@@ -43,8 +40,4 @@ for b in capsa-agent capsa-vmm; do
   cp "$target_dir/release/$b" "$out/.$b.tmp"
   mv -f "$out/.$b.tmp" "$out/$b"
 done
-case "${1:-}" in
-  --initramfs) "$out/capsa-agent" initramfs ;;
-  "") echo "$out/capsa-agent" ;;
-  *) echo "usage: scripts/build-static.sh [--initramfs]" >&2; exit 2 ;;
-esac
+echo "$out"

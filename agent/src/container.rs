@@ -1,17 +1,15 @@
 //! The container inside the guest: its root filesystem (the image's
 //! read-only disk under an overlay with a writable layer) and the container
-//! itself, run by capsa-shim's namespace backend — the same libcontainer
-//! code the host's container mode uses.
+//! itself, run by capsa-container's runtime — the same libcontainer code
+//! the host's container mode uses.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use capsa_container::process::exec_process;
+use capsa_container::{cgroup, classify_start_error, ExecRequest, ProcessIo, Runtime};
 use capsa_proto::{Rootfs, WritableLayer};
-use capsa_shim::backend::{Backend, ExecRequest, ProcessHandle, ProcessIo};
-use capsa_shim::namespace::NamespaceBackend;
-use capsa_shim::paths::ContainerPaths;
-use capsa_shim::{Isolation, Record, Roots, Status};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::Spec;
@@ -21,9 +19,8 @@ pub const STATE_DIR: &str = "/run/capsa-agent";
 
 /// A created container.
 pub struct Container {
-    pub record: Record,
-    pub backend: NamespaceBackend,
-    pub roots: Roots,
+    id: String,
+    runtime: Runtime,
     pub spec: Spec,
     mounts: Vec<PathBuf>,
     /// A mount that even a lazy unmount could not remove: its directories
@@ -97,25 +94,23 @@ impl Container {
         register: impl FnOnce(i32),
     ) -> Result<(Container, i32)> {
         check_id(id)?;
-        let roots = Roots::new(Some(Path::new(STATE_DIR)));
-        let paths = ContainerPaths::new(&roots, id);
         let mut c = Container {
-            record: record(id, &spec),
-            backend: NamespaceBackend::new(&roots),
-            roots,
+            id: id.to_string(),
+            runtime: Runtime::new(Path::new(STATE_DIR).join("runtime")),
             spec: spec.clone(),
             mounts: Vec::new(),
             unmount_failed: false,
         };
         let result = (|| -> Result<i32> {
-            c.assemble_rootfs(&paths, rootfs)?;
+            let bundle = bundle_dir(id);
+            c.assemble_rootfs(&bundle.join("rootfs"), rootfs)?;
             // The root is the overlay we just built; the cgroup is where
             // the backend looks for OOM kills and the agent for stats.
             let mut root = spec.root().clone().unwrap_or_default();
-            root.set_path(paths.rootfs());
+            root.set_path(bundle.join("rootfs"));
             spec.set_root(Some(root));
             if let Some(linux) = spec.linux_mut() {
-                linux.set_cgroups_path(Some(capsa_shim::namespace::cgroup_path(id)));
+                linux.set_cgroups_path(Some(cgroup::cgroup_path(id)));
             }
             if let Some(h) = spec.hostname() {
                 let _ = crate::guest::set_hostname(h);
@@ -125,27 +120,27 @@ impl Container {
             }
             let etc = Path::new(STATE_DIR).join("etc").join(id);
             guest_bind_sources(&mut spec, &etc)?;
-            spec.save(paths.config())
-                .with_context(|| format!("writing {}", paths.config().display()))?;
+            let config = bundle.join("config.json");
+            spec.save(&config)
+                .with_context(|| format!("writing {}", config.display()))?;
             c.spec = spec;
-            let pid = c.backend.create(&c.record, io)?;
+            let pid = c.runtime.create(id, &bundle, io)?;
             register(pid);
             Ok(pid)
         })();
         match result {
-            Ok(pid) => {
-                c.record.pid = Some(pid);
-                Ok((c, pid))
-            }
+            Ok(pid) => Ok((c, pid)),
             Err(e) => {
                 c.destroy();
-                Err(capsa_shim::namespace::classify_start_error(e))
+                Err(classify_start_error(e))
             }
         }
     }
 
-    fn assemble_rootfs(&mut self, paths: &ContainerPaths, rootfs: &Rootfs) -> Result<()> {
-        let base = Path::new(STATE_DIR).join("disks").join(&self.record.id);
+    /// Mounts the container's root at `target`: the image's disk, read-only,
+    /// under an overlay whose upper layer is the writable layer.
+    fn assemble_rootfs(&mut self, target: &Path, rootfs: &Rootfs) -> Result<()> {
+        let base = Path::new(STATE_DIR).join("disks").join(&self.id);
         let image = base.join("image");
         let scratch = base.join("scratch");
         let ro = MsFlags::MS_RDONLY;
@@ -173,7 +168,7 @@ impl Container {
             self.mounts.push(PathBuf::from(&v.guest_path));
         }
         let (upper, work) = (scratch.join("upper"), scratch.join("work"));
-        for d in [&upper, &work, &paths.rootfs()] {
+        for d in [&upper, &work, target] {
             fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
         }
         let data = format!(
@@ -182,62 +177,56 @@ impl Container {
             upper.display(),
             work.display()
         );
-        mount_dev(
-            "overlay",
-            "overlay",
-            &paths.rootfs(),
-            MsFlags::empty(),
-            &data,
-        )
-        .context("mounting the container's overlay root")?;
-        self.mounts.push(paths.rootfs());
+        mount_dev("overlay", "overlay", target, MsFlags::empty(), &data)
+            .context("mounting the container's overlay root")?;
+        self.mounts.push(target.to_path_buf());
         Ok(())
     }
 
     pub fn id(&self) -> &str {
-        &self.record.id
+        &self.id
     }
 
     pub fn start(&mut self) -> Result<()> {
-        self.backend.start(&self.record)?;
-        self.record.status = Status::Running;
-        Ok(())
+        self.runtime.start(&self.id)
     }
 
     pub fn kill(&self, sig: Signal) -> Result<()> {
-        self.backend.kill(&self.record, sig)
+        self.runtime
+            .kill(&self.id, sig)
+            .with_context(|| format!("sending {sig} to container {}", self.id))
     }
 
     /// Starts another process in the container; returns its PID (a child
     /// of this process).
     pub fn exec(&self, req: &ExecRequest, io: ProcessIo) -> Result<i32> {
-        match self
-            .backend
-            .exec(&self.record, req, io)
-            .map_err(capsa_shim::namespace::classify_start_error)?
-        {
-            ProcessHandle::Pid(pid) => Ok(pid),
-            ProcessHandle::Remote(_) => bail!("the namespace backend returned a remote process"),
-        }
+        let init = self
+            .spec
+            .process()
+            .as_ref()
+            .context("the spec has no process")?;
+        let process = exec_process(init, req)?;
+        self.runtime
+            .exec(&self.id, &process, io)
+            .map_err(classify_start_error)
     }
 
     /// Whether the kernel's OOM killer killed a process of the container
     /// (its cgroup's `memory.events`); ask before [`Container::destroy`].
     pub fn oom_killed(&self) -> bool {
-        oom_kills(&self.cgroup_dir()) > 0
+        cgroup::oom_kill_count(&self.id) > 0
     }
 
     /// The container's cgroup directory.
     pub fn cgroup_dir(&self) -> PathBuf {
-        let rel = capsa_shim::namespace::cgroup_path(&self.record.id);
-        Path::new("/sys/fs/cgroup").join(rel.strip_prefix("/").unwrap_or(&rel))
+        cgroup::v2_dir(&self.id)
     }
 
     /// Kills what is left, deletes the runtime state and cgroups, and
     /// unmounts the root filesystem. Idempotent.
     pub fn destroy(&mut self) {
-        if let Err(e) = self.backend.release(&self.record) {
-            crate::guest::say(&format!("releasing container {}: {e:#}", self.record.id));
+        if let Err(e) = self.runtime.delete(&self.id) {
+            crate::guest::say(&format!("releasing container {}: {e:#}", self.id));
         }
         while let Some(m) = self.mounts.pop() {
             if umount2(&m, MntFlags::empty()).is_err() && umount2(&m, MntFlags::MNT_DETACH).is_err()
@@ -246,7 +235,6 @@ impl Container {
                 self.unmount_failed = true;
             }
         }
-        self.record.status = Status::Stopped;
     }
 
     /// After [`Container::destroy`]: removes the container's directories in
@@ -257,11 +245,11 @@ impl Container {
         if self.unmount_failed {
             return;
         }
-        let id = &self.record.id;
+        let id = &self.id;
         let dirs = [
             Path::new(STATE_DIR).join("disks").join(id),
             Path::new(STATE_DIR).join("etc").join(id),
-            self.roots.container(id),
+            container_dir(id),
         ];
         for d in dirs {
             if let Err(e) = fs::remove_dir_all(&d) {
@@ -273,17 +261,15 @@ impl Container {
     }
 }
 
-fn record(id: &str, spec: &Spec) -> Record {
-    let command = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.args().clone())
-        .unwrap_or_default();
-    Record {
-        // Inside the guest the container is a namespace container.
-        monitor_pid: Some(std::process::id() as i32),
-        ..Record::new(id, id, Isolation::Container, command)
-    }
+/// The agent's directory for container `id`: its bundle, nothing else.
+fn container_dir(id: &str) -> PathBuf {
+    Path::new(STATE_DIR).join("containers").join(id)
+}
+
+/// The bundle libcontainer creates container `id` from: config.json and
+/// the root filesystem's mount point.
+fn bundle_dir(id: &str) -> PathBuf {
+    container_dir(id).join("bundle")
 }
 
 /// Makes the spec's bind mounts usable in the guest. The host's spec
@@ -302,7 +288,7 @@ pub fn guest_bind_sources(spec: &mut Spec, dir: &Path) -> Result<()> {
     let mut out = Vec::with_capacity(mounts.len());
     for mut m in mounts {
         let missing = m.source().as_ref().is_some_and(|s| !s.exists());
-        if !capsa_shim::microvm::is_bind_mount(&m) || !missing {
+        if !capsa_container::is_bind_mount(&m) || !missing {
             out.push(m);
             continue;
         }
@@ -345,15 +331,6 @@ pub fn drop_swap_limit(spec: &mut Spec) {
         res.set_memory(Some(mem));
         linux.set_resources(Some(res));
     }
-}
-
-/// The `oom_kill` counter of a cgroup v2 directory.
-pub fn oom_kills(cgroup: &Path) -> u64 {
-    fs::read_to_string(cgroup.join("memory.events"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Resource usage from the container's cgroup v2 files.

@@ -1,7 +1,7 @@
 //! capsa-agent: PID 1 inside capsa's microVM guest.
 //!
-//! The guest boots from a tiny initramfs holding only this binary
-//! ([`initramfs::build`]). As PID 1 the agent ([`guest`]) leaves the
+//! The guest boots from a tiny initramfs holding only this binary (built by
+//! capsa-shim's `microvm::guest`). As PID 1 the agent ([`guest`]) leaves the
 //! initramfs for a tmpfs root (so containers can `pivot_root`), mounts
 //! `/proc`, `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, cgroup2 and `/run`,
 //! starts the zombie reaper ([`reaper`]) and listens on vsock port
@@ -9,7 +9,7 @@
 //! capsa-proto ([`server`]): the host creates the container — the agent
 //! assembles its root (the image's read-only disk under an overlay with a
 //! writable layer), then runs it with **the same container code as the
-//! host**, capsa-shim's namespace backend on youki's libcontainer
+//! host**, capsa-container's runtime on youki's libcontainer
 //! ([`container`]) — starts it, streams its stdio with flow control, and
 //! waits for its exit. A guest may hold several containers (a pod's); when
 //! the first one created is gone (or on `Shutdown`) the agent powers the
@@ -19,7 +19,6 @@
 pub mod cmdline;
 pub mod container;
 pub mod guest;
-pub mod initramfs;
 pub mod reaper;
 pub mod server;
 

@@ -1,12 +1,10 @@
 //! `capsa-agent`: PID 1 of capsa's microVM guests (see the library docs).
 //!
-//! On the host it only builds its own initramfs:
-//! `capsa-agent initramfs [--cache-dir DIR]` prints the path of the cached
-//! archive holding this very binary.
+//! On the host it only answers `--version`; capsa-shim builds the
+//! initramfs that holds it.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,25 +30,11 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "capsa-agent runs as PID 1 inside capsa's microVM guests. On the host it \
-only builds its initramfs:\n  capsa-agent initramfs [--cache-dir DIR]   print the path of the \
-cached initramfs holding this binary\n  capsa-agent --version";
+const USAGE: &str = "capsa-agent runs as PID 1 inside capsa's microVM guests (capsa builds \
+their initramfs). On the host:\n  capsa-agent --version";
 
 fn host_tool(args: Vec<String>) -> Result<()> {
     match args.first().map(String::as_str) {
-        Some("initramfs") => {
-            let cache = match args.get(1).map(String::as_str) {
-                Some("--cache-dir") => {
-                    PathBuf::from(args.get(2).context("--cache-dir needs a directory")?)
-                }
-                Some(other) => anyhow::bail!("unknown argument {other:?}\n{USAGE}"),
-                None => capsa_agent::initramfs::default_cache_dir(),
-            };
-            let me = std::env::current_exe().context("finding this binary")?;
-            let path = capsa_agent::initramfs::build(&me, &cache)?;
-            println!("{}", path.display());
-            Ok(())
-        }
         Some("--version") => {
             println!("{}", capsa_agent::SOFTWARE_VERSION);
             Ok(())

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,12 +21,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use capsa_container::terminal::{receive_master, set_window_size};
+use capsa_container::{ExecRequest, ProcessIo};
 use capsa_proto::{
     handshake, inbound, Decoder, Encoder, ErrorCode, ErrorReply, ExecProcess, Frame, InboundSender,
     OutboundWriter, ProtoError, Request, Response, SendCredit, SharedEncoder, StdStream,
-    StdioOptions, INITIAL_WINDOW,
+    StdioOptions, WinSize, INITIAL_WINDOW,
 };
-use capsa_shim::backend::{ExecRequest, ProcessIo};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
@@ -443,7 +444,7 @@ impl Agent {
                     }
                     Some(Proc {
                         master: Some(m), ..
-                    }) => match set_winsize(m.as_raw_fd(), rows, cols) {
+                    }) => match set_window_size(m, WinSize { rows, cols }) {
                         Ok(()) => Response::Ok,
                         Err(e) => err(ErrorCode::Internal, format!("resizing the terminal: {e}")),
                     },
@@ -828,11 +829,11 @@ impl Agent {
                 None,
             ),
             Wiring::Tty { listener, path } => {
-                let m = capsa_shim::monitor::receive_master(&listener);
+                let m = receive_master(&listener);
                 let _ = std::fs::remove_file(&path);
                 let m = m?;
                 if let Some(ws) = stdio.tty_size {
-                    let _ = set_winsize(m.as_raw_fd(), ws.rows, ws.cols);
+                    let _ = set_window_size(&m, ws);
                 }
                 let input = stdio.stdin.then(|| m.try_clone()).transpose()?;
                 (vec![(StdStream::Stdout, m.try_clone()?)], input, Some(m))
@@ -992,20 +993,6 @@ fn pump_stdin(mut rx: capsa_proto::InboundReader, fd: OwnedFd) {
             }
         }
     }
-}
-
-fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads a winsize struct we own.
-    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

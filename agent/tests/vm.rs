@@ -114,7 +114,7 @@ fn agent_runs_containers_in_a_microvm() {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let d = dir.path();
-    let initrd = capsa_agent::initramfs::build(&agent, d).unwrap();
+    let initrd = capsa_shim::microvm::guest::initramfs_in(&agent, d).unwrap();
     std::fs::rename(&initrd, d.join("initramfs.cpio")).unwrap();
 
     let store = capsa_image::Store::open(&d.join("store")).unwrap();

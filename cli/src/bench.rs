@@ -34,10 +34,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use capsa_container::{rootfs, Runtime};
 use capsa_image::spec::RunConfig;
 use capsa_image::Store;
 use capsa_shim::backend::ProcessIo;
-use capsa_shim::namespace::{rootfs, NamespaceBackend};
 use capsa_shim::Roots;
 use clap::{Args, Subcommand};
 use nix::mount::{umount2, MntFlags};
@@ -302,13 +302,9 @@ fn cleanup(dir: &Path, peers: &[(Peer, PathBuf)]) {
                 .status();
         }
     }
-    let capsa = NamespaceBackend::new(&Roots {
-        lib: dir.to_path_buf(),
-        run: dir.join("state").join("capsa"),
-    });
-    let runtime = dir.join("state").join("capsa").join("runtime");
-    for id in dir_names(&runtime) {
-        let _ = capsa.delete_id(&id);
+    let capsa = Runtime::new(dir.join("state").join("capsa").join("runtime"));
+    for id in dir_names(capsa.state_dir()) {
+        let _ = capsa.delete(&id);
     }
     // Deepest first.
     let mut mounts = mount_points_under(dir);
@@ -383,7 +379,7 @@ fn spawn(row: Row, mut cmd: Command) -> Result<()> {
 /// backend, in this process. Returns the container's exit code.
 /// Also returns how long each phase took: create, start, wait, delete.
 fn lifecycle_once(state: &Roots, bundle: &Path, id: &str) -> Result<(i32, [Duration; 4])> {
-    let backend = NamespaceBackend::new(state);
+    let backend = Runtime::new(state.runtime());
     let mut phases = [Duration::ZERO; 4];
     let mut t = Instant::now();
     let mut lap = |i: usize| {
@@ -391,9 +387,9 @@ fn lifecycle_once(state: &Roots, bundle: &Path, id: &str) -> Result<(i32, [Durat
         t = Instant::now();
     };
     let result = (|| {
-        let pid = backend.create_bundle(id, bundle, ProcessIo::default())?;
+        let pid = backend.create(id, bundle, ProcessIo::default())?;
         lap(0);
-        backend.start_id(id)?;
+        backend.start(id)?;
         lap(1);
         loop {
             match waitpid(Pid::from_raw(pid), None) {
@@ -405,7 +401,7 @@ fn lifecycle_once(state: &Roots, bundle: &Path, id: &str) -> Result<(i32, [Durat
         }
     })();
     lap(2);
-    let deleted = backend.delete_id(id);
+    let deleted = backend.delete(id);
     lap(3);
     let code = result?;
     deleted?;

@@ -107,7 +107,7 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
     let recs: Vec<Record> = Record::list(roots)?
         .into_iter()
         .rev()
-        .filter(|r| args.all || r.status == Status::Running)
+        .filter(|r| args.all || r.status() == Status::Running)
         .collect();
     if args.quiet {
         for r in &recs {
@@ -157,7 +157,7 @@ fn status_text(r: &Record) -> String {
     } else {
         ""
     };
-    match r.status {
+    match r.status() {
         Status::Created => "Created".into(),
         Status::Running => format!(
             "Up {}{unsupervised}",
@@ -189,7 +189,7 @@ pub fn logs(roots: &Roots, args: LogsArgs) -> Result<i32> {
     let id = rec.id.clone();
     let mut running = || {
         Record::load(roots, &id)
-            .map(|r| r.status != Status::Stopped)
+            .map(|r| r.status() != Status::Stopped)
             .unwrap_or(false)
     };
     capsa_shim::logs::copy_log(

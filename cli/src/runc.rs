@@ -392,7 +392,7 @@ pub fn exec(roots: &Roots, a: ExecArgs) -> Result<i32> {
         if a.detach {
             return Ok(0);
         }
-        capsa_shim::namespace::wait_pid(pid)
+        capsa_container::process::wait_pid(pid)
     };
     run().map_err(coded(EXIT_EXEC_FAILED))
 }

@@ -2,38 +2,15 @@
 //! drive every container through this trait, so both isolation modes share
 //! one state machine, one log format and one set of exit-code rules.
 
-use std::os::fd::OwnedFd;
-use std::path::PathBuf;
-
 use capsa_image::{Image, Store};
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
 
+pub use capsa_container::{ExecRequest, ProcessIo};
+
 use crate::paths::ContainerPaths;
 use crate::record::Record;
-
-/// Standard streams for a new process. `None` means /dev/null, except that
-/// with `console_socket` set the process gets a new terminal whose master
-/// end is sent to that socket.
-#[derive(Default)]
-pub struct ProcessIo {
-    pub stdin: Option<OwnedFd>,
-    pub stdout: Option<OwnedFd>,
-    pub stderr: Option<OwnedFd>,
-    pub console_socket: Option<PathBuf>,
-}
-
-/// A process to run inside an existing container (`capsa exec`).
-#[derive(Debug, Clone, Default)]
-pub struct ExecRequest {
-    pub args: Vec<String>,
-    /// Extra `KEY=VALUE` pairs on top of the container's environment.
-    pub env: Vec<String>,
-    pub workdir: Option<String>,
-    pub user: Option<(u32, u32)>,
-    pub tty: bool,
-}
 
 /// How a container's (or exec'd) process ended.
 #[derive(Debug, Clone, Default)]

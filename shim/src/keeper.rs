@@ -85,7 +85,7 @@ fn take_over(roots: &Roots, id: &str, sig: Signal, outputs: Option<[OwnedFd; 2]>
         rec.name
     );
     let backend = crate::lifecycle::backend_for(roots, rec.isolation)?;
-    match (rec.status, rec.pid) {
+    match (rec.status(), rec.pid) {
         (Status::Stopped, _) => {
             // Killed while finishing: the exit is recorded already.
             if rec.auto_remove {

@@ -35,26 +35,4 @@ pub use lifecycle::{CreateRequest, Isolation};
 pub use paths::Roots;
 pub use record::{Record, Status};
 
-/// Exit code for capsa's own failures, as docker uses it.
-pub const EXIT_CAPSA_ERROR: i32 = 125;
-/// The command was found but could not be executed.
-pub const EXIT_NOT_EXECUTABLE: i32 = 126;
-/// The command was not found.
-pub const EXIT_NOT_FOUND: i32 = 127;
-
-/// An error that carries the exit code the CLI should end with.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct CodedError {
-    pub code: i32,
-    pub message: String,
-}
-
-impl CodedError {
-    pub fn new(code: i32, message: impl Into<String>) -> Self {
-        CodedError {
-            code,
-            message: message.into(),
-        }
-    }
-}
+pub use capsa_container::{CodedError, EXIT_CAPSA_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};

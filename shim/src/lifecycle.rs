@@ -100,14 +100,12 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
             )
             .into());
         }
-        let rec = Record {
-            image: req.image.clone(),
-            image_id: image.id.clone(),
-            auto_remove: req.auto_remove,
-            interactive: req.interactive,
-            kernel: req.kernel.clone(),
-            ..Record::new(&id, &name, req.isolation, Vec::new())
-        };
+        let mut rec = Record::new(&id, &name, req.isolation, Vec::new());
+        rec.image = req.image.clone();
+        rec.image_id = image.id.clone();
+        rec.auto_remove = req.auto_remove;
+        rec.interactive = req.interactive;
+        rec.kernel = req.kernel.clone();
         rec.create_dir(roots)?;
         (image, rec)
     };
@@ -126,7 +124,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     let mut spec = capsa_image::spec::generate(&image, &paths.rootfs(), &req.run)
         .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
     if let Some(linux) = spec.linux_mut() {
-        linux.set_cgroups_path(Some(crate::namespace::cgroup_path(&id)));
+        linux.set_cgroups_path(Some(capsa_container::cgroup::cgroup_path(&id)));
     }
     // The same checks a runc bundle gets (a user of 4294967295 would run as
     // root, for one).
@@ -244,7 +242,7 @@ impl Drop for CreateGuard<'_> {
 
 fn find_running(roots: &Roots, key: &str) -> Result<Record> {
     let rec = Record::find(roots, key)?;
-    if rec.status != Status::Running {
+    if !rec.status().can_exec() {
         return Err(CodedError::new(
             EXIT_CAPSA_ERROR,
             format!("container {} is not running", rec.name),
@@ -264,7 +262,7 @@ pub fn kill(roots: &Roots, key: &str, signal: Signal) -> Result<Record> {
 /// Stops a container: its stop signal, then SIGKILL after `timeout`.
 pub fn stop(roots: &Roots, key: &str, timeout: Duration) -> Result<Record> {
     let rec = Record::find(roots, key)?;
-    if rec.status != Status::Running {
+    if rec.status() != Status::Running {
         return Ok(rec);
     }
     let backend = backend_for(roots, rec.isolation)?;
@@ -291,15 +289,16 @@ pub fn wait_stopped(roots: &Roots, id: &str, timeout: Option<Duration>) -> Resul
     let mut last: Option<Record> = None;
     loop {
         match Record::load(roots, id) {
-            Ok(rec) if rec.status == Status::Stopped => return Ok(Some(rec)),
+            Ok(rec) if rec.status() == Status::Stopped => return Ok(Some(rec)),
             Ok(rec) => last = Some(rec),
             // Removed by --rm after it stopped: the last state we saw is all
             // we can report.
             Err(_) if !ContainerPaths::new(roots, id).dir.exists() => {
                 return Ok(last.map(|mut r| {
-                    r.status = Status::Stopped;
+                    // `last` was not stopped (else we had returned).
+                    let _ = r.transition(Status::Stopped);
                     r
-                }))
+                }));
             }
             Err(_) => {}
         }
@@ -333,7 +332,7 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
         remove_files(roots, &rec)?;
         return Ok(rec);
     }
-    if rec.status == Status::Running {
+    if rec.status() == Status::Running {
         if !force {
             return Err(CodedError::new(
                 EXIT_CAPSA_ERROR,

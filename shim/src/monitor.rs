@@ -7,8 +7,8 @@
 //! the host resources. For `-d` it runs detached in its own session.
 
 use std::fs::File;
-use std::io::{IoSliceMut, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
@@ -16,7 +16,6 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
 
 use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo};
 use crate::logs::{LogWriter, Stream};
@@ -24,6 +23,7 @@ use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
 use crate::stdio::{self, Pump, RawMode, Source};
 use crate::{CodedError, EXIT_CAPSA_ERROR};
+use capsa_container::terminal::copy_window_size;
 
 /// Signals a monitor passes on to its container, as docker's and
 /// containerd's do.
@@ -123,7 +123,7 @@ fn run(
     let (pid, outputs, master) = match started {
         Ok(s) => s,
         Err(err) => {
-            let err = crate::namespace::classify_start_error(err);
+            let err = capsa_container::classify_start_error(err);
             let code = err
                 .downcast_ref::<CodedError>()
                 .map_or(EXIT_CAPSA_ERROR, |c| c.code);
@@ -161,7 +161,7 @@ fn run(
     let stdin_is_tty = nix::unistd::isatty(0).unwrap_or(false);
     let _raw = match (&master, foreground && rec.interactive && stdin_is_tty) {
         (Some(m), true) => {
-            stdio::copy_winsize(0, m.as_raw_fd());
+            copy_window_size(std::io::stdin(), &m);
             RawMode::enable(std::io::stdin().as_fd())
         }
         _ => None,
@@ -178,10 +178,10 @@ fn run(
         attach: foreground,
         signals: Some(&sfd),
     };
-    let master_fd = master.as_ref().map(|m| m.as_raw_fd());
+    let master_fd = master.as_ref().map(|m| m.as_fd());
     let target = rec.clone();
     pump.run(&mut |sig| match (sig, master_fd) {
-        (Signal::SIGWINCH, Some(m)) => stdio::copy_winsize(0, m),
+        (Signal::SIGWINCH, Some(m)) => copy_window_size(std::io::stdin(), m),
         (Signal::SIGWINCH, None) => {}
         (sig, _) => {
             let _ = backend.kill(&target, sig);
@@ -249,7 +249,7 @@ fn start(
     }
 
     backend.start(rec)?;
-    rec.status = Status::Running;
+    rec.transition(Status::Running)?;
     rec.pid = Some(pid);
     rec.monitor_pid = Some(std::process::id() as i32);
     rec.started = Some(Utc::now());
@@ -266,7 +266,9 @@ pub(crate) fn finish(roots: &Roots, backend: &dyn Backend, rec: &mut Record, exi
     if let Err(e) = backend.release_rootfs(&ContainerPaths::new(roots, &rec.id)) {
         tracing::warn!("unmounting the root of {}: {e:#}", rec.id);
     }
-    rec.status = Status::Stopped;
+    if let Err(e) = rec.transition(Status::Stopped) {
+        tracing::debug!("{e:#}");
+    }
     rec.exit_code = Some(exit.code);
     rec.finished = Some(Utc::now());
     rec.pid = None;
@@ -298,7 +300,7 @@ impl ConsoleSocket {
     }
 
     fn receive(&self) -> Result<OwnedFd> {
-        receive_master(&self.listener)
+        capsa_container::terminal::receive_master(&self.listener)
     }
 }
 
@@ -306,31 +308,6 @@ impl Drop for ConsoleSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// Receives the pty master that the container's process sent over the
-/// console socket (SCM_RIGHTS).
-pub fn receive_master(listener: &UnixListener) -> Result<OwnedFd> {
-    let (conn, _) = listener.accept().context("accepting the console socket")?;
-    let mut buf = [0u8; 4096];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<UnixAddr>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::empty(),
-    )
-    .context("receiving the terminal from the container")?;
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just gave us this fd; we own it now.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    anyhow::bail!("the container did not send its terminal over the console socket")
 }
 
 /// `capsa exec`: runs a process in the container with our own standard
@@ -357,13 +334,13 @@ pub fn exec_attached(
     }
     let handle = backend
         .exec(rec, req, io)
-        .map_err(crate::namespace::classify_start_error)?;
+        .map_err(capsa_container::classify_start_error)?;
     let master = console.as_ref().map(ConsoleSocket::receive).transpose()?;
     drop(console);
     if let Some(m) = master {
         let stdin_is_tty = nix::unistd::isatty(0).unwrap_or(false);
         let _raw = if interactive && stdin_is_tty {
-            stdio::copy_winsize(0, m.as_raw_fd());
+            copy_window_size(std::io::stdin(), &m);
             RawMode::enable(std::io::stdin().as_fd())
         } else {
             None
@@ -387,7 +364,7 @@ pub fn exec_attached(
         pump.run(&mut |_| {})?;
     }
     match handle {
-        ProcessHandle::Pid(pid) => crate::namespace::wait_pid(pid),
+        ProcessHandle::Pid(pid) => capsa_container::process::wait_pid(pid),
         ProcessHandle::Remote(wait) => wait(),
     }
 }

@@ -35,11 +35,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ExecRequest, ProcessHandle, ProcessIo};
 use crate::lifecycle::Isolation;
-use crate::microvm::{is_bind_mount, sandbox, MicroVmBackend};
-use crate::namespace::NamespaceBackend;
+use crate::microvm::{sandbox, MicroVmBackend};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
 use crate::CodedError;
+use capsa_container::is_bind_mount;
 
 /// Picks the isolation mode of a bundle: `container` (default) or `vm`.
 pub const ISOLATION_ANNOTATION: &str = "io.capsa.isolation";
@@ -150,7 +150,7 @@ impl Drop for Undo<'_> {
     fn drop(&mut self) {
         if let Some(rec) = self.rec.take() {
             if rec.isolation == Isolation::Container {
-                let _ = NamespaceBackend::new(self.roots).delete_id(&rec.id);
+                let _ = crate::namespace::runtime(self.roots).delete(&rec.id);
             }
             release_slot(self.roots, &rec);
             let _ = crate::lifecycle::remove_files(self.roots, &rec);
@@ -173,19 +173,17 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
         .as_ref()
         .ok_or_else(|| error("the bundle's config.json has no process"))?;
     let paths = ContainerPaths::new(roots, id);
-    let mut rec = Record {
-        image: bundle.display().to_string(),
-        tty: process.terminal().unwrap_or(false),
-        interactive: io.stdin.is_some(),
-        kernel: sandbox::annotation(&spec, KERNEL_ANNOTATION).map(PathBuf::from),
-        bundle: Some(bundle.clone()),
-        ..Record::new(
-            id,
-            id,
-            isolation,
-            process.args().clone().unwrap_or_default(),
-        )
-    };
+    let mut rec = Record::new(
+        id,
+        id,
+        isolation,
+        process.args().clone().unwrap_or_default(),
+    );
+    rec.image = bundle.display().to_string();
+    rec.tty = process.terminal().unwrap_or(false);
+    rec.interactive = io.stdin.is_some();
+    rec.kernel = sandbox::annotation(&spec, KERNEL_ANNOTATION).map(PathBuf::from);
+    rec.bundle = Some(bundle.clone());
     if let Err(e) = rec.create_dir(roots) {
         if e.downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists)
@@ -204,7 +202,7 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
             args.namespace = Some(NamespaceOp::Create(bundle.clone()));
             spawn_monitor(id, &args, io)?
         }
-        Isolation::Container => NamespaceBackend::new(roots).create_bundle(id, &bundle, io)?,
+        Isolation::Container => crate::namespace::runtime(roots).create(id, &bundle, io)?,
         Isolation::Vm => {
             crate::microvm::check_host(rec.kernel.as_deref())
                 .map_err(|e| error(format!("{e:#}")))?;
@@ -300,8 +298,11 @@ fn check_sandbox(roots: &Roots, sandbox_id: &str) -> Result<()> {
         )));
     }
     match status_of(roots, &sb) {
-        "created" | "running" => Ok(()),
-        other => Err(error(format!("the pod sandbox {sandbox_id} is {other}"))),
+        Status::Created | Status::Running => Ok(()),
+        other => Err(error(format!(
+            "the pod sandbox {sandbox_id} is {}",
+            other.runc_name()
+        ))),
     }
 }
 
@@ -522,10 +523,10 @@ fn monitor(args: &[String], mut ready: fs::File) -> Result<i32> {
         console_socket: args.console_socket.clone(),
     };
     if let Some(op) = args.namespace {
-        let backend = NamespaceBackend::new(&roots);
+        let runtime = crate::namespace::runtime(&roots);
         let result = match op {
-            NamespaceOp::Create(bundle) => backend.create_bundle(&args.id, &bundle, io),
-            NamespaceOp::Exec(process) => backend.exec_process(&args.id, &process, io),
+            NamespaceOp::Create(bundle) => runtime.create(&args.id, &bundle, io),
+            NamespaceOp::Exec(process) => runtime.exec(&args.id, &process, io),
         };
         return match result {
             Ok(pid) => {
@@ -553,7 +554,7 @@ fn monitor(args: &[String], mut ready: fs::File) -> Result<i32> {
         drop(ready);
         return match handle {
             ProcessHandle::Remote(wait) => wait(),
-            ProcessHandle::Pid(pid) => crate::namespace::wait_pid(pid),
+            ProcessHandle::Pid(pid) => capsa_container::process::wait_pid(pid),
         };
     }
     let pid = match backend.create(&rec, io) {
@@ -569,7 +570,7 @@ fn monitor(args: &[String], mut ready: fs::File) -> Result<i32> {
     let exit = backend.wait(&rec, pid)?;
     let _ = backend.release(&rec);
     with_record(&roots, &rec.id, |r| {
-        r.status = Status::Stopped;
+        let _ = r.transition(Status::Stopped);
         r.exit_code = Some(exit.code);
         r.oom_killed = exit.oom_killed;
         r.error = exit.error.clone();
@@ -633,40 +634,40 @@ fn with_record(roots: &Roots, id: &str, f: impl FnOnce(&mut Record)) -> Option<R
 pub fn start(roots: &Roots, id: &str) -> Result<()> {
     let rec = record(roots, id)?;
     let status = status_of(roots, &rec);
-    if status != "created" {
-        bail!(error(format!("cannot start a container that is {status}")));
+    if !status.can_start() {
+        bail!(error(format!(
+            "cannot start a container that is {}",
+            status.runc_name()
+        )));
     }
     match rec.isolation {
-        Isolation::Container => NamespaceBackend::new(roots).start_id(id)?,
+        Isolation::Container => crate::namespace::runtime(roots).start(id)?,
         Isolation::Vm => MicroVmBackend::new(roots).start(&rec)?,
     }
     with_record(roots, id, |r| {
-        if r.status == Status::Created {
-            r.status = Status::Running;
+        if r.status().can_start() {
+            let _ = r.transition(Status::Running);
         }
         r.started = Some(Utc::now());
     });
     Ok(())
 }
 
-/// created, running, paused or stopped, as runc says it.
-fn status_of(roots: &Roots, rec: &Record) -> &'static str {
+/// The container's status as it is now: libcontainer's view of a
+/// namespace container (its process may have died since the record was
+/// written), the record's for a VM.
+fn status_of(roots: &Roots, rec: &Record) -> Status {
     match rec.isolation {
-        Isolation::Container => match NamespaceBackend::new(roots).container(&rec.id) {
+        Isolation::Container => match crate::namespace::runtime(roots).container(&rec.id) {
             Ok(c) => match c.status() {
-                ContainerStatus::Creating | ContainerStatus::Created => "created",
-                ContainerStatus::Running => "running",
-                ContainerStatus::Paused => "paused",
-                ContainerStatus::Stopped => "stopped",
+                ContainerStatus::Creating | ContainerStatus::Created => Status::Created,
+                ContainerStatus::Running => Status::Running,
+                ContainerStatus::Paused => Status::Paused,
+                ContainerStatus::Stopped => Status::Stopped,
             },
-            Err(_) => "stopped",
+            Err(_) => Status::Stopped,
         },
-        Isolation::Vm => match rec.status {
-            Status::Created => "created",
-            Status::Running => "running",
-            Status::Paused => "paused",
-            Status::Stopped => "stopped",
-        },
+        Isolation::Vm => rec.status(),
     }
 }
 
@@ -679,12 +680,12 @@ fn state_of(roots: &Roots, rec: &Record) -> Result<State> {
             .as_ref()
             .map_or_else(|| "1.0.2".into(), |s| s.version().clone()),
         id: rec.id.clone(),
-        pid: if status == "stopped" {
+        pid: if status == Status::Stopped {
             0
         } else {
             rec.pid.unwrap_or(0)
         },
-        status: status.into(),
+        status: status.runc_name().into(),
         rootfs: spec
             .as_ref()
             .map_or_else(|| bundle.join("rootfs"), |s| rootfs_of(&bundle, s)),
@@ -727,13 +728,12 @@ pub fn list(roots: &Roots) -> Result<Vec<State>> {
 /// process of the container.
 pub fn kill(roots: &Roots, id: &str, signal: Signal, all: bool) -> Result<()> {
     let rec = record(roots, id)?;
-    let status = status_of(roots, &rec);
-    if status == "stopped" {
+    if !status_of(roots, &rec).can_kill() {
         bail!(error(format!("container {id} is not running")));
     }
     match rec.isolation {
         Isolation::Container => {
-            let mut c = NamespaceBackend::new(roots).container(id)?;
+            let mut c = crate::namespace::runtime(roots).container(id)?;
             c.kill(signal, all)
                 .map_err(|e| error(format!("sending {signal} to {id}: {e}")))?;
         }
@@ -750,13 +750,14 @@ pub fn kill(roots: &Roots, id: &str, signal: Signal, all: bool) -> Result<()> {
 pub fn delete(roots: &Roots, id: &str, force: bool) -> Result<()> {
     let rec = record(roots, id)?;
     let status = status_of(roots, &rec);
-    if status != "stopped" && status != "created" && !force {
+    if !status.can_delete() && !force {
         bail!(error(format!(
-            "cannot delete container {id} that is {status}: stop it first or use --force"
+            "cannot delete container {id} that is {}: stop it first or use --force",
+            status.runc_name()
         )));
     }
     match rec.isolation {
-        Isolation::Container => NamespaceBackend::new(roots).delete_id(id)?,
+        Isolation::Container => crate::namespace::runtime(roots).delete(id)?,
         Isolation::Vm => {
             if let Some(pid) = rec.monitor_pid.filter(|p| crate::record::pid_alive(*p)) {
                 let _ = MicroVmBackend::new(roots).kill(&rec, Signal::SIGKILL);
@@ -802,9 +803,10 @@ pub fn exec(roots: &Roots, id: &str, process: &Process, io: ProcessIo) -> Result
         .map_err(|e| error(format!("invalid process: {e}")))?;
     let rec = record(roots, id)?;
     let status = status_of(roots, &rec);
-    if status != "running" {
+    if !status.can_exec() {
         bail!(error(format!(
-            "cannot exec in a container that is {status}"
+            "cannot exec in a container that is {}",
+            status.runc_name()
         )));
     }
     match rec.isolation {
@@ -813,7 +815,7 @@ pub fn exec(roots: &Roots, id: &str, process: &Process, io: ProcessIo) -> Result
             args.namespace = Some(NamespaceOp::Exec(Box::new(process.clone())));
             spawn_monitor(id, &args, io)
         }
-        Isolation::Container => NamespaceBackend::new(roots).exec_process(id, process, io),
+        Isolation::Container => crate::namespace::runtime(roots).exec(id, process, io),
         Isolation::Vm => {
             let mut args = MonitorArgs::create(roots, id, &io);
             args.exec = Some(process.clone());
@@ -834,16 +836,21 @@ pub fn resume(roots: &Roots, id: &str) -> Result<()> {
 fn set_paused(roots: &Roots, id: &str, pause: bool) -> Result<()> {
     let rec = record(roots, id)?;
     let status = status_of(roots, &rec);
-    let want = if pause { "running" } else { "paused" };
-    if status != want {
+    let allowed = if pause {
+        status.can_pause()
+    } else {
+        status.can_resume()
+    };
+    if !allowed {
         bail!(error(format!(
-            "cannot {} container {id} that is {status}",
-            if pause { "pause" } else { "resume" }
+            "cannot {} container {id} that is {}",
+            if pause { "pause" } else { "resume" },
+            status.runc_name()
         )));
     }
     match rec.isolation {
         Isolation::Container => {
-            let mut c = NamespaceBackend::new(roots).container(id)?;
+            let mut c = crate::namespace::runtime(roots).container(id)?;
             if pause { c.pause() } else { c.resume() }.map_err(|e| error(format!("{e}")))?;
         }
         Isolation::Vm if rec.sandbox.is_some() => {
@@ -862,13 +869,12 @@ fn set_paused(roots: &Roots, id: &str, pause: bool) -> Result<()> {
             };
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(vmm), sig)?;
             with_record(roots, id, |r| {
-                if matches!(r.status, Status::Running | Status::Paused) {
-                    r.status = if pause {
-                        Status::Paused
-                    } else {
-                        Status::Running
-                    };
-                }
+                // Only if it did not stop meanwhile.
+                let _ = r.transition(if pause {
+                    Status::Paused
+                } else {
+                    Status::Running
+                });
             });
         }
     }
@@ -889,7 +895,7 @@ pub fn stats(roots: &Roots, id: &str) -> Result<Stats> {
     let rec = record(roots, id)?;
     match rec.isolation {
         Isolation::Container => {
-            let s = NamespaceBackend::new(roots)
+            let s = crate::namespace::runtime(roots)
                 .cgroup(id)?
                 .stats()
                 .map_err(|e| error(format!("reading the cgroup of {id}: {e}")))?;
@@ -923,7 +929,7 @@ pub fn stats(roots: &Roots, id: &str) -> Result<Stats> {
 pub fn pids(roots: &Roots, id: &str) -> Result<Vec<i32>> {
     let rec = record(roots, id)?;
     match rec.isolation {
-        Isolation::Container => Ok(NamespaceBackend::new(roots)
+        Isolation::Container => Ok(crate::namespace::runtime(roots)
             .cgroup(id)?
             .get_all_pids()
             .map_err(|e| error(format!("reading the cgroup of {id}: {e}")))?
@@ -931,7 +937,7 @@ pub fn pids(roots: &Roots, id: &str) -> Result<Vec<i32>> {
             .map(|p| p.as_raw())
             .collect()),
         Isolation::Vm => {
-            if status_of(roots, &rec) == "stopped" {
+            if status_of(roots, &rec) == Status::Stopped {
                 return Ok(vec![]);
             }
             Ok(rec.monitor_pid.into_iter().chain(vmm_pid(&rec)).collect())

@@ -1,9 +1,18 @@
 //! The persisted state of one container and its state machine.
 //!
-//! `Created` (bundle and rootfs prepared) → `Running` (process started) →
-//! `Stopped` (process gone, exit code known, host resources released) →
-//! removed (directory deleted). Only the monitor moves a container to
-//! `Running` and `Stopped`; `capsa rm` removes it.
+//! ```text
+//!   Created ──start──▶ Running ◀──resume── Paused
+//!      │                  │  └────pause──────▶ │
+//!      │                  ▼                    │
+//!      └──────────────▶ Stopped ◀──────────────┘
+//! ```
+//!
+//! `Created`: bundle and root filesystem prepared, process waiting;
+//! `Running`: process started; `Paused`: frozen, still holding its
+//! resources; `Stopped`: process gone, exit code known, host resources
+//! released. `capsa rm` then removes the directory. The status is private:
+//! every change goes through [`Record::transition`], which refuses a move
+//! the diagram does not have.
 
 use std::fs;
 use std::io::Write;
@@ -23,6 +32,59 @@ pub enum Status {
     /// Frozen by `capsa pause` (runc's pause): still holds its resources.
     Paused,
     Stopped,
+}
+
+impl Status {
+    /// Whether the state machine has the move from `self` to `to`.
+    pub fn can_become(self, to: Status) -> bool {
+        use Status::*;
+        matches!(
+            (self, to),
+            (Created, Running)
+                | (Created, Stopped)
+                | (Running, Paused)
+                | (Paused, Running)
+                | (Running, Stopped)
+                | (Paused, Stopped)
+        )
+    }
+    /// `start`: only a created container's process waits to run.
+    pub fn can_start(self) -> bool {
+        self == Status::Created
+    }
+    /// `pause`: only a running container can be frozen.
+    pub fn can_pause(self) -> bool {
+        self.can_become(Status::Paused)
+    }
+    /// `resume` (`unpause`): only a paused one can be thawed.
+    pub fn can_resume(self) -> bool {
+        self == Status::Paused
+    }
+    /// `exec`: a process can join only a running container (a paused VM
+    /// cannot even be asked).
+    pub fn can_exec(self) -> bool {
+        self == Status::Running
+    }
+    /// runc's `kill`: while the container's process exists.
+    pub fn can_kill(self) -> bool {
+        self != Status::Stopped
+    }
+    /// `rm` without `-f`: nothing may be left running.
+    pub fn can_delete(self) -> bool {
+        matches!(self, Status::Created | Status::Stopped)
+    }
+}
+
+impl Status {
+    /// The status as runc's `state` names it (docker says "exited").
+    pub fn runc_name(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        }
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -49,7 +111,8 @@ pub struct Record {
     pub created: DateTime<Utc>,
     pub started: Option<DateTime<Utc>>,
     pub finished: Option<DateTime<Utc>>,
-    pub status: Status,
+    /// Changed only through [`Record::transition`].
+    status: Status,
     /// Host PID of the container's init process while it runs.
     pub pid: Option<i32>,
     /// PID of the monitor process that owns the container.
@@ -112,6 +175,37 @@ impl Record {
             sandbox: None,
             keeper_pid: None,
             damaged: None,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Moves the container to status `to`, or says why it cannot.
+    pub fn transition(&mut self, to: Status) -> Result<()> {
+        if !self.status.can_become(to) {
+            return Err(crate::CodedError::new(
+                crate::EXIT_CAPSA_ERROR,
+                format!(
+                    "container {} is {}: it cannot become {}",
+                    self.display_name(),
+                    self.status,
+                    to
+                ),
+            )
+            .into());
+        }
+        self.status = to;
+        Ok(())
+    }
+
+    /// The name, or the ID for a container made from a bundle (no name).
+    fn display_name(&self) -> &str {
+        if self.name.is_empty() {
+            &self.id
+        } else {
+            &self.name
         }
     }
 
@@ -326,4 +420,76 @@ pub fn pid_alive(pid: i32) -> bool {
     // Signal 0 checks existence; a zombie still counts as alive until reaped,
     // which is what we want for "is the monitor still responsible".
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Status::*;
+
+    const ALL: [Status; 4] = [Created, Running, Paused, Stopped];
+
+    #[test]
+    fn only_the_diagram_s_moves_are_allowed() {
+        let allowed = [
+            (Created, Running),
+            (Created, Stopped),
+            (Running, Paused),
+            (Paused, Running),
+            (Running, Stopped),
+            (Paused, Stopped),
+        ];
+        for from in ALL {
+            for to in ALL {
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_verb_is_allowed_in_its_states_only() {
+        let which = |check: fn(Status) -> bool| -> Vec<Status> {
+            ALL.into_iter().filter(|s| check(*s)).collect()
+        };
+        assert_eq!(which(Status::can_start), [Created]);
+        assert_eq!(which(Status::can_pause), [Running]);
+        assert_eq!(which(Status::can_resume), [Paused]);
+        assert_eq!(which(Status::can_exec), [Running]);
+        assert_eq!(which(Status::can_kill), [Created, Running, Paused]);
+        assert_eq!(which(Status::can_delete), [Created, Stopped]);
+    }
+
+    #[test]
+    fn a_refused_transition_says_why_and_changes_nothing() {
+        let mut rec = Record::new("0123456789abcdef", "web", Isolation::Container, vec![]);
+        rec.transition(Running).unwrap();
+        rec.transition(Stopped).unwrap();
+        let e = rec.transition(Running).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "container web is exited: it cannot become running"
+        );
+        assert_eq!(rec.status(), Stopped);
+        let coded = e.downcast_ref::<crate::CodedError>().unwrap();
+        assert_eq!(coded.code, crate::EXIT_CAPSA_ERROR);
+    }
+
+    #[test]
+    fn the_status_is_saved_and_loaded_with_the_record() {
+        let d = tempfile::tempdir().unwrap();
+        let roots = Roots::new(Some(d.path()));
+        let mut rec = Record::new("0123456789abcdef", "web", Isolation::Vm, vec![]);
+        rec.create_dir(&roots).unwrap();
+        rec.transition(Running).unwrap();
+        rec.transition(Paused).unwrap();
+        // Nobody supervises it and it has no process: refresh would call it
+        // stopped, so give it one that is alive (ours).
+        rec.monitor_pid = Some(std::process::id() as i32);
+        rec.save(&roots).unwrap();
+        assert_eq!(Record::load(&roots, &rec.id).unwrap().status(), Paused);
+    }
 }

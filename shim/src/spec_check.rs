@@ -671,7 +671,8 @@ mod tests {
         for rc in [plain, limited, unlimited] {
             let mut spec = generate(&image, rootfs.path(), &rc).unwrap();
             if let Some(linux) = spec.linux_mut() {
-                linux.set_cgroups_path(Some(crate::namespace::cgroup_path(&rc.container_id)));
+                linux
+                    .set_cgroups_path(Some(capsa_container::cgroup::cgroup_path(&rc.container_id)));
             }
             check(&spec).unwrap_or_else(|e| panic!("{rc:?}: {e}"));
         }

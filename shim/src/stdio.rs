@@ -191,14 +191,3 @@ impl Drop for RawMode {
         let _ = nix::sys::termios::tcsetattr(fd, nix::sys::termios::SetArg::TCSANOW, &self.saved);
     }
 }
-
-/// Copies the window size of terminal `from` to terminal `to`.
-pub fn copy_winsize(from: RawFd, to: RawFd) {
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ/TIOCSWINSZ read/write a winsize struct we own.
-    unsafe {
-        if libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) == 0 {
-            libc::ioctl(to, libc::TIOCSWINSZ, &ws);
-        }
-    }
-}

@@ -70,7 +70,7 @@ fn bundle(root: &Path, name: &str, args: &[&str]) -> PathBuf {
     ));
     // Where capsa run puts containers' cgroups, so the leak check sees them.
     if let Some(linux) = spec.linux_mut() {
-        linux.set_cgroups_path(Some(capsa_shim::namespace::cgroup_path(name)));
+        linux.set_cgroups_path(Some(capsa_container::cgroup::cgroup_path(name)));
     }
     // The host's /etc files capsa run would bind are not there.
     let mounts = spec.mounts().clone().unwrap_or_default();
@@ -90,7 +90,7 @@ fn pipe() -> (std::fs::File, OwnedFd) {
 }
 
 fn exit_status(pid: i32) -> i32 {
-    capsa_shim::namespace::wait_pid(pid).unwrap()
+    capsa_container::process::wait_pid(pid).unwrap()
 }
 
 fn leftovers(root: &Path, id: &str) -> Vec<String> {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::backend::ProcessIo;
+use capsa_container::terminal::set_window_size;
 
 /// The fifo paths of one process, as containerd sent them.
 #[derive(Debug, Clone, Default)]
@@ -138,7 +139,7 @@ impl Pending {
             let stdin = handles.stdin.clone();
             let slot = handles.master.clone();
             std::thread::spawn(move || {
-                let master = crate::monitor::receive_master(&listener);
+                let master = capsa_container::terminal::receive_master(&listener);
                 let _ = std::fs::remove_file(&path);
                 let master = match master {
                     Ok(m) => Arc::new(File::from(m)),
@@ -258,17 +259,10 @@ impl IoHandles {
         let Some(master) = master else {
             anyhow::bail!("the process has no terminal");
         };
-        let ws = libc::winsize {
-            ws_row: height as u16,
-            ws_col: width as u16,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
+        let size = capsa_proto::WinSize {
+            rows: height.try_into().unwrap_or(u16::MAX),
+            cols: width.try_into().unwrap_or(u16::MAX),
         };
-        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
-        let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error()).context("setting the window size");
-        }
-        Ok(())
+        set_window_size(&*master, size).context("setting the window size")
     }
 }

@@ -103,12 +103,25 @@ pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
 }
 
 /// The initramfs with the agent as /init, cached under the run root by the
-/// agent binary's hash.
+/// agent binary's identity.
 pub fn initramfs(roots: &Roots) -> Result<PathBuf> {
     let agent = sibling_binary("capsa-agent", "CAPSA_AGENT")?;
+    initramfs_in(&agent, &roots.run.join("initramfs"))
+}
+
+/// The initramfs for the agent binary at `agent`, in directory `dir`,
+/// built unless a file for the same binary is there. It is written to a
+/// temporary name and renamed, so concurrent starts and interrupted builds
+/// never see a partial archive.
+pub fn initramfs_in(agent: &Path, dir: &Path) -> Result<PathBuf> {
     // Keyed by the binary's identity (path, size, mtime) so the common case
     // reads nothing: hashing a 10 MB binary on every start is measurable.
-    let meta = std::fs::metadata(&agent).with_context(|| format!("reading {}", agent.display()))?;
+    let meta = std::fs::metadata(agent).with_context(|| {
+        format!(
+            "reading the agent binary {} (build it with scripts/build-static.sh)",
+            agent.display()
+        )
+    })?;
     let mut h = Sha256::new();
     h.update(b"layout-v2");
     h.update(agent.as_os_str().as_encoded_bytes());
@@ -121,16 +134,13 @@ pub fn initramfs(roots: &Roots) -> Result<PathBuf> {
             .to_le_bytes(),
     );
     let key = hex::encode(&h.finalize()[..8]);
-    let dir = roots.run.join("initramfs");
     let out = dir.join(format!("agent-{key}.cpio"));
     if out.exists() {
         return Ok(out);
     }
-    std::fs::create_dir_all(&dir)?;
-    let bytes = std::fs::read(&agent).with_context(|| format!("reading {}", agent.display()))?;
-    check_static_elf(&bytes, &agent)?;
-    // Written to a temp name and renamed, so a concurrent start never sees a
-    // half-written file.
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bytes = std::fs::read(agent).with_context(|| format!("reading {}", agent.display()))?;
+    check_static_elf(&bytes, agent)?;
     let tmp = dir.join(format!(".agent-{key}.{}", std::process::id()));
     std::fs::write(&tmp, initramfs_archive(&bytes))?;
     std::fs::rename(&tmp, &out)?;
@@ -140,7 +150,7 @@ pub fn initramfs(roots: &Roots) -> Result<PathBuf> {
 /// The guest's initramfs for agent binary `agent`: the agent as `/init`
 /// and `/dev/console`, so the kernel can give PID 1 its standard streams.
 /// The agent mounts everything else itself.
-pub fn initramfs_archive(agent: &[u8]) -> Vec<u8> {
+fn initramfs_archive(agent: &[u8]) -> Vec<u8> {
     let mut img = capsa_kernel::initramfs::Initramfs::new();
     img.dir("dev", 0o755)
         .char_dev("dev/console", 0o600, 5, 1)
@@ -150,7 +160,7 @@ pub fn initramfs_archive(agent: &[u8]) -> Vec<u8> {
 
 /// The initramfs has no dynamic loader and no libraries: refuse anything
 /// but a static ELF executable.
-pub fn check_static_elf(data: &[u8], what: &Path) -> Result<()> {
+fn check_static_elf(data: &[u8], what: &Path) -> Result<()> {
     if data.len() < 64 || &data[..4] != b"\x7fELF" {
         bail!("{} is not an ELF executable", what.display());
     }
@@ -161,4 +171,54 @@ pub fn check_static_elf(data: &[u8], what: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_non_elf_and_dynamic_binaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        std::fs::write(&p, b"#!/bin/sh\n").unwrap();
+        let e = initramfs_in(&p, dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("not an ELF"), "{e:#}");
+        // /bin/true on Debian is dynamically linked.
+        let e = initramfs_in(Path::new("/bin/true"), dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("dynamically linked"), "{e:#}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no archive written for a refused binary");
+    }
+
+    /// Built from a static binary, listed by the real cpio tool, cached.
+    #[test]
+    fn builds_lists_and_caches() {
+        let busybox = Path::new(capsa_kernel::initramfs::BUSYBOX);
+        assert!(
+            busybox.is_file(),
+            "{} is required: install busybox-static (scripts/setup.sh)",
+            busybox.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let a = initramfs_in(busybox, dir.path()).unwrap();
+        let b = initramfs_in(busybox, dir.path()).unwrap();
+        assert_eq!(a, b);
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1, "one archive, no temporary files left");
+        let out = std::process::Command::new("cpio")
+            .args(["-t", "-v", "-F"])
+            .arg(&a)
+            .output()
+            .expect("cpio is required: run scripts/setup.sh");
+        assert!(out.status.success(), "{out:?}");
+        let list = String::from_utf8_lossy(&out.stdout);
+        let names: Vec<&str> = list
+            .lines()
+            .map(|l| l.split_whitespace().last().unwrap())
+            .collect();
+        assert_eq!(names, ["dev", "dev/console", "init"]);
+        let size = std::fs::metadata(busybox).unwrap().len();
+        assert!(std::fs::metadata(&a).unwrap().len() > size);
+    }
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use capsa_container::terminal::window_size;
 use capsa_image::{Image, RootfsFormat, Store};
 use capsa_proto::{ExecProcess, Request, Response, Rootfs, StdStream, StdioOptions, WritableLayer};
 use nix::sys::signal::Signal;
@@ -27,7 +28,7 @@ use crate::record::Record;
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 use client::AgentConn;
 use sandbox::is_sandbox;
-pub use volumes::{is_bind_mount, shm_as_tmpfs};
+pub use volumes::shm_as_tmpfs;
 
 /// Memory the guest kernel and agent need beyond the container's limit.
 const GUEST_OVERHEAD_MIB: u64 = 96;
@@ -151,7 +152,7 @@ impl MicroVmBackend {
         let stdio = StdioOptions {
             tty: tty.is_some(),
             stdin: io.stdin.is_some() || (tty.is_some() && rec.interactive),
-            tty_size: tty.as_ref().and_then(|_| tty::our_winsize()),
+            tty_size: tty.as_ref().and_then(|_| window_size(std::io::stdin())),
         };
         if let Some(slave) = &tty {
             conn.route_output(&rec.id, StdStream::Stdout, slave.try_clone()?);
@@ -307,11 +308,11 @@ impl Backend for MicroVmBackend {
         // The host needs a read-only view of the image while the runtime
         // spec is generated (user names come from its /etc/passwd); `create`
         // drops it again.
-        crate::namespace::rootfs::mount_lower_only(&store.layer_dirs(image)?, &paths.rootfs())
+        capsa_container::rootfs::mount_lower_only(&store.layer_dirs(image)?, &paths.rootfs())
     }
 
     fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()> {
-        crate::namespace::rootfs::unmount(&paths.rootfs())
+        capsa_container::rootfs::unmount(&paths.rootfs())
     }
 
     fn create(&self, rec: &Record, io: ProcessIo) -> Result<i32> {
@@ -558,7 +559,7 @@ impl Backend for MicroVmBackend {
             stdio: StdioOptions {
                 tty: tty.is_some(),
                 stdin: io.stdin.is_some() || tty.is_some(),
-                tty_size: tty.as_ref().and_then(|_| tty::our_winsize()),
+                tty_size: tty.as_ref().and_then(|_| window_size(std::io::stdin())),
             },
         })?;
         if let Some(input) = io.stdin {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use capsa_proto::{StdStream, WinSize};
+use capsa_proto::StdStream;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
@@ -38,17 +38,6 @@ pub fn bridge(console_socket: &Path) -> Result<OwnedFd> {
     )
     .context("sending the terminal to the monitor")?;
     Ok(pty.slave)
-}
-
-/// The size of our own terminal, if stdin is one.
-pub fn our_winsize() -> Option<WinSize> {
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ fills a winsize we own.
-    let ok = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0;
-    (ok && ws.ws_row > 0).then_some(WinSize {
-        rows: ws.ws_row,
-        cols: ws.ws_col,
-    })
 }
 
 /// Copies what the user types (read from the slave) to the guest terminal

@@ -45,7 +45,7 @@ pub fn disks_for(
         let Some(src) = m.source().clone() else {
             continue;
         };
-        if !is_bind_mount(m) || src.starts_with(dir) {
+        if !capsa_container::is_bind_mount(m) || src.starts_with(dir) {
             continue;
         }
         if copy_files && m.destination() == Path::new("/dev/shm") {
@@ -161,15 +161,6 @@ fn dir_size(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-/// A bind mount, by type or by option, as runc reads a spec.
-pub fn is_bind_mount(m: &oci_spec::runtime::Mount) -> bool {
-    m.typ().as_deref() == Some("bind")
-        || m.options()
-            .iter()
-            .flatten()
-            .any(|o| o == "bind" || o == "rbind")
 }
 
 /// Turns an engine's /dev/shm bind mount into the container's own tmpfs.

@@ -1,0 +1,60 @@
+//! One OCI bundle run as a namespace container, on youki's libcontainer.
+//!
+//! This is the container code capsa runs in two places: on the host, for
+//! container mode (capsa-shim's namespace backend), and inside a microVM
+//! guest, where capsa-agent runs the same container on the guest's kernel.
+//! So it holds only what both sides need, and nothing of the host's image
+//! store, state records or VMM:
+//!
+//! - [`runtime`]: runc's verbs on a state directory (create a bundle,
+//!   start, kill, exec, delete), with the state locked against racing
+//!   callers;
+//! - [`rootfs`]: the overlay root and the checks a bundle's root needs;
+//! - [`process`]: a new process's standard streams, an exec request, and
+//!   waiting for a process the docker way (128+N for signal N);
+//! - [`cgroup`]: where a container's cgroup lives and what it counted;
+//! - [`terminal`]: window sizes and receiving a pty over a console socket.
+
+pub mod cgroup;
+pub mod process;
+pub mod rootfs;
+pub mod runtime;
+pub mod terminal;
+mod workload;
+
+pub use process::{ExecRequest, ProcessIo};
+pub use runtime::{LockedContainer, Runtime};
+pub use workload::classify_start_error;
+
+/// Exit code for capsa's own failures, as docker uses it.
+pub const EXIT_CAPSA_ERROR: i32 = 125;
+/// The command was found but could not be executed.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+/// The command was not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// An error that carries the exit code the CLI should end with.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CodedError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CodedError {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        CodedError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A bind mount, by type or by option, as runc reads a spec.
+pub fn is_bind_mount(m: &oci_spec::runtime::Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}

@@ -1,0 +1,196 @@
+//! runc's verbs on one state directory: create a container from an OCI
+//! bundle, start it, signal it, run another process in it, delete it. The
+//! container is isolated by namespaces, cgroups, capabilities and seccomp,
+//! set up by youki's libcontainer.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::Signal;
+use oci_spec::runtime::Process;
+
+use crate::process::ProcessIo;
+use crate::{rootfs, workload};
+
+/// The containers whose libcontainer state lives in one directory.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    state_dir: PathBuf,
+}
+
+impl Runtime {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Runtime {
+            state_dir: state_dir.into(),
+        }
+    }
+
+    /// The directory holding each container's libcontainer state.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    fn builder(
+        &self,
+        id: &str,
+        io: ProcessIo,
+        executor: workload::CapsaExecutor,
+    ) -> Result<ContainerBuilder> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(&self.state_dir)?
+            .with_executor(executor)
+            .with_console_socket(io.console_socket.as_deref());
+        b = b.with_stdin(io.stdin.map_or_else(dev_null, Ok)?);
+        b = b.with_stdout(io.stdout.map_or_else(dev_null, Ok)?);
+        b = b.with_stderr(io.stderr.map_or_else(dev_null, Ok)?);
+        Ok(b)
+    }
+
+    /// Creates container `id` from the OCI bundle at `bundle` (a directory
+    /// holding config.json); its process waits for [`Self::start`].
+    /// Returns its PID; the caller is its parent and must reap it. Any
+    /// bundle: capsa's own, an engine's (the runc commands) or a
+    /// benchmark's.
+    pub fn create(&self, id: &str, bundle: &Path, io: ProcessIo) -> Result<i32> {
+        rootfs::prepare_bundle(bundle)?;
+        let container = self
+            .builder(id, io, workload::CapsaExecutor::default())?
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(anyhow::Error::from)?;
+        let pid = container
+            .pid()
+            .context("libcontainer created the container but reported no pid")?;
+        Ok(pid.as_raw())
+    }
+
+    /// Starts the created container `id`: its process runs its command.
+    pub fn start(&self, id: &str) -> Result<()> {
+        self.load(id)?.start()?;
+        Ok(())
+    }
+
+    /// Sends `signal` to the init process of container `id`. The state stays
+    /// locked until libcontainer has saved it after the signal, so a
+    /// concurrent delete cannot remove it under us.
+    pub fn kill(&self, id: &str, signal: Signal) -> Result<()> {
+        self.load(id)?.kill(signal, false)?;
+        Ok(())
+    }
+
+    /// Deletes the runtime state and cgroups of container `id`, killing
+    /// what is left of it. A no-op if it has no state.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let dir = self.state_dir.join(id);
+        if dir.exists() {
+            let mut c = self.load(id)?;
+            c.delete(true)
+                .with_context(|| format!("deleting runtime state of {id}"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `process` (an OCI process, what `runc exec --process` reads)
+    /// in container `id`. Returns its host PID; it is our child until we
+    /// exit, then our subreaper's. With `process.terminal` its pty master
+    /// goes to `io.console_socket`.
+    pub fn exec(&self, id: &str, process: &Process, io: ProcessIo) -> Result<i32> {
+        let terminal = process.terminal().unwrap_or(false);
+        std::fs::create_dir_all(&self.state_dir)?;
+        let mut file = tempfile::Builder::new()
+            .prefix(".exec-")
+            .suffix(".json")
+            .tempfile_in(&self.state_dir)?;
+        serde_json::to_writer(&mut file, process)?;
+        // The exec'd process gets exactly the container's seccomp filter
+        // (libcontainer's tenant path drops it; see CapsaExecutor).
+        let seccomp = {
+            let c = self.load(id)?;
+            let config = c.bundle().join("config.json");
+            oci_spec::runtime::Spec::load(&config)
+                .with_context(|| format!("reading {}", config.display()))?
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().clone())
+        };
+        let pid = self
+            .builder(id, io, workload::CapsaExecutor { seccomp })?
+            .as_tenant()
+            .with_process(Some(file.path()))
+            // libcontainer wants a console socket exactly for a detached
+            // process on a terminal; we always return at once.
+            .with_detach(terminal)
+            .build()?;
+        Ok(pid.as_raw())
+    }
+
+    /// libcontainer's view of container `id` (status refreshed from /proc),
+    /// its state locked against other capsa processes and threads while
+    /// the value lives.
+    pub fn container(&self, id: &str) -> Result<LockedContainer> {
+        self.load(id)
+    }
+
+    /// The cgroup manager of container `id`, for stats, pids and freezing.
+    pub fn cgroup(&self, id: &str) -> Result<libcgroups::common::AnyCgroupManager> {
+        let c = self.load(id)?;
+        let config = libcgroups::common::CgroupConfig {
+            cgroup_path: c.spec()?.cgroup_path,
+            systemd_cgroup: c.systemd(),
+            container_name: id.to_string(),
+        };
+        Ok(libcgroups::common::create_cgroup_manager(config)?)
+    }
+
+    fn load(&self, id: &str) -> Result<LockedContainer> {
+        let dir = self.state_dir.join(id);
+        let lock = std::fs::File::open(&dir)
+            .and_then(|f| {
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+                    .map_err(|(_, e)| e.into())
+            })
+            .with_context(|| format!("container {id} is not running"))?;
+        let container =
+            Container::load(dir).with_context(|| format!("container {id} is not running"))?;
+        Ok(LockedContainer {
+            container,
+            _lock: lock,
+        })
+    }
+}
+
+/// A libcontainer container with its state directory flock'ed.
+/// libcontainer rewrites state.json in place (truncate, then write), so a
+/// reader racing a writer (a kill against a delete, from a containerd
+/// shim's threads or two runc-CLI processes) could read an empty file.
+pub struct LockedContainer {
+    container: Container,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl std::ops::Deref for LockedContainer {
+    type Target = Container;
+    fn deref(&self) -> &Container {
+        &self.container
+    }
+}
+
+impl std::ops::DerefMut for LockedContainer {
+    fn deref_mut(&mut self) -> &mut Container {
+        &mut self.container
+    }
+}
+
+fn dev_null() -> Result<std::os::fd::OwnedFd> {
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into())
+}

@@ -1,0 +1,94 @@
+//! The namespace backend: the container runs on the host's kernel, made by
+//! capsa-container's [`Runtime`] (youki's libcontainer) from the bundle the
+//! lifecycle wrote, on a root filesystem of the image store's layers.
+
+use anyhow::{Context, Result};
+use capsa_container::process::{exec_process, wait_pid};
+use capsa_container::{cgroup, rootfs, Runtime};
+use capsa_image::{Image, Store};
+use nix::sys::signal::Signal;
+
+use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo};
+use crate::paths::{ContainerPaths, Roots};
+use crate::record::Record;
+
+/// The runtime that holds the namespace containers under `roots`.
+pub fn runtime(roots: &Roots) -> Runtime {
+    Runtime::new(roots.runtime())
+}
+
+pub struct NamespaceBackend {
+    roots: Roots,
+    runtime: Runtime,
+}
+
+impl NamespaceBackend {
+    pub fn new(roots: &Roots) -> Self {
+        NamespaceBackend {
+            roots: roots.clone(),
+            runtime: runtime(roots),
+        }
+    }
+}
+
+impl Backend for NamespaceBackend {
+    fn prepare_rootfs(
+        &self,
+        paths: &ContainerPaths,
+        store: &Store,
+        image: &Image,
+        ephemeral: bool,
+    ) -> Result<()> {
+        // A volatile overlay for --rm: see [`rootfs::mount_overlay`].
+        rootfs::mount_overlay(
+            &store.layer_dirs(image)?,
+            &paths.upper(),
+            &paths.work(),
+            &paths.rootfs(),
+            ephemeral,
+        )
+    }
+
+    fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()> {
+        rootfs::unmount(&paths.rootfs())
+    }
+
+    fn create(&self, rec: &Record, io: ProcessIo) -> Result<i32> {
+        let paths = ContainerPaths::new(&self.roots, &rec.id);
+        self.runtime.create(&rec.id, &paths.bundle(), io)
+    }
+
+    fn start(&self, rec: &Record) -> Result<()> {
+        self.runtime.start(&rec.id)
+    }
+
+    fn wait(&self, rec: &Record, pid: i32) -> Result<Exit> {
+        let code = wait_pid(pid)?;
+        Ok(Exit {
+            code,
+            // Read before `release` deletes the cgroup.
+            oom_killed: cgroup::oom_kill_count(&rec.id) > 0,
+            error: None,
+        })
+    }
+
+    fn kill(&self, rec: &Record, signal: Signal) -> Result<()> {
+        self.runtime
+            .kill(&rec.id, signal)
+            .with_context(|| format!("sending {signal} to container {}", rec.name))
+    }
+
+    fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
+        let config = ContainerPaths::new(&self.roots, &rec.id).config();
+        let spec = oci_spec::runtime::Spec::load(&config)?;
+        let init = spec.process().as_ref().context("bundle has no process")?;
+        let process = exec_process(init, req)?;
+        Ok(ProcessHandle::Pid(
+            self.runtime.exec(&rec.id, &process, io)?,
+        ))
+    }
+
+    fn release(&self, rec: &Record) -> Result<()> {
+        self.runtime.delete(&rec.id)
+    }
+}
