@@ -216,6 +216,8 @@ fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     let cp = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     let cn = std::ffi::CString::new(name).unwrap();
     let mut buf = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated and live across the call;
+    // the kernel writes at most buf.len() bytes into buf.
     let n =
         unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (n >= 0).then(|| buf[..n as usize].to_vec())

@@ -1202,11 +1202,9 @@ impl Watch {
 }
 
 fn set_nonblocking(fd: RawFd) -> Result<()> {
-    // SAFETY: plain fcntl on a descriptor we own.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error()).context("fcntl O_NONBLOCK");
-    }
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).context("fcntl O_NONBLOCK")?;
     Ok(())
 }
 

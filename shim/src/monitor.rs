@@ -161,7 +161,7 @@ fn run(
     let stdin_is_tty = nix::unistd::isatty(0).unwrap_or(false);
     let _raw = match (&master, foreground && rec.interactive && stdin_is_tty) {
         (Some(m), true) => {
-            copy_window_size(std::io::stdin(), &m);
+            copy_window_size(std::io::stdin(), m);
             RawMode::enable(std::io::stdin().as_fd())
         }
         _ => None,

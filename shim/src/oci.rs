@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -510,16 +510,26 @@ fn monitor(args: &[String], mut ready: fs::File) -> Result<i32> {
         lib: args.lib.clone(),
         run: args.run.clone(),
     };
-    let dup = |fd: i32| -> Result<OwnedFd> {
-        Ok(nix::unistd::dup(fd).map(|f| unsafe { OwnedFd::from_raw_fd(f) })?)
-    };
+    let dup = |fd: BorrowedFd| fd.try_clone_to_owned();
     // With a terminal the output goes to it: a stdout route would replace
     // the terminal's (the agent connection keeps one sink per stream).
     let tty = args.console_socket.is_some();
     let io = ProcessIo {
-        stdin: if args.stdin { Some(dup(0)?) } else { None },
-        stdout: if tty { None } else { Some(dup(1)?) },
-        stderr: if tty { None } else { Some(dup(2)?) },
+        stdin: if args.stdin {
+            Some(dup(std::io::stdin().as_fd())?)
+        } else {
+            None
+        },
+        stdout: if tty {
+            None
+        } else {
+            Some(dup(std::io::stdout().as_fd())?)
+        },
+        stderr: if tty {
+            None
+        } else {
+            Some(dup(std::io::stderr().as_fd())?)
+        },
         console_socket: args.console_socket.clone(),
     };
     if let Some(op) = args.namespace {

@@ -142,9 +142,13 @@ mod tests {
         if pid == 0 {
             let prog = filter(Thread::Vcpu).unwrap();
             if seccompiler::apply_filter(&prog).is_err() {
+                // SAFETY: _exit ends the forked child without running the
+                // parent's atexit handlers or destructors.
                 unsafe { libc::_exit(10) };
             }
             // Allowed: getpid. Not allowed: openat -> the process is killed.
+            // SAFETY: raw syscalls with valid arguments (a NUL-terminated
+            // path), then _exit, in the forked child.
             unsafe {
                 libc::syscall(libc::SYS_getpid);
                 libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c"/".as_ptr(), 0);
