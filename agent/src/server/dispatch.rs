@@ -1,0 +1,55 @@
+//! Request dispatch: one arm per verb, each calling the module that owns
+//! it ([`super::pods`], [`super::processes`], [`super::poweroff`]).
+
+use std::sync::Arc;
+
+use capsa_proto::{Frame, Request, Response};
+
+use super::{Agent, Conn};
+
+impl Agent {
+    /// Answers a request; `None` when the answer comes later (`Wait`).
+    pub(super) fn handle(
+        self: &Arc<Self>,
+        conn: u64,
+        enc: &Conn,
+        rid: u64,
+        req: Request,
+    ) -> Option<Response> {
+        Some(match req {
+            Request::Create {
+                container_id,
+                spec,
+                rootfs,
+                stdio,
+            } => self.create(conn, enc, container_id, *spec, rootfs, stdio),
+            Request::Start { container_id } => self.start(&container_id),
+            Request::Exec {
+                container_id,
+                exec_id,
+                process,
+                stdio,
+            } => self.exec(conn, enc, container_id, exec_id, process, stdio),
+            Request::Signal { id, signal } => self.signal(&id, signal),
+            Request::Wait { id } => {
+                let me = Arc::clone(self);
+                let enc = enc.clone();
+                std::thread::spawn(move || {
+                    let response = me.wait(&id);
+                    let sent = enc.send(&Frame::Response { id: rid, response });
+                    if sent.is_ok() {
+                        me.reported(&id);
+                    }
+                });
+                return None;
+            }
+            Request::ResizeTty { id, rows, cols } => self.resize_tty(&id, rows, cols),
+            Request::Stats { container_id } => self.stats(&container_id),
+            Request::Shutdown => {
+                self.request_poweroff("the host asked for a shutdown");
+                Response::Ok
+            }
+            Request::Delete { container_id } => self.delete(&container_id),
+        })
+    }
+}
