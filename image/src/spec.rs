@@ -22,9 +22,15 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{
+    Arch, Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, LinuxSeccomp,
+    LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator,
+    LinuxSyscall, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::store::Image;
@@ -448,58 +454,117 @@ pub fn environment(
     Ok(env)
 }
 
+fn internal(e: impl std::fmt::Display) -> Error {
+    bad(format!("internal error building the runtime spec: {e}"))
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// `CAP_CHOWN` -> [`Capability::Chown`].
+fn capability(name: &str) -> Result<Capability> {
+    name.strip_prefix("CAP_")
+        .unwrap_or(name)
+        .parse()
+        .map_err(|e| internal(format!("capability {name}: {e}")))
+}
+
+/// A rule refusing `names` with `errno`, whatever their arguments.
+fn errno_rule(names: &[&str], errno: u32) -> Result<LinuxSyscall> {
+    LinuxSyscallBuilder::default()
+        .names(strings(names))
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(errno)
+        .build()
+        .map_err(internal)
+}
+
 /// A rule matching `(arg[index] & mask) == mask`. `value` and `valueTwo`
 /// are both the mask on purpose: runc reads `value` as the mask and
 /// `valueTwo` as the datum, youki's libcontainer the other way round, and
 /// with equal values both mean the same.
-fn arg_rule(names: &[&str], errno: u32, index: usize, mask: u64) -> Value {
-    json!({
-        "names": names,
-        "action": "SCMP_ACT_ERRNO",
-        "errnoRet": errno,
-        "args": [{"index": index, "value": mask, "valueTwo": mask, "op": "SCMP_CMP_MASKED_EQ"}]
-    })
+fn arg_rule(names: &[&str], errno: u32, index: usize, mask: u64) -> Result<LinuxSyscall> {
+    let arg = LinuxSeccompArgBuilder::default()
+        .index(index)
+        .value(mask)
+        .value_two(mask)
+        .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+        .build()
+        .map_err(internal)?;
+    LinuxSyscallBuilder::default()
+        .names(strings(names))
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(errno)
+        .args(vec![arg])
+        .build()
+        .map_err(internal)
 }
 
-fn seccomp_json() -> Value {
+fn seccomp_profile() -> Result<LinuxSeccomp> {
     let mut rules = vec![
-        json!({"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM}),
+        errno_rule(DENIED_SYSCALLS, EPERM)?,
         // clone3 passes its flags in a struct seccomp cannot look into:
         // ENOSYS makes libc fall back to clone, which is filtered below.
-        json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}),
+        errno_rule(&["clone3"], ENOSYS)?,
     ];
     // One rule per flag: rules are OR-ed, so clone with any namespace flag fails.
     for f in CLONE_NS_FLAGS {
-        rules.push(arg_rule(&["clone"], EPERM, 0, *f));
+        rules.push(arg_rule(&["clone"], EPERM, 0, *f)?);
     }
     for f in PERSONALITY_DENIED {
-        rules.push(arg_rule(&["personality"], EPERM, 0, *f));
+        rules.push(arg_rule(&["personality"], EPERM, 0, *f)?);
     }
-    json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": rules
-    })
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(vec![
+            Arch::ScmpArchX86_64,
+            Arch::ScmpArchX86,
+            Arch::ScmpArchX32,
+        ])
+        .syscalls(rules)
+        .build()
+        .map_err(internal)
 }
 
 /// The default seccomp profile: allow by default, refuse [`DENIED_SYSCALLS`]
 /// with EPERM, `clone` with namespace flags with EPERM, `clone3` with
 /// ENOSYS (so libc falls back to the filtered `clone`), and `personality`
 /// calls that turn off ASLR or make data executable.
-pub fn default_seccomp() -> oci_spec::runtime::LinuxSeccomp {
-    serde_json::from_value(seccomp_json()).expect("the built-in seccomp profile is valid")
+pub fn default_seccomp() -> LinuxSeccomp {
+    seccomp_profile().expect("the built-in seccomp profile is valid")
 }
 
-fn default_mounts() -> Vec<Value> {
-    vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
-    ]
+fn mount(
+    dst: impl Into<PathBuf>,
+    typ: &str,
+    src: impl Into<PathBuf>,
+    options: Vec<String>,
+) -> Result<Mount> {
+    MountBuilder::default()
+        .destination(dst)
+        .typ(typ)
+        .source(src)
+        .options(options)
+        .build()
+        .map_err(internal)
+}
+
+fn default_mounts() -> Result<Vec<Mount>> {
+    #[rustfmt::skip]
+    const MOUNTS: &[(&str, &str, &str, &[&str])] = &[
+        ("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        ("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        ("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        ("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        ("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        ("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        ("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]),
+    ];
+    MOUNTS
+        .iter()
+        .map(|(dst, typ, src, opts)| mount(*dst, typ, *src, strings(opts)))
+        .collect()
 }
 
 fn check_dest(dst: &str, what: &str) -> Result<()> {
@@ -522,7 +587,7 @@ fn check_dest(dst: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn user_mounts(rc: &RunConfig) -> Result<Vec<Value>> {
+fn user_mounts(rc: &RunConfig) -> Result<Vec<Mount>> {
     let mut out = Vec::new();
     for m in &rc.mounts {
         check_dest(&m.dst, "bind mount")?;
@@ -538,12 +603,13 @@ fn user_mounts(rc: &RunConfig) -> Result<Vec<Value>> {
                 m.src.display()
             )));
         }
-        out.push(json!({
-            "destination": m.dst,
-            "type": "bind",
-            "source": m.src,
-            "options": ["rbind", "rprivate", if m.readonly { "ro" } else { "rw" }]
-        }));
+        let mode = if m.readonly { "ro" } else { "rw" };
+        out.push(mount(
+            &m.dst,
+            "bind",
+            &m.src,
+            strings(&["rbind", "rprivate", mode]),
+        )?);
     }
     for t in &rc.tmpfs {
         let (dst, opts) = match t.split_once(':') {
@@ -569,15 +635,32 @@ fn user_mounts(rc: &RunConfig) -> Result<Vec<Value>> {
                 .filter(|o| **o != "exec")
                 .map(|o| o.to_string()),
         );
-        out.push(
-            json!({"destination": dst, "type": "tmpfs", "source": "tmpfs", "options": options}),
-        );
+        out.push(mount(dst, "tmpfs", "tmpfs", options)?);
     }
     Ok(out)
 }
 
-fn resources(rc: &RunConfig) -> Result<Value> {
-    let mut devices = vec![json!({"allow": false, "access": "rwm"})];
+fn resources(rc: &RunConfig) -> Result<LinuxResources> {
+    let allow_char = |major: i64, minor: Option<i64>| {
+        let b = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::C)
+            .major(major)
+            .access("rwm");
+        match minor {
+            Some(minor) => b.minor(minor),
+            None => b,
+        }
+        .build()
+        .map_err(internal)
+    };
+    // Deny all, then allow runc's default devices: null, zero, full, random,
+    // urandom, tty, console, ptmx and the pty slaves (136:*).
+    let mut devices = vec![LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()
+        .map_err(internal)?];
     for (major, minor) in [
         (1, 3),
         (1, 5),
@@ -588,19 +671,22 @@ fn resources(rc: &RunConfig) -> Result<Value> {
         (5, 1),
         (5, 2),
     ] {
-        devices.push(
-            json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm"}),
-        );
+        devices.push(allow_char(major, Some(minor))?);
     }
-    devices.push(json!({"allow": true, "type": "c", "major": 136, "access": "rwm"}));
-    let mut r = json!({ "devices": devices });
+    devices.push(allow_char(136, None)?);
+    let mut r = LinuxResourcesBuilder::default().devices(devices);
     if let Some(m) = rc.memory_bytes {
         if m < 6 * 1024 * 1024 {
             return Err(bad(format!(
                 "memory limit {m} bytes is too small: the minimum is 6 MiB"
             )));
         }
-        r["memory"] = json!({"limit": m, "swap": m});
+        let memory = LinuxMemoryBuilder::default()
+            .limit(m)
+            .swap(m)
+            .build()
+            .map_err(internal)?;
+        r = r.memory(memory);
     }
     if let Some(c) = rc.cpus {
         let period: u64 = 100_000;
@@ -610,14 +696,24 @@ fn resources(rc: &RunConfig) -> Result<Value> {
                 "--cpus {c} is out of range: give at least 0.01"
             )));
         }
-        r["cpu"] = json!({"quota": quota, "period": period});
+        let cpu = LinuxCpuBuilder::default()
+            .quota(quota)
+            .period(period)
+            .build()
+            .map_err(internal)?;
+        r = r.cpu(cpu);
     }
     if let Some(p) = rc.pids_limit {
         if p > 0 {
-            r["pids"] = json!({"limit": p});
+            r = r.pids(
+                LinuxPidsBuilder::default()
+                    .limit(p)
+                    .build()
+                    .map_err(internal)?,
+            );
         }
     }
-    Ok(r)
+    r.build().map_err(internal)
 }
 
 /// Builds the runtime spec for running `image` with root filesystem
@@ -661,69 +757,109 @@ pub fn generate(image: &Image, rootfs: &Path, rc: &RunConfig) -> Result<Spec> {
         )));
     }
 
-    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
-    let active: Vec<&str> = if user.uid == 0 {
+    // Every field is set, even empty ones: oci-spec's builders fill an unset
+    // field with oci-spec's own default (a `sh` process, more capabilities,
+    // other namespaces), not with nothing.
+    let caps: Capabilities = DEFAULT_CAPS
+        .iter()
+        .map(|c| capability(c))
+        .collect::<Result<_>>()?;
+    let active = if user.uid == 0 {
         caps.clone()
     } else {
-        Vec::new()
+        Capabilities::new()
     };
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps)
+        .effective(active.clone())
+        .permitted(active)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
+        .build()
+        .map_err(internal)?;
+    let nofile = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .hard(NOFILE_LIMIT)
+        .soft(NOFILE_LIMIT)
+        .build()
+        .map_err(internal)?;
+    let process_user = UserBuilder::default()
+        .uid(user.uid)
+        .gid(user.gid)
+        .additional_gids(user.additional_gids)
+        .umask(0o022u32)
+        .build()
+        .map_err(internal)?;
+    let process = ProcessBuilder::default()
+        .terminal(rc.tty)
+        .user(process_user)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .rlimits(vec![nofile])
+        .no_new_privileges(true)
+        .build()
+        .map_err(internal)?;
 
+    // A user mount replaces the default one on the same destination,
+    // compared as written (as strings: `Path`'s `==` ignores a trailing `/`).
     let extra = user_mounts(rc)?;
-    let mut mounts: Vec<Value> = default_mounts()
+    let mut mounts: Vec<Mount> = default_mounts()?
         .into_iter()
-        .filter(|d| !extra.iter().any(|e| e["destination"] == d["destination"]))
+        .filter(|d| {
+            !extra
+                .iter()
+                .any(|e| e.destination().as_os_str() == d.destination().as_os_str())
+        })
         .collect();
     mounts.extend(extra);
 
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
-        json!({"type": "cgroup"}),
+    let mut ns_types = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
     ];
     if rc.network == Network::None {
-        namespaces.push(json!({"type": "network"}));
+        ns_types.push(LinuxNamespaceType::Network);
     }
+    let namespaces = ns_types
+        .into_iter()
+        .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(internal)?;
 
-    let spec = json!({
-        "ociVersion": "1.0.2",
-        "root": {"path": rootfs, "readonly": rc.read_only},
-        "hostname": hostname,
-        "annotations": rc.annotations,
-        "mounts": mounts,
-        "process": {
-            "terminal": rc.tty,
-            "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids, "umask": 0o022},
-            "args": args,
-            "env": env,
-            "cwd": cwd,
-            "capabilities": {
-                "bounding": caps,
-                "effective": active,
-                "permitted": active,
-                "inheritable": [],
-                "ambient": []
-            },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": NOFILE_LIMIT, "soft": NOFILE_LIMIT}],
-            "noNewPrivileges": true
-        },
-        "linux": {
-            "namespaces": namespaces,
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
-            "resources": resources(rc)?,
-            "seccomp": seccomp_json()
-        }
-    });
-    serde_json::from_value(spec)
-        .map_err(|e| bad(format!("internal error building the runtime spec: {e}")))
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .masked_paths(strings(MASKED_PATHS))
+        .readonly_paths(strings(READONLY_PATHS))
+        .resources(resources(rc)?)
+        .seccomp(seccomp_profile()?)
+        .build()
+        .map_err(internal)?;
+    let root = RootBuilder::default()
+        .path(rootfs)
+        .readonly(rc.read_only)
+        .build()
+        .map_err(internal)?;
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(root)
+        .hostname(hostname)
+        .annotations(rc.annotations.clone())
+        .mounts(mounts)
+        .process(process)
+        .linux(linux)
+        .build()
+        .map_err(internal)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{Capability, LinuxNamespaceType, LinuxSeccompAction};
+    use serde_json::{json, Value};
 
     fn image(config: Value) -> Image {
         use crate::store::ImageRecord;
@@ -1224,5 +1360,124 @@ mod tests {
             ..rc()
         };
         assert!(generate(&img, rootfs().path(), &r).is_err());
+    }
+
+    /// The JSON runtimes read: argument filters, resource limits, and no
+    /// field left to oci-spec's builder defaults.
+    #[test]
+    fn runtime_json_fields() {
+        let mut r = rc();
+        r.memory_bytes = Some(64 << 20);
+        r.cpus = Some(0.25);
+        r.pids_limit = Some(7);
+        let j = serde_json::to_value(gen(&image(json!({"Cmd": ["x"]})), &r)).unwrap();
+
+        let rules = j["linux"]["seccomp"]["syscalls"].as_array().unwrap();
+        let rules_for = |name: &str| -> Vec<&Value> {
+            rules
+                .iter()
+                .filter(|r| r["names"] == json!([name]))
+                .collect()
+        };
+        for (name, masks) in [
+            ("clone", CLONE_NS_FLAGS),
+            ("personality", PERSONALITY_DENIED),
+        ] {
+            let found = rules_for(name);
+            assert_eq!(found.len(), masks.len(), "{name}");
+            for (rule, mask) in found.iter().zip(masks) {
+                assert_eq!(
+                    **rule,
+                    json!({
+                        "names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                        "args": [{"index": 0, "value": mask, "valueTwo": mask, "op": "SCMP_CMP_MASKED_EQ"}]
+                    })
+                );
+            }
+        }
+        assert_eq!(
+            *rules_for("clone3")[0],
+            json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38})
+        );
+        assert_eq!(
+            rules[0]["names"].as_array().unwrap().len(),
+            DENIED_SYSCALLS.len()
+        );
+        assert_eq!(
+            j["linux"]["seccomp"]["architectures"],
+            json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
+        );
+
+        let res = &j["linux"]["resources"];
+        assert_eq!(res["memory"], json!({"limit": 64 << 20, "swap": 64 << 20}));
+        assert_eq!(res["cpu"], json!({"quota": 25_000, "period": 100_000}));
+        assert_eq!(res["pids"], json!({"limit": 7}));
+        let devices = res["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 10);
+        assert_eq!(devices[0], json!({"allow": false, "access": "rwm"}));
+        assert_eq!(
+            devices[1],
+            json!({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"})
+        );
+        assert_eq!(
+            devices[9],
+            json!({"allow": true, "type": "c", "major": 136, "access": "rwm"})
+        );
+
+        let keys = |v: &Value| -> Vec<String> {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(&j),
+            [
+                "annotations",
+                "hostname",
+                "linux",
+                "mounts",
+                "ociVersion",
+                "process",
+                "root"
+            ]
+        );
+        assert_eq!(
+            keys(&j["process"]),
+            [
+                "args",
+                "capabilities",
+                "cwd",
+                "env",
+                "noNewPrivileges",
+                "rlimits",
+                "terminal",
+                "user"
+            ]
+        );
+        assert_eq!(
+            keys(&j["linux"]),
+            [
+                "maskedPaths",
+                "namespaces",
+                "readonlyPaths",
+                "resources",
+                "seccomp"
+            ]
+        );
+        assert_eq!(keys(res), ["cpu", "devices", "memory", "pids"]);
+        assert_eq!(j["ociVersion"], "1.0.2");
+        assert_eq!(
+            j["process"]["user"],
+            json!({"uid": 0, "gid": 0, "additionalGids": [], "umask": 0o022})
+        );
+        let caps = &j["process"]["capabilities"];
+        assert_eq!(caps["ambient"], json!([]));
+        assert_eq!(caps["inheritable"], json!([]));
+        assert_eq!(
+            j["process"]["rlimits"],
+            json!([{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}])
+        );
+        assert_eq!(j["root"]["readonly"], false);
+        assert_eq!(j["mounts"].as_array().unwrap().len(), 7);
     }
 }
