@@ -1,13 +1,12 @@
 //! Container commands: run, ps, logs, exec, stop, kill, rm, wait, inspect.
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use capsa_image::Store;
-use capsa_shim::backend::ExecRequest;
+use capsa_shim::backend::{ExecRequest, ProcessIo};
 use capsa_shim::lifecycle::{self, parse_signal};
+use capsa_shim::monitor::spawn::{spawn, Job};
 use capsa_shim::monitor::{self, Mode};
 use capsa_shim::record::{Record, Status};
 use capsa_shim::{CodedError, CreateRequest, Roots, EXIT_CAPSA_ERROR};
@@ -43,54 +42,17 @@ pub fn run(roots: &Roots, args: RunArgs) -> Result<i32> {
     monitor::supervise(roots, &rec.id, Mode::Foreground)
 }
 
-/// Starts `capsa __monitor ID` in its own session and waits until it says
-/// the container runs (or why it did not).
+/// Starts the container's monitor in its own session and waits until it
+/// says the container runs (or why it did not). The monitor keeps running;
+/// it is reparented when we exit.
 fn start_detached_monitor(roots: &Roots, rec: &Record) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().context("locating the capsa binary")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--root")
-        .arg(&roots.lib)
-        .arg("__monitor")
-        .arg(&rec.id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; it detaches the monitor from our
-    // terminal and process group so it outlives this command.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("starting the container monitor")?;
-    let out = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    std::io::BufReader::new(out).read_line(&mut line)?;
-    let line = line.trim_end();
-    if line == "ok" {
-        // The monitor keeps running; it is reparented when we exit.
-        std::mem::forget(child);
-        return Ok(());
-    }
-    let _ = child.wait();
-    if let Some(rest) = line.strip_prefix("error ") {
-        let (code, msg) = rest.split_once(' ').unwrap_or((rest, ""));
-        let code = code.parse().unwrap_or(EXIT_CAPSA_ERROR);
-        // The monitor's message already says "failed to start …".
-        return Err(CodedError::new(code, msg.to_string()).into());
-    }
-    bail!("the container monitor exited before the container started")
-}
-
-pub fn monitor(roots: &Roots, id: &str) -> Result<i32> {
-    // Our stdout is the ready pipe to `capsa run -d`.
-    let ready = std::fs::File::options()
-        .write(true)
-        .open("/proc/self/fd/1")
-        .context("opening the ready pipe")?;
-    monitor::supervise(roots, id, Mode::Detached { ready })
+    let job = Job::Run {
+        lib: roots.lib.clone(),
+        run: roots.run.clone(),
+        id: rec.id.clone(),
+    };
+    spawn(&job, ProcessIo::default())?;
+    Ok(())
 }
 
 #[derive(Args)]
@@ -202,7 +164,11 @@ pub fn logs(roots: &Roots, args: LogsArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// docker's exec flags; flattened into the runc-compatible `exec`, whose
+/// own struct is also named ExecArgs: without `group(skip)` the two
+/// argument groups share an id, which clap refuses (in debug builds).
 #[derive(Args)]
+#[group(skip)]
 pub struct ExecArgs {
     /// Allocate a terminal.
     #[arg(short = 't', long)]

@@ -132,12 +132,9 @@ enum Command {
     Pause(runc::IdArg),
     /// runc: thaw a paused container.
     Resume(runc::IdArg),
-    /// The monitor process of a detached container (internal).
+    /// A container's monitor process, started by capsa (internal).
     #[command(name = "__monitor", hide = true)]
-    Monitor { id: String },
-    /// The monitor of a VM-mode container made by `capsa create` (internal).
-    #[command(name = "__oci-monitor", hide = true)]
-    OciMonitor {
+    Monitor {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -275,7 +272,6 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Kernel(a) => a.run(),
         Command::TestHost(a) => a.run(),
         Command::Bench(a) => bench::run(roots, a),
-        Command::Monitor { id } => containers::monitor(roots, &id),
         Command::Create(a) => runc::create(roots, a),
         Command::Start(a) => runc::start(roots, a),
         Command::State(a) => runc::state(roots, a),
@@ -286,7 +282,7 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Events(a) => runc::events(roots, a),
         Command::Pause(a) => runc::pause(roots, a),
         Command::Resume(a) => runc::resume(roots, a),
-        Command::OciMonitor { args } => std::process::exit(capsa_shim::oci::monitor_main(&args)),
+        Command::Monitor { args } => std::process::exit(capsa_shim::monitor::spawn::main(&args)),
     }
 }
 
@@ -428,7 +424,7 @@ mod tests {
                 "/tmp".into(),
             ],
             vec!["features".into()],
-            vec!["__oci-monitor".into(), "--x".into(), "y".into()],
+            vec!["__monitor".into(), "--x".into(), "y".into()],
         ] {
             let refs: Vec<&str> = line.iter().map(String::as_str).collect();
             parse(&refs);

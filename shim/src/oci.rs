@@ -12,15 +12,13 @@
 //! child, and the caller (or its subreaper, once `capsa create` has exited)
 //! reaps it and learns the exit status from it, as with runc. In container
 //! mode that is the container's first process. In VM mode it is a small
-//! monitor process (`capsa __oci-monitor`) that boots the VM, holds the
-//! connection to the guest agent, passes the standard streams through and
-//! exits with the container's exit status.
+//! monitor process ([`crate::monitor::bundle`]) that boots the VM, holds
+//! the connection to the guest agent, passes the standard streams through
+//! and exits with the container's exit status.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,9 +31,11 @@ use nix::sys::signal::Signal;
 use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, ExecRequest, ProcessHandle, ProcessIo};
+use crate::backend::{Backend, ProcessIo};
 use crate::lifecycle::Isolation;
 use crate::microvm::{sandbox, MicroVmBackend};
+use crate::monitor::bundle::{BundleJob, BundleOp};
+use crate::monitor::spawn::Job;
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
 use crate::CodedError;
@@ -197,10 +197,9 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
         rec: Some(rec.clone()),
     };
     let pid = match isolation {
-        Isolation::Container if multi_threaded() => {
-            let mut args = MonitorArgs::create(roots, id, &io);
-            args.namespace = Some(NamespaceOp::Create(bundle.clone()));
-            spawn_monitor(id, &args, io)?
+        Isolation::Container if !crate::keeper::can_fork() => {
+            let job = BundleJob::new(roots, id, &io, BundleOp::NamespaceCreate(bundle.clone()));
+            spawn_monitor(job, io)?
         }
         Isolation::Container => crate::namespace::runtime(roots).create(id, &bundle, io)?,
         Isolation::Vm => {
@@ -220,7 +219,7 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
                 fs::write(paths.dir.join(sandbox::DEVICE_FILE), device)?;
                 fs::remove_file(&image)?;
             }
-            let pid = spawn_monitor(id, &MonitorArgs::create(roots, id, &io), io)?;
+            let pid = spawn_monitor(BundleJob::new(roots, id, &io, BundleOp::Run), io)?;
             rec.monitor_pid = Some(pid);
             pid
         }
@@ -374,263 +373,22 @@ fn embed_bound_files(spec: &mut Spec, image: &Path, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Arguments of `capsa __oci-monitor`.
-#[derive(Serialize, Deserialize)]
-struct MonitorArgs {
-    lib: PathBuf,
-    run: PathBuf,
-    id: String,
-    stdin: bool,
-    console_socket: Option<PathBuf>,
-    /// Exec mode: the process to run in the existing container.
-    exec: Option<Process>,
-    /// Container mode from a multi-threaded caller: the libcontainer
-    /// operation to run in this single-threaded process instead.
-    #[serde(default)]
-    namespace: Option<NamespaceOp>,
-}
-
-#[derive(Serialize, Deserialize)]
-enum NamespaceOp {
-    Create(PathBuf),
-    Exec(Box<Process>),
-}
-
-/// libcontainer clones the calling process without exec and goes on
-/// running Rust code (allocating, logging) in the child; after a clone of
-/// a multi-threaded process a lock another thread held stays held there
-/// forever. runc avoids this by re-executing itself; capsa runs the
-/// operation in a fresh `capsa` process when the caller has threads (the
-/// containerd shim, a test harness).
-fn multi_threaded() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|n| n.trim().parse::<u32>().ok())
-        })
-        .is_none_or(|n| n > 1)
-}
-
-impl MonitorArgs {
-    fn create(roots: &Roots, id: &str, io: &ProcessIo) -> MonitorArgs {
-        MonitorArgs {
-            lib: roots.lib.clone(),
-            run: roots.run.clone(),
-            id: id.to_string(),
-            stdin: io.stdin.is_some(),
-            console_socket: io.console_socket.clone(),
-            exec: None,
-            namespace: None,
-        }
-    }
-}
-
-/// Starts `capsa __oci-monitor` with the container's standard streams and
-/// waits until it reports that the container (or exec'd process) exists.
-fn spawn_monitor(id: &str, args: &MonitorArgs, io: ProcessIo) -> Result<i32> {
-    let capsa = crate::microvm::guest::sibling_binary("capsa", "CAPSA_BIN")?;
-    let (ready_r, ready_w) = nix::unistd::pipe()?;
-    let mut cmd = Command::new(&capsa);
-    cmd.arg("__oci-monitor").arg(serde_json::to_string(args)?);
-    let stdio = |fd: Option<OwnedFd>| fd.map_or_else(Stdio::null, Stdio::from);
-    cmd.stdin(stdio(io.stdin))
-        .stdout(stdio(io.stdout))
-        .stderr(stdio(io.stderr));
-    let ready_fd = ready_w.as_raw_fd();
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Its own session: a ^C meant for whoever ran `capsa create`
-            // must not reach the container's monitor.
-            nix::unistd::setsid()?;
-            if ready_fd != 3 {
-                nix::unistd::dup2(ready_fd, 3)?;
-            } else {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", capsa.display()))?;
-    drop(ready_w);
-    let pid = child.id() as i32;
-    // The child is the caller's to reap: do not wait for it through `child`.
-    std::mem::forget(child);
-    let mut line = String::new();
-    BufReader::new(fs::File::from(ready_r)).read_line(&mut line)?;
-    match line
-        .trim_end()
-        .split_once(' ')
-        .unwrap_or((line.trim_end(), ""))
-    {
-        // A namespace operation's helper reports the container's PID and
-        // exits; the container's process is left to the caller.
-        ("ok", p) if !p.is_empty() => {
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            p.parse()
-                .map_err(|_| error(format!("the helper of {id} reported {p:?}")))
-        }
-        ("ok", _) => Ok(pid),
-        (_, msg) => {
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            let msg = if msg.is_empty() {
-                format!("the monitor of {id} exited before the container was ready")
-            } else {
-                msg.to_string()
-            };
-            Err(error(msg))
-        }
-    }
-}
-
-/// `capsa __oci-monitor ARGS`: the VM-mode process behind [`create`] and
-/// [`exec`] (and, for a multi-threaded caller, the single-threaded process
-/// that runs a container-mode create or exec and reports the PID). Returns the exit status to end with.
-pub fn monitor_main(args: &[String]) -> i32 {
-    // SAFETY: fd 3 is the ready pipe spawn_monitor set up for us.
-    let ready = unsafe { fs::File::from_raw_fd(3) };
-    match monitor(args, ready) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("capsa: {e:#}");
-            crate::EXIT_CAPSA_ERROR
-        }
-    }
-}
-
-fn monitor(args: &[String], mut ready: fs::File) -> Result<i32> {
-    let args: MonitorArgs = serde_json::from_str(args.first().map(String::as_str).unwrap_or(""))
-        .context("monitor arguments")?;
-    let roots = Roots {
-        lib: args.lib.clone(),
-        run: args.run.clone(),
-    };
-    let dup = |fd: BorrowedFd| fd.try_clone_to_owned();
-    // With a terminal the output goes to it: a stdout route would replace
-    // the terminal's (the agent connection keeps one sink per stream).
-    let tty = args.console_socket.is_some();
-    let io = ProcessIo {
-        stdin: if args.stdin {
-            Some(dup(std::io::stdin().as_fd())?)
-        } else {
-            None
-        },
-        stdout: if tty {
-            None
-        } else {
-            Some(dup(std::io::stdout().as_fd())?)
-        },
-        stderr: if tty {
-            None
-        } else {
-            Some(dup(std::io::stderr().as_fd())?)
-        },
-        console_socket: args.console_socket.clone(),
-    };
-    if let Some(op) = args.namespace {
-        let runtime = crate::namespace::runtime(&roots);
-        let result = match op {
-            NamespaceOp::Create(bundle) => runtime.create(&args.id, &bundle, io),
-            NamespaceOp::Exec(process) => runtime.exec(&args.id, &process, io),
+/// Starts the monitor for `job` (see [`crate::monitor::bundle`]); its
+/// failure is a runc error, on one line.
+fn spawn_monitor(job: BundleJob, io: ProcessIo) -> Result<i32> {
+    crate::monitor::spawn::spawn(&Job::Bundle(job), io).map_err(|e| {
+        let message = match e.downcast_ref::<CodedError>() {
+            Some(c) => c.message.clone(),
+            None => format!("{e:#}"),
         };
-        return match result {
-            Ok(pid) => {
-                writeln!(ready, "ok {pid}")?;
-                Ok(0)
-            }
-            Err(e) => {
-                let _ = writeln!(ready, "error {}", one_line(&e));
-                Err(e)
-            }
-        };
-    }
-    let rec = Record::load(&roots, &args.id)?;
-    let backend = MicroVmBackend::new(&roots);
-    if let Some(process) = &args.exec {
-        let req = exec_request(process);
-        let handle = match backend.exec(&rec, &req, io) {
-            Ok(h) => h,
-            Err(e) => {
-                let _ = writeln!(ready, "error {}", one_line(&e));
-                return Err(e);
-            }
-        };
-        writeln!(ready, "ok")?;
-        drop(ready);
-        return match handle {
-            ProcessHandle::Remote(wait) => wait(),
-            ProcessHandle::Pid(pid) => capsa_container::process::wait_pid(pid),
-        };
-    }
-    let pid = match backend.create(&rec, io) {
-        Ok(pid) => pid,
-        Err(e) => {
-            let _ = writeln!(ready, "error {}", one_line(&e));
-            return Err(e);
-        }
-    };
-    writeln!(ready, "ok")?;
-    drop(ready);
-    forward_signals(&roots, &rec);
-    let exit = backend.wait(&rec, pid)?;
-    let _ = backend.release(&rec);
-    with_record(&roots, &rec.id, |r| {
-        let _ = r.transition(Status::Stopped);
-        r.exit_code = Some(exit.code);
-        r.oom_killed = exit.oom_killed;
-        r.error = exit.error.clone();
-        r.finished = Some(Utc::now());
-    });
-    if let Some(e) = &exit.error {
-        eprintln!("capsa: {e}");
-    }
-    Ok(exit.code)
-}
-
-fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
-}
-
-/// Signals sent to the monitor (by an engine that signals the PID it was
-/// given) go to the container in the guest.
-fn forward_signals(roots: &Roots, rec: &Record) {
-    use nix::sys::signal::SigSet;
-    let mut set = SigSet::empty();
-    for s in crate::monitor::FORWARDED_SIGNALS {
-        set.add(s);
-    }
-    if set.thread_block().is_err() {
-        return;
-    }
-    let roots = roots.clone();
-    let rec = rec.clone();
-    std::thread::spawn(move || {
-        let other = MicroVmBackend::new(&roots);
-        while let Ok(sig) = set.wait() {
-            let _ = other.kill(&rec, sig);
-        }
-    });
-}
-
-fn exec_request(p: &Process) -> ExecRequest {
-    ExecRequest {
-        args: p.args().clone().unwrap_or_default(),
-        env: p.env().clone().unwrap_or_default(),
-        workdir: Some(p.cwd().display().to_string()),
-        user: Some((p.user().uid(), p.user().gid())),
-        tty: p.terminal().unwrap_or(false),
-    }
+        error(message.replace('\n', " "))
+    })
 }
 
 /// Loads, changes and saves a record under its lock, so the monitor (which
 /// records the exit) and `capsa start` (which records the start) cannot
 /// overwrite each other.
-fn with_record(roots: &Roots, id: &str, f: impl FnOnce(&mut Record)) -> Option<Record> {
+pub(crate) fn with_record(roots: &Roots, id: &str, f: impl FnOnce(&mut Record)) -> Option<Record> {
     let dir = ContainerPaths::new(roots, id).dir;
     let lock = fs::File::open(&dir).ok()?;
     let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).ok()?;
@@ -820,16 +578,14 @@ pub fn exec(roots: &Roots, id: &str, process: &Process, io: ProcessIo) -> Result
         )));
     }
     match rec.isolation {
-        Isolation::Container if multi_threaded() => {
-            let mut args = MonitorArgs::create(roots, id, &io);
-            args.namespace = Some(NamespaceOp::Exec(Box::new(process.clone())));
-            spawn_monitor(id, &args, io)
+        Isolation::Container if !crate::keeper::can_fork() => {
+            let op = BundleOp::NamespaceExec(Box::new(process.clone()));
+            spawn_monitor(BundleJob::new(roots, id, &io, op), io)
         }
         Isolation::Container => crate::namespace::runtime(roots).exec(id, process, io),
         Isolation::Vm => {
-            let mut args = MonitorArgs::create(roots, id, &io);
-            args.exec = Some(process.clone());
-            spawn_monitor(id, &args, io)
+            let op = BundleOp::VmExec(Box::new(process.clone()));
+            spawn_monitor(BundleJob::new(roots, id, &io, op), io)
         }
     }
 }

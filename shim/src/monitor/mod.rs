@@ -1,14 +1,22 @@
 //! The monitor: the process that owns one running container.
 //!
-//! It creates the container (so it is the parent of the container's first
-//! process), starts it, copies its output into the log and, for `capsa run`
-//! without `-d`, to the user's terminal, forwards signals, waits for the exit,
-//! records the exit code (and whether the OOM killer struck), and releases
-//! the host resources. For `-d` it runs detached in its own session.
+//! For `capsa run` (this module) it creates the container (so it is the
+//! parent of the container's first process), starts it, copies its output
+//! into the log and, without `-d`, to the user's terminal, forwards
+//! signals, waits for the exit, records the exit code (and whether the OOM
+//! killer struck), and releases the host resources. For `-d` it runs
+//! detached in its own session, started by [`spawn`]. For a container made
+//! from an engine's bundle, [`bundle`] is the monitor (started the same
+//! way). Either tells the command that started it that the container runs,
+//! or why not, with one typed message ([`ready`]).
+
+pub mod bundle;
+pub mod ready;
+pub mod spawn;
 
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
@@ -40,8 +48,8 @@ pub enum Mode {
     /// `capsa run` without `-d`: output also goes to our stdout/stderr, and
     /// with `-i` our stdin goes to the container.
     Foreground,
-    /// `capsa run -d`: a line "ok" (or "error CODE MESSAGE") is written to
-    /// `ready` once the container runs or failed to start.
+    /// `capsa run -d`: a [`ready::Ready`] message is written to `ready`
+    /// once the container runs or failed to start.
     Detached { ready: File },
 }
 
@@ -94,13 +102,10 @@ pub fn supervise(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
     }
 }
 
-/// Closes a detached process's copies of the ready pipe: `ready` and our
-/// stdout, which `capsa run -d` handed us as the pipe; stdout goes to
-/// /dev/null, so the reader sees EOF once the monitor has answered.
+/// Closes this process's copy of the ready pipe, so the reader sees EOF
+/// once the monitor has answered (or died without answering).
 fn close_ready(ready: File) -> Result<()> {
     drop(ready);
-    let null = File::options().write(true).open("/dev/null")?;
-    nix::unistd::dup2(null.as_raw_fd(), 1)?;
     Ok(())
 }
 
@@ -134,7 +139,7 @@ fn run(
             };
             finish(roots, backend.as_ref(), &mut rec, exit);
             if let Mode::Detached { mut ready } = mode {
-                let _ = writeln!(ready, "error {code} {err:#}");
+                let _ = ready::Ready::failed(&err).send(&mut ready);
             }
             return Err(err);
         }
@@ -154,7 +159,7 @@ fn run(
     let sfd = SignalFd::with_flags(&forwarded, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
     if let Mode::Detached { mut ready } = mode {
-        writeln!(ready, "ok")?;
+        ready::Ready::Ok { pid: None }.send(&mut ready)?;
         close_ready(ready)?;
     }
 

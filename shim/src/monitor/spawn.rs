@@ -1,0 +1,131 @@
+//! Starting a monitor in a process of its own: `capsa __monitor JOB`, in a
+//! new session (so a ^C meant for the command that started it does not
+//! reach it), with the container's standard streams and the ready pipe as
+//! fd 3. The starting command returns once the monitor sent its
+//! [`Ready`] message; the monitor lives on.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::bundle::BundleJob;
+use super::ready::Ready;
+use super::{supervise, Mode};
+use crate::backend::ProcessIo;
+use crate::paths::Roots;
+use crate::{CodedError, EXIT_CAPSA_ERROR};
+
+/// What a monitor process is started for.
+#[derive(Serialize, Deserialize)]
+pub enum Job {
+    /// `capsa run -d`: run the created container `id` to its end.
+    Run {
+        lib: PathBuf,
+        run: PathBuf,
+        id: String,
+    },
+    /// A container made from an engine's bundle (runc's create and exec).
+    Bundle(BundleJob),
+}
+
+/// The ready pipe's descriptor in the monitor.
+const READY_FD: i32 = 3;
+
+/// Starts a monitor for `job` and waits for its [`Ready`] message.
+/// Returns the monitor's PID (the caller's child, to reap), or the PID it
+/// reported for a namespace operation (the monitor is then reaped here).
+/// A failure carries the monitor's exit code and message.
+pub fn spawn(job: &Job, io: ProcessIo) -> Result<i32> {
+    let capsa = capsa_binary()?;
+    let (ready_r, ready_w) = nix::unistd::pipe()?;
+    let mut cmd = Command::new(&capsa);
+    cmd.arg("__monitor").arg(serde_json::to_string(job)?);
+    let stdio = |fd: Option<OwnedFd>| fd.map_or_else(Stdio::null, Stdio::from);
+    cmd.stdin(stdio(io.stdin))
+        .stdout(stdio(io.stdout))
+        .stderr(stdio(io.stderr));
+    let ready_fd = ready_w.as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid()?;
+            if ready_fd != READY_FD {
+                nix::unistd::dup2(ready_fd, READY_FD)?;
+            } else {
+                let flags = libc::fcntl(READY_FD, libc::F_GETFD);
+                libc::fcntl(READY_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", capsa.display()))?;
+    drop(ready_w);
+    let pid = child.id() as i32;
+    // The child is the caller's to reap: do not wait for it through `child`.
+    std::mem::forget(child);
+    let reap = || {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    };
+    match Ready::receive(File::from(ready_r)) {
+        Ok(Some(Ready::Ok { pid: None })) => Ok(pid),
+        Ok(Some(Ready::Ok { pid: Some(p) })) => {
+            reap();
+            Ok(p)
+        }
+        Ok(Some(Ready::Failed { code, message })) => {
+            reap();
+            Err(CodedError::new(code, message).into())
+        }
+        Ok(None) => {
+            reap();
+            Err(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                "the container's monitor exited before the container was ready",
+            )
+            .into())
+        }
+        Err(e) => {
+            reap();
+            Err(e)
+        }
+    }
+}
+
+/// The `capsa` binary that has the `__monitor` command: this one, or for
+/// another program (the containerd shim) the one beside it.
+fn capsa_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this program")?;
+    if std::env::var_os("CAPSA_BIN").is_none() && exe.file_name() == Some("capsa".as_ref()) {
+        return Ok(exe);
+    }
+    crate::microvm::guest::sibling_binary("capsa", "CAPSA_BIN")
+}
+
+/// `capsa __monitor JOB`: the monitor's side. Returns the exit status to
+/// end with.
+pub fn main(args: &[String]) -> i32 {
+    // SAFETY: fd 3 is the ready pipe `spawn` set up for us, and nothing
+    // else in this process owns it.
+    let ready = unsafe { File::from_raw_fd(READY_FD) };
+    let job = serde_json::from_str(args.first().map(String::as_str).unwrap_or(""))
+        .context("the monitor's job");
+    let result = job.and_then(|job| match job {
+        Job::Run { lib, run, id } => supervise(&Roots { lib, run }, &id, Mode::Detached { ready }),
+        Job::Bundle(job) => super::bundle::run(job, ready),
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("capsa: {e:#}");
+            e.downcast_ref::<CodedError>()
+                .map_or(EXIT_CAPSA_ERROR, |c| c.code)
+        }
+    }
+}
