@@ -1,6 +1,14 @@
 //! What an isolation backend must do. The lifecycle core and the monitor
-//! drive every container through this trait, so both isolation modes share
-//! one state machine, one log format and one set of exit-code rules.
+//! drive every container through these traits, so both isolation modes
+//! share one state machine, one log format and one set of exit-code rules.
+//!
+//! Two kinds of operation, because two kinds of process act on a container:
+//! the [`Backend`] is a stateless driver that any capsa process can use on
+//! a container by its record (`capsa kill`, `exec`, runc's `start`, `rm`),
+//! and [`Backend::create`] returns a [`Sandbox`], the handle the creating
+//! process (the monitor) keeps: it owns the container's first process, or
+//! its VM and the connection to the guest agent, and is what waits for the
+//! end and gives everything back.
 
 use capsa_image::{Image, Store};
 
@@ -30,6 +38,22 @@ pub enum ProcessHandle {
     Remote(Box<dyn FnOnce() -> Result<i32> + Send>),
 }
 
+/// A container created by this process (see the module docs).
+pub trait Sandbox: Send + Sync {
+    /// The PID this process is the parent of: the container's first
+    /// process, or its VMM (for a pod member, the monitor itself).
+    fn pid(&self) -> i32;
+    /// Lets the container's process run its command.
+    fn start(&self) -> Result<()>;
+    fn kill(&self, signal: Signal) -> Result<()>;
+    /// Waits for the container to end. Called after its output streams
+    /// closed and before [`Sandbox::release`].
+    fn wait(&self) -> Result<Exit>;
+    /// Gives back what the container holds on the host (cgroups, runtime
+    /// state, the VM). Idempotent.
+    fn release(&self) -> Result<()>;
+}
+
 pub trait Backend {
     /// Makes the root filesystem the bundle's config.json points at.
     /// `ephemeral`: the container's writes are thrown away when it stops
@@ -43,19 +67,19 @@ pub trait Backend {
     ) -> Result<()>;
     /// Undoes `prepare_rootfs`; idempotent, and safe on a half-prepared one.
     fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()>;
-    /// Creates the container from its bundle; its process waits for `start`.
-    /// Returns the host PID of the process the caller owns (the container's
-    /// first process, or its VMM); the caller is its parent.
-    fn create(&self, rec: &Record, io: ProcessIo) -> Result<i32>;
+    /// Creates the container from its bundle; its process waits for
+    /// `start`. The caller is the parent of [`Sandbox::pid`].
+    fn create(&self, rec: &Record, io: ProcessIo) -> Result<Box<dyn Sandbox>>;
+    /// The handle for a container whose creator died, for the process that
+    /// inherited its children (the monitor's keeper, a subreaper): `pid`
+    /// is the creator's [`Sandbox::pid`].
+    fn adopt(&self, rec: &Record, pid: i32) -> Box<dyn Sandbox>;
+    /// `start` from another process than the creator (runc's `start`).
     fn start(&self, rec: &Record) -> Result<()>;
-    /// Waits for the container started by this backend object to end.
-    /// Called by the monitor, after the output streams closed and before
-    /// `release`.
-    fn wait(&self, rec: &Record, pid: i32) -> Result<Exit>;
     fn kill(&self, rec: &Record, signal: Signal) -> Result<()>;
     /// Starts another process in the running container.
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle>;
-    /// Releases what the created container holds on the host (cgroups,
-    /// runtime state, the VM). Idempotent.
+    /// Releases what a container whose creator is gone still holds on the
+    /// host (cgroups, runtime state, a VMM left behind). Idempotent.
     fn release(&self, rec: &Record) -> Result<()>;
 }

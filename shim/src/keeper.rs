@@ -98,13 +98,20 @@ fn take_over(roots: &Roots, id: &str, sig: Signal, outputs: Option<[OwnedFd; 2]>
                 let log = ContainerPaths::new(roots, id).log();
                 std::thread::spawn(move || drain_to_log(fds, &log))
             });
-            let exit = backend.wait(&rec, pid)?;
+            let sandbox = backend.adopt(&rec, pid);
+            let exit = sandbox.wait()?;
             if let Some(t) = drain {
                 let _ = t.join();
             }
             let code = exit.code;
             rec.monitor_pid = None;
-            finish(roots, backend.as_ref(), &mut rec, exit);
+            finish(
+                roots,
+                backend.as_ref(),
+                Some(sandbox.as_ref()),
+                &mut rec,
+                exit,
+            );
             Ok(code)
         }
         _ => {
@@ -116,7 +123,7 @@ fn take_over(roots: &Roots, id: &str, sig: Signal, outputs: Option<[OwnedFd; 2]>
                     "the container's monitor was killed ({sig}) before the container started"
                 )),
             };
-            finish(roots, backend.as_ref(), &mut rec, exit);
+            finish(roots, backend.as_ref(), None, &mut rec, exit);
             Ok(EXIT_CAPSA_ERROR)
         }
     }

@@ -8,7 +8,7 @@ use capsa_container::{cgroup, rootfs, Runtime};
 use capsa_image::{Image, Store};
 use nix::sys::signal::Signal;
 
-use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo};
+use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo, Sandbox};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::Record;
 
@@ -53,29 +53,27 @@ impl Backend for NamespaceBackend {
         rootfs::unmount(&paths.rootfs())
     }
 
-    fn create(&self, rec: &Record, io: ProcessIo) -> Result<i32> {
+    fn create(&self, rec: &Record, io: ProcessIo) -> Result<Box<dyn Sandbox>> {
         let paths = ContainerPaths::new(&self.roots, &rec.id);
-        self.runtime.create(&rec.id, &paths.bundle(), io)
+        let pid = self.runtime.create(&rec.id, &paths.bundle(), io)?;
+        Ok(self.adopt(rec, pid))
+    }
+
+    fn adopt(&self, rec: &Record, pid: i32) -> Box<dyn Sandbox> {
+        Box::new(Container {
+            runtime: self.runtime.clone(),
+            id: rec.id.clone(),
+            name: rec.name.clone(),
+            pid,
+        })
     }
 
     fn start(&self, rec: &Record) -> Result<()> {
         self.runtime.start(&rec.id)
     }
 
-    fn wait(&self, rec: &Record, pid: i32) -> Result<Exit> {
-        let code = wait_pid(pid)?;
-        Ok(Exit {
-            code,
-            // Read before `release` deletes the cgroup.
-            oom_killed: cgroup::oom_kill_count(&rec.id) > 0,
-            error: None,
-        })
-    }
-
     fn kill(&self, rec: &Record, signal: Signal) -> Result<()> {
-        self.runtime
-            .kill(&rec.id, signal)
-            .with_context(|| format!("sending {signal} to container {}", rec.name))
+        kill(&self.runtime, &rec.id, &rec.name, signal)
     }
 
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
@@ -91,4 +89,47 @@ impl Backend for NamespaceBackend {
     fn release(&self, rec: &Record) -> Result<()> {
         self.runtime.delete(&rec.id)
     }
+}
+
+/// A namespace container this process created: its first process is our
+/// child.
+struct Container {
+    runtime: Runtime,
+    id: String,
+    name: String,
+    pid: i32,
+}
+
+impl Sandbox for Container {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn start(&self) -> Result<()> {
+        self.runtime.start(&self.id)
+    }
+
+    fn kill(&self, signal: Signal) -> Result<()> {
+        kill(&self.runtime, &self.id, &self.name, signal)
+    }
+
+    fn wait(&self) -> Result<Exit> {
+        let code = wait_pid(self.pid)?;
+        Ok(Exit {
+            code,
+            // Read before `release` deletes the cgroup.
+            oom_killed: cgroup::oom_kill_count(&self.id) > 0,
+            error: None,
+        })
+    }
+
+    fn release(&self) -> Result<()> {
+        self.runtime.delete(&self.id)
+    }
+}
+
+fn kill(runtime: &Runtime, id: &str, name: &str, signal: Signal) -> Result<()> {
+    runtime
+        .kill(id, signal)
+        .with_context(|| format!("sending {signal} to container {name}"))
 }

@@ -22,7 +22,7 @@ use capsa_image::{Image, RootfsFormat, Store};
 use capsa_proto::{ExecProcess, Request, Response, Rootfs, StdStream, StdioOptions, WritableLayer};
 use nix::sys::signal::Signal;
 
-use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo};
+use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo, Sandbox};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::Record;
 use crate::{CodedError, EXIT_CAPSA_ERROR};
@@ -34,22 +34,15 @@ pub use volumes::shm_as_tmpfs;
 const GUEST_OVERHEAD_MIB: u64 = 96;
 const MIN_MEM_MIB: u64 = 256;
 
+#[derive(Clone)]
 pub struct MicroVmBackend {
     roots: Roots,
-    state: Mutex<VmState>,
-}
-
-#[derive(Default)]
-struct VmState {
-    conn: Option<Arc<AgentConn>>,
-    vmm: Option<Child>,
 }
 
 impl MicroVmBackend {
     pub fn new(roots: &Roots) -> Self {
         MicroVmBackend {
             roots: roots.clone(),
-            state: Mutex::new(VmState::default()),
         }
     }
 
@@ -116,13 +109,7 @@ impl MicroVmBackend {
     }
 
     fn with_conn<T>(&self, rec: &Record, f: impl FnOnce(&AgentConn) -> Result<T>) -> Result<T> {
-        // Clone the connection out: a blocking request (wait) must not keep
-        // others (a forwarded signal) from using it.
-        let conn = self.state.lock().unwrap().conn.clone();
-        match conn {
-            Some(c) => f(&c),
-            None => f(&self.connect(rec)?),
-        }
+        f(&self.connect(rec)?)
     }
 
     /// The last lines of the guest console, for error messages.
@@ -189,7 +176,7 @@ impl MicroVmBackend {
         paths: &ContainerPaths,
         spec: oci_spec::runtime::Spec,
         io: ProcessIo,
-    ) -> Result<i32> {
+    ) -> Result<Box<dyn Sandbox>> {
         let device = std::fs::read_to_string(paths.dir.join(sandbox::DEVICE_FILE))
             .context("the container has no slot in its sandbox VM")?;
         let conn = Arc::new(self.connect(rec)?);
@@ -203,8 +190,13 @@ impl MicroVmBackend {
             volumes: vec![],
         };
         self.create_in_guest(&conn, rec, spec, rootfs, io)?;
-        self.state.lock().unwrap().conn = Some(conn);
-        Ok(std::process::id() as i32)
+        Ok(Box::new(Vm::new(
+            self,
+            rec,
+            std::process::id() as i32,
+            Some(conn),
+            None,
+        )))
     }
 }
 
@@ -315,7 +307,7 @@ impl Backend for MicroVmBackend {
         capsa_container::rootfs::unmount(&paths.rootfs())
     }
 
-    fn create(&self, rec: &Record, io: ProcessIo) -> Result<i32> {
+    fn create(&self, rec: &Record, io: ProcessIo) -> Result<Box<dyn Sandbox>> {
         let mut clock = Instant::now();
         let paths = ContainerPaths::new(&self.roots, &rec.id);
         self.release_rootfs(&paths)?;
@@ -439,90 +431,19 @@ impl Backend for MicroVmBackend {
             return Err(e);
         }
         crate::timing::phase("vm: container created in the guest", &mut clock);
-        let mut st = self.state.lock().unwrap();
-        st.conn = Some(conn);
-        st.vmm = Some(child);
-        Ok(pid)
+        Ok(Box::new(Vm::new(self, rec, pid, Some(conn), Some(child))))
+    }
+
+    fn adopt(&self, rec: &Record, pid: i32) -> Box<dyn Sandbox> {
+        Box::new(Vm::new(self, rec, pid, None, None))
     }
 
     fn start(&self, rec: &Record) -> Result<()> {
-        self.with_conn(rec, |c| {
-            c.request(Request::Start {
-                container_id: rec.id.clone(),
-            })
-            .map(|_| ())
-        })
-    }
-
-    fn wait(&self, rec: &Record, _pid: i32) -> Result<Exit> {
-        let reply = self.with_conn(rec, |c| c.request(Request::Wait { id: rec.id.clone() }));
-        let mut exit = match reply {
-            Ok(Response::Exited { code, oom_killed }) => Exit {
-                code,
-                oom_killed,
-                error: None,
-            },
-            Ok(other) => Exit {
-                code: EXIT_CAPSA_ERROR,
-                oom_killed: false,
-                error: Some(format!("the guest agent answered wait with {other:?}")),
-            },
-            Err(e) => Exit {
-                code: EXIT_CAPSA_ERROR,
-                oom_killed: false,
-                error: Some(format!("{e:#}")),
-            },
-        };
-        // Power the guest off and collect the VMM.
-        let (conn, vmm) = {
-            let mut st = self.state.lock().unwrap();
-            (st.conn.take(), st.vmm.take())
-        };
-        if let Some(c) = conn {
-            if rec.sandbox.is_some() {
-                // The VM is the sandbox's: only this container goes.
-                let _ = c.request(Request::Delete {
-                    container_id: rec.id.clone(),
-                });
-            } else {
-                let _ = c.request(Request::Shutdown);
-            }
-        }
-        if let Some(mut child) = vmm {
-            let status = wait_child(&mut child, Duration::from_secs(10));
-            if exit.error.is_some() {
-                // The agent is gone: say what happened to the VM.
-                use std::os::unix::process::ExitStatusExt;
-                match status.and_then(|s| s.signal()) {
-                    Some(9) => {
-                        exit.code = 137;
-                        exit.error = Some("the microVM (capsa-vmm) was killed with SIGKILL".into());
-                    }
-                    _ => {
-                        let how = match status {
-                            Some(s) => format!("capsa-vmm {s}"),
-                            None => "capsa-vmm did not exit".into(),
-                        };
-                        exit.error = Some(format!(
-                            "the microVM stopped unexpectedly ({}; {how}): {}",
-                            exit.error.unwrap_or_default(),
-                            self.vmm_failure(&rec.id)
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(exit)
+        self.with_conn(rec, |c| start(c, rec))
     }
 
     fn kill(&self, rec: &Record, signal: Signal) -> Result<()> {
-        self.with_conn(rec, |c| {
-            c.request(Request::Signal {
-                id: rec.id.clone(),
-                signal: signal as i32,
-            })
-            .map(|_| ())
-        })
+        self.with_conn(rec, |c| kill(c, rec, signal))
     }
 
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
@@ -577,17 +498,156 @@ impl Backend for MicroVmBackend {
     }
 
     fn release(&self, rec: &Record) -> Result<()> {
-        let mut st = self.state.lock().unwrap();
-        st.conn = None;
-        if let Some(mut child) = st.vmm.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        } else if let Some(pid) = rec.pid.filter(|p| is_vmm(*p)) {
+        if let Some(pid) = rec.pid.filter(|p| is_vmm(*p)) {
             // A monitor that died left its VMM behind.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
-        let sock = self.socket(&rec.id);
-        let _ = std::fs::remove_file(&sock);
+        let _ = std::fs::remove_file(self.socket(&rec.id));
+        Ok(())
+    }
+}
+
+fn start(conn: &AgentConn, rec: &Record) -> Result<()> {
+    conn.request(Request::Start {
+        container_id: rec.id.clone(),
+    })
+    .map(|_| ())
+}
+
+fn kill(conn: &AgentConn, rec: &Record, signal: Signal) -> Result<()> {
+    conn.request(Request::Signal {
+        id: rec.id.clone(),
+        signal: signal as i32,
+    })
+    .map(|_| ())
+}
+
+/// A VM-mode container this process created (or adopted): the agent
+/// connection and, for the creator, the VMM child.
+struct Vm {
+    backend: MicroVmBackend,
+    rec: Record,
+    pid: i32,
+    conn: Mutex<Option<Arc<AgentConn>>>,
+    vmm: Mutex<Option<Child>>,
+}
+
+impl Vm {
+    fn new(
+        backend: &MicroVmBackend,
+        rec: &Record,
+        pid: i32,
+        conn: Option<Arc<AgentConn>>,
+        vmm: Option<Child>,
+    ) -> Vm {
+        Vm {
+            backend: backend.clone(),
+            rec: rec.clone(),
+            pid,
+            conn: Mutex::new(conn),
+            vmm: Mutex::new(vmm),
+        }
+    }
+
+    /// The agent connection, made on first use for an adopted VM. Cloned
+    /// out: a blocking request (wait) must not keep others (a forwarded
+    /// signal) from using it.
+    fn conn(&self) -> Result<Arc<AgentConn>> {
+        let mut held = self.conn.lock().unwrap();
+        if let Some(c) = &*held {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(self.backend.connect(&self.rec)?);
+        *held = Some(Arc::clone(&c));
+        Ok(c)
+    }
+}
+
+impl Sandbox for Vm {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn start(&self) -> Result<()> {
+        start(&*self.conn()?, &self.rec)
+    }
+
+    fn kill(&self, signal: Signal) -> Result<()> {
+        kill(&*self.conn()?, &self.rec, signal)
+    }
+
+    fn wait(&self) -> Result<Exit> {
+        let rec = &self.rec;
+        let reply = self
+            .conn()
+            .and_then(|c| c.request(Request::Wait { id: rec.id.clone() }));
+        let mut exit = match reply {
+            Ok(Response::Exited { code, oom_killed }) => Exit {
+                code,
+                oom_killed,
+                error: None,
+            },
+            Ok(other) => Exit {
+                code: EXIT_CAPSA_ERROR,
+                oom_killed: false,
+                error: Some(format!("the guest agent answered wait with {other:?}")),
+            },
+            Err(e) => Exit {
+                code: EXIT_CAPSA_ERROR,
+                oom_killed: false,
+                error: Some(format!("{e:#}")),
+            },
+        };
+        // Power the guest off and collect the VMM.
+        let conn = self.conn.lock().unwrap().take();
+        let vmm = self.vmm.lock().unwrap().take();
+        if let Some(c) = conn {
+            if rec.sandbox.is_some() {
+                // The VM is the sandbox's: only this container goes.
+                let _ = c.request(Request::Delete {
+                    container_id: rec.id.clone(),
+                });
+            } else {
+                let _ = c.request(Request::Shutdown);
+            }
+        }
+        if let Some(mut child) = vmm {
+            let status = wait_child(&mut child, Duration::from_secs(10));
+            if exit.error.is_some() {
+                // The agent is gone: say what happened to the VM.
+                use std::os::unix::process::ExitStatusExt;
+                match status.and_then(|s| s.signal()) {
+                    Some(9) => {
+                        exit.code = 137;
+                        exit.error = Some("the microVM (capsa-vmm) was killed with SIGKILL".into());
+                    }
+                    _ => {
+                        let how = match status {
+                            Some(s) => format!("capsa-vmm {s}"),
+                            None => "capsa-vmm did not exit".into(),
+                        };
+                        exit.error = Some(format!(
+                            "the microVM stopped unexpectedly ({}; {how}): {}",
+                            exit.error.unwrap_or_default(),
+                            self.backend.vmm_failure(&rec.id)
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(exit)
+    }
+
+    fn release(&self) -> Result<()> {
+        self.conn.lock().unwrap().take();
+        if let Some(mut child) = self.vmm.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else if is_vmm(self.pid) {
+            // Adopted: the dead monitor's VMM is ours to stop.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(self.backend.socket(&self.rec.id));
         Ok(())
     }
 }

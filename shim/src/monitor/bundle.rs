@@ -122,15 +122,15 @@ pub fn run(job: BundleJob, mut ready: File) -> Result<i32> {
         BundleOp::Run => {
             let rec = Record::load(&roots, &id)?;
             let backend = MicroVmBackend::new(&roots);
-            let pid = match backend.create(&rec, io) {
-                Ok(pid) => pid,
+            let sandbox = match backend.create(&rec, io) {
+                Ok(s) => s,
                 Err(e) => return refuse(&mut ready, e),
             };
             Ready::Ok { pid: None }.send(&mut ready)?;
             drop(ready);
             forward_signals(&roots, &rec);
-            let exit = backend.wait(&rec, pid)?;
-            let _ = backend.release(&rec);
+            let exit = sandbox.wait()?;
+            let _ = sandbox.release();
             with_record(&roots, &rec.id, |r| {
                 let _ = r.transition(Status::Stopped);
                 r.exit_code = Some(exit.code);

@@ -25,7 +25,7 @@ use chrono::Utc;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo};
+use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo, Sandbox};
 use crate::logs::{LogWriter, Stream};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
@@ -125,7 +125,7 @@ fn run(
 
     let mut clock = std::time::Instant::now();
     let started = start(roots, backend.as_ref(), &mut rec, foreground, outputs);
-    let (pid, outputs, master) = match started {
+    let (sandbox, outputs, master) = match started {
         Ok(s) => s,
         Err(err) => {
             let err = capsa_container::classify_start_error(err);
@@ -137,7 +137,7 @@ fn run(
                 oom_killed: false,
                 error: Some(format!("{err:#}")),
             };
-            finish(roots, backend.as_ref(), &mut rec, exit);
+            finish(roots, backend.as_ref(), None, &mut rec, exit);
             if let Mode::Detached { mut ready } = mode {
                 let _ = ready::Ready::failed(&err).send(&mut ready);
             }
@@ -184,18 +184,17 @@ fn run(
         signals: Some(&sfd),
     };
     let master_fd = master.as_ref().map(|m| m.as_fd());
-    let target = rec.clone();
     pump.run(&mut |sig| match (sig, master_fd) {
         (Signal::SIGWINCH, Some(m)) => copy_window_size(std::io::stdin(), m),
         (Signal::SIGWINCH, None) => {}
         (sig, _) => {
-            let _ = backend.kill(&target, sig);
+            let _ = sandbox.kill(sig);
         }
     })?;
     drop(master);
 
     crate::timing::phase("container ran (output closed)", &mut clock);
-    let exit = backend.wait(&rec, pid)?;
+    let exit = sandbox.wait()?;
     let code = exit.code;
     // The exit could not be collected (a lost guest agent, say): say why
     // to the person waiting, not only in the container's record.
@@ -203,12 +202,18 @@ fn run(
         eprintln!("capsa: {err}");
     }
     crate::timing::phase("exit collected", &mut clock);
-    finish(roots, backend.as_ref(), &mut rec, exit);
+    finish(
+        roots,
+        backend.as_ref(),
+        Some(sandbox.as_ref()),
+        &mut rec,
+        exit,
+    );
     crate::timing::phase("teardown", &mut clock);
     Ok(code)
 }
 
-type Started = (i32, Vec<Source>, Option<OwnedFd>);
+type Started = (Box<dyn Sandbox>, Vec<Source>, Option<OwnedFd>);
 
 fn start(
     roots: &Roots,
@@ -244,28 +249,47 @@ fn start(
         }
     }
 
-    let pid = backend.create(rec, io)?;
-    let master = console.as_ref().map(ConsoleSocket::receive).transpose()?;
-    if let Some(m) = &master {
-        outputs.push(Source {
-            fd: m.try_clone()?,
-            stream: Stream::Stdout,
-        });
+    let sandbox = backend.create(rec, io)?;
+    let mut run = || -> Result<Option<OwnedFd>> {
+        let master = console.as_ref().map(ConsoleSocket::receive).transpose()?;
+        if let Some(m) = &master {
+            outputs.push(Source {
+                fd: m.try_clone()?,
+                stream: Stream::Stdout,
+            });
+        }
+        sandbox.start()?;
+        rec.transition(Status::Running)?;
+        rec.pid = Some(sandbox.pid());
+        rec.monitor_pid = Some(std::process::id() as i32);
+        rec.started = Some(Utc::now());
+        rec.save(roots)?;
+        Ok(master)
+    };
+    match run() {
+        Ok(master) => Ok((sandbox, outputs, master)),
+        Err(e) => {
+            let _ = sandbox.release();
+            Err(e)
+        }
     }
-
-    backend.start(rec)?;
-    rec.transition(Status::Running)?;
-    rec.pid = Some(pid);
-    rec.monitor_pid = Some(std::process::id() as i32);
-    rec.started = Some(Utc::now());
-    rec.save(roots)?;
-    Ok((pid, outputs, master))
 }
 
-/// Records the exit and gives back what the container held on the host.
-pub(crate) fn finish(roots: &Roots, backend: &dyn Backend, rec: &mut Record, exit: Exit) {
+/// Records the exit and gives back what the container held on the host:
+/// through its `sandbox` handle, or by its record when none was made.
+pub(crate) fn finish(
+    roots: &Roots,
+    backend: &dyn Backend,
+    sandbox: Option<&dyn Sandbox>,
+    rec: &mut Record,
+    exit: Exit,
+) {
     rec.oom_killed = exit.oom_killed;
-    if let Err(e) = backend.release(rec) {
+    let released = match sandbox {
+        Some(s) => s.release(),
+        None => backend.release(rec),
+    };
+    if let Err(e) = released {
         tracing::warn!("releasing container {}: {e:#}", rec.id);
     }
     if let Err(e) = backend.release_rootfs(&ContainerPaths::new(roots, &rec.id)) {
