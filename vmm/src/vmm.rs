@@ -5,7 +5,7 @@
 //! (KVM ioeventfds), the vsock backend, console input, and the exit event.
 
 use std::fs::OpenOptions;
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,150 +99,17 @@ impl Vmm {
     /// configures the vCPUs. Nothing runs yet.
     pub fn build(cfg: &VmConfig, opts: RunOptions) -> Result<Vmm> {
         let started = Instant::now();
-        cfg.validate()?;
+        let step =
+            |what: &str| tracing::debug!(us = started.elapsed().as_micros() as u64, "{what}");
+        cfg.validate().map_err(Error::Config)?;
         crate::pvm::check(cfg.allow_pvm)?;
-        let kvm = Kvm::new().map_err(Error::KvmOpen)?;
-        for (cap, name) in [
-            (Cap::Irqchip, "IRQCHIP"),
-            (Cap::Irqfd, "IRQFD"),
-            (Cap::Ioeventfd, "IOEVENTFD"),
-            (Cap::UserMemory, "USER_MEMORY"),
-            (Cap::Pit2, "PIT2"),
-        ] {
-            if !kvm.check_extension(cap) {
-                return Err(Error::Config(format!("KVM lacks KVM_CAP_{name}")));
-            }
-        }
-        let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
-        let create_irqchip = |vm: &VmFd| -> Result<()> {
-            vm.create_irq_chip()
-                .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
-            vm.create_pit2(kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            })
-            .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
-            Ok(())
-        };
-        // Guest memory before the irqchip: with an in-kernel irqchip present
-        // each memslot update costs milliseconds (measured 5-7 ms on these
-        // machines, against 0.1 ms before it). Not under TCG (crate::tcg).
-        let irqchip_first = crate::tcg::emulated();
-        if irqchip_first {
-            create_irqchip(&vm)?;
-        }
-        let mem = boot::create_memory(cfg.mem_mib)?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host = region
-                .get_host_address(MemoryRegionAddress(0))
-                .map_err(|e| Error::Memory(format!("{e}")))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: the region stays mapped for as long as the VM exists
-            // (the Vmm owns both and drops the VM first).
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-
-        tracing::debug!(
-            us = started.elapsed().as_micros() as u64,
-            "guest memory registered"
-        );
-        if !irqchip_first {
-            create_irqchip(&vm)?;
-        }
-        tracing::debug!(us = started.elapsed().as_micros() as u64, "VM created");
-
+        let kvm = open_kvm()?;
+        let (vm, mem) = create_vm(&kvm, cfg.mem_mib)?;
+        step("VM created");
         let events = Arc::new(VmEvents::new()?);
-
-        // Legacy devices on port I/O.
-        let mut pio = Bus::new();
-        let serial_irq = EventFd::new(EFD_NONBLOCK)?;
-        vm.register_irqfd(&serial_irq, SERIAL_IRQ)
-            .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
-        let sink: Option<Box<dyn std::io::Write + Send>> = match &cfg.serial {
-            SerialConfig::Stdout => Some(ConsoleWriter::stdout_sink()?),
-            SerialConfig::None => None,
-            SerialConfig::File(p) => Some(Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|source| Error::Open {
-                        path: p.clone(),
-                        source,
-                    })?,
-            )),
-        };
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            serial_irq,
-            ConsoleWriter::new(sink, events.clone()),
-        )));
-        pio.insert(serial.clone(), COM1_PORT, COM1_LEN)
-            .map_err(Error::Boot)?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(events.clone()))),
-            i8042::PORT_BASE,
-            i8042::PORT_LEN,
-        )
-        .map_err(Error::Boot)?;
-
-        // virtio-mmio devices: disks first (vda, vdb, ... in flag order), then vsock.
-        let mut devices: Vec<Box<dyn crate::virtio::VirtioDevice>> = Vec::new();
-        for d in &cfg.disks {
-            let blk = Block::open(&d.path, d.read_only).map_err(|source| Error::Open {
-                path: d.path.clone(),
-                source,
-            })?;
-            devices.push(Box::new(blk));
-        }
-        if let Some(v) = &cfg.vsock {
-            let dev = Vsock::new(u64::from(v.cid), &v.uds).map_err(|e| Error::Device {
-                dev: "vsock".into(),
-                msg: e.to_string(),
-            })?;
-            devices.push(Box::new(dev));
-        }
-        let mut mmio = Bus::new();
-        let mut slots = Vec::new();
-        let mut virtio = Vec::new();
-        for (i, dev) in devices.into_iter().enumerate() {
-            let slot = MmioSlot {
-                base: VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE,
-                size: VIRTIO_MMIO_SIZE,
-                irq: VIRTIO_IRQ_BASE + i as u32,
-            };
-            let name = dev.name().to_string();
-            let irq = EventFd::new(EFD_NONBLOCK)?;
-            vm.register_irqfd(&irq, slot.irq)
-                .map_err(Error::kvm("KVM_IRQFD (virtio)"))?;
-            let t = MmioTransport::new(dev, mem.clone(), irq).map_err(|e| Error::Device {
-                dev: name.clone(),
-                msg: e.to_string(),
-            })?;
-            for (q, evt) in t.queue_evts().iter().enumerate() {
-                vm.register_ioevent(
-                    evt,
-                    &IoEventAddress::Mmio(slot.base + REG_QUEUE_NOTIFY),
-                    q as u32,
-                )
-                .map_err(Error::kvm("KVM_IOEVENTFD"))?;
-            }
-            let t = Arc::new(Mutex::new(t));
-            mmio.insert(t.clone() as Arc<Mutex<dyn BusDevice>>, slot.base, slot.size)
-                .map_err(Error::Boot)?;
-            slots.push(slot);
-            virtio.push(t);
-        }
-
-        tracing::debug!(us = started.elapsed().as_micros() as u64, "devices created");
+        let (pio, serial) = legacy_devices(&vm, &cfg.serial, &events)?;
+        let (mmio, slots, virtio) = virtio_devices(&vm, &mem, cfg)?;
+        step("devices created");
         let cmdline = cfg
             .cmdline
             .as_deref()
@@ -255,23 +122,11 @@ impl Vmm {
             &slots,
             cfg.vcpus,
         )?;
-
-        tracing::debug!(us = started.elapsed().as_micros() as u64, "guest loaded");
-        let base_cpuid = cpu::supported_cpuid(&kvm)?;
-        let mut vcpus = Vec::new();
-        for id in 0..cfg.vcpus {
-            let vcpu = vm
-                .create_vcpu(u64::from(id))
-                .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
-            cpu::configure(&vcpu, id, cfg.vcpus, &base_cpuid, entry)?;
-            vcpus.push(vcpu);
-        }
-
+        step("guest loaded");
+        let vcpus = create_vcpus(&kvm, &vm, cfg.vcpus, entry)?;
         // Console input only when a person is typing at it.
-        // SAFETY: isatty only inspects the descriptor.
         let console_input =
-            matches!(cfg.serial, SerialConfig::Stdout) && unsafe { libc::isatty(0) } == 1;
-
+            matches!(cfg.serial, SerialConfig::Stdout) && std::io::stdin().is_terminal();
         tracing::info!(
             vcpus = cfg.vcpus,
             mem_mib = cfg.mem_mib,
@@ -549,4 +404,176 @@ pub fn rss_kib(guest: &[(u64, u64)]) -> Option<RssReport> {
         guest: in_guest,
         vmm_anon: anon,
     })
+}
+
+/// Opens /dev/kvm and checks the capabilities capsa-vmm relies on.
+fn open_kvm() -> Result<Kvm> {
+    let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+    for (cap, name) in [
+        (Cap::Irqchip, "IRQCHIP"),
+        (Cap::Irqfd, "IRQFD"),
+        (Cap::Ioeventfd, "IOEVENTFD"),
+        (Cap::UserMemory, "USER_MEMORY"),
+        (Cap::Pit2, "PIT2"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::Config(format!("KVM lacks KVM_CAP_{name}")));
+        }
+    }
+    Ok(kvm)
+}
+
+/// The VM with its guest memory registered and its in-kernel irqchip and
+/// PIT.
+fn create_vm(kvm: &Kvm, mem_mib: u32) -> Result<(VmFd, GuestMemoryMmap)> {
+    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+    // Guest memory before the irqchip: with an in-kernel irqchip present
+    // each memslot update costs milliseconds (measured 5-7 ms on these
+    // machines, against 0.1 ms before it). Not under TCG (crate::tcg).
+    let irqchip_first = crate::tcg::emulated();
+    if irqchip_first {
+        create_irqchip(&vm)?;
+    }
+    let mem = boot::create_memory(mem_mib)?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| Error::Memory(format!("{e}")))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region stays mapped for as long as the VM exists
+        // (the Vmm owns both and drops the VM first).
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    if !irqchip_first {
+        create_irqchip(&vm)?;
+    }
+    Ok((vm, mem))
+}
+
+fn create_irqchip(vm: &VmFd) -> Result<()> {
+    vm.create_irq_chip()
+        .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+    Ok(())
+}
+
+/// The devices on port I/O: the serial console (COM1) and the i8042 (its
+/// reset line is how the guest reboots).
+fn legacy_devices(
+    vm: &VmFd,
+    serial_cfg: &SerialConfig,
+    events: &Arc<VmEvents>,
+) -> Result<(Bus, Arc<Mutex<SerialDevice>>)> {
+    let mut pio = Bus::new();
+    let serial_irq = EventFd::new(EFD_NONBLOCK)?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
+    let sink: Option<Box<dyn std::io::Write + Send>> = match serial_cfg {
+        SerialConfig::Stdout => Some(ConsoleWriter::stdout_sink()?),
+        SerialConfig::None => None,
+        SerialConfig::File(p) => Some(Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|source| Error::Open {
+                    path: p.clone(),
+                    source,
+                })?,
+        )),
+    };
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        serial_irq,
+        ConsoleWriter::new(sink, events.clone()),
+    )));
+    pio.insert(serial.clone(), COM1_PORT, COM1_LEN)
+        .map_err(Error::Boot)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(events.clone()))),
+        i8042::PORT_BASE,
+        i8042::PORT_LEN,
+    )
+    .map_err(Error::Boot)?;
+    Ok((pio, serial))
+}
+
+type VirtioDevices = (Bus, Vec<MmioSlot>, Vec<Arc<Mutex<MmioTransport>>>);
+
+/// The virtio-mmio devices: disks first (vda, vdb, ... in config order),
+/// then vsock, each in its slot with its irqfd and queue ioeventfds.
+fn virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<VirtioDevices> {
+    let mut devices: Vec<Box<dyn crate::virtio::VirtioDevice>> = Vec::new();
+    for d in &cfg.disks {
+        let blk = Block::open(&d.path, d.read_only).map_err(|source| Error::Open {
+            path: d.path.clone(),
+            source,
+        })?;
+        devices.push(Box::new(blk));
+    }
+    if let Some(v) = &cfg.vsock {
+        let dev = Vsock::new(u64::from(v.cid), &v.uds).map_err(|e| Error::Device {
+            dev: "vsock".into(),
+            msg: e.to_string(),
+        })?;
+        devices.push(Box::new(dev));
+    }
+    let mut mmio = Bus::new();
+    let mut slots = Vec::new();
+    let mut virtio = Vec::new();
+    for (i, dev) in devices.into_iter().enumerate() {
+        let slot = MmioSlot {
+            base: VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE,
+            size: VIRTIO_MMIO_SIZE,
+            irq: VIRTIO_IRQ_BASE + i as u32,
+        };
+        let name = dev.name().to_string();
+        let irq = EventFd::new(EFD_NONBLOCK)?;
+        vm.register_irqfd(&irq, slot.irq)
+            .map_err(Error::kvm("KVM_IRQFD (virtio)"))?;
+        let t = MmioTransport::new(dev, mem.clone(), irq).map_err(|e| Error::Device {
+            dev: name.clone(),
+            msg: e.to_string(),
+        })?;
+        for (q, evt) in t.queue_evts().iter().enumerate() {
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(slot.base + REG_QUEUE_NOTIFY),
+                q as u32,
+            )
+            .map_err(Error::kvm("KVM_IOEVENTFD"))?;
+        }
+        let t = Arc::new(Mutex::new(t));
+        mmio.insert(t.clone() as Arc<Mutex<dyn BusDevice>>, slot.base, slot.size)
+            .map_err(Error::Boot)?;
+        slots.push(slot);
+        virtio.push(t);
+    }
+    Ok((mmio, slots, virtio))
+}
+
+/// The vCPUs, each configured to enter the guest at `entry`.
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8, entry: boot::BootEntry) -> Result<Vec<VcpuFd>> {
+    let base_cpuid = cpu::supported_cpuid(kvm)?;
+    let mut vcpus = Vec::new();
+    for id in 0..count {
+        let vcpu = vm
+            .create_vcpu(u64::from(id))
+            .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        cpu::configure(&vcpu, id, count, &base_cpuid, entry)?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
 }

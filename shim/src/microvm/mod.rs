@@ -20,6 +20,7 @@ use anyhow::{bail, Context, Result};
 use capsa_container::terminal::window_size;
 use capsa_image::{Image, RootfsFormat, Store};
 use capsa_proto::{ExecProcess, Request, Response, Rootfs, StdStream, StdioOptions, WritableLayer};
+use capsa_vm_config::{DiskConfig, SerialConfig, VmConfig, VsockConfig};
 use nix::sys::signal::Signal;
 
 use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo, Sandbox};
@@ -339,22 +340,6 @@ impl Backend for MicroVmBackend {
             cmdline.push(' ');
             cmdline.push_str(&extra);
         }
-        let mut cmd = Command::new(&vmm);
-        cmd.arg("--kernel")
-            .arg(&kernel)
-            .arg("--initrd")
-            .arg(&initrd)
-            .arg("--cmdline")
-            .arg(&cmdline)
-            .arg("--mem-mib")
-            .arg(mem_mib.to_string())
-            .arg("--vcpus")
-            .arg(vcpus.to_string())
-            .arg("--disk")
-            .arg(format!("{},ro", disk.display()));
-        for v in &volumes {
-            cmd.arg("--disk").arg(format!("{},ro", v.image.display()));
-        }
         // A pod's sandbox VM gets spare disks that the pod's other
         // containers' root filesystems are written into later.
         let slots = if is_sandbox(&spec) {
@@ -362,22 +347,39 @@ impl Backend for MicroVmBackend {
         } else {
             vec![]
         };
-        for slot in &slots {
-            cmd.arg("--disk").arg(format!("{},ro", slot.display()));
-        }
-        cmd.arg("--vsock-cid")
-            .arg("3")
-            .arg("--vsock-uds")
-            .arg(&sock)
-            .arg("--serial")
-            .arg(self.console_log(&rec.id))
+        let read_only = |path: &Path| DiskConfig {
+            path: path.to_path_buf(),
+            read_only: true,
+        };
+        let config = VmConfig {
+            kernel,
+            initrd: Some(initrd),
+            cmdline: Some(cmdline),
+            mem_mib: u32::try_from(mem_mib).context("the VM's memory size")?,
+            vcpus: u8::try_from(vcpus).context("the VM's vCPU count")?,
+            disks: std::iter::once(disk.as_path())
+                .chain(volumes.iter().map(|v| v.image.as_path()))
+                .chain(slots.iter().map(PathBuf::as_path))
+                .map(read_only)
+                .collect(),
+            vsock: Some(VsockConfig {
+                cid: 3,
+                uds: sock.clone(),
+            }),
+            serial: SerialConfig::File(self.console_log(&rec.id)),
+            // The user chose the kernel (e.g. a PVM-enabled one).
+            allow_pvm: rec.kernel.is_some(),
+        };
+        // Kept beside the container: what was booted, for whoever debugs it.
+        let config_file = paths.dir.join("vm.json");
+        std::fs::write(&config_file, serde_json::to_vec_pretty(&config)?)
+            .with_context(|| format!("writing {}", config_file.display()))?;
+        let mut cmd = Command::new(&vmm);
+        cmd.arg("--config")
+            .arg(&config_file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(self.vmm_log(&rec.id))?);
-        if rec.kernel.is_some() {
-            // The user chose the kernel (e.g. a PVM-enabled one).
-            cmd.arg("--allow-pvm");
-        }
         // The VM lives no longer than the process that holds its agent
         // connection (the monitor): a killed monitor must not leave a
         // guest running that nobody can reach. With a keeper (see
