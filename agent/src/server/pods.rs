@@ -97,8 +97,8 @@ impl Agent {
         }
     }
 
-    /// A pod's members share some of its sandbox's namespaces (network,
-    /// IPC, UTS). The host names them `container:ID` — paths on the host
+    /// A pod's members share some of its sandbox's namespaces (those the
+    /// engine asks for: network, IPC, UTS, PID). The host names them `container:ID` — paths on the host
     /// mean nothing here — and they become the namespaces of container
     /// ID's first process in this guest.
     fn pod_namespaces(&self, mut spec: Spec) -> Result<Spec> {

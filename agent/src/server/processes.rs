@@ -110,15 +110,27 @@ impl Agent {
             user: process.user.map(|u| (u.uid, u.gid)),
             tty: stdio.tty,
         };
-        let result = (|| -> Result<()> {
+        // `Some(pid)` once the process runs: a failure after that must not
+        // leave it running with nobody to wait for it.
+        let mut started = None;
+        let result = (|| -> Result<Option<Response>> {
             let (io, wiring) = self.wiring(&stdio)?;
             let ops = self.ops();
             let mut st = self.lock();
+            // Checked again under the lock the insert is made under: two
+            // connections may ask for the same exec id at once.
+            if st.procs.contains_key(&exec_id) {
+                return Ok(Some(err(
+                    ErrorCode::AlreadyExists,
+                    format!("a process named {exec_id:?} exists already"),
+                )));
+            }
             let c = st
                 .containers
                 .get(&container_id)
                 .context("the container is gone")?;
             let pid = c.exec(&req, io)?;
+            started = Some(pid);
             let serial = self.next_serial.fetch_add(1, Ordering::SeqCst);
             st.procs.insert(
                 exec_id.clone(),
@@ -126,11 +138,20 @@ impl Agent {
             );
             drop(st);
             drop(ops);
-            self.connect_streams(conn, enc, &exec_id, wiring, &stdio)
+            self.connect_streams(conn, enc, &exec_id, wiring, &stdio)?;
+            Ok(None)
         })();
         match result {
-            Ok(()) => Response::Ok,
-            Err(e) => err(ErrorCode::Internal, format!("{e:#}")),
+            Ok(None) => Response::Ok,
+            Ok(Some(refused)) => refused,
+            Err(e) => {
+                if let Some(pid) = started {
+                    // The reaper collects it; its id is free again.
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    self.lock().procs.remove(&exec_id);
+                }
+                err(ErrorCode::Internal, format!("{e:#}"))
+            }
         }
     }
 

@@ -29,8 +29,18 @@ pub(super) enum Wiring {
     },
     Tty {
         listener: UnixListener,
-        path: PathBuf,
+        path: SocketFile,
     },
+}
+
+/// A console socket's file, removed when dropped: also when the process
+/// could not be created and the wiring is thrown away.
+pub(super) struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl Agent {
@@ -46,6 +56,7 @@ impl Agent {
             let listener = UnixListener::bind(&path)
                 .with_context(|| format!("binding the console socket {}", path.display()))?;
             io.console_socket = Some(path.clone());
+            let path = SocketFile(path);
             return Ok((io, Wiring::Tty { listener, path }));
         }
         let (out_r, out_w) = pipe()?;
@@ -90,7 +101,7 @@ impl Agent {
             ),
             Wiring::Tty { listener, path } => {
                 let m = receive_master(&listener);
-                let _ = std::fs::remove_file(&path);
+                drop(path);
                 let m = m?;
                 if let Some(ws) = stdio.tty_size {
                     let _ = set_window_size(&m, ws);
