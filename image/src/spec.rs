@@ -862,27 +862,12 @@ mod tests {
     use serde_json::{json, Value};
 
     fn image(config: Value) -> Image {
-        use crate::store::ImageRecord;
         let full = json!({
             "architecture": "amd64", "os": "linux",
             "config": config,
             "rootfs": {"type": "layers", "diff_ids": []}
         });
-        Image {
-            record: ImageRecord {
-                id: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-                    .into(),
-                names: vec!["t:latest".into()],
-                manifest_digest: String::new(),
-                manifest_media_type: String::new(),
-                created: None,
-                size: 0,
-                architecture: "amd64".into(),
-                os: "linux".into(),
-                layers: vec![],
-            },
-            config: serde_json::from_value(full).unwrap(),
-        }
+        Image::from_config(serde_json::from_value(full).unwrap())
     }
 
     fn rootfs() -> tempfile::TempDir {

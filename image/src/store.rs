@@ -73,6 +73,30 @@ pub struct Image {
     pub config: ImageConfiguration,
 }
 
+impl Image {
+    /// An image known only by its configuration, kept in no store (its ID
+    /// is the configuration's digest): enough to generate a runtime spec,
+    /// which is what tests across capsa's crates need.
+    pub fn from_config(config: ImageConfiguration) -> Image {
+        // Serializing a configuration cannot fail (string-keyed maps only).
+        let bytes = serde_json::to_vec(&config).unwrap_or_default();
+        Image {
+            record: ImageRecord {
+                id: digest::sha256_bytes(&bytes),
+                names: vec![],
+                manifest_digest: String::new(),
+                manifest_media_type: String::new(),
+                created: None,
+                size: 0,
+                architecture: config.architecture().to_string(),
+                os: config.os().to_string(),
+                layers: vec![],
+            },
+            config,
+        }
+    }
+}
+
 impl std::ops::Deref for Image {
     type Target = ImageRecord;
     fn deref(&self) -> &ImageRecord {

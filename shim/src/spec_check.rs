@@ -638,20 +638,7 @@ mod tests {
             "config": {"Cmd": ["/bin/sh"]},
             "rootfs": {"type": "layers", "diff_ids": []}
         });
-        let image = capsa_image::Image {
-            record: capsa_image::ImageRecord {
-                id: format!("sha256:{}", "0".repeat(64)),
-                names: vec!["t:latest".into()],
-                manifest_digest: String::new(),
-                manifest_media_type: String::new(),
-                created: None,
-                size: 0,
-                architecture: "amd64".into(),
-                os: "linux".into(),
-                layers: vec![],
-            },
-            config: serde_json::from_value(config).unwrap(),
-        };
+        let image = capsa_image::Image::from_config(serde_json::from_value(config).unwrap());
         let plain = RunConfig {
             container_id: "0123456789abcdef".into(),
             ..Default::default()
