@@ -95,7 +95,7 @@ fn spec_with(
         memory_bytes,
         ..Default::default()
     };
-    let spec = capsa_image::spec::generate(image, layers.last().unwrap(), &rc).unwrap();
+    let spec = capsa_image::spec::generate(image, layers.last().unwrap(), &layers, &rc).unwrap();
     serde_json::to_string(&spec).unwrap()
 }
 

@@ -485,7 +485,7 @@ fn prepare_bundle(bench: &mut Bench, image: &capsa_image::Image) -> Result<()> {
         args: Some(vec!["/bin/true".into()]),
         ..Default::default()
     };
-    let mut spec = capsa_image::spec::generate(image, &rootfs, &rc)?;
+    let mut spec = capsa_image::spec::generate(image, &rootfs, std::slice::from_ref(&rootfs), &rc)?;
     // Relative to the bundle, so one config.json serves every bundle.
     if let Some(root) = spec.root_mut() {
         root.set_path(PathBuf::from("rootfs"));

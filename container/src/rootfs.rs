@@ -77,47 +77,6 @@ pub fn mount_overlay(
     Ok(())
 }
 
-/// A read-only view of the layers alone (no writable layer), for reading
-/// the image's files on the host.
-pub fn mount_lower_only(layers: &[PathBuf], target: &Path) -> Result<()> {
-    fs::create_dir_all(target)?;
-    let lower: Vec<String> = layers
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect();
-    // overlayfs needs two lower layers when there is no upper one; a single
-    // layer is bind-mounted instead.
-    let res = if lower.len() == 1 {
-        mount(
-            Some(layers[0].as_path()),
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .and_then(|_| {
-            mount(
-                None::<&str>,
-                target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-        })
-    } else {
-        let data = format!("lowerdir={}", lower.join(":"));
-        mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            MsFlags::MS_RDONLY,
-            Some(data.as_str()),
-        )
-    };
-    res.with_context(|| format!("mounting the image read-only at {}", target.display()))
-}
-
 /// Unmounts `target` if something is mounted there; a no-op otherwise.
 pub fn unmount(target: &Path) -> Result<()> {
     if !is_mountpoint(target) {

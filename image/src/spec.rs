@@ -246,21 +246,49 @@ fn bad(msg: impl Into<String>) -> Error {
     Error::InvalidRunConfig(msg.into())
 }
 
-/// Reads `/etc/<name>` of the rootfs, refusing to follow symlinks out of it.
-fn read_etc(rootfs: &Path, name: &str) -> Option<String> {
-    let etc = rootfs.join("etc");
-    let file = etc.join(name);
-    for p in [&etc, &file] {
-        match fs::symlink_metadata(p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                tracing::warn!(path = %p.display(), "not following a symlink in the image's /etc");
-                return None;
-            }
-            Ok(_) => {}
-            Err(_) => return None,
+/// Reads `/etc/<name>` of the image whose unpacked layers are `layers`
+/// (lowest first, as the store lists them), as the overlay of them would
+/// show it, without mounting it: the topmost layer that has the file wins;
+/// an overlayfs whiteout deletes it, an opaque /etc hides the layers below.
+/// A symlink is never followed (it could point out of the image).
+fn read_etc(layers: &[PathBuf], name: &str) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let whiteout = |m: &fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        m.file_type().is_char_device() && m.rdev() == 0
+    };
+    let refuse = |p: &Path| {
+        tracing::warn!(path = %p.display(), "not following a symlink in the image's /etc");
+        None
+    };
+    for layer in layers.iter().rev() {
+        let etc = layer.join("etc");
+        let m = match fs::symlink_metadata(&etc) {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        if m.file_type().is_symlink() {
+            return refuse(&etc);
+        }
+        if !m.is_dir() || whiteout(&m) {
+            return None;
+        }
+        let file = etc.join(name);
+        match fs::symlink_metadata(&file) {
+            Ok(m) if m.file_type().is_symlink() => return refuse(&file),
+            Ok(m) if m.is_file() => return fs::read_to_string(&file).ok(),
+            Ok(_) => return None,
+            Err(_) if is_opaque(&etc) => return None,
+            Err(_) => {}
         }
     }
-    fs::read_to_string(file).ok()
+    None
+}
+
+/// Whether an unpacked layer's directory hides the layers below it.
+fn is_opaque(dir: &Path) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut buf), Ok(1) if buf[0] == b'y')
 }
 
 struct PasswdEntry {
@@ -316,18 +344,19 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
         .collect()
 }
 
-/// Resolves `uid[:gid]` / `name[:group]` against the rootfs's passwd and group files.
-pub fn resolve_user(rootfs: &Path, user: &str) -> Result<ResolvedUser> {
+/// Resolves `uid[:gid]` / `name[:group]` against the passwd and group files
+/// of the image whose unpacked layers are `layers` (see [`read_etc`]).
+pub fn resolve_user(layers: &[PathBuf], user: &str) -> Result<ResolvedUser> {
     let user = user.trim();
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
     let u = if u.is_empty() { "0" } else { u };
-    let passwd = read_etc(rootfs, "passwd")
+    let passwd = read_etc(layers, "passwd")
         .map(|t| parse_passwd(&t))
         .unwrap_or_default();
-    let groups = read_etc(rootfs, "group")
+    let groups = read_etc(layers, "group")
         .map(|t| parse_group(&t))
         .unwrap_or_default();
     let entry = match u.parse::<u32>() {
@@ -717,10 +746,12 @@ fn resources(rc: &RunConfig) -> Result<LinuxResources> {
 }
 
 /// Builds the runtime spec for running `image` with root filesystem
-/// `rootfs` (absolute path of the prepared rootfs; also where the user is
-/// looked up) and the user's options `rc`. The caller adds what only it
-/// knows (cgroups path, /etc/hosts and resolv.conf mounts, hooks).
-pub fn generate(image: &Image, rootfs: &Path, rc: &RunConfig) -> Result<Spec> {
+/// `rootfs` (absolute path of where the root will be) and the user's
+/// options `rc`; users and groups are looked up in the image's unpacked
+/// `layers` (lowest first), so nothing needs to be mounted for it. The
+/// caller adds what only it knows (cgroups path, /etc/hosts and
+/// resolv.conf mounts, hooks).
+pub fn generate(image: &Image, rootfs: &Path, layers: &[PathBuf], rc: &RunConfig) -> Result<Spec> {
     let args = command(image, rc)?;
     let cfg = image.config.config().as_ref();
     let user_str = rc
@@ -729,7 +760,7 @@ pub fn generate(image: &Image, rootfs: &Path, rc: &RunConfig) -> Result<Spec> {
         .filter(|u| !u.is_empty())
         .or_else(|| cfg.and_then(|c| c.user().clone()).filter(|u| !u.is_empty()))
         .unwrap_or_else(|| "0".into());
-    let user = resolve_user(rootfs, &user_str)?;
+    let user = resolve_user(layers, &user_str)?;
     let hostname = match &rc.hostname {
         Some(h) if !h.is_empty() => h.clone(),
         _ if rc.network == Network::Host => nix::unistd::gethostname()
@@ -895,7 +926,7 @@ mod tests {
 
     fn gen(img: &Image, rc: &RunConfig) -> Spec {
         let r = rootfs();
-        generate(img, r.path(), rc).unwrap()
+        generate(img, r.path(), &[r.path().into()], rc).unwrap()
     }
 
     fn env_of(s: &Spec) -> Vec<String> {
@@ -1088,7 +1119,7 @@ mod tests {
         let empty = image(json!({}));
         let err = command(&empty, &rc()).unwrap_err();
         assert!(err.to_string().contains("no command"), "{err}");
-        assert!(generate(&empty, Path::new("/nonexistent"), &rc()).is_err());
+        assert!(generate(&empty, Path::new("/nonexistent"), &[], &rc()).is_err());
     }
 
     #[test]
@@ -1115,13 +1146,64 @@ mod tests {
         assert!(env.contains(&"HOME=/h".into()));
         let mut r = rc();
         r.env = vec!["NOVALUE".into()];
-        assert!(generate(&img, rootfs().path(), &r).is_err());
+        assert!(generate(&img, rootfs().path(), &[rootfs().path().into()], &r).is_err());
+    }
+
+    /// Users come from the layers as their overlay would show them: the
+    /// topmost passwd wins, a whiteout deletes it, an opaque /etc hides the
+    /// layers below. (Needs root: whiteouts are device nodes, opacity a
+    /// trusted xattr.)
+    #[test]
+    fn users_are_read_from_the_layers_without_mounting_them() {
+        use nix::sys::stat::{mknod, Mode, SFlag};
+        let d = tempfile::tempdir().unwrap();
+        let layer = |n: &str, passwd: Option<&str>| {
+            let l = d.path().join(n);
+            fs::create_dir_all(l.join("etc")).unwrap();
+            if let Some(p) = passwd {
+                fs::write(l.join("etc/passwd"), p).unwrap();
+            }
+            l
+        };
+        let base = layer("base", Some("app:x:1000:1000::/home/app:/bin/sh\n"));
+        let upper = layer("upper", Some("app:x:2000:2000::/srv:/bin/sh\n"));
+        let unrelated = layer("unrelated", None);
+        let uid = |layers: &[PathBuf]| resolve_user(layers, "app").map(|u| u.uid);
+        assert_eq!(uid(&[base.clone(), unrelated.clone()]).unwrap(), 1000);
+        assert_eq!(uid(&[base.clone(), upper.clone()]).unwrap(), 2000);
+
+        let deleted = layer("deleted", None);
+        mknod(
+            &deleted.join("etc/passwd"),
+            SFlag::S_IFCHR,
+            Mode::empty(),
+            0,
+        )
+        .expect("mknod of a whiteout (needs root)");
+        assert!(
+            uid(&[base.clone(), deleted]).is_err(),
+            "whiteout deletes it"
+        );
+
+        let opaque = layer("opaque", None);
+        rustix::fs::lsetxattr(
+            opaque.join("etc"),
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .expect("setting trusted.overlay.opaque (needs root)");
+        assert!(
+            uid(&[base.clone(), opaque.clone()]).is_err(),
+            "opaque /etc hides it"
+        );
+        assert_eq!(uid(&[opaque, upper]).unwrap(), 2000);
     }
 
     #[test]
     fn users_and_groups() {
         let r = rootfs();
-        let u = |s: &str| resolve_user(r.path(), s);
+        let u = |s: &str| resolve_user(&[r.path().into()], s);
         assert_eq!(
             u("0").unwrap(),
             ResolvedUser {
@@ -1153,7 +1235,7 @@ mod tests {
 
         // Through generate(): image USER, overridden by --user; non-root has no effective caps.
         let img = image(json!({"Cmd": ["id"], "User": "user"}));
-        let s = generate(&img, r.path(), &rc()).unwrap();
+        let s = generate(&img, r.path(), &[r.path().into()], &rc()).unwrap();
         let p = s.process().as_ref().unwrap();
         assert_eq!(p.user().uid(), 1000);
         assert_eq!(p.user().additional_gids().as_ref().unwrap(), &vec![29, 44]);
@@ -1164,14 +1246,14 @@ mod tests {
         assert!(env_of(&s).contains(&"HOME=/home/user".into()));
         let mut rcu = rc();
         rcu.user = Some("nobody".into());
-        let s = generate(&img, r.path(), &rcu).unwrap();
+        let s = generate(&img, r.path(), &[r.path().into()], &rcu).unwrap();
         assert_eq!(s.process().as_ref().unwrap().user().uid(), 65534);
 
         // A symlinked /etc/passwd is not followed out of the rootfs.
         let evil = tempfile::tempdir().unwrap();
         fs::create_dir(evil.path().join("etc")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", evil.path().join("etc/passwd")).unwrap();
-        assert!(resolve_user(evil.path(), "root").is_err());
+        assert!(resolve_user(&[evil.path().into()], "root").is_err());
     }
 
     #[test]
@@ -1192,7 +1274,7 @@ mod tests {
         assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Uts));
         let mut r = rc();
         r.workdir = Some("relative".into());
-        assert!(generate(&img, rootfs().path(), &r).is_err());
+        assert!(generate(&img, rootfs().path(), &[rootfs().path().into()], &r).is_err());
     }
 
     #[test]
@@ -1237,7 +1319,7 @@ mod tests {
                 ..rc()
             },
         ] {
-            assert!(generate(&img, rootfs().path(), &bad_rc).is_err());
+            assert!(generate(&img, rootfs().path(), &[rootfs().path().into()], &bad_rc).is_err());
         }
         let s = gen(
             &img,
@@ -1336,7 +1418,7 @@ mod tests {
                 ..rc()
             };
             assert!(
-                generate(&img, rootfs().path(), &r).is_err(),
+                generate(&img, rootfs().path(), &[rootfs().path().into()], &r).is_err(),
                 "{m:?} accepted"
             );
         }
@@ -1344,7 +1426,7 @@ mod tests {
             tmpfs: vec!["x:size=1m".into()],
             ..rc()
         };
-        assert!(generate(&img, rootfs().path(), &r).is_err());
+        assert!(generate(&img, rootfs().path(), &[rootfs().path().into()], &r).is_err());
     }
 
     /// The JSON runtimes read: argument filters, resource limits, and no

@@ -409,7 +409,7 @@ fn demo_is_deterministic_and_usable() {
         user: Some("user".into()),
         ..Default::default()
     };
-    let spec = crate::spec::generate(&img, root, &rc).unwrap();
+    let spec = crate::spec::generate(&img, root, &[root.to_path_buf()], &rc).unwrap();
     assert_eq!(spec.process().as_ref().unwrap().user().uid(), 1000);
     assert_eq!(img.chain_ids().len(), 1);
     assert_eq!(img.chain_ids()[0], img.layers[0].diff_id);

@@ -78,7 +78,7 @@ fn run(rc: RunConfig, script: &str) -> (i32, String) {
         args: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
         ..rc
     };
-    let s = spec::generate(&img, &rootfs, &rc).unwrap();
+    let s = spec::generate(&img, &rootfs, &store.layer_dirs(&img).unwrap(), &rc).unwrap();
     s.save(bundle.join("config.json")).unwrap();
     let out = Command::new(runc)
         .args(["run", "--bundle"])

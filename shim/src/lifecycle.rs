@@ -121,7 +121,8 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     backend.prepare_rootfs(&paths, store, &image, req.auto_remove)?;
 
     req.run.container_id = id.clone();
-    let mut spec = capsa_image::spec::generate(&image, &paths.rootfs(), &req.run)
+    let layers = store.layer_dirs(&image)?;
+    let mut spec = capsa_image::spec::generate(&image, &paths.rootfs(), &layers, &req.run)
         .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(Some(capsa_container::cgroup::cgroup_path(&id)));

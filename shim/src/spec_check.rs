@@ -656,7 +656,7 @@ mod tests {
             ..plain.clone()
         };
         for rc in [plain, limited, unlimited] {
-            let mut spec = generate(&image, rootfs.path(), &rc).unwrap();
+            let mut spec = generate(&image, rootfs.path(), &[rootfs.path().into()], &rc).unwrap();
             if let Some(linux) = spec.linux_mut() {
                 linux
                     .set_cgroups_path(Some(capsa_container::cgroup::cgroup_path(&rc.container_id)));

@@ -60,7 +60,8 @@ fn bundle(root: &Path, name: &str, args: &[&str]) -> PathBuf {
         args: Some(args.iter().map(|s| s.to_string()).collect()),
         ..Default::default()
     };
-    let mut spec = capsa_image::spec::generate(&image, &rootfs, &rc).unwrap();
+    let mut spec =
+        capsa_image::spec::generate(&image, &rootfs, std::slice::from_ref(&rootfs), &rc).unwrap();
     spec.set_root(Some(
         oci_spec::runtime::RootBuilder::default()
             .path("rootfs")

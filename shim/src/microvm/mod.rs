@@ -298,10 +298,10 @@ impl Backend for MicroVmBackend {
     ) -> Result<()> {
         let disk = store.rootfs_image(image, RootfsFormat::Ext4)?;
         std::os::unix::fs::symlink(&disk, paths.dir.join("rootfs.disk"))?;
-        // The host needs a read-only view of the image while the runtime
-        // spec is generated (user names come from its /etc/passwd); `create`
-        // drops it again.
-        capsa_container::rootfs::mount_lower_only(&store.layer_dirs(image)?, &paths.rootfs())
+        // The root is assembled in the guest; the host mounts nothing (the
+        // spec's users come from the image's layers, spec::generate).
+        std::fs::create_dir_all(paths.rootfs())?;
+        Ok(())
     }
 
     fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()> {
@@ -311,7 +311,6 @@ impl Backend for MicroVmBackend {
     fn create(&self, rec: &Record, io: ProcessIo) -> Result<Box<dyn Sandbox>> {
         let mut clock = Instant::now();
         let paths = ContainerPaths::new(&self.roots, &rec.id);
-        self.release_rootfs(&paths)?;
         let mut spec = oci_spec::runtime::Spec::load(paths.config())?;
         if rec.sandbox.is_some() {
             return self.join_sandbox(rec, &paths, spec, io);
