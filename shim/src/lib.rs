@@ -13,11 +13,10 @@
 //! owns a running container (pumps its output into the log and records its
 //! exit), and [`logs`] is the log format. [`oci`] holds runc's operations
 //! on bundles other engines prepare (the runc-compatible commands and the
-//! containerd shim use it); [`spec_check`] refuses a bad bundle before any
+//! containerd shim, crate capsa-containerd-shim, use it); [`spec_check`] refuses a bad bundle before any
 //! of them acts on it.
 
 pub mod backend;
-pub mod containerd;
 pub mod keeper;
 pub mod lifecycle;
 pub mod logs;

@@ -2,5 +2,5 @@
 //! or a Kubernetes RuntimeClass (see docs/kubernetes.md).
 
 fn main() {
-    capsa_shim::containerd::main();
+    capsa_containerd_shim::main();
 }

@@ -4,7 +4,7 @@
 //! containerd starts the shim binary once per container (or once per pod
 //! sandbox: containers carrying the same `io.kubernetes.cri.sandbox-id`
 //! annotation share one shim process) and talks to it over ttrpc. Every task
-//! call is a thin layer over [`crate::oci`] — the same create/start/kill/
+//! call is a thin layer over [`capsa_shim::oci`] — the same create/start/kill/
 //! delete/exec the runc-compatible commands use — so the isolation mode is
 //! chosen per container by the bundle's `io.capsa.isolation` annotation
 //! (`container`, the default, or `vm`) exactly as it is for `capsa create`.
@@ -28,7 +28,7 @@ use std::path::PathBuf;
 
 pub use service::Service;
 
-use crate::paths::Roots;
+use capsa_shim::paths::Roots;
 
 /// The runtime name containerd knows the shim by (`--runtime io.containerd.capsa.v2`).
 pub const RUNTIME_ID: &str = "io.containerd.capsa.v2";
@@ -93,7 +93,7 @@ fn serve(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
     if flags.namespace.is_empty() || flags.socket.is_empty() {
         bail!("-namespace and -socket are required");
     }
-    crate::keeper::become_subreaper()?;
+    capsa_shim::keeper::become_subreaper()?;
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .context("opening containerd's log fifo")?;
 

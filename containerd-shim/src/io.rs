@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::backend::ProcessIo;
 use capsa_container::terminal::set_window_size;
+use capsa_shim::backend::ProcessIo;
 
 /// The fifo paths of one process, as containerd sent them.
 #[derive(Debug, Clone, Default)]

@@ -1,6 +1,6 @@
 //! The shim's two faces: [`Shim`] (the `start`/`delete` subcommands
 //! containerd runs) and [`Task`] (the ttrpc task service of the running
-//! shim). Each task call maps onto one [`crate::oci`] call.
+//! shim). Each task call maps onto one [`capsa_shim::oci`] call.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,10 +24,10 @@ use containerd_shim::{
 };
 use nix::sys::signal::Signal;
 
-use super::io::{self, IoHandles, StdioPaths};
-use super::reaper::{ExitInfo, Reaper};
-use crate::oci;
-use crate::paths::Roots;
+use crate::io::{self, IoHandles, StdioPaths};
+use crate::reaper::{ExitInfo, Reaper};
+use capsa_shim::oci;
+use capsa_shim::paths::Roots;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProcState {
