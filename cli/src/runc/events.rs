@@ -1,0 +1,100 @@
+//! `events`: a container's resource statistics, once or at an interval.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use capsa_shim::oci;
+use capsa_shim::Roots;
+use clap::Args;
+use serde_json::json;
+
+use super::{coded, state_or_missing, EXIT_RUNC_ERROR};
+
+#[derive(Args)]
+pub struct EventsArgs {
+    /// Print the container's statistics once and exit.
+    #[arg(long)]
+    stats: bool,
+    /// How often to print statistics (e.g. 5s, 500ms, 1m).
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    interval: String,
+    /// The container ID.
+    id: String,
+}
+
+/// runc's `{"type":"stats","id":…,"data":{…}}`, with the fields of runc's
+/// `types.Stats` that capsa measures.
+fn stats_event(id: &str, s: &oci::Stats) -> serde_json::Value {
+    json!({
+        "type": "stats",
+        "id": id,
+        "data": {
+            "cpu": {"usage": {
+                "total": s.cpu_usage_ns,
+                "percpu": [],
+                "kernel": s.cpu_system_ns,
+                "user": s.cpu_user_ns,
+            }},
+            "memory": {"usage": {
+                "usage": s.memory_usage_bytes,
+                // runc reports "no limit" as the largest value.
+                "limit": s.memory_limit_bytes.unwrap_or(u64::MAX),
+            }},
+            "pids": {"current": s.pids_current},
+        }
+    })
+}
+
+fn parse_interval(s: &str) -> Result<Duration> {
+    let bad = || anyhow!("--interval takes a duration like 5s, 500ms or 1m, not {s:?}");
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if secs <= 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn events(roots: &Roots, a: EventsArgs) -> Result<i32> {
+    let run = || -> Result<i32> {
+        let interval = parse_interval(&a.interval)?;
+        state_or_missing(roots, &a.id)?;
+        loop {
+            let s = oci::stats(roots, &a.id)?;
+            println!("{}", stats_event(&a.id, &s));
+            if a.stats {
+                return Ok(0);
+            }
+            std::thread::sleep(interval);
+            match oci::state(roots, &a.id) {
+                Ok(st) if st.status != "stopped" => {}
+                _ => return Ok(0),
+            }
+        }
+    };
+    run().map_err(coded(EXIT_RUNC_ERROR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_interval("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_interval("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_interval("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_interval("x").is_err());
+        assert!(parse_interval("0s").is_err());
+    }
+}

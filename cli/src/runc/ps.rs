@@ -1,0 +1,86 @@
+//! `ps`: docker's list of containers, or runc's processes of one.
+
+use anyhow::{anyhow, bail, Context, Result};
+use capsa_shim::oci;
+use capsa_shim::Roots;
+use clap::Args;
+
+use super::{coded, state_or_missing, Format, EXIT_RUNC_ERROR};
+use crate::containers;
+
+/// docker's `ps [-a] [-q]` (no container) and runc's
+/// `ps [--format table|json] ID [PS-ARGS…]`.
+#[derive(Args)]
+pub struct PsArgs {
+    /// docker: show all containers (default: running ones).
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// docker: only print container IDs.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// runc: table (ps output) or json (the pids).
+    #[arg(short = 'f', long, value_enum, default_value = "table")]
+    format: Format,
+    /// runc: the container ID, then arguments for ps(1) (default -ef).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ID [PS-ARGS]"
+    )]
+    id_and_ps_args: Vec<String>,
+}
+
+pub fn ps(roots: &Roots, a: PsArgs) -> Result<i32> {
+    let Some((id, ps_args)) = a.id_and_ps_args.split_first() else {
+        return containers::ps(
+            roots,
+            containers::PsArgs {
+                all: a.all,
+                quiet: a.quiet,
+            },
+        );
+    };
+    let run = || -> Result<i32> {
+        state_or_missing(roots, id)?;
+        let pids = oci::pids(roots, id)?;
+        if a.format == Format::Json {
+            println!("{}", serde_json::to_string(&pids)?);
+            return Ok(0);
+        }
+        let args: Vec<String> = if ps_args.is_empty() {
+            vec!["-ef".into()]
+        } else {
+            ps_args.to_vec()
+        };
+        let out = std::process::Command::new("ps")
+            .args(&args)
+            .output()
+            .context("running ps")?;
+        if !out.status.success() {
+            bail!(
+                "ps {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default();
+        let col = header
+            .split_whitespace()
+            .position(|h| h == "PID")
+            .ok_or_else(|| anyhow!("ps {} printed no PID column", args.join(" ")))?;
+        println!("{header}");
+        for l in lines {
+            let pid = l
+                .split_whitespace()
+                .nth(col)
+                .and_then(|p| p.parse::<i32>().ok());
+            if pid.is_some_and(|p| pids.contains(&p)) {
+                println!("{l}");
+            }
+        }
+        Ok(0)
+    };
+    run().map_err(coded(EXIT_RUNC_ERROR))
+}

@@ -1,0 +1,66 @@
+//! `pause` and `resume`: freezes and thaws a container.
+
+use anyhow::{bail, Result};
+use nix::sys::signal::Signal;
+
+use super::{error, record, status_of, vmm_pid, with_record};
+use crate::lifecycle::Isolation;
+use crate::paths::Roots;
+use crate::record::Status;
+
+/// Freezes every process of the container (the whole VM in VM mode).
+pub fn pause(roots: &Roots, id: &str) -> Result<()> {
+    set_paused(roots, id, true)
+}
+
+pub fn resume(roots: &Roots, id: &str) -> Result<()> {
+    set_paused(roots, id, false)
+}
+
+fn set_paused(roots: &Roots, id: &str, pause: bool) -> Result<()> {
+    let rec = record(roots, id)?;
+    let status = status_of(roots, &rec);
+    let allowed = if pause {
+        status.can_pause()
+    } else {
+        status.can_resume()
+    };
+    if !allowed {
+        bail!(error(format!(
+            "cannot {} container {id} that is {}",
+            if pause { "pause" } else { "resume" },
+            status.runc_name()
+        )));
+    }
+    match rec.isolation {
+        Isolation::Container => {
+            let mut c = crate::namespace::runtime(roots).container(id)?;
+            if pause { c.pause() } else { c.resume() }.map_err(|e| error(format!("{e}")))?;
+        }
+        Isolation::Vm if rec.sandbox.is_some() => {
+            bail!(error(format!(
+                "container {id} shares its pod's VM: pause the pod's sandbox container instead"
+            )));
+        }
+        Isolation::Vm => {
+            // Stopping the VMM stops the vCPUs: the guest, and with it
+            // the container, is frozen as a whole.
+            let vmm = vmm_pid(&rec).ok_or_else(|| error(format!("the VM of {id} is gone")))?;
+            let sig = if pause {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            };
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(vmm), sig)?;
+            with_record(roots, id, |r| {
+                // Only if it did not stop meanwhile.
+                let _ = r.transition(if pause {
+                    Status::Paused
+                } else {
+                    Status::Running
+                });
+            });
+        }
+    }
+    Ok(())
+}
