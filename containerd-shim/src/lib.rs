@@ -93,7 +93,7 @@ fn serve(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
     if flags.namespace.is_empty() || flags.socket.is_empty() {
         bail!("-namespace and -socket are required");
     }
-    capsa_shim::keeper::become_subreaper()?;
+    capsa_shim::monitor::keeper::become_subreaper()?;
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .context("opening containerd's log fifo")?;
 

@@ -47,6 +47,27 @@ pub mod kind {
     pub const EOF: u8 = 0x12;
 }
 
+/// A broken flow-control rule (the per-stream windows of [`crate::flow`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlowError {
+    /// The peer sent more bytes than its credit allowed.
+    #[error("flow control violated: {got} data bytes arrived while only {allowed} were allowed")]
+    WindowExceeded {
+        /// Bytes in the offending frame.
+        got: usize,
+        /// Credit the peer had left.
+        allowed: u64,
+    },
+    /// The peer granted credit beyond any possible window.
+    #[error("flow control violated: a credit of {credit} would raise the window above {max}")]
+    CreditOverflow {
+        /// The credit granted.
+        credit: u32,
+        /// The most credit a sender may hold.
+        max: u64,
+    },
+}
+
 /// Everything that can go wrong speaking the protocol.
 ///
 /// [`is_fatal`](ProtoError::is_fatal) says whether the connection is still
@@ -122,9 +143,9 @@ pub enum ProtoError {
     /// The peer sent a connection-level error.
     #[error("the peer reported an error: {0}")]
     Remote(ErrorReply),
-    /// A flow-control rule was broken (see [`crate::flow`]).
+    /// A flow-control rule was broken (the stream windows of `flow`).
     #[error(transparent)]
-    Flow(#[from] crate::flow::FlowError),
+    Flow(#[from] FlowError),
 }
 
 impl ProtoError {

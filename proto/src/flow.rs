@@ -29,7 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::codec::{Encoder, ProtoError};
+use crate::codec::{Encoder, FlowError, ProtoError};
 use crate::message::{Frame, StdStream};
 
 /// Receive window of every stream at its start, bytes.
@@ -37,27 +37,6 @@ pub const INITIAL_WINDOW: u32 = 256 * 1024;
 
 /// Most data bytes an [`OutboundWriter`] puts in one frame.
 pub const MAX_DATA: usize = 64 * 1024;
-
-/// A broken flow-control rule.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FlowError {
-    /// The peer sent more bytes than its credit allowed.
-    #[error("flow control violated: {got} data bytes arrived while only {allowed} were allowed")]
-    WindowExceeded {
-        /// Bytes in the offending frame.
-        got: usize,
-        /// Credit the peer had left.
-        allowed: u64,
-    },
-    /// The peer granted credit beyond any possible window.
-    #[error("flow control violated: a credit of {credit} would raise the window above {max}")]
-    CreditOverflow {
-        /// The credit granted.
-        credit: u32,
-        /// The most credit a sender may hold.
-        max: u64,
-    },
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not turn into a second panic here; the state

@@ -60,12 +60,12 @@ pub mod hvsock;
 pub mod message;
 
 pub use codec::{
-    decode_frame, encode_data, encode_frame, frame_len, Decoder, Encoder, ProtoError, HEADER_LEN,
-    MAX_FRAME,
+    decode_frame, encode_data, encode_frame, frame_len, Decoder, Encoder, FlowError, ProtoError,
+    HEADER_LEN, MAX_FRAME,
 };
 pub use flow::{
-    inbound, FlowError, InboundReader, InboundSender, OutboundWriter, RecvWindow, SendCredit,
-    SharedEncoder, Streams, INITIAL_WINDOW, MAX_DATA,
+    inbound, InboundReader, InboundSender, OutboundWriter, RecvWindow, SendCredit, SharedEncoder,
+    Streams, INITIAL_WINDOW, MAX_DATA,
 };
 pub use handshake::handshake;
 pub use hvsock::connect_hybrid_vsock;

@@ -17,7 +17,7 @@
 //! of them acts on it.
 
 pub mod backend;
-pub mod keeper;
+pub mod backends;
 pub mod lifecycle;
 pub mod logs;
 pub mod microvm;

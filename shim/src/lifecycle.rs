@@ -11,53 +11,13 @@ use anyhow::{bail, Context, Result};
 use capsa_image::spec::RunConfig;
 use capsa_image::Store;
 use nix::sys::signal::Signal;
-use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ExecRequest};
-use crate::microvm::MicroVmBackend;
-use crate::namespace::NamespaceBackend;
+pub use crate::backends::{backend_for, remove_files};
 use crate::paths::{ContainerPaths, Roots};
+pub use crate::record::Isolation;
 use crate::record::{Record, Status};
 use crate::{CodedError, EXIT_CAPSA_ERROR};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Isolation {
-    /// A namespace container on the host kernel.
-    #[default]
-    Container,
-    /// A microVM with its own kernel and a guest agent.
-    Vm,
-}
-
-impl FromStr for Isolation {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "container" => Ok(Isolation::Container),
-            "vm" => Ok(Isolation::Vm),
-            other => Err(format!(
-                "unknown isolation {other:?}: use \"container\" or \"vm\""
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Isolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Isolation::Container => "container",
-            Isolation::Vm => "vm",
-        })
-    }
-}
-
-pub fn backend_for(roots: &Roots, isolation: Isolation) -> Result<Box<dyn Backend>> {
-    match isolation {
-        Isolation::Container => Ok(Box::new(NamespaceBackend::new(roots))),
-        Isolation::Vm => Ok(Box::new(MicroVmBackend::new(roots))),
-    }
-}
 
 pub struct CreateRequest {
     pub name: Option<String>,
@@ -350,22 +310,6 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
     }
     remove_files(roots, &rec)?;
     Ok(rec)
-}
-
-/// Releases the runtime state, unmounts the root filesystem and deletes the
-/// container's directory. Safe to call more than once.
-pub fn remove_files(roots: &Roots, rec: &Record) -> Result<()> {
-    let paths = ContainerPaths::new(roots, &rec.id);
-    if let Ok(backend) = backend_for(roots, rec.isolation) {
-        backend.release(rec)?;
-        backend.release_rootfs(&paths)?;
-    }
-    match fs::remove_dir_all(&paths.dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", paths.dir.display()))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Runs a process inside a running container and returns its exit code.

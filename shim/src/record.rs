@@ -20,9 +20,42 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::str::FromStr;
 
-use crate::lifecycle::Isolation;
 use crate::paths::{ContainerPaths, Roots};
+
+/// Which backend runs a container: its isolation mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A namespace container on the host kernel.
+    #[default]
+    Container,
+    /// A microVM with its own kernel and a guest agent.
+    Vm,
+}
+
+impl FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "container" => Ok(Isolation::Container),
+            "vm" => Ok(Isolation::Vm),
+            other => Err(format!(
+                "unknown isolation {other:?}: use \"container\" or \"vm\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Isolation::Container => "container",
+            Isolation::Vm => "vm",
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -395,6 +428,19 @@ impl Record {
             .into()),
         }
     }
+}
+
+/// Loads, changes and saves a record under its lock, so the monitor (which
+/// records the exit) and `capsa start` (which records the start) cannot
+/// overwrite each other.
+pub fn with_record(roots: &Roots, id: &str, f: impl FnOnce(&mut Record)) -> Option<Record> {
+    let dir = ContainerPaths::new(roots, id).dir;
+    let lock = fs::File::open(&dir).ok()?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).ok()?;
+    let mut rec = Record::load(roots, id).ok()?;
+    f(&mut rec);
+    rec.save(roots).ok()?;
+    Some(rec)
 }
 
 /// Holds the lock that makes creating a container and removing an image

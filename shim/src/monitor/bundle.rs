@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::ready::Ready;
 use crate::backend::{Backend, ExecRequest, ProcessHandle, ProcessIo};
 use crate::microvm::MicroVmBackend;
-use crate::oci::with_record;
 use crate::paths::Roots;
+use crate::record::with_record;
 use crate::record::{Record, Status};
 
 /// What the monitor of container `id` does, with which standard streams.

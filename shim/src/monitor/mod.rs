@@ -11,8 +11,13 @@
 //! or why not, with one typed message ([`ready`]).
 
 pub mod bundle;
+mod finish;
+pub mod keeper;
 pub mod ready;
 pub mod spawn;
+
+use finish::finish;
+pub use finish::FORWARDED_SIGNALS;
 
 use std::fs::File;
 
@@ -33,17 +38,6 @@ use crate::stdio::{self, Pump, RawMode, Source};
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 use capsa_container::terminal::copy_window_size;
 
-/// Signals a monitor passes on to its container, as docker's and
-/// containerd's do.
-pub const FORWARDED_SIGNALS: [Signal; 6] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
-
 pub enum Mode {
     /// `capsa run` without `-d`: output also goes to our stdout/stderr, and
     /// with `-i` our stdin goes to the container.
@@ -62,7 +56,7 @@ pub enum Mode {
 /// either loses nothing: if the keeper dies the monitor carries on; if the
 /// monitor dies, the container's process is reparented to the keeper, which
 /// collects its exit status, drains its output into the log, releases what
-/// it held and removes it for `--rm` (see [`crate::keeper`]). For a
+/// it held and removes it for `--rm` (see [`keeper`]). For a
 /// foreground run the keeper is the `capsa run` process the user started.
 pub fn supervise(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
     let rec = Record::load(roots, id)?;
@@ -71,12 +65,12 @@ pub fn supervise(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
     } else {
         Some((stdio::pipe()?, stdio::pipe()?))
     };
-    if !crate::keeper::can_fork() {
+    if !keeper::can_fork() {
         tracing::info!("more than one thread: running container {id} without a keeper");
         return run(roots, id, mode, None, outputs);
     }
     let keeper_pid = std::process::id() as i32;
-    crate::keeper::become_subreaper()?;
+    keeper::become_subreaper()?;
     // The keeper's copies of the output pipes' read ends: while it holds
     // them a dead monitor never turns the container's writes into SIGPIPE.
     let kept = match &outputs {
@@ -97,7 +91,7 @@ pub fn supervise(roots: &Roots, id: &str, mode: Mode) -> Result<i32> {
                 // must see EOF when the monitor is gone.
                 close_ready(ready)?;
             }
-            crate::keeper::keep(roots, id, child, kept)
+            keeper::keep(roots, id, child, kept)
         }
     }
 }
@@ -119,7 +113,7 @@ fn run(
 ) -> Result<i32> {
     let mut rec = Record::load(roots, id)?;
     rec.keeper_pid = keeper;
-    let backend = crate::lifecycle::backend_for(roots, rec.isolation)?;
+    let backend = crate::backends::backend_for(roots, rec.isolation)?;
     let paths = ContainerPaths::new(roots, id);
     let foreground = matches!(mode, Mode::Foreground);
 
@@ -272,40 +266,6 @@ fn start(
             let _ = sandbox.release();
             Err(e)
         }
-    }
-}
-
-/// Records the exit and gives back what the container held on the host:
-/// through its `sandbox` handle, or by its record when none was made.
-pub(crate) fn finish(
-    roots: &Roots,
-    backend: &dyn Backend,
-    sandbox: Option<&dyn Sandbox>,
-    rec: &mut Record,
-    exit: Exit,
-) {
-    rec.oom_killed = exit.oom_killed;
-    let released = match sandbox {
-        Some(s) => s.release(),
-        None => backend.release(rec),
-    };
-    if let Err(e) = released {
-        tracing::warn!("releasing container {}: {e:#}", rec.id);
-    }
-    if let Err(e) = backend.release_rootfs(&ContainerPaths::new(roots, &rec.id)) {
-        tracing::warn!("unmounting the root of {}: {e:#}", rec.id);
-    }
-    if let Err(e) = rec.transition(Status::Stopped) {
-        tracing::debug!("{e:#}");
-    }
-    rec.exit_code = Some(exit.code);
-    rec.finished = Some(Utc::now());
-    rec.pid = None;
-    rec.error = exit.error;
-    if rec.auto_remove {
-        let _ = crate::lifecycle::remove_files(roots, rec);
-    } else if let Err(e) = rec.save(roots) {
-        tracing::warn!("saving the record of {}: {e:#}", rec.id);
     }
 }
 

@@ -10,15 +10,15 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::Spec;
 
-use super::{
+use super::common::{
     check_id, error, invalid_bundle, isolation_of, load_spec, record, release_slot, rootfs_of,
     spawn_monitor, status_of, KERNEL_ANNOTATION,
 };
 use crate::backend::ProcessIo;
-use crate::lifecycle::Isolation;
 use crate::microvm::sandbox;
 use crate::monitor::bundle::{BundleJob, BundleOp};
 use crate::paths::{ContainerPaths, Roots};
+use crate::record::Isolation;
 use crate::record::{Record, Status};
 use capsa_container::is_bind_mount;
 
@@ -35,7 +35,7 @@ impl Drop for Undo<'_> {
                 let _ = crate::namespace::runtime(self.roots).delete(&rec.id);
             }
             release_slot(self.roots, &rec);
-            let _ = crate::lifecycle::remove_files(self.roots, &rec);
+            let _ = crate::backends::remove_files(self.roots, &rec);
         }
     }
 }
@@ -80,7 +80,7 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
         rec: Some(rec.clone()),
     };
     let pid = match isolation {
-        Isolation::Container if !crate::keeper::can_fork() => {
+        Isolation::Container if !crate::monitor::keeper::can_fork() => {
             let job = BundleJob::new(roots, id, &io, BundleOp::NamespaceCreate(bundle.clone()));
             spawn_monitor(job, io)?
         }

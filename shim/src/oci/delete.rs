@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
 
-use super::{error, record, release_slot, status_of};
+use super::common::{error, record, release_slot, status_of};
 use crate::backend::Backend;
-use crate::lifecycle::Isolation;
 use crate::microvm::MicroVmBackend;
 use crate::paths::Roots;
+use crate::record::Isolation;
 
 /// Deletes a stopped container and everything it has on the host; with
 /// `force`, kills a running one first.
@@ -43,7 +43,7 @@ pub fn delete(roots: &Roots, id: &str, force: bool) -> Result<()> {
         }
     }
     release_slot(roots, &rec);
-    crate::lifecycle::remove_files(roots, &rec)
+    crate::backends::remove_files(roots, &rec)
 }
 
 /// Alive and not yet a zombie.

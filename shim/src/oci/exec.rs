@@ -3,11 +3,11 @@
 use anyhow::{bail, Result};
 use oci_spec::runtime::Process;
 
-use super::{error, record, spawn_monitor, status_of};
+use super::common::{error, record, spawn_monitor, status_of};
 use crate::backend::ProcessIo;
-use crate::lifecycle::Isolation;
 use crate::monitor::bundle::{BundleJob, BundleOp};
 use crate::paths::Roots;
+use crate::record::Isolation;
 
 /// Runs `process` in the running container. Returns the PID of a process
 /// that is the caller's child and exits with the process's status.
@@ -23,7 +23,7 @@ pub fn exec(roots: &Roots, id: &str, process: &Process, io: ProcessIo) -> Result
         )));
     }
     match rec.isolation {
-        Isolation::Container if !crate::keeper::can_fork() => {
+        Isolation::Container if !crate::monitor::keeper::can_fork() => {
             let op = BundleOp::NamespaceExec(Box::new(process.clone()));
             spawn_monitor(BundleJob::new(roots, id, &io, op), io)
         }

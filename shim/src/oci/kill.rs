@@ -3,11 +3,11 @@
 use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
 
-use super::{error, record, status_of};
+use super::common::{error, record, status_of};
 use crate::backend::Backend;
-use crate::lifecycle::Isolation;
 use crate::microvm::MicroVmBackend;
 use crate::paths::Roots;
+use crate::record::Isolation;
 
 /// Sends `signal` to the container's first process, or with `all` to every
 /// process of the container.

@@ -3,9 +3,10 @@
 use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
 
-use super::{error, record, status_of, vmm_pid, with_record};
-use crate::lifecycle::Isolation;
+use super::common::{error, record, status_of, vmm_pid};
 use crate::paths::Roots;
+use crate::record::with_record;
+use crate::record::Isolation;
 use crate::record::Status;
 
 /// Freezes every process of the container (the whole VM in VM mode).

@@ -3,11 +3,12 @@
 use anyhow::{bail, Result};
 use chrono::Utc;
 
-use super::{error, record, status_of, with_record};
+use super::common::{error, record, status_of};
 use crate::backend::Backend;
-use crate::lifecycle::Isolation;
 use crate::microvm::MicroVmBackend;
 use crate::paths::Roots;
+use crate::record::with_record;
+use crate::record::Isolation;
 use crate::record::Status;
 
 /// Lets the created container run its process.

@@ -9,7 +9,7 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{load_spec, record, rootfs_of, status_of};
+use super::common::{load_spec, record, rootfs_of, status_of};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
 

@@ -5,10 +5,10 @@ use anyhow::Result;
 use libcgroups::common::CgroupManager;
 use serde::Serialize;
 
-use super::{error, record, status_of, vmm_pid};
-use crate::lifecycle::Isolation;
+use super::common::{error, record, status_of, vmm_pid};
 use crate::microvm::MicroVmBackend;
 use crate::paths::Roots;
+use crate::record::Isolation;
 use crate::record::Status;
 
 /// Resource usage of a container (its cgroup on the host, or in the guest).

@@ -16,9 +16,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::finish::{finish, FORWARDED_SIGNALS};
 use crate::backend::Exit;
 use crate::logs::{LogWriter, Stream};
-use crate::monitor::{finish, FORWARDED_SIGNALS};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
 use crate::stdio::{Pump, Source};
@@ -84,12 +84,12 @@ fn take_over(roots: &Roots, id: &str, sig: Signal, outputs: Option<[OwnedFd; 2]>
         "the monitor of container {} was killed ({sig}); its keeper collects the exit",
         rec.name
     );
-    let backend = crate::lifecycle::backend_for(roots, rec.isolation)?;
+    let backend = crate::backends::backend_for(roots, rec.isolation)?;
     match (rec.status(), rec.pid) {
         (Status::Stopped, _) => {
             // Killed while finishing: the exit is recorded already.
             if rec.auto_remove {
-                crate::lifecycle::remove_files(roots, &rec)?;
+                crate::backends::remove_files(roots, &rec)?;
             }
             Ok(rec.exit_code.unwrap_or(EXIT_CAPSA_ERROR))
         }
