@@ -805,23 +805,23 @@ impl containerd_shim::Task for Service {
         let metrics = Metrics {
             cpu: MessageField::some(CPUStat {
                 usage: MessageField::some(CPUUsage {
-                    total: s.cpu_usage_ns,
-                    user: s.cpu_user_ns,
-                    kernel: s.cpu_system_ns,
+                    total: s.cpu.usage_usec * 1000,
+                    user: s.cpu.user_usec * 1000,
+                    kernel: s.cpu.system_usec * 1000,
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
             memory: MessageField::some(MemoryStat {
                 usage: MessageField::some(MemoryEntry {
-                    usage: s.memory_usage_bytes,
-                    limit: s.memory_limit_bytes.unwrap_or(u64::MAX),
+                    usage: s.memory.usage_bytes,
+                    limit: s.memory.limit_bytes.unwrap_or(u64::MAX),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
             pids: MessageField::some(PidsStat {
-                current: s.pids_current,
+                current: s.pids.current,
                 ..Default::default()
             }),
             ..Default::default()

@@ -181,7 +181,7 @@ fn exec_pause_resume_kill() {
 
     let pids = oci::pids(&roots, "two").unwrap();
     assert_eq!(pids, vec![pid]);
-    assert!(oci::stats(&roots, "two").unwrap().pids_current >= 1);
+    assert!(oci::stats(&roots, "two").unwrap().pids.current >= 1);
     oci::pause(&roots, "two").unwrap();
     assert_eq!(oci::state(&roots, "two").unwrap().status, "paused");
     oci::resume(&roots, "two").unwrap();

@@ -30,17 +30,17 @@ fn stats_event(id: &str, s: &oci::Stats) -> serde_json::Value {
         "id": id,
         "data": {
             "cpu": {"usage": {
-                "total": s.cpu_usage_ns,
+                "total": s.cpu.usage_usec * 1000,
                 "percpu": [],
-                "kernel": s.cpu_system_ns,
-                "user": s.cpu_user_ns,
+                "kernel": s.cpu.system_usec * 1000,
+                "user": s.cpu.user_usec * 1000,
             }},
             "memory": {"usage": {
-                "usage": s.memory_usage_bytes,
+                "usage": s.memory.usage_bytes,
                 // runc reports "no limit" as the largest value.
-                "limit": s.memory_limit_bytes.unwrap_or(u64::MAX),
+                "limit": s.memory.limit_bytes.unwrap_or(u64::MAX),
             }},
-            "pids": {"current": s.pids_current},
+            "pids": {"current": s.pids.current},
         }
     })
 }

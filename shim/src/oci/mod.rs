@@ -32,6 +32,7 @@ mod start;
 mod state;
 mod stats;
 
+pub use capsa_proto::Stats;
 pub use create::create;
 pub use delete::delete;
 pub use exec::exec;
@@ -39,6 +40,6 @@ pub use kill::kill;
 pub use pause::{pause, resume};
 pub use start::start;
 pub use state::{list, state, State};
-pub use stats::{pids, stats, Stats};
+pub use stats::{pids, stats};
 
 pub use common::{isolation_of, EXIT_RUNC_ERROR, ISOLATION_ANNOTATION, KERNEL_ANNOTATION};

@@ -2,8 +2,8 @@
 //! the host.
 
 use anyhow::Result;
+use capsa_proto::Stats;
 use libcgroups::common::CgroupManager;
-use serde::Serialize;
 
 use super::common::{error, record, status_of, vmm_pid};
 use crate::microvm::MicroVmBackend;
@@ -11,17 +11,8 @@ use crate::paths::Roots;
 use crate::record::Isolation;
 use crate::record::Status;
 
-/// Resource usage of a container (its cgroup on the host, or in the guest).
-#[derive(Serialize, Clone, Debug, Default)]
-pub struct Stats {
-    pub cpu_usage_ns: u64,
-    pub cpu_user_ns: u64,
-    pub cpu_system_ns: u64,
-    pub memory_usage_bytes: u64,
-    pub memory_limit_bytes: Option<u64>,
-    pub pids_current: u64,
-}
-
+/// Resource usage of a container: its cgroup on the host, or (VM mode) in
+/// the guest, in the one type both modes report.
 pub fn stats(roots: &Roots, id: &str) -> Result<Stats> {
     let rec = record(roots, id)?;
     match rec.isolation {
@@ -31,27 +22,20 @@ pub fn stats(roots: &Roots, id: &str) -> Result<Stats> {
                 .stats()
                 .map_err(|e| error(format!("reading the cgroup of {id}: {e}")))?;
             let limit = s.memory.memory.limit;
-            Ok(Stats {
-                cpu_usage_ns: s.cpu.usage.usage_total,
-                cpu_user_ns: s.cpu.usage.usage_user,
-                cpu_system_ns: s.cpu.usage.usage_kernel,
-                memory_usage_bytes: s.memory.memory.usage,
-                // Unlimited reads as a huge number on cgroup v1.
-                memory_limit_bytes: (limit > 0 && limit < (1 << 62)).then_some(limit),
-                pids_current: s.pids.current,
-            })
+            let mut out = Stats::default();
+            // libcgroups reports CPU time in nanoseconds on both layouts.
+            out.cpu.usage_usec = s.cpu.usage.usage_total / 1000;
+            out.cpu.user_usec = s.cpu.usage.usage_user / 1000;
+            out.cpu.system_usec = s.cpu.usage.usage_kernel / 1000;
+            out.memory.usage_bytes = s.memory.memory.usage;
+            out.memory.max_usage_bytes = Some(s.memory.memory.max_usage).filter(|m| *m > 0);
+            // Unlimited reads as a huge number on cgroup v1.
+            out.memory.limit_bytes = (limit > 0 && limit < (1 << 62)).then_some(limit);
+            out.pids.current = s.pids.current;
+            out.pids.limit = Some(s.pids.limit).filter(|l| *l > 0);
+            Ok(out)
         }
-        Isolation::Vm => {
-            let s = MicroVmBackend::new(roots).stats(&rec)?;
-            Ok(Stats {
-                cpu_usage_ns: s.cpu.usage_usec * 1000,
-                cpu_user_ns: s.cpu.user_usec * 1000,
-                cpu_system_ns: s.cpu.system_usec * 1000,
-                memory_usage_bytes: s.memory.usage_bytes,
-                memory_limit_bytes: s.memory.limit_bytes,
-                pids_current: s.pids.current,
-            })
-        }
+        Isolation::Vm => MicroVmBackend::new(roots).stats(&rec),
     }
 }
 
