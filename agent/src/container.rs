@@ -207,7 +207,7 @@ impl Container {
             .context("the spec has no process")?;
         let process = exec_process(init, req)?;
         self.runtime
-            .exec(&self.id, &process, io)
+            .exec(&self.id, Some(&self.spec), &process, io)
             .map_err(classify_start_error)
     }
 
@@ -294,15 +294,16 @@ pub fn guest_bind_sources(spec: &mut Spec, dir: &Path) -> Result<()> {
         }
         let dest = m.destination().display().to_string();
         let content = match dest.as_str() {
-            "/etc/hostname" => format!("{hostname}\n"),
-            "/etc/hosts" => format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-            ),
+            "/etc/hostname" => capsa_container::etc_hostname(&hostname),
+            "/etc/hosts" => capsa_container::etc_hosts(&hostname),
             "/etc/resolv.conf" => continue,
             _ => bail!(
                 "the bind mount for {dest} has source {}, which does not exist in the guest \
                  (in VM mode host paths reach the container only as volume disks)",
-                m.source().as_ref().map(|s| s.display().to_string()).unwrap_or_default()
+                m.source()
+                    .as_ref()
+                    .map(|s| s.display().to_string())
+                    .unwrap_or_default()
             ),
         };
         fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;

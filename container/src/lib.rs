@@ -50,6 +50,18 @@ impl CodedError {
     }
 }
 
+/// The container's own `/etc/hostname`.
+pub fn etc_hostname(hostname: &str) -> String {
+    format!("{hostname}\n")
+}
+
+/// The container's own `/etc/hosts`, docker's template.
+pub fn etc_hosts(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    )
+}
+
 /// A bind mount, by type or by option, as runc reads a spec.
 pub fn is_bind_mount(m: &oci_spec::runtime::Mount) -> bool {
     m.typ().as_deref() == Some("bind")

@@ -10,7 +10,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
-use oci_spec::runtime::Process;
+use oci_spec::runtime::{Process, Spec};
 
 use crate::process::ProcessIo;
 use crate::{rootfs, workload};
@@ -100,7 +100,15 @@ impl Runtime {
     /// in container `id`. Returns its host PID; it is our child until we
     /// exit, then our subreaper's. With `process.terminal` its pty master
     /// goes to `io.console_socket`.
-    pub fn exec(&self, id: &str, process: &Process, io: ProcessIo) -> Result<i32> {
+    /// `spec` is the container's own spec, when the caller has it; else it
+    /// is read from the container's bundle.
+    pub fn exec(
+        &self,
+        id: &str,
+        spec: Option<&Spec>,
+        process: &Process,
+        io: ProcessIo,
+    ) -> Result<i32> {
         let terminal = process.terminal().unwrap_or(false);
         std::fs::create_dir_all(&self.state_dir)?;
         let mut file = tempfile::Builder::new()
@@ -110,14 +118,15 @@ impl Runtime {
         serde_json::to_writer(&mut file, process)?;
         // The exec'd process gets exactly the container's seccomp filter
         // (libcontainer's tenant path drops it; see CapsaExecutor).
-        let seccomp = {
-            let c = self.load(id)?;
-            let config = c.bundle().join("config.json");
-            oci_spec::runtime::Spec::load(&config)
-                .with_context(|| format!("reading {}", config.display()))?
-                .linux()
-                .as_ref()
-                .and_then(|l| l.seccomp().clone())
+        let seccomp_of = |s: &Spec| s.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let seccomp = match spec {
+            Some(s) => seccomp_of(s),
+            None => {
+                let config = self.load(id)?.bundle().join("config.json");
+                let s =
+                    Spec::load(&config).with_context(|| format!("reading {}", config.display()))?;
+                seccomp_of(&s)
+            }
         };
         let pid = self
             .builder(id, io, workload::CapsaExecutor { seccomp })?

@@ -92,7 +92,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     crate::spec_check::check(&spec).map_err(|e| {
         CodedError::new(EXIT_CAPSA_ERROR, format!("invalid container settings: {e}"))
     })?;
-    add_etc_files(&paths, &mut spec, req.run.network)?;
+    add_etc_files(&paths, &mut spec, req.run.network, req.isolation)?;
     let command = spec
         .process()
         .as_ref()
@@ -145,22 +145,23 @@ fn resolve_image(store: &Store, name: &str) -> Result<capsa_image::Image> {
 
 /// Gives the container its own /etc/hostname and /etc/hosts (and, on the
 /// host network, the host's /etc/resolv.conf), as docker does: images ship
-/// placeholders or nothing at these paths.
+/// placeholders or nothing at these paths. Only the mounts in VM mode: the
+/// guest cannot see the host's files, and the agent writes the same ones
+/// there (`guest_bind_sources`).
 fn add_etc_files(
     paths: &ContainerPaths,
     spec: &mut oci_spec::runtime::Spec,
     network: capsa_image::spec::Network,
+    isolation: Isolation,
 ) -> Result<()> {
     use oci_spec::runtime::MountBuilder;
     let hostname = spec.hostname().clone().unwrap_or_default();
-    let mut files = vec![("hostname", format!("{hostname}\n"))];
+    let mut files = vec![("hostname", capsa_container::etc_hostname(&hostname))];
     let host_net = network == capsa_image::spec::Network::Host;
     let hosts = if host_net {
         fs::read_to_string("/etc/hosts").unwrap_or_default()
     } else {
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-        )
+        capsa_container::etc_hosts(&hostname)
     };
     files.push(("hosts", hosts));
     if host_net {
@@ -171,7 +172,9 @@ fn add_etc_files(
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for (name, content) in files {
         let src = paths.dir.join(name);
-        fs::write(&src, content)?;
+        if isolation == Isolation::Container {
+            fs::write(&src, content)?;
+        }
         mounts.push(
             MountBuilder::default()
                 .destination(format!("/etc/{name}"))

@@ -81,9 +81,12 @@ impl Backend for NamespaceBackend {
         let spec = oci_spec::runtime::Spec::load(&config)?;
         let init = spec.process().as_ref().context("bundle has no process")?;
         let process = exec_process(init, req)?;
-        Ok(ProcessHandle::Pid(
-            self.runtime.exec(&rec.id, &process, io)?,
-        ))
+        Ok(ProcessHandle::Pid(self.runtime.exec(
+            &rec.id,
+            Some(&spec),
+            &process,
+            io,
+        )?))
     }
 
     fn release(&self, rec: &Record) -> Result<()> {

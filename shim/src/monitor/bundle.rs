@@ -102,7 +102,7 @@ pub fn run(job: BundleJob, mut ready: File) -> Result<i32> {
             namespace(op, &mut ready)
         }
         BundleOp::NamespaceExec(process) => {
-            let op = crate::namespace::runtime(&roots).exec(&id, &process, io);
+            let op = crate::namespace::runtime(&roots).exec(&id, None, &process, io);
             namespace(op, &mut ready)
         }
         BundleOp::VmExec(process) => {

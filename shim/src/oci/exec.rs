@@ -27,7 +27,7 @@ pub fn exec(roots: &Roots, id: &str, process: &Process, io: ProcessIo) -> Result
             let op = BundleOp::NamespaceExec(Box::new(process.clone()));
             spawn_monitor(BundleJob::new(roots, id, &io, op), io)
         }
-        Isolation::Container => crate::namespace::runtime(roots).exec(id, process, io),
+        Isolation::Container => crate::namespace::runtime(roots).exec(id, None, process, io),
         Isolation::Vm => {
             let op = BundleOp::VmExec(Box::new(process.clone()));
             spawn_monitor(BundleJob::new(roots, id, &io, op), io)
