@@ -1,0 +1,188 @@
+//! Runtime spec generation: an OCI runtime [`Spec`] (config.json) from an
+//! image's config plus the user's `capsa run` flags ([`RunConfig`]), with
+//! runc/docker-like secure defaults:
+//!
+//! - docker's default capability set in the bounding set (and, for root, in
+//!   effective/permitted; never inheritable or ambient), `noNewPrivileges`;
+//! - docker's masked and read-only `/proc`, `/sys` paths;
+//! - a default seccomp profile ([`default_seccomp`]);
+//! - runc's standard mounts (`/proc`, `/dev` tmpfs, `/dev/pts`, `/dev/shm`,
+//!   `/dev/mqueue`, read-only `/sys` and cgroup) and cgroup device rules
+//!   allowing only runc's default devices;
+//! - new pid, mount, ipc, uts, cgroup and (unless `--network host`)
+//!   network namespaces;
+//! - `RLIMIT_NOFILE` 1024:1024.
+//!
+//! The user is resolved like docker: `uid[:gid]` or `name[:group]` looked
+//! up in the image's `/etc/passwd` and `/etc/group` (in `rootfs`, which must
+//! be the prepared root filesystem), with supplementary groups from
+//! `/etc/group`. Command: docker's ENTRYPOINT + CMD rules.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, RootBuilder, Spec,
+    SpecBuilder,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store::Image;
+
+mod mounts;
+mod process;
+mod resources;
+mod seccomp;
+#[cfg(test)]
+mod tests;
+mod users;
+
+pub use mounts::{MASKED_PATHS, READONLY_PATHS};
+pub use process::{command, environment, DEFAULT_CAPS, DEFAULT_PATH, NOFILE_LIMIT};
+pub use seccomp::{default_seccomp, DENIED_SYSCALLS};
+pub use users::{resolve_user, ResolvedUser};
+
+/// The network of the container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// A new, empty network namespace (loopback only).
+    #[default]
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// A bind mount (`-v HOST:CTR[:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub src: PathBuf,
+    pub dst: String,
+    pub readonly: bool,
+}
+
+/// What the user asked for on `capsa run`, on top of the image config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Container id; the default hostname is its first 12 characters.
+    pub container_id: String,
+    /// Replaces the image's CMD (`capsa run IMAGE CMD…`).
+    pub args: Option<Vec<String>>,
+    /// Replaces the image's ENTRYPOINT (`--entrypoint`); an empty vector
+    /// clears it. Setting it also drops the image's CMD (as docker).
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE`, overriding the image's variables of the same name.
+    pub env: Vec<String>,
+    /// Working directory (absolute); default: the image's, else `/`.
+    pub workdir: Option<String>,
+    /// `uid[:gid]` or `name[:group]`; default: the image's USER, else root.
+    pub user: Option<String>,
+    pub mounts: Vec<BindMount>,
+    /// `/path[:opts]`, opts as for `mount -t tmpfs` (comma separated).
+    pub tmpfs: Vec<String>,
+    /// Memory limit in bytes (swap limited to the same: no swap).
+    pub memory_bytes: Option<i64>,
+    /// CPU quota in CPUs (`--cpus 1.5`).
+    pub cpus: Option<f64>,
+    /// Maximum number of processes; `<= 0` means unlimited.
+    pub pids_limit: Option<i64>,
+    /// Mount the root filesystem read-only.
+    pub read_only: bool,
+    pub network: Network,
+    /// Default: first 12 characters of `container_id` (the host's name with `Network::Host`).
+    pub hostname: Option<String>,
+    /// Allocate a terminal (`-t`); also sets `TERM=xterm` unless given.
+    pub tty: bool,
+    pub annotations: HashMap<String, String>,
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::InvalidRunConfig(msg.into())
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    bad(format!("internal error building the runtime spec: {e}"))
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The container's hostname: `--hostname`, else the host's with
+/// `--network host`, else the first 12 characters of the container id.
+fn hostname(rc: &RunConfig) -> Result<String> {
+    let hostname = match &rc.hostname {
+        Some(h) if !h.is_empty() => h.clone(),
+        _ if rc.network == Network::Host => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into()),
+        _ => rc.container_id.chars().take(12).collect(),
+    };
+    if hostname.is_empty() {
+        return Err(bad("no hostname: give a container id or a hostname"));
+    }
+    Ok(hostname)
+}
+
+/// New pid, ipc, uts, mount and cgroup namespaces, and a network one unless
+/// `--network host`.
+fn namespaces(rc: &RunConfig) -> Result<Vec<LinuxNamespace>> {
+    let mut ns_types = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+    ];
+    if rc.network == Network::None {
+        ns_types.push(LinuxNamespaceType::Network);
+    }
+    ns_types
+        .into_iter()
+        .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(internal)
+}
+
+/// Builds the runtime spec for running `image` with root filesystem
+/// `rootfs` (absolute path of where the root will be) and the user's
+/// options `rc`; users and groups are looked up in the image's unpacked
+/// `layers` (lowest first), so nothing needs to be mounted for it. The
+/// caller adds what only it knows (cgroups path, /etc/hosts and
+/// resolv.conf mounts, hooks).
+pub fn generate(image: &Image, rootfs: &Path, layers: &[PathBuf], rc: &RunConfig) -> Result<Spec> {
+    let args = command(image, rc)?;
+    let user = resolve_user(layers, &users::requested_user(image, rc))?;
+    let hostname = hostname(rc)?;
+
+    // Every field is set, even empty ones: oci-spec's builders fill an unset
+    // field with oci-spec's own default (a `sh` process, more capabilities,
+    // other namespaces), not with nothing.
+    let process = process::process(image, rc, args, user, &hostname)?;
+    let mounts = mounts::mounts(rc)?;
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces(rc)?)
+        .masked_paths(strings(MASKED_PATHS))
+        .readonly_paths(strings(READONLY_PATHS))
+        .resources(resources::resources(rc)?)
+        .seccomp(seccomp::seccomp_profile()?)
+        .build()
+        .map_err(internal)?;
+    let root = RootBuilder::default()
+        .path(rootfs)
+        .readonly(rc.read_only)
+        .build()
+        .map_err(internal)?;
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(root)
+        .hostname(hostname)
+        .annotations(rc.annotations.clone())
+        .mounts(mounts)
+        .process(process)
+        .linux(linux)
+        .build()
+        .map_err(internal)
+}

@@ -1,0 +1,251 @@
+//! The container process: the command (docker's ENTRYPOINT + CMD rules),
+//! the environment, the working directory, the user ids, capabilities and
+//! rlimits.
+
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxCapabilitiesBuilder, PosixRlimitBuilder, PosixRlimitType,
+    Process, ProcessBuilder, UserBuilder,
+};
+
+use super::{bad, internal, ResolvedUser, RunConfig};
+use crate::error::Result;
+use crate::store::Image;
+
+/// Default PATH when neither the image nor the user sets one (docker's).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// The open-files limit given to containers (soft and hard). Safe on hosts
+/// whose own hard limit is low and where capsa has no CAP_SYS_RESOURCE.
+pub const NOFILE_LIMIT: u64 = 1024;
+
+/// docker's ENTRYPOINT + CMD rules.
+pub fn command(image: &Image, rc: &RunConfig) -> Result<Vec<String>> {
+    let cfg = image.config.config().as_ref();
+    let image_ep = cfg.and_then(|c| c.entrypoint().clone()).unwrap_or_default();
+    let image_cmd = cfg.and_then(|c| c.cmd().clone()).unwrap_or_default();
+    let entrypoint = rc.entrypoint.clone().unwrap_or(image_ep);
+    let cmd = match (&rc.args, &rc.entrypoint) {
+        (Some(a), _) => a.clone(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => image_cmd,
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(bad(
+            "no command specified: the image has no CMD or ENTRYPOINT; give one after the image name",
+        ));
+    }
+    Ok(args)
+}
+
+fn env_key(kv: &str) -> &str {
+    kv.split_once('=').map(|(k, _)| k).unwrap_or(kv)
+}
+
+fn set_env(env: &mut Vec<String>, kv: String) {
+    let key = env_key(&kv).to_string();
+    match env.iter_mut().find(|e| env_key(e) == key) {
+        Some(slot) => *slot = kv,
+        None => env.push(kv),
+    }
+}
+
+/// The process environment: image env, then the user's, plus PATH,
+/// HOSTNAME, HOME and (with a tty) TERM defaults.
+pub fn environment(
+    image: &Image,
+    rc: &RunConfig,
+    hostname: &str,
+    home: &str,
+) -> Result<Vec<String>> {
+    let mut env: Vec<String> = Vec::new();
+    let image_env = image
+        .config
+        .config()
+        .as_ref()
+        .and_then(|c| c.env().clone())
+        .unwrap_or_default();
+    for kv in image_env {
+        if kv.contains('=') {
+            set_env(&mut env, kv);
+        }
+    }
+    for kv in &rc.env {
+        match kv.split_once('=') {
+            Some((k, _)) if !k.is_empty() => set_env(&mut env, kv.clone()),
+            _ => {
+                return Err(bad(format!(
+                    "environment variable {kv:?} must be KEY=VALUE"
+                )))
+            }
+        }
+    }
+    let has = |env: &Vec<String>, k: &str| env.iter().any(|e| env_key(e) == k);
+    if !has(&env, "PATH") {
+        env.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOSTNAME") {
+        env.push(format!("HOSTNAME={hostname}"));
+    }
+    if rc.tty && !has(&env, "TERM") {
+        env.push("TERM=xterm".into());
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={home}"));
+    }
+    Ok(env)
+}
+
+/// `CAP_CHOWN` -> [`Capability::Chown`].
+fn capability(name: &str) -> Result<Capability> {
+    name.strip_prefix("CAP_")
+        .unwrap_or(name)
+        .parse()
+        .map_err(|e| internal(format!("capability {name}: {e}")))
+}
+
+/// The process to run: `args` (see [`command`]) as `user` with its
+/// environment, working directory, capabilities and rlimits.
+pub(super) fn process(
+    image: &Image,
+    rc: &RunConfig,
+    args: Vec<String>,
+    user: ResolvedUser,
+    hostname: &str,
+) -> Result<Process> {
+    let cfg = image.config.config().as_ref();
+    let env = environment(image, rc, hostname, &user.home)?;
+    let cwd = rc
+        .workdir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .or_else(|| {
+            cfg.and_then(|c| c.working_dir().clone())
+                .filter(|w| !w.is_empty())
+        })
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(bad(format!(
+            "working directory {cwd:?} must be an absolute path"
+        )));
+    }
+
+    let caps: Capabilities = DEFAULT_CAPS
+        .iter()
+        .map(|c| capability(c))
+        .collect::<Result<_>>()?;
+    let active = if user.uid == 0 {
+        caps.clone()
+    } else {
+        Capabilities::new()
+    };
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps)
+        .effective(active.clone())
+        .permitted(active)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
+        .build()
+        .map_err(internal)?;
+    let nofile = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .hard(NOFILE_LIMIT)
+        .soft(NOFILE_LIMIT)
+        .build()
+        .map_err(internal)?;
+    let process_user = UserBuilder::default()
+        .uid(user.uid)
+        .gid(user.gid)
+        .additional_gids(user.additional_gids)
+        .umask(0o022u32)
+        .build()
+        .map_err(internal)?;
+    ProcessBuilder::default()
+        .terminal(rc.tty)
+        .user(process_user)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .rlimits(vec![nofile])
+        .no_new_privileges(true)
+        .build()
+        .map_err(internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::generate;
+    use crate::spec::tests::{env_of, gen, image, rc, rootfs};
+    use serde_json::json;
+    use std::path::Path;
+
+    #[test]
+    fn entrypoint_and_cmd_like_docker() {
+        let img = image(json!({"Entrypoint": ["/ep", "-x"], "Cmd": ["default"]}));
+        let args = |rc: &RunConfig| command(&img, rc).unwrap();
+        assert_eq!(args(&rc()), vec!["/ep", "-x", "default"]);
+        let mut r = rc();
+        r.args = Some(vec!["other".into()]);
+        assert_eq!(args(&r), vec!["/ep", "-x", "other"]);
+        let mut r = rc();
+        r.entrypoint = Some(vec!["/bin/sh".into()]);
+        assert_eq!(args(&r), vec!["/bin/sh"]);
+        r.args = Some(vec!["-c".into(), "echo hi".into()]);
+        assert_eq!(args(&r), vec!["/bin/sh", "-c", "echo hi"]);
+        let mut r = rc();
+        r.entrypoint = Some(vec![]);
+        r.args = Some(vec!["ls".into()]);
+        assert_eq!(args(&r), vec!["ls"]);
+        let empty = image(json!({}));
+        let err = command(&empty, &rc()).unwrap_err();
+        assert!(err.to_string().contains("no command"), "{err}");
+        assert!(generate(&empty, Path::new("/nonexistent"), &[], &rc()).is_err());
+    }
+
+    #[test]
+    fn env_merge() {
+        let img = image(json!({"Cmd": ["x"], "Env": ["PATH=/img/bin", "A=1", "B=2"]}));
+        let mut r = rc();
+        r.env = vec!["B=3".into(), "C=4=5".into(), "EMPTY=".into()];
+        r.tty = true;
+        let env = env_of(&gen(&img, &r));
+        assert_eq!(env[0], "PATH=/img/bin");
+        assert!(env.contains(&"A=1".into()));
+        assert!(env.contains(&"B=3".into()));
+        assert!(!env.contains(&"B=2".into()));
+        assert!(env.contains(&"C=4=5".into()));
+        assert!(env.contains(&"EMPTY=".into()));
+        assert!(env.contains(&"TERM=xterm".into()));
+        let mut r = rc();
+        r.env = vec!["PATH=/mine".into(), "TERM=vt100".into(), "HOME=/h".into()];
+        r.tty = true;
+        let env = env_of(&gen(&img, &r));
+        assert!(env.contains(&"PATH=/mine".into()));
+        assert!(env.contains(&"TERM=vt100".into()));
+        assert!(!env.contains(&"TERM=xterm".into()));
+        assert!(env.contains(&"HOME=/h".into()));
+        let mut r = rc();
+        r.env = vec!["NOVALUE".into()];
+        assert!(generate(&img, rootfs().path(), &[rootfs().path().into()], &r).is_err());
+    }
+}
