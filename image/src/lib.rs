@@ -16,7 +16,7 @@
 //! Store::save(name_or_id, out)                               OCI image-layout tar, one index entry
 //! Store::layer_dirs(&image)            -> Vec<PathBuf>       unpacked layers, LOWEST first (reverse for lowerdir=)
 //! Store::rootfs_image(&image, fmt)     -> PathBuf            flattened read-only ext4/erofs image for vm mode
-//! spec::generate(&image, rootfs, &RunConfig) -> oci_spec::runtime::Spec
+//! spec::generate(&image, rootfs, &layers, &RunConfig) -> oci_spec::runtime::Spec
 //! ```
 //!
 //! [`Image`] (id = config digest, names, manifest digest, created, size,

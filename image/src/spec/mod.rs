@@ -14,9 +14,9 @@
 //! - `RLIMIT_NOFILE` 1024:1024.
 //!
 //! The user is resolved like docker: `uid[:gid]` or `name[:group]` looked
-//! up in the image's `/etc/passwd` and `/etc/group` (in `rootfs`, which must
-//! be the prepared root filesystem), with supplementary groups from
-//! `/etc/group`. Command: docker's ENTRYPOINT + CMD rules.
+//! up in the image's `/etc/passwd` and `/etc/group`, read from its unpacked
+//! layers as their overlay would show them (nothing is mounted for it), with
+//! supplementary groups from `/etc/group`. Command: docker's ENTRYPOINT + CMD rules.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
