@@ -385,6 +385,44 @@ fn runc_command_line_directly() {
     env.ok(&["delete", "c3"]);
     assert_eq!(env.ok(&["list", "--format", "json"]).trim(), "null");
 
+    // A signal number that is also a unique prefix of a `capsa run`
+    // container's ID is runc's signal for the runc container, and leaves
+    // the other one alone (docker's prefix match must not pick it).
+    let mut prefixed = None;
+    for _ in 0..40 {
+        let id = env
+            .ok(&["run", "-d", "demo", "sleep", "300"])
+            .trim()
+            .to_string();
+        if id.starts_with(|c: char| ('1'..='9').contains(&c)) {
+            prefixed = Some(id);
+            break;
+        }
+        env.ok(&["rm", "-f", &id]);
+    }
+    let prefixed = prefixed.expect("no container ID starting with 1-9 in 40 tries");
+    let st = env
+        .cmd(&["create", "-b", b, "c4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "create c4 failed");
+    env.ok(&["start", "c4"]);
+    env.ok(&["kill", "c4", &prefixed[..1]]);
+    wait_status(&env, "c4", "stopped");
+    assert!(
+        env.ok(&["ps"]).contains(&prefixed[..12]),
+        "kill c4 {} also killed the `capsa run` container {prefixed}",
+        &prefixed[..1]
+    );
+    env.ok(&["delete", "c4"]);
+    // And `delete --force` of a missing runc ID that is such a prefix
+    // succeeds quietly (runc's), without touching that container.
+    env.ok(&["delete", "--force", &prefixed[..1]]);
+    assert!(env.ok(&["ps"]).contains(&prefixed[..12]));
+    env.ok(&["rm", "-f", &prefixed]);
+
     // kill, exec, ps and delete keep docker's meaning for `capsa run`'s
     // containers, and runc's commands do not touch them.
     env.ok(&["run", "-d", "--name", "dock", "demo", "sleep", "300"]);

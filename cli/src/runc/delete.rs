@@ -5,7 +5,7 @@ use capsa_shim::oci;
 use capsa_shim::{CodedError, Roots};
 use clap::Args;
 
-use super::{coded, is_oci, state_or_missing, EXIT_RUNC_ERROR};
+use super::{coded, is_oci, names_a_container, state_or_missing, EXIT_RUNC_ERROR};
 
 #[derive(Args)]
 pub struct DeleteArgs {
@@ -21,7 +21,7 @@ pub fn delete(roots: &Roots, a: DeleteArgs) -> Result<i32> {
     for id in &a.ids {
         // runc: `delete --force` of a container that does not exist succeeds
         // (containerd and podman clean up that way).
-        let known = capsa_shim::Record::find(roots, id).is_ok();
+        let known = names_a_container(roots, id);
         if a.force && !known {
             continue;
         }

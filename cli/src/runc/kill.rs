@@ -7,7 +7,7 @@ use capsa_shim::oci;
 use capsa_shim::Roots;
 use clap::Args;
 
-use super::{coded, is_oci, state_or_missing, EXIT_RUNC_ERROR};
+use super::{coded, is_oci, names_a_container, state_or_missing, EXIT_RUNC_ERROR};
 use crate::containers;
 
 /// `kill [-s SIG] [--all] CONTAINER… [SIGNAL]`: runc's `kill ID [SIGNAL]`
@@ -27,15 +27,12 @@ pub struct KillArgs {
 }
 
 pub fn kill(roots: &Roots, mut a: KillArgs) -> Result<i32> {
-    // runc's `kill ID SIGNAL`: a last argument that is a signal and not a
-    // container.
+    // runc's `kill ID SIGNAL`: one container made by `create`, then a
+    // signal that is not itself a container's whole ID or name.
     let mut positional_signal = None;
-    if a.args.len() >= 2 {
-        let last = a.args.last().expect("len >= 2");
-        if parse_signal(last).is_some()
-            && !is_oci(roots, last)
-            && capsa_shim::Record::find(roots, last).is_err()
-        {
+    if a.args.len() == 2 && is_oci(roots, &a.args[0]) {
+        let last = &a.args[1];
+        if parse_signal(last).is_some() && !names_a_container(roots, last) {
             positional_signal = a.args.pop();
         }
     }

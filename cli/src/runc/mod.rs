@@ -168,6 +168,16 @@ fn is_oci(roots: &Roots, id: &str) -> bool {
     oci::state(roots, id).is_ok()
 }
 
+/// Whether `key` is exactly a container's ID or name. runc's verbs take
+/// whole IDs: a docker-style prefix match must not make a signal number or
+/// a missing runc ID stand for some `capsa run` container.
+fn names_a_container(roots: &Roots, key: &str) -> bool {
+    capsa_shim::Record::list(roots).is_ok_and(|all| {
+        all.iter()
+            .any(|r| r.id == key || (!r.name.is_empty() && r.name == key))
+    })
+}
+
 /// The container's state; the library's error says "does not exist" in
 /// runc's words, which podman matches on to treat a container as gone.
 fn state_or_missing(roots: &Roots, id: &str) -> Result<oci::State> {
