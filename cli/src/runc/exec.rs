@@ -122,9 +122,10 @@ fn runc_process(roots: &Roots, a: &ExecArgs, id: &str) -> Result<Process> {
     }
     p.set_env(Some(env));
     if let Some(u) = &d.user {
+        // runc keeps the process's group when only a UID is given.
         let (uid, gid) = match u.split_once(':') {
             Some((u, g)) => (u.parse(), g.parse()),
-            None => (u.parse(), Ok(0)),
+            None => (u.parse(), Ok(p.user().gid())),
         };
         let (Ok(uid), Ok(gid)) = (uid, gid) else {
             bail!("exec --user takes UID[:GID], not {u:?}");
