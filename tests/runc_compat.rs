@@ -401,6 +401,16 @@ fn runc_command_line_directly() {
         env.ok(&["rm", "-f", &id]);
     }
     let prefixed = prefixed.expect("no container ID starting with 1-9 in 40 tries");
+    // The container's PID 1 ignores signals it has no handler for: trap
+    // the ones the digit can name (9 is SIGKILL).
+    set_process(
+        &bundle,
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 3' 1 2 3 4 5 6 7 8; while :; do sleep 0.1; done",
+        ],
+    );
     let st = env
         .cmd(&["create", "-b", b, "c4"])
         .stdout(Stdio::null())

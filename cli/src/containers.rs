@@ -73,7 +73,7 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
         .collect();
     if args.quiet {
         for r in &recs {
-            println!("{}", &r.id[..12]);
+            println!("{}", r.short_id());
         }
         return Ok(0);
     }
@@ -85,7 +85,7 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
                 command = format!("{}…", command.chars().take(19).collect::<String>());
             }
             vec![
-                r.id[..12].to_string(),
+                r.short_id().to_string(),
                 r.image.clone(),
                 format!("\"{command}\""),
                 table::ago(r.created),

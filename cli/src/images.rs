@@ -171,7 +171,7 @@ pub fn rmi(roots: &Roots, args: RmiArgs) -> Result<i32> {
                 .iter()
                 .filter(|c| c.image_id == img.id)
                 .map(|c| match c.damaged {
-                    Some(_) => format!("{} (damaged)", &c.id[..12]),
+                    Some(_) => format!("{} (damaged)", c.short_id()),
                     None => c.name.clone(),
                 })
                 .collect();

@@ -282,8 +282,8 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
                 EXIT_CAPSA_ERROR,
                 format!(
                     "container {} is damaged ({why}): remove it with `capsa rm -f {}`",
-                    &rec.id[..12],
-                    &rec.id[..12]
+                    rec.short_id(),
+                    rec.short_id()
                 ),
             )
             .into());

@@ -215,6 +215,12 @@ impl Record {
         self.status
     }
 
+    /// The ID as docker shows it: its first 12 characters (all of a
+    /// shorter one, such as a runc container's).
+    pub fn short_id(&self) -> &str {
+        self.id.get(..12).unwrap_or(&self.id)
+    }
+
     /// Moves the container to status `to`, or says why it cannot.
     pub fn transition(&mut self, to: Status) -> Result<()> {
         if !self.status.can_become(to) {
