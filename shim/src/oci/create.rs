@@ -199,6 +199,21 @@ fn guest_image_dir(id: &str) -> String {
 /// image under /.capsa-files (debugfs, from e2fsprogs) and points the
 /// mounts there. A copy: changes stay in the guest. /dev/shm becomes the
 /// container's own tmpfs; other host directories cannot reach the VM.
+/// A path as one argument of a debugfs script line: quoted (a space would
+/// split it), and refused where no quoting helps (a newline would start
+/// another command).
+fn debugfs_arg(path: &Path) -> Result<String> {
+    let text = path
+        .to_str()
+        .filter(|t| !t.contains(['\n', '\r', '"']))
+        .ok_or_else(|| {
+            error(format!(
+                "cannot copy a bound file named {path:?} into the VM"
+            ))
+        })?;
+    Ok(format!("\"{text}\""))
+}
+
 fn embed_bound_files(spec: &mut Spec, image: &Path, id: &str) -> Result<()> {
     let Some(mut mounts) = spec.mounts().clone() else {
         return Ok(());
@@ -212,7 +227,7 @@ fn embed_bound_files(spec: &mut Spec, image: &Path, id: &str) -> Result<()> {
         if m.destination() == Path::new("/dev/shm") {
             crate::microvm::shm_as_tmpfs(m);
         } else if src.is_file() {
-            script.push_str(&format!("write {} /.capsa-files/{n}\n", src.display()));
+            script.push_str(&format!("write {} /.capsa-files/{n}\n", debugfs_arg(&src)?));
             m.set_source(Some(PathBuf::from(format!(
                 "{}/.capsa-files/{n}",
                 guest_image_dir(id)
@@ -254,4 +269,20 @@ fn embed_bound_files(spec: &mut Spec, image: &Path, id: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_file_paths_are_quoted_for_debugfs_and_newlines_refused() {
+        assert_eq!(
+            debugfs_arg(Path::new("/run/a b/hosts")).unwrap(),
+            "\"/run/a b/hosts\""
+        );
+        for bad in ["/tmp/x\nwrite /etc/shadow /leak", "/tmp/q\"x", "/tmp/r\rx"] {
+            assert!(debugfs_arg(Path::new(bad)).is_err(), "{bad:?}");
+        }
+    }
 }
