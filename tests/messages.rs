@@ -298,6 +298,37 @@ fn a_kernel_that_is_no_kernel_is_named() {
     assert_one_clear_line(&env, &out, &before, &["/no/such/vmlinux"], "missing kernel");
 }
 
+/// Flags VM mode cannot honour are refused at once, before the host check
+/// and before any disk is built, with one line naming the flag.
+#[test]
+fn flags_vm_mode_cannot_honour_are_refused_first() {
+    let env = Env::with_demo();
+    let before = files_under(env.path());
+    let host = host_path("vm-rw");
+    std::fs::create_dir_all(&host).unwrap();
+    let rw = format!("{}:/data", host.display());
+    for (args, needles, what) in [
+        (
+            vec!["--network", "host"],
+            vec!["--network host", "VM-mode"],
+            "--network host",
+        ),
+        (
+            vec!["-v", rw.as_str()],
+            vec!["read-only", ":/data:ro"],
+            "-v HOST:CTR (read-write)",
+        ),
+    ] {
+        let mut full = vec!["run", "--rm", "--isolation", "vm"];
+        full.extend_from_slice(&args);
+        full.extend_from_slice(&["demo", "true"]);
+        let out = env.run(&full);
+        assert_one_clear_line(&env, &out, &before, &needles, what);
+        assert!(!stderr(&out).contains("PVM"), "{what}: {}", stderr(&out));
+    }
+    let _ = std::fs::remove_dir_all(&host);
+}
+
 /// The container's pids limit as its own cgroup shows it.
 const PIDS_MAX: &str =
     "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max";

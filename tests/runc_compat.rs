@@ -419,8 +419,18 @@ fn runc_command_line_directly() {
         .unwrap();
     assert!(st.success(), "create c4 failed");
     env.ok(&["start", "c4"]);
-    env.ok(&["kill", "c4", &prefixed[..1]]);
-    wait_status(&env, "c4", "stopped");
+    // Until the shell has set its trap, PID 1 ignores the signal: repeat.
+    let t0 = Instant::now();
+    while state(&env, "c4")["status"] != "stopped" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "kill c4 {} did not stop it",
+            &prefixed[..1]
+        );
+        // (It may stop between the look and the kill: then kill fails.)
+        let _ = env.run(&["kill", "c4", &prefixed[..1]]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(
         env.ok(&["ps"]).contains(&prefixed[..12]),
         "kill c4 {} also killed the `capsa run` container {prefixed}",

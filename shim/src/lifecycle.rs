@@ -36,6 +36,10 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     let mut clock = std::time::Instant::now();
     let backend = backend_for(roots, req.isolation)?;
     if req.isolation == Isolation::Vm {
+        // Flags the mode cannot honour are refused before anything is
+        // made: before the host check, and long before an image's VM disk
+        // is built.
+        check_vm_flags(&req.run)?;
         crate::microvm::check_host(req.kernel.as_deref())?;
     }
     let id = new_id()?;
@@ -185,6 +189,28 @@ fn add_etc_files(
         );
     }
     spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+/// What VM mode cannot do yet, in one line each: the guest has its own
+/// kernel and network stack, and host directories reach it only as
+/// read-only disk snapshots.
+fn check_vm_flags(run: &RunConfig) -> Result<()> {
+    let refuse = |msg: String| Err(CodedError::new(EXIT_CAPSA_ERROR, msg).into());
+    if run.network == capsa_image::spec::Network::Host {
+        return refuse(
+            "--network host cannot be given to a VM-mode container: the guest has its own \
+             network stack (use --isolation container to share the host's)"
+                .into(),
+        );
+    }
+    if let Some(m) = run.mounts.iter().find(|m| !m.readonly) {
+        return refuse(format!(
+            "VM mode shares host directories read-only only: use -v {}:{}:ro",
+            m.src.display(),
+            m.dst
+        ));
+    }
     Ok(())
 }
 
