@@ -24,9 +24,26 @@ pub struct CapsaExecutor {
     pub seccomp: Option<LinuxSeccomp>,
 }
 
+/// Gives the process every signal's default action and an empty signal
+/// mask, as a container's process starts under docker. Dispositions and
+/// the mask survive fork and exec: without this, a `capsa` started from a
+/// script's background job (where SIGINT and SIGQUIT are ignored) would
+/// start containers that cannot be stopped with them, since a shell
+/// cannot even trap a signal ignored at its start.
+fn default_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
+        // SAFETY: installing SIG_DFL runs no code of ours in a handler.
+        let _ = unsafe { sigaction(sig, &default) };
+    }
+    let _ = SigSet::empty().thread_set_mask();
+}
+
 impl Executor for CapsaExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         let args = args_of(spec).ok_or(ExecutorError::InvalidArg)?;
+        default_signals();
         if let Some(seccomp) = &self.seccomp {
             load_seccomp(seccomp)?;
         }
@@ -142,4 +159,34 @@ pub fn classify_start_error(err: anyhow::Error) -> anyhow::Error {
         }
     }
     err.context("failed to start the container")
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+    /// In a child process, so the test's own dispositions stay as they are.
+    #[test]
+    fn ignored_and_blocked_signals_are_reset() {
+        // SAFETY: the child only makes syscalls and exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+                // SAFETY: SIG_IGN runs no handler.
+                unsafe { sigaction(Signal::SIGINT, &ignore) }.unwrap();
+                SigSet::from(Signal::SIGTERM).thread_block().unwrap();
+                super::default_signals();
+                // SAFETY: as above; read back the disposition.
+                let old = unsafe { sigaction(Signal::SIGINT, &ignore) }.unwrap();
+                let mask = SigSet::thread_get_mask().unwrap();
+                let ok = old.handler() == SigHandler::SigDfl && !mask.contains(Signal::SIGTERM);
+                // SAFETY: ends the forked child at once.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
 }
