@@ -25,11 +25,6 @@ pub struct ResolvedUser {
 /// an overlayfs whiteout deletes it, an opaque /etc hides the layers below.
 /// A symlink is never followed (it could point out of the image).
 fn read_etc(layers: &[PathBuf], name: &str) -> Option<String> {
-    use std::os::unix::fs::FileTypeExt;
-    let whiteout = |m: &fs::Metadata| {
-        use std::os::unix::fs::MetadataExt;
-        m.file_type().is_char_device() && m.rdev() == 0
-    };
     let refuse = |p: &Path| {
         tracing::warn!(path = %p.display(), "not following a symlink in the image's /etc");
         None
@@ -43,25 +38,22 @@ fn read_etc(layers: &[PathBuf], name: &str) -> Option<String> {
         if m.file_type().is_symlink() {
             return refuse(&etc);
         }
-        if !m.is_dir() || whiteout(&m) {
+        // A whiteout (a character device) or any other non-directory
+        // hides the /etc of the layers below.
+        if !m.is_dir() {
             return None;
         }
         let file = etc.join(name);
         match fs::symlink_metadata(&file) {
             Ok(m) if m.file_type().is_symlink() => return refuse(&file),
             Ok(m) if m.is_file() => return fs::read_to_string(&file).ok(),
+            // A whiteout: deleted.
             Ok(_) => return None,
-            Err(_) if is_opaque(&etc) => return None,
+            Err(_) if crate::rootfs::is_opaque(&etc) => return None,
             Err(_) => {}
         }
     }
     None
-}
-
-/// Whether an unpacked layer's directory hides the layers below it.
-fn is_opaque(dir: &Path) -> bool {
-    let mut buf = [0u8; 1];
-    matches!(rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut buf), Ok(1) if buf[0] == b'y')
 }
 
 struct PasswdEntry {
