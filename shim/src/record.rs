@@ -413,10 +413,7 @@ impl Record {
     /// Finds a container by full ID, unique ID prefix, or name, as docker does.
     pub fn find(roots: &Roots, key: &str) -> Result<Record> {
         let all = Record::list(roots)?;
-        if let Some(r) = all
-            .iter()
-            .find(|r| r.id == key || (r.name == key && !key.is_empty()))
-        {
+        if let Some(r) = exact(&all, key) {
             return Ok(r.clone());
         }
         let matches: Vec<&Record> = all.iter().filter(|r| r.id.starts_with(key)).collect();
@@ -447,6 +444,17 @@ pub fn with_record(roots: &Roots, id: &str, f: impl FnOnce(&mut Record)) -> Opti
     f(&mut rec);
     rec.save(roots).ok()?;
     Some(rec)
+}
+
+/// The container whose whole ID or name is `key`, if any. runc's verbs take
+/// only these: a prefix is docker's convenience.
+pub fn find_exact(roots: &Roots, key: &str) -> Result<Option<Record>> {
+    Ok(exact(&Record::list(roots)?, key).cloned())
+}
+
+fn exact<'a>(all: &'a [Record], key: &str) -> Option<&'a Record> {
+    all.iter()
+        .find(|r| r.id == key || (r.name == key && !key.is_empty()))
 }
 
 /// Holds the lock that makes creating a container and removing an image

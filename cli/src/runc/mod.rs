@@ -53,7 +53,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 /// runc exits 1 when a command fails.
-pub const EXIT_RUNC_ERROR: i32 = 1;
+pub use capsa_shim::oci::EXIT_RUNC_ERROR;
 /// … and 255 when `exec` fails before the process ran.
 pub const EXIT_EXEC_FAILED: i32 = 255;
 
@@ -172,10 +172,7 @@ fn is_oci(roots: &Roots, id: &str) -> bool {
 /// whole IDs: a docker-style prefix match must not make a signal number or
 /// a missing runc ID stand for some `capsa run` container.
 fn names_a_container(roots: &Roots, key: &str) -> bool {
-    capsa_shim::Record::list(roots).is_ok_and(|all| {
-        all.iter()
-            .any(|r| r.id == key || (!r.name.is_empty() && r.name == key))
-    })
+    capsa_shim::record::find_exact(roots, key).is_ok_and(|r| r.is_some())
 }
 
 /// The container's state; the library's error says "does not exist" in
