@@ -205,9 +205,7 @@ fn main() -> ExitCode {
     match dispatch(&roots, cli.command, rootless) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) => {
-            let code = err
-                .downcast_ref::<CodedError>()
-                .map_or(EXIT_CAPSA_ERROR, |c| c.code);
+            let code = CodedError::code_of(&err);
             let msg = disk_full_advice(format!("{err:#}"), &roots);
             if let Some(path) = &log {
                 runc::append_log(path, log_format, "error", &msg);

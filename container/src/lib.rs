@@ -48,6 +48,12 @@ impl CodedError {
             message: message.into(),
         }
     }
+
+    /// The exit code `err` carries, or capsa's own failure code.
+    pub fn code_of(err: &anyhow::Error) -> i32 {
+        err.downcast_ref::<CodedError>()
+            .map_or(EXIT_CAPSA_ERROR, |c| c.code)
+    }
 }
 
 /// The container's own `/etc/hostname`.

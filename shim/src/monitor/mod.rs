@@ -35,7 +35,7 @@ use crate::logs::{LogWriter, Stream};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
 use crate::stdio::{self, Pump, RawMode, Source};
-use crate::{CodedError, EXIT_CAPSA_ERROR};
+use crate::CodedError;
 use capsa_container::terminal::copy_window_size;
 
 pub enum Mode {
@@ -123,9 +123,7 @@ fn run(
         Ok(s) => s,
         Err(err) => {
             let err = capsa_container::classify_start_error(err);
-            let code = err
-                .downcast_ref::<CodedError>()
-                .map_or(EXIT_CAPSA_ERROR, |c| c.code);
+            let code = CodedError::code_of(&err);
             let exit = Exit {
                 code,
                 oom_killed: false,

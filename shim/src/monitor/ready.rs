@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{CodedError, EXIT_CAPSA_ERROR};
+use crate::CodedError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ready", rename_all = "snake_case")]
@@ -24,9 +24,7 @@ impl Ready {
     /// The failure `err` stands for: its exit code if it carries one.
     pub fn failed(err: &anyhow::Error) -> Ready {
         Ready::Failed {
-            code: err
-                .downcast_ref::<CodedError>()
-                .map_or(EXIT_CAPSA_ERROR, |c| c.code),
+            code: CodedError::code_of(err),
             message: format!("{err:#}"),
         }
     }

@@ -124,8 +124,7 @@ pub fn main(args: &[String]) -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("capsa: {e:#}");
-            e.downcast_ref::<CodedError>()
-                .map_or(EXIT_CAPSA_ERROR, |c| c.code)
+            CodedError::code_of(&e)
         }
     }
 }
