@@ -25,7 +25,7 @@ pub fn oom_kill_count(id: &str) -> u64 {
             .join(rel)
             .join("memory.oom_control"),
         // cgroup v2: memory.events has "oom_kill N".
-        Path::new("/sys/fs/cgroup").join(rel).join("memory.events"),
+        v2_dir(id).join("memory.events"),
     ];
     candidates
         .iter()

@@ -61,10 +61,8 @@ impl MicroVmBackend {
 
     /// Resource usage of the container, from its cgroup in the guest.
     pub fn stats(&self, rec: &Record) -> Result<capsa_proto::Stats> {
-        match self.with_conn(rec, |c| {
-            c.request(Request::Stats {
-                container_id: rec.id.clone(),
-            })
+        match self.connect(rec)?.request(Request::Stats {
+            container_id: rec.id.clone(),
         })? {
             Response::Stats(s) => Ok(s),
             other => bail!("the guest agent answered stats with {other:?}"),
@@ -109,8 +107,13 @@ impl MicroVmBackend {
         .with_context(|| format!("reaching the microVM of {}", rec.name))
     }
 
-    fn with_conn<T>(&self, rec: &Record, f: impl FnOnce(&AgentConn) -> Result<T>) -> Result<T> {
-        f(&self.connect(rec)?)
+    /// Stops a VMM whose monitor is gone (`pid` is checked to be a capsa-vmm
+    /// first: a recycled pid is left alone) and removes the agent socket.
+    fn stop_orphan_vmm(&self, id: &str, pid: Option<i32>) {
+        if let Some(pid) = pid.filter(|p| is_vmm(*p)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(self.socket(id));
     }
 
     /// The last lines of the guest console, for error messages.
@@ -440,11 +443,11 @@ impl Backend for MicroVmBackend {
     }
 
     fn start(&self, rec: &Record) -> Result<()> {
-        self.with_conn(rec, |c| start(c, rec))
+        start(&self.connect(rec)?, rec)
     }
 
     fn kill(&self, rec: &Record, signal: Signal) -> Result<()> {
-        self.with_conn(rec, |c| kill(c, rec, signal))
+        kill(&self.connect(rec)?, rec, signal)
     }
 
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
@@ -499,11 +502,8 @@ impl Backend for MicroVmBackend {
     }
 
     fn release(&self, rec: &Record) -> Result<()> {
-        if let Some(pid) = rec.pid.filter(|p| is_vmm(*p)) {
-            // A monitor that died left its VMM behind.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let _ = std::fs::remove_file(self.socket(&rec.id));
+        // A monitor that died left its VMM behind.
+        self.stop_orphan_vmm(&rec.id, rec.pid);
         Ok(())
     }
 }
@@ -644,11 +644,11 @@ impl Sandbox for Vm {
         if let Some(mut child) = self.vmm.lock().unwrap().take() {
             let _ = child.kill();
             let _ = child.wait();
-        } else if is_vmm(self.pid) {
+            self.backend.stop_orphan_vmm(&self.rec.id, None);
+        } else {
             // Adopted: the dead monitor's VMM is ours to stop.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), Signal::SIGKILL);
+            self.backend.stop_orphan_vmm(&self.rec.id, Some(self.pid));
         }
-        let _ = std::fs::remove_file(self.backend.socket(&self.rec.id));
         Ok(())
     }
 }

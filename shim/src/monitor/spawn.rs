@@ -70,31 +70,20 @@ pub fn spawn(job: &Job, io: ProcessIo) -> Result<i32> {
     let pid = child.id() as i32;
     // The child is the caller's to reap: do not wait for it through `child`.
     std::mem::forget(child);
-    let reap = || {
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-    };
-    match Ready::receive(File::from(ready_r)) {
-        Ok(Some(Ready::Ok { pid: None })) => Ok(pid),
-        Ok(Some(Ready::Ok { pid: Some(p) })) => {
-            reap();
-            Ok(p)
-        }
-        Ok(Some(Ready::Failed { code, message })) => {
-            reap();
-            Err(CodedError::new(code, message).into())
-        }
-        Ok(None) => {
-            reap();
-            Err(CodedError::new(
-                EXIT_CAPSA_ERROR,
-                "the container's monitor exited before the container was ready",
-            )
-            .into())
-        }
-        Err(e) => {
-            reap();
-            Err(e)
-        }
+    let ready = Ready::receive(File::from(ready_r));
+    if let Ok(Some(Ready::Ok { pid: None })) = ready {
+        return Ok(pid);
+    }
+    // Every other answer means the monitor has exited or is about to.
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    match ready? {
+        Some(Ready::Ok { pid: p }) => Ok(p.unwrap_or(pid)),
+        Some(Ready::Failed { code, message }) => Err(CodedError::new(code, message).into()),
+        None => Err(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            "the container's monitor exited before the container was ready",
+        )
+        .into()),
     }
 }
 
