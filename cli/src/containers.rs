@@ -19,6 +19,7 @@ use crate::table;
 pub fn run(roots: &Roots, args: RunArgs) -> Result<i32> {
     let store = Store::open(&roots.images())?;
     let run = args.to_run_config()?;
+    let network = args.to_network_request()?;
     let image = args.image().to_string();
     crate::images::ensure_local(&store, &image)?;
     let rec = lifecycle::create(
@@ -32,6 +33,7 @@ pub fn run(roots: &Roots, args: RunArgs) -> Result<i32> {
             auto_remove: args.rm,
             interactive: args.interactive,
             kernel: args.kernel.clone(),
+            network,
         },
     )?;
     if args.detach {
@@ -90,6 +92,7 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
                 format!("\"{command}\""),
                 table::ago(r.created),
                 status_text(r),
+                ports_text(roots, r),
                 r.isolation.to_string(),
                 r.name.clone(),
             ]
@@ -102,12 +105,22 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
             "COMMAND",
             "CREATED",
             "STATUS",
+            "PORTS",
             "ISOLATION",
             "NAMES",
         ],
         &rows,
     );
     Ok(0)
+}
+
+/// docker's PORTS column: `0.0.0.0:8080->80/tcp, …` while published.
+fn ports_text(roots: &Roots, r: &Record) -> String {
+    capsa_shim::network::published(roots, &r.id)
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn status_text(r: &Record) -> String {

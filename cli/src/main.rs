@@ -6,6 +6,7 @@
 mod bench;
 mod containers;
 mod images;
+mod networks;
 mod run_flags;
 mod runc;
 mod table;
@@ -93,6 +94,10 @@ enum Command {
     Wait(containers::WaitArgs),
     /// Show details of containers or images as JSON.
     Inspect(containers::InspectArgs),
+    /// Manage networks: create, ls, inspect, rm, prune.
+    Network(networks::NetworkArgs),
+    /// List a container's published ports.
+    Port(networks::PortArgs),
     /// Import images from an OCI layout or `docker save` archive, or make the demo image.
     Load(images::LoadArgs),
     /// Pull an image from a registry.
@@ -261,6 +266,8 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Rm(a) => containers::rm(roots, a),
         Command::Wait(a) => containers::wait(roots, a),
         Command::Inspect(a) => containers::inspect(roots, a),
+        Command::Network(a) => networks::network(roots, a),
+        Command::Port(a) => networks::port(roots, a),
         Command::Load(a) => images::load(roots, a),
         Command::Pull(a) => images::pull(roots, a),
         Command::Images(a) => images::images(roots, a),

@@ -53,9 +53,30 @@ pub struct RunArgs {
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
-    /// Network: none (own empty network namespace) or host.
-    #[arg(long, default_value = "none")]
-    pub network: String,
+    /// Network: none (loopback only; the default without -p), host, a
+    /// network's name (`bridge` is the default network), or
+    /// container:NAME (share another container's network).
+    #[arg(long = "network", alias = "net")]
+    pub network: Option<String>,
+    /// Publish a port: [HOSTIP:][HOSTPORT:]CONTAINERPORT[/tcp|udp] (ranges
+    /// A-B too); no host port: a free one.
+    #[arg(short = 'p', long = "publish", value_name = "PORTS")]
+    pub publish: Vec<String>,
+    /// Publish every port the image exposes, each on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// Another name for the container on its network (user networks).
+    #[arg(long = "network-alias", value_name = "NAME")]
+    pub network_alias: Vec<String>,
+    /// The container's IPv4 address on its network.
+    #[arg(long = "ip", value_name = "ADDRESS")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The container's MAC address on its network.
+    #[arg(long = "mac-address", value_name = "MAC")]
+    pub mac_address: Option<String>,
+    /// A DNS server for names that are not containers' (IPv4).
+    #[arg(long = "dns", value_name = "ADDRESS")]
+    pub dns: Vec<std::net::Ipv4Addr>,
     /// Container hostname (default: the short container ID).
     #[arg(long, short = 'h')]
     pub hostname: Option<String>,
@@ -98,12 +119,10 @@ impl RunArgs {
         for e in &self.env {
             env.extend(env_entry(e));
         }
-        let network = match self.network.as_str() {
-            "none" => Network::None,
-            "host" => Network::Host,
-            other => bail!(usage(format!(
-                "unsupported --network {other:?}: use \"none\" or \"host\""
-            ))),
+        let network = match self.network_mode() {
+            Some("host") => Network::Host,
+            // A network's namespace is joined once the container has one.
+            _ => Network::None,
         };
         let mut mounts = Vec::new();
         for v in &self.volumes {
@@ -151,6 +170,85 @@ impl RunArgs {
             tty: self.tty,
             ..Default::default()
         })
+    }
+}
+
+impl RunArgs {
+    /// `--network`, or the default network when ports are published
+    /// (docker's default network is `bridge`; capsa's stays `none` until
+    /// VM mode has networks too, so that both modes agree).
+    fn network_mode(&self) -> Option<&str> {
+        match self.network.as_deref() {
+            Some(n) => Some(n),
+            None if !self.publish.is_empty() || self.publish_all => {
+                Some(capsa_network::DEFAULT_NETWORK)
+            }
+            None => None,
+        }
+    }
+
+    /// The networks to join and ports to publish; None for `none`/`host`.
+    pub fn to_network_request(&self) -> Result<Option<capsa_network::Request>> {
+        let mode = self.network_mode();
+        let networked = !matches!(mode, None | Some("none") | Some("host"));
+        let network_only = |flag: &str| -> Result<()> {
+            bail!(usage(format!(
+                "{flag} needs a network: it cannot be used with --network {}",
+                mode.unwrap_or("none")
+            )))
+        };
+        if !networked {
+            if !self.publish.is_empty() || self.publish_all {
+                network_only("-p/-P")?;
+            }
+            if !self.network_alias.is_empty() {
+                network_only("--network-alias")?;
+            }
+            if self.ip.is_some() {
+                network_only("--ip")?;
+            }
+            if self.mac_address.is_some() {
+                network_only("--mac-address")?;
+            }
+            if !self.dns.is_empty() && mode != Some("host") {
+                network_only("--dns")?;
+            }
+            return Ok(None);
+        }
+        let name = mode.expect("networked");
+        if name.starts_with("container:") {
+            bail!(usage(format!(
+                "--network {name} is not supported yet: give a network name, none or host"
+            )));
+        }
+        if let Some(mac) = &self.mac_address {
+            let ok = mac.split(':').count() == 6
+                && mac
+                    .split(':')
+                    .all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
+            if !ok {
+                bail!(usage(format!(
+                    "invalid --mac-address {mac:?}: give six hex bytes such as 02:42:ac:11:00:02"
+                )));
+            }
+        }
+        let ports = self
+            .publish
+            .iter()
+            .map(|p| p.parse::<capsa_network::PortSpec>())
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| usage(format!("{e:#}")))?;
+        Ok(Some(capsa_network::Request {
+            endpoints: vec![capsa_network::Endpoint {
+                network: name.to_string(),
+                aliases: self.network_alias.clone(),
+                ip: self.ip,
+                mac: self.mac_address.clone(),
+            }],
+            ports,
+            dns: self.dns.clone(),
+            publish_all: self.publish_all,
+        }))
     }
 }
 

@@ -61,10 +61,12 @@ pub fn etc_hostname(hostname: &str) -> String {
     format!("{hostname}\n")
 }
 
-/// The container's own `/etc/hosts`, docker's template.
-pub fn etc_hosts(hostname: &str) -> String {
+/// The container's own `/etc/hosts`, docker's template: the hostname
+/// names the container's address on its network, or 127.0.1.1 without one.
+pub fn etc_hosts(hostname: &str, address: Option<std::net::Ipv4Addr>) -> String {
+    let address = address.unwrap_or(std::net::Ipv4Addr::new(127, 0, 1, 1));
     format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{hostname}\n"
     )
 }
 

@@ -19,12 +19,13 @@ pub fn backend_for(roots: &Roots, isolation: Isolation) -> Result<Box<dyn Backen
     }
 }
 
-/// Releases the runtime state, unmounts the root filesystem and deletes the
-/// container's directory. Safe to call more than once.
+/// Releases the runtime state and the network, unmounts the root
+/// filesystem and deletes the container's directory. Safe to call more than once.
 pub fn remove_files(roots: &Roots, rec: &Record) -> Result<()> {
     let paths = ContainerPaths::new(roots, &rec.id);
     if let Ok(backend) = backend_for(roots, rec.isolation) {
         backend.release(rec)?;
+        crate::network::detach(roots, &rec.id)?;
         backend.release_rootfs(&paths)?;
     }
     match fs::remove_dir_all(&paths.dir) {

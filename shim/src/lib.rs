@@ -23,6 +23,7 @@ pub mod logs;
 pub mod microvm;
 pub mod monitor;
 pub mod namespace;
+pub mod network;
 pub mod oci;
 pub mod paths;
 pub mod record;

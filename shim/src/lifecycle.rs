@@ -28,6 +28,9 @@ pub struct CreateRequest {
     pub interactive: bool,
     /// VM mode: a guest kernel to use instead of capsa's own.
     pub kernel: Option<PathBuf>,
+    /// The networks to join and ports to publish; None: `run.network` alone
+    /// (none or host).
+    pub network: Option<capsa_network::Request>,
 }
 
 /// Prepares a container: record, writable layer, root filesystem, bundle.
@@ -39,7 +42,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         // Flags the mode cannot honour are refused before anything is
         // made: before the host check, and long before an image's VM disk
         // is built.
-        check_vm_flags(&req.run)?;
+        check_vm_flags(&req.run, req.network.as_ref())?;
         crate::microvm::check_host(req.kernel.as_deref())?;
     }
     let id = new_id()?;
@@ -81,6 +84,18 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         armed: true,
     };
 
+    if let Some(mut net) = req.network.take() {
+        let exposed = image
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.exposed_ports().clone())
+            .unwrap_or_default();
+        crate::network::plan(roots, &mut net, &exposed)?;
+        // Pinned and set up by the monitor, just before the container starts.
+        req.run.network = capsa_image::spec::Network::Namespace(capsa_network::netns_path(&id));
+        rec.network = Some(net);
+    }
     fs::create_dir_all(paths.bundle())?;
     backend.prepare_rootfs(&paths, store, &image, req.auto_remove)?;
 
@@ -96,7 +111,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     crate::spec_check::check(&spec).map_err(|e| {
         CodedError::new(EXIT_CAPSA_ERROR, format!("invalid container settings: {e}"))
     })?;
-    add_etc_files(&paths, &mut spec, req.run.network, req.isolation)?;
+    add_etc_files(&paths, &mut spec, &req.run.network, req.isolation)?;
     let command = spec
         .process()
         .as_ref()
@@ -148,30 +163,34 @@ fn resolve_image(store: &Store, name: &str) -> Result<capsa_image::Image> {
 }
 
 /// Gives the container its own /etc/hostname and /etc/hosts (and, on the
-/// host network, the host's /etc/resolv.conf), as docker does: images ship
+/// host network, the host's /etc/resolv.conf; on a capsa network, one the
+/// monitor writes when the network is set up), as docker does: images ship
 /// placeholders or nothing at these paths. Only the mounts in VM mode: the
 /// guest cannot see the host's files, and the agent writes the same ones
 /// there (`guest_bind_sources`).
 fn add_etc_files(
     paths: &ContainerPaths,
     spec: &mut oci_spec::runtime::Spec,
-    network: capsa_image::spec::Network,
+    network: &capsa_image::spec::Network,
     isolation: Isolation,
 ) -> Result<()> {
+    use capsa_image::spec::Network;
     use oci_spec::runtime::MountBuilder;
     let hostname = spec.hostname().clone().unwrap_or_default();
     let mut files = vec![("hostname", capsa_container::etc_hostname(&hostname))];
-    let host_net = network == capsa_image::spec::Network::Host;
-    let hosts = if host_net {
-        fs::read_to_string("/etc/hosts").unwrap_or_default()
-    } else {
-        capsa_container::etc_hosts(&hostname)
+    let hosts = match network {
+        Network::Host => fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        _ => capsa_container::etc_hosts(&hostname, None),
     };
     files.push(("hosts", hosts));
-    if host_net {
-        if let Ok(resolv) = fs::read_to_string("/etc/resolv.conf") {
-            files.push(("resolv.conf", resolv));
+    match network {
+        Network::Host => {
+            if let Ok(resolv) = fs::read_to_string("/etc/resolv.conf") {
+                files.push(("resolv.conf", resolv));
+            }
         }
+        Network::Namespace(_) => files.push(("resolv.conf", String::new())),
+        Network::None => {}
     }
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for (name, content) in files {
@@ -193,10 +212,17 @@ fn add_etc_files(
 }
 
 /// What VM mode cannot do yet, in one line each: the guest has its own
-/// kernel and network stack, and host directories reach it only as
-/// read-only disk snapshots.
-fn check_vm_flags(run: &RunConfig) -> Result<()> {
+/// kernel and network stack (with no network device yet), and host
+/// directories reach it only as read-only disk snapshots.
+fn check_vm_flags(run: &RunConfig, network: Option<&capsa_network::Request>) -> Result<()> {
     let refuse = |msg: String| Err(CodedError::new(EXIT_CAPSA_ERROR, msg).into());
+    if network.is_some() {
+        return refuse(
+            "networks and published ports (--network NAME, -p, -P) are container mode only \
+             for now: a VM-mode guest has loopback only (use --isolation container)"
+                .into(),
+        );
+    }
     if run.network == capsa_image::spec::Network::Host {
         return refuse(
             "--network host cannot be given to a VM-mode container: the guest has its own \

@@ -97,4 +97,9 @@ impl ContainerPaths {
     pub fn log(&self) -> PathBuf {
         self.dir.join("container.log")
     }
+    /// What the container's network setup made (capsa-network's
+    /// `Attachment`), while it is set up.
+    pub fn network_state(&self) -> PathBuf {
+        self.dir.join("network.json")
+    }
 }

@@ -173,6 +173,9 @@ pub struct Record {
     /// the monitor is killed (see `monitor::supervise`).
     #[serde(default)]
     pub keeper_pid: Option<i32>,
+    /// The networks, ports and DNS the container asked for (`capsa run`).
+    #[serde(default)]
+    pub network: Option<capsa_network::Request>,
     /// Set (never saved) when record.json could not be read: what is wrong.
     /// Such a container is listed, counts as a user of its image, and
     /// `capsa rm -f` removes it.
@@ -207,6 +210,7 @@ impl Record {
             bundle: None,
             sandbox: None,
             keeper_pid: None,
+            network: None,
             damaged: None,
         }
     }

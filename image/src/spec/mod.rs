@@ -44,7 +44,7 @@ pub use seccomp::{default_seccomp, DENIED_SYSCALLS};
 pub use users::{resolve_user, ResolvedUser};
 
 /// The network of the container.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// A new, empty network namespace (loopback only).
@@ -52,6 +52,9 @@ pub enum Network {
     None,
     /// The host's network namespace.
     Host,
+    /// The network namespace pinned at this path (a capsa network's, or
+    /// another container's).
+    Namespace(PathBuf),
 }
 
 /// A bind mount (`-v HOST:CTR[:ro]`).
@@ -126,8 +129,8 @@ fn hostname(rc: &RunConfig) -> Result<String> {
     Ok(hostname)
 }
 
-/// New pid, ipc, uts, mount and cgroup namespaces, and a network one unless
-/// `--network host`.
+/// New pid, ipc, uts, mount and cgroup namespaces; a new network one for
+/// `--network none`, the given one for a network, the host's for `host`.
 fn namespaces(rc: &RunConfig) -> Result<Vec<LinuxNamespace>> {
     let mut ns_types = vec![
         LinuxNamespaceType::Pid,
@@ -139,11 +142,21 @@ fn namespaces(rc: &RunConfig) -> Result<Vec<LinuxNamespace>> {
     if rc.network == Network::None {
         ns_types.push(LinuxNamespaceType::Network);
     }
-    ns_types
+    let mut out = ns_types
         .into_iter()
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(internal)
+        .map_err(internal)?;
+    if let Network::Namespace(path) = &rc.network {
+        out.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path.clone())
+                .build()
+                .map_err(internal)?,
+        );
+    }
+    Ok(out)
 }
 
 /// Builds the runtime spec for running `image` with root filesystem

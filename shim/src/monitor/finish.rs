@@ -37,6 +37,10 @@ pub(super) fn finish(
     if let Err(e) = released {
         tracing::warn!("releasing container {}: {e:#}", rec.id);
     }
+    // As docker: a stopped container holds no address and no host port.
+    if let Err(e) = crate::network::detach(roots, &rec.id) {
+        tracing::warn!("tearing down the network of {}: {e:#}", rec.id);
+    }
     if let Err(e) = backend.release_rootfs(&ContainerPaths::new(roots, &rec.id)) {
         tracing::warn!("unmounting the root of {}: {e:#}", rec.id);
     }

@@ -87,7 +87,9 @@ fn take_over(roots: &Roots, id: &str, sig: Signal, outputs: Option<[OwnedFd; 2]>
     let backend = crate::backends::backend_for(roots, rec.isolation)?;
     match (rec.status(), rec.pid) {
         (Status::Stopped, _) => {
-            // Killed while finishing: the exit is recorded already.
+            // Killed while finishing: the exit is recorded already, but
+            // the network may still be set up.
+            crate::network::detach(roots, &rec.id)?;
             if rec.auto_remove {
                 crate::backends::remove_files(roots, &rec)?;
             }

@@ -118,8 +118,13 @@ fn run(
     let foreground = matches!(mode, Mode::Foreground);
 
     let mut clock = std::time::Instant::now();
-    let started = start(roots, backend.as_ref(), &mut rec, foreground, outputs);
-    let (sandbox, outputs, master) = match started {
+    // The network first: the container is created into its namespace. The
+    // sockets holding its published ports live as long as this monitor.
+    let started = crate::network::attach(roots, &rec).and_then(|ports| {
+        let s = start(roots, backend.as_ref(), &mut rec, foreground, outputs)?;
+        Ok((s, ports))
+    });
+    let ((sandbox, outputs, master), _held_ports) = match started {
         Ok(s) => s,
         Err(err) => {
             let err = capsa_container::classify_start_error(err);

@@ -1,0 +1,390 @@
+//! Container networks, docker's model on podman's tools.
+//!
+//! Each networked container gets a network namespace of its own, pinned at
+//! `/run/netns/capsa-<id>` from when it starts until its network is torn
+//! down (netavark's teardown needs it). In that namespace netavark makes
+//! one interface per network (a veth into the network's bridge), with an
+//! address CNI's host-local leased, NAT for egress and DNAT for published
+//! ports; aardvark-dns answers the names on user networks. capsa writes no
+//! netlink, firewall, IPAM or DNS code of its own: only what joins these
+//! tools together (docs/networking.md).
+//!
+//! [`attach`] makes it all and records what it made in one file before it
+//! makes it, so [`detach`] can undo any part of it, on every path: `rm`,
+//! `--rm`, the cleanup after a crashed monitor.
+
+mod firewall;
+pub mod ipam;
+pub mod netavark;
+mod netns;
+pub mod ports;
+pub mod store;
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub use netns::netns_path;
+pub use ports::{PortSpec, Protocol};
+pub use store::{Network, NewNetwork, Store, DEFAULT_NETWORK};
+
+/// Where networks live: definitions (persistent) and runtime state.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// Network definitions, one JSON file each.
+    pub networks: PathBuf,
+    /// Leases, netavark's and aardvark-dns's files, the lock: gone on reboot
+    /// with everything they describe.
+    pub run: PathBuf,
+}
+
+impl Paths {
+    pub fn store(&self) -> Store {
+        Store::new(&self.networks)
+    }
+
+    fn ipam(&self) -> PathBuf {
+        self.run.join("ipam")
+    }
+
+    /// netavark's config directory, where it keeps aardvark-dns's files.
+    /// One per network namespace that holds bridges: one aardvark-dns
+    /// serves one namespace's bridges.
+    fn netavark_dir(&self) -> Result<PathBuf> {
+        let ino = fs::metadata("/proc/self/ns/net")
+            .context("reading this process's network namespace")?
+            .ino();
+        Ok(self.run.join(format!("netavark-{ino}")))
+    }
+
+    /// Serialises every change to networks and their firewall rules:
+    /// netavark calls that create one bridge must not race.
+    pub fn lock(&self) -> Result<nix::fcntl::Flock<fs::File>> {
+        fs::create_dir_all(&self.run)
+            .with_context(|| format!("creating {}", self.run.display()))?;
+        let path = self.run.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("locking {}", path.display()))
+    }
+}
+
+/// What a container asks of the network (`capsa run`'s flags).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Request {
+    /// The networks to join, in order: eth0, eth1, …
+    pub endpoints: Vec<Endpoint>,
+    /// `-p`, and `-P`'s ports.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    /// `--dns`: where names that are not containers' are asked.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// `-P`: publish the image's exposed ports too (resolved into `ports`
+    /// when the container is created).
+    #[serde(default)]
+    pub publish_all: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Endpoint {
+    pub network: String,
+    /// `--network-alias`: more names for the container on this network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `--ip`
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// `--mac-address`
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// What [`attach`] made, saved beside the container so that [`detach`]
+/// undoes exactly that.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Attachment {
+    pub netns: PathBuf,
+    netavark_dir: PathBuf,
+    /// What netavark was (or was about to be) asked to set up.
+    options: netavark::Options,
+    /// Address leases taken, by network name and interface.
+    leases: Vec<(String, String)>,
+    /// The published ports, with the host ports chosen.
+    pub ports: Vec<PortSpec>,
+    pub interfaces: Vec<Interface>,
+    /// Where the container's resolver asks (aardvark-dns on user networks).
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub dns_search: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Interface {
+    pub network: String,
+    pub name: String,
+    pub address: ipnet::Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub mac: String,
+}
+
+impl Attachment {
+    pub fn load(file: &Path) -> Result<Option<Attachment>> {
+        match fs::read(file) {
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("reading {}", file.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+        }
+    }
+
+    fn save(&self, file: &Path) -> Result<()> {
+        let tmp = file.with_extension("tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))
+    }
+
+    /// The container's address on its first network.
+    pub fn primary_ip(&self) -> Option<Ipv4Addr> {
+        self.interfaces.first().map(|i| i.address.addr())
+    }
+
+    /// The container's /etc/resolv.conf: aardvark-dns on user networks;
+    /// else, as docker's default bridge, the host's resolvers (without
+    /// loopback ones, which the container cannot reach) or `--dns`.
+    pub fn resolv_conf(&self, host: &str, dns: &[Ipv4Addr]) -> String {
+        let mut out = String::new();
+        if !self.dns_search.is_empty() {
+            out += &format!("search {}\n", self.dns_search.join(" "));
+        } else if let Some(search) = host.lines().find(|l| l.starts_with("search ")) {
+            out += search;
+            out += "\n";
+        }
+        let servers: Vec<String> = if !self.dns_servers.is_empty() {
+            self.dns_servers.iter().map(|s| s.to_string()).collect()
+        } else if !dns.is_empty() {
+            dns.iter().map(|s| s.to_string()).collect()
+        } else {
+            host.lines()
+                .filter_map(|l| l.strip_prefix("nameserver "))
+                .map(str::trim)
+                .filter(|s| {
+                    s.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| !ip.is_loopback())
+                })
+                .map(String::from)
+                .collect()
+        };
+        for s in servers {
+            out += &format!("nameserver {s}\n");
+        }
+        out
+    }
+}
+
+/// Sets up the network of container `id` (named `name`) as `req` asks:
+/// holds its host ports, pins its network namespace, leases its addresses
+/// and has netavark build the rest. Returns what was made and the held
+/// port sockets (the caller keeps them open while the ports are published).
+/// `state` is the file that records what was made; on failure nothing is
+/// left behind.
+pub fn attach(
+    paths: &Paths,
+    id: &str,
+    name: &str,
+    req: &Request,
+    state: &Path,
+) -> Result<(Attachment, Vec<OwnedFd>)> {
+    let mut att = Attachment {
+        netns: netns_path(id),
+        netavark_dir: paths.netavark_dir()?,
+        ports: req.ports.clone(),
+        ..Default::default()
+    };
+    // A taken port fails the run before anything is made.
+    let held = ports::hold(&mut att.ports)?;
+    let _lock = paths.lock()?;
+    let store = paths.store();
+    let networks = req
+        .endpoints
+        .iter()
+        .map(|e| store.get(&e.network))
+        .collect::<Result<Vec<_>>>()?;
+    att.save(state)?;
+    match build(paths, id, name, req, &networks, &mut att, state) {
+        Ok(()) => Ok((att, held)),
+        Err(e) => {
+            if let Err(undo) = undo(paths, &att) {
+                tracing::warn!("undoing a failed network setup of {id}: {undo:#}");
+            }
+            let _ = fs::remove_file(state);
+            Err(e)
+        }
+    }
+}
+
+fn build(
+    paths: &Paths,
+    id: &str,
+    name: &str,
+    req: &Request,
+    networks: &[Network],
+    att: &mut Attachment,
+    state: &Path,
+) -> Result<()> {
+    netns::add(id)?;
+    let mut options = netavark::Options {
+        container_id: id.into(),
+        container_name: name.into(),
+        dns_servers: req.dns.clone(),
+        ..Default::default()
+    };
+    for (i, (ep, net)) in req.endpoints.iter().zip(networks).enumerate() {
+        let ifname = format!("eth{i}");
+        let ip = ipam::allocate(&paths.ipam(), net, id, &ifname, ep.ip)?;
+        att.leases.push((net.name.clone(), ifname.clone()));
+        att.save(state)?;
+        let mut aliases = ep.aliases.clone();
+        if net.dns_enabled {
+            // Every container answers to its name and short ID on a user network.
+            aliases.extend([name.to_string(), id[..12].to_string()]);
+        }
+        options.networks.insert(
+            net.name.clone(),
+            netavark::PerNetwork {
+                interface_name: ifname,
+                static_ips: vec![ip],
+                static_mac: ep.mac.clone(),
+                aliases,
+            },
+        );
+        options.network_info.insert(net.name.clone(), net.clone());
+    }
+    options.port_mappings = att
+        .ports
+        .iter()
+        .map(|p| netavark::PortMapping {
+            container_port: p.container_port,
+            host_port: p.host_port,
+            host_ip: p.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            range: p.range,
+            protocol: p.protocol,
+        })
+        .collect();
+    att.options = options;
+    att.save(state)?;
+    fs::create_dir_all(&att.netavark_dir)?;
+    let status = netavark::setup(&att.netavark_dir, &att.netns, &att.options)?;
+    for net in networks {
+        let Some(st) = status.get(&net.name) else {
+            bail!("netavark set up no interface on network {}", net.name);
+        };
+        for (ifname, iface) in &st.interfaces {
+            for addr in &iface.subnets {
+                att.interfaces.push(Interface {
+                    network: net.name.clone(),
+                    name: ifname.clone(),
+                    address: addr.ipnet,
+                    gateway: addr.gateway,
+                    mac: iface.mac_address.clone(),
+                });
+            }
+        }
+        att.dns_servers.extend(&st.dns_server_ips);
+        for d in &st.dns_search_domains {
+            if !att.dns_search.contains(d) {
+                att.dns_search.push(d.clone());
+            }
+        }
+        firewall::guard_localhost(&net.network_interface)?;
+    }
+    att.interfaces.sort_by(|a, b| a.name.cmp(&b.name));
+    att.save(state)
+}
+
+/// Undoes what `state` records, if it exists: the network teardown, the
+/// leases, the pinned namespace. Safe to call more than once; every step
+/// runs even if one before it failed.
+pub fn detach(paths: &Paths, state: &Path) -> Result<()> {
+    if !state.exists() {
+        return Ok(());
+    }
+    // Read under the lock: the monitor and `rm -f` may both get here.
+    let _lock = paths.lock()?;
+    let Some(att) = Attachment::load(state)? else {
+        return Ok(());
+    };
+    let result = undo(paths, &att);
+    fs::remove_file(state).with_context(|| format!("removing {}", state.display()))?;
+    result
+}
+
+fn undo(paths: &Paths, att: &Attachment) -> Result<()> {
+    let mut first_err = None;
+    let mut note = |r: Result<()>| {
+        if let Err(e) = r {
+            tracing::warn!("{e:#}");
+            first_err.get_or_insert(e);
+        }
+    };
+    let here = paths.netavark_dir()?;
+    if !att.options.networks.is_empty() {
+        if here != att.netavark_dir {
+            // Its rules live in another network namespace: deleting the
+            // container's namespace below still removes its interfaces.
+            note(Err(anyhow::anyhow!(
+                "the network of {} was set up from another network namespace: its firewall rules stay there",
+                att.options.container_id
+            )));
+        } else if att.netns.exists() {
+            note(netavark::teardown(
+                &att.netavark_dir,
+                &att.netns,
+                &att.options,
+            ));
+        }
+    }
+    for (net, ifname) in &att.leases {
+        if let Some(info) = att.options.network_info.get(net) {
+            note(ipam::release(
+                &paths.ipam(),
+                info,
+                &att.options.container_id,
+                ifname,
+            ));
+        }
+    }
+    note(netns::delete(&att.netns));
+    for info in att.options.network_info.values() {
+        note(firewall::drop_guard_if_unused(&info.network_interface));
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Fails with the package to install when a tool is missing.
+fn require(tool: impl AsRef<Path>) -> Result<()> {
+    let tool = tool.as_ref();
+    if !tool.exists() {
+        bail!(
+            "{} is missing: capsa's networks need Debian's netavark, aardvark-dns and \
+             containernetworking-plugins (scripts/setup.sh installs them)",
+            tool.display()
+        );
+    }
+    Ok(())
+}

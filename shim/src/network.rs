@@ -1,0 +1,106 @@
+//! A `capsa run` container's networks (capsa-network), fitted to its
+//! lifecycle: checked and planned at create, attached by the monitor just
+//! before the container is created (so that the ports are held by the
+//! process that lives as long as the container), detached when it ends or
+//! is removed, by whoever gets there first.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+
+use anyhow::{Context, Result};
+use capsa_network::{Paths, Request};
+
+use crate::paths::{ContainerPaths, Roots};
+use crate::record::Record;
+use crate::{CodedError, EXIT_CAPSA_ERROR};
+
+pub fn paths(roots: &Roots) -> Paths {
+    Paths {
+        networks: roots.lib.join("networks"),
+        run: roots.run.join("net"),
+    }
+}
+
+/// Checks `req` at create, before anything is made: its networks exist
+/// (the default `bridge` is made on first use), and `-P` becomes the
+/// image's exposed ports.
+pub fn plan(roots: &Roots, req: &mut Request, exposed: &[String]) -> Result<()> {
+    let paths = paths(roots);
+    {
+        let _lock = paths.lock()?;
+        let store = paths.store();
+        for e in &req.endpoints {
+            store.get(&e.network).map_err(user_error)?;
+        }
+    }
+    if std::mem::take(&mut req.publish_all) {
+        for port in exposed {
+            let (num, proto) = port.split_once('/').unwrap_or((port, "tcp"));
+            let num = num.parse().map_err(|_| {
+                user_error(anyhow::anyhow!(
+                    "the image exposes an invalid port {port:?}"
+                ))
+            })?;
+            let proto = proto.parse().map_err(user_error)?;
+            if !req
+                .ports
+                .iter()
+                .any(|p| p.protocol == proto && p.container_ports().any(|c| c == num))
+            {
+                req.ports
+                    .push(capsa_network::PortSpec::any_host_port(num, proto));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets up the container's networks, if it has any, and writes the
+/// /etc/hosts and /etc/resolv.conf it will see. Returns the sockets that
+/// hold its published ports: keep them open while it runs.
+pub fn attach(roots: &Roots, rec: &Record) -> Result<Vec<OwnedFd>> {
+    let Some(req) = &rec.network else {
+        return Ok(Vec::new());
+    };
+    let cpaths = ContainerPaths::new(roots, &rec.id);
+    let (att, held) = capsa_network::attach(
+        &paths(roots),
+        &rec.id,
+        &rec.name,
+        req,
+        &cpaths.network_state(),
+    )
+    .map_err(user_error)?;
+    let hostname = fs::read_to_string(cpaths.dir.join("hostname")).unwrap_or_default();
+    let hosts = capsa_container::etc_hosts(hostname.trim(), att.primary_ip());
+    fs::write(cpaths.dir.join("hosts"), hosts)?;
+    let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    fs::write(
+        cpaths.dir.join("resolv.conf"),
+        att.resolv_conf(&host_resolv, &req.dns),
+    )
+    .context("writing the container's resolv.conf")?;
+    Ok(held)
+}
+
+/// Tears down whatever of the container's networks is still set up.
+pub fn detach(roots: &Roots, id: &str) -> Result<()> {
+    capsa_network::detach(
+        &paths(roots),
+        &ContainerPaths::new(roots, id).network_state(),
+    )
+}
+
+/// The container's published ports as they are now (host ports chosen),
+/// while its network is set up.
+pub fn published(roots: &Roots, id: &str) -> Vec<capsa_network::PortSpec> {
+    capsa_network::Attachment::load(&ContainerPaths::new(roots, id).network_state())
+        .ok()
+        .flatten()
+        .map(|a| a.ports)
+        .unwrap_or_default()
+}
+
+fn user_error(e: anyhow::Error) -> anyhow::Error {
+    CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")).into()
+}
