@@ -40,16 +40,7 @@ impl HostNs {
 
     /// `capsa ARGS` in this namespace.
     fn capsa(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.name))
-            .arg("--")
-            .arg(capsa_bin())
-            .arg("--root")
-            .arg(self.env.path())
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run capsa")
+        capsa_in(&self.name, self.env.path(), args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -179,6 +170,20 @@ fn http_get(url: &str) -> String {
          [ -n \"$ip\" ] || ip={name}; \
          printf 'GET /{path} HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $ip {port} | sed '1,/^\\r$/d'"
     )
+}
+
+/// `capsa --root ROOT ARGS` in network namespace `ns`.
+fn capsa_in(ns: &str, root: &std::path::Path, args: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .arg(capsa_bin())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run capsa")
 }
 
 fn sh_ok(cmd: &str) -> String {
@@ -507,13 +512,10 @@ fn internal_networks_have_no_egress_and_addresses_are_unique() {
             let ns = host.name.clone();
             let root = host.env.path().to_path_buf();
             std::thread::spawn(move || {
-                Command::new("nsenter")
-                    .arg(format!("--net=/run/netns/{ns}"))
-                    .arg("--")
-                    .arg(capsa_bin())
-                    .arg("--root")
-                    .arg(root)
-                    .args([
+                capsa_in(
+                    &ns,
+                    &root,
+                    &[
                         "run",
                         "--rm",
                         "--network",
@@ -522,9 +524,8 @@ fn internal_networks_have_no_egress_and_addresses_are_unique() {
                         "sh",
                         "-c",
                         "ip -4 -o addr show eth0",
-                    ])
-                    .output()
-                    .unwrap()
+                    ],
+                )
             })
         })
         .collect();

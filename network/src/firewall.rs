@@ -5,10 +5,8 @@
 //! this rule drops traffic from a bridge to 127.0.0.0/8 unless it belongs
 //! to a published port (DNAT) or a connection the host opened.
 
+use anyhow::Result;
 use std::path::Path;
-use std::process::Command;
-
-use anyhow::{bail, Context, Result};
 
 fn rule(bridge: &str) -> Vec<&str> {
     vec![
@@ -53,17 +51,7 @@ pub(crate) fn drop_guard_if_unused(bridge: &str) -> Result<()> {
 }
 
 fn iptables(op: &str, rule: &[&str]) -> Result<()> {
-    let out = Command::new("iptables")
-        .args(["-w", "-t", "filter", op])
-        .args(rule)
-        .output()
-        .context("running iptables")?;
-    if !out.status.success() {
-        bail!(
-            "iptables {op} {}: {}",
-            rule.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let mut args = vec!["-w", "-t", "filter", op];
+    args.extend(rule);
+    crate::run_tool("iptables", &args)
 }

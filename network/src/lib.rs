@@ -376,6 +376,22 @@ fn undo(paths: &Paths, att: &Attachment) -> Result<()> {
     }
 }
 
+/// Runs a tool (`ip`, `iptables`) and fails with its own message.
+fn run_tool(tool: &str, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {tool}"))?;
+    if !out.status.success() {
+        bail!(
+            "{tool} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Fails with the package to install when a tool is missing.
 fn require(tool: impl AsRef<Path>) -> Result<()> {
     let tool = tool.as_ref();

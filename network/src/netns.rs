@@ -3,10 +3,8 @@
 //! outlives the container's processes until its network is torn down, and
 //! `ip netns` lists it.
 
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use anyhow::{bail, Context, Result};
 
 const NETNS_DIR: &str = "/run/netns";
 
@@ -40,16 +38,5 @@ pub(crate) fn delete(path: &Path) -> Result<()> {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::run_tool("ip", args)
 }
