@@ -190,8 +190,7 @@ fn remove(roots: &Roots, name: &str) -> Result<()> {
 fn inspect(roots: &Roots, net: &Network, recs: &[Record]) -> serde_json::Value {
     let mut containers = serde_json::Map::new();
     for r in users(recs, net) {
-        let state = capsa_shim::paths::ContainerPaths::new(roots, &r.id).network_state();
-        let Ok(Some(att)) = capsa_network::Attachment::load(&state) else {
+        let Some(att) = capsa_shim::network::attachment(roots, &r.id) else {
             continue;
         };
         for i in att.interfaces.iter().filter(|i| i.network == net.name) {
@@ -229,13 +228,7 @@ pub fn port(roots: &Roots, args: PortArgs) -> Result<i32> {
     let want = match &args.port {
         None => None,
         Some(p) => {
-            let (num, proto) = p.split_once('/').unwrap_or((p, "tcp"));
-            let num: u16 = num
-                .parse()
-                .map_err(|_| user(format!("invalid port {p:?}")))?;
-            let proto: capsa_network::Protocol =
-                proto.parse().map_err(|e| user(format!("{e:#}")))?;
-            Some((num, proto))
+            Some(capsa_network::ports::container_port(p).map_err(|e| user(format!("{e:#}")))?)
         }
     };
     let mut found = false;

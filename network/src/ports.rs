@@ -120,16 +120,27 @@ impl FromStr for PortSpec {
     }
 }
 
-/// `N` or `A-B` → (first port, count).
-fn port_range(s: &str) -> std::result::Result<(u16, u16), String> {
-    let port = |p: &str| match p.parse::<u32>() {
+/// One container port, `PORT[/tcp|udp]`, as an image's EXPOSE and
+/// `capsa port` name it.
+pub fn container_port(s: &str) -> Result<(u16, Protocol)> {
+    let (num, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    let num = port_number(num).map_err(|e| anyhow::anyhow!("invalid port {s:?}: {e}"))?;
+    Ok((num, proto.parse()?))
+}
+
+fn port_number(p: &str) -> std::result::Result<u16, String> {
+    match p.parse::<u32>() {
         Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
         _ => Err(format!("{p:?} is not a port number (1-65535)")),
-    };
+    }
+}
+
+/// `N` or `A-B` → (first port, count).
+fn port_range(s: &str) -> std::result::Result<(u16, u16), String> {
     match s.split_once('-') {
-        None => Ok((port(s)?, 1)),
+        None => Ok((port_number(s)?, 1)),
         Some((a, b)) => {
-            let (a, b) = (port(a)?, port(b)?);
+            let (a, b) = (port_number(a)?, port_number(b)?);
             if b < a {
                 return Err(format!("the range {s:?} ends before it starts"));
             }
@@ -239,6 +250,15 @@ mod tests {
             "0.0.0.0:8000-8002->9000-9002/tcp"
         );
         assert_eq!(p("0.0.0.0:53:53/UDP").host_ip, None);
+    }
+
+    #[test]
+    fn container_ports_as_images_expose_them() {
+        assert_eq!(container_port("80").unwrap(), (80, Protocol::Tcp));
+        assert_eq!(container_port("53/UDP").unwrap(), (53, Protocol::Udp));
+        for bad in ["0", "http", "80/icmp", "8080:80"] {
+            assert!(container_port(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -35,13 +35,8 @@ pub fn plan(roots: &Roots, req: &mut Request, exposed: &[String]) -> Result<()> 
     }
     if std::mem::take(&mut req.publish_all) {
         for port in exposed {
-            let (num, proto) = port.split_once('/').unwrap_or((port, "tcp"));
-            let num = num.parse().map_err(|_| {
-                user_error(anyhow::anyhow!(
-                    "the image exposes an invalid port {port:?}"
-                ))
-            })?;
-            let proto = proto.parse().map_err(user_error)?;
+            let (num, proto) = capsa_network::ports::container_port(port)
+                .map_err(|e| user_error(anyhow::anyhow!("the image exposes an {e:#}")))?;
             if !req
                 .ports
                 .iter()
@@ -94,11 +89,14 @@ pub fn detach(roots: &Roots, id: &str) -> Result<()> {
 /// The container's published ports as they are now (host ports chosen),
 /// while its network is set up.
 pub fn published(roots: &Roots, id: &str) -> Vec<capsa_network::PortSpec> {
+    attachment(roots, id).map(|a| a.ports).unwrap_or_default()
+}
+
+/// What the container's network setup made, while it is set up.
+pub fn attachment(roots: &Roots, id: &str) -> Option<capsa_network::Attachment> {
     capsa_network::Attachment::load(&ContainerPaths::new(roots, id).network_state())
         .ok()
         .flatten()
-        .map(|a| a.ports)
-        .unwrap_or_default()
 }
 
 fn user_error(e: anyhow::Error) -> anyhow::Error {
