@@ -268,7 +268,7 @@ fn free_host_ports_and_udp() {
 fn names_resolve_on_a_user_network_and_networks_are_isolated() {
     let host = HostNs::new();
     host.ok(&["network", "create", "n1"]);
-    host.ok(&["network", "create", "--subnet", "10.89.200.0/24", "n2"]);
+    let n2 = host.ok(&["network", "create", "--subnet", "10.89.200.0/24", "n2"]);
     let a = host.web(
         &["--network", "n1", "--name", "a", "--network-alias", "www"],
         "from-a",
@@ -295,7 +295,8 @@ fn names_resolve_on_a_user_network_and_networks_are_isolated() {
     assert!(a_ip.starts_with("10.89."), "{inspect}");
 
     // A container on n2 reaches neither a's address nor its name.
-    let c = host.web(&["--network", "n2", "--name", "c"], "from-c");
+    // Joined by an ID prefix, as docker allows.
+    let c = host.web(&["--network", &n2.trim()[..12], "--name", "c"], "from-c");
     let out = fetch(&c, &format!("http://{a_ip}/"));
     assert!(
         !stdout(&out).contains("from-a"),
@@ -315,6 +316,12 @@ fn names_resolve_on_a_user_network_and_networks_are_isolated() {
     );
 
     // In use: not removable; afterwards removed and pruned.
+    let out = host.capsa(&["network", "rm", "n2"]);
+    assert!(
+        stderr(&out).contains("in use by container c"),
+        "{}",
+        stderr(&out)
+    );
     let out = host.capsa(&["network", "rm", "n1"]);
     assert_eq!(code(&out), 125);
     assert!(stderr(&out).contains("in use"), "{}", stderr(&out));

@@ -29,8 +29,9 @@ pub fn plan(roots: &Roots, req: &mut Request, exposed: &[String]) -> Result<()> 
     {
         let _lock = paths.lock()?;
         let store = paths.store();
-        for e in &req.endpoints {
-            store.get(&e.network).map_err(user_error)?;
+        for e in &mut req.endpoints {
+            // By name from here on, however the user named it (an ID prefix).
+            e.network = store.get(&e.network).map_err(user_error)?.name;
         }
     }
     if std::mem::take(&mut req.publish_all) {
