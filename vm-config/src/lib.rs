@@ -57,6 +57,84 @@ pub struct VsockConfig {
     pub uds: PathBuf,
 }
 
+/// Most network interfaces: each uses one virtio-mmio slot and one IRQ line.
+pub const MAX_NETS: usize = 4;
+/// The MTU when none is given (Ethernet's).
+pub const DEFAULT_MTU: u16 = 1500;
+
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+
+/// One virtio-net interface on a tap descriptor that capsa-vmm inherits
+/// (opened by the caller with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR, a
+/// 12-byte vnet header and offloads off): capsa-vmm opens no tap itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub tap_fd: i32,
+    /// The guest interface's MAC address, `02:42:0a:59:00:02`.
+    pub mac: String,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+impl NetConfig {
+    /// Parses `tap-fd=N,mac=XX:XX:XX:XX:XX:XX[,mtu=M]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (mut fd, mut mac, mut mtu) = (None, None, DEFAULT_MTU);
+        for kv in s.split(',') {
+            match kv.split_once('=') {
+                Some(("tap-fd", v)) => {
+                    fd = Some(v.parse().map_err(|_| format!("--net: bad tap-fd {v:?}"))?)
+                }
+                Some(("mac", v)) => mac = Some(v.to_string()),
+                Some(("mtu", v)) => mtu = v.parse().map_err(|_| format!("--net: bad mtu {v:?}"))?,
+                _ => return Err(format!("--net {s:?}: expected tap-fd=N,mac=MAC[,mtu=M]")),
+            }
+        }
+        let cfg = NetConfig {
+            tap_fd: fd.ok_or_else(|| format!("--net {s:?}: tap-fd=N is required"))?,
+            mac: mac.ok_or_else(|| format!("--net {s:?}: mac=MAC is required"))?,
+            mtu,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tap_fd < 0 {
+            return Err(format!(
+                "net: tap-fd must not be negative, got {}",
+                self.tap_fd
+            ));
+        }
+        parse_mac(&self.mac)?;
+        if self.mtu < 68 {
+            return Err(format!("net: mtu must be at least 68, got {}", self.mtu));
+        }
+        Ok(())
+    }
+}
+
+/// A unicast MAC address in the usual colon form.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("{s:?} is not a MAC address (like 02:42:0a:59:00:02)");
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(format!("{s:?} is not a unicast MAC address"));
+    }
+    Ok(mac)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SerialConfig {
     #[default]
@@ -122,6 +200,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// virtio-net interfaces (eth0, eth1, … in this order).
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
     #[serde(default)]
     pub serial: SerialConfig,
     /// Run even on a PVM host, where an ordinary guest kernel cannot run.
@@ -149,6 +230,15 @@ impl VmConfig {
                 "at most {MAX_DISKS} disks are supported, got {}",
                 self.disks.len()
             ));
+        }
+        if self.nets.len() > MAX_NETS {
+            return Err(format!(
+                "at most {MAX_NETS} network interfaces are supported, got {}",
+                self.nets.len()
+            ));
+        }
+        for n in &self.nets {
+            n.validate()?;
         }
         if let Some(v) = &self.vsock {
             if v.cid < 3 {

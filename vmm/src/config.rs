@@ -23,7 +23,7 @@ pub fn from_json_file(path: &Path) -> Result<VmConfig> {
 #[command(
     name = "capsa-vmm",
     version,
-    about = "Run one KVM microVM: ELF vmlinux (PVH), serial, virtio-blk, virtio-vsock"
+    about = "Run one KVM microVM: ELF vmlinux (PVH), serial, virtio-blk, virtio-vsock, virtio-net"
 )]
 pub struct Cli {
     /// Guest kernel: an uncompressed ELF vmlinux with a PVH entry note.
@@ -50,11 +50,15 @@ pub struct Cli {
     /// Host unix socket of the hybrid vsock (needs --vsock-cid).
     #[arg(long, value_name = "PATH", requires = "vsock_cid")]
     pub vsock_uds: Option<PathBuf>,
+    /// A virtio-net interface on an inherited, already configured tap
+    /// descriptor (IFF_VNET_HDR, 12-byte header). Repeatable: eth0, eth1, …
+    #[arg(long = "net", value_name = "tap-fd=N,mac=MAC[,mtu=M]", value_parser = NetConfig::parse)]
+    pub nets: Vec<NetConfig>,
     /// Where the guest console goes: stdout, none, or a file.
     #[arg(long, value_name = "stdout|FILE|none", value_parser = SerialConfig::parse)]
     pub serial: Option<SerialConfig>,
     /// Read the VM description from a JSON file (same fields as the flags).
-    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["kernel", "initrd", "cmdline", "mem_mib", "vcpus", "disks", "vsock_cid", "vsock_uds", "serial"])]
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["kernel", "initrd", "cmdline", "mem_mib", "vcpus", "disks", "vsock_cid", "vsock_uds", "serial", "nets"])]
     pub config: Option<PathBuf>,
     /// Run even if this host's /dev/kvm is PVM (needs a PVM-enabled guest kernel).
     #[arg(long)]
@@ -98,6 +102,7 @@ impl Cli {
                 vcpus: self.vcpus.unwrap_or(DEFAULT_VCPUS),
                 disks: self.disks.clone(),
                 vsock,
+                nets: self.nets.clone(),
                 serial: self.serial.clone().unwrap_or_default(),
                 allow_pvm: false,
             }
@@ -136,6 +141,8 @@ mod tests {
             "/tmp/v.sock",
             "--serial",
             "none",
+            "--net",
+            "tap-fd=7,mac=02:42:0a:59:00:02",
         ])
         .unwrap();
         let from_flags = cli.to_config().unwrap();
@@ -146,7 +153,8 @@ mod tests {
             &json,
             r#"{"kernel":"/k","initrd":"/i","cmdline":"console=ttyS0","mem_mib":256,"vcpus":2,
                "disks":[{"path":"/a.img","read_only":true},{"path":"/b.img"}],
-               "vsock":{"cid":3,"uds":"/tmp/v.sock"},"serial":"none"}"#,
+               "vsock":{"cid":3,"uds":"/tmp/v.sock"},"serial":"none",
+               "nets":[{"tap_fd":7,"mac":"02:42:0a:59:00:02","mtu":1500}]}"#,
         )
         .unwrap();
         let cli = Cli::try_parse_from(["capsa-vmm", "--config", json.to_str().unwrap()]).unwrap();
@@ -185,5 +193,22 @@ mod tests {
             }
         );
         assert!(DiskConfig::parse(",ro").is_err());
+        for bad in [
+            "mac=02:42:0a:59:00:02",
+            "tap-fd=3",
+            "tap-fd=3,mac=03:42:0a:59:00:02",
+            "tap-fd=3,mac=02:42:0a:59:00",
+            "tap-fd=3,mac=02:42:0a:59:00:02,mtu=10",
+            "tap-fd=-1,mac=02:42:0a:59:00:02",
+            "tap-fd=3,mac=02:42:0a:59:00:02,speed=10",
+        ] {
+            assert!(NetConfig::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            NetConfig::parse("tap-fd=3,mac=02:42:0a:59:00:02,mtu=9000")
+                .unwrap()
+                .mtu,
+            9000
+        );
     }
 }

@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::layout::*;
 use crate::virtio::block::Block;
 use crate::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
+use crate::virtio::net::Net;
 use crate::virtio::vsock::Vsock;
 
 pub use crate::devices::VmmExit;
@@ -513,7 +514,8 @@ fn legacy_devices(
 type VirtioDevices = (Bus, Vec<MmioSlot>, Vec<Arc<Mutex<MmioTransport>>>);
 
 /// The virtio-mmio devices: disks first (vda, vdb, ... in config order),
-/// then vsock, each in its slot with its irqfd and queue ioeventfds.
+/// then vsock, then the network interfaces (eth0, ...), each in its slot
+/// with its irqfd and queue ioeventfds.
 fn virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<VirtioDevices> {
     let mut devices: Vec<Box<dyn crate::virtio::VirtioDevice>> = Vec::new();
     for d in &cfg.disks {
@@ -529,6 +531,9 @@ fn virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<Vi
             msg: e.to_string(),
         })?;
         devices.push(Box::new(dev));
+    }
+    for n in &cfg.nets {
+        devices.push(Box::new(net_device(n)?));
     }
     let mut mmio = Bus::new();
     let mut slots = Vec::new();
@@ -576,4 +581,21 @@ fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8, entry: boot::BootEntry) -> Resu
         vcpus.push(vcpu);
     }
     Ok(vcpus)
+}
+
+/// A virtio-net device on the tap descriptor capsa-vmm inherited.
+fn net_device(n: &crate::config::NetConfig) -> Result<Net> {
+    let err = |msg: String| Error::Device {
+        dev: format!("virtio-net (tap fd {})", n.tap_fd),
+        msg,
+    };
+    let mac = crate::config::parse_mac(&n.mac).map_err(err)?;
+    // SAFETY: F_GETFD only asks whether the descriptor is open.
+    if unsafe { libc::fcntl(n.tap_fd, libc::F_GETFD) } < 0 {
+        return Err(err("the descriptor is not open in capsa-vmm".into()));
+    }
+    // SAFETY: the descriptor is open and was handed to this process for
+    // this device alone (the config names it once); the device owns it now.
+    let tap = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(n.tap_fd) };
+    Net::new(tap, mac, n.mtu).map_err(|e| err(e.to_string()))
 }

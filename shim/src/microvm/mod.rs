@@ -368,6 +368,7 @@ impl Backend for MicroVmBackend {
                 cid: 3,
                 uds: sock.clone(),
             }),
+            nets: vec![],
             serial: SerialConfig::File(self.console_log(&rec.id)),
             // The user chose the kernel (e.g. a PVM-enabled one).
             allow_pvm: rec.kernel.is_some(),

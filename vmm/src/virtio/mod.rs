@@ -2,6 +2,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -57,7 +58,7 @@ impl Interrupt {
 
 /// A virtio device model behind a transport.
 pub trait VirtioDevice: Send {
-    /// virtio device ID (2 = block, 19 = vsock).
+    /// virtio device ID (1 = net, 2 = block, 19 = vsock).
     fn device_type(&self) -> u32;
     fn name(&self) -> &str;
     /// Maximum size of each queue; the number of queues is its length.
