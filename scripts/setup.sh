@@ -18,8 +18,9 @@ PKGS=(
   linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils kmod
   iproute2 procps
   # networks (docs/networking.md): podman's stack for bridges, ports and
-  # names, CNI's host-local for addresses, and curl for the network tests
-  netavark aardvark-dns containernetworking-plugins iptables curl
+  # names, CNI's host-local for addresses, nftables to join a VM's tap to its
+  # network, and curl for the network tests
+  netavark aardvark-dns containernetworking-plugins iptables nftables curl
 )
 
 missing=()

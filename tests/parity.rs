@@ -138,6 +138,26 @@ fn both_modes_give_the_same_results() {
         "{ctx}"
     );
 
+    // Networks (#11): a published port answers on loopback and on the
+    // host's other address; names and aliases resolve on a user network;
+    // networks are isolated; --ip, --mac-address, /etc files, egress.
+    expect("net-publish", "code=0");
+    assert!(
+        c["net-publish"]
+            .1
+            .contains("served|served|80/tcp -> 0.0.0.0:8080|"),
+        "{ctx}"
+    );
+    assert!(c["net-names"].1.contains("from-a|from-a|"), "{ctx}");
+    assert!(c["net-isolated"].1.contains("out: unreachable|"), "{ctx}");
+    assert!(
+        c["net-ip-mac"]
+            .1
+            .contains("02:42:0a:63:01:32|10.99.1.50/24|10.99.1.50\tbox|nameserver 10.99.1.1|1|"),
+        "{ctx}"
+    );
+    assert!(c["net-egress"].1.contains("sent|hi-host|"), "{ctx}");
+
     let mut differ = Vec::new();
     for (name, (result, preview)) in &c {
         match v.get(name) {
@@ -153,5 +173,8 @@ fn both_modes_give_the_same_results() {
         "modes differ:\n{}\n\n{ctx}",
         differ.join("\n")
     );
-    assert_eq!(c["leftovers"].0, "containers=0 mounts=0 vmms=0", "{ctx}");
+    assert_eq!(
+        c["leftovers"].0, "containers=0 mounts=0 vmms=0 net=0",
+        "{ctx}"
+    );
 }

@@ -86,6 +86,43 @@ printf 'piped' | $c exec -i target cat > /run/o 2> /run/e; report exec-stdin $?
 $c exec -t target sh -c 'test -t 0 && test -t 1 && echo exec-tty; exit 5' > /run/o 2> /run/e; report exec-tty $?
 $c rm -f target > /dev/null
 
+# networks: the same flags give the same result (issue #11). The test host
+# is this script's whole world: 192.0.2.10 on a veth stands for the host's
+# other address; no traffic leaves the test host.
+ip link add tveth0 type veth peer name tveth1 2>/dev/null
+ip addr add 192.0.2.10/24 dev tveth0 2>/dev/null
+ip link set tveth0 up; ip link set tveth1 up
+page() { echo "mkdir -p /srv && echo $1 > /srv/index.html && exec httpd -f -p 80 -h /srv"; }
+fetch() { # curl, while the server comes up
+  i=0; while [ $i -lt 80 ]; do curl -sf --max-time 2 "$1" && return 0; i=$((i+1)); sleep 0.25; done; return 1
+}
+get() { # a container's page, by name, from inside another (busybox), while it comes up
+  echo "i=0; while [ \$i -lt 40 ]; do ip=\$(nslookup $1 2>/dev/null | sed -n 's/^Address: //p' | tail -1); \
+[ -n \"\$ip\" ] && r=\$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 \$ip 80 | sed '1,/^\r\$/d') && [ -n \"\$r\" ] && break; \
+i=\$((i+1)); sleep 0.25; done; echo \"\$r\""
+}
+$c run -d --isolation "$mode" --name web -p 8080:80 demo sh -c "$(page served)" > /dev/null
+{ fetch http://127.0.0.1:8080/; fetch http://192.0.2.10:8080/; $c port web; } > /run/o 2> /run/e
+report net-publish $?
+$c rm -f web > /dev/null
+$c network create --subnet 10.99.1.0/24 pn1 > /dev/null
+$c network create --subnet 10.99.2.0/24 pn2 > /dev/null
+$c run -d --isolation "$mode" --network pn1 --network-alias alias-a --name a demo sh -c "$(page from-a)" > /dev/null
+case_run net-names /run/empty --network pn1 demo sh -c "$(get a); $(get alias-a)"
+aip=$($c exec a ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
+case_run net-isolated /run/empty --network pn2 demo sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $aip 80 || echo unreachable"
+case_run net-ip-mac /run/empty --network pn1 --ip 10.99.1.50 --mac-address 02:42:0a:63:01:32 demo \
+  sh -c 'cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk "{print \$4}"; grep box /etc/hosts; grep nameserver /etc/resolv.conf; ip route | grep -c "^default via 10.99.1.1 dev eth0"'
+timeout 30 busybox nc -l -p 9000 > /run/got & srv=$!
+$c run --rm --isolation "$mode" --network pn2 demo sh -c 'sleep 1; echo hi-host | nc -w 2 192.0.2.10 9000; echo sent' > /run/o 2> /run/e; code=$?
+wait $srv; cat /run/got >> /run/o; report net-egress "$code"
+$c rm -f a > /dev/null
+$c network rm pn1 pn2 > /dev/null
+# what networking leaves: netns, links other than the test's, leases, rules
+netleft=$( { ip netns ls; ip -o link show | awk -F': ' '{print $2}' | grep -v -E '^(lo|tveth[01].*)$'; \
+  find /run/parity-$mode/net/ipam -type f ! -name lock ! -name 'last_reserved_ip*' 2>/dev/null; \
+  iptables-save | grep -E '10\.99\.|NETAVARK-DN-|capsa:'; } | wc -l)
+
 # nothing left behind
 left=$($c ps -aq | wc -l)
-echo "@@ leftovers containers=$left mounts=$(grep -c parity-$mode /proc/mounts) vmms=$(pgrep -c capsa-vmm)"
+echo "@@ leftovers containers=$left mounts=$(grep -c parity-$mode /proc/mounts) vmms=$(pgrep -c capsa-vmm) net=$netleft"

@@ -19,6 +19,7 @@
 pub mod cmdline;
 pub mod container;
 pub mod guest;
+pub mod netconf;
 pub mod reaper;
 pub mod server;
 

@@ -427,6 +427,7 @@ impl Session {
                     volumes: vec![],
                 },
                 stdio,
+                network: None,
             },
             &mut Outcome::default(),
         )

@@ -53,9 +53,9 @@ pub struct RunArgs {
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
-    /// Network: none (loopback only; the default without -p), host, a
-    /// network's name (`bridge` is the default network), or
-    /// container:NAME (share another container's network).
+    /// Network: none (loopback only; the default without -p), host
+    /// (container mode only), or a network's name (`bridge` is the default
+    /// network); container:NAME is not supported yet.
     #[arg(long = "network", alias = "net")]
     pub network: Option<String>,
     /// Publish a port: [HOSTIP:][HOSTPORT:]CONTAINERPORT[/tcp|udp] (ranges
@@ -175,8 +175,8 @@ impl RunArgs {
 
 impl RunArgs {
     /// `--network`, or the default network when ports are published
-    /// (docker's default network is `bridge`; capsa's stays `none` until
-    /// VM mode has networks too, so that both modes agree).
+    /// (docker's default network is `bridge`; capsa's is `none`, see
+    /// docs/networking.md).
     fn network_mode(&self) -> Option<&str> {
         match self.network.as_deref() {
             Some(n) => Some(n),

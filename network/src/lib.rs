@@ -19,6 +19,7 @@ pub mod netavark;
 mod netns;
 pub mod ports;
 pub mod store;
+pub mod vm;
 
 use std::fs;
 use std::net::Ipv4Addr;

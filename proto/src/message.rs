@@ -112,6 +112,51 @@ pub struct Volume {
     pub readonly: bool,
 }
 
+/// The guest's network, copied from the container's network namespace on
+/// the host (whose interfaces the VM's NICs stand in for): the agent gives
+/// each NIC, found by its MAC, the same addresses and MTU, and the guest the
+/// same routes, before the container is created. The container then shares
+/// the guest's network namespace, which is its alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNetwork {
+    /// The NICs, in the VM's order (eth0, eth1, …).
+    pub interfaces: Vec<GuestInterface>,
+    /// IPv4 routes besides each subnet's own.
+    #[serde(default)]
+    pub routes: Vec<GuestRoute>,
+    /// The container's /etc/hosts and /etc/resolv.conf, as the host wrote
+    /// them for its network (names, search domains, DNS servers).
+    #[serde(default)]
+    pub hosts: Option<String>,
+    /// See `hosts`.
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
+}
+
+/// One NIC of the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInterface {
+    /// `02:42:0a:59:00:02`: the NIC's MAC, set by the VMM.
+    pub mac: String,
+    /// The host-side interface's MTU.
+    pub mtu: u16,
+    /// IPv4 addresses with their prefix length, `10.89.0.2/24`.
+    pub addresses: Vec<String>,
+}
+
+/// An IPv4 route: `destination` is `A.B.C.D/N` (`0.0.0.0/0` for the
+/// default route), through `gateway` if any, out of `interfaces[interface]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestRoute {
+    /// `A.B.C.D/N`.
+    pub destination: String,
+    /// The next hop, if not on-link.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// Index into [`GuestNetwork::interfaces`].
+    pub interface: usize,
+}
+
 /// Terminal size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WinSize {
@@ -190,6 +235,9 @@ pub enum Request {
         rootfs: Rootfs,
         /// How the init process's stdio is wired.
         stdio: StdioOptions,
+        /// The network the guest takes on first (VM mode with a network).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<GuestNetwork>,
     },
     /// Start the created container's process. Reply: `Ok`.
     Start {

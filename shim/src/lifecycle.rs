@@ -42,7 +42,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         // Flags the mode cannot honour are refused before anything is
         // made: before the host check, and long before an image's VM disk
         // is built.
-        check_vm_flags(&req.run, req.network.as_ref())?;
+        check_vm_flags(&req.run)?;
         crate::microvm::check_host(req.kernel.as_deref())?;
     }
     let id = new_id()?;
@@ -211,18 +211,11 @@ fn add_etc_files(
     Ok(())
 }
 
-/// What VM mode cannot do yet, in one line each: the guest has its own
-/// kernel and network stack (with no network device yet), and host
-/// directories reach it only as read-only disk snapshots.
-fn check_vm_flags(run: &RunConfig, network: Option<&capsa_network::Request>) -> Result<()> {
+/// What VM mode cannot do, in one line each: the guest has its own
+/// kernel and network stack, and host directories reach it only as
+/// read-only disk snapshots.
+fn check_vm_flags(run: &RunConfig) -> Result<()> {
     let refuse = |msg: String| Err(CodedError::new(EXIT_CAPSA_ERROR, msg).into());
-    if network.is_some() {
-        return refuse(
-            "networks and published ports (--network NAME, -p, -P) are container mode only \
-             for now: a VM-mode guest has loopback only (use --isolation container)"
-                .into(),
-        );
-    }
     if run.network == capsa_image::spec::Network::Host {
         return refuse(
             "--network host cannot be given to a VM-mode container: the guest has its own \

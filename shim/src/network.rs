@@ -67,8 +67,10 @@ pub fn attach(roots: &Roots, rec: &Record) -> Result<Vec<OwnedFd>> {
         &cpaths.network_state(),
     )
     .map_err(user_error)?;
-    let hostname = fs::read_to_string(cpaths.dir.join("hostname")).unwrap_or_default();
-    let hosts = capsa_container::etc_hosts(hostname.trim(), att.primary_ip());
+    // From the spec: in VM mode the hostname file is written in the guest.
+    let spec = oci_spec::runtime::Spec::load(cpaths.config())?;
+    let hostname = spec.hostname().clone().unwrap_or_default();
+    let hosts = capsa_container::etc_hosts(&hostname, att.primary_ip());
     fs::write(cpaths.dir.join("hosts"), hosts)?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     fs::write(

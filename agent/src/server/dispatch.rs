@@ -22,7 +22,16 @@ impl Agent {
                 spec,
                 rootfs,
                 stdio,
-            } => self.create(conn, enc, container_id, *spec, rootfs, stdio),
+                network,
+            } => {
+                let mut spec = *spec;
+                if let Some(net) = &network {
+                    if let Err(r) = self.take_network(&container_id, net, &mut spec) {
+                        return Some(r);
+                    }
+                }
+                self.create(conn, enc, container_id, spec, rootfs, stdio)
+            }
             Request::Start { container_id } => self.start(&container_id),
             Request::Exec {
                 container_id,

@@ -144,6 +144,26 @@ impl Agent {
         Ok(spec)
     }
 
+    /// Gives the guest the container's network (VM mode with a network):
+    /// its NICs configured, the container in the guest's namespace with the
+    /// host's /etc files for it.
+    pub(super) fn take_network(
+        &self,
+        id: &str,
+        net: &capsa_proto::GuestNetwork,
+        spec: &mut Spec,
+    ) -> Result<(), Response> {
+        let fail = |code, e: anyhow::Error| err(code, format!("{e:#}"));
+        crate::container::check_id(id).map_err(|e| fail(ErrorCode::InvalidRequest, e))?;
+        crate::netconf::configure(net)
+            .context("configuring the guest's network")
+            .map_err(|e| fail(ErrorCode::Internal, e))?;
+        let etc = std::path::Path::new(crate::container::STATE_DIR)
+            .join("etc")
+            .join(id);
+        crate::netconf::fit_spec(net, spec, &etc).map_err(|e| fail(ErrorCode::Internal, e))
+    }
+
     pub(super) fn create(
         self: &Arc<Self>,
         conn: u64,

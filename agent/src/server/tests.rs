@@ -133,6 +133,7 @@ fn requests_without_a_container_get_clear_errors_and_bad_frames_do_not_end_the_s
                 volumes: vec![],
             },
             stdio: StdioOptions::default(),
+            network: None,
         },
     );
     assert_eq!(code(&r), ErrorCode::InvalidRequest);
@@ -301,6 +302,7 @@ fn create(id: &str) -> Request {
             volumes: vec![],
         },
         stdio: StdioOptions::default(),
+        network: None,
     }
 }
 

@@ -72,6 +72,20 @@ pub fn all_requests() -> Vec<Request> {
                 stdin: true,
                 tty_size: Some(WinSize { rows: 24, cols: 80 }),
             },
+            network: Some(capsa_proto::GuestNetwork {
+                interfaces: vec![capsa_proto::GuestInterface {
+                    mac: "02:42:0a:59:00:02".into(),
+                    mtu: 1500,
+                    addresses: vec!["10.89.0.2/24".into()],
+                }],
+                routes: vec![capsa_proto::GuestRoute {
+                    destination: "0.0.0.0/0".into(),
+                    gateway: Some("10.89.0.1".into()),
+                    interface: 0,
+                }],
+                hosts: Some("10.89.0.2\tweb\n".into()),
+                resolv_conf: None,
+            }),
         },
         Request::Create {
             container_id: "c2".into(),
@@ -86,6 +100,7 @@ pub fn all_requests() -> Vec<Request> {
                 volumes: vec![],
             },
             stdio: StdioOptions::default(),
+            network: None,
         },
         Request::Start {
             container_id: "c1".into(),

@@ -6,6 +6,7 @@
 
 mod client;
 pub mod guest;
+mod nics;
 pub mod sandbox;
 mod tty;
 mod volumes;
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use capsa_container::terminal::window_size;
 use capsa_image::{Image, RootfsFormat, Store};
-use capsa_proto::{ExecProcess, Request, Response, Rootfs, StdStream, StdioOptions, WritableLayer};
+use capsa_proto::{
+    ExecProcess, GuestNetwork, Request, Response, Rootfs, StdStream, StdioOptions, WritableLayer,
+};
 use capsa_vm_config::{DiskConfig, SerialConfig, VmConfig, VsockConfig};
 use nix::sys::signal::Signal;
 
@@ -133,6 +136,7 @@ impl MicroVmBackend {
         spec: oci_spec::runtime::Spec,
         rootfs: Rootfs,
         io: ProcessIo,
+        network: Option<GuestNetwork>,
     ) -> Result<()> {
         // With -t the guest allocates the container's terminal; the monitor
         // gets a host pty whose other end we bridge to the guest.
@@ -159,6 +163,7 @@ impl MicroVmBackend {
             spec: Box::new(spec),
             rootfs,
             stdio,
+            network,
         })?;
         if let Some(input) = io.stdin {
             conn.pump_stdin(&rec.id, input)?;
@@ -193,7 +198,7 @@ impl MicroVmBackend {
             },
             volumes: vec![],
         };
-        self.create_in_guest(&conn, rec, spec, rootfs, io)?;
+        self.create_in_guest(&conn, rec, spec, rootfs, io, None)?;
         Ok(Box::new(Vm::new(
             self,
             rec,
@@ -344,6 +349,13 @@ impl Backend for MicroVmBackend {
         }
         // A pod's sandbox VM gets spare disks that the pod's other
         // containers' root filesystems are written into later.
+        // The container's network namespace (its capsa network's, set up
+        // by the monitor just before): the VM's NICs join its interfaces.
+        let netns = rec
+            .network
+            .as_ref()
+            .map(|_| capsa_network::netns_path(&rec.id));
+        let nics = nics::Nics::join(netns.as_deref())?;
         let slots = if is_sandbox(&spec) {
             sandbox::make_slots(&paths.dir, (b'b' + volumes.len() as u8) as char)?
         } else {
@@ -368,7 +380,7 @@ impl Backend for MicroVmBackend {
                 cid: 3,
                 uds: sock.clone(),
             }),
-            nets: vec![],
+            nets: nics.vm_config(),
             serial: SerialConfig::File(self.console_log(&rec.id)),
             // The user chose the kernel (e.g. a PVM-enabled one).
             allow_pvm: rec.kernel.is_some(),
@@ -378,6 +390,7 @@ impl Backend for MicroVmBackend {
         std::fs::write(&config_file, serde_json::to_vec_pretty(&config)?)
             .with_context(|| format!("writing {}", config_file.display()))?;
         let mut cmd = Command::new(&vmm);
+        nics.inherit(&mut cmd);
         cmd.arg("--config")
             .arg(&config_file)
             .stdin(Stdio::null())
@@ -404,6 +417,7 @@ impl Backend for MicroVmBackend {
             .spawn()
             .with_context(|| format!("starting {}", vmm.display()))?;
         let pid = child.id() as i32;
+        let guest_net = nics.into_guest(&paths.dir);
         crate::timing::phase("vm: kernel, initramfs and VMM started", &mut clock);
 
         let mut alive = || matches!(child.try_wait(), Ok(None));
@@ -430,7 +444,7 @@ impl Backend for MicroVmBackend {
             },
             volumes: volumes.into_iter().map(|v| v.volume).collect(),
         };
-        if let Err(e) = self.create_in_guest(&conn, rec, spec, rootfs, io) {
+        if let Err(e) = self.create_in_guest(&conn, rec, spec, rootfs, io, guest_net) {
             let _ = child.kill();
             let _ = child.wait();
             return Err(e);

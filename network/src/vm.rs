@@ -1,0 +1,318 @@
+//! A microVM joins a network namespace, as Kata's "tcfilter" model does:
+//! whoever prepared the namespace (capsa's networks, podman, a CNI), for
+//! each Ethernet interface in it capsa makes a tap beside it and joins the
+//! two, both ways, at their ingress hooks. Kata does it with tc mirred;
+//! capsa with nftables' netdev `fwd`, which also drops in the same table
+//! (many kernels build tc's drop action and flower classifier as modules
+//! or not at all). The guest's NIC takes the interface's MAC, addresses,
+//! MTU and routes, so the network sees the same endpoint it set up, and
+//! needs no extra host routing.
+//!
+//! The tap is the VM's alone: on its ingress only frames with the NIC's own
+//! source MAC and IPv4 address (and ARP for that address) pass; everything
+//! else is dropped (a guest cannot spoof another endpoint). The tap is not
+//! persistent: it vanishes with the VMM's descriptor, so a VMM that dies
+//! leaves no tap behind.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// One interface of the namespace, and the tap the VM's NIC is on.
+#[derive(Debug)]
+pub struct Nic {
+    /// The tap's descriptor (IFF_VNET_HDR, 12-byte header, no offloads),
+    /// for the VMM to inherit.
+    pub tap: OwnedFd,
+    pub tap_name: String,
+    /// The namespace's interface the tap stands in for.
+    pub interface: String,
+    pub mac: String,
+    pub mtu: u16,
+    /// `10.89.0.2/24`
+    pub addresses: Vec<String>,
+}
+
+/// An IPv4 route of the namespace the guest must have too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// `A.B.C.D/N`
+    pub destination: String,
+    pub gateway: Option<String>,
+    /// Index into the NIC list.
+    pub nic: usize,
+}
+
+/// The taps are named after the interface's position: `capsa_tap0`, … (at
+/// most 15 bytes, the kernel's limit).
+const TAP_PREFIX: &str = "capsa_tap";
+
+/// Makes a tap for each Ethernet interface of the namespace at `netns` and
+/// joins them; returns the NICs and the namespace's routes.
+pub fn join(netns: &Path) -> Result<(Vec<Nic>, Vec<Route>)> {
+    let links: Vec<Link> = serde_json::from_slice(&ip_json(netns, &["addr", "show"])?)
+        .context("reading `ip -j addr` of the container's network namespace")?;
+    let links: Vec<Link> = links
+        .into_iter()
+        .filter(|l| l.link_type == "ether" && !l.ifname.starts_with(TAP_PREFIX))
+        .collect();
+    let mut nics: Vec<Nic> = Vec::new();
+    for (i, l) in links.iter().enumerate() {
+        // Names and addresses go into an nft ruleset: the namespace may be
+        // an engine's, so take nothing in it on trust.
+        check_ifname(&l.ifname)?;
+        check_mac(&l.address)?;
+        let tap_name = format!("{TAP_PREFIX}{i}");
+        let addresses: Vec<String> = l
+            .addr_info
+            .iter()
+            .filter(|a| a.family == "inet")
+            .map(|a| match a.local.parse::<std::net::Ipv4Addr>() {
+                Ok(ip) if a.prefixlen <= 32 => Ok(format!("{ip}/{}", a.prefixlen)),
+                _ => bail!("{}: bad address {}/{}", l.ifname, a.local, a.prefixlen),
+            })
+            .collect::<Result<_>>()?;
+        let mtu = u16::try_from(l.mtu).unwrap_or(u16::MAX);
+        // On an error, the taps made so far go with their descriptors.
+        let tap = open_tap_in(netns, &tap_name)?;
+        let nic = Nic {
+            tap,
+            tap_name,
+            interface: l.ifname.clone(),
+            mac: l.address.clone(),
+            mtu,
+            addresses,
+        };
+        redirect(netns, &nic)
+            .with_context(|| format!("joining {} to {}", nic.tap_name, nic.interface))?;
+        nics.push(nic);
+    }
+    let routes: Vec<RouteJson> =
+        serde_json::from_slice(&ip_json(netns, &["-4", "route", "show", "table", "main"])?)
+            .context("reading `ip -j route` of the container's network namespace")?;
+    let routes = routes
+        .into_iter()
+        .filter(|r| r.protocol.as_deref() != Some("kernel"))
+        .filter_map(|r| {
+            let nic = nics
+                .iter()
+                .position(|n| Some(&n.interface) == r.dev.as_ref())?;
+            let destination = match r.dst.as_str() {
+                "default" => "0.0.0.0/0".to_string(),
+                d if d.contains('/') => d.to_string(),
+                d => format!("{d}/32"),
+            };
+            Some(Route {
+                destination,
+                gateway: r.gateway,
+                nic,
+            })
+        })
+        .collect();
+    Ok((nics, routes))
+}
+
+fn check_ifname(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !ok {
+        bail!(
+            "interface name {name:?} in the container's network namespace is not one capsa accepts"
+        );
+    }
+    Ok(())
+}
+
+fn check_mac(mac: &str) -> Result<()> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() != 6
+        || !parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        bail!("{mac:?} is not a MAC address");
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Link {
+    ifname: String,
+    #[serde(default)]
+    link_type: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    mtu: u32,
+    #[serde(default)]
+    addr_info: Vec<AddrInfo>,
+}
+
+#[derive(Deserialize)]
+struct AddrInfo {
+    #[serde(default)]
+    family: String,
+    #[serde(default)]
+    local: String,
+    #[serde(default)]
+    prefixlen: u8,
+}
+
+#[derive(Deserialize)]
+struct RouteJson {
+    dst: String,
+    #[serde(default)]
+    gateway: Option<String>,
+    #[serde(default)]
+    dev: Option<String>,
+    #[serde(default)]
+    protocol: Option<String>,
+}
+
+fn ip_json(netns: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-j"])
+        .args(args)
+        .output()
+        .context("running nsenter ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip -j {} in {}: {}",
+            args.join(" "),
+            netns.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// Runs `tool args` in the namespace.
+fn in_netns(netns: &Path, tool: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec![format!("--net={}", netns.display()), tool.to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    crate::run_tool("nsenter", &all)
+}
+
+/// Joins the tap and the interface with an nftables netdev table: what the
+/// interface receives is forwarded out of the tap (to the guest), and what
+/// the guest sends is forwarded out of the interface only if it carries the
+/// NIC's own MAC and IPv4 address (ARP included); anything else is dropped.
+/// The table lives in the namespace and goes with it.
+fn redirect(netns: &Path, nic: &Nic) -> Result<()> {
+    let mtu = nic.mtu.to_string();
+    in_netns(
+        netns,
+        "ip",
+        &["link", "set", &nic.tap_name, "mtu", &mtu, "up"],
+    )?;
+    run_nft(netns, &ruleset(nic))
+}
+
+fn ruleset(nic: &Nic) -> String {
+    let (tap, eth, mac) = (&nic.tap_name, &nic.interface, &nic.mac);
+    let mut lines = vec![
+        format!("table netdev {tap} {{"),
+        "  chain from_vm {".into(),
+        format!("    type filter hook ingress device \"{tap}\" priority 0; policy drop;"),
+    ];
+    for a in &nic.addresses {
+        let ip = a.split('/').next().unwrap_or_default();
+        lines.push(format!(
+            "    ether saddr {mac} ip saddr {ip} fwd to \"{eth}\""
+        ));
+        lines.push(format!(
+            "    ether saddr {mac} arp saddr ether {mac} arp saddr ip {ip} fwd to \"{eth}\""
+        ));
+    }
+    lines.extend([
+        "  }".into(),
+        "  chain to_vm {".into(),
+        format!("    type filter hook ingress device \"{eth}\" priority 0; policy accept;"),
+        format!("    fwd to \"{tap}\""),
+        "  }".into(),
+        "}".into(),
+    ]);
+    lines.join("\n") + "\n"
+}
+
+fn run_nft(netns: &Path, rules: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running nft (Debian package nftables)")?;
+    child
+        .stdin
+        .take()
+        .context("nft's stdin")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Opens a new tap named `name` in the namespace at `netns`. The calling
+/// thread stays where it is: a short-lived thread enters the namespace
+/// (a network namespace is per thread) and opens the tap there.
+fn open_tap_in(netns: &Path, name: &str) -> Result<OwnedFd> {
+    let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let name = name.to_string();
+    std::thread::spawn(move || -> Result<OwnedFd> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("entering the container's network namespace")?;
+        open_tap(&name)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread opening the tap panicked"))?
+}
+
+fn open_tap(name: &str) -> Result<OwnedFd> {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .context("opening /dev/net/tun")?;
+    let fd = tun.as_raw_fd();
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= libc::IFNAMSIZ {
+        bail!("tap name {name:?} is too long");
+    }
+    for (i, b) in name.bytes().enumerate() {
+        req.ifr_name[i] = b as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+    let hdr: libc::c_int = 12;
+    // SAFETY: the tun ioctls with the argument types they take (an ifreq,
+    // an int, an unsigned long), on the descriptor opened above.
+    unsafe {
+        if libc::ioctl(fd, libc::TUNSETIFF, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("creating the tap {name}"));
+        }
+        if libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &hdr) < 0 {
+            return Err(std::io::Error::last_os_error()).context("TUNSETVNETHDRSZ");
+        }
+        if libc::ioctl(fd, libc::TUNSETOFFLOAD, 0 as libc::c_ulong) < 0 {
+            return Err(std::io::Error::last_os_error()).context("TUNSETOFFLOAD");
+        }
+    }
+    Ok(OwnedFd::from(tun))
+}
