@@ -8,7 +8,7 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -89,6 +89,36 @@ pub trait VirtioDevice: Send {
     }
     /// The backend fd became readable.
     fn process_backend(&mut self) {}
+}
+
+/// A multi-queue device's state while a driver runs it: guest memory, the
+/// queues the driver set up, and the device's interrupt.
+pub struct ActiveQueues {
+    pub mem: GuestMemoryMmap,
+    pub queues: Vec<Queue>,
+    pub interrupt: Arc<Interrupt>,
+}
+
+impl ActiveQueues {
+    /// Takes the queues from `activate`; each index in `needed` must be
+    /// one the driver made ready.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+        count: usize,
+        needed: &[usize],
+        what: &str,
+    ) -> Result<Self, String> {
+        if queues.len() != count || needed.iter().any(|&i| !queues[i].ready()) {
+            return Err(format!("{what} needs its queues {needed:?} ready"));
+        }
+        Ok(ActiveQueues {
+            mem,
+            queues,
+            interrupt,
+        })
+    }
 }
 
 /// Copies a little-endian config structure into a config-space read.

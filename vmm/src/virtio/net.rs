@@ -31,7 +31,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::{read_config_bytes, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
 pub const VIRTIO_ID_NET: u32 = 1;
 pub const QUEUE_SIZE: u16 = 256;
@@ -62,12 +62,6 @@ pub struct Counters {
     pub rx_dropped: u64,
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    interrupt: Arc<Interrupt>,
-}
-
 pub struct Net {
     tap: File,
     /// Holds the tap while the device wants its frames; the event loop
@@ -79,7 +73,7 @@ pub struct Net {
     pending: Option<usize>,
     frame: Vec<u8>,
     counters: Counters,
-    active: Option<Active>,
+    active: Option<ActiveQueues>,
 }
 
 impl Net {
@@ -280,14 +274,14 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), String> {
-        if queues.len() != 2 || !queues[RXQ].ready() || !queues[TXQ].ready() {
-            return Err("virtio-net needs its RX and TX queues".into());
-        }
-        self.active = Some(Active {
+        self.active = Some(ActiveQueues::new(
             mem,
             queues,
             interrupt,
-        });
+            2,
+            &[RXQ, TXQ],
+            "virtio-net",
+        )?);
         self.process_rx();
         Ok(())
     }

@@ -16,7 +16,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::GuestMemoryMmap;
 
-use super::{read_config_bytes, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, ActiveQueues, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use muxer::{Muxer, MAX_PKT_DATA};
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -25,17 +25,11 @@ const RXQ: usize = 0;
 const TXQ: usize = 1;
 const EVQ: usize = 2;
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-    interrupt: Arc<Interrupt>,
-}
-
 pub struct Vsock {
     cid: u64,
     config: [u8; 8],
     muxer: Muxer,
-    active: Option<Active>,
+    active: Option<ActiveQueues>,
 }
 
 impl Vsock {
@@ -148,14 +142,14 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), String> {
-        if queues.len() != 3 || !queues[RXQ].ready() || !queues[TXQ].ready() {
-            return Err("vsock needs its RX and TX queues".into());
-        }
-        self.active = Some(Active {
+        self.active = Some(ActiveQueues::new(
             mem,
             queues,
             interrupt,
-        });
+            3,
+            &[RXQ, TXQ],
+            "vsock",
+        )?);
         // Connections the host opened before the driver came up.
         self.process_rx();
         Ok(())
