@@ -881,6 +881,13 @@ fn check_podman(section: &str, mode: &str, ctx: &str) {
     c.code("stop", 0);
     c.has("wait", 0, &["0"]);
     c.code("rm", 0);
+    if mode == "vm" {
+        // podman's default network and -p, served from inside the VM.
+        c.code("run-p", 0);
+        c.has("curl-p", 0, &["podman-vm"]);
+        c.code("rm-p", 0);
+        assert_eq!(c.code("links-p", 0), "0|", "{ctx}");
+    }
     c.empty("ps");
     c.empty("runc-list");
     c.code("rmi", 0);

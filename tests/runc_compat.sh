@@ -154,6 +154,18 @@ podman)
   step stop $podman stop -t 5 p1
   step wait $podman wait p1
   step rm $podman rm p1
+  if [ "$mode" = vm ]; then
+    # podman's own network (netavark) and -p: the VM joins the namespace
+    # podman prepared. Only in the test host, whose network is its own.
+    step run-p $podman run -d --cidfile "$dir/cid4" --name pweb -p 8080:80 \
+      --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 $annotation $image \
+      sh -c 'mkdir -p /srv && echo podman-vm > /srv/index.html && exec httpd -f -p 80 -h /srv'
+    poll 300 curl -sf --max-time 2 http://127.0.0.1:8080/
+    curl -s --max-time 2 http://127.0.0.1:8080/ > "$o" 2>&1; report curl-p $?
+    step rm-p $podman rm -f pweb
+    # nothing of the VM's network is left in the host's namespace
+    ip -o link show | grep -c -E 'capsa_tap|veth' > "$o"; report links-p 0
+  fi
   step ps $podman ps -a --format '{{.Names}}'
   ids=$(cat "$dir"/cid*)
   # what capsa still knows of these containers

@@ -246,6 +246,7 @@ pub fn fit_spec(net: &GuestNetwork, spec: &mut oci_spec::runtime::Spec, etc: &Pa
             linux.set_namespaces(Some(ns));
         }
     }
+    take_net_sysctls(spec, Path::new("/proc/sys"))?;
     let files = [
         ("/etc/hosts", net.hosts.as_deref()),
         ("/etc/resolv.conf", net.resolv_conf.as_deref()),
@@ -264,6 +265,36 @@ pub fn fit_spec(net: &GuestNetwork, spec: &mut oci_spec::runtime::Spec, etc: &Pa
         }
     }
     spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+/// Sets the spec's `net.*` sysctls on the guest's namespace (the one the
+/// container now shares) and takes them out of the spec: the runtime
+/// refuses network sysctls for a container without a network namespace of
+/// its own, but in the guest that namespace is the container's alone.
+fn take_net_sysctls(spec: &mut oci_spec::runtime::Spec, proc_sys: &Path) -> Result<()> {
+    let Some(linux) = spec.linux_mut() else {
+        return Ok(());
+    };
+    let Some(mut sysctls) = linux.sysctl().clone() else {
+        return Ok(());
+    };
+    let net: Vec<String> = sysctls
+        .keys()
+        .filter(|k| k.starts_with("net."))
+        .cloned()
+        .collect();
+    for key in net {
+        let value = sysctls.remove(&key).unwrap_or_default();
+        // A name is dot-separated words; one that could climb out of
+        // /proc/sys (a '/' or an empty word) is refused, not written.
+        if key.split('.').any(|w| w.is_empty() || w.contains('/')) {
+            bail!("sysctl {key:?} is not a valid name");
+        }
+        let path = proc_sys.join(key.replace('.', "/"));
+        fs::write(&path, &value).with_context(|| format!("setting sysctl {key}={value}"))?;
+    }
+    linux.set_sysctl(Some(sysctls));
     Ok(())
 }
 
@@ -336,5 +367,33 @@ mod tests {
             fs::read_to_string(dir.path().join("resolv.conf")).unwrap(),
             "nameserver 10.89.0.1\n"
         );
+    }
+    #[test]
+    fn net_sysctls_are_set_on_the_guest_and_leave_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("net/ipv4")).unwrap();
+        let spec_with = |sysctl: serde_json::Value| -> oci_spec::runtime::Spec {
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "root": {"path": "rootfs"},
+                "linux": {"sysctl": sysctl}
+            }))
+            .unwrap()
+        };
+        let mut spec = spec_with(serde_json::json!({
+            "net.ipv4.ping_group_range": "0 0",
+            "kernel.msgmax": "8192"
+        }));
+        take_net_sysctls(&mut spec, dir.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("net/ipv4/ping_group_range")).unwrap(),
+            "0 0"
+        );
+        let left = spec.linux().as_ref().unwrap().sysctl().clone().unwrap();
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["kernel.msgmax"]);
+
+        let mut bad = spec_with(serde_json::json!({"net..ipv4/../../x": "1"}));
+        let e = take_net_sysctls(&mut bad, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not a valid name"), "{e}");
     }
 }

@@ -53,6 +53,7 @@ const TAP_PREFIX: &str = "capsa_tap";
 /// Makes a tap for each Ethernet interface of the namespace at `netns` and
 /// joins them; returns the NICs and the namespace's routes.
 pub fn join(netns: &Path) -> Result<(Vec<Nic>, Vec<Route>)> {
+    refuse_own_namespace(netns)?;
     let links: Vec<Link> = serde_json::from_slice(&ip_json(netns, &["addr", "show"])?)
         .context("reading `ip -j addr` of the container's network namespace")?;
     let links: Vec<Link> = links
@@ -113,6 +114,30 @@ pub fn join(netns: &Path) -> Result<(Vec<Nic>, Vec<Route>)> {
         })
         .collect();
     Ok((nics, routes))
+}
+
+/// Joining takes every frame the namespace's interfaces receive: never do
+/// it to the namespace capsa itself runs in (the host's, for a spec that
+/// names /proc/1/ns/net), which would cut the host off its network. That
+/// is `--network host`, which a VM cannot have.
+fn refuse_own_namespace(netns: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| (m.dev(), m.ino()))
+            .with_context(|| format!("reading the network namespace {}", p.display()))
+    };
+    let target = id(netns)?;
+    for own in ["/proc/self/ns/net", "/proc/1/ns/net"] {
+        if id(Path::new(own)).ok() == Some(target) {
+            bail!(
+                "{} is the host's network namespace: a VM cannot share it \
+                 (that is --network host, container mode only)",
+                netns.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn check_ifname(name: &str) -> Result<()> {

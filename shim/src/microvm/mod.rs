@@ -6,7 +6,7 @@
 
 mod client;
 pub mod guest;
-mod nics;
+pub mod nics;
 pub mod sandbox;
 mod tty;
 mod volumes;
@@ -350,11 +350,9 @@ impl Backend for MicroVmBackend {
         // A pod's sandbox VM gets spare disks that the pod's other
         // containers' root filesystems are written into later.
         // The container's network namespace (its capsa network's, set up
-        // by the monitor just before): the VM's NICs join its interfaces.
-        let netns = rec
-            .network
-            .as_ref()
-            .map(|_| capsa_network::netns_path(&rec.id));
+        // by the monitor just before, or its engine's): the VM's NICs join
+        // its interfaces.
+        let netns = nics::Nics::netns_of(rec, &spec);
         let nics = nics::Nics::join(netns.as_deref())?;
         let slots = if is_sandbox(&spec) {
             sandbox::make_slots(&paths.dir, (b'b' + volumes.len() as u8) as char)?

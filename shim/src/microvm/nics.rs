@@ -4,7 +4,7 @@
 //! the guest takes the same addresses, routes and /etc files.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -12,12 +12,28 @@ use capsa_network::vm::{Nic, Route};
 use capsa_proto::{GuestInterface, GuestNetwork, GuestRoute};
 use capsa_vm_config::NetConfig;
 
+use crate::record::Record;
+
+/// On a VM-mode bundle's saved spec: the network namespace the engine
+/// prepared (the spec's own path, which means nothing in the guest), for
+/// the VM to join. Set by capsa only; a bundle's own value is dropped.
+pub const NETNS_ANNOTATION: &str = "io.capsa.netns";
+
 pub struct Nics {
     nics: Vec<Nic>,
     routes: Vec<Route>,
 }
 
 impl Nics {
+    /// The namespace a container's VM joins: its capsa network's, or the
+    /// one its engine prepared; none for `--network none`.
+    pub fn netns_of(rec: &Record, spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+        if rec.network.is_some() {
+            return Some(capsa_network::netns_path(&rec.id));
+        }
+        super::sandbox::annotation(spec, NETNS_ANNOTATION).map(PathBuf::from)
+    }
+
     /// Joins the VM to the namespace at `netns`, if it has one.
     pub fn join(netns: Option<&Path>) -> Result<Nics> {
         let Some(netns) = netns else {

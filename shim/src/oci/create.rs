@@ -15,6 +15,7 @@ use super::common::{
     spawn_monitor, status_of, KERNEL_ANNOTATION,
 };
 use crate::backend::ProcessIo;
+use crate::microvm::nics::NETNS_ANNOTATION;
 use crate::microvm::sandbox;
 use crate::monitor::bundle::{BundleJob, BundleOp};
 use crate::paths::{ContainerPaths, Roots};
@@ -141,10 +142,29 @@ fn prepare_vm_bundle(
     } else {
         std::os::unix::fs::symlink(&disk, paths.dir.join("rootfs.disk"))?;
     }
-    // The guest has namespaces of its own: paths to the host's (a network
-    // namespace the engine prepared) mean nothing there. A pod member's
-    // paths to its pod's namespaces name the sandbox container instead,
-    // whose namespaces in the guest the agent joins.
+    // The guest has namespaces of its own: paths to the host's mean
+    // nothing there. A network namespace the engine prepared is kept aside
+    // for the VM to join (its NICs stand in for the namespace's
+    // interfaces). A pod member's paths to its pod's namespaces name the
+    // sandbox container instead, whose namespaces in the guest the agent
+    // joins.
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    annotations.remove(NETNS_ANNOTATION);
+    if sandbox.is_none() {
+        let engine_netns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .and_then(|ns| {
+                ns.iter()
+                    .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            })
+            .and_then(|n| n.path().clone());
+        if let Some(path) = engine_netns {
+            annotations.insert(NETNS_ANNOTATION.into(), path.display().to_string());
+        }
+    }
+    spec.set_annotations(Some(annotations));
     if let Some(linux) = spec.linux_mut() {
         if let Some(ns) = linux.namespaces().clone() {
             use oci_spec::runtime::LinuxNamespaceType as T;
