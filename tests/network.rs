@@ -235,7 +235,9 @@ fn published_tcp_port_answers_on_loopback_and_other_addresses() {
 fn free_host_ports_and_udp() {
     let host = HostNs::new();
     // -p CTRPORT picks a free host port; a UDP port is published and held
-    // too (the demo image has no UDP server to answer on it).
+    // too, and a UDP server in the container answers through it.
+    let udp = capsa_tests::udp_echo_dir();
+    let vol = format!("{}:/opt/udp:ro", udp.path().display());
     let id = host.ok(&[
         "run",
         "-d",
@@ -243,10 +245,12 @@ fn free_host_ports_and_udp() {
         "80",
         "-p",
         "127.0.0.1:5353:53/udp",
+        "-v",
+        &vol,
         "demo",
         "sh",
         "-c",
-        "mkdir /www && echo any > /www/index.html && exec httpd -f -p 80 -h /www",
+        "/opt/udp/udp_echo serve 53 & mkdir /www && echo any > /www/index.html && exec httpd -f -p 80 -h /www",
     ]);
     let id = id.trim();
     let port = host.ok(&["port", id, "80/tcp"]);
@@ -255,11 +259,16 @@ fn free_host_ports_and_udp() {
     assert!(port.parse::<u16>().unwrap() > 1024, "a free port: {port}");
     assert_eq!(host.get(&format!("http://127.0.0.1:{port}/")), "any\n");
     assert_eq!(host.ok(&["port", id, "53/udp"]), "127.0.0.1:5353\n");
-    let udp = stdout(&host.sh("ss -Huln"));
+    let held = stdout(&host.sh("ss -Huln"));
     assert!(
-        udp.contains("127.0.0.1:5353"),
-        "the UDP port is not held: {udp}"
+        held.contains("127.0.0.1:5353"),
+        "the UDP port is not held: {held}"
     );
+    let asked = host.sh(&format!(
+        "{}/udp_echo ask 127.0.0.1 5353 ping",
+        udp.path().display()
+    ));
+    assert_eq!(stdout(&asked), "echo:ping\n", "{}", stderr(&asked));
     host.ok(&["rm", "-f", id]);
     host.assert_clean();
 }
@@ -652,4 +661,168 @@ fn a_killed_monitor_leaves_no_network_behind() {
     host.assert_clean();
     host.ok(&["rm", &id]);
     host.env.assert_no_leaks(&[id]);
+}
+
+#[test]
+fn a_container_shares_another_containers_network() {
+    let host = HostNs::new();
+    let web = host.web(
+        &["--name", "web", "-p", "8083:80", "--hostname", "websrv"],
+        "shared",
+    );
+    assert_eq!(host.get("http://127.0.0.1:8083/"), "shared\n");
+    // Its interface, its address, its hostname and /etc files; its
+    // server on the shared loopback.
+    let show = "ip -4 -o addr show eth0 | awk '{print $4}'; hostname; cat /etc/hosts";
+    let theirs = host.ok(&["exec", "web", "sh", "-c", show]);
+    let out = host.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:web",
+        "demo",
+        "sh",
+        "-c",
+        &format!("{show}; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 127.0.0.1 80 | tail -1"),
+    ]);
+    assert_eq!(out, format!("{theirs}shared\n"));
+    assert!(
+        theirs.contains("10.89.") && theirs.contains("websrv"),
+        "{theirs}"
+    );
+
+    // Refused in one line: network flags of its own, VM mode, a container
+    // that does not run.
+    host.ok(&["run", "--name", "done", "demo", "true"]);
+    for (args, why) in [
+        (
+            vec!["-p", "81:80"],
+            "-p/-P cannot be used with --network container:web",
+        ),
+        (vec!["--hostname", "x"], "--hostname cannot be used"),
+        (
+            vec!["--isolation", "vm"],
+            "cannot be given to a VM-mode container",
+        ),
+    ] {
+        let mut all = vec!["run", "--rm", "--network", "container:web"];
+        all.extend(args);
+        all.extend(["demo", "true"]);
+        let out = host.capsa(&all);
+        assert_eq!(code(&out), 125, "{all:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{all:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    }
+    for (other, why) in [
+        ("done", "done is not running"),
+        ("nosuch", "container:nosuch"),
+    ] {
+        let out = host.capsa(&[
+            "run",
+            "--rm",
+            "--network",
+            &format!("container:{other}"),
+            "demo",
+            "true",
+        ]);
+        assert_eq!(code(&out), 125, "{}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+    }
+    host.ok(&["rm", "done"]);
+    host.ok(&["rm", "-f", &web]);
+    assert!(host.ok(&["ps", "-a", "-q"]).trim().is_empty());
+    host.assert_clean();
+}
+
+#[test]
+fn a_running_container_is_connected_and_disconnected() {
+    let host = HostNs::new();
+    host.ok(&["network", "create", "--subnet", "10.89.210.0/24", "m1"]);
+    host.ok(&["network", "create", "--subnet", "10.89.211.0/24", "m2"]);
+    let a = host.web(&["--network", "m1", "--name", "a"], "from-a");
+    let b = host.web(&["--network", "m2", "--name", "b"], "from-b");
+    let fetch =
+        |from: &str, url: &str| stdout(&host.capsa(&["exec", from, "sh", "-c", &http_get(url)]));
+    let eventually = |from: &str, url: &str, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fetch(from, url) != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_eq!(fetch(from, url), want, "{from} → {url}");
+    };
+    let ip_of = |ctr: &str, dev: &str| {
+        host.ok(&[
+            "exec",
+            ctr,
+            "sh",
+            "-c",
+            &format!("ip -4 -o addr show {dev} | awk '{{print $4}}' | cut -d/ -f1"),
+        ])
+        .trim()
+        .to_string()
+    };
+    let a_ip = ip_of(&a, "eth0");
+    eventually(&a, "http://a/", "from-a\n");
+    assert!(
+        !fetch(&b, &format!("http://{a_ip}/")).contains("from-a"),
+        "m2 reached m1"
+    );
+
+    host.ok(&["network", "connect", "--alias", "www", "m1", "b"]);
+    // b has an eth1 on m1: it reaches a, and a finds it by name and alias.
+    let b_ip = ip_of(&b, "eth1");
+    assert!(b_ip.starts_with("10.89.210."), "{b_ip}");
+    eventually(&b, &format!("http://{a_ip}/"), "from-a\n");
+    eventually(&a, "http://b/", "from-b\n");
+    eventually(&a, "http://www/", "from-b\n");
+    let inspect = host.ok(&["network", "inspect", "m1"]);
+    assert!(inspect.contains(&b_ip), "{inspect}");
+    let out = host.capsa(&["network", "rm", "m1"]);
+    assert!(
+        stderr(&out).contains("in use by container"),
+        "{}",
+        stderr(&out)
+    );
+
+    for (args, why) in [
+        (
+            vec!["network", "connect", "m1", "b"],
+            "already connected to network m1",
+        ),
+        (vec!["network", "connect", "nosuch", "b"], "nosuch"),
+        (
+            vec!["network", "disconnect", "m2", "a"],
+            "not connected to network m2",
+        ),
+    ] {
+        let out = host.capsa(&args);
+        assert_eq!(code(&out), 125, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    }
+    let lone = host.ok(&["run", "-d", "--name", "lone", "demo", "sleep", "60"]);
+    let out = host.capsa(&["network", "connect", "m1", "lone"]);
+    assert!(
+        stderr(&out).contains("no networks of its own"),
+        "{}",
+        stderr(&out)
+    );
+
+    host.ok(&["network", "disconnect", "m1", "b"]);
+    let links = host.ok(&["exec", &b, "ip", "-o", "link"]);
+    assert!(!links.contains("eth1"), "{links}");
+    assert!(
+        !fetch(&b, &format!("http://{a_ip}/")).contains("from-a"),
+        "still on m1"
+    );
+    eventually(&b, "http://b/", "from-b\n");
+    let inspect = host.ok(&["network", "inspect", "m1"]);
+    assert!(!inspect.contains(&b_ip), "{inspect}");
+    // Connected again, then torn down whole when it is removed.
+    host.ok(&["network", "connect", "m1", "b"]);
+    for id in [&a, &b, &lone] {
+        host.ok(&["rm", "-f", id.trim()]);
+    }
+    host.ok(&["network", "rm", "m1", "m2"]);
+    host.assert_clean();
 }

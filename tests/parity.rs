@@ -56,10 +56,12 @@ fn both_modes_give_the_same_results() {
         "links:latest",
         &links,
     );
+    let udp = capsa_tests::udp_echo_dir();
     let cmd = format!(
-        "sh {script} {c} container {l}; echo '#### vm'; sh {script} {c} vm {l}",
+        "sh {script} {c} container {l} {u}; echo '#### vm'; sh {script} {c} vm {l} {u}",
         c = capsa.display(),
-        l = links.display()
+        l = links.display(),
+        u = udp.path().display()
     );
     let out = TestHost::new("/bin/sh")
         .arg("-c")
@@ -148,15 +150,27 @@ fn both_modes_give_the_same_results() {
             .contains("served|served|80/tcp -> 0.0.0.0:8080|"),
         "{ctx}"
     );
+    assert!(
+        c["net-publish-udp"]
+            .1
+            .contains("echo:lo|echo:other|53/udp -> 0.0.0.0:5353|"),
+        "{ctx}"
+    );
     assert!(c["net-names"].1.contains("from-a|from-a|"), "{ctx}");
     assert!(c["net-isolated"].1.contains("out: unreachable|"), "{ctx}");
     assert!(
-        c["net-ip-mac"]
-            .1
-            .contains("02:42:0a:63:01:32|10.99.1.50/24|10.99.1.50\tbox|nameserver 10.99.1.1|1|"),
+        c["net-ip-mac"].1.contains(
+            "02:42:0a:63:01:32|10.99.1.50/24|10.1.2.3\tdb|10.99.1.50\tbox|nameserver 10.99.1.1|1|"
+        ),
         "{ctx}"
     );
     assert!(c["net-egress"].1.contains("sent|hi-host|"), "{ctx}");
+    expect("net-crash", "code=0");
+    expect("add-host", "code=0");
+    assert!(
+        c["add-host"].1.contains("10.1.2.3\tdb|fd00::1\tv6|"),
+        "{ctx}"
+    );
 
     let mut differ = Vec::new();
     for (name, (result, preview)) in &c {

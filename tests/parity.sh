@@ -3,9 +3,10 @@
 # result line (exit code, length and hash of stdout and stderr) and a
 # preview. The Rust test (parity.rs) runs this once per mode inside one KVM
 # test-host boot and compares the result lines.
-#   parity.sh CAPSA MODE LINKS
+#   parity.sh CAPSA MODE LINKS UDP
 # LINKS: an image archive (links:latest) whose /etc files are symlinks.
-capsa=$1 mode=$2 links=$3
+# UDP: a directory holding udp_echo (tests/helpers/udp_echo.c, static).
+capsa=$1 mode=$2 links=$3 udp=$4
 c="$capsa --root /run/parity-$mode"
 $c load --demo >/dev/null || { echo "@@ load failed"; exit 1; }
 $c load -i "$links" >/dev/null || { echo "@@ load of $links failed"; exit 1; }
@@ -74,6 +75,7 @@ grep -c 'working directory /etc/passwd/x .*/etc/passwd is not a directory' /run/
 report cwd-through-file "$code"
 # /etc/hosts, /etc/hostname and /etc/resolv.conf that are symlinks (to
 # nowhere) are followed inside the container's root
+case_run add-host /run/empty --add-host db:10.1.2.3 --add-host v6:fd00::1 demo grep -E '^(10.1.2.3|fd00::1)' /etc/hosts
 case_run etc-links /run/empty links sh -c 'cat /etc/hostname /etc/hosts /run/capsa-hostname; ls -l /etc/resolv.conf | grep -c stub-resolv'
 
 # exec into a running container
@@ -105,24 +107,36 @@ $c run -d --isolation "$mode" --name web -p 8080:80 demo sh -c "$(page served)" 
 { fetch http://127.0.0.1:8080/; fetch http://192.0.2.10:8080/; $c port web; } > /run/o 2> /run/e
 report net-publish $?
 $c rm -f web > /dev/null
+$c run -d --isolation "$mode" --name udp -p 5353:53/udp -v "$udp":/opt/udp:ro demo /opt/udp/udp_echo serve 53 > /dev/null
+{ "$udp"/udp_echo ask 127.0.0.1 5353 lo; "$udp"/udp_echo ask 192.0.2.10 5353 other; $c port udp; } > /run/o 2> /run/e
+report net-publish-udp $?
+$c rm -f udp > /dev/null
 $c network create --subnet 10.99.1.0/24 pn1 > /dev/null
 $c network create --subnet 10.99.2.0/24 pn2 > /dev/null
 $c run -d --isolation "$mode" --network pn1 --network-alias alias-a --name a demo sh -c "$(page from-a)" > /dev/null
 case_run net-names /run/empty --network pn1 demo sh -c "$(get a); $(get alias-a)"
 aip=$($c exec a ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
 case_run net-isolated /run/empty --network pn2 demo sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $aip 80 || echo unreachable"
-case_run net-ip-mac /run/empty --network pn1 --ip 10.99.1.50 --mac-address 02:42:0a:63:01:32 demo \
-  sh -c 'cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk "{print \$4}"; grep box /etc/hosts; grep nameserver /etc/resolv.conf; ip route | grep -c "^default via 10.99.1.1 dev eth0"'
+case_run net-ip-mac /run/empty --network pn1 --ip 10.99.1.50 --mac-address 02:42:0a:63:01:32 --add-host db:10.1.2.3 demo \
+  sh -c 'cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk "{print \$4}"; grep -E "box|db" /etc/hosts; grep nameserver /etc/resolv.conf; ip route | grep -c "^default via 10.99.1.1 dev eth0"'
 timeout 30 busybox nc -l -p 9000 > /run/got & srv=$!
 $c run --rm --isolation "$mode" --network pn2 demo sh -c 'sleep 1; echo hi-host | nc -w 2 192.0.2.10 9000; echo sent' > /run/o 2> /run/e; code=$?
 wait $srv; cat /run/got >> /run/o; report net-egress "$code"
+# a VMM that crashes (VM mode) or an init killed (container mode): the
+# cleanup leaves no tap, veth, rule or lease (the leftovers line below)
+$c run -d --isolation "$mode" --name crash --network pn1 -p 8090:80 demo sleep 300 > /dev/null
+kill -9 "$($c inspect crash | grep '"pid"' | tr -dc 0-9)"
+$c wait crash > /dev/null 2>&1; $c rm crash > /run/o 2> /run/e
+report net-crash $?
 $c rm -f a > /dev/null
 $c network rm pn1 pn2 > /dev/null
 # what networking leaves: netns, links other than the test's, leases, rules
-netleft=$( { ip netns ls; ip -o link show | awk -F': ' '{print $2}' | grep -v -E '^(lo|tveth[01].*)$'; \
+{ ip netns ls; ip -o link show | awk -F': ' '{print $2}' | grep -v -E '^(lo|tveth[01].*)$'; \
   find /run/parity-$mode/net/ipam -type f ! -name lock ! -name 'last_reserved_ip*' 2>/dev/null; \
-  iptables-save | grep -E '10\.99\.|NETAVARK-DN-|capsa:'; } | wc -l)
+  iptables-save | grep -E '10\.99\.|NETAVARK-DN-|capsa:'; } > /run/netleft
+netleft=$(wc -l < /run/netleft)
 
 # nothing left behind
 left=$($c ps -aq | wc -l)
 echo "@@ leftovers containers=$left mounts=$(grep -c parity-$mode /proc/mounts) vmms=$(pgrep -c capsa-vmm) net=$netleft"
+printf '   left: %s\n' "$(tr '\n' '|' < /run/netleft)"

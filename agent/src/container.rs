@@ -282,6 +282,7 @@ fn bundle_dir(id: &str) -> PathBuf {
 /// (host paths reach the guest only as volume disks).
 pub fn guest_bind_sources(spec: &mut Spec, dir: &Path) -> Result<()> {
     let hostname = spec.hostname().clone().unwrap_or_default();
+    let annotations = spec.annotations().clone();
     let Some(mounts) = spec.mounts().clone() else {
         return Ok(());
     };
@@ -295,7 +296,7 @@ pub fn guest_bind_sources(spec: &mut Spec, dir: &Path) -> Result<()> {
         let dest = m.destination().display().to_string();
         let content = match dest.as_str() {
             "/etc/hostname" => capsa_container::etc_hostname(&hostname),
-            "/etc/hosts" => capsa_container::etc_hosts(&hostname, None),
+            "/etc/hosts" => capsa_container::etc_hosts(&hostname, None, annotations.as_ref()),
             "/etc/resolv.conf" => continue,
             _ => bail!(
                 "the bind mount for {dest} has source {}, which does not exist in the guest \

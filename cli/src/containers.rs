@@ -34,6 +34,7 @@ pub fn run(roots: &Roots, args: RunArgs) -> Result<i32> {
             interactive: args.interactive,
             kernel: args.kernel.clone(),
             network,
+            network_of: args.network_of().map(str::to_string),
         },
     )?;
     if args.detach {

@@ -94,7 +94,7 @@ enum Command {
     Wait(containers::WaitArgs),
     /// Show details of containers or images as JSON.
     Inspect(containers::InspectArgs),
-    /// Manage networks: create, ls, inspect, rm, prune.
+    /// Manage networks: create, ls, inspect, rm, prune, connect, disconnect.
     Network(networks::NetworkArgs),
     /// List a container's published ports.
     Port(networks::PortArgs),

@@ -27,6 +27,16 @@ enum NetworkCommand {
     Inspect { networks: Vec<String> },
     /// Remove networks no container uses.
     Rm { networks: Vec<String> },
+    /// Connect a running container to one more network (container mode).
+    Connect(ConnectArgs),
+    /// Disconnect a running container from a network.
+    Disconnect {
+        /// Accepted for docker's scripts.
+        #[arg(short = 'f', long)]
+        force: bool,
+        network: String,
+        container: String,
+    },
     /// Remove every network no container uses (not the default `bridge`).
     Prune {
         /// Do not ask (capsa never asks: accepted for docker's scripts).
@@ -50,6 +60,18 @@ struct CreateArgs {
     #[arg(short = 'd', long, default_value = "bridge")]
     driver: String,
     name: String,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// Another name for the container on this network.
+    #[arg(long = "alias", value_name = "NAME")]
+    aliases: Vec<String>,
+    /// The container's IPv4 address on this network.
+    #[arg(long)]
+    ip: Option<std::net::Ipv4Addr>,
+    network: String,
+    container: String,
 }
 
 #[derive(Args)]
@@ -130,6 +152,20 @@ pub fn network(roots: &Roots, args: NetworkArgs) -> Result<i32> {
                 return Ok(EXIT_CAPSA_ERROR);
             }
         }
+        NetworkCommand::Connect(a) => {
+            let ep = capsa_network::Endpoint {
+                network: a.network,
+                aliases: a.aliases,
+                ip: a.ip,
+                mac: None,
+            };
+            capsa_shim::network::connect(roots, &a.container, ep)?;
+        }
+        NetworkCommand::Disconnect {
+            force: _,
+            network,
+            container,
+        } => capsa_shim::network::disconnect(roots, &container, &network)?,
         NetworkCommand::Prune { force: _ } => {
             let recs = Record::list(roots)?;
             println!("Deleted Networks:");

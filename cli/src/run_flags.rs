@@ -54,8 +54,9 @@ pub struct RunArgs {
     #[arg(long = "read-only")]
     pub read_only: bool,
     /// Network: none (loopback only; the default without -p), host
-    /// (container mode only), or a network's name (`bridge` is the default
-    /// network); container:NAME is not supported yet.
+    /// (container mode only), a network's name (`bridge` is the default
+    /// network), or container:NAME (share a running container's network,
+    /// container mode only).
     #[arg(long = "network", alias = "net")]
     pub network: Option<String>,
     /// Publish a port: [HOSTIP:][HOSTPORT:]CONTAINERPORT[/tcp|udp] (ranges
@@ -77,6 +78,9 @@ pub struct RunArgs {
     /// A DNS server for names that are not containers' (IPv4).
     #[arg(long = "dns", value_name = "ADDRESS")]
     pub dns: Vec<std::net::Ipv4Addr>,
+    /// Add a line to /etc/hosts: HOST:IP.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_host: Vec<String>,
     /// Container hostname (default: the short container ID).
     #[arg(long, short = 'h')]
     pub hostname: Option<String>,
@@ -134,6 +138,26 @@ impl RunArgs {
             .map(|c| parse_cpus(c, host_cpus()))
             .transpose()?
             .flatten();
+        let mut annotations = std::collections::HashMap::new();
+        if !self.add_host.is_empty() {
+            let entries = self
+                .add_host
+                .iter()
+                .map(|h| {
+                    // HOST:IP (docker's form; the IP may be IPv6) or HOST=IP.
+                    let (name, ip) = h
+                        .split_once('=')
+                        .or_else(|| h.split_once(':'))
+                        .unwrap_or((h, ""));
+                    capsa_container::extra_host(name, ip)
+                        .map_err(|e| usage(format!("invalid --add-host {h:?}: {e} (give HOST:IP)")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            annotations.insert(
+                capsa_container::EXTRA_HOSTS_ANNOTATION.to_string(),
+                entries.join(","),
+            );
+        }
         if let Some(p) = self.pids_limit {
             if p < -1 {
                 bail!(usage(format!(
@@ -168,6 +192,7 @@ impl RunArgs {
             network,
             hostname: self.hostname.clone(),
             tty: self.tty,
+            annotations,
             ..Default::default()
         })
     }
@@ -187,9 +212,39 @@ impl RunArgs {
         }
     }
 
-    /// The networks to join and ports to publish; None for `none`/`host`.
+    /// `--network container:NAME`: the container whose network to share.
+    pub fn network_of(&self) -> Option<&str> {
+        self.network_mode()?.strip_prefix("container:")
+    }
+
+    /// The networks to join and ports to publish; None for `none`, `host`
+    /// and `container:NAME`.
     pub fn to_network_request(&self) -> Result<Option<capsa_network::Request>> {
         let mode = self.network_mode();
+        if let Some(other) = self.network_of() {
+            // Docker's rule: the network, its names and the /etc files
+            // are the other container's.
+            let conflicts = [
+                ("-p/-P", !self.publish.is_empty() || self.publish_all),
+                ("--network-alias", !self.network_alias.is_empty()),
+                ("--ip", self.ip.is_some()),
+                ("--mac-address", self.mac_address.is_some()),
+                ("--dns", !self.dns.is_empty()),
+                ("--hostname", self.hostname.is_some()),
+                ("--add-host", !self.add_host.is_empty()),
+            ];
+            if let Some((flag, _)) = conflicts.iter().find(|(_, given)| *given) {
+                bail!(usage(format!(
+                    "{flag} cannot be used with --network container:{other}: the network is that container's"
+                )));
+            }
+            if other.is_empty() {
+                bail!(usage(
+                    "--network container: needs a container's name or ID".into()
+                ));
+            }
+            return Ok(None);
+        }
         let networked = !matches!(mode, None | Some("none") | Some("host"));
         let network_only = |flag: &str| -> Result<()> {
             bail!(usage(format!(
@@ -216,11 +271,6 @@ impl RunArgs {
             return Ok(None);
         }
         let name = mode.expect("networked");
-        if name.starts_with("container:") {
-            bail!(usage(format!(
-                "--network {name} is not supported yet: give a network name, none or host"
-            )));
-        }
         if let Some(mac) = &self.mac_address {
             let ok = mac.split(':').count() == 6
                 && mac

@@ -62,12 +62,52 @@ pub fn etc_hostname(hostname: &str) -> String {
 }
 
 /// The container's own `/etc/hosts`, docker's template: the hostname
-/// names the container's address on its network, or 127.0.1.1 without one.
-pub fn etc_hosts(hostname: &str, address: Option<std::net::Ipv4Addr>) -> String {
+/// names the container's address on its network, or 127.0.1.1 without one;
+/// `--add-host` entries (from the spec's annotation) come before it.
+pub fn etc_hosts(
+    hostname: &str,
+    address: Option<std::net::Ipv4Addr>,
+    annotations: Option<&std::collections::HashMap<String, String>>,
+) -> String {
     let address = address.unwrap_or(std::net::Ipv4Addr::new(127, 0, 1, 1));
     format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{hostname}\n"
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}{address}\t{hostname}\n",
+        extra_hosts_lines(annotations)
     )
+}
+
+/// Where `--add-host` entries travel with the spec (to the guest too):
+/// `NAME=IP` pairs separated by commas.
+pub const EXTRA_HOSTS_ANNOTATION: &str = "io.capsa.extra-hosts";
+
+/// One `--add-host` entry as it goes into the annotation, or why not.
+pub fn extra_host(name: &str, ip: &str) -> Result<String, String> {
+    let ok_name = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if !ok_name {
+        return Err(format!("{name:?} is not a host name"));
+    }
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IP address"))?;
+    Ok(format!("{name}={ip}"))
+}
+
+/// The /etc/hosts lines of the annotation's entries; an entry that is not
+/// `NAME=IP` (a hand-written bundle's) is skipped.
+pub fn extra_hosts_lines(
+    annotations: Option<&std::collections::HashMap<String, String>>,
+) -> String {
+    let Some(list) = annotations.and_then(|a| a.get(EXTRA_HOSTS_ANNOTATION)) else {
+        return String::new();
+    };
+    list.split(',')
+        .filter_map(|e| e.split_once('='))
+        .filter_map(|(name, ip)| extra_host(name, ip).ok().map(|_| format!("{ip}\t{name}\n")))
+        .collect()
 }
 
 /// A bind mount, by type or by option, as runc reads a spec.
@@ -77,4 +117,28 @@ pub fn is_bind_mount(m: &oci_spec::runtime::Mount) -> bool {
             .iter()
             .flatten()
             .any(|o| o == "bind" || o == "rbind")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_host_entries_go_before_the_containers_own_line() {
+        let a: std::collections::HashMap<String, String> = [(
+            EXTRA_HOSTS_ANNOTATION.to_string(),
+            "db=10.1.2.3,v6=fd00::1,bad\nname=1.2.3.4,x=notanip".to_string(),
+        )]
+        .into();
+        assert_eq!(
+            etc_hosts("box", None, Some(&a)),
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+             10.1.2.3\tdb\nfd00::1\tv6\n127.0.1.1\tbox\n"
+        );
+        assert_eq!(extra_host("db", "10.1.2.3").unwrap(), "db=10.1.2.3");
+        assert!(extra_host("a b", "10.1.2.3").is_err());
+        assert!(extra_host("db", "host-gateway")
+            .unwrap_err()
+            .contains("not an IP"));
+    }
 }

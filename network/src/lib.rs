@@ -15,6 +15,7 @@
 
 mod firewall;
 pub mod ipam;
+mod membership;
 pub mod netavark;
 mod netns;
 pub mod ports;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use membership::{connect, disconnect};
 pub use netns::netns_path;
 pub use ports::{PortSpec, Protocol};
 pub use store::{Network, NewNetwork, Store, DEFAULT_NETWORK};
@@ -155,6 +157,33 @@ impl Attachment {
         let tmp = file.with_extension("tmp");
         fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
         fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))
+    }
+
+    /// Takes in what netavark set up on `network`: interfaces, addresses,
+    /// resolvers.
+    fn record_status(&mut self, network: &str, st: &netavark::Status) {
+        for (ifname, iface) in &st.interfaces {
+            for addr in &iface.subnets {
+                self.interfaces.push(Interface {
+                    network: network.to_string(),
+                    name: ifname.clone(),
+                    address: addr.ipnet,
+                    gateway: addr.gateway,
+                    mac: iface.mac_address.clone(),
+                });
+            }
+        }
+        self.interfaces.sort_by(|a, b| a.name.cmp(&b.name));
+        for s in &st.dns_server_ips {
+            if !self.dns_servers.contains(s) {
+                self.dns_servers.push(*s);
+            }
+        }
+        for d in &st.dns_search_domains {
+            if !self.dns_search.contains(d) {
+                self.dns_search.push(d.clone());
+            }
+        }
     }
 
     /// The container's address on its first network.
@@ -292,26 +321,9 @@ fn build(
         let Some(st) = status.get(&net.name) else {
             bail!("netavark set up no interface on network {}", net.name);
         };
-        for (ifname, iface) in &st.interfaces {
-            for addr in &iface.subnets {
-                att.interfaces.push(Interface {
-                    network: net.name.clone(),
-                    name: ifname.clone(),
-                    address: addr.ipnet,
-                    gateway: addr.gateway,
-                    mac: iface.mac_address.clone(),
-                });
-            }
-        }
-        att.dns_servers.extend(&st.dns_server_ips);
-        for d in &st.dns_search_domains {
-            if !att.dns_search.contains(d) {
-                att.dns_search.push(d.clone());
-            }
-        }
+        att.record_status(&net.name, st);
         firewall::guard_localhost(&net.network_interface)?;
     }
-    att.interfaces.sort_by(|a, b| a.name.cmp(&b.name));
     att.save(state)
 }
 
@@ -368,8 +380,9 @@ fn undo(paths: &Paths, att: &Attachment) -> Result<()> {
         }
     }
     note(netns::delete(&att.netns));
-    for info in att.options.network_info.values() {
+    for (name, info) in &att.options.network_info {
         note(firewall::drop_guard_if_unused(&info.network_interface));
+        firewall::drop_port_chain_if_empty(name);
     }
     match first_err {
         Some(e) => Err(e),

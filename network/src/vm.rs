@@ -24,7 +24,8 @@ use serde::Deserialize;
 /// One interface of the namespace, and the tap the VM's NIC is on.
 #[derive(Debug)]
 pub struct Nic {
-    /// The tap's descriptor (IFF_VNET_HDR, 12-byte header, no offloads),
+    /// The tap's descriptor (IFF_VNET_HDR, 12-byte header, no offloads until
+    /// the VMM's driver takes some),
     /// for the VMM to inherit.
     pub tap: OwnedFd,
     pub tap_name: String,

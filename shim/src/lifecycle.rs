@@ -31,6 +31,9 @@ pub struct CreateRequest {
     /// The networks to join and ports to publish; None: `run.network` alone
     /// (none or host).
     pub network: Option<capsa_network::Request>,
+    /// `--network container:NAME`: share that running container's network
+    /// namespace, hostname and /etc/hosts and resolv.conf.
+    pub network_of: Option<String>,
 }
 
 /// Prepares a container: record, writable layer, root filesystem, bundle.
@@ -43,6 +46,15 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         // made: before the host check, and long before an image's VM disk
         // is built.
         check_vm_flags(&req.run)?;
+        if let Some(other) = &req.network_of {
+            return Err(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!(
+                    "--network container:{other} cannot be given to a VM-mode container:                      its guest has a network stack of its own"
+                ),
+            )
+            .into());
+        }
         crate::microvm::check_host(req.kernel.as_deref())?;
     }
     let id = new_id()?;
@@ -66,6 +78,9 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
                 format!("the container name {name:?} is already in use; remove that container or choose another --name"),
             )
             .into());
+        }
+        if let Some(other) = &req.network_of {
+            share_network_of(roots, other, &mut req.run)?;
         }
         let mut rec = Record::new(&id, &name, req.isolation, Vec::new());
         rec.image = req.image.clone();
@@ -112,6 +127,15 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         CodedError::new(EXIT_CAPSA_ERROR, format!("invalid container settings: {e}"))
     })?;
     add_etc_files(&paths, &mut spec, &req.run.network, req.isolation)?;
+    if let Some(other) = &req.network_of {
+        // The other container's files as they are now (docker shares them).
+        let theirs = ContainerPaths::new(roots, &Record::find(roots, other)?.id);
+        for f in ["hosts", "resolv.conf"] {
+            if let Ok(content) = fs::read(theirs.dir.join(f)) {
+                fs::write(paths.dir.join(f), content)?;
+            }
+        }
+    }
     let command = spec
         .process()
         .as_ref()
@@ -179,8 +203,11 @@ fn add_etc_files(
     let hostname = spec.hostname().clone().unwrap_or_default();
     let mut files = vec![("hostname", capsa_container::etc_hostname(&hostname))];
     let hosts = match network {
-        Network::Host => fs::read_to_string("/etc/hosts").unwrap_or_default(),
-        _ => capsa_container::etc_hosts(&hostname, None),
+        Network::Host => {
+            fs::read_to_string("/etc/hosts").unwrap_or_default()
+                + &capsa_container::extra_hosts_lines(spec.annotations().as_ref())
+        }
+        _ => capsa_container::etc_hosts(&hostname, None, spec.annotations().as_ref()),
     };
     files.push(("hosts", hosts));
     match network {
@@ -230,6 +257,52 @@ fn check_vm_flags(run: &RunConfig) -> Result<()> {
             m.dst
         ));
     }
+    Ok(())
+}
+
+/// `--network container:NAME`: points `run` at that container's network
+/// namespace (its pinned one, its init's, or the host's when it has none)
+/// and takes its hostname. It must be a running container-mode container:
+/// a VM-mode one's network lives inside its guest.
+fn share_network_of(roots: &Roots, other: &str, run: &mut RunConfig) -> Result<()> {
+    use capsa_image::spec::Network;
+    use oci_spec::runtime::LinuxNamespaceType;
+    let refuse = |msg: String| -> Result<()> { Err(CodedError::new(EXIT_CAPSA_ERROR, msg).into()) };
+    let rec = Record::find(roots, other).map_err(|e| {
+        CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("--network container:{other}: {e:#}"),
+        )
+    })?;
+    if rec.isolation != Isolation::Container {
+        return refuse(format!(
+            "--network container:{other}: {} is a VM-mode container; its network is inside its guest",
+            rec.name
+        ));
+    }
+    let Some(pid) = rec.pid.filter(|_| rec.status().can_exec()) else {
+        return refuse(format!(
+            "--network container:{other}: {} is not running",
+            rec.name
+        ));
+    };
+    let spec = oci_spec::runtime::Spec::load(ContainerPaths::new(roots, &rec.id).config())?;
+    let netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Network);
+    run.network = match netns {
+        None => Network::Host,
+        Some(ns) => Network::Namespace(
+            ns.path()
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/ns/net"))),
+        ),
+    };
+    run.hostname = spec.hostname().clone();
     Ok(())
 }
 

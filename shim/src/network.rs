@@ -70,7 +70,8 @@ pub fn attach(roots: &Roots, rec: &Record) -> Result<Vec<OwnedFd>> {
     // From the spec: in VM mode the hostname file is written in the guest.
     let spec = oci_spec::runtime::Spec::load(cpaths.config())?;
     let hostname = spec.hostname().clone().unwrap_or_default();
-    let hosts = capsa_container::etc_hosts(&hostname, att.primary_ip());
+    let hosts =
+        capsa_container::etc_hosts(&hostname, att.primary_ip(), spec.annotations().as_ref());
     fs::write(cpaths.dir.join("hosts"), hosts)?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     fs::write(
@@ -79,6 +80,87 @@ pub fn attach(roots: &Roots, rec: &Record) -> Result<Vec<OwnedFd>> {
     )
     .context("writing the container's resolv.conf")?;
     Ok(held)
+}
+
+/// `network connect`: one more network for a running container-mode
+/// container that has networks (not `none`, `host` or `container:`).
+pub fn connect(roots: &Roots, key: &str, mut ep: capsa_network::Endpoint) -> Result<()> {
+    let _containers = crate::record::lock_containers(roots)?;
+    let rec = connectable(roots, key, "connected to")?;
+    ep.network = {
+        let paths = paths(roots);
+        let _lock = paths.lock()?;
+        paths.store().get(&ep.network).map_err(user_error)?.name
+    };
+    let cpaths = ContainerPaths::new(roots, &rec.id);
+    capsa_network::connect(&paths(roots), &ep, &cpaths.network_state()).map_err(user_error)?;
+    // Under the record's lock: the monitor may be recording an exit.
+    let rec = crate::record::with_record(roots, &rec.id, |r| {
+        if let Some(req) = r.network.as_mut() {
+            req.endpoints.push(ep);
+        }
+    })
+    .unwrap_or(rec);
+    rewrite_resolv_conf(roots, &rec)
+}
+
+/// `network disconnect`: takes a network away from a running container.
+pub fn disconnect(roots: &Roots, key: &str, network: &str) -> Result<()> {
+    let _containers = crate::record::lock_containers(roots)?;
+    let rec = connectable(roots, key, "disconnected from")?;
+    let cpaths = ContainerPaths::new(roots, &rec.id);
+    capsa_network::disconnect(&paths(roots), network, &cpaths.network_state())
+        .map_err(user_error)?;
+    let names = attachment(roots, &rec.id)
+        .map(|a| {
+            a.interfaces
+                .iter()
+                .map(|i| i.network.clone())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let rec = crate::record::with_record(roots, &rec.id, |r| {
+        if let Some(req) = r.network.as_mut() {
+            req.endpoints.retain(|e| names.contains(&e.network));
+        }
+    })
+    .unwrap_or(rec);
+    rewrite_resolv_conf(roots, &rec)
+}
+
+/// The container `key`, if its networks can change while it runs.
+fn connectable(roots: &Roots, key: &str, verb: &str) -> Result<Record> {
+    let rec = Record::find(roots, key).map_err(user_error)?;
+    let refuse = |why: &str| -> Result<Record> {
+        Err(user_error(anyhow::anyhow!(
+            "container {} cannot be {verb} a network: {why}",
+            rec.name
+        )))
+    };
+    if rec.isolation != crate::record::Isolation::Container {
+        return refuse("it is a VM-mode container, whose NICs are fixed when its VM boots");
+    }
+    if !rec.status().can_exec() {
+        return refuse("it is not running");
+    }
+    if rec.network.is_none() || attachment(roots, &rec.id).is_none() {
+        return refuse("it has no networks of its own (--network none, host or container:)");
+    }
+    Ok(rec)
+}
+
+/// The container's resolv.conf after its networks changed (the same file,
+/// rewritten in place: the container's bind mount sees it).
+fn rewrite_resolv_conf(roots: &Roots, rec: &Record) -> Result<()> {
+    let (Some(att), Some(req)) = (attachment(roots, &rec.id), &rec.network) else {
+        return Ok(());
+    };
+    let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    fs::write(
+        ContainerPaths::new(roots, &rec.id).dir.join("resolv.conf"),
+        att.resolv_conf(&host_resolv, &req.dns),
+    )
+    .context("writing the container's resolv.conf")
 }
 
 /// Tears down whatever of the container's networks is still set up.

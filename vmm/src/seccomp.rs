@@ -1,5 +1,6 @@
 //! Per-thread seccomp filters (seccompiler), installed once setup is done:
-//! the vCPU threads may only run KVM_RUN and talk to their devices; the
+//! the vCPU threads may only run KVM_RUN and talk to their devices (and
+//! set a tap's offloads when a virtio-net driver activates it); the
 //! event-loop thread may only do the socket, file and epoll work of the
 //! devices it serves. Anything else kills the process (SIGSYS), so a
 //! compromised VMM thread cannot open files or start programs.
@@ -16,6 +17,9 @@ use crate::error::{Error, Result};
 /// `KVM_RUN` = _IO(KVMIO, 0x80).
 const KVM_RUN: u64 = 0xae80;
 const FIONBIO: u64 = 0x5421;
+/// A virtio-net device tells its tap which offloads the guest took when
+/// the driver activates it, on the vCPU thread that wrote the status.
+const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD as u64;
 
 /// Which thread a filter is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +102,10 @@ pub fn filter(thread: Thread) -> Result<BpfProgram> {
     }
     match thread {
         Thread::Vcpu => {
-            rules.insert(libc::SYS_ioctl, vec![ioctl_rule(KVM_RUN)?]);
+            rules.insert(
+                libc::SYS_ioctl,
+                vec![ioctl_rule(KVM_RUN)?, ioctl_rule(TUNSETOFFLOAD)?],
+            );
         }
         Thread::EventLoop => {
             for &nr in EVENT_LOOP {

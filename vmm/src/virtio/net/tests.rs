@@ -91,9 +91,26 @@ fn config_space_has_the_mac_link_up_and_mtu() {
     let f = dev.features();
     assert_ne!(f & (1 << VIRTIO_NET_F_MAC), 0);
     assert_eq!(
-        f & (1 << virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_TSO4),
+        f & OFFLOADS,
         0,
-        "no offloads are offered"
+        "a backend that is not a tap gets no offloads"
+    );
+    assert_ne!(f & (1 << VIRTIO_RING_F_INDIRECT_DESC), 0);
+}
+
+#[test]
+fn the_tap_is_told_what_the_guest_takes() {
+    let all = OFFLOADS;
+    assert_eq!(
+        tun_offloads(all),
+        libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+    );
+    // Segments without the checksum offload would reach a guest that
+    // cannot take them: none then.
+    assert_eq!(tun_offloads(all & !(1 << VIRTIO_NET_F_GUEST_CSUM)), 0);
+    assert_eq!(
+        tun_offloads(1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_HOST_TSO4),
+        libc::TUN_F_CSUM
     );
 }
 
