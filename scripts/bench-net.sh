@@ -42,11 +42,13 @@ iperf_srv="/opt/iperf/ld.so --library-path /opt/iperf/lib /opt/iperf/iperf3 -s"
 ms_of() { awk '{print $1 * 1000}'; }
 # iperf3 client for SECS seconds; prints Gbit/s (received).
 throughput() { # host port [-R]
-  iperf3 -c "$1" -p "$2" -t "$secs" -f g ${3:-} 2> /dev/null | awk '/receiver/ {print $(NF-2)}'
+  iperf3 -c "$1" -p "$2" -t "$secs" -f g ${3:-} > iperf.out 2>&1 || { echo "bench-net: iperf3 -c $* failed:" >&2; tail -3 iperf.out >&2; }
+  awk '/receiver/ {print $(NF-2)}' iperf.out
 }
-wait_port() { # host port: until something answers
-  i=0; while [ $i -lt 240 ]; do curl -s --max-time 1 "http://$1:$2/" > /dev/null && return 0
-    iperf3 -c "$1" -p "$2" -t 1 > /dev/null 2>&1 && return 0; i=$((i+1)); sleep 0.25; done; return 1
+wait_up() { # host iperf-port http-port: until both servers answer
+  i=0; while [ $i -lt 240 ]; do
+    curl -sf --max-time 1 "http://$1:$3/" > /dev/null && iperf3 -c "$1" -p "$2" -t 1 > /dev/null 2>&1 && return 0
+    i=$((i+1)); sleep 0.25; done; return 1
 }
 # 300 requests, each on a new connection; prints the median and p90 in ms.
 latency() { # url
@@ -68,20 +70,20 @@ $c load --demo > /dev/null || exit 1
 for mode in container vm; do
   $c run -d --isolation $mode --name "srv-$mode" -p 5201:5201 -p 8080:80 -v $dir/iperf:/opt/iperf:ro demo \
     sh -c "mkdir -p /srv /tmp && echo hi > /srv/index.html && httpd -p 80 -h /srv && exec $iperf_srv" > /dev/null || exit 1
-  wait_port 127.0.0.1 8080 || { echo "bench-net: the $mode server never answered" >&2; exit 1; }
+  wait_up 127.0.0.1 5201 8080 || { echo "bench-net: the $mode servers never answered" >&2; exit 1; }
   row "$mode mode (-p)" 127.0.0.1 5201 8080
   $c rm -f "srv-$mode" > /dev/null
 done
 
 # --- capsa-vmm against qemu: one guest, on a tap in this namespace ---
-mkdir -p initrd/bin initrd/proc initrd/sys initrd/tmp initrd/srv initrd/opt
+mkdir -p initrd/bin initrd/dev initrd/proc initrd/sys initrd/tmp initrd/srv initrd/opt
 cp /bin/busybox initrd/bin/ && ln -sf busybox initrd/bin/sh
 cp -a iperf initrd/opt/
 echo hi > initrd/srv/index.html
 cat > initrd/init << EOF
 #!/bin/sh
 /bin/busybox --install -s /bin
-mount -t proc proc /proc; mount -t sysfs sysfs /sys
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs dev /dev
 ip link set lo up; ip addr add 10.77.0.2/24 dev eth0; ip link set eth0 up
 httpd -p 80 -h /srv
 $iperf_srv
@@ -90,9 +92,10 @@ chmod +x initrd/init
 (cd initrd && find . | cpio -o -H newc 2> /dev/null) > initrd.cpio
 mac=02:00:0a:4d:00:02
 host_side="ip addr add 10.77.0.1/24 dev tbench && ip link set tbench up"
-guest_row() { # label pid
-  wait_port 10.77.0.2 80 || { echo "bench-net: the $1 guest never answered" >&2; tail -5 console-"$2" >&2; exit 1; }
+guest_row() { # label console-name pid
+  wait_up 10.77.0.2 5201 80 || { echo "bench-net: the $1 guest never answered" >&2; tail -5 console-"$2" >&2; exit 1; }
   row "$1" 10.77.0.2 5201 80
+  kill -0 "$3" 2> /dev/null || { echo "bench-net: the $1 guest died:" >&2; tail -15 console-"$2" >&2; exit 1; }
 }
 
 # capsa-vmm takes a tap descriptor: this opens one as capsa's monitor does
@@ -112,7 +115,7 @@ EOF
   --cmdline "console=ttyS0 reboot=k panic=-1 quiet" --mem-mib 512 --vcpus 1 \
   --net "tap-fd=3,mac=$mac" --serial console-capsa-vmm > /dev/null 2>&1 &
 pid=$!
-guest_row capsa-vmm capsa-vmm
+guest_row capsa-vmm capsa-vmm $pid
 kill $pid; wait $pid 2> /dev/null
 
 qemu_row() { # label virtio-net-device-options
@@ -124,7 +127,7 @@ qemu_row() { # label virtio-net-device-options
   pid=$!
   i=0; while ! ip link show tbench > /dev/null 2>&1 && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.1; done
   sh -c "$host_side"
-  guest_row "$1" qemu
+  guest_row "$1" qemu $pid
   kill $pid; wait $pid 2> /dev/null
 }
 qemu_row "qemu (offloads on)" ""
