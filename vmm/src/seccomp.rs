@@ -19,7 +19,7 @@ const KVM_RUN: u64 = 0xae80;
 const FIONBIO: u64 = 0x5421;
 /// A virtio-net device tells its tap which offloads the guest took when
 /// the driver activates it, on the vCPU thread that wrote the status.
-const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD as u64;
+const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 
 /// Which thread a filter is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
