@@ -207,6 +207,20 @@ fn published_tcp_port_answers_on_loopback_and_other_addresses() {
         host.ok(&["ps"]).contains("0.0.0.0:8080->80/tcp"),
         "ps shows the port"
     );
+    let inspect: serde_json::Value = serde_json::from_str(&host.ok(&["inspect", "web"])).unwrap();
+    let settings = &inspect[0]["NetworkSettings"];
+    assert_eq!(
+        settings["Ports"]["80/tcp"][0],
+        serde_json::json!({"HostIp": "0.0.0.0", "HostPort": "8080"}),
+        "{settings}"
+    );
+    let bridge = &settings["Networks"]["bridge"];
+    assert!(
+        bridge["IPAddress"].as_str().unwrap().starts_with("10.89.")
+            && bridge["Gateway"].as_str().unwrap().starts_with("10.89.")
+            && bridge["IPPrefixLen"] == 24,
+        "{settings}"
+    );
 
     // The port is held: a second container cannot take it, and nothing of
     // the failed run is left.

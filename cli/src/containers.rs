@@ -325,7 +325,9 @@ pub fn inspect(roots: &Roots, args: InspectArgs) -> Result<i32> {
     let mut failed = false;
     for name in &args.names {
         if let Ok(rec) = Record::find(roots, name) {
-            out.push(serde_json::to_value(&rec)?);
+            let mut v = serde_json::to_value(&rec)?;
+            v["NetworkSettings"] = network_settings(roots, &rec);
+            out.push(v);
         } else {
             match store.get(name) {
                 Ok(img) => out.push(serde_json::to_value(&img)?),
@@ -344,6 +346,57 @@ pub fn inspect(roots: &Roots, args: InspectArgs) -> Result<i32> {
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(if failed { 1 } else { 0 })
+}
+
+/// docker's `NetworkSettings` while the container's networks are set up:
+/// per network its address, gateway, MAC and aliases; per published port
+/// its host bindings. Empty sections when it has none.
+fn network_settings(roots: &Roots, rec: &Record) -> serde_json::Value {
+    use serde_json::json;
+    let att = capsa_shim::network::attachment(roots, &rec.id);
+    let endpoints = rec
+        .network
+        .as_ref()
+        .map(|n| n.endpoints.clone())
+        .unwrap_or_default();
+    let mut networks = serde_json::Map::new();
+    let mut ports = serde_json::Map::new();
+    if let Some(att) = &att {
+        for i in &att.interfaces {
+            let aliases = endpoints
+                .iter()
+                .find(|e| e.network == i.network)
+                .map(|e| e.aliases.clone())
+                .unwrap_or_default();
+            networks.insert(
+                i.network.clone(),
+                json!({
+                    "IPAddress": i.address.addr().to_string(),
+                    "IPPrefixLen": i.address.prefix_len(),
+                    "Gateway": i.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                    "MacAddress": i.mac,
+                    "Aliases": aliases,
+                    "InterfaceName": i.name,
+                }),
+            );
+        }
+        for p in &att.ports {
+            for (k, ctr) in p.container_ports().enumerate() {
+                let key = format!("{ctr}/{}", p.protocol);
+                let binding = json!({
+                    "HostIp": p.host_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "0.0.0.0".into()),
+                    "HostPort": (p.host_port + k as u16).to_string(),
+                });
+                match ports.get_mut(&key) {
+                    Some(serde_json::Value::Array(list)) => list.push(binding),
+                    _ => {
+                        ports.insert(key, json!([binding]));
+                    }
+                }
+            }
+        }
+    }
+    json!({ "Networks": networks, "Ports": ports })
 }
 
 /// Applies `f` to each name; reports each failure and returns 1 if any
