@@ -239,6 +239,11 @@ fn memory_limit_oom_kills_and_is_reported() {
     let inspect: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "hog"])).unwrap();
     assert_eq!(inspect[0]["oom_killed"], true, "{inspect}");
     assert_eq!(inspect[0]["exit_code"], 137);
+    // docker's fields too.
+    assert_eq!(inspect[0]["State"]["OOMKilled"], true, "{inspect}");
+    assert_eq!(inspect[0]["State"]["ExitCode"], 137);
+    assert_eq!(inspect[0]["State"]["Status"], "exited");
+    assert_eq!(inspect[0]["HostConfig"]["Memory"], 16 << 20);
     let ids = env.container_ids();
     env.ok(&["rm", "hog"]);
     env.assert_no_leaks(&ids);
@@ -454,4 +459,72 @@ fn large_output_is_not_lost() {
     let logs = env.run(&["logs", "big"]);
     assert_eq!(logs.stdout.len(), 20_000_000);
     env.ok(&["rm", "big"]);
+}
+
+#[test]
+fn inspect_shows_dockers_sections() {
+    let env = Env::with_demo();
+    let vol = tempfile::tempdir().unwrap();
+    let v = format!("{}:/data:ro", vol.path().display());
+    let id = env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "box",
+        "-e",
+        "GREETING=hi",
+        "-u",
+        "1000:1000",
+        "-w",
+        "/tmp",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "64",
+        "-m",
+        "64m",
+        "--read-only",
+        "-v",
+        &v,
+        "--hostname",
+        "boxhost",
+        "demo",
+        "sleep",
+        "300",
+    ]);
+    let inspect: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "box"])).unwrap();
+    let c = &inspect[0];
+    assert_eq!(c["Id"], id.trim());
+    assert_eq!(c["Name"], "/box");
+    assert_eq!(c["State"]["Status"], "running", "{c}");
+    assert_eq!(c["State"]["Running"], true);
+    assert!(c["State"]["Pid"].as_i64().unwrap() > 1, "{c}");
+    assert_eq!(c["Config"]["Hostname"], "boxhost");
+    assert_eq!(c["Config"]["User"], "1000:1000");
+    assert_eq!(c["Config"]["WorkingDir"], "/tmp");
+    assert_eq!(c["Config"]["Cmd"], serde_json::json!(["sleep", "300"]));
+    assert!(
+        c["Config"]["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "GREETING=hi"),
+        "{c}"
+    );
+    assert_eq!(c["HostConfig"]["Memory"], 64 << 20);
+    assert_eq!(c["HostConfig"]["NanoCpus"], 500_000_000);
+    assert_eq!(c["HostConfig"]["PidsLimit"], 64);
+    assert_eq!(c["HostConfig"]["ReadonlyRootfs"], true);
+    assert_eq!(c["HostConfig"]["Isolation"], "container");
+    assert_eq!(
+        c["Mounts"],
+        serde_json::json!([{
+            "Type": "bind", "Source": vol.path().display().to_string(),
+            "Destination": "/data", "Mode": "ro", "RW": false
+        }]),
+        "{c}"
+    );
+    assert_eq!(c["NetworkSettings"]["Networks"], serde_json::json!({}));
+    env.ok(&["rm", "-f", "box"]);
+    env.assert_no_leaks(&[id.trim().to_string()]);
 }

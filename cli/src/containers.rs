@@ -326,6 +326,7 @@ pub fn inspect(roots: &Roots, args: InspectArgs) -> Result<i32> {
     for name in &args.names {
         if let Ok(rec) = Record::find(roots, name) {
             let mut v = serde_json::to_value(&rec)?;
+            docker_sections(roots, &rec, &mut v);
             v["NetworkSettings"] = network_settings(roots, &rec);
             out.push(v);
         } else {
@@ -346,6 +347,94 @@ pub fn inspect(roots: &Roots, args: InspectArgs) -> Result<i32> {
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(if failed { 1 } else { 0 })
+}
+
+/// docker's `State`, `Config`, `HostConfig` and `Mounts`, from the record
+/// and the container's runtime spec, beside capsa's own record fields.
+fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
+    use serde_json::json;
+    let status = rec.status();
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
+    };
+    v["Id"] = json!(rec.id);
+    v["Name"] = json!(format!("/{}", rec.name));
+    v["Created"] = json!(rec.created.to_rfc3339());
+    v["State"] = json!({
+        "Status": status.to_string(),
+        "Running": status == capsa_shim::record::Status::Running,
+        "Paused": status == capsa_shim::record::Status::Paused,
+        "OOMKilled": rec.oom_killed,
+        "Pid": rec.pid.filter(|_| status.can_kill()).unwrap_or(0),
+        "ExitCode": rec.exit_code.unwrap_or(0),
+        "Error": rec.error.clone().unwrap_or_default(),
+        "StartedAt": time(rec.started),
+        "FinishedAt": time(rec.finished),
+    });
+    let Ok(spec) = capsa_image::oci_spec::runtime::Spec::load(
+        capsa_shim::paths::ContainerPaths::new(roots, &rec.id).config(),
+    ) else {
+        return;
+    };
+    let process = spec.process().clone().unwrap_or_default();
+    v["Config"] = json!({
+        "Hostname": spec.hostname().clone().unwrap_or_default(),
+        "User": format!("{}:{}", process.user().uid(), process.user().gid()),
+        "Env": process.env().clone().unwrap_or_default(),
+        "Cmd": rec.command,
+        "Image": rec.image,
+        "WorkingDir": process.cwd().display().to_string(),
+        "Tty": process.terminal().unwrap_or(false),
+    });
+    let res = spec.linux().as_ref().and_then(|l| l.resources().clone());
+    let memory = res
+        .as_ref()
+        .and_then(|r| r.memory().as_ref().and_then(|m| m.limit()))
+        .unwrap_or(0);
+    let nano_cpus = res
+        .as_ref()
+        .and_then(|r| r.cpu().clone())
+        .and_then(|c| Some((c.quota()?, c.period()?)))
+        .filter(|(q, p)| *q > 0 && *p > 0)
+        .map(|(q, p)| q * 1_000_000_000 / p as i64)
+        .unwrap_or(0);
+    let pids = res
+        .as_ref()
+        .and_then(|r| r.pids().as_ref().map(|p| p.limit()))
+        .unwrap_or(0);
+    let root_ro = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    let binds: Vec<serde_json::Value> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| capsa_container::is_bind_mount(m))
+        // capsa's own files (/etc/hosts…) are not the user's mounts.
+        .filter(|m| !m.destination().starts_with("/etc"))
+        .map(|m| {
+            let ro = m.options().iter().flatten().any(|o| o == "ro");
+            json!({
+                "Type": "bind",
+                "Source": m.source().as_ref().map(|s| s.display().to_string()).unwrap_or_default(),
+                "Destination": m.destination().display().to_string(),
+                "Mode": if ro { "ro" } else { "rw" },
+                "RW": !ro,
+            })
+        })
+        .collect();
+    v["HostConfig"] = json!({
+        "Memory": memory,
+        "NanoCpus": nano_cpus,
+        "PidsLimit": pids,
+        "ReadonlyRootfs": root_ro,
+        "AutoRemove": rec.auto_remove,
+        "Isolation": rec.isolation.to_string(),
+    });
+    v["Mounts"] = json!(binds);
 }
 
 /// docker's `NetworkSettings` while the container's networks are set up:
