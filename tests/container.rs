@@ -528,3 +528,62 @@ fn inspect_shows_dockers_sections() {
     env.ok(&["rm", "-f", "box"]);
     env.assert_no_leaks(&[id.trim().to_string()]);
 }
+
+#[test]
+fn pause_freezes_and_unpause_thaws_a_run_container() {
+    let env = Env::with_demo();
+    let id = env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        "demo",
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done",
+    ]);
+    let id = id.trim().to_string();
+    // The shell truncates the file before it writes: retry an empty read.
+    let count = || -> u64 {
+        loop {
+            if let Ok(n) = env.ok(&["exec", "ticker", "cat", "/tmp/n"]).trim().parse() {
+                return n;
+            }
+        }
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(env.ok(&["pause", "ticker"]), "ticker\n");
+    assert!(env.ok(&["ps"]).contains("(Paused)"));
+    let inspect: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "ticker"])).unwrap();
+    assert_eq!(inspect[0]["State"]["Paused"], true);
+    // Frozen: exec is refused, and the counter does not move.
+    let out = env.run(&["exec", "ticker", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(
+        stderr(&out).contains("is paused: unpause it first"),
+        "{}",
+        stderr(&out)
+    );
+    // cgroup v2's freeze file, or v1's freezer state.
+    let frozen = cgroup_file(&id, "cgroup.freeze").is_some_and(|f| f.trim() == "1")
+        || cgroup_file(&id, "freezer.state").is_some_and(|f| f.trim() == "FROZEN");
+    assert!(frozen, "the cgroup is frozen");
+    let out = env.run(&["unpause", "ticker"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let a = count();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(count() > a, "it runs again");
+    // Paused again: stop still stops it (thawed first), and rm -f removes.
+    env.ok(&["pause", "ticker"]);
+    let out = env.run(&["unpause", "nosuch"]);
+    assert_eq!(code(&out), 125);
+    env.ok(&["stop", "-t", "1", "ticker"]);
+    assert!(env.ok(&["ps", "-a"]).contains("Exited"));
+    let out = env.run(&["pause", "ticker"]);
+    assert!(stderr(&out).contains("is not running"), "{}", stderr(&out));
+    let second = env.ok(&["run", "-d", "demo", "sleep", "300"]);
+    env.ok(&["pause", second.trim()]);
+    env.ok(&["rm", "-f", second.trim()]);
+    env.ok(&["rm", "ticker"]);
+    env.assert_no_leaks(&[id, second.trim().to_string()]);
+}

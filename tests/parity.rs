@@ -166,6 +166,13 @@ fn both_modes_give_the_same_results() {
     );
     assert!(c["net-egress"].1.contains("sent|hi-host|"), "{ctx}");
     expect("net-crash", "code=0");
+    assert!(
+        c["pause"].1.contains("pz|1|exec=125|pz|back|pz|pz|")
+            && c["pause"]
+                .1
+                .contains("container pz is paused: unpause it first"),
+        "{ctx}"
+    );
     expect("add-host", "code=0");
     assert!(
         c["add-host"].1.contains("10.1.2.3\tdb|fd00::1\tv6|"),

@@ -55,6 +55,12 @@ $c run -d --isolation "$mode" --name stubborn demo sh -c 'trap "" TERM; while :;
 sleep 1; $c stop -t 1 stubborn > /dev/null; $c wait stubborn > /run/o 2> /run/e
 report stop-kill 0; $c rm stubborn > /dev/null
 
+# pause/unpause: frozen (exec refused), thawed, and removed while paused
+$c run -d --isolation "$mode" --name pz demo sleep 300 > /dev/null
+{ $c pause pz; $c ps | grep -c '(Paused)'; $c exec pz true; echo "exec=$?"; $c unpause pz; $c exec pz echo back
+  $c pause pz; $c rm -f pz; } > /run/o 2> /run/e
+report pause 0
+
 # a killed monitor loses no exit status: its keeper collects it
 $c run -d --isolation "$mode" --name keeperjob demo sh -c 'sleep 3; exit 7' > /dev/null
 kill -9 "$($c inspect keeperjob | grep '"monitor_pid"' | tr -dc 0-9)"

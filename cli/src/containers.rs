@@ -72,7 +72,7 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
     let recs: Vec<Record> = Record::list(roots)?
         .into_iter()
         .rev()
-        .filter(|r| args.all || r.status() == Status::Running)
+        .filter(|r| args.all || matches!(r.status(), Status::Running | Status::Paused))
         .collect();
     if args.quiet {
         for r in &recs {
@@ -309,6 +309,32 @@ pub fn wait(roots: &Roots, args: WaitArgs) -> Result<i32> {
         let done = lifecycle::wait_stopped(roots, &rec.id, None)?;
         println!("{}", done.and_then(|r| r.exit_code).unwrap_or(-1));
         Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct PauseArgs {
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `pause`/`unpause`: docker's for `capsa run` containers (by name or ID
+/// prefix), runc's for a bundle's (by whole ID: runc's `pause ID`).
+pub fn pause(roots: &Roots, args: PauseArgs, freeze: bool) -> Result<i32> {
+    each(&args.containers, |c| {
+        match capsa_shim::record::find_exact(roots, c)? {
+            // runc prints nothing.
+            Some(rec) if rec.bundle.is_some() => crate::runc::pause_bundle(roots, &rec.id, freeze),
+            _ => {
+                if freeze {
+                    lifecycle::pause(roots, c)?;
+                } else {
+                    lifecycle::unpause(roots, c)?;
+                }
+                println!("{c}");
+                Ok(())
+            }
+        }
     })
 }
 

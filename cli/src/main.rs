@@ -133,8 +133,11 @@ enum Command {
     Spec(runc::SpecArgs),
     /// runc: print a container's resource statistics.
     Events(runc::EventsArgs),
-    /// runc: freeze every process of a container.
-    Pause(runc::IdArg),
+    /// Freeze every process of containers (docker's `pause C…`; runc's
+    /// `pause ID`); in VM mode the whole VM.
+    Pause(containers::PauseArgs),
+    /// Thaw paused containers (docker).
+    Unpause(containers::PauseArgs),
     /// runc: thaw a paused container.
     Resume(runc::IdArg),
     /// A container's monitor process, started by capsa (internal).
@@ -285,7 +288,8 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Features => runc::features(),
         Command::Spec(a) => runc::spec(a, rootless),
         Command::Events(a) => runc::events(roots, a),
-        Command::Pause(a) => runc::pause(roots, a),
+        Command::Pause(a) => containers::pause(roots, a, true),
+        Command::Unpause(a) => containers::pause(roots, a, false),
         Command::Resume(a) => runc::resume(roots, a),
         Command::Monitor { args } => std::process::exit(capsa_shim::monitor::spawn::main(&args)),
     }

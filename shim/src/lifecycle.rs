@@ -324,6 +324,13 @@ impl Drop for CreateGuard<'_> {
 
 fn find_running(roots: &Roots, key: &str) -> Result<Record> {
     let rec = Record::find(roots, key)?;
+    if rec.status() == Status::Paused {
+        return Err(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("container {} is paused: unpause it first", rec.name),
+        )
+        .into());
+    }
     if !rec.status().can_exec() {
         return Err(CodedError::new(
             EXIT_CAPSA_ERROR,
@@ -334,16 +341,49 @@ fn find_running(roots: &Roots, key: &str) -> Result<Record> {
     Ok(rec)
 }
 
+/// docker's `pause`: freezes every process of a running container (in VM
+/// mode its whole VM).
+pub fn pause(roots: &Roots, key: &str) -> Result<Record> {
+    let rec = find_running(roots, key)?;
+    crate::oci::freeze(roots, &rec, true)?;
+    Record::load(roots, &rec.id)
+}
+
+/// docker's `unpause`.
+pub fn unpause(roots: &Roots, key: &str) -> Result<Record> {
+    let rec = Record::find(roots, key)?;
+    if rec.status() != Status::Paused {
+        return Err(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("container {} is not paused", rec.name),
+        )
+        .into());
+    }
+    crate::oci::freeze(roots, &rec, false)?;
+    Record::load(roots, &rec.id)
+}
+
+/// A paused container is thawed before it is signalled, stopped or
+/// removed (as docker does): a frozen process cannot act on a signal.
+fn thawed(roots: &Roots, rec: Record) -> Result<Record> {
+    if rec.status() != Status::Paused {
+        return Ok(rec);
+    }
+    crate::oci::freeze(roots, &rec, false)?;
+    Record::load(roots, &rec.id)
+}
+
 /// Sends a signal to a running container.
 pub fn kill(roots: &Roots, key: &str, signal: Signal) -> Result<Record> {
-    let rec = find_running(roots, key)?;
+    let rec = thawed(roots, Record::find(roots, key)?)?;
+    let rec = find_running(roots, &rec.id)?;
     backend_for(roots, rec.isolation)?.kill(&rec, signal)?;
     Ok(rec)
 }
 
 /// Stops a container: its stop signal, then SIGKILL after `timeout`.
 pub fn stop(roots: &Roots, key: &str, timeout: Duration) -> Result<Record> {
-    let rec = Record::find(roots, key)?;
+    let rec = thawed(roots, Record::find(roots, key)?)?;
     if rec.status() != Status::Running {
         return Ok(rec);
     }
@@ -414,7 +454,8 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
         remove_files(roots, &rec)?;
         return Ok(rec);
     }
-    if rec.status() == Status::Running {
+    let rec = if force { thawed(roots, rec)? } else { rec };
+    if matches!(rec.status(), Status::Running | Status::Paused) {
         if !force {
             return Err(CodedError::new(
                 EXIT_CAPSA_ERROR,

@@ -34,7 +34,7 @@ pub use exec::{exec, ExecArgs};
 pub use features::features;
 pub use kill::{kill, KillArgs};
 pub use list::{list, ListArgs};
-pub use pause::{pause, resume};
+pub use pause::{pause_bundle, resume};
 pub use ps::{ps, PsArgs};
 pub use spec::{spec, SpecArgs};
 pub use start::start;

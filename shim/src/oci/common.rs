@@ -127,6 +127,10 @@ pub(super) fn release_slot(roots: &Roots, rec: &Record) {
 
 /// The capsa-vmm process under a VM-mode container's monitor.
 pub(super) fn vmm_pid(rec: &Record) -> Option<i32> {
+    // `capsa run`'s record holds the VMM's PID itself.
+    if let Some(pid) = rec.pid.filter(|p| crate::microvm::is_vmm(*p)) {
+        return Some(pid);
+    }
     let monitor = rec.monitor_pid?;
     let children = fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children")).ok()?;
     children

@@ -37,6 +37,7 @@ pub use create::create;
 pub use delete::delete;
 pub use exec::exec;
 pub use kill::kill;
+pub(crate) use pause::freeze;
 pub use pause::{pause, resume};
 pub use start::start;
 pub use state::{list, state, State};
