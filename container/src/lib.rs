@@ -110,6 +110,19 @@ pub fn extra_hosts_lines(
         .collect()
 }
 
+/// The spec's network namespace entry, if it has one (none: the host's).
+pub fn network_namespace(
+    spec: &oci_spec::runtime::Spec,
+) -> Option<oci_spec::runtime::LinuxNamespace> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+        .cloned()
+}
+
 /// A bind mount, by type or by option, as runc reads a spec.
 pub fn is_bind_mount(m: &oci_spec::runtime::Mount) -> bool {
     m.typ().as_deref() == Some("bind")

@@ -11,11 +11,12 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+use crate::store::Network;
 use crate::{firewall, ipam, netavark, Attachment, Endpoint, Paths};
 
 /// Adds `ep`'s network to the container whose attachment is `state`, on
-/// the next free `ethN`.
-pub fn connect(paths: &Paths, ep: &Endpoint, state: &Path) -> Result<()> {
+/// the next free `ethN`. Returns the network's name.
+pub fn connect(paths: &Paths, ep: &Endpoint, state: &Path) -> Result<String> {
     let _lock = paths.lock()?;
     let mut att = load(state)?;
     let net = paths.store().get(&ep.network)?;
@@ -42,23 +43,13 @@ pub fn connect(paths: &Paths, ep: &Endpoint, state: &Path) -> Result<()> {
     if net.dns_enabled {
         aliases.extend([att.options.container_name.clone(), id[..12].to_string()]);
     }
-    let mut one = netavark::Options {
-        container_id: id.clone(),
-        container_name: att.options.container_name.clone(),
-        dns_servers: att.options.dns_servers.clone(),
-        port_mappings: att.options.port_mappings.clone(),
-        ..Default::default()
+    let per = netavark::PerNetwork {
+        interface_name: ifname.clone(),
+        static_ips: vec![ip],
+        static_mac: ep.mac.clone(),
+        aliases,
     };
-    one.networks.insert(
-        net.name.clone(),
-        netavark::PerNetwork {
-            interface_name: ifname.clone(),
-            static_ips: vec![ip],
-            static_mac: ep.mac.clone(),
-            aliases,
-        },
-    );
-    one.network_info.insert(net.name.clone(), net.clone());
+    let one = one_network(&att, per, &net);
     // Recorded before netavark runs: a crash in between leaves a state
     // that detach undoes whole.
     att.leases.push((net.name.clone(), ifname.clone()));
@@ -83,11 +74,13 @@ pub fn connect(paths: &Paths, ep: &Endpoint, state: &Path) -> Result<()> {
         }
     };
     att.record_status(&net.name, &status);
-    att.save(state)
+    att.save(state)?;
+    Ok(net.name)
 }
 
 /// Takes `network` away from the container whose attachment is `state`.
-pub fn disconnect(paths: &Paths, network: &str, state: &Path) -> Result<()> {
+/// Returns the network's name.
+pub fn disconnect(paths: &Paths, network: &str, state: &Path) -> Result<String> {
     let _lock = paths.lock()?;
     let mut att = load(state)?;
     let name = paths
@@ -104,15 +97,7 @@ pub fn disconnect(paths: &Paths, network: &str, state: &Path) -> Result<()> {
             att.options.container_name
         );
     };
-    let mut one = netavark::Options {
-        container_id: att.options.container_id.clone(),
-        container_name: att.options.container_name.clone(),
-        dns_servers: att.options.dns_servers.clone(),
-        port_mappings: att.options.port_mappings.clone(),
-        ..Default::default()
-    };
-    one.networks.insert(name.clone(), per.clone());
-    one.network_info.insert(name.clone(), info.clone());
+    let one = one_network(&att, per.clone(), &info);
     netavark::teardown(&att.netavark_dir, &att.netns, &one)?;
     ipam::release(&paths.ipam(), &info, &one.container_id, &per.interface_name)?;
     let gateways: Vec<_> = att
@@ -128,7 +113,21 @@ pub fn disconnect(paths: &Paths, network: &str, state: &Path) -> Result<()> {
     att.options.network_info.remove(&name);
     att.save(state)?;
     firewall::drop_port_chain_if_empty(&name);
-    firewall::drop_guard_if_unused(&info.network_interface)
+    firewall::drop_guard_if_unused(&info.network_interface)?;
+    Ok(name)
+}
+
+/// netavark's options for the container's membership of `net` alone, with
+/// its published ports (their DNAT follows the addresses).
+fn one_network(att: &Attachment, per: netavark::PerNetwork, net: &Network) -> netavark::Options {
+    netavark::Options {
+        container_id: att.options.container_id.clone(),
+        container_name: att.options.container_name.clone(),
+        networks: [(net.name.clone(), per)].into(),
+        network_info: [(net.name.clone(), net.clone())].into(),
+        port_mappings: att.options.port_mappings.clone(),
+        dns_servers: att.options.dns_servers.clone(),
+    }
 }
 
 fn load(state: &Path) -> Result<Attachment> {

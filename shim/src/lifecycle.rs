@@ -50,7 +50,8 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
             return Err(CodedError::new(
                 EXIT_CAPSA_ERROR,
                 format!(
-                    "--network container:{other} cannot be given to a VM-mode container:                      its guest has a network stack of its own"
+                    "--network container:{other} cannot be given to a VM-mode container: \
+                     its guest has a network stack of its own"
                 ),
             )
             .into());
@@ -69,7 +70,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     // record that claims them is on disk before the lock is released: two
     // creates cannot both take one name, and `rmi` (which checks users under
     // the same lock) cannot remove the image under a starting container.
-    let (image, mut rec) = {
+    let (image, mut rec, network_of) = {
         let _lock = crate::record::lock_containers(roots)?;
         let image = resolve_image(store, &req.image)?;
         if Record::list(roots)?.iter().any(|r| r.name == name) {
@@ -79,9 +80,10 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
             )
             .into());
         }
-        if let Some(other) = &req.network_of {
-            share_network_of(roots, other, &mut req.run)?;
-        }
+        let network_of = match &req.network_of {
+            Some(other) => Some(share_network_of(roots, other, &mut req.run)?),
+            None => None,
+        };
         let mut rec = Record::new(&id, &name, req.isolation, Vec::new());
         rec.image = req.image.clone();
         rec.image_id = image.id.clone();
@@ -89,7 +91,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         rec.interactive = req.interactive;
         rec.kernel = req.kernel.clone();
         rec.create_dir(roots)?;
-        (image, rec)
+        (image, rec, network_of)
     };
 
     let paths = ContainerPaths::new(roots, &id);
@@ -127,9 +129,9 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         CodedError::new(EXIT_CAPSA_ERROR, format!("invalid container settings: {e}"))
     })?;
     add_etc_files(&paths, &mut spec, &req.run.network, req.isolation)?;
-    if let Some(other) = &req.network_of {
+    if let Some(other) = &network_of {
         // The other container's files as they are now (docker shares them).
-        let theirs = ContainerPaths::new(roots, &Record::find(roots, other)?.id);
+        let theirs = ContainerPaths::new(roots, other);
         for f in ["hosts", "resolv.conf"] {
             if let Ok(content) = fs::read(theirs.dir.join(f)) {
                 fs::write(paths.dir.join(f), content)?;
@@ -262,12 +264,12 @@ fn check_vm_flags(run: &RunConfig) -> Result<()> {
 
 /// `--network container:NAME`: points `run` at that container's network
 /// namespace (its pinned one, its init's, or the host's when it has none)
-/// and takes its hostname. It must be a running container-mode container:
-/// a VM-mode one's network lives inside its guest.
-fn share_network_of(roots: &Roots, other: &str, run: &mut RunConfig) -> Result<()> {
+/// and takes its hostname; returns its ID. It must be a running
+/// container-mode container: a VM-mode one's network lives inside its guest.
+fn share_network_of(roots: &Roots, other: &str, run: &mut RunConfig) -> Result<String> {
     use capsa_image::spec::Network;
-    use oci_spec::runtime::LinuxNamespaceType;
-    let refuse = |msg: String| -> Result<()> { Err(CodedError::new(EXIT_CAPSA_ERROR, msg).into()) };
+    let refuse =
+        |msg: String| -> Result<String> { Err(CodedError::new(EXIT_CAPSA_ERROR, msg).into()) };
     let rec = Record::find(roots, other).map_err(|e| {
         CodedError::new(
             EXIT_CAPSA_ERROR,
@@ -287,14 +289,7 @@ fn share_network_of(roots: &Roots, other: &str, run: &mut RunConfig) -> Result<(
         ));
     };
     let spec = oci_spec::runtime::Spec::load(ContainerPaths::new(roots, &rec.id).config())?;
-    let netns = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default()
-        .into_iter()
-        .find(|n| n.typ() == LinuxNamespaceType::Network);
-    run.network = match netns {
+    run.network = match capsa_container::network_namespace(&spec) {
         None => Network::Host,
         Some(ns) => Network::Namespace(
             ns.path()
@@ -303,7 +298,7 @@ fn share_network_of(roots: &Roots, other: &str, run: &mut RunConfig) -> Result<(
         ),
     };
     run.hostname = spec.hostname().clone();
-    Ok(())
+    Ok(rec.id)
 }
 
 /// Removes a half-created container if `create` fails part-way.
@@ -359,8 +354,7 @@ pub fn unpause(roots: &Roots, key: &str) -> Result<Record> {
         )
         .into());
     }
-    crate::oci::freeze(roots, &rec, false)?;
-    Record::load(roots, &rec.id)
+    thawed(roots, rec)
 }
 
 /// A paused container is thawed before it is signalled, stopped or

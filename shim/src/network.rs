@@ -87,13 +87,10 @@ pub fn attach(roots: &Roots, rec: &Record) -> Result<Vec<OwnedFd>> {
 pub fn connect(roots: &Roots, key: &str, mut ep: capsa_network::Endpoint) -> Result<()> {
     let _containers = crate::record::lock_containers(roots)?;
     let rec = connectable(roots, key, "connected to")?;
-    ep.network = {
-        let paths = paths(roots);
-        let _lock = paths.lock()?;
-        paths.store().get(&ep.network).map_err(user_error)?.name
-    };
     let cpaths = ContainerPaths::new(roots, &rec.id);
-    capsa_network::connect(&paths(roots), &ep, &cpaths.network_state()).map_err(user_error)?;
+    // Recorded by name, however the user named it (an ID prefix).
+    ep.network =
+        capsa_network::connect(&paths(roots), &ep, &cpaths.network_state()).map_err(user_error)?;
     // Under the record's lock: the monitor may be recording an exit.
     let rec = crate::record::with_record(roots, &rec.id, |r| {
         if let Some(req) = r.network.as_mut() {
@@ -109,19 +106,11 @@ pub fn disconnect(roots: &Roots, key: &str, network: &str) -> Result<()> {
     let _containers = crate::record::lock_containers(roots)?;
     let rec = connectable(roots, key, "disconnected from")?;
     let cpaths = ContainerPaths::new(roots, &rec.id);
-    capsa_network::disconnect(&paths(roots), network, &cpaths.network_state())
+    let name = capsa_network::disconnect(&paths(roots), network, &cpaths.network_state())
         .map_err(user_error)?;
-    let names = attachment(roots, &rec.id)
-        .map(|a| {
-            a.interfaces
-                .iter()
-                .map(|i| i.network.clone())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
     let rec = crate::record::with_record(roots, &rec.id, |r| {
         if let Some(req) = r.network.as_mut() {
-            req.endpoints.retain(|e| names.contains(&e.network));
+            req.endpoints.retain(|e| e.network != name);
         }
     })
     .unwrap_or(rec);

@@ -151,15 +151,7 @@ fn prepare_vm_bundle(
     let mut annotations = spec.annotations().clone().unwrap_or_default();
     annotations.remove(NETNS_ANNOTATION);
     if sandbox.is_none() {
-        let engine_netns = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .and_then(|ns| {
-                ns.iter()
-                    .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
-            })
-            .and_then(|n| n.path().clone());
+        let engine_netns = capsa_container::network_namespace(&spec).and_then(|n| n.path().clone());
         if let Some(path) = engine_netns {
             annotations.insert(NETNS_ANNOTATION.into(), path.display().to_string());
         }

@@ -327,18 +327,12 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), String> {
+        let active = ActiveQueues::new(mem, queues, interrupt, 2, &[RXQ, TXQ], "virtio-net")?;
         if self.offloads {
             set_tap_offloads(self.tap.as_raw_fd(), tun_offloads(acked))
                 .map_err(|e| format!("setting the tap's offloads: {e}"))?;
         }
-        self.active = Some(ActiveQueues::new(
-            mem,
-            queues,
-            interrupt,
-            2,
-            &[RXQ, TXQ],
-            "virtio-net",
-        )?);
+        self.active = Some(active);
         self.process_rx();
         Ok(())
     }
