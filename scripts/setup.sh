@@ -8,6 +8,8 @@ PKGS=(
   e2fsprogs erofs-utils busybox-static cpio
   # container runtime build deps and peers for benchmarks
   libseccomp-dev pkg-config runc crun hyperfine
+  # virtiofsd's build (scripts/build-virtiofsd.sh)
+  libcap-ng-dev
   # engines that drive capsa, and a local registry for pull tests
   containerd docker-registry skopeo podman
   # image store tests: token-server signing key for the bearer-auth pull test

@@ -306,7 +306,10 @@ fn flags_vm_mode_cannot_honour_are_refused_first() {
     let before = files_under(env.path());
     let host = host_path("vm-rw");
     std::fs::create_dir_all(&host).unwrap();
-    let rw = format!("{}:/data", host.display());
+    // A single file cannot be shared read-write (directories can).
+    let file = host.join("config.yaml");
+    std::fs::write(&file, "a: 1\n").unwrap();
+    let rw = format!("{}:/data", file.display());
     for (args, needles, what) in [
         (
             vec!["--network", "host"],
@@ -315,8 +318,8 @@ fn flags_vm_mode_cannot_honour_are_refused_first() {
         ),
         (
             vec!["-v", rw.as_str()],
-            vec!["read-only", ":/data:ro"],
-            "-v HOST:CTR (read-write)",
+            vec!["single files read-only", ":/data:ro"],
+            "-v FILE:CTR (read-write)",
         ),
     ] {
         let mut full = vec!["run", "--rm", "--isolation", "vm"];

@@ -102,6 +102,40 @@ fn both_modes_give_the_same_results() {
     expect("exec", "code=4 out=8/");
     expect("tty", "code=0 out=10/");
     expect("volume-ro", "code=1 out=15/");
+    // Read-write volumes (#12): everything the container did is on the
+    // host, with owners, modes, links and the file's content.
+    expect("volume-rw", "code=0");
+    assert!(
+        c["volume-rw"].1.contains(
+            "from-host|. 755 0:0 3|./d 755 1000:1000 2|./d/b 644 0:0 2|./hard 644 0:0 2|./out 640 1000:1000 1|./secret 600 0:0 1|./sym 777 0:0 1|out|d/b|"
+        ),
+        "{ctx}"
+    );
+    expect("volume-user", "code=1");
+    assert!(
+        c["volume-user"].1.contains("1000|1000:1000 644|")
+            && c["volume-user"]
+                .1
+                .contains("can't open '/data/secret': Permission denied"),
+        "{ctx}"
+    );
+    assert!(
+        c["volume-host-change"]
+            .1
+            .contains("0|hello-from-host|seen|"),
+        "{ctx}"
+    );
+    // Nothing outside a share can be named through it.
+    expect("volume-escape", "code=0");
+    let esc = &c["volume-escape"].1;
+    assert!(
+        !esc.contains("outside-secret")
+            && esc.contains("no abs|no rel|no deep|no ../outside|no ../../run/outside|")
+            && esc.contains("Invalid cross-device link"),
+        "{ctx}"
+    );
+    expect("volume-setuid", "code=0");
+    assert!(c["volume-setuid"].1.contains("out: 1000|"), "{ctx}");
     expect("exec-stdin", "code=0 out=5/");
     // Init's lines, then the exec'd process's: the same filter, NNP and
     // capabilities; `unshare -U` is refused (not 0).
@@ -195,7 +229,7 @@ fn both_modes_give_the_same_results() {
         differ.join("\n")
     );
     assert_eq!(
-        c["leftovers"].0, "containers=0 mounts=0 vmms=0 net=0",
+        c["leftovers"].0, "containers=0 mounts=0 vmms=0 virtiofsd=0 net=0",
         "{ctx}"
     );
 }

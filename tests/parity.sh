@@ -39,6 +39,33 @@ case_run stdout-20mb /run/empty demo sh -c 'head -c 20000000 /dev/zero | tr "\0"
 case_run tty /run/empty -t demo sh -c 'test -t 0 && test -t 1 && echo is-a-tty'
 case_run volume-ro /run/empty -v /run/vol:/data:ro demo sh -c 'cat /data/f /data/sub/g; touch /data/x'
 case_run stderr /run/empty demo sh -c 'echo to-err >&2; echo to-out'
+# read-write volumes (#12): the container's changes are on the host, with
+# their owners, modes and links; a host change is seen inside; a non-root
+# user gets the host's permissions
+rm -rf /run/rw && mkdir -p /run/rw && echo from-host > /run/rw/in && echo secret > /run/rw/secret && chmod 600 /run/rw/secret
+$c run --rm --isolation "$mode" -v /run/rw:/data demo sh -c 'cat /data/in; echo out > /data/out; mkdir /data/d; echo x > /data/d/a;
+  mv /data/d/a /data/d/b; ln /data/d/b /data/hard; ln -s d/b /data/sym; chmod 640 /data/out; chown 1000:1000 /data/d /data/out;
+  rm /data/in; sync /data/out' > /run/o 2> /run/e; code=$?
+(cd /run/rw && find . | sort | while read -r f; do stat -c '%n %a %u:%g %h' "$f"; done; cat out; readlink sym) >> /run/o
+report volume-rw "$code"
+chown 1000:1000 /run/rw
+case_run volume-user /run/empty -u 1000:1000 -v /run/rw:/data demo sh -c 'id -u; echo mine > /data/mine; stat -c "%u:%g %a" /data/mine; cat /data/secret'
+rm -rf /run/rw2 && mkdir -p /run/rw2
+$c run -d --isolation "$mode" --name watcher -v /run/rw2:/data demo sh -c 'echo ready > /data/ready; i=0
+  while [ ! -e /data/from-host ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; cat /data/from-host; echo seen > /data/ack' > /dev/null
+i=0; while [ ! -e /run/rw2/ready ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+echo hello-from-host > /run/rw2/from-host
+$c wait watcher > /run/o 2> /run/e; $c logs watcher >> /run/o 2>> /run/e; cat /run/rw2/ack >> /run/o
+report volume-host-change 0; $c rm watcher > /dev/null
+# a share names nothing outside itself: symlinks left in it (absolute,
+# relative, deep) and .. resolve in the container's own root, a hard link
+# out of it is refused, and a setuid file on it gives no privilege
+rm -rf /run/esc && mkdir -p /run/esc && echo outside-secret > /run/outside
+ln -s /run/outside /run/esc/abs; ln -s ../outside /run/esc/rel; ln -s ../../../../../../../run/outside /run/esc/deep
+cp /bin/busybox /run/esc/bb && chmod 4755 /run/esc/bb
+case_run volume-escape /run/empty -v /run/esc:/data demo sh -c 'ln /etc/passwd /data/pw
+  for f in abs rel deep ../outside ../../run/outside; do cat /data/$f 2>/dev/null || echo "no $f"; done; ls /data/.. | head -3'
+case_run volume-setuid /run/empty -u 1000:1000 -v /run/esc:/data demo /data/bb id -u
 case_run read-only-root /run/empty --read-only demo touch /x
 # One process fills a 100 MB buffer, so the OOM killer's victim is certain.
 case_run oom /run/empty --memory 32m demo dd if=/dev/zero of=/dev/null bs=100M count=1
@@ -144,5 +171,5 @@ netleft=$(wc -l < /run/netleft)
 
 # nothing left behind
 left=$($c ps -aq | wc -l)
-echo "@@ leftovers containers=$left mounts=$(grep -c parity-$mode /proc/mounts) vmms=$(pgrep -c capsa-vmm) net=$netleft"
+echo "@@ leftovers containers=$left mounts=$(grep -c parity-$mode /proc/mounts) vmms=$(pgrep -c capsa-vmm) virtiofsd=$(pgrep -c virtiofsd) net=$netleft"
 printf '   left: %s\n' "$(tr '\n' '|' < /run/netleft)"

@@ -1,7 +1,8 @@
 //! VM mode fails clearly and cleanly: an agent that never answers, a guest
-//! kernel panic, and capsa-vmm killed mid-run each end with exit 125 or 137
-//! and a reason, and leave no container, VMM, mount or socket behind. One
-//! KVM test-host boot runs all three (tests/vm_failures.sh).
+//! kernel panic, capsa-vmm killed mid-run and a share's virtiofsd killed
+//! mid-run each end with exit 125 or 137 and a reason, and leave no
+//! container, VMM, daemon, mount or socket behind. One KVM test-host boot
+//! runs them all (tests/vm_failures.sh).
 
 use std::process::Command;
 
@@ -17,7 +18,7 @@ fn section<'a>(out: &'a str, name: &str) -> &'a str {
 }
 
 #[test]
-fn timeouts_panics_and_killed_vmms_are_reported_and_cleaned_up() {
+fn timeouts_panics_and_killed_vmms_and_daemons_are_reported_and_cleaned_up() {
     capsa_tests::require_root();
     // PID 1 that exits at once: the guest kernel panics ("Attempted to kill init").
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -67,8 +68,23 @@ fn timeouts_panics_and_killed_vmms_are_reported_and_cleaned_up() {
     assert!(killed.contains("rc=137"), "{text}");
     assert!(killed.contains("killed with SIGKILL"), "{text}");
 
+    // A share's daemon killed mid-run ends the VM with one error that
+    // names it, instead of a guest hung on its files.
+    let fs = section(&stdout, "virtiofsd-killed");
+    // The daemon serving the share is confined: seccomp on, the share as
+    // its whole root, a network namespace of its own.
     assert!(
-        stdout.contains("@@ leftovers containers=0 vmms=0 mounts=0 sockets=0"),
+        fs.contains("daemon Seccomp:2 root=only-this, net=own"),
+        "{text}"
+    );
+    assert!(fs.contains("rc=125"), "{text}");
+    assert!(
+        fs.contains("virtio-fs capsa-vol0: its virtiofsd closed the connection"),
+        "{text}"
+    );
+
+    assert!(
+        stdout.contains("@@ leftovers containers=0 vmms=0 virtiofsd=0 mounts=0 sockets=0"),
         "{text}"
     );
 }

@@ -162,9 +162,13 @@ impl Container {
         self.mounts.push(scratch.clone());
         for v in &rootfs.volumes {
             let flags = if v.readonly { ro } else { MsFlags::empty() };
-            drop_cached_blocks(&v.device)?;
+            // A virtio-fs share's "device" is its tag; a disk's cached
+            // blocks may be stale.
+            if v.fstype != "virtiofs" {
+                drop_cached_blocks(&v.device)?;
+            }
             mount_dev(&v.device, &v.fstype, Path::new(&v.guest_path), flags, "")
-                .with_context(|| format!("mounting the volume disk {}", v.device))?;
+                .with_context(|| format!("mounting the volume {}", v.device))?;
             self.mounts.push(PathBuf::from(&v.guest_path));
         }
         let (upper, work) = (scratch.join("upper"), scratch.join("work"));

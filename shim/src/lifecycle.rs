@@ -240,9 +240,9 @@ fn add_etc_files(
     Ok(())
 }
 
-/// What VM mode cannot do, in one line each: the guest has its own
-/// kernel and network stack, and host directories reach it only as
-/// read-only disk snapshots.
+/// What VM mode cannot do, in one line each, before any work is done: the
+/// guest has its own kernel and network stack, and single host files reach
+/// it only as read-only copies (directories are shared, microvm::shares).
 fn check_vm_flags(run: &RunConfig) -> Result<()> {
     let refuse = |msg: String| Err(CodedError::new(EXIT_CAPSA_ERROR, msg).into());
     if run.network == capsa_image::spec::Network::Host {
@@ -252,9 +252,9 @@ fn check_vm_flags(run: &RunConfig) -> Result<()> {
                 .into(),
         );
     }
-    if let Some(m) = run.mounts.iter().find(|m| !m.readonly) {
+    if let Some(m) = run.mounts.iter().find(|m| !m.readonly && m.src.is_file()) {
         return refuse(format!(
-            "VM mode shares host directories read-only only: use -v {}:{}:ro",
+            "VM mode shares single files read-only (a copy): use -v {}:{}:ro, or share the directory that holds it",
             m.src.display(),
             m.dst
         ));

@@ -135,6 +135,53 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
+/// Most virtio-fs shares: each uses one virtio-mmio slot and one IRQ line.
+pub const MAX_FS: usize = 6;
+/// The virtio-fs tag is a 36-byte field in the device's configuration.
+pub const FS_TAG_MAX: usize = 36;
+
+/// One virtio-fs share: a vhost-user-fs device whose requests a virtiofsd
+/// serves on `socket` (already listening); the guest mounts it by `tag`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    pub socket: PathBuf,
+    pub tag: String,
+}
+
+impl FsConfig {
+    /// Parses `socket=PATH,tag=TAG`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (mut socket, mut tag) = (None, None);
+        for kv in s.split(',') {
+            match kv.split_once('=') {
+                Some(("socket", v)) => socket = Some(PathBuf::from(v)),
+                Some(("tag", v)) => tag = Some(v.to_string()),
+                _ => return Err(format!("--fs {s:?}: expected socket=PATH,tag=TAG")),
+            }
+        }
+        let cfg = FsConfig {
+            socket: socket.ok_or_else(|| format!("--fs {s:?}: socket=PATH is required"))?,
+            tag: tag.ok_or_else(|| format!("--fs {s:?}: tag=TAG is required"))?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tag.is_empty() || self.tag.len() > FS_TAG_MAX || self.tag.contains('\0') {
+            return Err(format!(
+                "fs: the tag must be 1 to {FS_TAG_MAX} bytes without NUL, got {:?}",
+                self.tag
+            ));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err("fs: empty socket path".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SerialConfig {
     #[default]
@@ -203,6 +250,10 @@ pub struct VmConfig {
     /// virtio-net interfaces (eth0, eth1, … in this order).
     #[serde(default)]
     pub nets: Vec<NetConfig>,
+    /// virtio-fs shares. With any, guest memory is a shared memfd that
+    /// each share's virtiofsd maps.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     #[serde(default)]
     pub serial: SerialConfig,
     /// Run even on a PVM host, where an ordinary guest kernel cannot run.
@@ -239,6 +290,18 @@ impl VmConfig {
         }
         for n in &self.nets {
             n.validate()?;
+        }
+        if self.fs.len() > MAX_FS {
+            return Err(format!(
+                "at most {MAX_FS} virtio-fs shares are supported, got {}",
+                self.fs.len()
+            ));
+        }
+        for (i, f) in self.fs.iter().enumerate() {
+            f.validate()?;
+            if self.fs[..i].iter().any(|o| o.tag == f.tag) {
+                return Err(format!("fs: the tag {:?} is used twice", f.tag));
+            }
         }
         if let Some(v) = &self.vsock {
             if v.cid < 3 {

@@ -13,8 +13,8 @@ use linux_loader::loader::elf::start_info::{
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, KernelLoader};
 use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    MemoryRegionAddress,
+    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, MemoryRegionAddress,
 };
 
 use crate::cow_file::CowFile;
@@ -27,12 +27,32 @@ const E820_RESERVED: u32 = 2;
 const PAGE: u64 = 4096;
 
 /// Allocates guest RAM of `mem_mib` MiB, skipping the 32-bit MMIO hole.
-pub fn create_memory(mem_mib: u32) -> Result<GuestMemoryMmap> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(u64::from(mem_mib) << 20)
-        .into_iter()
-        .map(|(a, l)| (GuestAddress(a), l as usize))
-        .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory(format!("{e}")))?;
+/// With `shared`, the RAM is one memfd mapped shared, so that a vhost-user
+/// daemon (virtiofsd) can map the same pages from the descriptor it is
+/// sent; otherwise it is private anonymous memory.
+pub fn create_memory(mem_mib: u32, shared: bool) -> Result<GuestMemoryMmap> {
+    let ranges = ram_ranges(u64::from(mem_mib) << 20);
+    let memfd = if shared {
+        Some(guest_memfd(u64::from(mem_mib) << 20)?)
+    } else {
+        None
+    };
+    let mut offset = 0u64;
+    let mut with_files = Vec::new();
+    for (a, l) in ranges {
+        let file = match &memfd {
+            Some(f) => Some(FileOffset::new(
+                f.try_clone()
+                    .map_err(|e| Error::Memory(format!("memfd: {e}")))?,
+                offset,
+            )),
+            None => None,
+        };
+        with_files.push((GuestAddress(a), l as usize, file));
+        offset += l;
+    }
+    let mem = GuestMemoryMmap::from_ranges_with_files(&with_files)
+        .map_err(|e| Error::Memory(format!("{e}")))?;
     // Transparent huge pages where the host offers them: loading a 20 MiB
     // kernel then takes ten page faults instead of five thousand, and the
     // guest gets fewer TLB misses. Advice only; failure changes nothing.
@@ -45,6 +65,40 @@ pub fn create_memory(mem_mib: u32) -> Result<GuestMemoryMmap> {
         }
     }
     Ok(mem)
+}
+
+/// An anonymous, sealed-size memory file of `len` bytes for guest RAM.
+fn guest_memfd(len: u64) -> Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a NUL-terminated name; the descriptor is
+    // new and owned by the File from here on.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"capsa-guest-ram".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::Memory(format!(
+            "memfd_create: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: fd was just created and nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(len)
+        .map_err(|e| Error::Memory(format!("sizing guest memory: {e}")))?;
+    // The daemon that maps it must not be able to shrink it under the VMM
+    // (a SIGBUS in capsa-vmm) or grow it.
+    // SAFETY: F_ADD_SEALS on a memfd we own.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+        )
+    };
+    Ok(file)
 }
 
 /// A virtio-mmio device window announced to the guest.
@@ -268,7 +322,7 @@ mod tests {
 
     #[test]
     fn non_elf_kernel_is_rejected_with_a_clear_message() {
-        let mem = create_memory(64).unwrap();
+        let mem = create_memory(64, false).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let k = dir.path().join("bzImage");
         std::fs::write(&k, vec![0u8; 4096]).unwrap();
@@ -280,7 +334,7 @@ mod tests {
 
     #[test]
     fn initrd_that_does_not_fit_is_rejected() {
-        let mem = create_memory(16).unwrap();
+        let mem = create_memory(16, false).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let i = dir.path().join("initrd");
         std::fs::write(&i, vec![0u8; 17 << 20]).unwrap();

@@ -54,11 +54,16 @@ pub struct Cli {
     /// descriptor (IFF_VNET_HDR, 12-byte header). Repeatable: eth0, eth1, …
     #[arg(long = "net", value_name = "tap-fd=N,mac=MAC[,mtu=M]", value_parser = NetConfig::parse)]
     pub nets: Vec<NetConfig>,
+    /// A virtio-fs share served by the vhost-user daemon (virtiofsd)
+    /// listening on PATH; the guest mounts it with `mount -t virtiofs TAG`.
+    /// Repeatable.
+    #[arg(long = "fs", value_name = "socket=PATH,tag=TAG", value_parser = FsConfig::parse)]
+    pub fs: Vec<FsConfig>,
     /// Where the guest console goes: stdout, none, or a file.
     #[arg(long, value_name = "stdout|FILE|none", value_parser = SerialConfig::parse)]
     pub serial: Option<SerialConfig>,
     /// Read the VM description from a JSON file (same fields as the flags).
-    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["kernel", "initrd", "cmdline", "mem_mib", "vcpus", "disks", "vsock_cid", "vsock_uds", "serial", "nets"])]
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["kernel", "initrd", "cmdline", "mem_mib", "vcpus", "disks", "vsock_cid", "vsock_uds", "serial", "nets", "fs"])]
     pub config: Option<PathBuf>,
     /// Run even if this host's /dev/kvm is PVM (needs a PVM-enabled guest kernel).
     #[arg(long)]
@@ -103,6 +108,7 @@ impl Cli {
                 disks: self.disks.clone(),
                 vsock,
                 nets: self.nets.clone(),
+                fs: self.fs.clone(),
                 serial: self.serial.clone().unwrap_or_default(),
                 allow_pvm: false,
             }

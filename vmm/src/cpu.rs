@@ -221,6 +221,8 @@ pub struct VcpuRunner {
     pub report_first_run: bool,
     pub exit_after_first_run: bool,
     pub seccomp: bool,
+    /// The VM has vhost-user devices (see seccomp::Thread::Vcpu).
+    pub vhost_user: bool,
     pub started: Instant,
 }
 
@@ -241,7 +243,9 @@ impl VcpuRunner {
     /// Runs the vCPU until the VM is asked to stop.
     pub fn run(mut self) {
         if self.seccomp {
-            if let Err(e) = crate::seccomp::apply(crate::seccomp::Thread::Vcpu) {
+            if let Err(e) = crate::seccomp::apply(crate::seccomp::Thread::Vcpu {
+                vhost_user: self.vhost_user,
+            }) {
                 self.events
                     .request_exit(VmmExit::VmmError(format!("vcpu{}: {e}", self.id)));
                 return;

@@ -24,7 +24,12 @@ const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 /// Which thread a filter is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Thread {
-    Vcpu,
+    /// With `vhost_user`, the VM has a vhost-user device (virtio-fs), whose
+    /// activation on the vCPU thread sends its daemon the memory table and
+    /// ring eventfds over the unix socket.
+    Vcpu {
+        vhost_user: bool,
+    },
     EventLoop,
 }
 
@@ -101,11 +106,16 @@ pub fn filter(thread: Thread) -> Result<BpfProgram> {
         rules.insert(nr, vec![]);
     }
     match thread {
-        Thread::Vcpu => {
+        Thread::Vcpu { vhost_user } => {
             rules.insert(
                 libc::SYS_ioctl,
                 vec![ioctl_rule(KVM_RUN)?, ioctl_rule(TUNSETOFFLOAD)?],
             );
+            if vhost_user {
+                for nr in [libc::SYS_sendmsg, libc::SYS_recvmsg] {
+                    rules.insert(nr, vec![]);
+                }
+            }
         }
         Thread::EventLoop => {
             for &nr in EVENT_LOOP {
@@ -137,7 +147,12 @@ mod tests {
 
     #[test]
     fn filters_compile() {
-        assert!(!filter(Thread::Vcpu).unwrap().is_empty());
+        assert!(!filter(Thread::Vcpu { vhost_user: false })
+            .unwrap()
+            .is_empty());
+        assert!(!filter(Thread::Vcpu { vhost_user: true })
+            .unwrap()
+            .is_empty());
         assert!(!filter(Thread::EventLoop).unwrap().is_empty());
     }
 
@@ -147,7 +162,7 @@ mod tests {
         // SAFETY: fork in a test; the child only makes raw syscalls and exits.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            let prog = filter(Thread::Vcpu).unwrap();
+            let prog = filter(Thread::Vcpu { vhost_user: true }).unwrap();
             if seccompiler::apply_filter(&prog).is_err() {
                 // SAFETY: _exit ends the forked child without running the
                 // parent's atexit handlers or destructors.

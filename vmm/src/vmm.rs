@@ -30,6 +30,7 @@ use crate::devices::{Bus, BusDevice, VmEvents};
 use crate::error::{Error, Result};
 use crate::layout::*;
 use crate::virtio::block::Block;
+use crate::virtio::fs::Fs;
 use crate::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::virtio::net::Net;
 use crate::virtio::vsock::Vsock;
@@ -62,6 +63,8 @@ pub struct Vmm {
     pio: Bus,
     mmio: Bus,
     console_input: bool,
+    /// Some device is served by a vhost-user daemon.
+    vhost_user: bool,
     opts: RunOptions,
     started: Instant,
 }
@@ -105,11 +108,11 @@ impl Vmm {
         cfg.validate().map_err(Error::Config)?;
         crate::pvm::check(cfg.allow_pvm)?;
         let kvm = open_kvm()?;
-        let (vm, mem) = create_vm(&kvm, cfg.mem_mib)?;
+        let (vm, mem) = create_vm(&kvm, cfg.mem_mib, !cfg.fs.is_empty())?;
         step("VM created");
         let events = Arc::new(VmEvents::new()?);
         let (pio, serial) = legacy_devices(&vm, &cfg.serial, &events)?;
-        let (mmio, slots, virtio) = virtio_devices(&vm, &mem, cfg)?;
+        let (mmio, slots, virtio) = virtio_devices(&vm, &mem, cfg, &events)?;
         step("devices created");
         let cmdline = cfg
             .cmdline
@@ -146,6 +149,7 @@ impl Vmm {
             pio,
             mmio,
             console_input,
+            vhost_user: !cfg.fs.is_empty(),
             opts,
             started,
         })
@@ -200,8 +204,10 @@ impl Vmm {
         }
         for (d, t) in self.virtio.iter().enumerate() {
             let t = t.lock().unwrap_or_else(|e| e.into_inner());
-            for (q, evt) in t.queue_evts().iter().enumerate() {
-                add(evt.as_raw_fd(), QUEUE_TAG | ((d as u64) << 8) | q as u64)?;
+            if !t.queues_served_elsewhere() {
+                for (q, evt) in t.queue_evts().iter().enumerate() {
+                    add(evt.as_raw_fd(), QUEUE_TAG | ((d as u64) << 8) | q as u64)?;
+                }
             }
             if let Some(fd) = t.device().backend_fd() {
                 add(fd, BACKEND_TAG | d as u64)?;
@@ -219,6 +225,7 @@ impl Vmm {
                 report_first_run: self.opts.report_first_run,
                 exit_after_first_run: self.opts.exit_after_first_run,
                 seccomp: self.opts.seccomp,
+                vhost_user: self.vhost_user,
                 started: self.started,
             };
             let h = std::thread::Builder::new()
@@ -426,7 +433,7 @@ fn open_kvm() -> Result<Kvm> {
 
 /// The VM with its guest memory registered and its in-kernel irqchip and
 /// PIT.
-fn create_vm(kvm: &Kvm, mem_mib: u32) -> Result<(VmFd, GuestMemoryMmap)> {
+fn create_vm(kvm: &Kvm, mem_mib: u32, shared_mem: bool) -> Result<(VmFd, GuestMemoryMmap)> {
     let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
@@ -437,7 +444,7 @@ fn create_vm(kvm: &Kvm, mem_mib: u32) -> Result<(VmFd, GuestMemoryMmap)> {
     if irqchip_first {
         create_irqchip(&vm)?;
     }
-    let mem = boot::create_memory(mem_mib)?;
+    let mem = boot::create_memory(mem_mib, shared_mem)?;
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
@@ -514,9 +521,14 @@ fn legacy_devices(
 type VirtioDevices = (Bus, Vec<MmioSlot>, Vec<Arc<Mutex<MmioTransport>>>);
 
 /// The virtio-mmio devices: disks first (vda, vdb, ... in config order),
-/// then vsock, then the network interfaces (eth0, ...), each in its slot
-/// with its irqfd and queue ioeventfds.
-fn virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<VirtioDevices> {
+/// then vsock, then the network interfaces (eth0, ...), then the virtio-fs
+/// shares, each in its slot with its irqfd and queue ioeventfds.
+fn virtio_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    cfg: &VmConfig,
+    events: &Arc<VmEvents>,
+) -> Result<VirtioDevices> {
     let mut devices: Vec<Box<dyn crate::virtio::VirtioDevice>> = Vec::new();
     for d in &cfg.disks {
         let blk = Block::open(&d.path, d.read_only).map_err(|source| Error::Open {
@@ -534,6 +546,13 @@ fn virtio_devices(vm: &VmFd, mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<Vi
     }
     for n in &cfg.nets {
         devices.push(Box::new(net_device(n)?));
+    }
+    for f in &cfg.fs {
+        let dev = Fs::connect(&f.socket, &f.tag, events.clone()).map_err(|msg| Error::Device {
+            dev: format!("virtio-fs {}", f.tag),
+            msg,
+        })?;
+        devices.push(Box::new(dev));
     }
     let mut mmio = Bus::new();
     let mut slots = Vec::new();

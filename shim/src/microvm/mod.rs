@@ -8,6 +8,7 @@ mod client;
 pub mod guest;
 pub mod nics;
 pub mod sandbox;
+mod shares;
 mod tty;
 mod volumes;
 
@@ -23,7 +24,7 @@ use capsa_image::{Image, RootfsFormat, Store};
 use capsa_proto::{
     ExecProcess, GuestNetwork, Request, Response, Rootfs, StdStream, StdioOptions, WritableLayer,
 };
-use capsa_vm_config::{DiskConfig, SerialConfig, VmConfig, VsockConfig};
+use capsa_vm_config::{DiskConfig, FsConfig, SerialConfig, VmConfig, VsockConfig};
 use nix::sys::signal::Signal;
 
 use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo, Sandbox};
@@ -323,7 +324,7 @@ impl Backend for MicroVmBackend {
         if rec.sandbox.is_some() {
             return self.join_sandbox(rec, &paths, spec, io);
         }
-        let volumes = volumes::disks_for(&mut spec, &paths.dir, 'b', rec.bundle.is_some())?;
+        let volumes = volumes::plan(&mut spec, &paths.dir, 'b', rec.bundle.is_some())?;
         let (mut mem_mib, vcpus) = vm_size(&spec);
         if is_sandbox(&spec) {
             mem_mib = mem_mib.max(sandbox::memory_mib(&spec)?);
@@ -355,10 +356,19 @@ impl Backend for MicroVmBackend {
         let netns = nics::Nics::netns_of(rec, &spec);
         let nics = nics::Nics::join(netns.as_deref())?;
         let slots = if is_sandbox(&spec) {
-            sandbox::make_slots(&paths.dir, (b'b' + volumes.len() as u8) as char)?
+            sandbox::make_slots(&paths.dir, (b'b' + volumes.disks.len() as u8) as char)?
         } else {
             vec![]
         };
+        // The shares' daemons listen before capsa-vmm starts; it connects
+        // to them while it builds the VM.
+        let share_specs: Vec<_> = volumes.shares.iter().map(|(s, _)| s.clone()).collect();
+        let mut daemons = shares::start(
+            &share_specs,
+            |n| self.socket(&rec.id).with_extension(format!("fs{n}")),
+            &self.vmm_log(&rec.id),
+            rec.keeper_pid.is_none(),
+        )?;
         let read_only = |path: &Path| DiskConfig {
             path: path.to_path_buf(),
             read_only: true,
@@ -370,7 +380,7 @@ impl Backend for MicroVmBackend {
             mem_mib: u32::try_from(mem_mib).context("the VM's memory size")?,
             vcpus: u8::try_from(vcpus).context("the VM's vCPU count")?,
             disks: std::iter::once(disk.as_path())
-                .chain(volumes.iter().map(|v| v.image.as_path()))
+                .chain(volumes.disks.iter().map(|v| v.image.as_path()))
                 .chain(slots.iter().map(PathBuf::as_path))
                 .map(read_only)
                 .collect(),
@@ -379,6 +389,13 @@ impl Backend for MicroVmBackend {
                 uds: sock.clone(),
             }),
             nets: nics.vm_config(),
+            fs: daemons
+                .iter()
+                .map(|d| FsConfig {
+                    socket: d.socket.clone(),
+                    tag: d.tag.clone(),
+                })
+                .collect(),
             serial: SerialConfig::File(self.console_log(&rec.id)),
             // The user chose the kernel (e.g. a PVM-enabled one).
             allow_pvm: rec.kernel.is_some(),
@@ -411,9 +428,13 @@ impl Backend for MicroVmBackend {
                 });
             }
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", vmm.display()))?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                shares::stop(&mut daemons);
+                return Err(e).with_context(|| format!("starting {}", vmm.display()));
+            }
+        };
         let pid = child.id() as i32;
         let guest_net = nics.into_guest(&paths.dir);
         crate::timing::phase("vm: kernel, initramfs and VMM started", &mut clock);
@@ -425,6 +446,7 @@ impl Backend for MicroVmBackend {
                 let threads = vmm_threads(pid);
                 let _ = child.kill();
                 let _ = child.wait();
+                shares::stop(&mut daemons);
                 // capsa-vmm's own error line names a panic, a triple fault
                 // or a kernel it cannot load; otherwise the guest console
                 // says how far it got.
@@ -440,15 +462,18 @@ impl Backend for MicroVmBackend {
             writable: WritableLayer::Tmpfs {
                 size_bytes: memory / 2,
             },
-            volumes: volumes.into_iter().map(|v| v.volume).collect(),
+            volumes: volumes.guest_volumes(),
         };
         if let Err(e) = self.create_in_guest(&conn, rec, spec, rootfs, io, guest_net) {
             let _ = child.kill();
             let _ = child.wait();
+            shares::stop(&mut daemons);
             return Err(e);
         }
         crate::timing::phase("vm: container created in the guest", &mut clock);
-        Ok(Box::new(Vm::new(self, rec, pid, Some(conn), Some(child))))
+        let mut vm = Vm::new(self, rec, pid, Some(conn), Some(child));
+        vm.daemons = Mutex::new(daemons);
+        Ok(Box::new(vm))
     }
 
     fn adopt(&self, rec: &Record, pid: i32) -> Box<dyn Sandbox> {
@@ -544,6 +569,9 @@ struct Vm {
     pid: i32,
     conn: Mutex<Option<Arc<AgentConn>>>,
     vmm: Mutex<Option<Child>>,
+    /// The virtiofsd of each share (the creator's; an adopted VM's daemons
+    /// exit with its VMM and are reaped by whoever inherits them).
+    daemons: Mutex<Vec<shares::Daemon>>,
 }
 
 impl Vm {
@@ -560,6 +588,7 @@ impl Vm {
             pid,
             conn: Mutex::new(conn),
             vmm: Mutex::new(vmm),
+            daemons: Mutex::new(Vec::new()),
         }
     }
 
@@ -627,6 +656,7 @@ impl Sandbox for Vm {
         }
         if let Some(mut child) = vmm {
             let status = wait_child(&mut child, Duration::from_secs(10));
+            shares::reap(&mut self.daemons.lock().unwrap(), Duration::from_secs(5));
             if exit.error.is_some() {
                 // The agent is gone: say what happened to the VM.
                 use std::os::unix::process::ExitStatusExt;
@@ -657,6 +687,7 @@ impl Sandbox for Vm {
         if let Some(mut child) = self.vmm.lock().unwrap().take() {
             let _ = child.kill();
             let _ = child.wait();
+            shares::stop(&mut self.daemons.lock().unwrap());
             self.backend.stop_orphan_vmm(&self.rec.id, None);
         } else {
             // Adopted: the dead monitor's VMM is ours to stop.

@@ -1,10 +1,9 @@
-//! `-v HOST:CTR:ro` in VM mode. The guest cannot see the host's files, so
-//! each read-only bind mount of a directory becomes a small read-only ext4
-//! disk made from it (`mkfs.ext4 -d`, a snapshot taken at start), and the
-//! single files bound in share one more such disk of copies; the agent
-//! mounts them in the guest and the spec's bind sources are rewritten to
-//! those places. Read-write volumes would need a shared filesystem (virtio-fs) and
-//! are refused with a clear message.
+//! `-v HOST:CTR[:ro]` in VM mode. The guest cannot see the host's files:
+//! each bind mount of a directory becomes a virtio-fs share (read-write or
+//! read-only, live both ways; see super::shares), and the single files bound
+//! in share one small read-only ext4 disk of copies (`mkfs.ext4 -d`, a
+//! snapshot taken at start). The agent mounts them in the guest and the
+//! spec's bind sources are rewritten to those places.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,26 +14,43 @@ use oci_spec::runtime::Spec;
 
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 
+use super::shares::ShareSpec;
+
 /// A disk the VM gets for a volume.
 pub struct VolumeDisk {
     pub image: PathBuf,
     pub volume: Volume,
 }
 
-/// Turns the user's bind mounts in `spec` into disks under `dir`. Bind
+/// How the VM gets the spec's bind mounts.
+#[derive(Default)]
+pub struct Volumes {
+    /// Disks (the one of copied files), after the root disk.
+    pub disks: Vec<VolumeDisk>,
+    /// virtio-fs shares, with what the agent mounts for each.
+    pub shares: Vec<(ShareSpec, Volume)>,
+}
+
+impl Volumes {
+    /// Everything the agent mounts, in order.
+    pub fn guest_volumes(&self) -> Vec<Volume> {
+        self.disks
+            .iter()
+            .map(|d| d.volume.clone())
+            .chain(self.shares.iter().map(|(_, v)| v.clone()))
+            .collect()
+    }
+}
+
+/// Turns the user's bind mounts in `spec` into shares and disks under `dir`. Bind
 /// mounts of files capsa itself made under `dir` (/etc/hosts…) are left to
 /// the agent. `first_device` is the letter of the first free /dev/vdX.
 /// Read-only bind mounts of single files — and with `copy_files` (an
 /// engine's bundle: its /etc/hosts, /etc/resolv.conf, /run/.containerenv)
 /// writable ones too — are copied onto one more disk, a snapshot the
 /// container reads but whose changes stay in the guest.
-pub fn disks_for(
-    spec: &mut Spec,
-    dir: &Path,
-    first_device: char,
-    copy_files: bool,
-) -> Result<Vec<VolumeDisk>> {
-    let mut out = Vec::new();
+pub fn plan(spec: &mut Spec, dir: &Path, first_device: char, copy_files: bool) -> Result<Volumes> {
+    let mut out = Volumes::default();
     let files_dir = dir.join("files");
     let mut files = 0usize;
     let Some(mut mounts) = spec.mounts().clone() else {
@@ -64,20 +80,16 @@ pub fn disks_for(
             files += 1;
             continue;
         }
-        if !readonly {
+        if src.is_file() {
             bail!(CodedError::new(
                 EXIT_CAPSA_ERROR,
                 format!(
-                    "VM mode shares host directories read-only only: use -v {}:{}:ro",
+                    "VM mode shares single files read-only (a copy): use -v {}:{}:ro, or share the directory that holds it",
                     src.display(),
                     m.destination().display()
                 )
             ));
         }
-        let n = out.len();
-        let letter = (first_device as u8 + n as u8) as char;
-        let image = dir.join(format!("volume-{n}.ext4"));
-        let guest_path = format!("/run/capsa/volumes/{n}");
         if !src.is_dir() {
             bail!(CodedError::new(
                 EXIT_CAPSA_ERROR,
@@ -87,23 +99,29 @@ pub fn disks_for(
                 )
             ));
         }
-        make_image(&src, &image)?;
+        let n = out.shares.len();
+        let tag = format!("capsa-vol{n}");
+        let guest_path = format!("/run/capsa/volumes/{n}");
         m.set_source(Some(PathBuf::from(&guest_path)));
-        out.push(VolumeDisk {
-            image,
-            volume: Volume {
-                device: format!("/dev/vd{letter}"),
-                fstype: "ext4".into(),
-                guest_path,
-                readonly: true,
+        out.shares.push((
+            ShareSpec {
+                source: src.clone(),
+                readonly,
+                tag: tag.clone(),
             },
-        });
+            Volume {
+                device: tag,
+                fstype: VIRTIOFS.into(),
+                guest_path,
+                readonly,
+            },
+        ));
     }
     if files > 0 {
-        let n = out.len();
+        let n = out.disks.len();
         let image = dir.join("files.ext4");
         make_image(&files_dir, &image)?;
-        out.push(VolumeDisk {
+        out.disks.push(VolumeDisk {
             image,
             volume: Volume {
                 device: format!("/dev/vd{}", (first_device as u8 + n as u8) as char),
@@ -116,6 +134,9 @@ pub fn disks_for(
     spec.set_mounts(Some(mounts));
     Ok(out)
 }
+
+/// The file system type the agent mounts a share with (its device is the tag).
+pub const VIRTIOFS: &str = "virtiofs";
 
 /// Where the agent mounts the disk of copied files.
 const FILES_GUEST_PATH: &str = "/run/capsa/volumes/files";

@@ -66,6 +66,7 @@ pub struct MmioTransport {
     queue_sel: u32,
     config_generation: u32,
     active: bool,
+    queues_elsewhere: bool,
 }
 
 impl MmioTransport {
@@ -82,6 +83,8 @@ impl MmioTransport {
             })?);
             queue_evts.push(EventFd::new(EFD_NONBLOCK)?);
         }
+        let mut device = device;
+        let queues_elsewhere = device.take_queue_notifiers(&queue_evts)?;
         Ok(MmioTransport {
             device,
             mem,
@@ -95,6 +98,7 @@ impl MmioTransport {
             queue_sel: 0,
             config_generation: 0,
             active: false,
+            queues_elsewhere,
         })
     }
 
@@ -104,6 +108,12 @@ impl MmioTransport {
 
     pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
         self.device.as_mut()
+    }
+
+    /// Whether another process (a vhost-user backend) reads the queue
+    /// eventfds; the event loop must not.
+    pub fn queues_served_elsewhere(&self) -> bool {
+        self.queues_elsewhere
     }
 
     /// One eventfd per queue, signalled when the driver notifies it.

@@ -1,11 +1,12 @@
 //! virtio devices over the virtio-mmio transport (virtio 1.x, split queues).
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
@@ -26,6 +27,7 @@ pub const INT_CONFIG: u32 = 2;
 pub struct Interrupt {
     status: AtomicU32,
     evt: EventFd,
+    vring_always: AtomicBool,
 }
 
 impl Interrupt {
@@ -33,7 +35,16 @@ impl Interrupt {
         Arc::new(Interrupt {
             status: AtomicU32::new(0),
             evt,
+            vring_always: AtomicBool::new(false),
         })
+    }
+
+    /// For a device whose backend raises the irqfd itself (vhost-user):
+    /// the status register always says "a queue was used", so the driver
+    /// looks at its queues on every interrupt (it finds nothing new when
+    /// there is nothing, at no harm).
+    pub fn report_vring_always(&self) {
+        self.vring_always.store(true, Ordering::SeqCst);
     }
 
     pub fn signal_used_queue(&self) {
@@ -44,7 +55,12 @@ impl Interrupt {
     }
 
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        let vring = if self.vring_always.load(Ordering::SeqCst) {
+            INT_VRING
+        } else {
+            0
+        };
+        self.status.load(Ordering::SeqCst) | vring
     }
 
     pub fn ack(&self, bits: u32) {
@@ -82,6 +98,12 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// The driver notified queue `index`.
     fn process_queue(&mut self, index: usize);
+    /// A device whose queues another process serves (vhost-user) keeps
+    /// copies of the queues' notification eventfds and returns true; the
+    /// event loop then leaves those eventfds to that process.
+    fn take_queue_notifiers(&mut self, _evts: &[EventFd]) -> std::io::Result<bool> {
+        Ok(false)
+    }
     /// A file descriptor the event loop must watch for this device
     /// (the vsock muxer's epoll fd), if any.
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {

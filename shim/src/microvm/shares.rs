@@ -1,0 +1,165 @@
+//! Host directories shared into a VM with virtio-fs: one virtiofsd per
+//! share (the Rust virtiofsd, scripts/build-virtiofsd.sh), listening on a
+//! unix socket that capsa-vmm connects to as the vhost-user frontend.
+//!
+//! Each daemon runs in virtiofsd's own namespace sandbox (new mount, pid
+//! and network namespaces, pivot_root into the shared directory) with its
+//! seccomp filter on, so what the guest can name is the directory and what
+//! lies below it. A daemon serves one connection and exits when capsa-vmm
+//! closes it, so it never outlives its VM; one whose VM never connected is
+//! killed by whoever started it (and, unless a keeper adopts the VM, it
+//! dies with the monitor).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// One share as the VM configuration and the agent see it.
+#[derive(Debug, Clone)]
+pub struct ShareSpec {
+    pub source: PathBuf,
+    pub readonly: bool,
+    /// The virtio-fs tag, `capsa-vol0`, … (the guest mounts it by this).
+    pub tag: String,
+}
+
+/// A running virtiofsd.
+pub struct Daemon {
+    pub socket: PathBuf,
+    pub tag: String,
+    pub child: Child,
+}
+
+/// Where capsa finds virtiofsd: $CAPSA_VIRTIOFSD, else the one
+/// scripts/build-virtiofsd.sh installs.
+fn virtiofsd() -> Result<PathBuf> {
+    let p = std::env::var_os("CAPSA_VIRTIOFSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin/virtiofsd"));
+    if !p.is_file() {
+        bail!(
+            "VM mode shares host directories with virtiofsd, which is not installed at {} (run scripts/build-virtiofsd.sh, or set CAPSA_VIRTIOFSD)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Starts one daemon per share and waits until each listens. On error the
+/// ones already started are stopped. With `die_with_caller`, each daemon is
+/// killed if the calling process dies before its VM connects.
+pub fn start(
+    shares: &[ShareSpec],
+    socket_of: impl Fn(usize) -> PathBuf,
+    log: &Path,
+    die_with_caller: bool,
+) -> Result<Vec<Daemon>> {
+    let mut out: Vec<Daemon> = Vec::new();
+    for (n, s) in shares.iter().enumerate() {
+        match start_one(s, &socket_of(n), log, die_with_caller) {
+            Ok(d) => out.push(d),
+            Err(e) => {
+                stop(&mut out);
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn start_one(s: &ShareSpec, socket: &Path, log: &Path, die_with_caller: bool) -> Result<Daemon> {
+    let bin = virtiofsd()?;
+    let _ = std::fs::remove_file(socket);
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--socket-path")
+        .arg(socket)
+        .arg("--shared-dir")
+        .arg(&s.source)
+        .args(["--sandbox", "namespace", "--seccomp", "kill"])
+        // Metadata and data cached for a second, as Kata does: a file the
+        // host changes is seen by the guest within that time.
+        .args(["--cache", "auto", "--xattr", "--log-level", "error"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(log)
+                .with_context(|| format!("opening {}", log.display()))?,
+        );
+    if s.readonly {
+        cmd.arg("--readonly");
+    }
+    if die_with_caller {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if socket.exists() {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let said = std::fs::read_to_string(log).unwrap_or_default();
+            let last = said.lines().last().unwrap_or("").trim().to_string();
+            bail!(
+                "virtiofsd for {} exited before listening ({status}): {last}",
+                s.source.display()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "virtiofsd for {} did not listen within 10 s",
+                s.source.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(Daemon {
+        socket: socket.to_path_buf(),
+        tag: s.tag.clone(),
+        child,
+    })
+}
+
+/// Kills and reaps the daemons and removes their sockets and the pid
+/// files virtiofsd writes beside them.
+pub fn stop(daemons: &mut Vec<Daemon>) {
+    for mut d in daemons.drain(..) {
+        let _ = d.child.kill();
+        let _ = d.child.wait();
+        let _ = std::fs::remove_file(&d.socket);
+        let mut pid_file = d.socket.into_os_string();
+        pid_file.push(".pid");
+        let _ = std::fs::remove_file(pid_file);
+    }
+}
+
+/// Reaps daemons whose VM has gone (they exit when it disconnects); any
+/// still running after `grace` is killed.
+pub fn reap(daemons: &mut Vec<Daemon>, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    for d in daemons.iter_mut() {
+        while matches!(d.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    stop(daemons);
+}
