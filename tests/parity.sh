@@ -62,10 +62,10 @@ report volume-host-change 0; $c rm watcher > /dev/null
 # out of it is refused, and a setuid file on it gives no privilege
 rm -rf /run/esc && mkdir -p /run/esc && echo outside-secret > /run/outside
 ln -s /run/outside /run/esc/abs; ln -s ../outside /run/esc/rel; ln -s ../../../../../../../run/outside /run/esc/deep
-cp /bin/busybox /run/esc/bb && chmod 4755 /run/esc/bb
+cp /bin/busybox /run/esc/busybox && chmod 4755 /run/esc/busybox
 case_run volume-escape /run/empty -v /run/esc:/data demo sh -c 'ln /etc/passwd /data/pw
   for f in abs rel deep ../outside ../../run/outside; do cat /data/$f 2>/dev/null || echo "no $f"; done; ls /data/.. | head -3'
-case_run volume-setuid /run/empty -u 1000:1000 -v /run/esc:/data demo /data/bb id -u
+case_run volume-setuid /run/empty -u 1000:1000 -v /run/esc:/data demo /data/busybox id -u
 case_run read-only-root /run/empty --read-only demo touch /x
 # One process fills a 100 MB buffer, so the OOM killer's victim is certain.
 case_run oom /run/empty --memory 32m demo dd if=/dev/zero of=/dev/null bs=100M count=1

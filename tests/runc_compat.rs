@@ -881,6 +881,10 @@ fn check_podman(section: &str, mode: &str, ctx: &str) {
     c.code("stop", 0);
     c.has("wait", 0, &["0"]);
     c.code("rm", 0);
+    c.has("vol-rw", 0, &["from-the-container"]);
+    c.has("vol-host", 0, &["from-the-container"]);
+    c.has("root-diff", 0, &["A /written-in-root"]);
+    c.code("rm-pv", 0);
     if mode == "vm" {
         // podman's default network and -p, served from inside the VM.
         c.code("run-p", 0);

@@ -154,6 +154,14 @@ podman)
   step stop $podman stop -t 5 p1
   step wait $podman wait p1
   step rm $podman rm p1
+  # a read-write volume, and writes to the root that land in podman's
+  # rootfs (VM mode shares both with virtio-fs, written in place as runc does)
+  mkdir -p "$dir/pvol"
+  step vol-rw $podman run --cidfile "$dir/cid5" --name pv $run -v "$dir/pvol:/data" $image \
+    sh -c 'echo from-the-container > /data/f; echo in-root > /written-in-root; cat /data/f'
+  step vol-host cat "$dir/pvol/f"
+  step root-diff $podman diff pv
+  step rm-pv $podman rm pv
   if [ "$mode" = vm ]; then
     # podman's own network (netavark) and -p: the VM joins the namespace
     # podman prepared. Only in the test host, whose network is its own.

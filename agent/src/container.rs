@@ -138,12 +138,20 @@ impl Container {
     }
 
     /// Mounts the container's root at `target`: the image's disk, read-only,
-    /// under an overlay whose upper layer is the writable layer.
+    /// under an overlay whose upper layer is the writable layer; or, for an
+    /// engine's root directory shared with virtio-fs, that directory itself.
     fn assemble_rootfs(&mut self, target: &Path, rootfs: &Rootfs) -> Result<()> {
         let base = Path::new(STATE_DIR).join("disks").join(&self.id);
         let image = base.join("image");
         let scratch = base.join("scratch");
         let ro = MsFlags::MS_RDONLY;
+        if rootfs.writable == WritableLayer::InPlace {
+            self.mount_volumes(rootfs)?;
+            mount_dev(&rootfs.device, &rootfs.fstype, target, MsFlags::empty(), "")
+                .context("mounting the container's shared root directory")?;
+            self.mounts.push(target.to_path_buf());
+            return Ok(());
+        }
         drop_cached_blocks(&rootfs.device)?;
         mount_dev(&rootfs.device, &rootfs.fstype, &image, ro, "")
             .context("mounting the image's root filesystem")?;
@@ -158,19 +166,10 @@ impl Container {
                 mount_dev(device, fstype, &scratch, MsFlags::empty(), "")
                     .context("mounting the writable layer's disk")?
             }
+            WritableLayer::InPlace => unreachable!("handled above"),
         }
         self.mounts.push(scratch.clone());
-        for v in &rootfs.volumes {
-            let flags = if v.readonly { ro } else { MsFlags::empty() };
-            // A virtio-fs share's "device" is its tag; a disk's cached
-            // blocks may be stale.
-            if v.fstype != "virtiofs" {
-                drop_cached_blocks(&v.device)?;
-            }
-            mount_dev(&v.device, &v.fstype, Path::new(&v.guest_path), flags, "")
-                .with_context(|| format!("mounting the volume {}", v.device))?;
-            self.mounts.push(PathBuf::from(&v.guest_path));
-        }
+        self.mount_volumes(rootfs)?;
         let (upper, work) = (scratch.join("upper"), scratch.join("work"));
         for d in [&upper, &work, target] {
             fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
@@ -184,6 +183,24 @@ impl Container {
         mount_dev("overlay", "overlay", target, MsFlags::empty(), &data)
             .context("mounting the container's overlay root")?;
         self.mounts.push(target.to_path_buf());
+        Ok(())
+    }
+
+    /// Mounts the volumes (disks and virtio-fs shares) where the spec's
+    /// bind mounts now point.
+    fn mount_volumes(&mut self, rootfs: &Rootfs) -> Result<()> {
+        let ro = MsFlags::MS_RDONLY;
+        for v in &rootfs.volumes {
+            let flags = if v.readonly { ro } else { MsFlags::empty() };
+            // A virtio-fs share's "device" is its tag; a disk's cached
+            // blocks may be stale.
+            if v.fstype != "virtiofs" {
+                drop_cached_blocks(&v.device)?;
+            }
+            mount_dev(&v.device, &v.fstype, Path::new(&v.guest_path), flags, "")
+                .with_context(|| format!("mounting the volume {}", v.device))?;
+            self.mounts.push(PathBuf::from(&v.guest_path));
+        }
         Ok(())
     }
 

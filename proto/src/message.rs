@@ -97,6 +97,10 @@ pub enum WritableLayer {
         /// Its filesystem type, e.g. `ext4`.
         fstype: String,
     },
+    /// No overlay: the root itself (an engine's root directory shared with
+    /// virtio-fs) is mounted read-write and written in place, as runc
+    /// writes a bundle's rootfs.
+    InPlace,
 }
 
 /// A disk the agent mounts at `guest_path` before creating the container.

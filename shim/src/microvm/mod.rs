@@ -12,6 +12,14 @@ mod shares;
 mod tty;
 mod volumes;
 
+use shares::ShareSpec;
+
+/// In a container's directory: a link to the engine's root directory that
+/// the VM gets as a virtio-fs share (oci::create made it).
+pub const SHARED_ROOT: &str = "rootfs.shared";
+/// The virtio-fs tag of a shared root directory.
+const ROOT_TAG: &str = "capsa-root";
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -324,7 +332,16 @@ impl Backend for MicroVmBackend {
         if rec.sandbox.is_some() {
             return self.join_sandbox(rec, &paths, spec, io);
         }
-        let volumes = volumes::plan(&mut spec, &paths.dir, 'b', rec.bundle.is_some())?;
+        // An engine's root directory is shared (oci::create); otherwise the
+        // image's root disk is /dev/vda.
+        let shared_root = std::fs::read_link(paths.dir.join(SHARED_ROOT)).ok();
+        let first_disk = if shared_root.is_some() { b'a' } else { b'b' };
+        let volumes = volumes::plan(
+            &mut spec,
+            &paths.dir,
+            first_disk as char,
+            rec.bundle.is_some(),
+        )?;
         let (mut mem_mib, vcpus) = vm_size(&spec);
         if is_sandbox(&spec) {
             mem_mib = mem_mib.max(sandbox::memory_mib(&spec)?);
@@ -332,7 +349,10 @@ impl Backend for MicroVmBackend {
         let kernel = guest::kernel(rec.kernel.as_deref())?;
         let initrd = guest::initramfs(&self.roots)?;
         let vmm = guest::sibling_binary("capsa-vmm", "CAPSA_VMM")?;
-        let disk = std::fs::read_link(paths.dir.join("rootfs.disk"))?;
+        let root_disk = match shared_root {
+            Some(_) => None,
+            None => Some(std::fs::read_link(paths.dir.join("rootfs.disk"))?),
+        };
         let sock = self.socket(&rec.id);
         std::fs::create_dir_all(self.roots.sockets())?;
         let _ = std::fs::remove_file(&sock);
@@ -356,13 +376,25 @@ impl Backend for MicroVmBackend {
         let netns = nics::Nics::netns_of(rec, &spec);
         let nics = nics::Nics::join(netns.as_deref())?;
         let slots = if is_sandbox(&spec) {
-            sandbox::make_slots(&paths.dir, (b'b' + volumes.disks.len() as u8) as char)?
+            sandbox::make_slots(&paths.dir, (first_disk + volumes.disks.len() as u8) as char)?
         } else {
             vec![]
         };
         // The shares' daemons listen before capsa-vmm starts; it connects
         // to them while it builds the VM.
-        let share_specs: Vec<_> = volumes.shares.iter().map(|(s, _)| s.clone()).collect();
+        let root_share = shared_root.as_ref().map(|dir| ShareSpec {
+            source: dir.clone(),
+            readonly: spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false),
+            tag: ROOT_TAG.into(),
+        });
+        let share_specs: Vec<_> = root_share
+            .into_iter()
+            .chain(volumes.shares.iter().map(|(s, _)| s.clone()))
+            .collect();
         let mut daemons = shares::start(
             &share_specs,
             |n| self.socket(&rec.id).with_extension(format!("fs{n}")),
@@ -379,7 +411,9 @@ impl Backend for MicroVmBackend {
             cmdline: Some(cmdline),
             mem_mib: u32::try_from(mem_mib).context("the VM's memory size")?,
             vcpus: u8::try_from(vcpus).context("the VM's vCPU count")?,
-            disks: std::iter::once(disk.as_path())
+            disks: root_disk
+                .iter()
+                .map(PathBuf::as_path)
                 .chain(volumes.disks.iter().map(|v| v.image.as_path()))
                 .chain(slots.iter().map(PathBuf::as_path))
                 .map(read_only)
@@ -456,13 +490,21 @@ impl Backend for MicroVmBackend {
         crate::timing::phase("vm: guest booted, agent answered", &mut clock);
         let memory = mem_mib << 20;
         let conn = Arc::new(conn);
-        let rootfs = Rootfs {
-            device: "/dev/vda".into(),
-            fstype: "ext4".into(),
-            writable: WritableLayer::Tmpfs {
-                size_bytes: memory / 2,
+        let rootfs = match root_disk {
+            Some(_) => Rootfs {
+                device: "/dev/vda".into(),
+                fstype: "ext4".into(),
+                writable: WritableLayer::Tmpfs {
+                    size_bytes: memory / 2,
+                },
+                volumes: volumes.guest_volumes(),
             },
-            volumes: volumes.guest_volumes(),
+            None => Rootfs {
+                device: ROOT_TAG.into(),
+                fstype: volumes::VIRTIOFS.into(),
+                writable: WritableLayer::InPlace,
+                volumes: volumes.guest_volumes(),
+            },
         };
         if let Err(e) = self.create_in_guest(&conn, rec, spec, rootfs, io, guest_net) {
             let _ = child.kill();

@@ -115,9 +115,9 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
 }
 
 /// What the microVM backend reads from a container's directory: the spec
-/// as config.json and the root filesystem as a disk image, made here from
-/// the bundle's root directory (a snapshot: the guest's writes go to its
-/// own writable layer, not back to that directory).
+/// as config.json and the root filesystem: the bundle's root directory
+/// itself (shared into the guest with virtio-fs, written in place as runc
+/// does), or, for a member of a VM-mode pod, a disk image made from it.
 fn prepare_vm_bundle(
     paths: &ContainerPaths,
     bundle: &Path,
@@ -131,16 +131,21 @@ fn prepare_vm_bundle(
             rootfs.display()
         )));
     }
-    let disk = paths.dir.join("rootfs.ext4");
-    capsa_image::filesystem_image_of(&rootfs, &disk, capsa_image::RootfsFormat::Ext4)
-        .with_context(|| format!("making a disk image of {}", rootfs.display()))?;
     if sandbox.is_some() {
-        // A joined container gets no disks besides its slot: the files
-        // the engine binds in go into its root image.
+        // A joined container gets no disks or shares besides its slot: its
+        // root is copied into that, with the files the engine binds in.
+        let disk = paths.dir.join("rootfs.ext4");
+        capsa_image::filesystem_image_of(&rootfs, &disk, capsa_image::RootfsFormat::Ext4)
+            .with_context(|| format!("making a disk image of {}", rootfs.display()))?;
         let id = paths.dir.file_name().unwrap_or_default().to_string_lossy();
         embed_bound_files(&mut spec, &disk, &id)?;
     } else {
-        std::os::unix::fs::symlink(&disk, paths.dir.join("rootfs.disk"))?;
+        // Shared with virtio-fs, not copied: creating takes the same time
+        // for any size of root, and the guest's writes land in it.
+        let rootfs = rootfs
+            .canonicalize()
+            .with_context(|| format!("resolving {}", rootfs.display()))?;
+        std::os::unix::fs::symlink(&rootfs, paths.dir.join(crate::microvm::SHARED_ROOT))?;
     }
     // The guest has namespaces of its own: paths to the host's mean
     // nothing there. A network namespace the engine prepared is kept aside
