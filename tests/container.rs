@@ -587,3 +587,91 @@ fn pause_freezes_and_unpause_thaws_a_run_container() {
     env.ok(&["rm", "ticker"]);
     env.assert_no_leaks(&[id, second.trim().to_string()]);
 }
+
+/// Named volumes (#12): made on first use and filled from the image's files
+/// at the mount point (owner and mode too), kept across containers, listed
+/// and inspected, refused for removal while a container uses them (one
+/// line), pruned when unused; a bad name is refused before anything is made.
+#[test]
+fn named_volumes_are_filled_kept_and_guarded() {
+    let env = Env::with_demo();
+    // /home in the demo image holds user/ (owned by user).
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "homes:/home",
+        "demo",
+        "sh",
+        "-c",
+        "stat -c '%U %a' /home/user; echo kept > /home/note",
+    ]);
+    assert_eq!(out, "user 755\n");
+    let data = env.path().join("volumes/homes/_data");
+    assert_eq!(
+        std::fs::read_to_string(data.join("note")).unwrap(),
+        "kept\n"
+    );
+    // A second container sees the first one's file, not a fresh copy.
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "homes:/data:ro",
+        "demo",
+        "cat",
+        "/data/note",
+    ]);
+    assert_eq!(out, "kept\n");
+    assert_eq!(env.ok(&["volume", "ls", "-q"]), "homes\n");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.ok(&["volume", "inspect", "homes"])).unwrap();
+    assert_eq!(inspect[0]["Name"], "homes");
+    assert_eq!(inspect[0]["Driver"], "local");
+    assert_eq!(inspect[0]["Mountpoint"], data.display().to_string());
+
+    // In use (even stopped): refused in one line; the data stays.
+    env.ok(&[
+        "run",
+        "--name",
+        "user1",
+        "-v",
+        "homes:/home",
+        "demo",
+        "true",
+    ]);
+    let c: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "user1"])).unwrap();
+    assert_eq!(c[0]["Mounts"][0]["Type"], "volume", "{c}");
+    assert_eq!(c[0]["Mounts"][0]["Name"], "homes", "{c}");
+    let rm = env.run(&["volume", "rm", "homes"]);
+    assert_eq!(code(&rm), 125);
+    assert_eq!(
+        stderr(&rm).trim(),
+        "capsa: volume homes is in use by container user1: remove it first"
+    );
+    env.ok(&["volume", "prune"]);
+    assert!(data.join("note").exists());
+    env.ok(&["rm", "user1"]);
+
+    // Unused now: prune takes it; create and rm work by name.
+    env.ok(&["volume", "create", "--label", "team=ml", "scratch"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.ok(&["volume", "inspect", "scratch"])).unwrap();
+    assert_eq!(inspect[0]["Labels"]["team"], "ml");
+    assert_eq!(env.ok(&["volume", "rm", "scratch"]), "scratch\n");
+    assert_eq!(env.ok(&["volume", "prune"]), "Deleted Volumes:\nhomes\n");
+    assert_eq!(env.ok(&["volume", "ls", "-q"]), "");
+    assert!(!env.path().join("volumes/homes").exists());
+
+    // Bad names: refused, nothing made.
+    let bad = env.run(&["run", "--rm", "-v", "x!:/data", "demo", "true"]);
+    assert_eq!(code(&bad), 125, "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("neither an absolute host path nor a volume name"));
+    let bad = env.run(&["volume", "create", "a/b"]);
+    assert_eq!(code(&bad), 125, "{}", stderr(&bad));
+    assert_eq!(env.ok(&["volume", "ls", "-q"]), "");
+    let missing = env.run(&["volume", "rm", "nope"]);
+    assert_eq!(code(&missing), 125);
+    assert!(stderr(&missing).contains("no such volume: nope"));
+    env.assert_no_leaks(&[]);
+}

@@ -134,6 +134,8 @@ fn both_modes_give_the_same_results() {
             && esc.contains("Invalid cross-device link"),
         "{ctx}"
     );
+    expect("volume-named", "code=0");
+    assert!(c["volume-named"].1.contains("user 755|kept|pvol|"), "{ctx}");
     expect("volume-setuid", "code=0");
     assert!(c["volume-setuid"].1.contains("out: 1000|"), "{ctx}");
     expect("exec-stdin", "code=0 out=5/");

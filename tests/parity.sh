@@ -66,6 +66,11 @@ cp /bin/busybox /run/esc/busybox && chmod 4755 /run/esc/busybox
 case_run volume-escape /run/empty -v /run/esc:/data demo sh -c 'ln /etc/passwd /data/pw
   for f in abs rel deep ../outside ../../run/outside; do cat /data/$f 2>/dev/null || echo "no $f"; done; ls /data/.. | head -3'
 case_run volume-setuid /run/empty -u 1000:1000 -v /run/esc:/data demo /data/busybox id -u
+# named volumes: filled from the image's files on first use, kept across
+# containers, removed once unused
+{ $c run --rm --isolation "$mode" -v pvol:/home demo sh -c 'stat -c "%U %a" /home/user; echo kept > /home/note'
+  $c run --rm --isolation "$mode" -v pvol:/data:ro demo cat /data/note; $c volume rm pvol; } > /run/o 2> /run/e
+report volume-named $?
 case_run read-only-root /run/empty --read-only demo touch /x
 # One process fills a 100 MB buffer, so the OOM killer's victim is certain.
 case_run oom /run/empty --memory 32m demo dd if=/dev/zero of=/dev/null bs=100M count=1

@@ -443,13 +443,24 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
         .filter(|m| !m.destination().starts_with("/etc"))
         .map(|m| {
             let ro = m.options().iter().flatten().any(|o| o == "ro");
-            json!({
-                "Type": "bind",
-                "Source": m.source().as_ref().map(|s| s.display().to_string()).unwrap_or_default(),
+            let source = m.source().clone().unwrap_or_default();
+            // A named volume's directory is <lib>/volumes/NAME/_data.
+            let volume = rec.volumes.iter().find(|n| {
+                source.file_name().is_some_and(|f| f == "_data")
+                    && source.parent().and_then(|p| p.file_name()) == Some(n.as_ref())
+            });
+            let mut mount = json!({
+                "Type": if volume.is_some() { "volume" } else { "bind" },
+                "Source": source.display().to_string(),
                 "Destination": m.destination().display().to_string(),
                 "Mode": if ro { "ro" } else { "rw" },
                 "RW": !ro,
-            })
+            });
+            if let Some(n) = volume {
+                mount["Name"] = json!(n);
+                mount["Driver"] = json!("local");
+            }
+            mount
         })
         .collect();
     v["HostConfig"] = json!({

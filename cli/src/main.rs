@@ -10,6 +10,7 @@ mod networks;
 mod run_flags;
 mod runc;
 mod table;
+mod volumes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,6 +99,8 @@ enum Command {
     Network(networks::NetworkArgs),
     /// List a container's published ports.
     Port(networks::PortArgs),
+    /// Manage named volumes: create, ls, inspect, rm, prune.
+    Volume(volumes::VolumeArgs),
     /// Import images from an OCI layout or `docker save` archive, or make the demo image.
     Load(images::LoadArgs),
     /// Pull an image from a registry.
@@ -271,6 +274,7 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Inspect(a) => containers::inspect(roots, a),
         Command::Network(a) => networks::network(roots, a),
         Command::Port(a) => networks::port(roots, a),
+        Command::Volume(a) => volumes::volume(roots, a),
         Command::Load(a) => images::load(roots, a),
         Command::Pull(a) => images::pull(roots, a),
         Command::Images(a) => images::images(roots, a),

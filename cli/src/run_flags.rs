@@ -34,8 +34,9 @@ pub struct RunArgs {
     /// User to run as: NAME, UID or UID:GID.
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
-    /// Bind-mount a host path: HOST:CONTAINER[:ro|rw].
-    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    /// Bind-mount a host path (HOST:CONTAINER[:ro|rw]) or a named volume
+    /// (NAME:CONTAINER[:ro|rw]; made on first use, filled from the image).
+    #[arg(short = 'v', long = "volume", value_name = "HOST|NAME:CONTAINER[:ro]")]
     pub volumes: Vec<String>,
     /// Mount a tmpfs: PATH[:OPTIONS].
     #[arg(long = "tmpfs", value_name = "PATH[:OPTIONS]")]
@@ -344,10 +345,24 @@ fn parse_volume(v: &str) -> Result<BindMount> {
             "invalid volume mode {other:?} in {v:?}: use ro or rw"
         ))),
     };
-    if !src.starts_with('/') || !dst.starts_with('/') {
+    if !dst.starts_with('/') {
         bail!(usage(format!(
-            "invalid volume {v:?}: both paths must be absolute"
+            "invalid volume {v:?}: the container path must be absolute"
         )));
+    }
+    if !src.starts_with('/') {
+        // A named volume (docker's rule: a source that is not a path).
+        if !capsa_shim::volumes::valid_name(src) {
+            bail!(usage(format!(
+                "invalid volume {v:?}: {src:?} is neither an absolute host path nor a volume name"
+            )));
+        }
+        return Ok(BindMount {
+            src: PathBuf::new(),
+            dst: dst.to_string(),
+            readonly,
+            volume: Some(src.to_string()),
+        });
     }
     if !Path::new(src).exists() {
         bail!(usage(format!("bind source path does not exist: {src}")));
@@ -356,6 +371,7 @@ fn parse_volume(v: &str) -> Result<BindMount> {
         src: PathBuf::from(src),
         dst: dst.to_string(),
         readonly,
+        volume: None,
     })
 }
 
@@ -553,7 +569,12 @@ mod tests {
     fn volumes_need_absolute_existing_sources() {
         assert!(parse_volume("/tmp:/data:ro").unwrap().readonly);
         assert!(!parse_volume("/tmp:/data").unwrap().readonly);
-        assert!(parse_volume("tmp:/data").is_err());
+        assert_eq!(
+            parse_volume("cache:/data").unwrap().volume.as_deref(),
+            Some("cache")
+        );
+        assert!(parse_volume("./tmp:/data").is_err());
+        assert!(parse_volume("/tmp:data").is_err());
         assert!(parse_volume("/tmp:/data:xx").is_err());
         assert!(parse_volume("/no/such/dir/here:/data").is_err());
     }

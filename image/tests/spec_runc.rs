@@ -163,6 +163,7 @@ fn user_env_workdir_mounts_and_read_only_root() {
             src: host.path().to_path_buf(),
             dst: "/data".into(),
             readonly: true,
+            volume: None,
         }],
         hostname: Some("box".into()),
         pids_limit: Some(30),

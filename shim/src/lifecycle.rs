@@ -85,6 +85,18 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
             None => None,
         };
         let mut rec = Record::new(&id, &name, req.isolation, Vec::new());
+        // Named volumes are found or made, and claimed by this record
+        // before the lock goes (`volume rm` takes it too).
+        for m in req.run.mounts.iter_mut() {
+            if let Some(v) = &m.volume {
+                m.src = crate::volumes::create(roots, v, Default::default())?
+                    .0
+                    .mountpoint;
+                if !rec.volumes.contains(v) {
+                    rec.volumes.push(v.clone());
+                }
+            }
+        }
         rec.image = req.image.clone();
         rec.image_id = image.id.clone();
         rec.auto_remove = req.auto_remove;
@@ -118,6 +130,11 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
 
     req.run.container_id = id.clone();
     let layers = store.layer_dirs(&image)?;
+    for m in &req.run.mounts {
+        if let Some(v) = &m.volume {
+            crate::volumes::fill_from_image(&crate::volumes::get(roots, v)?, &layers, &m.dst)?;
+        }
+    }
     let mut spec = capsa_image::spec::generate(&image, &paths.rootfs(), &layers, &req.run)
         .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
     if let Some(linux) = spec.linux_mut() {
@@ -494,7 +511,8 @@ pub fn parse_signal(s: &str) -> Option<Signal> {
     Signal::from_str(&name).ok()
 }
 
-fn new_id() -> Result<String> {
+/// A new 64-hex-digit ID (containers; anonymous volumes).
+pub fn new_id() -> Result<String> {
     let mut bytes = [0u8; 32];
     fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())

@@ -176,6 +176,10 @@ pub struct Record {
     /// The networks, ports and DNS the container asked for (`capsa run`).
     #[serde(default)]
     pub network: Option<capsa_network::Request>,
+    /// The named volumes it mounts (`-v NAME:/path`); `volume rm` refuses
+    /// them while the container exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
     /// Set (never saved) when record.json could not be read: what is wrong.
     /// Such a container is listed, counts as a user of its image, and
     /// `capsa rm -f` removes it.
@@ -211,6 +215,7 @@ impl Record {
             sandbox: None,
             keeper_pid: None,
             network: None,
+            volumes: Vec::new(),
             damaged: None,
         }
     }

@@ -57,12 +57,16 @@ pub enum Network {
     Namespace(PathBuf),
 }
 
-/// A bind mount (`-v HOST:CTR[:ro]`).
+/// A bind mount (`-v HOST:CTR[:ro]`), or a named volume's (`-v NAME:CTR`:
+/// `volume` names it, and `src` is its directory once the lifecycle has
+/// found or made it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindMount {
     pub src: PathBuf,
     pub dst: String,
     pub readonly: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 /// What the user asked for on `capsa run`, on top of the image config.

@@ -171,11 +171,13 @@ mod tests {
                 src: host.path().into(),
                 dst: "/data".into(),
                 readonly: true,
+                volume: None,
             },
             BindMount {
                 src: host.path().into(),
                 dst: "/rw".into(),
                 readonly: false,
+                volume: None,
             },
         ];
         r.tmpfs = vec![
@@ -218,21 +220,25 @@ mod tests {
                 src: "/nonexistent-capsa".into(),
                 dst: "/x".into(),
                 readonly: false,
+                volume: None,
             },
             BindMount {
                 src: host.path().into(),
                 dst: "relative".into(),
                 readonly: false,
+                volume: None,
             },
             BindMount {
                 src: host.path().into(),
                 dst: "/".into(),
                 readonly: false,
+                volume: None,
             },
             BindMount {
                 src: "rel".into(),
                 dst: "/x".into(),
                 readonly: false,
+                volume: None,
             },
         ] {
             let r = RunConfig {
