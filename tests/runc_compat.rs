@@ -854,8 +854,9 @@ fn check_pod(c: &Check, mode: &str) {
     } else {
         assert_eq!(b0, host, "{}", c.ctx);
     }
-    c.has("pod-run-rm", 6, &["from-pod2"]);
-    c.has("pod-slot-reused", 0, &["from-pod3"]);
+    c.has("pod-run-rm", 6, &["from-host"]);
+    c.has("pod-volume", 0, &["from-pod2"]);
+    c.has("pod-member-again", 0, &["from-pod3"]);
     c.code("pod-kill-member", 0);
     c.has("pod-sandbox-alive", 0, &["sandbox-alive"]);
     c.code("pod-kill-sandbox", 0);

@@ -109,11 +109,15 @@ EOF
     $ctr task exec --exec-id n1 pod1 readlink /proc/self/ns/net
   } > "$o" 2>&1
   report pod-kernels 0
-  $ctr run --rm $runtime $member $image pod2 sh -c 'echo from-pod2; exit 6' > "$o" 2>&1
+  # a member with a host directory, read-write (in VM mode through the
+  # pod's shared directory)
+  mkdir -p "$dir/podvol" && echo from-host > "$dir/podvol/in"
+  $ctr run --rm $runtime $member --mount "type=bind,src=$dir/podvol,dst=/data,options=rbind:rw" $image pod2 \
+    sh -c 'cat /data/in; echo from-pod2 > /data/out; exit 6' > "$o" 2>&1
   report pod-run-rm $?
-  # A slot freed by pod2 is used again.
+  cat "$dir/podvol/out" > "$o" 2>&1; report pod-volume $?
   $ctr run --rm $runtime $member $image pod3 sh -c 'echo from-pod3' > "$o" 2>&1
-  report pod-slot-reused $?
+  report pod-member-again $?
   step pod-kill-member $ctr task kill -s SIGKILL pod1
   poll 300 sh -c "$ctr task ls | grep -q 'pod1 .*STOPPED'"
   $ctr task exec --exec-id a0 pod0 echo sandbox-alive > "$o" 2>&1

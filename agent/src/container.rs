@@ -147,7 +147,13 @@ impl Container {
         let ro = MsFlags::MS_RDONLY;
         if rootfs.writable == WritableLayer::InPlace {
             self.mount_volumes(rootfs)?;
-            mount_dev(&rootfs.device, &rootfs.fstype, target, MsFlags::empty(), "")
+            // A pod member's root is a directory of its pod's share.
+            let flags = if rootfs.fstype == "bind" {
+                MsFlags::MS_BIND | MsFlags::MS_REC
+            } else {
+                MsFlags::empty()
+            };
+            mount_dev(&rootfs.device, &rootfs.fstype, target, flags, "")
                 .context("mounting the container's shared root directory")?;
             self.mounts.push(target.to_path_buf());
             return Ok(());

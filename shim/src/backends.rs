@@ -28,6 +28,9 @@ pub fn remove_files(roots: &Roots, rec: &Record) -> Result<()> {
         crate::network::detach(roots, &rec.id)?;
         backend.release_rootfs(&paths)?;
     }
+    // Never delete through a mount: a pod sandbox's directory holds its
+    // members' roots and volumes (microvm::sandbox).
+    crate::microvm::sandbox::detach_under(&paths.dir)?;
     match fs::remove_dir_all(&paths.dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing {}", paths.dir.display()))

@@ -30,7 +30,8 @@ use anyhow::{bail, Context, Result};
 use capsa_container::terminal::window_size;
 use capsa_image::{Image, RootfsFormat, Store};
 use capsa_proto::{
-    ExecProcess, GuestNetwork, Request, Response, Rootfs, StdStream, StdioOptions, WritableLayer,
+    ExecProcess, GuestNetwork, Request, Response, Rootfs, StdStream, StdioOptions, Volume,
+    WritableLayer,
 };
 use capsa_vm_config::{DiskConfig, FsConfig, SerialConfig, VmConfig, VsockConfig};
 use nix::sys::signal::Signal;
@@ -126,6 +127,15 @@ impl MicroVmBackend {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
         let _ = std::fs::remove_file(self.socket(id));
+        // The shares' sockets and pid files (their daemons exit with the
+        // VMM; an adopted VM's are not this process's children to reap).
+        for n in 0..=capsa_vm_config::MAX_FS + 1 {
+            let sock = self.socket(id).with_extension(format!("fs{n}"));
+            let mut pid_file = sock.clone().into_os_string();
+            pid_file.push(".pid");
+            let _ = std::fs::remove_file(sock);
+            let _ = std::fs::remove_file(pid_file);
+        }
     }
 
     /// The last lines of the guest console, for error messages.
@@ -195,16 +205,14 @@ impl MicroVmBackend {
         spec: oci_spec::runtime::Spec,
         io: ProcessIo,
     ) -> Result<Box<dyn Sandbox>> {
-        let device = std::fs::read_to_string(paths.dir.join(sandbox::DEVICE_FILE))
-            .context("the container has no slot in its sandbox VM")?;
+        let root = std::fs::read_to_string(paths.dir.join(sandbox::DEVICE_FILE))
+            .context("the container has no place in its sandbox VM's pod directory")?;
         let conn = Arc::new(self.connect(rec)?);
-        let limit = memory_limit(&spec).unwrap_or(MIN_MEM_MIB << 20);
+        // Its root is a directory of the pod share, already in the guest.
         let rootfs = Rootfs {
-            device: device.trim().into(),
-            fstype: "ext4".into(),
-            writable: WritableLayer::Tmpfs {
-                size_bytes: limit / 2,
-            },
+            device: root.trim().into(),
+            fstype: "bind".into(),
+            writable: WritableLayer::InPlace,
             volumes: vec![],
         };
         self.create_in_guest(&conn, rec, spec, rootfs, io, None)?;
@@ -368,17 +376,17 @@ impl Backend for MicroVmBackend {
             cmdline.push(' ');
             cmdline.push_str(&extra);
         }
-        // A pod's sandbox VM gets spare disks that the pod's other
-        // containers' root filesystems are written into later.
         // The container's network namespace (its capsa network's, set up
         // by the monitor just before, or its engine's): the VM's NICs join
         // its interfaces.
         let netns = nics::Nics::netns_of(rec, &spec);
         let nics = nics::Nics::join(netns.as_deref())?;
-        let slots = if is_sandbox(&spec) {
-            sandbox::make_slots(&paths.dir, (first_disk + volumes.disks.len() as u8) as char)?
+        // A pod's sandbox VM gets the pod directory as one more share: the
+        // pod's other containers' roots and mounts appear in it later.
+        let pod_dir = if is_sandbox(&spec) {
+            Some(sandbox::make_pod_dir(&paths.dir)?)
         } else {
-            vec![]
+            None
         };
         // The shares' daemons listen before capsa-vmm starts; it connects
         // to them while it builds the VM.
@@ -391,9 +399,15 @@ impl Backend for MicroVmBackend {
                 .unwrap_or(false),
             tag: ROOT_TAG.into(),
         });
+        let pod_share = pod_dir.as_ref().map(|dir| ShareSpec {
+            source: dir.clone(),
+            readonly: false,
+            tag: sandbox::POD_TAG.into(),
+        });
         let share_specs: Vec<_> = root_share
             .into_iter()
             .chain(volumes.shares.iter().map(|(s, _)| s.clone()))
+            .chain(pod_share)
             .collect();
         let mut daemons = shares::start(
             &share_specs,
@@ -415,7 +429,6 @@ impl Backend for MicroVmBackend {
                 .iter()
                 .map(PathBuf::as_path)
                 .chain(volumes.disks.iter().map(|v| v.image.as_path()))
-                .chain(slots.iter().map(PathBuf::as_path))
                 .map(read_only)
                 .collect(),
             vsock: Some(VsockConfig {
@@ -490,6 +503,15 @@ impl Backend for MicroVmBackend {
         crate::timing::phase("vm: guest booted, agent answered", &mut clock);
         let memory = mem_mib << 20;
         let conn = Arc::new(conn);
+        let mut guest_volumes = volumes.guest_volumes();
+        if pod_dir.is_some() {
+            guest_volumes.push(Volume {
+                device: sandbox::POD_TAG.into(),
+                fstype: volumes::VIRTIOFS.into(),
+                guest_path: sandbox::GUEST_POD_DIR.into(),
+                readonly: false,
+            });
+        }
         let rootfs = match root_disk {
             Some(_) => Rootfs {
                 device: "/dev/vda".into(),
@@ -497,13 +519,13 @@ impl Backend for MicroVmBackend {
                 writable: WritableLayer::Tmpfs {
                     size_bytes: memory / 2,
                 },
-                volumes: volumes.guest_volumes(),
+                volumes: guest_volumes.clone(),
             },
             None => Rootfs {
                 device: ROOT_TAG.into(),
                 fstype: volumes::VIRTIOFS.into(),
                 writable: WritableLayer::InPlace,
-                volumes: volumes.guest_volumes(),
+                volumes: guest_volumes,
             },
         };
         if let Err(e) = self.create_in_guest(&conn, rec, spec, rootfs, io, guest_net) {

@@ -3,19 +3,21 @@
 //! containerd's CRI plugin marks the pod's first container (the "pause"
 //! container) `io.kubernetes.cri.container-type=sandbox` and the others
 //! `container`, with `io.kubernetes.cri.sandbox-id` naming the sandbox.
-//! The sandbox's VM boots with a few spare disks ("slots"): sparse files
-//! the guest sees as empty block devices. A container that joins the pod
-//! claims a free slot, its root filesystem image is written into the
-//! slot's file, and the agent (which drops the guest's cached blocks of
-//! the device first) mounts it like any root disk. The slot is released
-//! when the container is deleted. No VMM support for hot-plugging is
-//! needed; the price is a fixed number of containers per pod.
+//! The sandbox's VM boots with one more virtio-fs share, the pod directory
+//! (`<sandbox's dir>/pod`, the guest's `/run/capsa/pod`), as Kata does. A
+//! container that joins the pod gets its root directory and each of its
+//! bind mounts bind-mounted under `pod/<id>/` on the host; the pod
+//! directory is a shared mount and the share's virtiofsd sits in a slave
+//! copy of this mount namespace, so they appear in the guest at once, live
+//! and writable as with runc. No VMM support for hot-plugging is needed,
+//! and nothing is copied.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use capsa_container::is_bind_mount;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::Spec;
 
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -25,12 +27,11 @@ pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 pub const VM_MEMORY_ANNOTATION: &str = "io.capsa.vm-memory-mib";
 pub const SANDBOX_MEM_MIB: u64 = 1024;
 
-/// Containers a pod can have besides its sandbox container.
-pub const SLOTS: usize = 4;
-/// The size the guest sees for each slot; sparse on the host, so only
-/// what is written costs space. Bounds a joined container's root image.
-const SLOT_BYTES: u64 = 16 << 30;
-/// In a joined container's directory: the guest device of its slot.
+/// The virtio-fs tag of a sandbox VM's pod directory.
+pub const POD_TAG: &str = "capsa-pod";
+/// Where the guest mounts the pod directory.
+pub const GUEST_POD_DIR: &str = "/run/capsa/pod";
+/// In a joined container's directory: the guest path of its root.
 pub const DEVICE_FILE: &str = "rootfs.device";
 
 /// The value of annotation `key` of the spec, if set.
@@ -65,89 +66,132 @@ pub fn memory_mib(spec: &Spec) -> Result<u64> {
     }
 }
 
-fn slot_file(dir: &Path, n: usize) -> PathBuf {
-    dir.join(format!("slot-{n}.img"))
+/// The pod directory of the sandbox whose container directory is `dir`.
+pub fn pod_dir(dir: &Path) -> PathBuf {
+    dir.join("pod")
 }
 
-fn devices_file(dir: &Path) -> PathBuf {
-    dir.join("slots")
+fn bind(src: &Path, dst: &Path) -> Result<()> {
+    mount(
+        Some(src),
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mounting {} on {}", src.display(), dst.display()))
 }
 
-fn owner_file(dir: &Path, n: usize) -> PathBuf {
-    dir.join(format!("slot-{n}.owner"))
+/// Makes the sandbox's pod directory: a bind mount of itself, shared, so
+/// that what is mounted under it later reaches the share's virtiofsd.
+pub fn make_pod_dir(dir: &Path) -> Result<PathBuf> {
+    let pod = pod_dir(dir);
+    fs::create_dir_all(&pod).with_context(|| format!("creating {}", pod.display()))?;
+    bind(&pod, &pod)?;
+    mount(
+        None::<&str>,
+        &pod,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .with_context(|| format!("making {} a shared mount", pod.display()))?;
+    Ok(pod)
 }
 
-/// Makes the sandbox's slot files in its directory `dir`; the first is the
-/// guest's `/dev/vd<first>`. Returns their paths, in device order.
-pub fn make_slots(dir: &Path, first: char) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut devices = String::new();
-    for n in 0..SLOTS {
-        let path = slot_file(dir, n);
-        let f = fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        f.set_len(SLOT_BYTES)?;
-        devices.push_str(&format!("/dev/vd{}\n", (first as u8 + n as u8) as char));
-        out.push(path);
+/// Detaches everything mounted under the pod directory and the directory's
+/// own mount (the sandbox is going). Nothing under it is deleted through a
+/// mount.
+pub fn remove_pod_dir(dir: &Path) -> Result<()> {
+    let pod = pod_dir(dir);
+    if !pod.exists() {
+        return Ok(());
     }
-    fs::write(devices_file(dir), devices)?;
-    Ok(out)
-}
-
-/// Claims a free slot of the sandbox whose directory is `dir` for
-/// container `id` and writes the ext4 image `image` into it. Returns the
-/// guest device.
-pub fn claim(dir: &Path, id: &str, image: &Path) -> Result<String> {
-    let devices = fs::read_to_string(devices_file(dir))
-        .context("the sandbox's VM has no spare disks (was it created as a pod sandbox?)")?;
-    let size = fs::metadata(image)?.len();
-    if size > SLOT_BYTES {
-        bail!(
-            "the root filesystem image ({} MiB) is larger than a sandbox slot ({} MiB)",
-            size >> 20,
-            SLOT_BYTES >> 20
-        );
-    }
-    for (n, device) in devices.lines().enumerate() {
-        let owner = owner_file(dir, n);
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&owner)
-        {
-            Ok(mut f) => {
-                f.write_all(id.as_bytes())?;
-                if let Err(e) = write_into(image, &slot_file(dir, n)) {
-                    let _ = fs::remove_file(&owner);
-                    return Err(e);
-                }
-                return Ok(device.to_string());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("claiming {}", owner.display())),
-        }
-    }
-    bail!("the pod's VM has no free slot: a VM-mode pod holds at most {SLOTS} containers besides its sandbox")
-}
-
-/// Frees the slot container `id` holds in the sandbox directory `dir`.
-pub fn release(dir: &Path, id: &str) {
-    for n in 0..SLOTS {
-        let owner = owner_file(dir, n);
-        if fs::read_to_string(&owner).is_ok_and(|o| o == id) {
-            let _ = fs::remove_file(&owner);
-        }
-    }
-}
-
-/// Copies `image` to the start of `slot` without changing the slot's size
-/// (the guest read its size at boot). Unused space stays sparse.
-fn write_into(image: &Path, slot: &Path) -> Result<()> {
-    let mut src = fs::File::open(image)?;
-    let mut dst = fs::OpenOptions::new()
-        .write(true)
-        .open(slot)
-        .with_context(|| format!("opening {}", slot.display()))?;
-    std::io::copy(&mut src, &mut dst)?;
-    dst.sync_data()?;
+    detach_under(&pod)?;
     Ok(())
+}
+
+/// Unmounts (lazily) every mount at or below `dir`, deepest first.
+pub fn detach_under(dir: &Path) -> Result<()> {
+    let mut points: Vec<PathBuf> = procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .context("reading this process's mounts")?
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        match umount2(&p, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e).with_context(|| format!("unmounting {}", p.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Joins container `id` to the pod whose sandbox directory is `dir`: its
+/// root directory `rootfs` and its bind mounts' sources are bind-mounted
+/// under `pod/<id>/` and the spec's mounts point at their guest paths (an
+/// engine's /dev/shm becomes the container's own tmpfs). Returns the guest
+/// path of its root.
+pub fn join(dir: &Path, id: &str, rootfs: &Path, spec: &mut Spec) -> Result<String> {
+    let pod = pod_dir(dir);
+    if !pod.is_dir() {
+        bail!("the sandbox's VM has no pod directory (was it created as a pod sandbox?)");
+    }
+    let mine = pod.join(id);
+    let guest = format!("{GUEST_POD_DIR}/{id}");
+    let result = (|| {
+        fs::create_dir_all(mine.join("rootfs"))?;
+        bind(rootfs, &mine.join("rootfs"))?;
+        let Some(mut mounts) = spec.mounts().clone() else {
+            return Ok(());
+        };
+        for (n, m) in mounts.iter_mut().enumerate() {
+            let Some(src) = m.source().clone().filter(|_| is_bind_mount(m)) else {
+                continue;
+            };
+            if m.destination() == Path::new("/dev/shm") {
+                super::shm_as_tmpfs(m);
+                continue;
+            }
+            let at = mine.join(format!("m{n}"));
+            if src.is_dir() {
+                fs::create_dir(&at)?;
+            } else {
+                fs::File::create(&at)?;
+            }
+            bind(&src, &at)?;
+            m.set_source(Some(PathBuf::from(format!("{guest}/m{n}"))));
+        }
+        spec.set_mounts(Some(mounts));
+        Ok(())
+    })();
+    if let Err(e) = result {
+        leave(dir, id);
+        return Err(e);
+    }
+    Ok(format!("{guest}/rootfs"))
+}
+
+/// Takes container `id`'s mounts out of the pod directory of the sandbox
+/// whose directory is `dir`, then its (now empty) directory there.
+pub fn leave(dir: &Path, id: &str) {
+    let mine = pod_dir(dir).join(id);
+    if !mine.exists() {
+        return;
+    }
+    if detach_under(&mine).is_ok() {
+        // Only placeholders are left: a directory that still held a mount
+        // is not emptied through it (remove_dir refuses non-empty ones).
+        if let Ok(rd) = fs::read_dir(&mine) {
+            for e in rd.flatten() {
+                let p = e.path();
+                let _ = fs::remove_dir(&p).or_else(|_| fs::remove_file(&p));
+            }
+        }
+        let _ = fs::remove_dir(&mine);
+    }
 }

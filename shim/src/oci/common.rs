@@ -118,10 +118,11 @@ pub(super) fn status_of(roots: &Roots, rec: &Record) -> Status {
     }
 }
 
-/// Gives a pod member's slot in its sandbox's VM back.
-pub(super) fn release_slot(roots: &Roots, rec: &Record) {
+/// Takes a pod member's root and mounts out of its sandbox's pod
+/// directory.
+pub(super) fn leave_pod(roots: &Roots, rec: &Record) {
     if let Some(sb) = &rec.sandbox {
-        sandbox::release(&ContainerPaths::new(roots, sb).dir, &rec.id);
+        sandbox::leave(&ContainerPaths::new(roots, sb).dir, &rec.id);
     }
 }
 

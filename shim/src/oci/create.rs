@@ -1,17 +1,16 @@
 //! `create`: a container from a bundle, and for VM mode the container
-//! directory the microVM backend boots from (the spec, the root filesystem
-//! as a disk image, the files an engine binds into a pod member).
+//! directory the microVM backend boots from (the spec, and the root
+//! directory it shares with virtio-fs; a pod member's goes into its
+//! sandbox's pod directory with its bind mounts).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::Spec;
 
 use super::common::{
-    check_id, error, invalid_bundle, isolation_of, load_spec, record, release_slot, rootfs_of,
+    check_id, error, invalid_bundle, isolation_of, leave_pod, load_spec, record, rootfs_of,
     spawn_monitor, status_of, KERNEL_ANNOTATION,
 };
 use crate::backend::ProcessIo;
@@ -21,7 +20,6 @@ use crate::monitor::bundle::{BundleJob, BundleOp};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::Isolation;
 use crate::record::{Record, Status};
-use capsa_container::is_bind_mount;
 
 /// Removes what a failed create made, unless disarmed.
 struct Undo<'a> {
@@ -35,7 +33,7 @@ impl Drop for Undo<'_> {
             if rec.isolation == Isolation::Container {
                 let _ = crate::namespace::runtime(self.roots).delete(&rec.id);
             }
-            release_slot(self.roots, &rec);
+            leave_pod(self.roots, &rec);
             let _ = crate::backends::remove_files(self.roots, &rec);
         }
     }
@@ -96,13 +94,15 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
                 rec.save(roots)?;
                 undo.rec = Some(rec.clone());
             }
-            prepare_vm_bundle(&paths, &bundle, spec, sandbox.as_deref())?;
-            if let Some(sb) = &sandbox {
-                let image = paths.dir.join("rootfs.ext4");
-                let device = sandbox::claim(&ContainerPaths::new(roots, sb).dir, id, &image)?;
-                fs::write(paths.dir.join(sandbox::DEVICE_FILE), device)?;
-                fs::remove_file(&image)?;
-            }
+            let pod = sandbox
+                .as_ref()
+                .map(|sb| (sb.as_str(), ContainerPaths::new(roots, sb).dir));
+            prepare_vm_bundle(
+                &paths,
+                &bundle,
+                spec,
+                pod.as_ref().map(|(sb, dir)| (*sb, dir.as_path())),
+            )?;
             let pid = spawn_monitor(BundleJob::new(roots, id, &io, BundleOp::Run), io)?;
             rec.monitor_pid = Some(pid);
             pid
@@ -115,14 +115,15 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
 }
 
 /// What the microVM backend reads from a container's directory: the spec
-/// as config.json and the root filesystem: the bundle's root directory
-/// itself (shared into the guest with virtio-fs, written in place as runc
-/// does), or, for a member of a VM-mode pod, a disk image made from it.
+/// as config.json and the root: the bundle's root directory itself,
+/// shared into the guest with virtio-fs and written in place as runc does
+/// (a pod member's goes into its sandbox's pod directory, with its bind
+/// mounts; microvm::sandbox).
 fn prepare_vm_bundle(
     paths: &ContainerPaths,
     bundle: &Path,
     mut spec: Spec,
-    sandbox: Option<&str>,
+    pod: Option<(&str, &Path)>,
 ) -> Result<()> {
     let rootfs = rootfs_of(bundle, &spec);
     if !rootfs.is_dir() {
@@ -131,20 +132,17 @@ fn prepare_vm_bundle(
             rootfs.display()
         )));
     }
-    if sandbox.is_some() {
-        // A joined container gets no disks or shares besides its slot: its
-        // root is copied into that, with the files the engine binds in.
-        let disk = paths.dir.join("rootfs.ext4");
-        capsa_image::filesystem_image_of(&rootfs, &disk, capsa_image::RootfsFormat::Ext4)
-            .with_context(|| format!("making a disk image of {}", rootfs.display()))?;
+    let rootfs = rootfs
+        .canonicalize()
+        .with_context(|| format!("resolving {}", rootfs.display()))?;
+    let sandbox = pod.map(|(sb, _)| sb);
+    if let Some((_, dir)) = pod {
         let id = paths.dir.file_name().unwrap_or_default().to_string_lossy();
-        embed_bound_files(&mut spec, &disk, &id)?;
+        let guest_root = sandbox::join(dir, &id, &rootfs, &mut spec)?;
+        fs::write(paths.dir.join(sandbox::DEVICE_FILE), guest_root)?;
     } else {
         // Shared with virtio-fs, not copied: creating takes the same time
         // for any size of root, and the guest's writes land in it.
-        let rootfs = rootfs
-            .canonicalize()
-            .with_context(|| format!("resolving {}", rootfs.display()))?;
         std::os::unix::fs::symlink(&rootfs, paths.dir.join(crate::microvm::SHARED_ROOT))?;
     }
     // The guest has namespaces of its own: paths to the host's mean
@@ -202,104 +200,5 @@ fn check_sandbox(roots: &Roots, sandbox_id: &str) -> Result<()> {
             "the pod sandbox {sandbox_id} is {}",
             other.runc_name()
         ))),
-    }
-}
-
-/// Where the agent mounts a container's root image in the guest (its
-/// `assemble_rootfs`); files embedded in the image are bound from there.
-fn guest_image_dir(id: &str) -> String {
-    format!("/run/capsa-agent/disks/{id}/image")
-}
-
-/// Writes the single files an engine binds into a joined container
-/// (/etc/hosts, /etc/resolv.conf, /dev/termination-log…) into its root
-/// image under /.capsa-files (debugfs, from e2fsprogs) and points the
-/// mounts there. A copy: changes stay in the guest. /dev/shm becomes the
-/// container's own tmpfs; other host directories cannot reach the VM.
-/// A path as one argument of a debugfs script line: quoted (a space would
-/// split it), and refused where no quoting helps (a newline would start
-/// another command).
-fn debugfs_arg(path: &Path) -> Result<String> {
-    let text = path
-        .to_str()
-        .filter(|t| !t.contains(['\n', '\r', '"']))
-        .ok_or_else(|| {
-            error(format!(
-                "cannot copy a bound file named {path:?} into the VM"
-            ))
-        })?;
-    Ok(format!("\"{text}\""))
-}
-
-fn embed_bound_files(spec: &mut Spec, image: &Path, id: &str) -> Result<()> {
-    let Some(mut mounts) = spec.mounts().clone() else {
-        return Ok(());
-    };
-    let mut script = String::from("mkdir /.capsa-files\n");
-    let mut n = 0;
-    for m in mounts.iter_mut() {
-        let Some(src) = m.source().clone().filter(|_| is_bind_mount(m)) else {
-            continue;
-        };
-        if m.destination() == Path::new("/dev/shm") {
-            crate::microvm::shm_as_tmpfs(m);
-        } else if src.is_file() {
-            script.push_str(&format!("write {} /.capsa-files/{n}\n", debugfs_arg(&src)?));
-            m.set_source(Some(PathBuf::from(format!(
-                "{}/.capsa-files/{n}",
-                guest_image_dir(id)
-            ))));
-            n += 1;
-        } else {
-            bail!(error(format!(
-                "a container in a VM-mode pod cannot mount the host directory {} (at {})",
-                src.display(),
-                m.destination().display()
-            )));
-        }
-    }
-    spec.set_mounts(Some(mounts));
-    if n == 0 {
-        return Ok(());
-    }
-    let out = Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg("-")
-        .arg(image)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin
-                .take()
-                .expect("piped")
-                .write_all(script.as_bytes())?;
-            c.wait_with_output()
-        })
-        .context("running debugfs (e2fsprogs)")?;
-    if !out.status.success() {
-        bail!(
-            "writing the bound files into the root image failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bound_file_paths_are_quoted_for_debugfs_and_newlines_refused() {
-        assert_eq!(
-            debugfs_arg(Path::new("/run/a b/hosts")).unwrap(),
-            "\"/run/a b/hosts\""
-        );
-        for bad in ["/tmp/x\nwrite /etc/shadow /leak", "/tmp/q\"x", "/tmp/r\rx"] {
-            assert!(debugfs_arg(Path::new(bad)).is_err(), "{bad:?}");
-        }
     }
 }

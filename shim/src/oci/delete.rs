@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
 
-use super::common::{error, record, release_slot, status_of};
+use super::common::{error, leave_pod, record, status_of};
 use crate::backend::Backend;
 use crate::microvm::MicroVmBackend;
 use crate::paths::Roots;
@@ -42,7 +42,7 @@ pub fn delete(roots: &Roots, id: &str, force: bool) -> Result<()> {
             }
         }
     }
-    release_slot(roots, &rec);
+    leave_pod(roots, &rec);
     crate::backends::remove_files(roots, &rec)
 }
 
