@@ -250,7 +250,7 @@ fn free_host_ports_and_udp() {
     let host = HostNs::new();
     // -p CTRPORT picks a free host port; a UDP port is published and held
     // too, and a UDP server in the container answers through it.
-    let udp = capsa_tests::udp_echo_dir();
+    let udp = capsa_tests::helpers_dir();
     let vol = format!("{}:/opt/udp:ro", udp.path().display());
     let id = host.ok(&[
         "run",

@@ -56,14 +56,17 @@ fn both_modes_give_the_same_results() {
         "links:latest",
         &links,
     );
-    let udp = capsa_tests::udp_echo_dir();
+    let udp = capsa_tests::helpers_dir();
     let cmd = format!(
         "sh {script} {c} container {l} {u}; echo '#### vm'; sh {script} {c} vm {l} {u}",
         c = capsa.display(),
         l = links.display(),
         u = udp.path().display()
     );
+    // Volumes on ext4 as well as tmpfs: user xattrs and stable directory
+    // offsets are a disk file system's.
     let out = TestHost::new("/bin/sh")
+        .scratch_disk(1024)
         .arg("-c")
         .arg(&cmd)
         .timeout(std::time::Duration::from_secs(900))
@@ -132,6 +135,11 @@ fn both_modes_give_the_same_results() {
         !esc.contains("outside-secret")
             && esc.contains("no abs|no rel|no deep|no ../outside|no ../../run/outside|")
             && esc.contains("Invalid cross-device link"),
+        "{ctx}"
+    );
+    expect("volume-disk", "code=0");
+    assert!(
+        c["volume-disk"].1.contains("resnet|tree-gone|resnet|f|"),
         "{ctx}"
     );
     expect("volume-named", "code=0");

@@ -5,7 +5,8 @@
 # test-host boot and compares the result lines.
 #   parity.sh CAPSA MODE LINKS UDP
 # LINKS: an image archive (links:latest) whose /etc files are symlinks.
-# UDP: a directory holding udp_echo (tests/helpers/udp_echo.c, static).
+# UDP: a directory holding the static helpers udp_echo and xattr
+# (tests/helpers/*.c).
 capsa=$1 mode=$2 links=$3 udp=$4
 c="$capsa --root /run/parity-$mode"
 $c load --demo >/dev/null || { echo "@@ load failed"; exit 1; }
@@ -66,6 +67,15 @@ cp /bin/busybox /run/esc/busybox && chmod 4755 /run/esc/busybox
 case_run volume-escape /run/empty -v /run/esc:/data demo sh -c 'ln /etc/passwd /data/pw
   for f in abs rel deep ../outside ../../run/outside; do cat /data/$f 2>/dev/null || echo "no $f"; done; ls /data/.. | head -3'
 case_run volume-setuid /run/empty -u 1000:1000 -v /run/esc:/data demo /data/busybox id -u
+# a share on a disk file system (the test host's ext4 scratch disk):
+# extended attributes both ways, and a directory of 300 files deleted while
+# it is listed (rm -rf)
+rm -rf /mnt/scratch/x && mkdir -p /mnt/scratch/x
+$c run --rm --isolation "$mode" -v /mnt/scratch/x:/data -v "$udp":/opt/h:ro demo sh -c 'echo f > /data/f
+  /opt/h/xattr set /data/f user.model resnet && /opt/h/xattr get /data/f user.model
+  mkdir /data/t; i=0; while [ $i -lt 300 ]; do : > /data/t/f$i; i=$((i+1)); done; rm -rf /data/t && echo tree-gone' > /run/o 2> /run/e; code=$?
+"$udp"/xattr get /mnt/scratch/x/f user.model >> /run/o 2>> /run/e; ls /mnt/scratch/x >> /run/o
+report volume-disk "$code"
 # named volumes: filled from the image's files on first use, kept across
 # containers, removed once unused
 { $c run --rm --isolation "$mode" -v pvol:/home demo sh -c 'stat -c "%U %a" /home/user; echo kept > /home/note'
@@ -94,7 +104,7 @@ $c run -d --isolation "$mode" --name pz demo sleep 300 > /dev/null
 report pause 0
 
 # a killed monitor loses no exit status: its keeper collects it
-$c run -d --isolation "$mode" --name keeperjob demo sh -c 'sleep 3; exit 7' > /dev/null
+$c run -d --isolation "$mode" --name keeperjob -v /run/vol:/data:ro demo sh -c 'sleep 3; exit 7' > /dev/null
 kill -9 "$($c inspect keeperjob | grep '"monitor_pid"' | tr -dc 0-9)"
 $c wait keeperjob > /run/o 2> /run/e
 $c inspect keeperjob | grep -E '"(status|exit_code)"' | tr -d ' ,' >> /run/o

@@ -84,6 +84,10 @@ pub struct TestHostArgs {
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
 
+    /// An empty ext4 file system of this many MiB at /mnt/scratch.
+    #[arg(long, value_name = "MIB")]
+    pub scratch_disk: Option<u32>,
+
     /// Show the test host's console (kernel messages) on stderr.
     #[arg(long)]
     pub console: bool,
@@ -113,6 +117,9 @@ impl TestHostArgs {
             .cpus(self.cpus);
         if self.console {
             host = host.show_console(true);
+        }
+        if let Some(mib) = self.scratch_disk {
+            host = host.scratch_disk(mib);
         }
         if let Some(secs) = self.silence {
             host = host.silence_limit(Duration::from_secs(secs));

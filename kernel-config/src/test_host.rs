@@ -11,6 +11,9 @@
 //!   `/tmp`) is there unchanged, and writes are thrown away at the end;
 //! - `/proc`, `/sys`, `/dev` (with `/dev/kvm` and `/dev/net/tun`), `/dev/pts`,
 //!   `/dev/shm` and a fresh `/run` are mounted, cgroup2 at `/sys/fs/cgroup`;
+//! - with [`TestHost::scratch_disk`], an empty ext4 file system on a
+//!   virtio-blk disk is mounted at `/mnt/scratch` (for what tmpfs does not
+//!   do as a disk file system does: user xattrs, stable directory offsets);
 //! - the command runs with the given working directory and environment,
 //!   stdin from `/dev/null`, its stdout and stderr streamed back over two
 //!   virtio-serial ports, and its exit status over a third.
@@ -205,6 +208,9 @@ mount -t devpts -o newinstance,ptmxmode=0666 devpts $r/dev/pts
 mount -t tmpfs -o mode=1777 shm $r/dev/shm
 mount -t tmpfs -o mode=0755 run $r/run || die "mount /run"
 mount -t cgroup2 cgroup2 $r/sys/fs/cgroup 2>/dev/null || msg "warning: no cgroup2 at /sys/fs/cgroup"
+if [ -b $r/dev/vda ]; then
+  mkdir -p $r/mnt/scratch && mount -t ext4 $r/dev/vda $r/mnt/scratch || die "mount the scratch disk"
+fi
 [ -e /dev/kvm ] || msg "warning: /dev/kvm is missing (is the CPU model without SVM?)"
 ip link set lo up 2>/dev/null
 hostname capsa-test-host
@@ -512,6 +518,7 @@ pub struct TestHost {
     qemu: PathBuf,
     show_console: bool,
     extra_cmdline: String,
+    scratch_mib: Option<u32>,
 }
 
 impl TestHost {
@@ -539,6 +546,7 @@ impl TestHost {
                 .map_or(PathBuf::from(QEMU), PathBuf::from),
             show_console: std::env::var_os("CAPSA_TEST_HOST_CONSOLE").is_some_and(|v| v != "0"),
             extra_cmdline: std::env::var("CAPSA_TEST_HOST_APPEND").unwrap_or_default(),
+            scratch_mib: None,
         }
     }
 
@@ -589,6 +597,13 @@ impl TestHost {
 
     pub fn memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
+        self
+    }
+
+    /// Gives the test host an empty ext4 file system of `mib` MiB (a sparse
+    /// file, thrown away at the end) at `/mnt/scratch`.
+    pub fn scratch_disk(mut self, mib: u32) -> Self {
+        self.scratch_mib = Some(mib);
         self
     }
 
@@ -736,6 +751,29 @@ impl TestHost {
                 "-device",
                 "virtio-serial-device,max_ports=5",
             ]);
+        if let Some(mib) = self.scratch_mib {
+            let disk = work.path().join("scratch.ext4");
+            File::create(&disk)
+                .and_then(|f| f.set_len(u64::from(mib) << 20))
+                .context("creating the test host's scratch disk")?;
+            let mkfs = Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+                .arg(&disk)
+                .output()
+                .context("running mkfs.ext4 (e2fsprogs) for the scratch disk")?;
+            if !mkfs.status.success() {
+                bail!(
+                    "mkfs.ext4 of the scratch disk failed: {}",
+                    String::from_utf8_lossy(&mkfs.stderr).trim()
+                );
+            }
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},if=none,id=scratch,format=raw,cache=unsafe",
+                    disk.display()
+                ))
+                .args(["-device", "virtio-blk-device,drive=scratch"]);
+        }
         for (i, (name, _, fifo)) in ports.iter().enumerate() {
             cmd.arg("-chardev")
                 .arg(format!("pipe,id=port{i},path={}", fifo.base.display()))

@@ -304,28 +304,30 @@ pub fn demo_with_layer(entries: &[(&str, Option<&str>)], name: &str, archive: &P
     out.finish().unwrap();
 }
 
-/// A static UDP echo (tests/helpers/udp_echo.c, built here with gcc) for
-/// UDP through published ports: the demo image's busybox has no UDP
-/// server. Returns the directory holding `udp_echo` (removed when dropped),
-/// under /var/tmp so the KVM test host sees it too; mount it into a
-/// container read-only.
-pub fn udp_echo_dir() -> tempfile::TempDir {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("helpers/udp_echo.c");
+/// The static helper programs of tests/helpers, built here with gcc:
+/// `udp_echo` (UDP through published ports: the demo image's busybox has
+/// no UDP server) and `xattr` (set and get extended attributes). Returns
+/// the directory holding them (removed when dropped), under /var/tmp so
+/// the KVM test host sees it too; mount it into a container read-only.
+pub fn helpers_dir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
-        .prefix("capsa-udp-echo-")
+        .prefix("capsa-helpers-")
         .tempdir_in("/var/tmp")
         .expect("temp dir");
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(dir.path().join("udp_echo"))
-        .arg(&src)
-        .output()
-        .expect("gcc (build-essential, scripts/setup.sh) is needed to build the UDP echo");
-    assert!(
-        out.status.success(),
-        "building {}: {}",
-        src.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for name in ["udp_echo", "xattr"] {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("helpers/{name}.c"));
+        let out = Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(dir.path().join(name))
+            .arg(&src)
+            .output()
+            .expect("gcc (build-essential, scripts/setup.sh) is needed to build the test helpers");
+        assert!(
+            out.status.success(),
+            "building {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     dir
 }
