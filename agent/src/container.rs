@@ -200,7 +200,7 @@ impl Container {
             let flags = if v.readonly { ro } else { MsFlags::empty() };
             // A virtio-fs share's "device" is its tag; a disk's cached
             // blocks may be stale.
-            if v.fstype != "virtiofs" {
+            if v.fstype != capsa_proto::VIRTIOFS {
                 drop_cached_blocks(&v.device)?;
             }
             mount_dev(&v.device, &v.fstype, Path::new(&v.guest_path), flags, "")

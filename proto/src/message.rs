@@ -103,10 +103,14 @@ pub enum WritableLayer {
     InPlace,
 }
 
-/// A disk the agent mounts at `guest_path` before creating the container.
+/// The file system type of a virtio-fs share; its "device" is the tag.
+pub const VIRTIOFS: &str = "virtiofs";
+
+/// A disk or a virtio-fs share the agent mounts at `guest_path` before
+/// creating the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
-    /// Guest block device, e.g. `/dev/vdc`.
+    /// Guest block device, e.g. `/dev/vdc`, or a share's tag.
     pub device: String,
     /// Its filesystem type.
     pub fstype: String,

@@ -127,15 +127,16 @@ impl MicroVmBackend {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
         let _ = std::fs::remove_file(self.socket(id));
-        // The shares' sockets and pid files (their daemons exit with the
-        // VMM; an adopted VM's are not this process's children to reap).
-        for n in 0..=capsa_vm_config::MAX_FS + 1 {
-            let sock = self.socket(id).with_extension(format!("fs{n}"));
-            let mut pid_file = sock.clone().into_os_string();
-            pid_file.push(".pid");
-            let _ = std::fs::remove_file(sock);
-            let _ = std::fs::remove_file(pid_file);
+        // The shares' sockets (their daemons exit with the VMM; an adopted
+        // VM's are not this process's children to reap).
+        for n in 0..capsa_vm_config::MAX_FS {
+            shares::remove_socket(&self.share_socket(id, n));
         }
+    }
+
+    /// The socket of share `n` of container `id`'s VM, beside its vsock.
+    fn share_socket(&self, id: &str, n: usize) -> PathBuf {
+        self.socket(id).with_extension(format!("fs{n}"))
     }
 
     /// The last lines of the guest console, for error messages.
@@ -411,7 +412,7 @@ impl Backend for MicroVmBackend {
             .collect();
         let mut daemons = shares::start(
             &share_specs,
-            |n| self.socket(&rec.id).with_extension(format!("fs{n}")),
+            |n| self.share_socket(&rec.id, n),
             &self.vmm_log(&rec.id),
             rec.keeper_pid.is_none(),
         )?;
@@ -464,16 +465,7 @@ impl Backend for MicroVmBackend {
         // crate::keeper) the VM outlives the monitor: the keeper adopts it
         // and collects the container's exit from the agent.
         if rec.keeper_pid.is_none() {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: prctl is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            die_with_parent(&mut cmd);
         }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -507,7 +499,7 @@ impl Backend for MicroVmBackend {
         if pod_dir.is_some() {
             guest_volumes.push(Volume {
                 device: sandbox::POD_TAG.into(),
-                fstype: volumes::VIRTIOFS.into(),
+                fstype: capsa_proto::VIRTIOFS.into(),
                 guest_path: sandbox::GUEST_POD_DIR.into(),
                 readonly: false,
             });
@@ -523,7 +515,7 @@ impl Backend for MicroVmBackend {
             },
             None => Rootfs {
                 device: ROOT_TAG.into(),
-                fstype: volumes::VIRTIOFS.into(),
+                fstype: capsa_proto::VIRTIOFS.into(),
                 writable: WritableLayer::InPlace,
                 volumes: guest_volumes,
             },
@@ -809,6 +801,20 @@ pub(crate) fn is_vmm(pid: i32) -> bool {
                 .is_some_and(|a| a.ends_with(b"capsa-vmm"))
         })
         .unwrap_or(false)
+}
+
+/// Has the kernel kill the child when the process that spawned it dies.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {

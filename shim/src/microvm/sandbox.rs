@@ -99,18 +99,6 @@ pub fn make_pod_dir(dir: &Path) -> Result<PathBuf> {
     Ok(pod)
 }
 
-/// Detaches everything mounted under the pod directory and the directory's
-/// own mount (the sandbox is going). Nothing under it is deleted through a
-/// mount.
-pub fn remove_pod_dir(dir: &Path) -> Result<()> {
-    let pod = pod_dir(dir);
-    if !pod.exists() {
-        return Ok(());
-    }
-    detach_under(&pod)?;
-    Ok(())
-}
-
 /// Unmounts (lazily) every mount at or below `dir`, deepest first.
 pub fn detach_under(dir: &Path) -> Result<()> {
     let mut points: Vec<PathBuf> = procfs::process::Process::myself()

@@ -95,16 +95,7 @@ fn start_one(s: &ShareSpec, socket: &Path, log: &Path, die_with_caller: bool) ->
         cmd.arg("--readonly");
     }
     if die_with_caller {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        super::die_with_parent(&mut cmd);
     }
     let mut child = cmd
         .spawn()
@@ -139,17 +130,21 @@ fn start_one(s: &ShareSpec, socket: &Path, log: &Path, die_with_caller: bool) ->
     })
 }
 
-/// Kills and reaps the daemons and removes their sockets and the pid
-/// files virtiofsd writes beside them.
+/// Kills and reaps the daemons and removes their sockets.
 pub fn stop(daemons: &mut Vec<Daemon>) {
     for mut d in daemons.drain(..) {
         let _ = d.child.kill();
         let _ = d.child.wait();
-        let _ = std::fs::remove_file(&d.socket);
-        let mut pid_file = d.socket.into_os_string();
-        pid_file.push(".pid");
-        let _ = std::fs::remove_file(pid_file);
+        remove_socket(&d.socket);
     }
+}
+
+/// Removes a share's socket and the pid file virtiofsd writes beside it.
+pub fn remove_socket(socket: &Path) {
+    let _ = std::fs::remove_file(socket);
+    let mut pid_file = socket.as_os_str().to_os_string();
+    pid_file.push(".pid");
+    let _ = std::fs::remove_file(pid_file);
 }
 
 /// Reaps daemons whose VM has gone (they exit when it disconnects); any

@@ -111,7 +111,7 @@ pub fn plan(spec: &mut Spec, dir: &Path, first_device: char, copy_files: bool) -
             },
             Volume {
                 device: tag,
-                fstype: VIRTIOFS.into(),
+                fstype: capsa_proto::VIRTIOFS.into(),
                 guest_path,
                 readonly,
             },
@@ -134,9 +134,6 @@ pub fn plan(spec: &mut Spec, dir: &Path, first_device: char, copy_files: bool) -
     spec.set_mounts(Some(mounts));
     Ok(out)
 }
-
-/// The file system type the agent mounts a share with (its device is the tag).
-pub const VIRTIOFS: &str = "virtiofs";
 
 /// Where the agent mounts the disk of copied files.
 const FILES_GUEST_PATH: &str = "/run/capsa/volumes/files";
