@@ -675,3 +675,410 @@ fn named_volumes_are_filled_kept_and_guarded() {
     assert!(stderr(&missing).contains("no such volume: nope"));
     env.assert_no_leaks(&[]);
 }
+
+/// `stats` and `top` (#13): a busy container's CPU, its memory limit and
+/// PIDs, in docker's table, a template and JSON; `-a` shows a stopped one
+/// with empty figures; top prints ps -ef's columns, or the host ps's with
+/// options, the container's processes only; bad input is one line, 125.
+#[test]
+fn stats_and_top_show_a_containers_use_and_processes() {
+    let env = Env::with_demo();
+    let id = env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "busy",
+        "-m",
+        "96m",
+        "demo",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    let id = id.trim().to_string();
+    env.ok(&["run", "--name", "done", "demo", "true"]);
+
+    let table = env.ok(&["stats", "--no-stream"]);
+    let mut lines = table.lines();
+    assert_eq!(
+        lines
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        "CONTAINER ID NAME CPU % MEM USAGE / LIMIT MEM % NET I/O BLOCK I/O PIDS",
+        "{table}"
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 1, "running containers only: {table}");
+    assert!(
+        rows[0].starts_with(&id[..12]) && rows[0].contains("busy"),
+        "{table}"
+    );
+    assert!(rows[0].contains(" / 96MiB"), "the limit: {table}");
+
+    let line = env.ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}} {{.CPUPerc}} {{.PIDs}} {{.Isolation}}",
+        "busy",
+    ]);
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((f[0], f[2], f[3]), ("busy", "1", "container"), "{line}");
+    let cpu: f64 = f[1].trim_end_matches('%').parse().unwrap();
+    assert!(cpu > 5.0, "a busy loop uses CPU: {line}");
+
+    let json = env.ok(&["stats", "--no-stream", "-a", "--format", "json"]);
+    let objs: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objs.len(), 2, "{json}");
+    let stopped = objs.iter().find(|o| o["Name"] == "done").expect(&json);
+    assert_eq!(stopped["CPUPerc"], "--", "{json}");
+    assert_eq!(stopped["MemUsage"], "-- / --", "{json}");
+
+    let top = env.ok(&["top", "busy"]);
+    let mut tl = top.lines();
+    assert_eq!(
+        tl.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"],
+        "{top}"
+    );
+    let procs: Vec<&str> = tl.collect();
+    assert_eq!(procs.len(), 1, "{top}");
+    assert!(
+        procs[0].starts_with("root") && procs[0].ends_with("sh -c while :; do :; done"),
+        "{top}"
+    );
+    let custom = env.ok(&["top", "busy", "-o", "pid,comm"]);
+    assert_eq!(
+        custom
+            .lines()
+            .map(|l| l.split_whitespace().last().unwrap())
+            .collect::<Vec<_>>(),
+        ["COMMAND", "sh"],
+        "only the container's rows of the host's ps: {custom}"
+    );
+
+    for (args, says) in [
+        (vec!["stats", "--no-stream", "nosuch"], "nosuch"),
+        (
+            vec!["stats", "--no-stream", "--format", "{{.Nope}}"],
+            "no field .Nope",
+        ),
+        (vec!["top", "done"], "is not running"),
+        (vec!["top", "busy", "-o", "comm"], "no PID column"),
+    ] {
+        let out = env.run(&args);
+        assert_eq!(code(&out), 125, "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(says) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    env.ok(&["rm", "-f", "busy", "done"]);
+    env.assert_no_leaks(&[id]);
+}
+
+/// `rename` (#13): the new name works everywhere the old one did, the old
+/// one is free again; a taken, invalid or unchanged name is one line, 125,
+/// and changes nothing.
+#[test]
+fn rename_moves_a_containers_name() {
+    let env = Env::with_demo();
+    let id = env.ok(&["run", "-d", "--name", "first", "demo", "sleep", "300"]);
+    let id = id.trim().to_string();
+    env.ok(&["run", "--name", "other", "demo", "true"]);
+    assert_eq!(env.ok(&["rename", "first", "second"]), "");
+    assert_eq!(env.ok(&["exec", "second", "echo", "hi"]), "hi\n");
+    assert!(env.ok(&["ps"]).contains("second"));
+    let inspect: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "second"])).unwrap();
+    assert_eq!(inspect[0]["Name"], "/second");
+    assert_eq!(
+        code(&env.run(&["exec", "first", "true"])),
+        125,
+        "the old name is gone"
+    );
+    for (args, says) in [
+        (vec!["rename", "second", "other"], "already in use"),
+        (vec!["rename", "second", "a b"], "invalid container name"),
+        (vec!["rename", "second", "second"], "already named second"),
+        (vec!["rename", "nosuch", "x"], "nosuch"),
+    ] {
+        let out = env.run(&args);
+        assert_eq!(code(&out), 125, "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(says) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    // The old name can be taken again.
+    env.ok(&["run", "--rm", "--name", "first", "demo", "true"]);
+    env.ok(&["rm", "-f", "second", "other"]);
+    env.assert_no_leaks(&[id]);
+}
+
+/// `history` (#13): newest first, the top row with the image's ID, the
+/// demo's build step with its layer's size, a layer the config's history
+/// does not name shown as docker does, and --format / -q / --no-trunc.
+#[test]
+fn history_lists_an_images_steps() {
+    let env = Env::with_demo();
+    let table = env.ok(&["history", "demo"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>().join(" "),
+        "IMAGE CREATED CREATED BY SIZE COMMENT",
+        "{table}"
+    );
+    assert_eq!(lines.len(), 2, "{table}");
+    let id = env.ok(&["images", "-q"]);
+    assert!(lines[1].starts_with(id.trim()), "{table}");
+    assert!(
+        lines[1].contains("capsa load --demo (busybox-static)"),
+        "{table}"
+    );
+    assert!(
+        lines[1].contains("MB") || lines[1].contains("kB"),
+        "the layer's size: {table}"
+    );
+    assert_eq!(env.ok(&["history", "-q", "demo"]), id);
+    assert!(env
+        .ok(&["history", "--no-trunc", "-q", "demo"])
+        .starts_with("sha256:"));
+
+    let archive = env.path().join("more.tar");
+    capsa_tests::demo_with_layer(&[("extra", None)], "more:latest", &archive);
+    env.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let by = env.ok(&[
+        "history",
+        "--format",
+        "{{.ID}}|{{.CreatedBy}}|{{.Size}}",
+        "more",
+    ]);
+    let rows: Vec<&str> = by.lines().collect();
+    assert_eq!(rows.len(), 2, "{by}");
+    let more_id = env.ok(&["history", "-q", "more"]);
+    assert_eq!(
+        rows[0],
+        format!("{}||1.5kB", more_id.trim()),
+        "the extra layer (a 1536-byte tar), not in the config's history: {by}"
+    );
+    assert!(rows[1].starts_with("<missing>|capsa load --demo"), "{by}");
+
+    let out = env.run(&["history", "nosuch"]);
+    assert_eq!(code(&out), 125);
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
+/// docker's `start` and `restart` (#13): a stopped `capsa run` container
+/// runs again with its files and its log kept, `start -a` attaches and
+/// returns its exit code, a running one is left alone; an `--rm` one
+/// cannot be restarted; nothing is left after `rm`.
+#[test]
+fn start_and_restart_run_a_container_again() {
+    let env = Env::with_demo();
+    let id = env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "again",
+        "demo",
+        "sh",
+        "-c",
+        "echo run >> /runs; wc -l < /runs; sleep 300",
+    ]);
+    let id = id.trim().to_string();
+    let logs_show = |n: usize| {
+        for _ in 0..200 {
+            if env.ok(&["logs", "again"]).lines().count() >= n {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("logs: {:?}", env.ok(&["logs", "again"]));
+    };
+    logs_show(1);
+    assert_eq!(env.ok(&["restart", "-t", "1", "again"]), "again\n");
+    logs_show(2);
+    assert_eq!(
+        env.ok(&["logs", "again"]),
+        "1\n2\n",
+        "the file survived, the log kept"
+    );
+    assert_eq!(
+        env.ok(&["start", "again"]),
+        "again\n",
+        "running: left alone"
+    );
+    assert_eq!(
+        env.ok(&["exec", "again", "wc", "-l", "/runs"]).trim(),
+        "2 /runs"
+    );
+    env.ok(&["stop", "-t", "1", "again"]);
+    assert_eq!(env.ok(&["start", "again"]), "again\n");
+    logs_show(3);
+    assert!(env.ok(&["ps"]).contains("again"));
+
+    let out = env.run(&[
+        "run",
+        "--name",
+        "once",
+        "demo",
+        "sh",
+        "-c",
+        "echo said; exit 3",
+    ]);
+    assert_eq!(code(&out), 3);
+    let out = env.run(&["start", "-a", "once"]);
+    assert_eq!((code(&out), stdout(&out).as_str()), (3, "said\n"));
+    let inspect: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "once"])).unwrap();
+    assert_eq!(inspect[0]["State"]["ExitCode"], 3);
+
+    let rm = env.ok(&["run", "-d", "--rm", "demo", "sleep", "300"]);
+    for (args, says) in [
+        (vec!["restart", rm.trim()], "--rm"),
+        (vec!["start", "-a", "once", "again"], "one container"),
+    ] {
+        let out = env.run(&args);
+        assert_eq!(code(&out), 125, "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(says) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    let out = env.run(&["start", "nosuch"]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
+    env.ok(&["rm", "-f", "again", "once", rm.trim()]);
+    env.assert_no_leaks(&[id]);
+}
+
+/// docker's `--format` (#13) on ps, images and inspect: templates, `table`
+/// with headers (also with no rows), JSON lines, nested inspect paths.
+#[test]
+fn format_flags_fill_dockers_templates() {
+    let env = Env::with_demo();
+    let empty = env.ok(&["ps", "--format", "table {{.Names}}\t{{.State}}"]);
+    assert_eq!(
+        empty.split_whitespace().collect::<Vec<_>>(),
+        ["NAMES", "STATE"]
+    );
+    let id = env.ok(&["run", "-d", "--name", "fmt", "demo", "sleep", "300"]);
+    let id = id.trim().to_string();
+    assert_eq!(
+        env.ok(&[
+            "ps",
+            "--format",
+            "{{.Names}} {{.State}} {{.Isolation}} {{.ID}}"
+        ]),
+        format!("fmt running container {}\n", &id[..12])
+    );
+    let json = env.ok(&["ps", "--format", "json"]);
+    let row: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        (&row["Names"], &row["Image"]),
+        (&"fmt".into(), &"demo".into())
+    );
+    assert_eq!(
+        env.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]),
+        "demo:latest\n"
+    );
+    assert_eq!(
+        env.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.Name}} {{json .State.Running}} {{.Nope}}",
+            "fmt"
+        ]),
+        "running /fmt true <no value>\n"
+    );
+    env.ok(&["stop", "-t", "1", "fmt"]);
+    assert_eq!(env.ok(&["ps", "-a", "--format", "{{.State}}"]), "exited\n");
+    let out = env.run(&["ps", "-a", "--format", "{{.Bogus}}"]);
+    assert_eq!(code(&out), 125);
+    env.ok(&["rm", "fmt"]);
+    env.assert_no_leaks(&[id]);
+}
+
+/// docker's `update` (#13): new memory, CPU and PIDs limits reach the
+/// running container's cgroup and its spec (inspect, stats); bad input
+/// and a stopped container are one line, 125, and change nothing.
+#[test]
+fn update_changes_a_running_containers_limits() {
+    let env = Env::with_demo();
+    let id = env.ok(&[
+        "run", "-d", "--name", "up", "-m", "64m", "demo", "sleep", "300",
+    ]);
+    let id = id.trim().to_string();
+    assert_eq!(
+        env.ok(&[
+            "update",
+            "-m",
+            "128m",
+            "--cpus",
+            "0.5",
+            "--pids-limit",
+            "50",
+            "up"
+        ]),
+        "up\n"
+    );
+    let memory =
+        cgroup_file(&id, "memory.limit_in_bytes").or_else(|| cgroup_file(&id, "memory.max"));
+    assert_eq!(memory.unwrap().trim(), (128u64 << 20).to_string());
+    let cpu = cgroup_file(&id, "cpu.cfs_quota_us").or_else(|| cgroup_file(&id, "cpu.max"));
+    assert!(cpu.unwrap().starts_with("50000"));
+    assert_eq!(cgroup_file(&id, "pids.max").unwrap().trim(), "50");
+    assert_eq!(
+        env.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}}",
+            "up"
+        ]),
+        format!("{} 500000000 50\n", 128u64 << 20)
+    );
+    assert!(env
+        .ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "up"])
+        .ends_with("/ 128MiB\n"));
+    // Lower than what it uses, the kernel reclaims; one field alone keeps the others.
+    env.ok(&["update", "--pids-limit", "40", "up"]);
+    assert_eq!(
+        env.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}",
+            "up"
+        ]),
+        format!("{} 40\n", 128u64 << 20)
+    );
+    env.ok(&["run", "--name", "down", "demo", "true"]);
+    for (args, says) in [
+        (
+            vec!["update", "up"],
+            "give --memory, --cpus or --pids-limit",
+        ),
+        (vec!["update", "-m", "1k", "up"], "too small"),
+        (vec!["update", "--pids-limit", "0", "up"], "positive"),
+        (vec!["update", "-m", "100m", "down"], "is not running"),
+        (vec!["update", "-m", "100m", "nosuch"], "nosuch"),
+    ] {
+        let out = env.run(&args);
+        assert_eq!(code(&out), 125, "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(says) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(cgroup_file(&id, "pids.max").unwrap().trim(), "40");
+    env.ok(&["rm", "-f", "up", "down"]);
+    env.assert_no_leaks(&[id]);
+}

@@ -217,6 +217,24 @@ fn both_modes_give_the_same_results() {
                 .contains("container pz is paused: unpause it first"),
         "{ctx}"
     );
+    assert!(
+        c["stats-top"]
+            .1
+            .contains("st U / 96MiB 1 busy|UID CMD  |root sh -c while|"),
+        "{ctx}"
+    );
+    assert!(
+        c["restart"]
+            .1
+            .contains("rs|started|started|in|rs|said|said|start-a=3|sa|"),
+        "{ctx}"
+    );
+    assert!(
+        c["update"]
+            .1
+            .contains("up|U / 128MiB|134217728 50|50|up|"),
+        "{ctx}"
+    );
     expect("add-host", "code=0");
     assert!(
         c["add-host"].1.contains("10.1.2.3\tdb|fd00::1\tv6|"),

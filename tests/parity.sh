@@ -103,6 +103,27 @@ $c run -d --isolation "$mode" --name pz demo sleep 300 > /dev/null
   $c pause pz; $c rm -f pz; } > /run/o 2> /run/e
 report pause 0
 
+# stats and top: the limit, PIDs, a busy CPU, the processes' commands
+$c run -d --isolation "$mode" --name st -m 96m demo sh -c 'while :; do :; done' > /dev/null
+{ $c stats --no-stream --format '{{.Name}} {{.MemUsage}} {{.PIDs}} {{.CPUPerc}}' st |
+    awk '{ sub(/^[0-9.]+[KMG]?i?B$/, "U", $2); $6 = ($6 + 0 > 5) ? "busy" : "idle:" $6; print }'
+  $c top st | awk '{ print $1, $8, $9, $10 }'; $c rm -f st; } > /run/o 2> /run/e
+report stats-top 0
+
+# update: new limits reach the running container (its cgroup in the guest)
+$c run -d --isolation "$mode" --name up -m 96m demo sleep 300 > /dev/null
+{ $c update -m 128m --pids-limit 50 up; $c stats --no-stream --format '{{.MemUsage}}' up | sed 's/^[^ ]* /U /'
+  $c inspect -f '{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}' up; $c exec up cat /sys/fs/cgroup/pids.max; $c rm -f up; } > /run/o 2> /run/e
+report update 0
+
+# start and restart: the container runs again, its log kept (VM mode: from
+# the image's files again, docs/isolation.md); start -a gives the exit code
+lines() { n=0; while [ "$($c logs "$1" | wc -l)" -lt "$2" ] && [ $n -lt 150 ]; do sleep 0.2; n=$((n+1)); done; }
+$c run -d --isolation "$mode" --name rs demo sh -c 'echo started; sleep 300' > /dev/null
+{ lines rs 1; $c restart -t 1 rs; lines rs 2; $c logs rs; $c exec rs echo in; $c rm -f rs
+  $c run --isolation "$mode" --name sa demo sh -c 'echo said; exit 3'; $c start -a sa; echo "start-a=$?"; $c rm sa; } > /run/o 2> /run/e
+report restart 0
+
 # a killed monitor loses no exit status: its keeper collects it
 $c run -d --isolation "$mode" --name keeperjob -v /run/vol:/data:ro demo sh -c 'sleep 3; exit 7' > /dev/null
 kill -9 "$($c inspect keeperjob | grep '"monitor_pid"' | tr -dc 0-9)"

@@ -244,6 +244,11 @@ impl Container {
         cgroup::oom_kill_count(&self.id) > 0
     }
 
+    /// New cgroup limits, applied by the same code as on the host.
+    pub fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        self.runtime.update(&self.id, resources)
+    }
+
     /// The container's cgroup directory.
     pub fn cgroup_dir(&self) -> PathBuf {
         cgroup::v2_dir(&self.id)
@@ -362,28 +367,6 @@ pub fn drop_swap_limit(spec: &mut Spec) {
     }
 }
 
-/// Resource usage from the container's cgroup v2 files.
-pub fn stats(cgroup: &Path) -> capsa_proto::Stats {
-    let read = |f: &str| fs::read_to_string(cgroup.join(f)).unwrap_or_default();
-    let num = |f: &str| read(f).trim().parse::<u64>().ok();
-    let keyed = |f: &str, key: &str| {
-        read(f).lines().find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
-        })
-    };
-    let mut s = capsa_proto::Stats::default();
-    s.memory.usage_bytes = num("memory.current").unwrap_or(0);
-    s.memory.max_usage_bytes = num("memory.peak");
-    s.memory.limit_bytes = num("memory.max");
-    s.cpu.usage_usec = keyed("cpu.stat", "usage_usec").unwrap_or(0);
-    s.cpu.user_usec = keyed("cpu.stat", "user_usec").unwrap_or(0);
-    s.cpu.system_usec = keyed("cpu.stat", "system_usec").unwrap_or(0);
-    s.pids.current = num("pids.current").unwrap_or(0);
-    s.pids.limit = num("pids.max");
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,26 +464,5 @@ mod tests {
     fn tmpfs_size_is_checked() {
         assert_eq!(tmpfs_options(64 << 20).unwrap(), "size=67108864,mode=0755");
         assert!(tmpfs_options(4096).is_err());
-    }
-
-    #[test]
-    fn stats_read_cgroup_v2_files() {
-        let d = tempfile::tempdir().unwrap();
-        let w = |f: &str, t: &str| fs::write(d.path().join(f), t).unwrap();
-        w("memory.current", "1234\n");
-        w("memory.max", "max\n");
-        w("memory.peak", "2000\n");
-        w("cpu.stat", "usage_usec 10\nuser_usec 7\nsystem_usec 3\n");
-        w("pids.current", "2\n");
-        w("pids.max", "100\n");
-        let s = stats(d.path());
-        assert_eq!(s.memory.usage_bytes, 1234);
-        assert_eq!(s.memory.limit_bytes, None, "max means unlimited");
-        assert_eq!(s.memory.max_usage_bytes, Some(2000));
-        assert_eq!(
-            (s.cpu.usage_usec, s.cpu.user_usec, s.cpu.system_usec),
-            (10, 7, 3)
-        );
-        assert_eq!((s.pids.current, s.pids.limit), (2, Some(100)));
     }
 }

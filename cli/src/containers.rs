@@ -66,7 +66,25 @@ pub struct PsArgs {
     /// Only print container IDs.
     #[arg(short = 'q', long)]
     pub(crate) quiet: bool,
+    /// table, table TEMPLATE, json or a template (docker's fields: ID,
+    /// Image, Command, CreatedAt, RunningFor, Status, State, Ports, Names,
+    /// and Isolation).
+    pub(crate) format: Option<String>,
 }
+
+const PS_HEADERS: crate::format::Headers = &[
+    ("ID", "CONTAINER ID"),
+    ("Image", "IMAGE"),
+    ("Command", "COMMAND"),
+    ("CreatedAt", "CREATED AT"),
+    ("RunningFor", "CREATED"),
+    ("Status", "STATUS"),
+    ("State", "STATE"),
+    ("Ports", "PORTS"),
+    ("Isolation", "ISOLATION"),
+    ("Names", "NAMES"),
+];
+const PS_TABLE: &str = "{{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Isolation}}\t{{.Names}}";
 
 pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
     let recs: Vec<Record> = Record::list(roots)?
@@ -80,7 +98,7 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let rows: Vec<Vec<String>> = recs
+    let rows: Vec<crate::format::Fields> = recs
         .iter()
         .map(|r| {
             let mut command = r.command.join(" ");
@@ -88,30 +106,27 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
                 command = format!("{}…", command.chars().take(19).collect::<String>());
             }
             vec![
-                r.short_id().to_string(),
-                r.image.clone(),
-                format!("\"{command}\""),
-                table::ago(r.created),
-                status_text(r),
-                ports_text(roots, r),
-                r.isolation.to_string(),
-                r.name.clone(),
+                ("ID", r.short_id().to_string()),
+                ("Image", r.image.clone()),
+                ("Command", format!("\"{command}\"")),
+                ("CreatedAt", r.created.to_rfc3339()),
+                ("RunningFor", table::ago(r.created)),
+                ("Status", status_text(r)),
+                // docker's word for a stopped container.
+                (
+                    "State",
+                    match r.status() {
+                        Status::Stopped => "exited".into(),
+                        other => other.to_string(),
+                    },
+                ),
+                ("Ports", ports_text(roots, r)),
+                ("Isolation", r.isolation.to_string()),
+                ("Names", r.name.clone()),
             ]
         })
         .collect();
-    table::print(
-        &[
-            "CONTAINER ID",
-            "IMAGE",
-            "COMMAND",
-            "CREATED",
-            "STATUS",
-            "PORTS",
-            "ISOLATION",
-            "NAMES",
-        ],
-        &rows,
-    );
+    crate::format::Format::parse(args.format.as_deref(), PS_TABLE, PS_HEADERS).print(&rows)?;
     Ok(0)
 }
 
@@ -313,6 +328,159 @@ pub fn wait(roots: &Roots, args: WaitArgs) -> Result<i32> {
 }
 
 #[derive(Args)]
+pub struct StartArgs {
+    /// docker: stay attached to the container's output and wait for its exit.
+    #[arg(short = 'a', long)]
+    attach: bool,
+    /// docker: attach standard input (with -a).
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Containers: docker's (name or ID prefix) or runc's (a bundle's ID).
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `start`: runc's `start ID` for a bundle's container (whole ID, no
+/// flags, silent; also an unknown ID, so runc's error is given), else
+/// docker's for `capsa run` containers: created or stopped ones run again
+/// (container mode: with their files), detached and named on stdout, or
+/// with `-a` attached until they exit.
+pub fn start(roots: &Roots, args: StartArgs) -> Result<i32> {
+    if let [id] = args.containers.as_slice() {
+        let bundle = match capsa_shim::record::find_exact(roots, id)? {
+            Some(rec) => rec.bundle.is_some(),
+            None => Record::find(roots, id).is_err(),
+        };
+        if bundle && !args.attach && !args.interactive {
+            crate::runc::start_bundle(roots, id)?;
+            return Ok(0);
+        }
+    }
+    if args.attach && args.containers.len() > 1 {
+        bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            "start -a attaches to one container at a time".to_string()
+        ));
+    }
+    let store = Store::open(&roots.images())?;
+    if args.attach {
+        let c = &args.containers[0];
+        let Some(mut rec) = lifecycle::prepare_start(roots, &store, c)? else {
+            bail!(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!("container {c} is already running: use `capsa logs -f` or `capsa exec`")
+            ));
+        };
+        rec.interactive = args.interactive;
+        rec.save(roots)?;
+        return monitor::supervise(roots, &rec.id, Mode::Foreground);
+    }
+    each(&args.containers, |c| {
+        if let Some(rec) = lifecycle::prepare_start(roots, &store, c)? {
+            start_detached_monitor(roots, &rec)?;
+        }
+        println!("{c}");
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct RestartArgs {
+    /// Seconds to wait for the stop signal to work before SIGKILL.
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u64,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// docker's `restart`: stop (as `stop -t`), then start again, detached.
+pub fn restart(roots: &Roots, args: RestartArgs) -> Result<i32> {
+    let store = Store::open(&roots.images())?;
+    each(&args.containers, |c| {
+        let rec = Record::find(roots, c)
+            .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
+        if rec.auto_remove {
+            bail!(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!("container {} was run with --rm: stopping it removes it, so it cannot be restarted", rec.name)
+            ));
+        }
+        lifecycle::stop(roots, &rec.id, Duration::from_secs(args.time))?;
+        if let Some(rec) = lifecycle::prepare_start(roots, &store, &rec.id)? {
+            start_detached_monitor(roots, &rec)?;
+        }
+        println!("{c}");
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    /// Memory limit (e.g. 512m, 2g); swap is limited to it, as with run.
+    #[arg(short = 'm', long, value_name = "BYTES")]
+    memory: Option<String>,
+    /// CPU quota, a decimal number of CPUs.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Most processes the container may have.
+    #[arg(long)]
+    pids_limit: Option<i64>,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// docker's `update` of running containers; prints each name.
+pub fn update(roots: &Roots, args: UpdateArgs) -> Result<i32> {
+    use crate::run_flags::{host_cpus, parse_cpus, parse_memory};
+    let memory = args
+        .memory
+        .as_deref()
+        .map(parse_memory)
+        .transpose()?
+        .flatten();
+    let cpus = args
+        .cpus
+        .as_deref()
+        .map(|c| parse_cpus(c, host_cpus()))
+        .transpose()?
+        .flatten();
+    let pids = match args.pids_limit {
+        Some(p) if p <= 0 => bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("--pids-limit {p}: give a positive number of processes")
+        )),
+        p => p,
+    };
+    if memory.is_none() && cpus.is_none() && pids.is_none() {
+        bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            "update: give --memory, --cpus or --pids-limit".to_string()
+        ));
+    }
+    each(&args.containers, |c| {
+        let limits = capsa_image::spec::limits(memory, cpus, pids)
+            .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, e.to_string()))?;
+        lifecycle::update(roots, c, limits)?;
+        println!("{c}");
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct RenameArgs {
+    /// The container (name or ID).
+    container: String,
+    /// Its new name.
+    new_name: String,
+}
+
+/// docker's `rename`: prints nothing.
+pub fn rename(roots: &Roots, args: RenameArgs) -> Result<i32> {
+    lifecycle::rename(roots, &args.container, &args.new_name)?;
+    Ok(0)
+}
+
+#[derive(Args)]
 pub struct PauseArgs {
     #[arg(required = true)]
     containers: Vec<String>,
@@ -340,6 +508,10 @@ pub fn pause(roots: &Roots, args: PauseArgs, freeze: bool) -> Result<i32> {
 
 #[derive(Args)]
 pub struct InspectArgs {
+    /// A template over each object, one line each, e.g. '{{.State.Pid}}'
+    /// or '{{json .Mounts}}' (docker's).
+    #[arg(short = 'f', long)]
+    format: Option<String>,
     /// Containers or images (containers are looked up first).
     #[arg(required = true)]
     names: Vec<String>,
@@ -371,7 +543,14 @@ pub fn inspect(roots: &Roots, args: InspectArgs) -> Result<i32> {
             }
         }
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    match &args.format {
+        Some(t) => {
+            for v in &out {
+                println!("{}", crate::format::fill_json(t, v)?);
+            }
+        }
+        None => println!("{}", serde_json::to_string_pretty(&out)?),
+    }
     Ok(if failed { 1 } else { 0 })
 }
 

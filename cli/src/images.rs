@@ -104,7 +104,21 @@ pub struct ImagesArgs {
     /// Only print image IDs.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// table, table TEMPLATE, json or a template (docker's fields:
+    /// Repository, Tag, ID, CreatedSince, CreatedAt, Size).
+    #[arg(long)]
+    format: Option<String>,
 }
+
+const IMAGES_HEADERS: crate::format::Headers = &[
+    ("Repository", "REPOSITORY"),
+    ("Tag", "TAG"),
+    ("ID", "IMAGE ID"),
+    ("CreatedSince", "CREATED"),
+    ("CreatedAt", "CREATED AT"),
+    ("Size", "SIZE"),
+];
+const IMAGES_TABLE: &str = "{{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}";
 
 pub fn images(roots: &Roots, args: ImagesArgs) -> Result<i32> {
     let store = Store::open(&roots.images())?;
@@ -115,12 +129,13 @@ pub fn images(roots: &Roots, args: ImagesArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let mut rows = Vec::new();
+    let mut rows: Vec<crate::format::Fields> = Vec::new();
     for img in &list {
-        let created = img
+        let at = img
             .created
             .as_deref()
-            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok());
+        let created = at
             .map(|t| table::ago(t.with_timezone(&chrono::Utc)))
             .unwrap_or_else(|| "N/A".into());
         let names = if img.names.is_empty() {
@@ -134,15 +149,119 @@ pub fn images(roots: &Roots, args: ImagesArgs) -> Result<i32> {
                 _ => (n.clone(), "<none>".into()),
             };
             rows.push(vec![
-                repo,
-                tag,
-                table::short_id(&img.id),
-                created.clone(),
-                table::size(img.size),
+                ("Repository", repo),
+                ("Tag", tag),
+                ("ID", table::short_id(&img.id)),
+                ("CreatedSince", created.clone()),
+                ("CreatedAt", at.map(|t| t.to_rfc3339()).unwrap_or_default()),
+                ("Size", table::size(img.size)),
             ]);
         }
     }
-    table::print(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows);
+    crate::format::Format::parse(args.format.as_deref(), IMAGES_TABLE, IMAGES_HEADERS)
+        .print(&rows)?;
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct HistoryArgs {
+    /// The image (name or ID).
+    image: String,
+    /// Do not shorten IDs and commands.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Only print the image ID (its top row).
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// table, table TEMPLATE, json, or a template such as '{{.CreatedBy}}'.
+    /// Fields: ID, CreatedSince, CreatedAt, CreatedBy, Size, Comment.
+    #[arg(long)]
+    format: Option<String>,
+}
+
+const HISTORY_HEADERS: crate::format::Headers = &[
+    ("ID", "IMAGE"),
+    ("CreatedSince", "CREATED"),
+    ("CreatedAt", "CREATED AT"),
+    ("CreatedBy", "CREATED BY"),
+    ("Size", "SIZE"),
+    ("Comment", "COMMENT"),
+];
+const HISTORY_TABLE: &str = "{{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}";
+
+/// docker's `history`: the steps that made the image, newest first, each
+/// with the size of the layer it added (the config's history, its
+/// non-empty entries matched to the layers from the bottom up, as docker
+/// does). Only the top row has an ID: capsa keeps no parent images.
+pub fn history(roots: &Roots, args: HistoryArgs) -> Result<i32> {
+    let store = Store::open(&roots.images())?;
+    let img = store
+        .get(&args.image)
+        .map_err(|e| capsa_shim::CodedError::new(capsa_shim::EXIT_CAPSA_ERROR, e.to_string()))?;
+    let id = if args.no_trunc {
+        img.id.clone()
+    } else {
+        table::short_id(&img.id)
+    };
+    if args.quiet {
+        println!("{id}");
+        return Ok(0);
+    }
+    let mut layers = img.layers.iter();
+    let mut steps: Vec<(Option<&str>, Option<&str>, u64, &str)> = Vec::new();
+    let history = img.config.history().clone().unwrap_or_default();
+    for h in &history {
+        let size = if h.empty_layer().unwrap_or(false) {
+            0
+        } else {
+            layers.next().map(|l| l.unpacked_size).unwrap_or(0)
+        };
+        steps.push((
+            h.created().as_deref(),
+            h.created_by().as_deref(),
+            size,
+            h.comment().as_deref().unwrap_or(""),
+        ));
+    }
+    // Layers the history does not account for (an image without one).
+    for l in layers {
+        steps.push((None, None, l.unpacked_size, ""));
+    }
+    let rows: Vec<crate::format::Fields> = steps
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, (created, by, size, comment))| {
+            let at = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok());
+            let by = by.unwrap_or("");
+            let by = if args.no_trunc || by.chars().count() <= 45 {
+                by.to_string()
+            } else {
+                format!("{}…", by.chars().take(44).collect::<String>())
+            };
+            vec![
+                (
+                    "ID",
+                    if i == 0 {
+                        id.clone()
+                    } else {
+                        "<missing>".into()
+                    },
+                ),
+                (
+                    "CreatedSince",
+                    at.map(|t| table::ago(t.with_timezone(&chrono::Utc)))
+                        .unwrap_or_else(|| "N/A".into()),
+                ),
+                ("CreatedAt", at.map(|t| t.to_rfc3339()).unwrap_or_default()),
+                ("CreatedBy", by),
+                ("Size", table::size(*size)),
+                ("Comment", comment.to_string()),
+            ]
+        })
+        .collect();
+    crate::format::Format::parse(args.format.as_deref(), HISTORY_TABLE, HISTORY_HEADERS)
+        .print(&rows)?;
     Ok(0)
 }
 

@@ -5,10 +5,12 @@
 
 mod bench;
 mod containers;
+mod format;
 mod images;
 mod networks;
 mod run_flags;
 mod runc;
+mod stats;
 mod table;
 mod volumes;
 
@@ -95,6 +97,14 @@ enum Command {
     Wait(containers::WaitArgs),
     /// Show details of containers or images as JSON.
     Inspect(containers::InspectArgs),
+    /// Live resource use of containers: CPU, memory, network, block I/O, PIDs (docker).
+    Stats(stats::StatsArgs),
+    /// The processes of a running container (docker).
+    Top(stats::TopArgs),
+    /// Give a container a new name (docker).
+    Rename(containers::RenameArgs),
+    /// Change a running container's memory, CPU or PIDs limit (docker).
+    Update(containers::UpdateArgs),
     /// Manage networks: create, ls, inspect, rm, prune, connect, disconnect.
     Network(networks::NetworkArgs),
     /// List a container's published ports.
@@ -111,6 +121,8 @@ enum Command {
     Rmi(images::RmiArgs),
     /// Give an image another name.
     Tag(images::TagArgs),
+    /// The steps that made an image, with their layers' sizes (docker).
+    History(images::HistoryArgs),
     /// Write an image to an OCI archive.
     Save(images::SaveArgs),
     /// The guest kernel: where it is (building it first) and its config.
@@ -122,8 +134,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// runc: create a container from an OCI bundle; it waits for `start`.
     Create(runc::CreateArgs),
-    /// runc: start a container made by `create`.
-    Start(runc::IdArg),
+    /// Start containers again (docker: stopped `capsa run` containers, -a to
+    /// attach), or runc's: start the process of a container made by `create`.
+    Start(containers::StartArgs),
+    /// Stop and start containers again (docker).
+    Restart(containers::RestartArgs),
     /// runc: print a container's state as JSON.
     State(runc::IdArg),
     /// runc: delete containers made by `create`.
@@ -272,6 +287,11 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Rm(a) => containers::rm(roots, a),
         Command::Wait(a) => containers::wait(roots, a),
         Command::Inspect(a) => containers::inspect(roots, a),
+        Command::Stats(a) => stats::stats(roots, a),
+        Command::Top(a) => stats::top(roots, a),
+        Command::Rename(a) => containers::rename(roots, a),
+        Command::Update(a) => containers::update(roots, a),
+        Command::History(a) => images::history(roots, a),
         Command::Network(a) => networks::network(roots, a),
         Command::Port(a) => networks::port(roots, a),
         Command::Volume(a) => volumes::volume(roots, a),
@@ -285,7 +305,8 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::TestHost(a) => a.run(),
         Command::Bench(a) => bench::run(roots, a),
         Command::Create(a) => runc::create(roots, a),
-        Command::Start(a) => runc::start(roots, a),
+        Command::Start(a) => containers::start(roots, a),
+        Command::Restart(a) => containers::restart(roots, a),
         Command::State(a) => runc::state(roots, a),
         Command::Delete(a) => runc::delete(roots, a),
         Command::List(a) => runc::list(roots, a),

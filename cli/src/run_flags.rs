@@ -489,7 +489,7 @@ pub fn parse_cpus(s: &str, host_cpus: usize) -> Result<Option<f64>> {
 }
 
 /// The CPUs this process may run on (what docker counts for `--cpus`).
-fn host_cpus() -> usize {
+pub fn host_cpus() -> usize {
     nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
         .map(|set| {
             (0..nix::sched::CpuSet::count())

@@ -42,7 +42,11 @@ pub fn duration(d: chrono::Duration) -> String {
         120..=3599 => format!("{} minutes", s / 60),
         3600..=7199 => "About an hour".into(),
         7200..=172_799 => format!("{} hours", s / 3600),
-        _ => format!("{} days", s / 86400),
+        // docker's units.HumanDuration from here on.
+        172_800..=1_209_599 => format!("{} days", s / 86400),
+        1_209_600..=5_183_999 => format!("{} weeks", s / 604_800),
+        5_184_000..=63_071_999 => format!("{} months", s / 2_592_000),
+        _ => format!("{} years", s / 31_536_000),
     }
 }
 
@@ -73,6 +77,10 @@ mod tests {
         assert_eq!(size(512), "512B");
         assert_eq!(duration(chrono::Duration::seconds(5)), "5 seconds");
         assert_eq!(duration(chrono::Duration::seconds(300)), "5 minutes");
+        assert_eq!(duration(chrono::Duration::days(3)), "3 days");
+        assert_eq!(duration(chrono::Duration::days(20)), "2 weeks");
+        assert_eq!(duration(chrono::Duration::days(90)), "3 months");
+        assert_eq!(duration(chrono::Duration::days(1068)), "2 years");
         assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
     }
 }

@@ -1,5 +1,6 @@
 //! Where a container's cgroup lives, and what it counted.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The cgroup path capsa gives each container (relative to each hierarchy).
@@ -39,6 +40,59 @@ fn oom_kills_in(text: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
 }
 
+/// Resource usage from a container's cgroup v2 files (read directly:
+/// libcgroups insists on pressure files a kernel without PSI lacks).
+pub fn v2_stats(cgroup: &Path) -> capsa_proto::Stats {
+    let read = |f: &str| fs::read_to_string(cgroup.join(f)).unwrap_or_default();
+    let num = |f: &str| read(f).trim().parse::<u64>().ok();
+    let keyed = |f: &str, key: &str| {
+        read(f).lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
+        })
+    };
+    let mut s = capsa_proto::Stats::default();
+    s.memory.usage_bytes = num("memory.current").unwrap_or(0);
+    s.memory.max_usage_bytes = num("memory.peak");
+    s.memory.limit_bytes = num("memory.max");
+    s.cpu.usage_usec = keyed("cpu.stat", "usage_usec").unwrap_or(0);
+    s.cpu.user_usec = keyed("cpu.stat", "user_usec").unwrap_or(0);
+    s.cpu.system_usec = keyed("cpu.stat", "system_usec").unwrap_or(0);
+    s.pids.current = num("pids.current").unwrap_or(0);
+    s.pids.limit = num("pids.max");
+    // "MAJ:MIN rbytes=N wbytes=N rios=N …", one line per device; no file
+    // without the io controller.
+    if let Ok(io) = fs::read_to_string(cgroup.join("io.stat")) {
+        let mut b = capsa_proto::BlockStats::default();
+        for word in io.split_whitespace() {
+            let value = |k: &str| word.strip_prefix(k).and_then(|v| v.parse::<u64>().ok());
+            b.read_bytes += value("rbytes=").unwrap_or(0);
+            b.write_bytes += value("wbytes=").unwrap_or(0);
+        }
+        s.block = Some(b);
+    }
+    if let Some(pid) = v2_pids(cgroup).first() {
+        s.net = crate::procfs::net_dev(*pid);
+    }
+    s
+}
+
+/// The processes in a container's cgroup, as `ps -ef` shows them.
+pub fn v2_processes(cgroup: &Path) -> Vec<capsa_proto::ProcessInfo> {
+    v2_pids(cgroup)
+        .into_iter()
+        .filter_map(crate::procfs::process)
+        .collect()
+}
+
+fn v2_pids(cgroup: &Path) -> Vec<i32> {
+    fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +110,32 @@ mod tests {
     fn a_container_s_cgroup_is_under_capsa() {
         assert_eq!(cgroup_path("abc"), PathBuf::from("/capsa/abc"));
         assert_eq!(v2_dir("abc"), PathBuf::from("/sys/fs/cgroup/capsa/abc"));
+    }
+
+    #[test]
+    fn stats_read_cgroup_v2_files() {
+        let d = tempfile::tempdir().unwrap();
+        let w = |f: &str, t: &str| fs::write(d.path().join(f), t).unwrap();
+        w("memory.current", "1234\n");
+        w("memory.max", "max\n");
+        w("memory.peak", "2000\n");
+        w("cpu.stat", "usage_usec 10\nuser_usec 7\nsystem_usec 3\n");
+        w("pids.current", "2\n");
+        w("pids.max", "100\n");
+        w(
+            "io.stat",
+            "254:0 rbytes=4096 wbytes=512 rios=1 wios=1\n254:16 rbytes=10 wbytes=0\n",
+        );
+        let s = v2_stats(d.path());
+        let b = s.block.unwrap();
+        assert_eq!((b.read_bytes, b.write_bytes), (4106, 512));
+        assert_eq!(s.memory.usage_bytes, 1234);
+        assert_eq!(s.memory.limit_bytes, None, "max means unlimited");
+        assert_eq!(s.memory.max_usage_bytes, Some(2000));
+        assert_eq!(
+            (s.cpu.usage_usec, s.cpu.user_usec, s.cpu.system_usec),
+            (10, 7, 3)
+        );
+        assert_eq!((s.pids.current, s.pids.limit), (2, Some(100)));
     }
 }

@@ -13,10 +13,12 @@
 //! - [`process`]: a new process's standard streams, an exec request, and
 //!   waiting for a process the docker way (128+N for signal N);
 //! - [`cgroup`]: where a container's cgroup lives and what it counted;
+//! - [`procfs`]: a container's processes and traffic as /proc shows them;
 //! - [`terminal`]: window sizes and receiving a pty over a console socket.
 
 pub mod cgroup;
 pub mod process;
+pub mod procfs;
 pub mod rootfs;
 pub mod runtime;
 pub mod terminal;

@@ -157,6 +157,20 @@ impl Runtime {
         Ok(libcgroups::common::create_cgroup_manager(config)?)
     }
 
+    /// Changes the running container `id`'s cgroup limits to `resources`
+    /// (its whole `linux.resources`, as `update` merged them).
+    pub fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        use libcgroups::common::{CgroupManager, ControllerOpt};
+        self.cgroup(id)?
+            .apply(&ControllerOpt {
+                resources,
+                disable_oom_killer: false,
+                oom_score_adj: None,
+                freezer_state: None,
+            })
+            .map_err(|e| anyhow::anyhow!("changing the cgroup limits of {id}: {e}"))
+    }
+
     fn load(&self, id: &str) -> Result<LockedContainer> {
         let dir = self.state_dir.join(id);
         let lock = std::fs::File::open(&dir)

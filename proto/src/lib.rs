@@ -70,9 +70,10 @@ pub use flow::{
 pub use handshake::handshake;
 pub use hvsock::connect_hybrid_vsock;
 pub use message::{
-    CpuStats, ErrorCode, ErrorReply, ExecProcess, Frame, GuestInterface, GuestNetwork, GuestRoute,
-    Hello, MemoryStats, PidsStats, Request, Response, Rootfs, Stats, StdStream, StdioOptions, User,
-    Volume, WinSize, WritableLayer, MAX_ID_LEN, PROTOCOL_VERSION, VIRTIOFS,
+    BlockStats, CpuStats, ErrorCode, ErrorReply, ExecProcess, Frame, GuestInterface, GuestNetwork,
+    GuestRoute, Hello, MemoryStats, NetStats, PidsStats, ProcessInfo, Request, Response, Rootfs,
+    Stats, StdStream, StdioOptions, User, Volume, WinSize, WritableLayer, MAX_ID_LEN,
+    PROTOCOL_VERSION, VIRTIOFS,
 };
 
 /// vsock port the agent listens on.

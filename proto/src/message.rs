@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 /// Version of the wire protocol. Bump it on any incompatible change; the
 /// handshake refuses a peer that speaks another version.
 ///
-/// v2 added [`Request::Delete`] (several containers per guest).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// v2 added [`Request::Delete`] (several containers per guest); v3
+/// [`Request::Top`], [`Request::Update`] and network and block figures in
+/// [`Stats`].
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Longest container or exec id, in bytes (ids travel in a one-byte length
 /// field in stream frames).
@@ -290,6 +292,19 @@ pub enum Request {
         /// Container id.
         container_id: String,
     },
+    /// New cgroup limits for a running container (`capsa update`): its
+    /// whole `linux.resources`. Reply: `Ok`.
+    Update {
+        /// Container id.
+        container_id: String,
+        /// The resources, as in the container's spec.
+        resources: Box<oci_spec::runtime::LinuxResources>,
+    },
+    /// The processes of a container (`capsa top`). Reply: `Processes`.
+    Top {
+        /// Container id.
+        container_id: String,
+    },
     /// Kill every process, sync, and power the guest off. Reply: `Ok`
     /// (sent before the power-off).
     Shutdown,
@@ -314,6 +329,8 @@ impl Request {
             Request::Wait { .. } => "wait",
             Request::ResizeTty { .. } => "resize_tty",
             Request::Stats { .. } => "stats",
+            Request::Top { .. } => "top",
+            Request::Update { .. } => "update",
             Request::Shutdown => "shutdown",
             Request::Delete { .. } => "delete",
         }
@@ -383,6 +400,25 @@ pub struct PidsStats {
     pub limit: Option<u64>,
 }
 
+/// Traffic of a container's network namespace, every interface but
+/// loopback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetStats {
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// Block-device I/O of a container's cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockStats {
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+}
+
 /// Reply to [`Request::Stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -392,6 +428,34 @@ pub struct Stats {
     pub cpu: CpuStats,
     /// Processes.
     pub pids: PidsStats,
+    /// Network.
+    #[serde(default)]
+    pub net: NetStats,
+    /// Block I/O; `None` where the kernel does not count it (a guest
+    /// kernel without the io controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<BlockStats>,
+}
+
+/// One process of a container, as `ps -ef` shows it (reply to
+/// [`Request::Top`]). PIDs are those of the side that read them: the
+/// host's in container mode, the guest's in VM mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Process ID.
+    pub pid: i32,
+    /// Parent's process ID.
+    pub ppid: i32,
+    /// Real user ID.
+    pub uid: u32,
+    /// Start time, seconds since the epoch.
+    pub started: i64,
+    /// CPU time used (user + system), milliseconds.
+    pub cpu_ms: u64,
+    /// Controlling terminal ("pts/0"), or "?".
+    pub tty: String,
+    /// Command line; `[name]` when it has none (a kernel thread, a zombie).
+    pub cmd: String,
 }
 
 /// What went wrong, in a form a program can act on.
@@ -471,6 +535,11 @@ pub enum Response {
     },
     /// Reply to `Stats`.
     Stats(Stats),
+    /// Reply to `Top`.
+    Processes {
+        /// One entry per process.
+        processes: Vec<ProcessInfo>,
+    },
     /// The request failed.
     Error(ErrorReply),
 }

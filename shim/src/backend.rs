@@ -14,6 +14,7 @@ use capsa_image::{Image, Store};
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
+use oci_spec::runtime::LinuxResources;
 
 pub use capsa_container::{ExecRequest, ProcessIo};
 
@@ -77,6 +78,9 @@ pub trait Backend {
     /// `start` from another process than the creator (runc's `start`).
     fn start(&self, rec: &Record) -> Result<()>;
     fn kill(&self, rec: &Record, signal: Signal) -> Result<()>;
+    /// Gives the running container new cgroup limits (its spec's whole
+    /// `linux.resources`).
+    fn update(&self, rec: &Record, resources: &LinuxResources) -> Result<()>;
     /// Starts another process in the running container.
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle>;
     /// Releases what a container whose creator is gone still holds on the

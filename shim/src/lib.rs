@@ -30,6 +30,7 @@ pub mod record;
 pub mod spec_check;
 pub mod stdio;
 pub mod timing;
+pub mod usage;
 pub mod volumes;
 
 pub use lifecycle::{CreateRequest, Isolation};

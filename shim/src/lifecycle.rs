@@ -353,6 +353,137 @@ fn find_running(roots: &Roots, key: &str) -> Result<Record> {
     Ok(rec)
 }
 
+/// docker's `start` of a `capsa run` container, up to the monitor: a
+/// created one as it is; a stopped one gets its root filesystem back (the
+/// same writable layer in container mode) and its record rearmed. Returns
+/// None if it is already running. The caller starts the monitor
+/// (`monitor::supervise`, or `spawn` for a detached one).
+pub fn prepare_start(roots: &Roots, store: &Store, key: &str) -> Result<Option<Record>> {
+    let _lock = crate::record::lock_containers(roots)?;
+    let mut rec = Record::find(roots, key)
+        .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
+    match rec.status() {
+        Status::Running => return Ok(None),
+        Status::Paused => {
+            return Err(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!("container {} is paused: unpause it instead", rec.name),
+            )
+            .into())
+        }
+        Status::Created => return Ok(Some(rec)),
+        Status::Stopped => {}
+    }
+    rec.rearm()?;
+    let image = store.get(&rec.image_id).map_err(|e| {
+        CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("container {}: its image: {e}", rec.name),
+        )
+    })?;
+    let backend = backend_for(roots, rec.isolation)?;
+    let paths = ContainerPaths::new(roots, &rec.id);
+    backend.prepare_rootfs(&paths, store, &image, rec.auto_remove)?;
+    if let Err(e) = rec.save(roots) {
+        let _ = backend.release_rootfs(&paths);
+        return Err(e);
+    }
+    Ok(Some(rec))
+}
+
+/// docker's `update`: new memory, CPU and PIDs limits for a running
+/// container, applied to its cgroup (in VM mode the one in the guest) and
+/// kept in its spec, so `inspect` and a restart see them. In VM mode the
+/// VM's size is fixed at boot: a limit beyond it is refused.
+pub fn update(roots: &Roots, key: &str, limits: capsa_image::spec::Limits) -> Result<Record> {
+    let rec = find_running(roots, key)?;
+    let paths = ContainerPaths::new(roots, &rec.id);
+    let mut spec = oci_spec::runtime::Spec::load(paths.config())?;
+    if rec.isolation == Isolation::Vm {
+        check_vm_limits(&paths, &limits)?;
+    }
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .context("the container's spec has no linux section")?;
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    limits.apply_to(&mut resources);
+    backend_for(roots, rec.isolation)?.update(&rec, &resources)?;
+    linux.set_resources(Some(resources));
+    spec.save(paths.config())
+        .with_context(|| format!("writing {}", paths.config().display()))?;
+    Ok(rec)
+}
+
+/// A VM-mode container's limits stay within its VM (vm.json, as booted).
+fn check_vm_limits(paths: &ContainerPaths, limits: &capsa_image::spec::Limits) -> Result<()> {
+    let vm: serde_json::Value = serde_json::from_slice(&fs::read(paths.dir.join("vm.json"))?)?;
+    let mem = vm["mem_mib"].as_i64().unwrap_or(0) << 20;
+    let vcpus = vm["vcpus"].as_i64().unwrap_or(1);
+    let refuse = |msg: String| Err(CodedError::new(EXIT_CAPSA_ERROR, msg).into());
+    if let Some(limit) = limits.memory.as_ref().and_then(|m| m.limit()) {
+        if limit > mem {
+            return refuse(format!(
+                "--memory {} MiB is more than this VM-mode container's VM has ({} MiB, fixed when it booted): restart it with a larger --memory",
+                limit >> 20,
+                mem >> 20
+            ));
+        }
+    }
+    if let Some(cpu) = &limits.cpu {
+        let (quota, period) = (cpu.quota().unwrap_or(0), cpu.period().unwrap_or(100_000));
+        if quota > vcpus * period as i64 {
+            return refuse(format!(
+                "--cpus {:.2} is more than this VM-mode container's VM has ({vcpus} vCPUs, fixed when it booted): restart it with more --cpus",
+                quota as f64 / period as f64
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// docker's `rename`. The name is changed under the containers lock, as
+/// `create` claims one. A running container on a user network keeps its
+/// name there (aardvark-dns answers it, and netavark cannot rename an
+/// entry): that one is refused rather than left answering to the old name.
+pub fn rename(roots: &Roots, key: &str, new_name: &str) -> Result<Record> {
+    let refuse =
+        |msg: String| -> Result<Record> { Err(CodedError::new(EXIT_CAPSA_ERROR, msg).into()) };
+    validate_name(new_name)?;
+    let _lock = crate::record::lock_containers(roots)?;
+    let rec = Record::find(roots, key)
+        .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
+    if rec.bundle.is_some() {
+        return refuse(format!(
+            "container {} was made from an engine's bundle: it has no name to change",
+            rec.id
+        ));
+    }
+    if rec.name == new_name {
+        return refuse(format!(
+            "container {} is already named {new_name}",
+            rec.short_id()
+        ));
+    }
+    if Record::list(roots)?.iter().any(|r| r.name == new_name) {
+        return refuse(format!("the container name {new_name:?} is already in use; remove that container or choose another name"));
+    }
+    let named_on = rec
+        .network
+        .iter()
+        .flat_map(|n| &n.endpoints)
+        .find(|e| e.network != capsa_network::DEFAULT_NETWORK);
+    if let (Some(ep), true) = (named_on, rec.status().can_exec()) {
+        return refuse(format!(
+            "container {} is running on network {}, where other containers find it by name: stop it to rename it",
+            rec.name, ep.network
+        ));
+    }
+    crate::record::with_record(roots, &rec.id, |r| r.name = new_name.to_string()).ok_or_else(|| {
+        CodedError::new(EXIT_CAPSA_ERROR, format!("container {} is gone", rec.name)).into()
+    })
+}
+
 /// docker's `pause`: freezes every process of a running container (in VM
 /// mode its whole VM).
 pub fn pause(roots: &Roots, key: &str) -> Result<Record> {

@@ -76,6 +76,10 @@ impl Backend for NamespaceBackend {
         kill(&self.runtime, &rec.id, &rec.name, signal)
     }
 
+    fn update(&self, rec: &Record, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        self.runtime.update(&rec.id, resources)
+    }
+
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
         let config = ContainerPaths::new(&self.roots, &rec.id).config();
         let spec = oci_spec::runtime::Spec::load(&config)?;

@@ -230,6 +230,32 @@ impl Record {
         self.id.get(..12).unwrap_or(&self.id)
     }
 
+    /// docker's `start` of a stopped container: back to Created, the last
+    /// run's exit forgotten (its log is kept). Only `capsa run`'s
+    /// containers: a bundle's, as runc's, runs once.
+    pub fn rearm(&mut self) -> Result<()> {
+        if self.status != Status::Stopped || self.bundle.is_some() {
+            return Err(crate::CodedError::new(
+                crate::EXIT_CAPSA_ERROR,
+                format!(
+                    "container {} is {}: only a stopped container can be started again",
+                    self.display_name(),
+                    self.status
+                ),
+            )
+            .into());
+        }
+        self.status = Status::Created;
+        self.pid = None;
+        self.monitor_pid = None;
+        self.keeper_pid = None;
+        self.exit_code = None;
+        self.finished = None;
+        self.oom_killed = false;
+        self.error = None;
+        Ok(())
+    }
+
     /// Moves the container to status `to`, or says why it cannot.
     pub fn transition(&mut self, to: Status) -> Result<()> {
         if !self.status.can_become(to) {

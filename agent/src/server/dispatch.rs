@@ -54,6 +54,11 @@ impl Agent {
             }
             Request::ResizeTty { id, rows, cols } => self.resize_tty(&id, rows, cols),
             Request::Stats { container_id } => self.stats(&container_id),
+            Request::Top { container_id } => self.top(&container_id),
+            Request::Update {
+                container_id,
+                resources,
+            } => self.update(&container_id, &resources),
             Request::Shutdown => {
                 self.request_poweroff("the host asked for a shutdown");
                 Response::Ok

@@ -29,6 +29,10 @@ pub trait Managed: Send {
     fn exec(&self, req: &ExecRequest, io: ProcessIo) -> Result<i32>;
     fn oom_killed(&self) -> bool;
     fn stats(&self) -> capsa_proto::Stats;
+    /// Its processes (`capsa top`).
+    fn processes(&self) -> Vec<capsa_proto::ProcessInfo>;
+    /// New cgroup limits (`capsa update`).
+    fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<()>;
     /// Kills what is left and releases the container. Idempotent.
     fn destroy(&mut self);
     /// After `destroy`: removes its state so its id can be created again.
@@ -49,7 +53,13 @@ impl Managed for Container {
         Container::oom_killed(self)
     }
     fn stats(&self) -> capsa_proto::Stats {
-        crate::container::stats(&self.cgroup_dir())
+        capsa_container::cgroup::v2_stats(&self.cgroup_dir())
+    }
+    fn processes(&self) -> Vec<capsa_proto::ProcessInfo> {
+        capsa_container::cgroup::v2_processes(&self.cgroup_dir())
+    }
+    fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        Container::update(self, resources)
     }
     fn destroy(&mut self) {
         Container::destroy(self)
@@ -93,6 +103,31 @@ impl Agent {
         let st = self.lock();
         match st.containers.get(container_id) {
             Some(c) => Response::Stats(c.stats()),
+            None => not_found(container_id),
+        }
+    }
+
+    pub(super) fn update(
+        &self,
+        container_id: &str,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Response {
+        let st = self.lock();
+        match st.containers.get(container_id) {
+            Some(c) => match c.update(resources) {
+                Ok(()) => Response::Ok,
+                Err(e) => err(ErrorCode::Internal, format!("{e:#}")),
+            },
+            None => not_found(container_id),
+        }
+    }
+
+    pub(super) fn top(&self, container_id: &str) -> Response {
+        let st = self.lock();
+        match st.containers.get(container_id) {
+            Some(c) => Response::Processes {
+                processes: c.processes(),
+            },
             None => not_found(container_id),
         }
     }

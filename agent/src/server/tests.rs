@@ -246,6 +246,12 @@ impl Managed for Fake {
     fn stats(&self) -> capsa_proto::Stats {
         capsa_proto::Stats::default()
     }
+    fn processes(&self) -> Vec<capsa_proto::ProcessInfo> {
+        Vec::new()
+    }
+    fn update(&self, _: &oci_spec::runtime::LinuxResources) -> anyhow::Result<()> {
+        Ok(())
+    }
     fn destroy(&mut self) {
         self.log
             .lock()

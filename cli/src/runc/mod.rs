@@ -35,9 +35,9 @@ pub use features::features;
 pub use kill::{kill, KillArgs};
 pub use list::{list, ListArgs};
 pub use pause::{pause_bundle, resume};
-pub use ps::{ps, PsArgs};
+pub use ps::{host_ps, ps, PsArgs};
 pub use spec::{spec, SpecArgs};
-pub use start::start;
+pub use start::start_bundle;
 pub use state::state;
 
 use std::io::Write;

@@ -40,6 +40,7 @@ mod users;
 
 pub use mounts::{MASKED_PATHS, READONLY_PATHS};
 pub use process::{command, environment, DEFAULT_CAPS, DEFAULT_PATH, NOFILE_LIMIT};
+pub use resources::{limits, Limits};
 pub use seccomp::{default_seccomp, DENIED_SYSCALLS};
 pub use users::{resolve_user, ResolvedUser};
 

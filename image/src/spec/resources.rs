@@ -2,8 +2,8 @@
 //! memory, cpu and pids limits.
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
-    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+    LinuxCpu, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemory,
+    LinuxMemoryBuilder, LinuxPids, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 
 use super::{bad, internal, RunConfig};
@@ -46,20 +46,65 @@ pub(super) fn resources(rc: &RunConfig) -> Result<LinuxResources> {
     }
     devices.push(allow_char(136, None)?);
     let mut r = LinuxResourcesBuilder::default().devices(devices);
-    if let Some(m) = rc.memory_bytes {
+    let limits = limits(rc.memory_bytes, rc.cpus, rc.pids_limit)?;
+    if let Some(m) = limits.memory {
+        r = r.memory(m);
+    }
+    if let Some(c) = limits.cpu {
+        r = r.cpu(c);
+    }
+    if let Some(p) = limits.pids {
+        r = r.pids(p);
+    }
+    r.build().map_err(internal)
+}
+
+/// The memory, CPU and PIDs limits `run` and `update` take.
+#[derive(Debug, Default)]
+pub struct Limits {
+    pub memory: Option<LinuxMemory>,
+    pub cpu: Option<LinuxCpu>,
+    pub pids: Option<LinuxPids>,
+}
+
+impl Limits {
+    /// Sets what is given here on `r`, keeping the rest.
+    pub fn apply_to(self, r: &mut LinuxResources) {
+        if self.memory.is_some() {
+            r.set_memory(self.memory);
+        }
+        if self.cpu.is_some() {
+            r.set_cpu(self.cpu);
+        }
+        if self.pids.is_some() {
+            r.set_pids(self.pids);
+        }
+    }
+}
+
+/// `--memory` (swap limited to it, as docker's default), `--cpus` (a CFS
+/// quota), `--pids-limit` (0 or less: none), checked as docker checks them.
+pub fn limits(
+    memory_bytes: Option<i64>,
+    cpus: Option<f64>,
+    pids_limit: Option<i64>,
+) -> Result<Limits> {
+    let mut out = Limits::default();
+    if let Some(m) = memory_bytes {
         if m < 6 * 1024 * 1024 {
             return Err(bad(format!(
                 "memory limit {m} bytes is too small: the minimum is 6 MiB"
             )));
         }
-        let memory = LinuxMemoryBuilder::default()
-            .limit(m)
-            .swap(m)
-            .build()
-            .map_err(internal)?;
-        r = r.memory(memory);
+        out.memory = Some(
+            LinuxMemoryBuilder::default()
+                .limit(m)
+                .swap(m)
+                .build()
+                .map_err(internal)?,
+        );
     }
-    if let Some(c) = rc.cpus {
+    if let Some(c) = cpus {
         let period: u64 = 100_000;
         let quota = (c * period as f64).round() as i64;
         if !c.is_finite() || quota < 1000 {
@@ -67,24 +112,23 @@ pub(super) fn resources(rc: &RunConfig) -> Result<LinuxResources> {
                 "--cpus {c} is out of range: give at least 0.01"
             )));
         }
-        let cpu = LinuxCpuBuilder::default()
-            .quota(quota)
-            .period(period)
-            .build()
-            .map_err(internal)?;
-        r = r.cpu(cpu);
+        out.cpu = Some(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(period)
+                .build()
+                .map_err(internal)?,
+        );
     }
-    if let Some(p) = rc.pids_limit {
-        if p > 0 {
-            r = r.pids(
-                LinuxPidsBuilder::default()
-                    .limit(p)
-                    .build()
-                    .map_err(internal)?,
-            );
-        }
+    if let Some(p) = pids_limit.filter(|p| *p > 0) {
+        out.pids = Some(
+            LinuxPidsBuilder::default()
+                .limit(p)
+                .build()
+                .map_err(internal)?,
+        );
     }
-    r.build().map_err(internal)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -146,6 +146,19 @@ pub fn all_requests() -> Vec<Request> {
         Request::Stats {
             container_id: "c1".into(),
         },
+        Request::Top {
+            container_id: "c1".into(),
+        },
+        Request::Update {
+            container_id: "c1".into(),
+            resources: Box::new(
+                serde_json::from_value(serde_json::json!({
+                    "memory": {"limit": 67108864, "swap": 67108864},
+                    "pids": {"limit": 64}
+                }))
+                .unwrap(),
+            ),
+        },
         Request::Shutdown,
         Request::Delete {
             container_id: "c2".into(),
@@ -180,7 +193,26 @@ pub fn all_responses() -> Vec<Response> {
                 current: 4,
                 limit: None,
             },
+            net: NetStats {
+                rx_bytes: 5,
+                tx_bytes: 6,
+            },
+            block: Some(BlockStats {
+                read_bytes: 7,
+                write_bytes: 8,
+            }),
         }),
+        Response::Processes {
+            processes: vec![ProcessInfo {
+                pid: 1,
+                ppid: 0,
+                uid: 1000,
+                started: 1_700_000_000,
+                cpu_ms: 20,
+                tty: "pts/0".into(),
+                cmd: "sleep 60".into(),
+            }],
+        },
         Response::Error(ErrorReply::new(ErrorCode::NotFound, "no container c9")),
     ]
 }

@@ -82,6 +82,16 @@ impl MicroVmBackend {
         }
     }
 
+    /// The container's processes, read in the guest.
+    pub fn top(&self, rec: &Record) -> Result<Vec<capsa_proto::ProcessInfo>> {
+        match self.connect(rec)?.request(Request::Top {
+            container_id: rec.id.clone(),
+        })? {
+            Response::Processes { processes } => Ok(processes),
+            other => bail!("the guest agent answered top with {other:?}"),
+        }
+    }
+
     fn console_log(&self, id: &str) -> PathBuf {
         ContainerPaths::new(&self.roots, id).dir.join("console.log")
     }
@@ -323,7 +333,10 @@ impl Backend for MicroVmBackend {
         _ephemeral: bool,
     ) -> Result<()> {
         let disk = store.rootfs_image(image, RootfsFormat::Ext4)?;
-        std::os::unix::fs::symlink(&disk, paths.dir.join("rootfs.disk"))?;
+        // Again for a restart: the link may be there.
+        let link = paths.dir.join("rootfs.disk");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&disk, link)?;
         // The root is assembled in the guest; the host mounts nothing (the
         // spec's users come from the image's layers, spec::generate).
         std::fs::create_dir_all(paths.rootfs())?;
@@ -542,6 +555,15 @@ impl Backend for MicroVmBackend {
 
     fn kill(&self, rec: &Record, signal: Signal) -> Result<()> {
         kill(&self.connect(rec)?, rec, signal)
+    }
+
+    fn update(&self, rec: &Record, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        self.connect(rec)?
+            .request(Request::Update {
+                container_id: rec.id.clone(),
+                resources: Box::new(resources.clone()),
+            })
+            .map(|_| ())
     }
 
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
@@ -790,6 +812,21 @@ fn vmm_threads(pid: i32) -> String {
         return String::new();
     }
     format!(" (capsa-vmm's threads: {})", threads.join(", "))
+}
+
+/// The capsa-vmm process under a VM-mode container's monitor.
+pub fn vmm_pid(rec: &Record) -> Option<i32> {
+    // `capsa run`'s record holds the VMM's PID itself.
+    if let Some(pid) = rec.pid.filter(|p| is_vmm(*p)) {
+        return Some(pid);
+    }
+    let monitor = rec.monitor_pid?;
+    let children =
+        std::fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .find(|p| is_vmm(*p))
 }
 
 /// Whether `pid` runs capsa-vmm.

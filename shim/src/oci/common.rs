@@ -125,17 +125,3 @@ pub(super) fn leave_pod(roots: &Roots, rec: &Record) {
         sandbox::leave(&ContainerPaths::new(roots, sb).dir, &rec.id);
     }
 }
-
-/// The capsa-vmm process under a VM-mode container's monitor.
-pub(super) fn vmm_pid(rec: &Record) -> Option<i32> {
-    // `capsa run`'s record holds the VMM's PID itself.
-    if let Some(pid) = rec.pid.filter(|p| crate::microvm::is_vmm(*p)) {
-        return Some(pid);
-    }
-    let monitor = rec.monitor_pid?;
-    let children = fs::read_to_string(format!("/proc/{monitor}/task/{monitor}/children")).ok()?;
-    children
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .find(|p| crate::microvm::is_vmm(*p))
-}

@@ -3,7 +3,8 @@
 use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
 
-use super::common::{error, record, status_of, vmm_pid};
+use super::common::{error, record, status_of};
+use crate::microvm::vmm_pid;
 use crate::paths::Roots;
 use crate::record::with_record;
 use crate::record::Isolation;
