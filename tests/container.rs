@@ -763,23 +763,18 @@ fn stats_and_top_show_a_containers_use_and_processes() {
         "only the container's rows of the host's ps: {custom}"
     );
 
-    for (args, says) in [
-        (vec!["stats", "--no-stream", "nosuch"], "nosuch"),
-        (
-            vec!["stats", "--no-stream", "--format", "{{.Nope}}"],
-            "no field .Nope",
-        ),
-        (vec!["top", "done"], "is not running"),
-        (vec!["top", "busy", "-o", "comm"], "no PID column"),
-    ] {
-        let out = env.run(&args);
-        assert_eq!(code(&out), 125, "{args:?}");
-        let err = stderr(&out);
-        assert!(
-            err.contains(says) && err.lines().count() == 1,
-            "{args:?}: {err}"
-        );
-    }
+    assert_refused(
+        &env,
+        &[
+            (vec!["stats", "--no-stream", "nosuch"], "nosuch"),
+            (
+                vec!["stats", "--no-stream", "--format", "{{.Nope}}"],
+                "no field .Nope",
+            ),
+            (vec!["top", "done"], "is not running"),
+            (vec!["top", "busy", "-o", "comm"], "no PID column"),
+        ],
+    );
     env.ok(&["rm", "-f", "busy", "done"]);
     env.assert_no_leaks(&[id]);
 }
@@ -803,20 +798,15 @@ fn rename_moves_a_containers_name() {
         125,
         "the old name is gone"
     );
-    for (args, says) in [
-        (vec!["rename", "second", "other"], "already in use"),
-        (vec!["rename", "second", "a b"], "invalid container name"),
-        (vec!["rename", "second", "second"], "already named second"),
-        (vec!["rename", "nosuch", "x"], "nosuch"),
-    ] {
-        let out = env.run(&args);
-        assert_eq!(code(&out), 125, "{args:?}");
-        let err = stderr(&out);
-        assert!(
-            err.contains(says) && err.lines().count() == 1,
-            "{args:?}: {err}"
-        );
-    }
+    assert_refused(
+        &env,
+        &[
+            (vec!["rename", "second", "other"], "already in use"),
+            (vec!["rename", "second", "a b"], "invalid container name"),
+            (vec!["rename", "second", "second"], "already named second"),
+            (vec!["rename", "nosuch", "x"], "nosuch"),
+        ],
+    );
     // The old name can be taken again.
     env.ok(&["run", "--rm", "--name", "first", "demo", "true"]);
     env.ok(&["rm", "-f", "second", "other"]);
@@ -866,7 +856,7 @@ fn history_lists_an_images_steps() {
     let more_id = env.ok(&["history", "-q", "more"]);
     assert_eq!(
         rows[0],
-        format!("{}||1.5kB", more_id.trim()),
+        format!("{}||1.54kB", more_id.trim()),
         "the extra layer (a 1536-byte tar), not in the config's history: {by}"
     );
     assert!(rows[1].starts_with("<missing>|capsa load --demo"), "{by}");
@@ -941,18 +931,13 @@ fn start_and_restart_run_a_container_again() {
     assert_eq!(inspect[0]["State"]["ExitCode"], 3);
 
     let rm = env.ok(&["run", "-d", "--rm", "demo", "sleep", "300"]);
-    for (args, says) in [
-        (vec!["restart", rm.trim()], "--rm"),
-        (vec!["start", "-a", "once", "again"], "one container"),
-    ] {
-        let out = env.run(&args);
-        assert_eq!(code(&out), 125, "{args:?}");
-        let err = stderr(&out);
-        assert!(
-            err.contains(says) && err.lines().count() == 1,
-            "{args:?}: {err}"
-        );
-    }
+    assert_refused(
+        &env,
+        &[
+            (vec!["restart", rm.trim()], "--rm"),
+            (vec!["start", "-a", "once", "again"], "one container"),
+        ],
+    );
     let out = env.run(&["start", "nosuch"]);
     assert_ne!(code(&out), 0);
     assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
@@ -1060,17 +1045,29 @@ fn update_changes_a_running_containers_limits() {
         format!("{} 40\n", 128u64 << 20)
     );
     env.ok(&["run", "--name", "down", "demo", "true"]);
-    for (args, says) in [
-        (
-            vec!["update", "up"],
-            "give --memory, --cpus or --pids-limit",
-        ),
-        (vec!["update", "-m", "1k", "up"], "too small"),
-        (vec!["update", "--pids-limit", "0", "up"], "positive"),
-        (vec!["update", "-m", "100m", "down"], "is not running"),
-        (vec!["update", "-m", "100m", "nosuch"], "nosuch"),
-    ] {
-        let out = env.run(&args);
+    assert_refused(
+        &env,
+        &[
+            (
+                vec!["update", "up"],
+                "give --memory, --cpus or --pids-limit",
+            ),
+            (vec!["update", "-m", "1k", "up"], "too small"),
+            (vec!["update", "--pids-limit", "0", "up"], "positive"),
+            (vec!["update", "-m", "100m", "down"], "is not running"),
+            (vec!["update", "-m", "100m", "nosuch"], "nosuch"),
+        ],
+    );
+    assert_eq!(cgroup_file(&id, "pids.max").unwrap().trim(), "40");
+    env.ok(&["rm", "-f", "up", "down"]);
+    env.assert_no_leaks(&[id]);
+}
+
+/// Each command fails with exit 125 and one line on stderr that says
+/// `says`.
+fn assert_refused(env: &Env, cases: &[(Vec<&str>, &str)]) {
+    for (args, says) in cases {
+        let out = env.run(args);
         assert_eq!(code(&out), 125, "{args:?}");
         let err = stderr(&out);
         assert!(
@@ -1078,7 +1075,134 @@ fn update_changes_a_running_containers_limits() {
             "{args:?}: {err}"
         );
     }
-    assert_eq!(cgroup_file(&id, "pids.max").unwrap().trim(), "40");
-    env.ok(&["rm", "-f", "up", "down"]);
+}
+
+/// docker's `cp` (#13) both ways with a running container: files and
+/// directories, into a directory or as a new name, the archive on stdout;
+/// what comes out is untrusted: a container whose tar emits an entry
+/// through a symlink out of the destination writes nothing outside it.
+#[test]
+fn cp_copies_both_ways_and_keeps_the_host_safe() {
+    let env = Env::with_demo();
+    let id = env.ok(&["run", "-d", "--name", "box", "demo", "sleep", "300"]);
+    let id = id.trim().to_string();
+    let host = env.path().join("host");
+    std::fs::create_dir_all(host.join("dir/sub")).unwrap();
+    std::fs::write(host.join("file.txt"), "from the host\n").unwrap();
+    std::fs::write(host.join("dir/sub/deep"), "deep\n").unwrap();
+    let h = |p: &str| host.join(p).to_str().unwrap().to_string();
+
+    // In: into an existing directory, and as a new name.
+    env.ok(&["cp", &h("file.txt"), "box:/tmp"]);
+    env.ok(&["cp", &h("dir"), "box:/tmp/renamed"]);
+    assert_eq!(
+        env.ok(&[
+            "exec",
+            "box",
+            "cat",
+            "/tmp/file.txt",
+            "/tmp/renamed/sub/deep"
+        ]),
+        "from the host\ndeep\n"
+    );
+    assert_eq!(
+        env.ok(&["exec", "box", "stat", "-c", "%u", "/tmp/file.txt"]),
+        "0\n"
+    );
+    // Out: a file into a directory, a directory as a new name, to stdout.
+    env.ok(&[
+        "exec",
+        "box",
+        "sh",
+        "-c",
+        "mkdir -p /out/a && echo made > /out/a/f && chmod 750 /out/a",
+    ]);
+    let back = env.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    env.ok(&["cp", "box:/etc/hostname", back.to_str().unwrap()]);
+    assert!(back.join("hostname").is_file());
+    env.ok(&["cp", "box:/out/a", back.join("copy").to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(back.join("copy/f")).unwrap(),
+        "made\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(back.join("copy"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o750
+    );
+    let out = env.run(&["cp", "box:/out/a/f", "-"]);
+    assert_eq!(code(&out), 0);
+    let mut ar = tar::Archive::new(&out.stdout[..]);
+    let names: Vec<String> = ar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, ["f"]);
+
+    // A hostile container: its "tar" prints an archive whose second entry
+    // goes through a symlink the first one made, towards the host's files.
+    let victim = env.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    link.set_mode(0o777);
+    b.append_link(&mut link, "x/escape", &victim).unwrap();
+    let mut file = tar::Header::new_gnu();
+    file.set_size(6);
+    file.set_mode(0o644);
+    file.set_cksum();
+    b.append_data(&mut file, "x/escape/pwned", &b"owned\n"[..])
+        .unwrap();
+    std::fs::write(host.join("evil.tar"), b.into_inner().unwrap()).unwrap();
+    env.ok(&["cp", &h("evil.tar"), "box:/evil.tar"]);
+    env.ok(&[
+        "exec",
+        "box",
+        "sh",
+        "-c",
+        "rm /bin/tar && printf '#!/bin/sh\\ncat /evil.tar\\n' > /bin/tar && chmod 755 /bin/tar",
+    ]);
+    let land = env.path().join("land");
+    std::fs::create_dir(&land).unwrap();
+    let out = env.run(&["cp", "box:/x", land.to_str().unwrap()]);
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("outside of destination"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !victim.join("pwned").exists(),
+        "nothing written through the symlink"
+    );
+
+    env.ok(&["run", "--name", "gone", "demo", "true"]);
+    assert_refused(
+        &env,
+        &[
+            (
+                vec!["cp", "gone:/etc/hostname", back.to_str().unwrap()],
+                "is not running",
+            ),
+            (
+                vec!["cp", &h("file.txt"), back.to_str().unwrap()],
+                "CONTAINER:PATH",
+            ),
+            (vec!["cp", &h("nosuch"), "box:/tmp"], "nosuch"),
+            (
+                vec!["cp", "nosuchbox:/etc", back.to_str().unwrap()],
+                "nosuchbox",
+            ),
+        ],
+    );
+    env.ok(&["rm", "-f", "box", "gone"]);
     env.assert_no_leaks(&[id]);
 }

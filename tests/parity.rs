@@ -230,11 +230,10 @@ fn both_modes_give_the_same_results() {
         "{ctx}"
     );
     assert!(
-        c["update"]
-            .1
-            .contains("up|U / 128MiB|134217728 50|50|up|"),
+        c["update"].1.contains("up|U / 128MiB|134217728 50|50|up|"),
         "{ctx}"
     );
+    assert!(c["cp"].1.contains("cp-in|cp-in|cp-out|cpy|"), "{ctx}");
     expect("add-host", "code=0");
     assert!(
         c["add-host"].1.contains("10.1.2.3\tdb|fd00::1\tv6|"),

@@ -116,6 +116,13 @@ $c run -d --isolation "$mode" --name up -m 96m demo sleep 300 > /dev/null
   $c inspect -f '{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}' up; $c exec up cat /sys/fs/cgroup/pids.max; $c rm -f up; } > /run/o 2> /run/e
 report update 0
 
+# cp both ways through the container's own tar (VM mode: through the agent)
+mkdir -p /run/cpsrc/d && echo cp-in > /run/cpsrc/d/f && rm -rf "/run/cpout-$mode" && mkdir "/run/cpout-$mode"
+$c run -d --isolation "$mode" --name cpy demo sleep 300 > /dev/null
+{ $c cp /run/cpsrc/d cpy:/tmp; $c exec cpy cat /tmp/d/f; $c exec cpy sh -c 'echo cp-out > /tmp/d/g'
+  $c cp cpy:/tmp/d "/run/cpout-$mode/back"; cat "/run/cpout-$mode/back/f" "/run/cpout-$mode/back/g"; $c rm -f cpy; } > /run/o 2> /run/e
+report cp 0
+
 # start and restart: the container runs again, its log kept (VM mode: from
 # the image's files again, docs/isolation.md); start -a gives the exit code
 lines() { n=0; while [ "$($c logs "$1" | wc -l)" -lt "$2" ] && [ $n -lt 150 ]; do sleep 0.2; n=$((n+1)); done; }

@@ -467,6 +467,48 @@ pub fn update(roots: &Roots, args: UpdateArgs) -> Result<i32> {
 }
 
 #[derive(Args)]
+pub struct CpArgs {
+    /// CONTAINER:PATH or a host path (`-`: a tar archive on stdin)
+    src: String,
+    /// CONTAINER:PATH or a host path (`-`: the tar archive on stdout)
+    dest: String,
+}
+
+/// docker's `cp` between a running container and the host, either way
+/// (capsa_shim::copy: through the container's own tar).
+pub fn cp(roots: &Roots, args: CpArgs) -> Result<i32> {
+    use capsa_shim::copy::{copy_in, copy_out, Destination};
+    match (container_path(&args.src), container_path(&args.dest)) {
+        (Some((c, src)), None) => {
+            let dest = match args.dest.as_str() {
+                "-" => Destination::Stdout,
+                d => Destination::Path(d.into()),
+            };
+            copy_out(roots, c, src, dest)?;
+        }
+        (None, Some((c, dest))) if args.src != "-" => {
+            copy_in(roots, c, std::path::Path::new(&args.src), dest)?;
+        }
+        (None, Some(_)) => bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            "cp - CONTAINER:PATH (an archive on stdin) is not supported: give a host path".to_string()
+        )),
+        _ => bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            "cp copies between a container and the host: write one side as CONTAINER:PATH (a local path with a colon as ./NAME)".to_string()
+        )),
+    }
+    Ok(0)
+}
+
+/// `NAME:PATH` names a container's path; a host path with a colon starts
+/// with `/` or `.` (docker's rule).
+fn container_path(arg: &str) -> Option<(&str, &str)> {
+    let (c, p) = arg.split_once(':')?;
+    (!c.is_empty() && !c.contains('/') && !c.starts_with('.')).then_some((c, p))
+}
+
+#[derive(Args)]
 pub struct RenameArgs {
     /// The container (name or ID).
     container: String,

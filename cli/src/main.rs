@@ -103,6 +103,8 @@ enum Command {
     Top(stats::TopArgs),
     /// Give a container a new name (docker).
     Rename(containers::RenameArgs),
+    /// Copy files between a running container and the host (docker).
+    Cp(containers::CpArgs),
     /// Change a running container's memory, CPU or PIDs limit (docker).
     Update(containers::UpdateArgs),
     /// Manage networks: create, ls, inspect, rm, prune, connect, disconnect.
@@ -290,6 +292,7 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Stats(a) => stats::stats(roots, a),
         Command::Top(a) => stats::top(roots, a),
         Command::Rename(a) => containers::rename(roots, a),
+        Command::Cp(a) => containers::cp(roots, a),
         Command::Update(a) => containers::update(roots, a),
         Command::History(a) => images::history(roots, a),
         Command::Network(a) => networks::network(roots, a),

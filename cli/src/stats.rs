@@ -15,6 +15,7 @@ use chrono::{DateTime, Local, TimeZone};
 use clap::Args;
 
 use crate::format::{Fields, Format};
+use crate::table;
 
 const STATS_HEADERS: crate::format::Headers = &[
     ("ID", "CONTAINER ID"),
@@ -180,20 +181,20 @@ fn fields(roots: &Roots, key: &str, rec: &Record, before: Option<&Sample>, now: 
         cpu,
         format!(
             "{} / {}",
-            binary_size(s.memory.usage_bytes),
-            binary_size(limit)
+            table::binary_size(s.memory.usage_bytes),
+            table::binary_size(limit)
         ),
         format!("{percent:.2}%"),
         format!(
             "{} / {}",
-            decimal_size(s.net.rx_bytes),
-            decimal_size(s.net.tx_bytes)
+            table::size(s.net.rx_bytes),
+            table::size(s.net.tx_bytes)
         ),
         match s.block {
             Some(b) => format!(
                 "{} / {}",
-                decimal_size(b.read_bytes),
-                decimal_size(b.write_bytes)
+                table::size(b.read_bytes),
+                table::size(b.write_bytes)
             ),
             None => "--".into(),
         },
@@ -216,36 +217,6 @@ fn memory_available(roots: &Roots, rec: &Record) -> Option<u64> {
         let kib = l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?;
         kib.trim().parse::<u64>().ok().map(|k| k * 1024)
     })
-}
-
-/// docker's sizes: four significant digits, "MiB" for memory…
-fn binary_size(bytes: u64) -> String {
-    scaled(bytes, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB"])
-}
-
-/// …"kB" for traffic and I/O.
-fn decimal_size(bytes: u64) -> String {
-    scaled(bytes, 1000.0, &["B", "kB", "MB", "GB", "TB"])
-}
-
-fn scaled(bytes: u64, step: f64, units: &[&str]) -> String {
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= step && unit + 1 < units.len() {
-        v /= step;
-        unit += 1;
-    }
-    // Go's %.4g: four significant digits, trailing zeros dropped.
-    let decimals = 3_i32
-        .saturating_sub(v.max(1.0).log10().floor() as i32)
-        .max(0) as usize;
-    let s = format!("{v:.decimals$}");
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    };
-    format!("{s}{}", units[unit])
 }
 
 #[derive(Args)]
@@ -335,17 +306,6 @@ fn ps_ef_row(p: &ProcessInfo) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_read_like_dockers_stats() {
-        assert_eq!(binary_size(0), "0B");
-        assert_eq!(binary_size(1536), "1.5KiB");
-        assert_eq!(binary_size(1_619_000), "1.544MiB");
-        assert_eq!(binary_size(512 << 20), "512MiB");
-        assert_eq!(decimal_size(1234), "1.234kB");
-        assert_eq!(decimal_size(999), "999B");
-        assert_eq!(decimal_size(12_345_678), "12.35MB");
-    }
 
     #[test]
     fn ps_ef_columns() {

@@ -50,17 +50,35 @@ pub fn duration(d: chrono::Duration) -> String {
     }
 }
 
+/// docker's sizes of images, layers, traffic and I/O: decimal units,
+/// three significant digits ("2.1MB", "1.54kB").
 pub fn size(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1e9 {
-        format!("{:.2}GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.1}MB", b / 1e6)
-    } else if b >= 1e3 {
-        format!("{:.1}kB", b / 1e3)
-    } else {
-        format!("{bytes}B")
+    scaled(bytes, 1000.0, &["B", "kB", "MB", "GB", "TB"], 3)
+}
+
+/// docker's memory sizes: binary units, four significant digits
+/// ("1.544MiB").
+pub fn binary_size(bytes: u64) -> String {
+    scaled(bytes, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB"], 4)
+}
+
+/// Go's `%.Ng` of the value in the largest unit below `step`: N
+/// significant digits, trailing zeros dropped.
+fn scaled(bytes: u64, step: f64, units: &[&str], digits: i32) -> String {
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= step && unit + 1 < units.len() {
+        v /= step;
+        unit += 1;
     }
+    let decimals = (digits - 1 - v.max(1.0).log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    format!("{s}{}", units[unit])
 }
 
 pub fn short_id(id: &str) -> String {
@@ -75,6 +93,12 @@ mod tests {
     fn sizes_and_durations_read_like_docker() {
         assert_eq!(size(4_300_000), "4.3MB");
         assert_eq!(size(512), "512B");
+        assert_eq!(size(1536), "1.54kB");
+        assert_eq!(size(12_345_678), "12.3MB");
+        assert_eq!(binary_size(0), "0B");
+        assert_eq!(binary_size(1536), "1.5KiB");
+        assert_eq!(binary_size(1_619_000), "1.544MiB");
+        assert_eq!(binary_size(512 << 20), "512MiB");
         assert_eq!(duration(chrono::Duration::seconds(5)), "5 seconds");
         assert_eq!(duration(chrono::Duration::seconds(300)), "5 minutes");
         assert_eq!(duration(chrono::Duration::days(3)), "3 days");

@@ -533,8 +533,8 @@ pub enum Response {
         /// The kernel's OOM killer killed a process of the container.
         oom_killed: bool,
     },
-    /// Reply to `Stats`.
-    Stats(Stats),
+    /// Reply to `Stats` (boxed: it is the largest reply).
+    Stats(Box<Stats>),
     /// Reply to `Top`.
     Processes {
         /// One entry per process.
@@ -545,6 +545,10 @@ pub enum Response {
 }
 
 /// One unit on the wire.
+// A request (a container's create holds its rootfs and network) is larger
+// than the stream frames; a frame is built and moved once per message, so
+// boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     /// Handshake: the first frame each way.

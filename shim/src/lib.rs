@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod backends;
+pub mod copy;
 pub mod lifecycle;
 pub mod logs;
 pub mod microvm;

@@ -334,7 +334,7 @@ impl Drop for CreateGuard<'_> {
     }
 }
 
-fn find_running(roots: &Roots, key: &str) -> Result<Record> {
+pub(crate) fn find_running(roots: &Roots, key: &str) -> Result<Record> {
     let rec = Record::find(roots, key)?;
     if rec.status() == Status::Paused {
         return Err(CodedError::new(

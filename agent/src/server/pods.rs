@@ -102,7 +102,7 @@ impl Agent {
     pub(super) fn stats(&self, container_id: &str) -> Response {
         let st = self.lock();
         match st.containers.get(container_id) {
-            Some(c) => Response::Stats(c.stats()),
+            Some(c) => Response::Stats(Box::new(c.stats())),
             None => not_found(container_id),
         }
     }

@@ -178,7 +178,7 @@ pub fn all_responses() -> Vec<Response> {
             code: -1,
             oom_killed: false,
         },
-        Response::Stats(Stats {
+        Response::Stats(Box::new(Stats {
             memory: MemoryStats {
                 usage_bytes: 123,
                 max_usage_bytes: Some(456),
@@ -201,7 +201,7 @@ pub fn all_responses() -> Vec<Response> {
                 read_bytes: 7,
                 write_bytes: 8,
             }),
-        }),
+        })),
         Response::Processes {
             processes: vec![ProcessInfo {
                 pid: 1,

@@ -77,7 +77,7 @@ impl MicroVmBackend {
         match self.connect(rec)?.request(Request::Stats {
             container_id: rec.id.clone(),
         })? {
-            Response::Stats(s) => Ok(s),
+            Response::Stats(s) => Ok(*s),
             other => bail!("the guest agent answered stats with {other:?}"),
         }
     }
