@@ -353,10 +353,9 @@ pub(crate) fn find_running(roots: &Roots, key: &str) -> Result<Record> {
     Ok(rec)
 }
 
-/// docker's `start` of a `capsa run` container, up to the monitor: a
-/// created one as it is; a stopped one gets its root filesystem back (the
-/// same writable layer in container mode) and its record rearmed. Returns
-/// None if it is already running. The caller starts the monitor
+/// docker's `start` of a stopped `capsa run` container, up to the
+/// monitor: its root filesystem back (the same writable layer in container
+/// mode) and its record rearmed. Returns None if it is already running. The caller starts the monitor
 /// (`monitor::supervise`, or `spawn` for a detached one).
 pub fn prepare_start(roots: &Roots, store: &Store, key: &str) -> Result<Option<Record>> {
     let _lock = crate::record::lock_containers(roots)?;
@@ -371,7 +370,15 @@ pub fn prepare_start(roots: &Roots, store: &Store, key: &str) -> Result<Option<R
             )
             .into())
         }
-        Status::Created => return Ok(Some(rec)),
+        // Only between `run`'s create and its monitor's start (capsa has
+        // no docker-style `create` yet): a second monitor would race it.
+        Status::Created => {
+            return Err(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!("container {} is starting", rec.name),
+            )
+            .into())
+        }
         Status::Stopped => {}
     }
     rec.rearm()?;
@@ -424,7 +431,7 @@ fn check_vm_limits(paths: &ContainerPaths, limits: &capsa_image::spec::Limits) -
     if let Some(limit) = limits.memory.as_ref().and_then(|m| m.limit()) {
         if limit > mem {
             return refuse(format!(
-                "--memory {} MiB is more than this VM-mode container's VM has ({} MiB, fixed when it booted): restart it with a larger --memory",
+                "--memory {} MiB is more than this VM-mode container's VM has ({} MiB, fixed when it booted): run a new one with a larger --memory",
                 limit >> 20,
                 mem >> 20
             ));
@@ -434,7 +441,7 @@ fn check_vm_limits(paths: &ContainerPaths, limits: &capsa_image::spec::Limits) -
         let (quota, period) = (cpu.quota().unwrap_or(0), cpu.period().unwrap_or(100_000));
         if quota > vcpus * period as i64 {
             return refuse(format!(
-                "--cpus {:.2} is more than this VM-mode container's VM has ({vcpus} vCPUs, fixed when it booted): restart it with more --cpus",
+                "--cpus {:.2} is more than this VM-mode container's VM has ({vcpus} vCPUs, fixed when it booted): run a new one with more --cpus",
                 quota as f64 / period as f64
             ));
         }
