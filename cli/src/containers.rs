@@ -90,7 +90,7 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
     let recs: Vec<Record> = Record::list(roots)?
         .into_iter()
         .rev()
-        .filter(|r| args.all || matches!(r.status(), Status::Running | Status::Paused))
+        .filter(|r| args.all || r.status().is_up())
         .collect();
     if args.quiet {
         for r in &recs {
@@ -431,19 +431,9 @@ pub struct UpdateArgs {
 
 /// docker's `update` of running containers; prints each name.
 pub fn update(roots: &Roots, args: UpdateArgs) -> Result<i32> {
-    use crate::run_flags::{host_cpus, parse_cpus, parse_memory};
-    let memory = args
-        .memory
-        .as_deref()
-        .map(parse_memory)
-        .transpose()?
-        .flatten();
-    let cpus = args
-        .cpus
-        .as_deref()
-        .map(|c| parse_cpus(c, host_cpus()))
-        .transpose()?
-        .flatten();
+    use crate::run_flags::{cpus_flag, memory_flag};
+    let memory = memory_flag(args.memory.as_deref())?;
+    let cpus = cpus_flag(args.cpus.as_deref())?;
     let pids = match args.pids_limit {
         Some(p) if p <= 0 => bail!(CodedError::new(
             EXIT_CAPSA_ERROR,

@@ -131,13 +131,7 @@ pub fn images(roots: &Roots, args: ImagesArgs) -> Result<i32> {
     }
     let mut rows: Vec<crate::format::Fields> = Vec::new();
     for img in &list {
-        let at = img
-            .created
-            .as_deref()
-            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok());
-        let created = at
-            .map(|t| table::ago(t.with_timezone(&chrono::Utc)))
-            .unwrap_or_else(|| "N/A".into());
+        let created = created_fields(img.created.as_deref());
         let names = if img.names.is_empty() {
             vec!["<none>:<none>".to_string()]
         } else {
@@ -152,8 +146,8 @@ pub fn images(roots: &Roots, args: ImagesArgs) -> Result<i32> {
                 ("Repository", repo),
                 ("Tag", tag),
                 ("ID", table::short_id(&img.id)),
-                ("CreatedSince", created.clone()),
-                ("CreatedAt", at.map(|t| t.to_rfc3339()).unwrap_or_default()),
+                created[0].clone(),
+                created[1].clone(),
                 ("Size", table::size(img.size)),
             ]);
         }
@@ -232,7 +226,7 @@ pub fn history(roots: &Roots, args: HistoryArgs) -> Result<i32> {
         .rev()
         .enumerate()
         .map(|(i, (created, by, size, comment))| {
-            let at = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok());
+            let [created_since, created_at] = created_fields(*created);
             let by = by.unwrap_or("");
             let by = if args.no_trunc || by.chars().count() <= 45 {
                 by.to_string()
@@ -248,12 +242,8 @@ pub fn history(roots: &Roots, args: HistoryArgs) -> Result<i32> {
                         "<missing>".into()
                     },
                 ),
-                (
-                    "CreatedSince",
-                    at.map(|t| table::ago(t.with_timezone(&chrono::Utc)))
-                        .unwrap_or_else(|| "N/A".into()),
-                ),
-                ("CreatedAt", at.map(|t| t.to_rfc3339()).unwrap_or_default()),
+                created_since,
+                created_at,
                 ("CreatedBy", by),
                 ("Size", table::size(*size)),
                 ("Comment", comment.to_string()),
@@ -263,6 +253,20 @@ pub fn history(roots: &Roots, args: HistoryArgs) -> Result<i32> {
     crate::format::Format::parse(args.format.as_deref(), HISTORY_TABLE, HISTORY_HEADERS)
         .print(&rows)?;
     Ok(0)
+}
+
+/// docker's CreatedSince ("2 years ago", "N/A") and CreatedAt (RFC 3339)
+/// of an image's or a step's creation time.
+fn created_fields(created: Option<&str>) -> [(&'static str, String); 2] {
+    let at = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok());
+    [
+        (
+            "CreatedSince",
+            at.map(|t| table::ago(t.with_timezone(&chrono::Utc)))
+                .unwrap_or_else(|| "N/A".into()),
+        ),
+        ("CreatedAt", at.map(|t| t.to_rfc3339()).unwrap_or_default()),
+    ]
 }
 
 #[derive(Args)]

@@ -133,12 +133,7 @@ impl RunArgs {
         for v in &self.volumes {
             mounts.push(parse_volume(v)?);
         }
-        let cpus = self
-            .cpus
-            .as_deref()
-            .map(|c| parse_cpus(c, host_cpus()))
-            .transpose()?
-            .flatten();
+        let cpus = cpus_flag(self.cpus.as_deref())?;
         let mut annotations = std::collections::HashMap::new();
         if !self.add_host.is_empty() {
             let entries = self
@@ -180,12 +175,7 @@ impl RunArgs {
             user: self.user.clone(),
             mounts,
             tmpfs: self.tmpfs.clone(),
-            memory_bytes: self
-                .memory
-                .as_deref()
-                .map(parse_memory)
-                .transpose()?
-                .flatten(),
+            memory_bytes: memory_flag(self.memory.as_deref())?,
             cpus,
             // docker's meaning: 0 and -1 are both "no limit".
             pids_limit: self.pids_limit.filter(|p| *p > 0),
@@ -443,6 +433,20 @@ pub fn parse_bytes(s: &str) -> Result<i64, String> {
     Ok(bytes)
 }
 
+/// `--memory` as given, if it was (run and update): None for none or 0.
+pub fn memory_flag(flag: Option<&str>) -> Result<Option<i64>> {
+    Ok(flag.map(parse_memory).transpose()?.flatten())
+}
+
+/// `--cpus` as given, if it was, against this host's CPUs: None for none
+/// or 0.
+pub fn cpus_flag(flag: Option<&str>) -> Result<Option<f64>> {
+    Ok(flag
+        .map(|c| parse_cpus(c, host_cpus()))
+        .transpose()?
+        .flatten())
+}
+
 /// `--memory`: a size as [`parse_bytes`] reads it; 0 means no limit (as
 /// docker), anything else must be at least docker's minimum of 6 MiB.
 pub fn parse_memory(s: &str) -> Result<Option<i64>> {
@@ -489,7 +493,7 @@ pub fn parse_cpus(s: &str, host_cpus: usize) -> Result<Option<f64>> {
 }
 
 /// The CPUs this process may run on (what docker counts for `--cpus`).
-pub fn host_cpus() -> usize {
+fn host_cpus() -> usize {
     nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
         .map(|set| {
             (0..nix::sched::CpuSet::count())

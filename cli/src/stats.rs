@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use capsa_shim::record::{Isolation, Record, Status};
+use capsa_shim::record::{Isolation, Record};
 use capsa_shim::usage::{self, ProcessInfo, Stats};
 use capsa_shim::{CodedError, Roots, EXIT_CAPSA_ERROR};
 use chrono::{DateTime, Local, TimeZone};
@@ -62,7 +62,7 @@ pub fn stats(roots: &Roots, args: StatsArgs) -> Result<i32> {
                 .into_iter()
                 .rev()
                 .filter(|r| !r.name.is_empty())
-                .filter(|r| args.all || is_running(r))
+                .filter(|r| args.all || r.status().is_up())
                 .map(|r| (r.short_id().to_string(), r))
                 .collect());
         }
@@ -77,19 +77,16 @@ pub fn stats(roots: &Roots, args: StatsArgs) -> Result<i32> {
     };
     let live = !args.no_stream;
     let clear = live && std::io::stdout().is_terminal();
-    let mut previous: HashMap<String, Sample> = HashMap::new();
+    let take = |recs: &[(String, Record)]| -> HashMap<String, Sample> {
+        recs.iter()
+            .map(|(_, r)| (r.id.clone(), sample(roots, r)))
+            .collect()
+    };
+    // CPU % is the use between two samples a second apart.
+    let mut previous = take(&chosen(roots)?);
     loop {
+        std::thread::sleep(Duration::from_secs(1));
         let recs = chosen(roots)?;
-        let take = |recs: &[(String, Record)]| -> HashMap<String, Sample> {
-            recs.iter()
-                .map(|(_, r)| (r.id.clone(), sample(roots, r)))
-                .collect()
-        };
-        // CPU % needs two samples: the first round waits a second for one.
-        if previous.is_empty() {
-            previous = take(&recs);
-            std::thread::sleep(Duration::from_secs(1));
-        }
         let now = take(&recs);
         let rows: Vec<Fields> = recs
             .iter()
@@ -105,18 +102,13 @@ pub fn stats(roots: &Roots, args: StatsArgs) -> Result<i32> {
             return Ok(0);
         }
         previous = now;
-        std::thread::sleep(Duration::from_secs(1));
     }
-}
-
-fn is_running(r: &Record) -> bool {
-    matches!(r.status(), Status::Running | Status::Paused)
 }
 
 /// A running container's figures now; a stopped one has none. One that
 /// cannot be read is said on stderr and shown empty.
 fn sample(roots: &Roots, rec: &Record) -> Sample {
-    let stats = match is_running(rec).then(|| usage::stats(roots, rec)) {
+    let stats = match rec.status().is_up().then(|| usage::stats(roots, rec)) {
         Some(Ok(s)) => Some(s),
         Some(Err(e)) => {
             eprintln!("capsa: the figures of {}: {e:#}", rec.name);
@@ -206,11 +198,10 @@ fn fields(roots: &Roots, key: &str, rec: &Record, before: Option<&Sample>, now: 
 /// mode, the host's in container mode.
 fn memory_available(roots: &Roots, rec: &Record) -> Option<u64> {
     if rec.isolation == Isolation::Vm {
-        let vm = capsa_shim::paths::ContainerPaths::new(roots, &rec.id)
-            .dir
-            .join("vm.json");
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(vm).ok()?).ok()?;
-        return v["mem_mib"].as_u64().map(|m| m << 20);
+        let paths = capsa_shim::paths::ContainerPaths::new(roots, &rec.id);
+        return capsa_shim::microvm::booted_size(&paths)
+            .ok()
+            .map(|(mem, _)| mem);
     }
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     meminfo.lines().find_map(|l| {
@@ -236,7 +227,7 @@ pub struct TopArgs {
 pub fn top(roots: &Roots, args: TopArgs) -> Result<i32> {
     let rec = Record::find(roots, &args.container)
         .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
-    if !is_running(&rec) {
+    if !rec.status().is_up() {
         return Err(CodedError::new(
             EXIT_CAPSA_ERROR,
             format!("container {} is not running", rec.name),

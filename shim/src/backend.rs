@@ -39,6 +39,16 @@ pub enum ProcessHandle {
     Remote(Box<dyn FnOnce() -> Result<i32> + Send>),
 }
 
+impl ProcessHandle {
+    /// Waits for the process to end; its exit code as docker reports it.
+    pub fn wait(self) -> Result<i32> {
+        match self {
+            ProcessHandle::Pid(pid) => capsa_container::process::wait_pid(pid),
+            ProcessHandle::Remote(wait) => wait(),
+        }
+    }
+}
+
 /// A container created by this process (see the module docs).
 pub trait Sandbox: Send + Sync {
     /// The PID this process is the parent of: the container's first

@@ -91,7 +91,7 @@ pub fn copy_in(roots: &Roots, key: &str, src: &Path, dest: &str) -> Result<()> {
         drop(out.read);
         // Drained, so that tar's warnings never meet a closed pipe.
         let said = read_all(err.read);
-        let is_dir = wait(h)? == 0;
+        let is_dir = h.wait()? == 0;
         let _ = said.join();
         is_dir
     };
@@ -163,13 +163,6 @@ fn run_tar(
         .map_err(capsa_container::classify_start_error)
 }
 
-fn wait(handle: ProcessHandle) -> Result<i32> {
-    match handle {
-        ProcessHandle::Pid(pid) => capsa_container::process::wait_pid(pid),
-        ProcessHandle::Remote(wait) => wait(),
-    }
-}
-
 /// Waits for tar and turns its failure into one line naming `what`.
 fn finish(
     rec: &Record,
@@ -177,7 +170,7 @@ fn finish(
     errors: std::thread::JoinHandle<String>,
     what: &str,
 ) -> Result<()> {
-    let code = wait(handle)?;
+    let code = handle.wait()?;
     let said = errors.join().unwrap_or_default();
     let said = said
         .lines()

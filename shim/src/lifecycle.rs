@@ -422,11 +422,10 @@ pub fn update(roots: &Roots, key: &str, limits: capsa_image::spec::Limits) -> Re
     Ok(rec)
 }
 
-/// A VM-mode container's limits stay within its VM (vm.json, as booted).
+/// A VM-mode container's limits stay within its VM, as it booted.
 fn check_vm_limits(paths: &ContainerPaths, limits: &capsa_image::spec::Limits) -> Result<()> {
-    let vm: serde_json::Value = serde_json::from_slice(&fs::read(paths.dir.join("vm.json"))?)?;
-    let mem = vm["mem_mib"].as_i64().unwrap_or(0) << 20;
-    let vcpus = vm["vcpus"].as_i64().unwrap_or(1);
+    let (mem, vcpus) = crate::microvm::booted_size(paths)?;
+    let (mem, vcpus) = (mem as i64, vcpus as i64);
     let refuse = |msg: String| Err(CodedError::new(EXIT_CAPSA_ERROR, msg).into());
     if let Some(limit) = limits.memory.as_ref().and_then(|m| m.limit()) {
         if limit > mem {
@@ -604,7 +603,7 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
         return Ok(rec);
     }
     let rec = if force { thawed(roots, rec)? } else { rec };
-    if matches!(rec.status(), Status::Running | Status::Paused) {
+    if rec.status().is_up() {
         if !force {
             return Err(CodedError::new(
                 EXIT_CAPSA_ERROR,

@@ -102,6 +102,11 @@ impl Status {
     pub fn can_kill(self) -> bool {
         self != Status::Stopped
     }
+    /// Running or paused: its processes exist (what `ps` lists without
+    /// `-a`).
+    pub fn is_up(self) -> bool {
+        matches!(self, Status::Running | Status::Paused)
+    }
     /// `rm` without `-f`: nothing may be left running.
     pub fn can_delete(self) -> bool {
         matches!(self, Status::Created | Status::Stopped)
@@ -393,7 +398,7 @@ impl Record {
     /// A running container that nobody will record the exit of: its monitor
     /// and keeper were both killed. `ps` says so.
     pub fn unsupervised(&self) -> bool {
-        matches!(self.status, Status::Running | Status::Paused)
+        self.status.is_up()
             && self.bundle.is_none()
             && !self.supervised()
             && self.pid.is_some_and(pid_alive)
@@ -403,7 +408,7 @@ impl Record {
     /// (both killed with SIGKILL, host crash) is reported as stopped rather
     /// than running forever.
     fn refresh(&mut self) {
-        if matches!(self.status, Status::Running | Status::Paused) {
+        if self.status.is_up() {
             let init_alive = self.pid.is_some_and(pid_alive);
             if !self.supervised() && !init_alive {
                 self.status = Status::Stopped;

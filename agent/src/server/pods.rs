@@ -100,34 +100,33 @@ impl Agent {
 
     /// `Stats`: the container's resource usage.
     pub(super) fn stats(&self, container_id: &str) -> Response {
-        let st = self.lock();
-        match st.containers.get(container_id) {
-            Some(c) => Response::Stats(Box::new(c.stats())),
-            None => not_found(container_id),
-        }
+        self.answer(container_id, |c| Response::Stats(Box::new(c.stats())))
     }
 
+    /// `Update`: new cgroup limits.
     pub(super) fn update(
         &self,
         container_id: &str,
         resources: &oci_spec::runtime::LinuxResources,
     ) -> Response {
-        let st = self.lock();
-        match st.containers.get(container_id) {
-            Some(c) => match c.update(resources) {
-                Ok(()) => Response::Ok,
-                Err(e) => err(ErrorCode::Internal, format!("{e:#}")),
-            },
-            None => not_found(container_id),
-        }
+        self.answer(container_id, |c| match c.update(resources) {
+            Ok(()) => Response::Ok,
+            Err(e) => err(ErrorCode::Internal, format!("{e:#}")),
+        })
     }
 
+    /// `Top`: the container's processes.
     pub(super) fn top(&self, container_id: &str) -> Response {
+        self.answer(container_id, |c| Response::Processes {
+            processes: c.processes(),
+        })
+    }
+
+    /// `f`'s answer about container `container_id`, or NotFound.
+    fn answer(&self, container_id: &str, f: impl FnOnce(&dyn Managed) -> Response) -> Response {
         let st = self.lock();
         match st.containers.get(container_id) {
-            Some(c) => Response::Processes {
-                processes: c.processes(),
-            },
+            Some(c) => f(c.as_ref()),
             None => not_found(container_id),
         }
     }

@@ -462,7 +462,7 @@ impl Backend for MicroVmBackend {
             allow_pvm: rec.kernel.is_some(),
         };
         // Kept beside the container: what was booted, for whoever debugs it.
-        let config_file = paths.dir.join("vm.json");
+        let config_file = vm_config_file(&paths);
         std::fs::write(&config_file, serde_json::to_vec_pretty(&config)?)
             .with_context(|| format!("writing {}", config_file.display()))?;
         let mut cmd = Command::new(&vmm);
@@ -812,6 +812,21 @@ fn vmm_threads(pid: i32) -> String {
         return String::new();
     }
     format!(" (capsa-vmm's threads: {})", threads.join(", "))
+}
+
+/// Where a VM-mode container keeps the configuration its VM booted with.
+fn vm_config_file(paths: &ContainerPaths) -> PathBuf {
+    paths.dir.join("vm.json")
+}
+
+/// The memory (bytes) and vCPUs a VM-mode container's VM booted with:
+/// fixed for the VM's life (nothing is hot-plugged).
+pub fn booted_size(paths: &ContainerPaths) -> Result<(u64, u64)> {
+    let file = vm_config_file(paths);
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let config: VmConfig =
+        serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display()))?;
+    Ok((u64::from(config.mem_mib) << 20, u64::from(config.vcpus)))
 }
 
 /// The capsa-vmm process under a VM-mode container's monitor.

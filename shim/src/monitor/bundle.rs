@@ -16,7 +16,7 @@ use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
 use super::ready::Ready;
-use crate::backend::{Backend, ExecRequest, ProcessHandle, ProcessIo};
+use crate::backend::{Backend, ExecRequest, ProcessIo};
 use crate::microvm::MicroVmBackend;
 use crate::paths::Roots;
 use crate::record::with_record;
@@ -114,10 +114,7 @@ pub fn run(job: BundleJob, mut ready: File) -> Result<i32> {
             };
             Ready::Ok { pid: None }.send(&mut ready)?;
             drop(ready);
-            match handle {
-                ProcessHandle::Remote(wait) => wait(),
-                ProcessHandle::Pid(pid) => capsa_container::process::wait_pid(pid),
-            }
+            handle.wait()
         }
         BundleOp::Run => {
             let rec = Record::load(&roots, &id)?;

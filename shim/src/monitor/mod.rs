@@ -30,7 +30,7 @@ use chrono::Utc;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo, Sandbox};
+use crate::backend::{Backend, ExecRequest, Exit, ProcessIo, Sandbox};
 use crate::logs::{LogWriter, Stream};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
@@ -355,8 +355,5 @@ pub fn exec_attached(
         };
         pump.run(&mut |_| {})?;
     }
-    match handle {
-        ProcessHandle::Pid(pid) => capsa_container::process::wait_pid(pid),
-        ProcessHandle::Remote(wait) => wait(),
-    }
+    handle.wait()
 }
