@@ -58,8 +58,11 @@ pub fn copy_out(roots: &Roots, key: &str, src: &str, dest: Destination) -> Resul
             ))
         }),
     };
-    finish(&rec, handle, errors, &format!("{}:{src}", rec.name))?;
-    copied
+    let finished = finish(&rec, handle, errors, &format!("{}:{src}", rec.name));
+    // A refused archive is the cause; tar then dies writing to the closed
+    // pipe (SIGPIPE), which is only its consequence.
+    copied?;
+    finished
 }
 
 /// `cp SRC C:DEST`: SRC (a host file or directory, symlinks copied as
