@@ -809,6 +809,10 @@ fn rename_moves_a_containers_name() {
     );
     // The old name can be taken again.
     env.ok(&["run", "--rm", "--name", "first", "demo", "true"]);
+    // Its monitor, which read the record before the rename, keeps the new
+    // name when the container stops.
+    env.ok(&["stop", "-t", "1", "second"]);
+    assert!(env.ok(&["ps", "-a"]).contains("second"));
     env.ok(&["rm", "-f", "second", "other"]);
     env.assert_no_leaks(&[id]);
 }
@@ -943,6 +947,308 @@ fn start_and_restart_run_a_container_again() {
     assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
     env.ok(&["rm", "-f", "again", "once", rm.trim()]);
     env.assert_no_leaks(&[id]);
+}
+
+/// docker's `create` (#13): a container from an image that waits, holding
+/// nothing (no mount, cgroup or process), until `start` runs it, with the
+/// flags it was created with; then it is an ordinary stopped container.
+#[test]
+fn create_makes_a_container_that_start_runs() {
+    let env = Env::with_demo();
+    let id = env.ok(&[
+        "create",
+        "--name",
+        "made",
+        "-e",
+        "X=from-create",
+        "demo",
+        "sh",
+        "-c",
+        "echo $X; echo run >> /runs; wc -l < /runs",
+    ]);
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    assert!(!env.ok(&["ps"]).contains("made"), "not running");
+    let listed = env.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(listed.contains("made Created"), "{listed}");
+    assert_eq!(
+        env.ok(&["inspect", "-f", "{{.State.Status}}", "made"]),
+        "created\n"
+    );
+    let held = capsa_tests::leaks_of(env.path(), std::slice::from_ref(&id));
+    assert!(held.is_empty(), "a created container holds {held:#?}");
+
+    let out = env.run(&["start", "-a", "made"]);
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "from-create\n1\n"));
+    let out = env.run(&["start", "-a", "made"]);
+    assert_eq!(stdout(&out), "from-create\n2\n", "its writes kept");
+
+    // -i: stdin at start -a -i; a detached start, then wait
+    let inter = env.ok(&[
+        "create", "-i", "--name", "inter", "demo", "tr", "a-z", "A-Z",
+    ]);
+    let out = env.run_stdin(&["start", "-a", "-i", "inter"], b"shout\n");
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "SHOUT\n"));
+    let later = env.ok(&["create", "--name", "later", "demo", "sh", "-c", "exit 4"]);
+    assert_eq!(env.ok(&["start", "later"]), "later\n");
+    assert_eq!(env.ok(&["wait", "later"]), "4\n");
+
+    assert_refused(
+        &env,
+        &[
+            (vec!["create", "-d", "demo"], "capsa start"),
+            (vec!["create", "no-such-image"], "no-such-image"),
+            (vec!["create", "--name", "made", "demo"], "already in use"),
+        ],
+    );
+    // Removed without -f: nothing runs.
+    let idle = env.ok(&["create", "demo", "true"]);
+    env.ok(&["rm", idle.trim()]);
+    env.ok(&["rm", "made", "inter", "later"]);
+    assert!(env.container_ids().is_empty());
+    let ids = [id, inter, later, idle].map(|s| s.trim().to_string());
+    env.assert_no_leaks(&ids);
+}
+
+/// docker's `events` (#13): each change of a `capsa run` container, in
+/// order, with docker's attributes; --since/--until bound it, -f filters,
+/// and without --until it follows new events.
+#[test]
+fn events_tell_what_happened_to_containers() {
+    let env = Env::with_demo();
+    let now = || {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
+    };
+    let since = now();
+    let script = "trap 'exit 0' TERM; sleep 300 & wait";
+    env.ok(&["run", "-d", "--name", "ev", "demo", "sh", "-c", script]);
+    env.ok(&["pause", "ev"]);
+    env.ok(&["unpause", "ev"]);
+    env.ok(&["rename", "ev", "ev2"]);
+    env.ok(&["stop", "-t", "5", "ev2"]);
+    env.ok(&["rm", "ev2"]);
+    let until = now();
+    let shown = |extra: &[&str]| {
+        let mut args = vec!["events", "--since", &since, "--until", &until];
+        args.extend_from_slice(extra);
+        env.ok(&args)
+    };
+    let template = "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}";
+    assert_eq!(
+        shown(&["--format", template]),
+        "create ev <no value>\nstart ev <no value>\npause ev <no value>\nunpause ev <no value>\n\
+         rename ev2 <no value>\nkill ev2 <no value>\ndie ev2 0\nstop ev2 <no value>\ndestroy ev2 <no value>\n"
+    );
+    let line = shown(&["-f", "event=kill", "-f", "container=ev2"]);
+    assert!(
+        line.contains(" container kill ") && line.contains("(image=demo, name=ev2, signal=15)"),
+        "{line}"
+    );
+    let json = shown(&["--format", "json", "-f", "event=die"]);
+    let e: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        (&e["Type"], &e["status"], &e["from"]),
+        (&"container".into(), &"die".into(), &"demo".into())
+    );
+    assert_eq!(shown(&["-f", "event=oom"]), "");
+    assert_refused(
+        &env,
+        &[
+            (
+                vec!["events", "--since", "yesterday"],
+                "--since takes a time",
+            ),
+            (vec!["events", "-f", "label=x"], "--filter"),
+            (vec!["events", "--format", "{{.Nope"], "unclosed"),
+        ],
+    );
+
+    // Following: the events of a container run after it started.
+    let from = now();
+    let mut follow = env
+        .cmd(&[
+            "events",
+            "--since",
+            &from,
+            "--format",
+            "{{.Action}}",
+            "-f",
+            "container=later",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    env.ok(&["run", "--rm", "--name", "later", "demo", "true"]);
+    let mut seen = Vec::new();
+    while let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        seen.push(l);
+        if seen.last().map(String::as_str) == Some("destroy") {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(seen, ["create", "start", "die", "destroy"]);
+    assert!(env.container_ids().is_empty());
+}
+
+/// docker's `commit` (#13): the container's changes (new files, hard
+/// links, a deletion as a whiteout) become a layer on its image, with its
+/// environment and the `--change`s in the config; the running container
+/// goes on (frozen only while the layer is read); a stopped one commits too.
+#[test]
+fn commit_makes_an_image_of_a_containers_changes() {
+    let env = Env::with_demo();
+    let script = "mkdir -p /opt/d && echo f > /opt/d/f; echo data > /added; ln /added /hard; \
+                  rm /etc/group; touch /ready; sleep 300";
+    let id = env.ok(&[
+        "run", "-d", "--name", "base", "-e", "MODE=x", "demo", "sh", "-c", script,
+    ]);
+    for _ in 0..200 {
+        if code(&env.run(&["exec", "base", "test", "-e", "/ready"])) == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let image = env.ok(&[
+        "commit",
+        "-m",
+        "my change",
+        "-a",
+        "me",
+        "-c",
+        r#"CMD ["cat", "/added"]"#,
+        "-c",
+        "ENV EXTRA=1",
+        "base",
+        "snap:v1",
+    ]);
+    assert!(
+        image.starts_with("sha256:") && image.trim().len() == 71,
+        "{image}"
+    );
+    assert_eq!(
+        env.ok(&["exec", "base", "echo", "still-running"]),
+        "still-running\n"
+    );
+    assert_eq!(env.ok(&["run", "--rm", "snap:v1"]), "data\n");
+    let seen = env.ok(&[
+        "run",
+        "--rm",
+        "snap:v1",
+        "sh",
+        "-c",
+        "test -e /etc/group || echo no-group; cat /opt/d/f; echo $MODE $EXTRA; stat -c %h /added",
+    ]);
+    assert_eq!(seen, "no-group\nf\nx 1\n2\n");
+    let history = env.ok(&[
+        "history",
+        "--format",
+        "{{.CreatedBy}}|{{.Comment}}",
+        "snap:v1",
+    ]);
+    assert!(
+        history.starts_with("sh -c mkdir")
+            && history.lines().next().unwrap().ends_with("|my change"),
+        "{history}"
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "snap:v1"])).unwrap();
+    assert_eq!(inspect[0]["config"]["author"], "me", "{inspect}");
+
+    env.ok(&["stop", "-t", "1", "base"]);
+    env.ok(&["commit", "base", "snap:v2"]);
+    assert_eq!(
+        env.ok(&["run", "--rm", "snap:v2", "cat", "/opt/d/f"]),
+        "f\n"
+    );
+    assert_refused(
+        &env,
+        &[
+            (vec!["commit", "nosuch"], "nosuch"),
+            (vec!["commit", "-c", "RUN make", "base"], "--change"),
+            (vec!["commit", "base", "Bad Name"], "Bad Name"),
+        ],
+    );
+    env.ok(&["rm", "base"]);
+    env.ok(&["rmi", "snap:v1", "snap:v2"]);
+    env.assert_no_leaks(&[id.trim().to_string()]);
+}
+
+/// VM-mode `create` on this host (whose PVM cannot boot the guest, so
+/// `--kernel` passes the host check): the container waits with its image's
+/// disk and its own writable disk made; `commit` of it is refused in one
+/// line (its layer is on a disk only its VM reads), and `rm` leaves nothing.
+#[test]
+fn vm_mode_create_waits_and_commit_needs_it_running() {
+    let env = Env::with_demo();
+    let kernel = env.ok(&["kernel", "path"]);
+    let id = env.ok(&[
+        "create",
+        "--isolation",
+        "vm",
+        "--kernel",
+        kernel.trim(),
+        "--name",
+        "vmc",
+        "demo",
+        "true",
+    ]);
+    let dir = env.path().join("containers").join(id.trim());
+    assert!(dir.join("writable.ext4").is_file(), "its writable disk");
+    assert_refused(&env, &[(vec!["commit", "vmc"], "start it, then commit")]);
+    env.ok(&["rm", "vmc"]);
+    assert!(!dir.exists());
+    env.assert_no_leaks(&[id.trim().to_string()]);
+}
+
+/// runc's command line (#13 item 4): a repeated flag takes its last value,
+/// and a printing command whose reader went away ends quietly (SIGPIPE, as
+/// a Go program does), never with a panic and a backtrace.
+#[test]
+fn repeated_flags_and_closed_stdout_end_as_runc_does() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::with_demo();
+    let empty = Env::new();
+    let images = std::process::Command::new(capsa_tests::capsa_bin())
+        .args(["--root", &empty.path().display().to_string()])
+        .args(["--root", &env.path().display().to_string(), "images", "-q"])
+        .output()
+        .unwrap();
+    assert!(images.status.success(), "{}", stderr(&images));
+    assert_eq!(
+        stdout(&images).lines().count(),
+        1,
+        "the last --root's demo image"
+    );
+    for args in [&["inspect", "demo"][..], &["images"], &["history", "demo"]] {
+        let mut child = env
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let done = child.wait_with_output().unwrap();
+        let err = stderr(&done);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            // 13: SIGPIPE
+            done.status.success() || done.status.signal() == Some(13),
+            "{args:?}: {:?} {err}",
+            done.status
+        );
+    }
 }
 
 /// docker's `--format` (#13) on ps, images and inspect: templates, `table`

@@ -105,6 +105,8 @@ fn both_modes_give_the_same_results() {
     expect("exec", "code=4 out=8/");
     expect("tty", "code=0 out=10/");
     expect("volume-ro", "code=1 out=15/");
+    expect("write-big", "code=0 out=10/");
+    expect("kernel-fs", "code=0 out=10/");
     // Read-write volumes (#12): everything the container did is on the
     // host, with owners, modes, links and the file's content.
     expect("volume-rw", "code=0");
@@ -226,7 +228,7 @@ fn both_modes_give_the_same_results() {
     assert!(
         c["restart"]
             .1
-            .contains("rs|started|started|in|rs|said|said|start-a=3|sa|"),
+            .contains("rs|started 1|started 2|in|rs|said|said|start-a=3|sa|"),
         "{ctx}"
     );
     assert!(
@@ -234,6 +236,10 @@ fn both_modes_give_the_same_results() {
         "{ctx}"
     );
     assert!(c["cp"].1.contains("cp-in|cp-in|cp-out|cpy|"), "{ctx}");
+    assert!(
+        c["commit"].1.contains("sha256:|running|data|no-group|cm|"),
+        "{ctx}"
+    );
     expect("add-host", "code=0");
     assert!(
         c["add-host"].1.contains("10.1.2.3\tdb|fd00::1\tv6|"),

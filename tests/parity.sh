@@ -38,6 +38,10 @@ case_run cwd-image /run/empty demo pwd
 case_run stdin /run/stdin.txt -i demo sh -c 'tr a-z A-Z'
 case_run stdout-20mb /run/empty demo sh -c 'head -c 20000000 /dev/zero | tr "\0" x'
 case_run tty /run/empty -t demo sh -c 'test -t 0 && test -t 1 && echo is-a-tty'
+# a bind of /sys or /proc is of the kernel's own (VM mode: the guest's)
+case_run kernel-fs /run/empty -v /sys:/hs:ro -v /proc:/hp:ro demo sh -c 'test -d /hs/class && test -r /hp/self/status && echo kernel-fs'
+# the container's writes go to disk in both modes, not to the VM's memory
+case_run write-big /run/empty demo sh -c 'head -c 150000000 /dev/zero > /big && wc -c < /big'
 case_run volume-ro /run/empty -v /run/vol:/data:ro demo sh -c 'cat /data/f /data/sub/g; touch /data/x'
 case_run stderr /run/empty demo sh -c 'echo to-err >&2; echo to-out'
 # read-write volumes (#12): the container's changes are on the host, with
@@ -123,10 +127,19 @@ $c run -d --isolation "$mode" --name cpy demo sleep 300 > /dev/null
   $c cp cpy:/tmp/d "/run/cpout-$mode/back"; cat "/run/cpout-$mode/back/f" "/run/cpout-$mode/back/g"; $c rm -f cpy; } > /run/o 2> /run/e
 report cp 0
 
-# start and restart: the container runs again, its log kept (VM mode: from
-# the image's files again, docs/isolation.md); start -a gives the exit code
+# commit: the container's changes (a deletion too) as a layer of a new
+# image, which runs (VM mode: the agent writes the layer in the guest)
+$c run -d --isolation "$mode" --name cm demo sh -c 'echo data > /added; rm /etc/group; touch /ready; sleep 300' > /dev/null
+n=0; until $c exec cm test -e /ready 2>/dev/null || [ $n -ge 150 ]; do sleep 0.2; n=$((n+1)); done
+{ $c commit -c 'CMD ["cat", "/added"]' cm "snap-$mode" | cut -c1-7; $c exec cm echo running
+  $c run --rm --isolation "$mode" "snap-$mode"; $c run --rm --isolation "$mode" "snap-$mode" sh -c 'test -e /etc/group || echo no-group'
+  $c rm -f cm; $c rmi "snap-$mode" > /dev/null; } > /run/o 2> /run/e
+report commit 0
+
+# start and restart: the container runs again, its log and its own writes
+# kept (VM mode: on its writable disk); start -a gives the exit code
 lines() { n=0; while [ "$($c logs "$1" | wc -l)" -lt "$2" ] && [ $n -lt 150 ]; do sleep 0.2; n=$((n+1)); done; }
-$c run -d --isolation "$mode" --name rs demo sh -c 'echo started; sleep 300' > /dev/null
+$c run -d --isolation "$mode" --name rs demo sh -c 'echo run >> /kept; echo started $(wc -l < /kept); sleep 300' > /dev/null
 { lines rs 1; $c restart -t 1 rs; lines rs 2; $c logs rs; $c exec rs echo in; $c rm -f rs
   $c run --isolation "$mode" --name sa demo sh -c 'echo said; exit 3'; $c start -a sa; echo "start-a=$?"; $c rm sa; } > /run/o 2> /run/e
 report restart 0

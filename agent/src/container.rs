@@ -16,6 +16,33 @@ use oci_spec::runtime::Spec;
 
 /// Where the agent keeps its state in the guest (a tmpfs).
 pub const STATE_DIR: &str = "/run/capsa-agent";
+/// The argument that makes the agent binary [`write_diff`] instead of
+/// being PID 1.
+pub const DIFF_COMMAND: &str = "__diff";
+
+/// `capsa-agent __diff UPPER CGROUP`: freezes the container's cgroup
+/// (unless it is frozen already), writes UPPER as a layer tar to stdout,
+/// and thaws it again, so the layer is one moment's.
+pub fn write_diff(upper: &Path, cgroup: &Path) -> Result<()> {
+    let freeze = cgroup.join("cgroup.freeze");
+    let was_frozen = fs::read_to_string(&freeze).is_ok_and(|s| s.trim() == "1");
+    if !was_frozen {
+        fs::write(&freeze, "1").context("freezing the container")?;
+        // Frozen once cgroup.events says so; a few seconds at most.
+        let events = cgroup.join("cgroup.events");
+        for _ in 0..500 {
+            if fs::read_to_string(&events).is_ok_and(|s| s.contains("frozen 1")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    let written = capsa_container::layer_diff::write(upper, std::io::stdout().lock());
+    if !was_frozen {
+        fs::write(&freeze, "0").context("thawing the container")?;
+    }
+    written
+}
 
 /// A created container.
 pub struct Container {
@@ -236,6 +263,34 @@ impl Container {
         self.runtime
             .exec(&self.id, Some(&self.spec), &process, io)
             .map_err(classify_start_error)
+    }
+
+    /// `Diff`: starts `capsa-agent __diff UPPER CGROUP` (this binary, not
+    /// in the container) with `io`'s stdout and stderr; it writes the
+    /// overlay's upper directory as a layer tar (see [`write_diff`]).
+    /// Returns its PID, which the reaper collects like an exec'd one.
+    pub fn diff(&self, io: ProcessIo) -> Result<i32> {
+        let upper = Path::new(STATE_DIR)
+            .join("disks")
+            .join(&self.id)
+            .join("scratch/upper");
+        if !upper.is_dir() {
+            bail!(
+                "container {} has no writable layer of its own (its root is shared in place)",
+                self.id
+            );
+        }
+        let null = || std::process::Stdio::null();
+        let child = std::process::Command::new("/proc/self/exe")
+            .arg(DIFF_COMMAND)
+            .arg(&upper)
+            .arg(self.cgroup_dir())
+            .stdin(null())
+            .stdout(io.stdout.map_or_else(null, Into::into))
+            .stderr(io.stderr.map_or_else(null, Into::into))
+            .spawn()
+            .context("starting the agent's layer writer")?;
+        Ok(child.id() as i32)
     }
 
     /// Whether the kernel's OOM killer killed a process of the container

@@ -39,6 +39,10 @@ fn host_tool(args: Vec<String>) -> Result<()> {
             println!("{}", capsa_agent::SOFTWARE_VERSION);
             Ok(())
         }
+        // In the guest, started by the agent (Container::diff).
+        Some(capsa_agent::container::DIFF_COMMAND) if args.len() == 3 => {
+            capsa_agent::container::write_diff(args[1].as_ref(), args[2].as_ref())
+        }
         _ => anyhow::bail!("{USAGE}"),
     }
 }

@@ -1,4 +1,5 @@
-//! Container commands: run, ps, logs, exec, stop, kill, rm, wait, inspect.
+//! Container commands: run, create, ps, logs, exec, stop, kill, rm, wait,
+//! inspect.
 
 use std::time::Duration;
 
@@ -11,18 +12,29 @@ use capsa_shim::monitor::{self, Mode};
 use capsa_shim::record::{Record, Status};
 use capsa_shim::{CodedError, CreateRequest, Roots, EXIT_CAPSA_ERROR};
 use chrono::Utc;
-use clap::Args;
+use clap::{Args, Parser};
 
 use crate::run_flags::RunArgs;
 use crate::table;
 
 pub fn run(roots: &Roots, args: RunArgs) -> Result<i32> {
+    let rec = create_from_image(roots, &args)?;
+    if args.detach {
+        start_detached_monitor(roots, &rec)?;
+        println!("{}", rec.id);
+        return Ok(0);
+    }
+    monitor::supervise(roots, &rec.id, Mode::Foreground)
+}
+
+/// The container `run` and `create` make from the image and flags.
+fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
     let store = Store::open(&roots.images())?;
     let run = args.to_run_config()?;
     let network = args.to_network_request()?;
     let image = args.image().to_string();
     crate::images::ensure_local(&store, &image)?;
-    let rec = lifecycle::create(
+    lifecycle::create(
         roots,
         &store,
         CreateRequest {
@@ -36,13 +48,82 @@ pub fn run(roots: &Roots, args: RunArgs) -> Result<i32> {
             network,
             network_of: args.network_of().map(str::to_string),
         },
-    )?;
-    if args.detach {
-        start_detached_monitor(roots, &rec)?;
-        println!("{}", rec.id);
-        return Ok(0);
+    )
+}
+
+/// `create`'s arguments, parsed once the grammar is known (see [`create`]).
+#[derive(Args)]
+pub struct CreateArgs {
+    /// docker: [run's flags] IMAGE [COMMAND [ARG…]]. runc: --bundle DIR
+    /// [--pid-file FILE] [--console-socket PATH] ID.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    args: Vec<String>,
+}
+
+#[derive(Parser)]
+#[command(name = "capsa create", disable_help_flag = true)]
+struct DockerCreate {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Parser)]
+#[command(name = "capsa create")]
+struct RuncCreate {
+    #[command(flatten)]
+    create: crate::runc::CreateArgs,
+}
+
+/// runc's flags of `create` that docker's has not.
+const RUNC_CREATE_FLAGS: &[&str] = &[
+    "-b",
+    "--bundle",
+    "--pid-file",
+    "--console-socket",
+    "--no-pivot",
+    "--no-new-keyring",
+    "--preserve-fds",
+];
+
+fn runc_grammar(args: &[String], bundle_here: bool) -> bool {
+    let runc_flag = args.iter().any(|a| {
+        let flag = a.split('=').next().unwrap_or(a);
+        RUNC_CREATE_FLAGS.contains(&flag)
+    });
+    let positional = args.iter().filter(|a| !a.starts_with('-')).count();
+    runc_flag || (bundle_here && positional == 1)
+}
+
+/// One `create`, two grammars. runc's (a bundle and an ID) when a flag
+/// only runc has is given, or when the one argument has ./config.json as
+/// its bundle (runc's default); docker's (run's flags, an image, a
+/// command) otherwise: a container that waits, holding nothing, for
+/// `capsa start`.
+pub fn create(roots: &Roots, args: CreateArgs) -> Result<i32> {
+    let argv = std::iter::once("capsa create").chain(args.args.iter().map(String::as_str));
+    if runc_grammar(&args.args, std::path::Path::new("config.json").is_file()) {
+        return match RuncCreate::try_parse_from(argv) {
+            Ok(a) => crate::runc::create(roots, a.create),
+            Err(e) => Ok(crate::clap_failure(e)),
+        };
     }
-    monitor::supervise(roots, &rec.id, Mode::Foreground)
+    let run = match DockerCreate::try_parse_from(argv) {
+        Ok(a) => a.run,
+        Err(e) => return Ok(crate::clap_failure(e)),
+    };
+    if run.detach {
+        bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            "create makes a container without starting it: -d belongs to `capsa run -d`, or start it with `capsa start`".to_string()
+        ));
+    }
+    let rec = lifecycle::leave_created(roots, create_from_image(roots, &run)?)?;
+    println!("{}", rec.id);
+    Ok(0)
 }
 
 /// Starts the container's monitor in its own session and waits until it
@@ -408,6 +489,7 @@ pub fn restart(roots: &Roots, args: RestartArgs) -> Result<i32> {
         lifecycle::stop(roots, &rec.id, Duration::from_secs(args.time))?;
         if let Some(rec) = lifecycle::prepare_start(roots, &store, &rec.id)? {
             start_detached_monitor(roots, &rec)?;
+            capsa_shim::events::emit(roots, &rec, "restart", &[]);
         }
         println!("{c}");
         Ok(())
@@ -751,4 +833,43 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> 
         }
     }
     Ok(if failed { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// go-runc's and conmon's lines are runc's; an image and a command,
+    /// or run's flags, are docker's; a lone word is runc's ID only where
+    /// ./config.json makes it one.
+    #[test]
+    fn create_picks_its_grammar() {
+        let runc = [
+            &["--bundle", "/b", "--pid-file", "/b/p", "c1"][..],
+            &["-b", "/b", "c1"],
+            &["--bundle=/b", "c1"],
+            &["--console-socket", "/s", "--no-pivot", "c1"],
+        ];
+        for a in runc {
+            assert!(runc_grammar(&strings(a), false), "{a:?}");
+            let argv = std::iter::once("capsa create").chain(a.iter().copied());
+            RuncCreate::try_parse_from(argv).unwrap_or_else(|e| panic!("{a:?}: {e}"));
+        }
+        assert!(runc_grammar(&strings(&["c1"]), true));
+        let docker = [
+            &["demo"][..],
+            &["--name", "x", "-it", "demo", "sh"],
+            &["--isolation", "vm", "-v", "/a:/b", "demo", "ls", "-l"],
+        ];
+        for a in docker {
+            assert!(!runc_grammar(&strings(a), false), "{a:?}");
+            let argv = std::iter::once("capsa create").chain(a.iter().copied());
+            DockerCreate::try_parse_from(argv).unwrap_or_else(|e| panic!("{a:?}: {e}"));
+        }
+        assert!(!runc_grammar(&strings(&["demo", "sh"]), true));
+    }
 }

@@ -1,4 +1,4 @@
-//! Image commands: load, pull, images, rmi, tag, save.
+//! Image commands: load, pull, images, rmi, tag, save, commit.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -331,6 +331,37 @@ pub struct TagArgs {
 
 pub fn tag(roots: &Roots, args: TagArgs) -> Result<i32> {
     Store::open(&roots.images())?.tag(&args.source, &args.target)?;
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct CommitArgs {
+    /// The new image's author.
+    #[arg(short = 'a', long)]
+    author: Option<String>,
+    /// A Dockerfile instruction for the new config (CMD, ENTRYPOINT, ENV,
+    /// LABEL, WORKDIR, USER, EXPOSE, VOLUME, STOPSIGNAL); repeatable.
+    #[arg(short = 'c', long = "change", value_name = "INSTRUCTION")]
+    changes: Vec<String>,
+    /// The history entry's comment.
+    #[arg(short = 'm', long)]
+    message: Option<String>,
+    container: String,
+    /// REPOSITORY[:TAG] for the new image (default: none, as docker's).
+    name: Option<String>,
+}
+
+/// docker's `commit`: prints the new image's ID.
+pub fn commit(roots: &Roots, args: CommitArgs) -> Result<i32> {
+    let store = Store::open(&roots.images())?;
+    let req = capsa_shim::commit::CommitRequest {
+        name: args.name,
+        author: args.author,
+        message: args.message,
+        changes: args.changes,
+    };
+    let image = capsa_shim::commit::commit(roots, &store, &args.container, req)?;
+    println!("{}", image.id);
     Ok(0)
 }
 

@@ -5,6 +5,7 @@
 
 mod bench;
 mod containers;
+mod events;
 mod format;
 mod images;
 mod networks;
@@ -26,7 +27,9 @@ use capsa_shim::{CodedError, Roots, EXIT_CAPSA_ERROR};
     name = "capsa",
     version,
     about = "Run OCI images as namespace containers or inside KVM microVMs",
-    propagate_version = true
+    propagate_version = true,
+    // A repeated flag takes its last value, as runc's (urfave/cli) do.
+    args_override_self = true
 )]
 struct Cli {
     /// State directory (images, containers); default /var/lib/capsa and /run/capsa.
@@ -125,6 +128,9 @@ enum Command {
     Tag(images::TagArgs),
     /// The steps that made an image, with their layers' sizes (docker).
     History(images::HistoryArgs),
+    /// Make an image of a container's changes: its writable layer on its
+    /// image (docker; VM mode: of a running container).
+    Commit(images::CommitArgs),
     /// Write an image to an OCI archive.
     Save(images::SaveArgs),
     /// The guest kernel: where it is (building it first) and its config.
@@ -134,8 +140,11 @@ enum Command {
     TestHost(capsa_kernel::cli::TestHostArgs),
     /// Measure capsa against runc and crun (container lifecycle latency).
     Bench(bench::BenchArgs),
-    /// runc: create a container from an OCI bundle; it waits for `start`.
-    Create(runc::CreateArgs),
+    /// Create a container that waits for `start`: docker's from an image
+    /// (`create [run's flags] IMAGE [COMMAND…]`), or runc's from an OCI
+    /// bundle (`create --bundle DIR ID`).
+    #[command(disable_help_flag = true)]
+    Create(containers::CreateArgs),
     /// Start containers again (docker: stopped `capsa run` containers, -a to
     /// attach), or runc's: start the process of a container made by `create`.
     Start(containers::StartArgs),
@@ -151,7 +160,8 @@ enum Command {
     Features,
     /// runc: write a default config.json into a bundle.
     Spec(runc::SpecArgs),
-    /// runc: print a container's resource statistics.
+    /// What happened to containers (docker: create, start, die, stop, …;
+    /// --since, --until, -f, --format), or runc's `events ID` (statistics).
     Events(runc::EventsArgs),
     /// Freeze every process of containers (docker's `pause C…`; runc's
     /// `pause ID`); in VM mode the whole VM.
@@ -171,19 +181,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_CAPSA_ERROR } else { 0 };
-            if e.use_stderr() {
-                // A runc client reads its --log file to say why we failed.
-                if let Some((path, format)) = log_flags_from_argv() {
-                    let msg = e.render().to_string();
-                    let first = msg.lines().next().unwrap_or_default();
-                    runc::append_log(&path, format, "error", first);
-                }
-            }
-            let _ = e.print();
-            return ExitCode::from(code as u8);
-        }
+        Err(e) => return ExitCode::from(clap_failure(e) as u8),
     };
     // libcontainer logs every failure at error level from inside the
     // container's processes; capsa reports the same failure once, in its own
@@ -227,6 +225,9 @@ fn main() -> ExitCode {
             .init(),
     }
 
+    if cli.command.only_prints() {
+        quiet_on_closed_stdout();
+    }
     let roots = Roots::new(cli.root.as_deref());
     let (log, log_format) = (cli.log.clone(), cli.log_format);
     let rootless = cli.rootless.as_deref() == Some("true");
@@ -242,6 +243,58 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
     }
+}
+
+impl Command {
+    /// Commands that only print what they read, so that a reader that goes
+    /// away (`capsa inspect demo | head -1`) may simply end them.
+    fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Ps(_)
+                | Command::Logs(_)
+                | Command::Inspect(_)
+                | Command::Stats(_)
+                | Command::Top(_)
+                | Command::Port(_)
+                | Command::Images(_)
+                | Command::History(_)
+                | Command::State(_)
+                | Command::List(_)
+                | Command::Features
+                | Command::Events(_)
+        )
+    }
+}
+
+/// A write to a closed stdout ends the process quietly by SIGPIPE, as a
+/// Go program's (docker's, runc's) does, instead of Rust's panic on
+/// `println!`. Only for commands that hold nothing a signal could leak.
+fn quiet_on_closed_stdout() {
+    // SAFETY: restoring a signal's default disposition has no handler to
+    // race with; capsa installs none for SIGPIPE.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
+}
+
+/// Reports a command line clap refused (or its help) and returns the exit
+/// code: 125 for an error, 0 for help and version.
+pub(crate) fn clap_failure(e: clap::Error) -> i32 {
+    let code = if e.use_stderr() { EXIT_CAPSA_ERROR } else { 0 };
+    if e.use_stderr() {
+        // A runc client reads its --log file to say why we failed.
+        if let Some((path, format)) = log_flags_from_argv() {
+            let msg = e.render().to_string();
+            let first = msg.lines().next().unwrap_or_default();
+            runc::append_log(&path, format, "error", first);
+        }
+    }
+    let _ = e.print();
+    code
 }
 
 /// A full disk (or quota) is named by the path that could not be written;
@@ -304,10 +357,11 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Rmi(a) => images::rmi(roots, a),
         Command::Tag(a) => images::tag(roots, a),
         Command::Save(a) => images::save(roots, a),
+        Command::Commit(a) => images::commit(roots, a),
         Command::Kernel(a) => a.run(),
         Command::TestHost(a) => a.run(),
         Command::Bench(a) => bench::run(roots, a),
-        Command::Create(a) => runc::create(roots, a),
+        Command::Create(a) => containers::create(roots, a),
         Command::Start(a) => containers::start(roots, a),
         Command::Restart(a) => containers::restart(roots, a),
         Command::State(a) => runc::state(roots, a),

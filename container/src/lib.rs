@@ -17,6 +17,7 @@
 //! - [`terminal`]: window sizes and receiving a pty over a console socket.
 
 pub mod cgroup;
+pub mod layer_diff;
 pub mod process;
 pub mod procfs;
 pub mod rootfs;

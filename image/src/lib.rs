@@ -38,6 +38,7 @@
 //! All functions are synchronous; [`Store::pull`] runs a private tokio
 //! runtime. Errors are [`Error`], whose messages say what to do.
 
+mod commit;
 mod demo;
 mod digest;
 mod error;
@@ -55,6 +56,7 @@ mod unpack;
 #[cfg(test)]
 mod tests;
 
+pub use commit::CommitInfo;
 pub use demo::{BUSYBOX, DEMO_NAME};
 pub use error::{Error, Result};
 

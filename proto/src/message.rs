@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// v2 added [`Request::Delete`] (several containers per guest); v3
 /// [`Request::Top`], [`Request::Update`] and network and block figures in
 /// [`Stats`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Longest container or exec id, in bytes (ids travel in a one-byte length
 /// field in stream frames).
@@ -305,6 +305,17 @@ pub enum Request {
         /// Container id.
         container_id: String,
     },
+    /// The container's writable layer as an OCI layer tar (`capsa
+    /// commit`), written by a process of the agent's, outside the
+    /// container, on stdout as process `exec_id` (stderr says why it
+    /// failed; `Wait` gives its exit code). The container's processes are
+    /// frozen meanwhile. Reply: `Ok` once it runs.
+    Diff {
+        /// Container id.
+        container_id: String,
+        /// New process id, 1..=[`MAX_ID_LEN`] bytes.
+        exec_id: String,
+    },
     /// Kill every process, sync, and power the guest off. Reply: `Ok`
     /// (sent before the power-off).
     Shutdown,
@@ -330,6 +341,7 @@ impl Request {
             Request::ResizeTty { .. } => "resize_tty",
             Request::Stats { .. } => "stats",
             Request::Top { .. } => "top",
+            Request::Diff { .. } => "diff",
             Request::Update { .. } => "update",
             Request::Shutdown => "shutdown",
             Request::Delete { .. } => "delete",
@@ -357,6 +369,10 @@ impl Request {
                 container_id,
                 exec_id,
                 ..
+            }
+            | Request::Diff {
+                container_id,
+                exec_id,
             } => {
                 check("container_id", container_id)?;
                 check("exec_id", exec_id)

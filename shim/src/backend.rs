@@ -93,6 +93,9 @@ pub trait Backend {
     fn update(&self, rec: &Record, resources: &LinuxResources) -> Result<()>;
     /// Starts another process in the running container.
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle>;
+    /// Writes the container's writable layer to `out` as an OCI layer tar
+    /// (`commit`), its processes frozen meanwhile if it runs.
+    fn diff(&self, rec: &Record, out: &mut dyn std::io::Write) -> Result<()>;
     /// Releases what a container whose creator is gone still holds on the
     /// host (cgroups, runtime state, a VMM left behind). Idempotent.
     fn release(&self, rec: &Record) -> Result<()>;

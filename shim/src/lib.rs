@@ -18,7 +18,9 @@
 
 pub mod backend;
 pub mod backends;
+pub mod commit;
 pub mod copy;
+pub mod events;
 pub mod lifecycle;
 pub mod logs;
 pub mod microvm;

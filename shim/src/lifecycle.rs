@@ -189,6 +189,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     rec.stop_signal = stop_signal;
     rec.save(roots)?;
     guard.armed = false;
+    crate::events::emit(roots, &rec, "create", &[]);
     crate::timing::phase("host preparation (rootfs, bundle)", &mut clock);
     Ok(rec)
 }
@@ -269,7 +270,10 @@ fn check_vm_flags(run: &RunConfig) -> Result<()> {
                 .into(),
         );
     }
-    if let Some(m) = run.mounts.iter().find(|m| !m.readonly && m.src.is_file()) {
+    let shared_file = |m: &&capsa_image::spec::BindMount| {
+        !m.readonly && m.src.is_file() && !crate::microvm::of_the_kernel(&m.src)
+    };
+    if let Some(m) = run.mounts.iter().find(shared_file) {
         return refuse(format!(
             "VM mode shares single files read-only (a copy): use -v {}:{}:ro, or share the directory that holds it",
             m.src.display(),
@@ -353,10 +357,20 @@ pub(crate) fn find_running(roots: &Roots, key: &str) -> Result<Record> {
     Ok(rec)
 }
 
-/// docker's `start` of a stopped `capsa run` container, up to the
-/// monitor: its root filesystem back (the same writable layer in container
-/// mode) and its record rearmed. Returns None if it is already running. The caller starts the monitor
-/// (`monitor::supervise`, or `spawn` for a detached one).
+/// docker's `create`: the container `create` made stays Created, holding
+/// nothing (its root is unmounted) until `start` (see [`prepare_start`]).
+pub fn leave_created(roots: &Roots, mut rec: Record) -> Result<Record> {
+    let backend = backend_for(roots, rec.isolation)?;
+    backend.release_rootfs(&ContainerPaths::new(roots, &rec.id))?;
+    rec.waiting_for_start = true;
+    rec.save(roots)?;
+    Ok(rec)
+}
+
+/// docker's `start` of a stopped container (or of one `create` made), up
+/// to the monitor: its root filesystem back (the same writable layer) and
+/// its record rearmed. Returns None if it is already running. The caller
+/// starts the monitor (`monitor::supervise`, or `spawn` for a detached one).
 pub fn prepare_start(roots: &Roots, store: &Store, key: &str) -> Result<Option<Record>> {
     let _lock = crate::record::lock_containers(roots)?;
     let mut rec = Record::find(roots, key)
@@ -370,8 +384,9 @@ pub fn prepare_start(roots: &Roots, store: &Store, key: &str) -> Result<Option<R
             )
             .into())
         }
-        // Only between `run`'s create and its monitor's start (capsa has
-        // no docker-style `create` yet): a second monitor would race it.
+        Status::Created if rec.waiting_for_start => rec.waiting_for_start = false,
+        // Between `run`'s create and its monitor's start: a second monitor
+        // would race it.
         Status::Created => {
             return Err(CodedError::new(
                 EXIT_CAPSA_ERROR,
@@ -379,9 +394,8 @@ pub fn prepare_start(roots: &Roots, store: &Store, key: &str) -> Result<Option<R
             )
             .into())
         }
-        Status::Stopped => {}
+        Status::Stopped => rec.rearm()?,
     }
-    rec.rearm()?;
     let image = store.get(&rec.image_id).map_err(|e| {
         CodedError::new(
             EXIT_CAPSA_ERROR,
@@ -485,9 +499,12 @@ pub fn rename(roots: &Roots, key: &str, new_name: &str) -> Result<Record> {
             rec.name, ep.network
         ));
     }
-    crate::record::with_record(roots, &rec.id, |r| r.name = new_name.to_string()).ok_or_else(|| {
-        CodedError::new(EXIT_CAPSA_ERROR, format!("container {} is gone", rec.name)).into()
-    })
+    let renamed = crate::record::with_record(roots, &rec.id, |r| r.name = new_name.to_string())
+        .ok_or_else(|| {
+            CodedError::new(EXIT_CAPSA_ERROR, format!("container {} is gone", rec.name))
+        })?;
+    crate::events::emit(roots, &renamed, "rename", &[("oldName", rec.name)]);
+    Ok(renamed)
 }
 
 /// docker's `pause`: freezes every process of a running container (in VM
@@ -495,6 +512,7 @@ pub fn rename(roots: &Roots, key: &str, new_name: &str) -> Result<Record> {
 pub fn pause(roots: &Roots, key: &str) -> Result<Record> {
     let rec = find_running(roots, key)?;
     crate::oci::freeze(roots, &rec, true)?;
+    crate::events::emit(roots, &rec, "pause", &[]);
     Record::load(roots, &rec.id)
 }
 
@@ -518,6 +536,7 @@ fn thawed(roots: &Roots, rec: Record) -> Result<Record> {
         return Ok(rec);
     }
     crate::oci::freeze(roots, &rec, false)?;
+    crate::events::emit(roots, &rec, "unpause", &[]);
     Record::load(roots, &rec.id)
 }
 
@@ -525,8 +544,16 @@ fn thawed(roots: &Roots, rec: Record) -> Result<Record> {
 pub fn kill(roots: &Roots, key: &str, signal: Signal) -> Result<Record> {
     let rec = thawed(roots, Record::find(roots, key)?)?;
     let rec = find_running(roots, &rec.id)?;
+    emit_kill(roots, &rec, signal);
     backend_for(roots, rec.isolation)?.kill(&rec, signal)?;
     Ok(rec)
+}
+
+/// Logged before the signal is sent, so that it comes before the `die`
+/// the signal may cause.
+fn emit_kill(roots: &Roots, rec: &Record, signal: Signal) {
+    let number = (signal as i32).to_string();
+    crate::events::emit(roots, rec, "kill", &[("signal", number)]);
 }
 
 /// Stops a container: its stop signal, then SIGKILL after `timeout`.
@@ -538,18 +565,23 @@ pub fn stop(roots: &Roots, key: &str, timeout: Duration) -> Result<Record> {
     let backend = backend_for(roots, rec.isolation)?;
     let sig = parse_signal(&rec.stop_signal).unwrap_or(Signal::SIGTERM);
     // The process may exit between our read of the record and the signal.
+    emit_kill(roots, &rec, sig);
     let _ = backend.kill(&rec, sig);
-    if let Some(done) = wait_stopped(roots, &rec.id, Some(timeout))? {
-        return Ok(done);
-    }
-    let _ = backend.kill(&rec, Signal::SIGKILL);
-    wait_stopped(roots, &rec.id, Some(Duration::from_secs(30)))?.ok_or_else(|| {
-        CodedError::new(
-            EXIT_CAPSA_ERROR,
-            format!("container {} did not stop after SIGKILL", rec.name),
-        )
-        .into()
-    })
+    let done = match wait_stopped(roots, &rec.id, Some(timeout))? {
+        Some(done) => done,
+        None => {
+            emit_kill(roots, &rec, Signal::SIGKILL);
+            let _ = backend.kill(&rec, Signal::SIGKILL);
+            wait_stopped(roots, &rec.id, Some(Duration::from_secs(30)))?.ok_or_else(|| {
+                CodedError::new(
+                    EXIT_CAPSA_ERROR,
+                    format!("container {} did not stop after SIGKILL", rec.name),
+                )
+            })?
+        }
+    };
+    crate::events::emit(roots, &rec, "stop", &[]);
+    Ok(done)
 }
 
 /// Waits until the container has stopped (or is gone, for `--rm`), up to
@@ -600,6 +632,7 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
             let _ = vm.release(&rec);
         }
         remove_files(roots, &rec)?;
+        crate::events::emit(roots, &rec, "destroy", &[]);
         return Ok(rec);
     }
     let rec = if force { thawed(roots, rec)? } else { rec };
@@ -615,10 +648,16 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
             .into());
         }
         let backend = backend_for(roots, rec.isolation)?;
+        emit_kill(roots, &rec, Signal::SIGKILL);
         let _ = backend.kill(&rec, Signal::SIGKILL);
         wait_stopped(roots, &rec.id, Some(Duration::from_secs(30)))?;
     }
+    // An --rm container's monitor may have removed it (and said so).
+    let there = ContainerPaths::new(roots, &rec.id).dir.exists();
     remove_files(roots, &rec)?;
+    if there {
+        crate::events::emit(roots, &rec, "destroy", &[]);
+    }
     Ok(rec)
 }
 

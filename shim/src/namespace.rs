@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo, Sandbox};
 use crate::paths::{ContainerPaths, Roots};
-use crate::record::Record;
+use crate::record::{Record, Status};
 
 /// The runtime that holds the namespace containers under `roots`.
 pub fn runtime(roots: &Roots) -> Runtime {
@@ -91,6 +91,28 @@ impl Backend for NamespaceBackend {
             &process,
             io,
         )?))
+    }
+
+    fn diff(&self, rec: &Record, out: &mut dyn std::io::Write) -> Result<()> {
+        let upper = ContainerPaths::new(&self.roots, &rec.id).upper();
+        // One moment's layer: a running container is frozen while it is
+        // read (docker commit's --pause), which also keeps its processes
+        // from swapping a directory for a symlink under the walk.
+        let frozen = match rec.status() {
+            Status::Running => {
+                let mut c = self.runtime.container(&rec.id)?;
+                c.pause()
+                    .with_context(|| format!("freezing container {}", rec.name))?;
+                Some(c)
+            }
+            _ => None,
+        };
+        let written = capsa_container::layer_diff::write(&upper, out);
+        if let Some(mut c) = frozen {
+            c.resume()
+                .with_context(|| format!("thawing container {}", rec.name))?;
+        }
+        written
     }
 
     fn release(&self, rec: &Record) -> Result<()> {

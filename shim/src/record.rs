@@ -185,6 +185,10 @@ pub struct Record {
     /// them while the container exists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// Made by docker-style `capsa create`: Created with no monitor yet,
+    /// waiting for `capsa start` (unlike `run`'s, whose monitor is on its way).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting_for_start: bool,
     /// Set (never saved) when record.json could not be read: what is wrong.
     /// Such a container is listed, counts as a user of its image, and
     /// `capsa rm -f` removes it.
@@ -221,6 +225,7 @@ impl Record {
             keeper_pid: None,
             network: None,
             volumes: Vec::new(),
+            waiting_for_start: false,
             damaged: None,
         }
     }

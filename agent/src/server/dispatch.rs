@@ -39,6 +39,10 @@ impl Agent {
                 process,
                 stdio,
             } => self.exec(conn, enc, container_id, exec_id, process, stdio),
+            Request::Diff {
+                container_id,
+                exec_id,
+            } => self.diff(conn, enc, container_id, exec_id),
             Request::Signal { id, signal } => self.signal(&id, signal),
             Request::Wait { id } => {
                 let me = Arc::clone(self);

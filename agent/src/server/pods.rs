@@ -27,6 +27,9 @@ pub trait Managed: Send {
     fn kill(&self, sig: Signal) -> Result<()>;
     /// Starts another process in the container; returns its PID.
     fn exec(&self, req: &ExecRequest, io: ProcessIo) -> Result<i32>;
+    /// Starts the writer of its writable layer as a tar (`Diff`); returns
+    /// its PID.
+    fn diff(&self, io: ProcessIo) -> Result<i32>;
     fn oom_killed(&self) -> bool;
     fn stats(&self) -> capsa_proto::Stats;
     /// Its processes (`capsa top`).
@@ -48,6 +51,9 @@ impl Managed for Container {
     }
     fn exec(&self, req: &ExecRequest, io: ProcessIo) -> Result<i32> {
         Container::exec(self, req, io)
+    }
+    fn diff(&self, io: ProcessIo) -> Result<i32> {
+        Container::diff(self, io)
     }
     fn oom_killed(&self) -> bool {
         Container::oom_killed(self)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use capsa_container::terminal::set_window_size;
-use capsa_container::ExecRequest;
+use capsa_container::{ExecRequest, ProcessIo};
 use capsa_proto::{
     ErrorCode, ExecProcess, InboundSender, Response, SendCredit, StdStream, StdioOptions, WinSize,
 };
@@ -78,6 +78,46 @@ impl Agent {
         process: ExecProcess,
         stdio: StdioOptions,
     ) -> Response {
+        let req = ExecRequest {
+            args: process.args,
+            env: process.env,
+            workdir: process.cwd,
+            user: process.user.map(|u| (u.uid, u.gid)),
+            tty: stdio.tty,
+        };
+        self.launch(conn, enc, container_id, exec_id, stdio, |c, io| {
+            c.exec(&req, io)
+        })
+    }
+
+    /// `Diff`: the container's writable layer as a tar, from a process of
+    /// the agent's own (see [`crate::container::Container::diff`]).
+    pub(super) fn diff(
+        self: &Arc<Self>,
+        conn: u64,
+        enc: &Conn,
+        container_id: String,
+        exec_id: String,
+    ) -> Response {
+        let stdio = StdioOptions {
+            tty: false,
+            stdin: false,
+            tty_size: None,
+        };
+        self.launch(conn, enc, container_id, exec_id, stdio, |c, io| c.diff(io))
+    }
+
+    /// Starts process `exec_id` of a running container with `start`, wired
+    /// as `stdio` says, for `Wait` and the stream frames.
+    fn launch(
+        self: &Arc<Self>,
+        conn: u64,
+        enc: &Conn,
+        container_id: String,
+        exec_id: String,
+        stdio: StdioOptions,
+        start: impl FnOnce(&dyn super::pods::Managed, ProcessIo) -> Result<i32>,
+    ) -> Response {
         {
             let st = self.lock();
             if !st.containers.contains_key(&container_id) {
@@ -103,13 +143,6 @@ impl Agent {
                 );
             }
         }
-        let req = ExecRequest {
-            args: process.args,
-            env: process.env,
-            workdir: process.cwd,
-            user: process.user.map(|u| (u.uid, u.gid)),
-            tty: stdio.tty,
-        };
         // `Some(pid)` once the process runs: a failure after that must not
         // leave it running with nobody to wait for it.
         let mut started = None;
@@ -129,7 +162,7 @@ impl Agent {
                 .containers
                 .get(&container_id)
                 .context("the container is gone")?;
-            let pid = c.exec(&req, io)?;
+            let pid = start(c.as_ref(), io)?;
             started = Some(pid);
             let serial = self.next_serial.fetch_add(1, Ordering::SeqCst);
             st.procs.insert(

@@ -240,6 +240,9 @@ impl Managed for Fake {
     fn exec(&self, _req: &ExecRequest, _io: ProcessIo) -> Result<i32> {
         Ok(next_fake_pid())
     }
+    fn diff(&self, _io: ProcessIo) -> Result<i32> {
+        Ok(next_fake_pid())
+    }
     fn oom_killed(&self) -> bool {
         false
     }

@@ -1,4 +1,5 @@
-//! `events`: a container's resource statistics, once or at an interval.
+//! `events ID`: runc's, a container's resource statistics, once or at an
+//! interval. Without an ID it is docker's `events` (crate::events).
 
 use std::time::Duration;
 
@@ -18,8 +19,22 @@ pub struct EventsArgs {
     /// How often to print statistics (e.g. 5s, 500ms, 1m).
     #[arg(long, default_value = "5s", value_name = "DURATION")]
     interval: String,
-    /// The container ID.
-    id: String,
+    /// docker: events from this time on (RFC 3339, Unix seconds, or a
+    /// duration ago such as 10m).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// docker: stop at this time (as --since) instead of following.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// docker: container=NAME|ID, event=ACTION, image=NAME, type=container.
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+    filter: Vec<String>,
+    /// docker: json, or a template over docker's event ({{.Action}},
+    /// {{.Actor.Attributes.name}}, …).
+    #[arg(long)]
+    format: Option<String>,
+    /// runc: the container ID. Without it, docker's event stream.
+    id: Option<String>,
 }
 
 /// runc's `{"type":"stats","id":…,"data":{…}}`, with the fields of runc's
@@ -45,7 +60,7 @@ fn stats_event(id: &str, s: &oci::Stats) -> serde_json::Value {
     })
 }
 
-fn parse_interval(s: &str) -> Result<Duration> {
+pub(crate) fn parse_interval(s: &str) -> Result<Duration> {
     let bad = || anyhow!("--interval takes a duration like 5s, 500ms or 1m, not {s:?}");
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -65,17 +80,26 @@ fn parse_interval(s: &str) -> Result<Duration> {
 }
 
 pub fn events(roots: &Roots, a: EventsArgs) -> Result<i32> {
+    let Some(id) = a.id.clone() else {
+        let docker = crate::events::Query {
+            since: a.since,
+            until: a.until,
+            filters: a.filter,
+            format: a.format,
+        };
+        return crate::events::events(roots, docker);
+    };
     let run = || -> Result<i32> {
         let interval = parse_interval(&a.interval)?;
-        state_or_missing(roots, &a.id)?;
+        state_or_missing(roots, &id)?;
         loop {
-            let s = oci::stats(roots, &a.id)?;
-            println!("{}", stats_event(&a.id, &s));
+            let s = oci::stats(roots, &id)?;
+            println!("{}", stats_event(&id, &s));
             if a.stats {
                 return Ok(0);
             }
             std::thread::sleep(interval);
-            match oci::state(roots, &a.id) {
+            match oci::state(roots, &id) {
                 Ok(st) if st.status != "stopped" => {}
                 _ => return Ok(0),
             }

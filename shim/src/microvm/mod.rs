@@ -11,6 +11,7 @@ pub mod sandbox;
 mod shares;
 mod tty;
 mod volumes;
+mod writable;
 
 use shares::ShareSpec;
 
@@ -42,7 +43,7 @@ use crate::record::Record;
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 use client::AgentConn;
 use sandbox::is_sandbox;
-pub use volumes::shm_as_tmpfs;
+pub use volumes::{of_the_kernel, shm_as_tmpfs};
 
 /// Memory the guest kernel and agent need beyond the container's limit.
 const GUEST_OVERHEAD_MIB: u64 = 96;
@@ -337,6 +338,7 @@ impl Backend for MicroVmBackend {
         let link = paths.dir.join("rootfs.disk");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&disk, link)?;
+        writable::ensure(paths)?;
         // The root is assembled in the guest; the host mounts nothing (the
         // spec's users come from the image's layers, spec::generate).
         std::fs::create_dir_all(paths.rootfs())?;
@@ -375,6 +377,14 @@ impl Backend for MicroVmBackend {
             Some(_) => None,
             None => Some(std::fs::read_link(paths.dir.join("rootfs.disk"))?),
         };
+        // A container made from an image has its own writable disk, the
+        // last one (prepare_rootfs); other roots keep a tmpfs.
+        let writable_disk = Some(writable::path(&paths))
+            .filter(|d| root_disk.is_some() && d.is_file())
+            .map(|path| {
+                let letter = first_disk + volumes.disks.len() as u8;
+                (path, format!("/dev/vd{}", letter as char))
+            });
         let sock = self.socket(&rec.id);
         std::fs::create_dir_all(self.roots.sockets())?;
         let _ = std::fs::remove_file(&sock);
@@ -444,6 +454,10 @@ impl Backend for MicroVmBackend {
                 .map(PathBuf::as_path)
                 .chain(volumes.disks.iter().map(|v| v.image.as_path()))
                 .map(read_only)
+                .chain(writable_disk.as_ref().map(|(path, _)| DiskConfig {
+                    path: path.clone(),
+                    read_only: false,
+                }))
                 .collect(),
             vsock: Some(VsockConfig {
                 cid: 3,
@@ -521,8 +535,14 @@ impl Backend for MicroVmBackend {
             Some(_) => Rootfs {
                 device: "/dev/vda".into(),
                 fstype: "ext4".into(),
-                writable: WritableLayer::Tmpfs {
-                    size_bytes: memory / 2,
+                writable: match writable_disk {
+                    Some((_, device)) => WritableLayer::Disk {
+                        device,
+                        fstype: "ext4".into(),
+                    },
+                    None => WritableLayer::Tmpfs {
+                        size_bytes: memory / 2,
+                    },
                 },
                 volumes: guest_volumes.clone(),
             },
@@ -615,6 +635,32 @@ impl Backend for MicroVmBackend {
                 other => bail!("the guest agent answered wait with {other:?}"),
             }
         })))
+    }
+
+    fn diff(&self, rec: &Record, out: &mut dyn std::io::Write) -> Result<()> {
+        let conn = self.connect(rec)?;
+        let exec_id = format!("diff-{}", std::process::id());
+        let (layer, errors) = (crate::stdio::pipe()?, crate::stdio::pipe()?);
+        conn.route_output(&exec_id, StdStream::Stdout, layer.write);
+        conn.route_output(&exec_id, StdStream::Stderr, errors.write);
+        conn.request(Request::Diff {
+            container_id: rec.id.clone(),
+            exec_id: exec_id.clone(),
+        })?;
+        let said = std::thread::spawn(move || {
+            std::io::read_to_string(File::from(errors.read)).unwrap_or_default()
+        });
+        let copied = std::io::copy(&mut File::from(layer.read), out);
+        let code = match conn.request(Request::Wait { id: exec_id })? {
+            Response::Exited { code, .. } => code,
+            other => bail!("the guest agent answered wait with {other:?}"),
+        };
+        let said = said.join().unwrap_or_default();
+        if code != 0 {
+            bail!("the guest could not write the layer: {}", said.trim());
+        }
+        copied.context("receiving the layer from the guest")?;
+        Ok(())
     }
 
     fn release(&self, rec: &Record) -> Result<()> {

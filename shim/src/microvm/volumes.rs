@@ -42,6 +42,13 @@ impl Volumes {
     }
 }
 
+/// /proc and /sys are the kernel's own: in the guest a bind of them is of
+/// the guest kernel's procfs or sysfs (the agent binds the guest's path),
+/// never a share or a copy of the host's.
+pub fn of_the_kernel(src: &Path) -> bool {
+    src.starts_with("/proc") || src.starts_with("/sys")
+}
+
 /// Turns the user's bind mounts in `spec` into shares and disks under `dir`. Bind
 /// mounts of files capsa itself made under `dir` (/etc/hosts…) are left to
 /// the agent. `first_device` is the letter of the first free /dev/vdX.
@@ -62,6 +69,9 @@ pub fn plan(spec: &mut Spec, dir: &Path, first_device: char, copy_files: bool) -
             continue;
         };
         if !capsa_container::is_bind_mount(m) || src.starts_with(dir) {
+            continue;
+        }
+        if of_the_kernel(&src) {
             continue;
         }
         if copy_files && m.destination() == Path::new("/dev/shm") {

@@ -30,6 +30,11 @@ pub(super) fn finish(
     exit: Exit,
 ) {
     rec.oom_killed = exit.oom_killed;
+    // `rename` may have changed the record since the monitor read it: the
+    // record saved below must not bring the old name back.
+    if let Ok(now) = Record::load(roots, &rec.id) {
+        rec.name = now.name;
+    }
     let released = match sandbox {
         Some(s) => s.release(),
         None => backend.release(rec),
@@ -51,8 +56,13 @@ pub(super) fn finish(
     rec.finished = Some(Utc::now());
     rec.pid = None;
     rec.error = exit.error;
+    if exit.oom_killed {
+        crate::events::emit(roots, rec, "oom", &[]);
+    }
+    crate::events::emit(roots, rec, "die", &[("exitCode", exit.code.to_string())]);
     if rec.auto_remove {
         let _ = crate::backends::remove_files(roots, rec);
+        crate::events::emit(roots, rec, "destroy", &[]);
     } else if let Err(e) = rec.save(roots) {
         tracing::warn!("saving the record of {}: {e:#}", rec.id);
     }

@@ -261,6 +261,7 @@ fn start(
         rec.monitor_pid = Some(std::process::id() as i32);
         rec.started = Some(Utc::now());
         rec.save(roots)?;
+        crate::events::emit(roots, rec, "start", &[]);
         Ok(master)
     };
     match run() {
