@@ -107,6 +107,10 @@ fn both_modes_give_the_same_results() {
     expect("volume-ro", "code=1 out=15/");
     expect("write-big", "code=0 out=10/");
     expect("kernel-fs", "code=0 out=10/");
+    assert!(
+        c["space-back"].1.contains("written|given-back|sp|"),
+        "{ctx}"
+    );
     // Read-write volumes (#12): everything the container did is on the
     // host, with owners, modes, links and the file's content.
     expect("volume-rw", "code=0");
@@ -236,6 +240,12 @@ fn both_modes_give_the_same_results() {
         "{ctx}"
     );
     assert!(c["cp"].1.contains("cp-in|cp-in|cp-out|cpy|"), "{ctx}");
+    assert!(
+        c["hooks"].1.contains(
+            "ran|createRuntime:creating prestart:creating poststart:running poststop:stopped |failing-prestart=1|state=1|"
+        ),
+        "{ctx}"
+    );
     assert!(
         c["commit"].1.contains("sha256:|running|data|no-group|cm|"),
         "{ctx}"

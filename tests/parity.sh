@@ -38,6 +38,14 @@ case_run cwd-image /run/empty demo pwd
 case_run stdin /run/stdin.txt -i demo sh -c 'tr a-z A-Z'
 case_run stdout-20mb /run/empty demo sh -c 'head -c 20000000 /dev/zero | tr "\0" x'
 case_run tty /run/empty -t demo sh -c 'test -t 0 && test -t 1 && echo is-a-tty'
+# what the container deletes goes back to the host's disk (VM mode: the
+# guest discards, capsa-vmm punches holes in the container's disk file)
+$c run -d --isolation "$mode" --name sp demo sh -c 'head -c 60000000 /dev/zero > /big; sync; touch /ready; sleep 300' > /dev/null
+n=0; until $c exec sp test -e /ready 2>/dev/null || [ $n -ge 300 ]; do sleep 0.2; n=$((n+1)); done
+used() { du -sk "/run/parity-$mode/containers/$($c inspect -f '{{.Id}}' sp)" | cut -f1; }
+full=$(used); $c exec sp sh -c 'rm /big; sync'; sleep 1; freed=$(used)
+{ [ "$full" -gt 50000 ] && echo written; [ "$freed" -lt $((full / 2)) ] && echo given-back; $c rm -f sp; } > /run/o 2> /run/e
+report space-back 0
 # a bind of /sys or /proc is of the kernel's own (VM mode: the guest's)
 case_run kernel-fs /run/empty -v /sys:/hs:ro -v /proc:/hp:ro demo sh -c 'test -d /hs/class && test -r /hp/self/status && echo kernel-fs'
 # the container's writes go to disk in both modes, not to the VM's memory
@@ -135,6 +143,28 @@ n=0; until $c exec cm test -e /ready 2>/dev/null || [ $n -ge 150 ]; do sleep 0.2
   $c run --rm --isolation "$mode" "snap-$mode"; $c run --rm --isolation "$mode" "snap-$mode" sh -c 'test -e /etc/group || echo no-group'
   $c rm -f cm; $c rmi "snap-$mode" > /dev/null; } > /run/o 2> /run/e
 report commit 0
+
+# OCI hooks through runc's command line: createRuntime, prestart,
+# poststart and poststop run on the host in both modes (VM mode: as Kata
+# runs them), each reading the state; a failing prestart fails create
+b=/run/hooks-$mode && rm -rf "$b" && mkdir -p "$b/rootfs/bin" && cp /bin/busybox "$b/rootfs/bin/" && ln -s busybox "$b/rootfs/bin/sh"
+(cd "$b" && $capsa spec) && python3 - "$b" "$mode" <<'PY'
+import json, sys
+b, mode = sys.argv[1], sys.argv[2]
+c = json.load(open(b + '/config.json'))
+c['process'].update(args=['sh', '-c', 'echo ran'], terminal=False)
+c['hooks'] = {k: [{'path': '/bin/sh', 'args': ['sh', '-c', 'cat > %s/%s.json' % (b, k)]}]
+              for k in ['createRuntime', 'prestart', 'poststart', 'poststop']}
+c['annotations'] = {'io.capsa.isolation': mode}
+json.dump(c, open(b + '/config.json', 'w'))
+c['hooks']['prestart'] = [{'path': '/bin/sh', 'args': ['sh', '-c', 'echo no >&2; exit 3']}]
+json.dump(c, open(b + '/failing.json', 'w'))
+PY
+seen() { for h in createRuntime prestart poststart poststop; do [ -f "$b/$h.json" ] && printf '%s:%s ' "$h" "$(grep -o '"status": *"[a-z]*"' "$b/$h.json" | cut -d'"' -f4)"; done; echo; }
+{ $c create -b "$b" hk; $c start hk; n=0; until $c state hk | grep -q '"stopped"' || [ $n -ge 300 ]; do sleep 0.1; n=$((n+1)); done
+  $c delete hk; seen; mv "$b/failing.json" "$b/config.json"
+  $c create -b "$b" hk2 > /dev/null 2>&1; echo "failing-prestart=$?"; $c state hk2 > /dev/null 2>&1; echo "state=$?"; } > /run/o 2> /run/e
+report hooks 0
 
 # start and restart: the container runs again, its log and its own writes
 # kept (VM mode: on its writable disk); start -a gives the exit code

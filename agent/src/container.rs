@@ -196,7 +196,10 @@ impl Container {
             }
             WritableLayer::Disk { device, fstype } => {
                 drop_cached_blocks(device)?;
-                mount_dev(device, fstype, &scratch, MsFlags::empty(), "")
+                // discard: what the container deletes goes back to the
+                // host (capsa-vmm punches holes in the disk's file).
+                let opts = if fstype == "ext4" { "discard" } else { "" };
+                mount_dev(device, fstype, &scratch, MsFlags::empty(), opts)
                     .context("mounting the writable layer's disk")?
             }
             WritableLayer::InPlace => unreachable!("handled above"),

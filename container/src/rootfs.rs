@@ -133,17 +133,7 @@ pub fn prepare_bundle(bundle: &Path) -> Result<()> {
     let root = pathrs::Root::open(&rootfs)
         .with_context(|| format!("opening the root filesystem {}", rootfs.display()))?;
     for m in spec.mounts().iter().flatten() {
-        let is_bind = m.typ().as_deref() == Some("bind")
-            || m.options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
-        let file_source = m
-            .source()
-            .as_ref()
-            .and_then(|s| fs::metadata(s).ok())
-            .is_some_and(|meta| !meta.is_dir());
-        if is_bind && file_source {
+        if crate::is_bind_mount(m) && bind_of_a_file(m) {
             create_link_target(&root, m.destination())?;
         }
     }
@@ -151,6 +141,32 @@ pub fn prepare_bundle(bundle: &Path) -> Result<()> {
         create_workdir(&root, cwd)?;
     }
     Ok(())
+}
+
+/// The directories the spec mounts on, made in `rootfs` where missing,
+/// resolved inside it as [`prepare_bundle`] resolves paths. For a
+/// read-only root that is shared read-only into a VM: the guest's runtime
+/// cannot make them there, as runc makes them before it remounts the root
+/// read-only.
+pub fn create_mount_points(rootfs: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
+    let root = pathrs::Root::open(rootfs)
+        .with_context(|| format!("opening the root filesystem {}", rootfs.display()))?;
+    for m in spec.mounts().iter().flatten() {
+        if crate::is_bind_mount(m) && bind_of_a_file(m) {
+            create_link_target(&root, m.destination())?;
+        } else {
+            mkdir_all(&root, m.destination())
+                .with_context(|| format!("making the mount point {}", m.destination().display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn bind_of_a_file(m: &oci_spec::runtime::Mount) -> bool {
+    m.source()
+        .as_ref()
+        .and_then(|s| fs::metadata(s).ok())
+        .is_some_and(|meta| !meta.is_dir())
 }
 
 /// The process's working directory `cwd`, created in `root` if missing.

@@ -21,6 +21,7 @@ pub mod backends;
 pub mod commit;
 pub mod copy;
 pub mod events;
+pub mod hooks;
 pub mod lifecycle;
 pub mod logs;
 pub mod microvm;

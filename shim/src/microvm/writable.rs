@@ -12,9 +12,9 @@ use anyhow::{bail, Context, Result};
 use crate::paths::ContainerPaths;
 
 /// The disk's apparent size. The file is sparse: the host's disk holds
-/// only what the guest wrote (about 5 MB when new). The guest never
-/// gives space back (the VMM has no discard), so deleted files keep
-/// theirs until the container is removed.
+/// only what the guest wrote (about 5 MB when new); what the container
+/// deletes goes back (the agent mounts it with `discard`, capsa-vmm
+/// punches holes).
 const SIZE_BYTES: u64 = 64 << 30;
 
 /// The container's writable disk, whether or not it exists yet.

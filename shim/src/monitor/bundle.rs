@@ -123,6 +123,12 @@ pub fn run(job: BundleJob, mut ready: File) -> Result<i32> {
                 Ok(s) => s,
                 Err(e) => return refuse(&mut ready, e),
             };
+            // The host's hooks, now that the container exists in the
+            // guest; a failing one fails `create`, as with runc.
+            if let Err(e) = creation_hooks(&rec) {
+                let _ = sandbox.release();
+                return refuse(&mut ready, e);
+            }
             Ready::Ok { pid: None }.send(&mut ready)?;
             drop(ready);
             forward_signals(&roots, &rec);
@@ -141,6 +147,24 @@ pub fn run(job: BundleJob, mut ready: File) -> Result<i32> {
             Ok(exit.code)
         }
     }
+}
+
+/// createRuntime, then prestart (crate::hooks). This process is the PID
+/// the engine is given.
+fn creation_hooks(rec: &Record) -> Result<()> {
+    let Some(bundle) = &rec.bundle else {
+        return Ok(());
+    };
+    let spec = crate::oci::load_spec(bundle)?;
+    let state = crate::hooks::state(
+        &spec,
+        &rec.id,
+        "creating",
+        std::process::id() as i32,
+        bundle,
+    );
+    crate::hooks::run(&spec, crate::hooks::HostHooks::CreateRuntime, &state)?;
+    crate::hooks::run(&spec, crate::hooks::HostHooks::Prestart, &state)
 }
 
 /// Signals sent to the monitor (by an engine that signals the PID it was

@@ -48,7 +48,7 @@ pub(super) fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn load_spec(bundle: &Path) -> Result<Spec> {
+pub(crate) fn load_spec(bundle: &Path) -> Result<Spec> {
     let path = bundle.join("config.json");
     let text =
         fs::read_to_string(&path).map_err(|e| error(format!("reading {}: {e}", path.display())))?;

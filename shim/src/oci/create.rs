@@ -136,6 +136,10 @@ fn prepare_vm_bundle(
         .canonicalize()
         .with_context(|| format!("resolving {}", rootfs.display()))?;
     let sandbox = pod.map(|(sb, _)| sb);
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        capsa_container::rootfs::create_mount_points(&rootfs, &spec)
+            .map_err(|e| error(format!("{e:#}")))?;
+    }
     if let Some((_, dir)) = pod {
         let id = paths.dir.file_name().unwrap_or_default().to_string_lossy();
         let guest_root = sandbox::join(dir, &id, &rootfs, &mut spec)?;
@@ -180,6 +184,7 @@ fn prepare_vm_bundle(
             linux.set_namespaces(Some(ns));
         }
     }
+    crate::hooks::guest_only(&mut spec);
     fs::create_dir_all(paths.bundle())?;
     spec.save(paths.config())?;
     Ok(())

@@ -43,7 +43,21 @@ pub fn delete(roots: &Roots, id: &str, force: bool) -> Result<()> {
         }
     }
     leave_pod(roots, &rec);
-    crate::backends::remove_files(roots, &rec)
+    crate::backends::remove_files(roots, &rec)?;
+    if rec.isolation == Isolation::Vm {
+        // poststop on the host (crate::hooks): a failure is a warning and
+        // the container is gone anyway, as the runtime spec says.
+        if let Some(bundle) = &rec.bundle {
+            if let Ok(spec) = super::common::load_spec(bundle) {
+                let state = crate::hooks::state(&spec, &rec.id, "stopped", 0, bundle);
+                if let Err(e) = crate::hooks::run(&spec, crate::hooks::HostHooks::Poststop, &state)
+                {
+                    tracing::warn!("{e:#}");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Alive and not yet a zombie.

@@ -43,4 +43,5 @@ pub use start::start;
 pub use state::{list, state, State};
 pub use stats::{pids, stats};
 
+pub(crate) use common::load_spec;
 pub use common::{isolation_of, EXIT_RUNC_ERROR, ISOLATION_ANNOTATION, KERNEL_ANNOTATION};

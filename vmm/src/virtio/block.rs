@@ -1,7 +1,10 @@
 //! virtio-blk backed by a host file (virtio 1.1 section 5.2).
 //!
-//! Supported requests: read (IN), write (OUT), flush, get ID. A read-only
-//! disk offers VIRTIO_BLK_F_RO and fails writes with IOERR. Every request is
+//! Supported requests: read (IN), write (OUT), flush, get ID, and on a
+//! writable disk discard (the file's blocks are given back with a punched
+//! hole, so a container's writable disk shrinks as the guest frees
+//! space). A read-only disk offers VIRTIO_BLK_F_RO and fails writes with
+//! IOERR. Every request is
 //! parsed through virtio-queue's bounds-checked `Reader`/`Writer` over the
 //! descriptor chain; malformed requests complete with an error status (or,
 //! when there is no room for a status byte at all, with nothing written).
@@ -13,8 +16,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    virtio_blk_discard_write_zeroes, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -26,6 +30,12 @@ pub const VIRTIO_ID_BLOCK: u32 = 2;
 pub const SECTOR_SIZE: u64 = 512;
 pub const QUEUE_SIZE: u16 = 256;
 const CHUNK: usize = 64 * 1024;
+/// Ranges one discard request may carry, and the sectors in each.
+const MAX_DISCARD_SEG: u32 = 32;
+const MAX_DISCARD_SECTORS: u32 = (1 << 22) - 1;
+/// Offsets in virtio_blk_config (virtio 1.1 section 5.2.4).
+const CONFIG_MAX_DISCARD_SECTORS: usize = 36;
+const CONFIG_LEN: usize = 48;
 
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
@@ -49,7 +59,7 @@ pub struct Block {
     read_only: bool,
     size: u64,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
-    config: [u8; 8],
+    config: [u8; CONFIG_LEN],
     active: Option<Active>,
     bounce: Vec<u8>,
 }
@@ -75,13 +85,22 @@ impl Block {
         let n = s.len().min(id.len());
         id[..n].copy_from_slice(&s.as_bytes()[..n]);
         let sectors = size / SECTOR_SIZE;
+        let mut config = [0u8; CONFIG_LEN];
+        config[..8].copy_from_slice(&sectors.to_le_bytes());
+        // max_discard_sectors, max_discard_seg, discard_sector_alignment
+        // (4 KiB, a page of the host's file).
+        let discard = [MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, 8];
+        for (i, v) in discard.iter().enumerate() {
+            let at = CONFIG_MAX_DISCARD_SECTORS + 4 * i;
+            config[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
         Ok(Block {
             name: format!("virtio-blk {}", path.display()),
             file,
             read_only,
             size: sectors * SECTOR_SIZE,
             id,
-            config: sectors.to_le_bytes(),
+            config,
             active: None,
             bounce: vec![0u8; CHUNK],
         })
@@ -177,6 +196,12 @@ impl Block {
                     self.file.sync_data().map(|_| VIRTIO_BLK_S_OK)
                 }
             }
+            VIRTIO_BLK_T_DISCARD => {
+                if self.read_only {
+                    return VIRTIO_BLK_S_IOERR;
+                }
+                self.discard(reader)
+            }
             VIRTIO_BLK_T_GET_ID => {
                 let n = writer.available_bytes().min(self.id.len());
                 writer.write_all(&self.id[..n]).map(|_| VIRTIO_BLK_S_OK)
@@ -187,6 +212,36 @@ impl Block {
             tracing::debug!(dev = %self.name, "request failed: {e}");
             VIRTIO_BLK_S_IOERR
         })
+    }
+
+    /// DISCARD: each range (sector, count; no flags) is checked against the
+    /// disk before any is punched.
+    fn discard(&mut self, reader: &mut virtio_queue::Reader<'_>) -> std::io::Result<u32> {
+        let seg = std::mem::size_of::<virtio_blk_discard_write_zeroes>();
+        let n = reader.available_bytes() / seg;
+        if n == 0 || n > MAX_DISCARD_SEG as usize || reader.available_bytes() % seg != 0 {
+            return Ok(VIRTIO_BLK_S_IOERR);
+        }
+        let mut ranges = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut raw = [0u8; 16];
+            reader.read_exact(&mut raw)?;
+            let sector = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
+            let count = u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default());
+            let flags = u32::from_le_bytes(raw[12..].try_into().unwrap_or_default());
+            if flags != 0 {
+                return Ok(VIRTIO_BLK_S_UNSUPP);
+            }
+            let len = u64::from(count) * SECTOR_SIZE;
+            match self.check_range(sector, len as usize) {
+                Some(off) if count <= MAX_DISCARD_SECTORS => ranges.push((off, len)),
+                _ => return Ok(VIRTIO_BLK_S_IOERR),
+            }
+        }
+        for (off, len) in ranges {
+            punch_hole(&self.file, off, len)?;
+        }
+        Ok(VIRTIO_BLK_S_OK)
     }
 
     fn process(&mut self) {
@@ -215,6 +270,29 @@ impl Block {
     }
 }
 
+/// Gives the range's blocks back to the host's filesystem; it reads as
+/// zeros, and the file keeps its size.
+fn punch_hole(file: &File, off: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(len)) = (i64::try_from(off), i64::try_from(len)) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    // SAFETY: fallocate on a descriptor we own, with plain integers.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 trait FileTypeExt {
     fn is_block_device_like(&self) -> bool;
 }
@@ -239,6 +317,8 @@ impl VirtioDevice for Block {
         let mut f = VIRTIO_F_VERSION_1 | (1 << VIRTIO_BLK_F_FLUSH);
         if self.read_only {
             f |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            f |= 1 << VIRTIO_BLK_F_DISCARD;
         }
         f
     }
@@ -410,6 +490,62 @@ mod tests {
 
         // Unknown request type.
         assert_eq!(rw(&mut r, 99, 0, 512), (1, VIRTIO_BLK_S_UNSUPP as u8));
+    }
+
+    /// DISCARD punches a hole: the range reads as zeros and the file's
+    /// blocks go back to the host; a bad range, flags or a read-only disk
+    /// are refused and change nothing.
+    #[test]
+    fn discard_gives_blocks_back() {
+        use std::os::unix::fs::MetadataExt;
+        let mut r = rig(false);
+        assert_ne!(r.dev.features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
+        let mut max = [0u8; 4];
+        r.dev
+            .read_config(CONFIG_MAX_DISCARD_SECTORS as u64 + 4, &mut max);
+        assert_eq!(u32::from_le_bytes(max), MAX_DISCARD_SEG);
+        std::fs::write(&r.path, vec![0x5a; 256 * 1024]).unwrap();
+        r.dev = Block::open(&r.path, false).unwrap();
+        let path = r.path.clone();
+        let blocks = || std::fs::metadata(&path).unwrap().blocks();
+        let before = blocks();
+        let discard = |r: &mut Rig, segs: &[(u64, u32, u32)]| {
+            header(r, VIRTIO_BLK_T_DISCARD, 0);
+            let mut raw = Vec::new();
+            for (sector, count, flags) in segs {
+                raw.extend_from_slice(&sector.to_le_bytes());
+                raw.extend_from_slice(&count.to_le_bytes());
+                raw.extend_from_slice(&flags.to_le_bytes());
+            }
+            r.mem.write_slice(&raw, GuestAddress(DATA)).unwrap();
+            let descs = [
+                d(HDR, 16, 0),
+                d(DATA, raw.len() as u32, 0),
+                d(STATUS, 1, VRING_DESC_F_WRITE),
+            ];
+            run(r, &descs).1
+        };
+        // 128 KiB from 64 KiB on, in two ranges.
+        let ok = discard(&mut r, &[(128, 128, 0), (256, 128, 0)]);
+        assert_eq!(ok, VIRTIO_BLK_S_OK as u8);
+        let file = std::fs::read(&r.path).unwrap();
+        assert_eq!(file.len(), 256 * 1024, "the size is kept");
+        assert!(file[64 * 1024..192 * 1024].iter().all(|b| *b == 0));
+        assert!(file[..64 * 1024]
+            .iter()
+            .chain(&file[192 * 1024..])
+            .all(|b| *b == 0x5a));
+        assert!(blocks() < before, "blocks {} -> {}", before, blocks());
+
+        let beyond = discard(&mut r, &[(500, 20, 0)]);
+        assert_eq!(beyond, VIRTIO_BLK_S_IOERR as u8);
+        let flagged = discard(&mut r, &[(0, 8, 1)]);
+        assert_eq!(flagged, VIRTIO_BLK_S_UNSUPP as u8);
+        assert_eq!(&std::fs::read(&r.path).unwrap()[..4096], &[0x5a; 4096][..]);
+
+        let mut ro = rig(true);
+        assert_eq!(ro.dev.features() & (1 << VIRTIO_BLK_F_DISCARD), 0);
+        assert_eq!(discard(&mut ro, &[(0, 8, 0)]), VIRTIO_BLK_S_IOERR as u8);
     }
 
     #[test]
