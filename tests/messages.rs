@@ -391,6 +391,9 @@ fn memory_and_cpus_values_are_checked() {
         "536870912\n"
     );
 
+    // The runs above logged their events (events.jsonl): what a refused
+    // run must not add is counted from here.
+    let before = files_under(env.path());
     let cpus = std::thread::available_parallelism().unwrap().get();
     let too_many = (cpus + 1).to_string();
     for bad in ["-1", "nan", "inf", "1e3", "0.001", "abc", too_many.as_str()] {
