@@ -630,10 +630,7 @@ impl Backend for MicroVmBackend {
             tty::pump_input(Arc::clone(&conn), &exec_id, slave)?;
         }
         Ok(ProcessHandle::Remote(Box::new(move || {
-            match conn.request(Request::Wait { id: exec_id })? {
-                Response::Exited { code, .. } => Ok(code),
-                other => bail!("the guest agent answered wait with {other:?}"),
-            }
+            exit_code(&conn, exec_id)
         })))
     }
 
@@ -651,10 +648,7 @@ impl Backend for MicroVmBackend {
             std::io::read_to_string(File::from(errors.read)).unwrap_or_default()
         });
         let copied = std::io::copy(&mut File::from(layer.read), out);
-        let code = match conn.request(Request::Wait { id: exec_id })? {
-            Response::Exited { code, .. } => code,
-            other => bail!("the guest agent answered wait with {other:?}"),
-        };
+        let code = exit_code(&conn, exec_id)?;
         let said = said.join().unwrap_or_default();
         if code != 0 {
             bail!("the guest could not write the layer: {}", said.trim());
@@ -667,6 +661,15 @@ impl Backend for MicroVmBackend {
         // A monitor that died left its VMM behind.
         self.stop_orphan_vmm(&rec.id, rec.pid);
         Ok(())
+    }
+}
+
+/// Waits for guest process `id` (an exec'd one, or `Diff`'s writer) and
+/// returns its exit code.
+fn exit_code(conn: &AgentConn, id: String) -> Result<i32> {
+    match conn.request(Request::Wait { id })? {
+        Response::Exited { code, .. } => Ok(code),
+        other => bail!("the guest agent answered wait with {other:?}"),
     }
 }
 
