@@ -469,6 +469,169 @@ fn runc_command_line_directly() {
     assert!(leaks.is_empty(), "leaked: {leaks:#?}");
 }
 
+/// runc's `--preserve-fds` (create and exec), `exec --cgroup` and
+/// `exec --ignore-paused`, and the spec's `disableOOMKiller` (cgroup v1),
+/// each as runc does them; VM mode refuses `--preserve-fds` in one line
+/// before it makes anything.
+#[test]
+fn runc_fds_sub_cgroups_paused_exec_and_oom_killer() {
+    use serde_json::json;
+    require_root();
+    let env = Env::with_demo();
+    let bundle = env.path().join("bundle");
+    demo_bundle(&env, &bundle);
+    let b = bundle.to_str().unwrap();
+    env.ok(&["spec", "--bundle", b]);
+    set_process(&bundle, &["sh", "-c", "echo from-init >&3; exec sleep 300"]);
+    let config = bundle.join("config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let cgroup = format!("/capsa-rt-fds-{}", std::process::id());
+    set_at(&mut spec, "/linux/cgroupsPath", json!(cgroup));
+    set_at(&mut spec, "/linux/resources/memory/limit", json!(64 << 20));
+    set_at(
+        &mut spec,
+        "/linux/resources/memory/disableOOMKiller",
+        json!(true),
+    );
+    std::fs::write(&config, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    // capsa with descriptor 3 open on `fd3` (appending), as a caller of
+    // runc hands one over.
+    let fd3 = env.path().join("fd3.out");
+    let with_fd3 = |args: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec {} --root {} {args} 3>>{}",
+                capsa_tests::capsa_bin().display(),
+                env.path().display(),
+                fd3.display()
+            ))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let fd3_text = || std::fs::read_to_string(&fd3).unwrap_or_default();
+
+    // create's stdio is the container's (runc's pass-through): a file,
+    // so that waiting for create does not wait for the container.
+    let log = env.path().join("create.log");
+    let o = with_fd3(&format!(
+        "create --bundle {b} --preserve-fds 1 pf >{} 2>&1",
+        log.display()
+    ));
+    assert_eq!(
+        code(&o),
+        0,
+        "create --preserve-fds: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    env.ok(&["start", "pf"]);
+    let t0 = Instant::now();
+    while !fd3_text().contains("from-init") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the container's process never wrote to the preserved fd 3: {:?}",
+            fd3_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = with_fd3("exec --preserve-fds 1 pf sh -c 'echo from-exec >&3'");
+    assert_eq!(code(&o), 0, "exec --preserve-fds: {}", show(&o));
+    assert!(fd3_text().contains("from-exec"), "{:?}", fd3_text());
+    // Without the flag, descriptor 3 is not passed on.
+    let o = with_fd3("exec pf sh -c 'echo leaked >&3'");
+    assert_ne!(code(&o), 0, "fd 3 reached the process: {}", show(&o));
+    assert!(!fd3_text().contains("leaked"));
+
+    // disableOOMKiller, in the container's memory cgroup.
+    let oom_control = Path::new("/sys/fs/cgroup/memory")
+        .join(cgroup.trim_start_matches('/'))
+        .join("memory.oom_control");
+    if let Ok(text) = std::fs::read_to_string(&oom_control) {
+        assert!(text.contains("oom_kill_disable 1"), "{text}");
+    } else {
+        // cgroup v2 has no such switch; runc ignores the field there too.
+        assert!(Path::new("/sys/fs/cgroup/cgroup.controllers").exists());
+    }
+
+    // exec --cgroup: the process lands in a sub-cgroup of the container's.
+    let out = env.ok(&["exec", "--cgroup", "sub", "pf", "cat", "/proc/self/cgroup"]);
+    let pids_line = out
+        .lines()
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == "pids"))
+                || l.starts_with("0::")
+        })
+        .unwrap_or_else(|| panic!("no pids cgroup in {out}"));
+    assert!(pids_line.ends_with("/sub"), "{out}");
+    for bad in [
+        &["--cgroup", "../up"][..],
+        &["--cgroup", "pids:a", "--cgroup", "memory:b"],
+    ] {
+        let o = env.run(&[&["exec"], bad, &["pf", "true"]].concat());
+        assert_ne!(code(&o), 0, "{bad:?}: {}", show(&o));
+        assert!(stderr(&o).contains("--cgroup"), "{bad:?}: {}", show(&o));
+    }
+
+    // --ignore-paused: the process joins the frozen container and runs
+    // once it is resumed; without it, exec is refused.
+    env.ok(&["pause", "pf"]);
+    let o = env.run(&["exec", "pf", "true"]);
+    assert_eq!(code(&o), 255, "exec into a paused container: {}", show(&o));
+    assert!(stderr(&o).contains("paused"), "{}", show(&o));
+    let mut late = env
+        .cmd(&["exec", "--ignore-paused", "pf", "echo", "late"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        late.try_wait().unwrap().is_none(),
+        "exec --ignore-paused ended while the container was frozen"
+    );
+    env.ok(&["resume", "pf"]);
+    let t0 = Instant::now();
+    while late.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "exec --ignore-paused hangs after resume"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let done = late.wait_with_output().unwrap();
+    assert_eq!(code(&done), 0, "exec --ignore-paused: {}", show(&done));
+    assert_eq!(stdout(&done), "late\n");
+
+    env.ok(&["kill", "pf", "KILL"]);
+    wait_status(&env, "pf", "stopped");
+    env.ok(&["delete", "pf"]);
+    assert!(
+        cgroups_named(cgroup.trim_start_matches('/')).is_empty(),
+        "{:?}",
+        cgroups_named(&cgroup)
+    );
+
+    // VM mode cannot take a host descriptor: refused before anything.
+    set_at(
+        &mut spec,
+        "/annotations",
+        json!({"io.capsa.isolation": "vm"}),
+    );
+    std::fs::write(&config, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    let o = with_fd3(&format!("create --bundle {b} --preserve-fds 1 vmpf"));
+    assert_eq!(code(&o), 1, "VM-mode create --preserve-fds: {}", show(&o));
+    assert!(
+        stderr(&o).contains("--preserve-fds is not available in VM mode"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(env.ok(&["list", "-q"]), "");
+    assert!(leaks_of(env.path(), &["pf".into(), "vmpf".into()]).is_empty());
+}
+
 /// Sets the value at JSON pointer `pointer` (`/linux/resources/cpu/quota`),
 /// making the objects on the way.
 fn set_at(v: &mut Value, pointer: &str, new: Value) {

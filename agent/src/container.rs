@@ -264,7 +264,13 @@ impl Container {
             .context("the spec has no process")?;
         let process = exec_process(init, req)?;
         self.runtime
-            .exec(&self.id, Some(&self.spec), &process, io)
+            .exec(
+                &self.id,
+                Some(&self.spec),
+                &process,
+                io,
+                &Default::default(),
+            )
             .map_err(classify_start_error)
     }
 

@@ -15,6 +15,51 @@ pub fn v2_dir(id: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup").join(rel.strip_prefix("/").unwrap_or(&rel))
 }
 
+/// The mount points of the host's cgroup hierarchies (v1 controllers and
+/// the unified one).
+pub fn hierarchies() -> Vec<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .collect()
+}
+
+/// Removes the cgroups below `cgroup` (a container's path, relative to each
+/// hierarchy; runc's `exec --cgroup` makes them), deepest first, so that
+/// the container's own can be removed. Their processes must be dead; one
+/// still exiting is waited for a little. Returns how many were removed.
+pub fn remove_sub_cgroups(cgroup: &Path) -> std::io::Result<usize> {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let mut subs = Vec::new();
+    for h in hierarchies() {
+        let mut stack = vec![h.join(rel)];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                    subs.push(e.path());
+                }
+            }
+        }
+    }
+    subs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in &subs {
+        let mut tries = 0;
+        while let Err(e) = fs::remove_dir(d) {
+            tries += 1;
+            if tries == 20 || e.raw_os_error() != Some(libc::EBUSY) {
+                return Err(e);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    Ok(subs.len())
+}
+
 /// How many times the kernel's OOM killer killed a process of container
 /// `id`, on either cgroup layout. Read it before the cgroup is deleted.
 pub fn oom_kill_count(id: &str) -> u64 {

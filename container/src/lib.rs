@@ -25,7 +25,7 @@ pub mod runtime;
 pub mod terminal;
 mod workload;
 
-pub use process::{ExecRequest, ProcessIo};
+pub use process::{ExecOptions, ExecRequest, ProcessIo};
 pub use runtime::{LockedContainer, Runtime};
 pub use workload::classify_start_error;
 

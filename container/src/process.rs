@@ -16,6 +16,19 @@ pub struct ProcessIo {
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
     pub console_socket: Option<PathBuf>,
+    /// runc's `--preserve-fds N`: this process's descriptors 3 to 3+N-1
+    /// are passed on to the new process, at the same numbers.
+    pub preserve_fds: u32,
+}
+
+/// Where runc's `exec` puts its process, beyond the container itself.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// `--cgroup PATH`: a sub-cgroup of the container's (made if missing).
+    pub sub_cgroup: Option<String>,
+    /// `--ignore-paused`: exec into a paused container (the process joins
+    /// the frozen cgroup and runs once it is thawed).
+    pub ignore_paused: bool,
 }
 
 /// A process to run inside an existing container (`capsa exec`).

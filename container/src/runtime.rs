@@ -12,7 +12,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{Process, Spec};
 
-use crate::process::ProcessIo;
+use crate::process::{ExecOptions, ProcessIo};
 use crate::{rootfs, workload};
 
 /// The containers whose libcontainer state lives in one directory.
@@ -43,7 +43,8 @@ impl Runtime {
         let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_root_path(&self.state_dir)?
             .with_executor(executor)
-            .with_console_socket(io.console_socket.as_deref());
+            .with_console_socket(io.console_socket.as_deref())
+            .with_preserved_fds(i32::try_from(io.preserve_fds).context("--preserve-fds")?);
         b = b.with_stdin(io.stdin.map_or_else(dev_null, Ok)?);
         b = b.with_stdout(io.stdout.map_or_else(dev_null, Ok)?);
         b = b.with_stderr(io.stderr.map_or_else(dev_null, Ok)?);
@@ -67,6 +68,14 @@ impl Runtime {
         let pid = container
             .pid()
             .context("libcontainer created the container but reported no pid")?;
+        // libcontainer applies the limits with the OOM killer on; the
+        // spec's disableOOMKiller is applied here, before the process starts.
+        let spec = Spec::load(bundle.join("config.json"))?;
+        if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+            if oom_killer_disabled(resources) {
+                self.update(id, resources)?;
+            }
+        }
         Ok(pid.as_raw())
     }
 
@@ -90,8 +99,17 @@ impl Runtime {
         let dir = self.state_dir.join(id);
         if dir.exists() {
             let mut c = self.load(id)?;
-            c.delete(true)
-                .with_context(|| format!("deleting runtime state of {id}"))?;
+            if let Err(e) = c.delete(true) {
+                // libcontainer kills every process but removes only the
+                // container's own cgroup, not those `exec --cgroup` made
+                // under it: remove them, then delete again.
+                let cgroup = c.spec()?.cgroup_path;
+                if crate::cgroup::remove_sub_cgroups(&cgroup)? == 0 {
+                    return Err(e).with_context(|| format!("deleting runtime state of {id}"));
+                }
+                c.delete(true)
+                    .with_context(|| format!("deleting runtime state of {id}"))?;
+            }
         }
         Ok(())
     }
@@ -108,6 +126,7 @@ impl Runtime {
         spec: Option<&Spec>,
         process: &Process,
         io: ProcessIo,
+        options: &ExecOptions,
     ) -> Result<i32> {
         let terminal = process.terminal().unwrap_or(false);
         std::fs::create_dir_all(&self.state_dir)?;
@@ -132,6 +151,8 @@ impl Runtime {
             .builder(id, io, workload::CapsaExecutor { seccomp })?
             .as_tenant()
             .with_process(Some(file.path()))
+            .with_sub_cgroup(options.sub_cgroup.clone())
+            .with_ignore_paused(options.ignore_paused)
             // libcontainer wants a console socket exactly for a detached
             // process on a terminal; we always return at once.
             .with_detach(terminal)
@@ -164,7 +185,8 @@ impl Runtime {
         self.cgroup(id)?
             .apply(&ControllerOpt {
                 resources,
-                disable_oom_killer: false,
+                // Written on every apply (cgroup v1): keep the spec's.
+                disable_oom_killer: oom_killer_disabled(resources),
                 oom_score_adj: None,
                 freezer_state: None,
             })
@@ -208,6 +230,16 @@ impl std::ops::DerefMut for LockedContainer {
     fn deref_mut(&mut self) -> &mut Container {
         &mut self.container
     }
+}
+
+/// The spec's `memory.disableOOMKiller` (cgroup v1 only, as with runc:
+/// cgroup v2 has no such switch).
+fn oom_killer_disabled(resources: &oci_spec::runtime::LinuxResources) -> bool {
+    resources
+        .memory()
+        .as_ref()
+        .and_then(|m| m.disable_oom_killer())
+        .unwrap_or(false)
 }
 
 fn dev_null() -> Result<std::os::fd::OwnedFd> {

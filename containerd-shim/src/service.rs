@@ -491,7 +491,14 @@ impl containerd_shim::Task for Service {
                 .map_err(internal)?;
         let reaper = inner.reaper();
         let busy = reaper.busy();
-        let pid = oci::exec(&inner.roots, &req.id, &spec, process_io).map_err(internal)?;
+        let pid = oci::exec(
+            &inner.roots,
+            &req.id,
+            &spec,
+            process_io,
+            &Default::default(),
+        )
+        .map_err(internal)?;
         {
             let mut containers = inner.lock();
             if let Some(p) = containers

@@ -159,7 +159,7 @@ fn run_tar(
         stdin,
         stdout: Some(stdout),
         stderr: Some(stderr),
-        console_socket: None,
+        ..Default::default()
     };
     backend_for(roots, rec.isolation)?
         .exec(rec, &req, io)

@@ -90,6 +90,7 @@ impl Backend for NamespaceBackend {
             Some(&spec),
             &process,
             io,
+            &Default::default(),
         )?))
     }
 

@@ -173,7 +173,7 @@ fn exec_pause_resume_kill() {
         stdout: Some(out_w),
         ..Default::default()
     };
-    let epid = oci::exec(&roots, "two", &p, io).unwrap();
+    let epid = oci::exec(&roots, "two", &p, io, &Default::default()).unwrap();
     assert_eq!(exit_status(epid), 4);
     let mut o = String::new();
     out.read_to_string(&mut o).unwrap();

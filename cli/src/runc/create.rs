@@ -26,7 +26,8 @@ pub struct CreateArgs {
     /// Accepted for runc compatibility.
     #[arg(long)]
     no_new_keyring: bool,
-    /// Accepted for runc compatibility (extra fds are not passed on).
+    /// Pass this process's descriptors 3 to 3+N-1 on to the container's
+    /// process (container mode).
     #[arg(long, value_name = "N", default_value_t = 0)]
     preserve_fds: u32,
     /// Accepted for runc compatibility (create always returns at once).
@@ -40,7 +41,9 @@ pub fn create(roots: &Roots, a: CreateArgs) -> Result<i32> {
     let run = || -> Result<i32> {
         let bundle = std::path::absolute(&a.bundle)
             .with_context(|| format!("bundle {}", a.bundle.display()))?;
-        let pid = oci::create(roots, &a.id, &bundle, std_io(a.console_socket.clone()))?;
+        let mut io = std_io(a.console_socket.clone());
+        io.preserve_fds = a.preserve_fds;
+        let pid = oci::create(roots, &a.id, &bundle, io)?;
         if let Some(p) = &a.pid_file {
             write_pid_file(p, pid)?;
         }

@@ -50,9 +50,18 @@ pub struct ExecArgs {
     /// runc: additional groups.
     #[arg(short = 'g', long = "additional-gids", value_name = "GID")]
     additional_gids: Vec<u32>,
-    /// Accepted for runc compatibility.
+    /// runc: pass this process's descriptors 3 to 3+N-1 on to the process
+    /// (container mode).
     #[arg(long, value_name = "N", default_value_t = 0)]
     preserve_fds: u32,
+    /// runc: run the process in this sub-cgroup of the container's
+    /// (`PATH`, or `CONTROLLER:PATH` for each controller the same).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    cgroup: Vec<String>,
+    /// runc: allow exec in a paused container (the process runs once it
+    /// is resumed).
+    #[arg(long)]
+    ignore_paused: bool,
 }
 
 impl ExecArgs {
@@ -64,8 +73,13 @@ impl ExecArgs {
 
 pub fn exec(roots: &Roots, a: ExecArgs) -> Result<i32> {
     let container = a.docker.container_and_command[0].clone();
-    let runc_flags =
-        a.process.is_some() || a.pid_file.is_some() || a.detach || a.console_socket.is_some();
+    let runc_flags = a.process.is_some()
+        || a.pid_file.is_some()
+        || a.detach
+        || a.console_socket.is_some()
+        || a.preserve_fds > 0
+        || !a.cgroup.is_empty()
+        || a.ignore_paused;
     if !runc_flags && !is_oci(roots, &container) {
         let mut docker = a.docker;
         if docker.workdir.is_none() {
@@ -78,8 +92,13 @@ pub fn exec(roots: &Roots, a: ExecArgs) -> Result<i32> {
         if process.terminal().unwrap_or(false) && a.console_socket.is_none() {
             bail!("exec --tty needs --console-socket for a container made by `capsa create`");
         }
-        let io = std_io(a.console_socket.clone());
-        let pid = oci::exec(roots, &container, &process, io)?;
+        let mut io = std_io(a.console_socket.clone());
+        io.preserve_fds = a.preserve_fds;
+        let options = oci::ExecOptions {
+            sub_cgroup: sub_cgroup(&a.cgroup)?,
+            ignore_paused: a.ignore_paused,
+        };
+        let pid = oci::exec(roots, &container, &process, io, &options)?;
         if let Some(p) = &a.pid_file {
             write_pid_file(p, pid)?;
         }
@@ -89,6 +108,27 @@ pub fn exec(roots: &Roots, a: ExecArgs) -> Result<i32> {
         capsa_container::process::wait_pid(pid)
     };
     run().map_err(coded(EXIT_EXEC_FAILED))
+}
+
+/// runc's `--cgroup` values as one sub-cgroup path, relative to the
+/// container's. libcontainer places a process in one path for every
+/// controller, so `CONTROLLER:PATH` forms must all name the same path.
+fn sub_cgroup(values: &[String]) -> Result<Option<String>> {
+    let mut path: Option<&str> = None;
+    for v in values {
+        let p = v.rsplit_once(':').map_or(v.as_str(), |(_, p)| p);
+        let p = p.trim_start_matches('/');
+        if p.is_empty() || p.split('/').any(|c| c == "..") {
+            bail!("exec --cgroup {v:?}: give a path under the container's cgroup");
+        }
+        match path {
+            Some(q) if q != p => {
+                bail!("exec --cgroup: every controller must use the same sub-cgroup, not {q:?} and {p:?}")
+            }
+            _ => path = Some(p),
+        }
+    }
+    Ok(path.map(str::to_string))
 }
 
 /// The process to exec: `--process FILE`, or the container's own process

@@ -142,7 +142,7 @@ fn std_io(console_socket: Option<PathBuf>) -> ProcessIo {
         stdin: dup_std(0),
         stdout: dup_std(1),
         stderr: dup_std(2),
-        console_socket: None,
+        ..Default::default()
     }
 }
 

@@ -82,6 +82,7 @@ pub fn run(job: BundleJob, mut ready: File) -> Result<i32> {
             .then(|| std::io::stderr().as_fd().try_clone_to_owned())
             .transpose()?,
         console_socket: job.console_socket,
+        preserve_fds: 0,
     };
     let id = job.id;
     // Sends the failure on the ready pipe and returns it.
@@ -102,7 +103,13 @@ pub fn run(job: BundleJob, mut ready: File) -> Result<i32> {
             namespace(op, &mut ready)
         }
         BundleOp::NamespaceExec(process) => {
-            let op = crate::namespace::runtime(&roots).exec(&id, None, &process, io);
+            let op = crate::namespace::runtime(&roots).exec(
+                &id,
+                None,
+                &process,
+                io,
+                &Default::default(),
+            );
             namespace(op, &mut ready)
         }
         BundleOp::VmExec(process) => {

@@ -50,6 +50,18 @@ pub fn create(roots: &Roots, id: &str, bundle: &Path, io: ProcessIo) -> Result<i
     // Before anything touches the host, in either mode.
     crate::spec_check::check(&spec).map_err(invalid_bundle)?;
     let isolation = isolation_of(&spec)?;
+    if io.preserve_fds > 0 {
+        // A host descriptor cannot be handed to a process in a guest, nor
+        // through the monitor a threaded caller needs.
+        if isolation == Isolation::Vm {
+            bail!(error(
+                "--preserve-fds is not available in VM mode (host descriptors cannot reach the guest)"
+            ));
+        }
+        if !crate::monitor::keeper::can_fork() {
+            bail!(error("--preserve-fds needs a single-threaded caller"));
+        }
+    }
     let process = spec
         .process()
         .as_ref()

@@ -35,7 +35,7 @@ mod stats;
 pub use capsa_proto::Stats;
 pub use create::create;
 pub use delete::delete;
-pub use exec::exec;
+pub use exec::{exec, ExecOptions};
 pub use kill::kill;
 pub(crate) use pause::freeze;
 pub use pause::{pause, resume};
