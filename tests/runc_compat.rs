@@ -967,6 +967,15 @@ fn check_containerd(section: &str, mode: &str, ctx: &str) {
     }
     c.has("exec", 0, &["x", "y"]);
     c.code("exec-code", 4);
+    if mode == "vm" {
+        c.has(
+            "exec-cgroup",
+            255,
+            &["--cgroup", "not available in VM mode"],
+        );
+    } else {
+        c.has("exec-cgroup", 0, &[":pids:", "/sub|"]);
+    }
     c.code("ps", 0);
     c.code("kill", 0);
     c.has("stopped", 0, &["t2", "STOPPED"]);
