@@ -1206,7 +1206,18 @@ fn vm_mode_create_waits_and_commit_needs_it_running() {
     ]);
     let dir = env.path().join("containers").join(id.trim());
     assert!(dir.join("writable.ext4").is_file(), "its writable disk");
-    assert_refused(&env, &[(vec!["commit", "vmc"], "start it, then commit")]);
+    let dest = env.path().join("cp-dest");
+    assert_refused(
+        &env,
+        &[
+            (vec!["commit", "vmc"], "start it, then commit"),
+            (
+                vec!["cp", "vmc:/etc/hostname", dest.to_str().unwrap()],
+                "start it, then copy",
+            ),
+        ],
+    );
+    assert!(!dest.exists());
     env.ok(&["rm", "vmc"]);
     assert!(!dir.exists());
     env.assert_no_leaks(&[id.trim().to_string()]);
@@ -1490,14 +1501,50 @@ fn cp_copies_both_ways_and_keeps_the_host_safe() {
         "nothing written through the symlink"
     );
 
-    env.ok(&["run", "--name", "gone", "demo", "true"]);
+    // A stopped container: its own files, both ways, with its paths
+    // resolved inside its root (a symlink up and out lands in its /etc,
+    // never the host's), and its root unmounted again after each copy.
+    env.ok(&[
+        "run",
+        "--name",
+        "gone",
+        "demo",
+        "sh",
+        "-c",
+        "echo inside > /etc/capsa-cp-marker; ln -s ../../../../../../etc /up",
+    ]);
+    let marker = back.join("marker");
+    env.ok(&["cp", "gone:/up/capsa-cp-marker", marker.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "inside\n");
+    env.ok(&["cp", &h("file.txt"), "gone:/up/"]);
+    assert!(
+        !std::path::Path::new("/etc/file.txt").exists(),
+        "written on the host"
+    );
+    let gone = env.ok(&["inspect", "-f", "{{.Id}}", "gone"]);
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(gone.trim()))
+            .count()
+    };
+    assert_eq!(mounted(), 0, "a stopped container's root stays mounted");
+    let out = env.run(&["cp", "gone:/nope", back.to_str().unwrap()]);
+    assert_eq!(code(&out), 125);
+    assert!(stderr(&out).contains("/nope"), "{}", stderr(&out));
+    env.ok(&["cp", "gone:/up", back.join("up").to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_link(back.join("up")).unwrap(),
+        std::path::Path::new("../../../../../../etc"),
+        "a symlink comes out as a link"
+    );
+    let seen = env.run(&["cp", "gone:/etc/file.txt", "-"]);
+    assert!(stdout(&seen).contains("from the host"), "{}", stderr(&seen));
+    assert_eq!(mounted(), 0);
     assert_refused(
         &env,
         &[
-            (
-                vec!["cp", "gone:/etc/hostname", back.to_str().unwrap()],
-                "is not running",
-            ),
             (
                 vec!["cp", &h("file.txt"), back.to_str().unwrap()],
                 "CONTAINER:PATH",

@@ -546,8 +546,9 @@ pub struct CpArgs {
     dest: String,
 }
 
-/// docker's `cp` between a running container and the host, either way
-/// (capsa_shim::copy: through the container's own tar).
+/// docker's `cp` between a container and the host, either way
+/// (capsa_shim::copy: through the container's own tar, or capsa's in a
+/// stopped container's root).
 pub fn cp(roots: &Roots, args: CpArgs) -> Result<i32> {
     use capsa_shim::copy::{copy_in, copy_out, Destination};
     match (container_path(&args.src), container_path(&args.dest)) {
@@ -556,10 +557,11 @@ pub fn cp(roots: &Roots, args: CpArgs) -> Result<i32> {
                 "-" => Destination::Stdout,
                 d => Destination::Path(d.into()),
             };
-            copy_out(roots, c, src, dest)?;
+            copy_out(roots, &Store::open(&roots.images())?, c, src, dest)?;
         }
         (None, Some((c, dest))) if args.src != "-" => {
-            copy_in(roots, c, std::path::Path::new(&args.src), dest)?;
+            let store = Store::open(&roots.images())?;
+            copy_in(roots, &store, c, std::path::Path::new(&args.src), dest)?;
         }
         (None, Some(_)) => bail!(CodedError::new(
             EXIT_CAPSA_ERROR,

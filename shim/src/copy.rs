@@ -7,6 +7,15 @@
 //! it is unpacked with tar-rs's checks (no entry lands outside the
 //! destination, through `..` or through a symlink an earlier entry made)
 //! and only files, directories and links are made.
+//!
+//! A stopped container-mode container has no process to exec: its root is
+//! mounted again for the copy (the containers lock held, so no `start`
+//! races it), and a child of capsa chrooted into that root reads or writes
+//! the files with capsa's own tar code, so the container's paths still
+//! resolve inside its root and no program from the image runs. Its volumes
+//! are not mounted then: only the container's own files are reached. A
+//! stopped VM-mode container's files are on a disk only its guest reads,
+//! so it is refused.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -14,11 +23,12 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use capsa_image::Store;
 
 use crate::backend::{ExecRequest, ProcessHandle, ProcessIo};
 use crate::lifecycle::{backend_for, find_running};
-use crate::paths::Roots;
-use crate::record::Record;
+use crate::paths::{ContainerPaths, Roots};
+use crate::record::{Isolation, Record, Status};
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 
 /// Where `copy_out` puts what it copied.
@@ -32,19 +42,44 @@ pub enum Destination {
 /// `cp C:SRC DEST`: SRC (a file or directory in the container) to DEST on
 /// the host: into DEST if it is a directory, else as DEST (its parent must
 /// exist).
-pub fn copy_out(roots: &Roots, key: &str, src: &str, dest: Destination) -> Result<()> {
-    let rec = find_running(roots, key)?;
+pub fn copy_out(
+    roots: &Roots,
+    store: &Store,
+    key: &str,
+    src: &str,
+    dest: Destination,
+) -> Result<()> {
+    let (rec, stopped) = target(roots, store, key)?;
     let (parent, base) = split(src);
     let out = crate::stdio::pipe()?;
     let err = crate::stdio::pipe()?;
-    let handle = run_tar(
-        roots,
-        &rec,
-        vec!["-cf".into(), "-".into(), "-C".into(), parent, base.clone()],
-        None,
-        out.write,
-        err.write,
-    )?;
+    let handle = match &stopped {
+        None => run_tar(
+            roots,
+            &rec,
+            vec!["-cf".into(), "-".into(), "-C".into(), parent, base.clone()],
+            None,
+            out.write,
+            err.write,
+        )?,
+        Some(root) => {
+            let (out_w, name) = (out.write, base.clone());
+            root.run(err.write, move || {
+                let mut b = tar::Builder::new(fs::File::from(out_w));
+                b.follow_symlinks(false);
+                let path = Path::new(&parent).join(&name);
+                let meta =
+                    fs::symlink_metadata(&path).with_context(|| format!("{}", path.display()))?;
+                if meta.is_dir() {
+                    b.append_dir_all(&name, &path)?;
+                } else {
+                    b.append_path_with_name(&path, &name)?;
+                }
+                b.into_inner()?.flush()?;
+                Ok(())
+            })?
+        }
+    };
     let errors = read_all(err.read);
     let copied = match dest {
         Destination::Stdout => std::io::copy(&mut fs::File::from(out.read), &mut std::io::stdout())
@@ -59,19 +94,41 @@ pub fn copy_out(roots: &Roots, key: &str, src: &str, dest: Destination) -> Resul
         }),
     };
     let finished = finish(&rec, handle, errors, &format!("{}:{src}", rec.name));
-    // A refused archive is the cause; tar then dies writing to the closed
-    // pipe (SIGPIPE), which is only its consequence.
-    copied?;
-    finished
+    match (copied, finished) {
+        // A refused archive is the cause; tar then dies writing to the
+        // closed pipe (SIGPIPE, or EPIPE for capsa's own writer), which is
+        // only its consequence.
+        (Err(c), Err(f)) if stopped.is_none() || f.to_string().contains("Broken pipe") => Err(c),
+        // Otherwise the reader's failure (no such path) explains the
+        // empty archive.
+        (_, Err(f)) => Err(f),
+        (copied, Ok(())) => copied,
+    }
 }
 
 /// `cp SRC C:DEST`: SRC (a host file or directory, symlinks copied as
 /// links) into DEST in the container if that is a directory there, else
 /// as DEST (its parent must exist). Files are owned by the container's
 /// root, as docker makes them.
-pub fn copy_in(roots: &Roots, key: &str, src: &Path, dest: &str) -> Result<()> {
-    let rec = find_running(roots, key)?;
+pub fn copy_in(roots: &Roots, store: &Store, key: &str, src: &Path, dest: &str) -> Result<()> {
+    let (rec, stopped) = target(roots, store, key)?;
     let meta = fs::symlink_metadata(src).map_err(|e| user(format!("{}: {e}", src.display())))?;
+    if let Some(root) = stopped {
+        let name = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| ".".into());
+        let stdin = crate::stdio::pipe()?;
+        let err = crate::stdio::pipe()?;
+        let (into, top) = (dest.to_string(), name.clone());
+        let handle = root.run(err.write, move || {
+            unpack(fs::File::from(stdin.read), Path::new(&into), &top)
+        })?;
+        let errors = read_all(err.read);
+        let written = send(stdin.write, src, &meta, &name);
+        finish(&rec, handle, errors, &format!("{}:{dest}", rec.name))?;
+        return written.with_context(|| format!("sending {}", src.display()));
+    }
     // Is DEST a directory in the container? tar's -C says, by failing.
     let probe = {
         let out = crate::stdio::pipe()?;
@@ -123,22 +180,112 @@ pub fn copy_in(roots: &Roots, key: &str, src: &Path, dest: &str) -> Result<()> {
     let errors = read_all(err.read);
     let shown = src.display().to_string();
     let src = src.to_path_buf();
-    let writer = std::thread::spawn(move || -> Result<()> {
-        let mut b = tar::Builder::new(fs::File::from(stdin.write));
-        b.follow_symlinks(false);
-        if meta.is_dir() {
-            b.append_dir_all(&name, &src)?;
-        } else {
-            b.append_path_with_name(&src, &name)?;
-        }
-        b.into_inner()?.flush()?;
-        Ok(())
-    });
+    let writer = std::thread::spawn(move || send(stdin.write, &src, &meta, &name));
     let written = writer
         .join()
         .unwrap_or_else(|_| bail!("the archive writer panicked"));
     finish(&rec, handle, errors, &format!("{}:{dest}", rec.name))?;
     written.with_context(|| format!("sending {shown}"))
+}
+
+/// Writes host path `src` (symlinks as links) as a tar archive whose top
+/// entry is `name`.
+fn send(to: OwnedFd, src: &Path, meta: &fs::Metadata, name: &str) -> Result<()> {
+    let mut b = tar::Builder::new(fs::File::from(to));
+    b.follow_symlinks(false);
+    if meta.is_dir() {
+        b.append_dir_all(name, src)?;
+    } else {
+        b.append_path_with_name(src, name)?;
+    }
+    b.into_inner()?.flush()?;
+    Ok(())
+}
+
+/// The container `key` names, and, if it is a stopped container-mode one,
+/// its root mounted for the copy.
+fn target(roots: &Roots, store: &Store, key: &str) -> Result<(Record, Option<StoppedRoot>)> {
+    let lock = crate::record::lock_containers(roots)?;
+    let rec = Record::find(roots, key).map_err(|e| user(format!("{e:#}")))?;
+    let stopped = match rec.status() {
+        Status::Stopped => true,
+        Status::Created => rec.waiting_for_start,
+        _ => false,
+    };
+    if !stopped {
+        drop(lock);
+        return Ok((find_running(roots, key)?, None));
+    }
+    if rec.isolation == Isolation::Vm {
+        bail!(user(format!(
+            "container {} is stopped, and a VM-mode container's files are on a disk only its VM reads: start it, then copy",
+            rec.name
+        )));
+    }
+    if !crate::monitor::keeper::can_fork() {
+        bail!("copying with a stopped container needs a single-threaded capsa");
+    }
+    let image = store
+        .get(&rec.image_id)
+        .map_err(|e| user(format!("container {}: its image: {e}", rec.name)))?;
+    let paths = ContainerPaths::new(roots, &rec.id);
+    let backend = backend_for(roots, rec.isolation)?;
+    backend.prepare_rootfs(&paths, store, &image, false)?;
+    let root = StoppedRoot {
+        roots: roots.clone(),
+        paths,
+        _lock: lock,
+    };
+    Ok((rec, Some(root)))
+}
+
+/// A stopped container's root, mounted while the copy runs.
+struct StoppedRoot {
+    roots: Roots,
+    paths: ContainerPaths,
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+impl StoppedRoot {
+    /// Runs `work` in a child chrooted into the root (no_new_privs, its
+    /// stderr on `stderr`): paths resolve inside the root, `..` and
+    /// absolute symlinks included. Exits 1 with the error on stderr.
+    fn run(&self, stderr: OwnedFd, work: impl FnOnce() -> Result<()>) -> Result<ProcessHandle> {
+        use nix::unistd::{chdir, chroot, dup2, fork, ForkResult};
+        let root = self.paths.rootfs();
+        // SAFETY: the caller is single-threaded (checked in `target`); the
+        // child runs only this work and exits.
+        match unsafe { fork() }? {
+            ForkResult::Parent { child } => Ok(ProcessHandle::Pid(child.as_raw())),
+            ForkResult::Child => {
+                let done = (|| -> Result<()> {
+                    dup2(std::os::fd::AsRawFd::as_raw_fd(&stderr), 2)?;
+                    chroot(&root)?;
+                    chdir("/")?;
+                    nix::sys::prctl::set_no_new_privs()?;
+                    work()
+                })();
+                let code = match done {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("{e:#}");
+                        1
+                    }
+                };
+                // SAFETY: ends the forked child without running the
+                // parent's exit handlers.
+                unsafe { libc::_exit(code) }
+            }
+        }
+    }
+}
+
+impl Drop for StoppedRoot {
+    fn drop(&mut self) {
+        if let Ok(b) = backend_for(&self.roots, Isolation::Container) {
+            let _ = b.release_rootfs(&self.paths);
+        }
+    }
 }
 
 /// The container's tar with `args`, as root, its output on the given pipes.
