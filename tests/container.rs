@@ -1511,7 +1511,8 @@ fn cp_copies_both_ways_and_keeps_the_host_safe() {
         "demo",
         "sh",
         "-c",
-        "echo inside > /etc/capsa-cp-marker; ln -s ../../../../../../etc /up",
+        "echo inside > /etc/capsa-cp-marker; ln -s ../../../../../../etc /up; \
+         mkdir /clash && head -c 1000000 /dev/zero > /clash/big",
     ]);
     let marker = back.join("marker");
     env.ok(&["cp", "gone:/up/capsa-cp-marker", marker.to_str().unwrap()]);
@@ -1539,6 +1540,26 @@ fn cp_copies_both_ways_and_keeps_the_host_safe() {
         std::path::Path::new("../../../../../../etc"),
         "a symlink comes out as a link"
     );
+    // A copy the host side gives up on (a file where the directory would
+    // go) fails at once, and does not wait on a writer stuck on a full pipe.
+    std::fs::write(back.join("clash"), "a file").unwrap();
+    let mut cp = env
+        .cmd(&["cp", "gone:/clash", back.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while cp.try_wait().unwrap().is_none() {
+        if t0.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = cp.kill();
+            panic!("cp of a refused copy hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = cp.wait_with_output().unwrap();
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(stderr(&out).contains("clash"), "{}", stderr(&out));
     let seen = env.run(&["cp", "gone:/etc/file.txt", "-"]);
     assert!(stdout(&seen).contains("from the host"), "{}", stderr(&seen));
     assert_eq!(mounted(), 0);

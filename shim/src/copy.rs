@@ -19,7 +19,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -64,20 +64,16 @@ pub fn copy_out(
         )?,
         Some(root) => {
             let (out_w, name) = (out.write, base.clone());
-            root.run(err.write, move || {
-                let mut b = tar::Builder::new(fs::File::from(out_w));
-                b.follow_symlinks(false);
-                let path = Path::new(&parent).join(&name);
-                let meta =
-                    fs::symlink_metadata(&path).with_context(|| format!("{}", path.display()))?;
-                if meta.is_dir() {
-                    b.append_dir_all(&name, &path)?;
-                } else {
-                    b.append_path_with_name(&path, &name)?;
-                }
-                b.into_inner()?.flush()?;
-                Ok(())
-            })?
+            root.run(
+                err.write,
+                &[out.read.as_fd(), err.read.as_fd()],
+                move || {
+                    let path = Path::new(&parent).join(&name);
+                    let meta = fs::symlink_metadata(&path)
+                        .with_context(|| format!("{}", path.display()))?;
+                    send(out_w, &path, &meta, &name)
+                },
+            )?
         }
     };
     let errors = read_all(err.read);
@@ -121,7 +117,8 @@ pub fn copy_in(roots: &Roots, store: &Store, key: &str, src: &Path, dest: &str) 
         let stdin = crate::stdio::pipe()?;
         let err = crate::stdio::pipe()?;
         let (into, top) = (dest.to_string(), name.clone());
-        let handle = root.run(err.write, move || {
+        let parent_ends = [stdin.write.as_fd(), err.read.as_fd()];
+        let handle = root.run(err.write, &parent_ends, move || {
             unpack(fs::File::from(stdin.read), Path::new(&into), &top)
         })?;
         let errors = read_all(err.read);
@@ -250,7 +247,15 @@ impl StoppedRoot {
     /// Runs `work` in a child chrooted into the root (no_new_privs, its
     /// stderr on `stderr`): paths resolve inside the root, `..` and
     /// absolute symlinks included. Exits 1 with the error on stderr.
-    fn run(&self, stderr: OwnedFd, work: impl FnOnce() -> Result<()>) -> Result<ProcessHandle> {
+    /// `parent_ends` are the parent's ends of the pipes `work` uses: the
+    /// child closes its copies, so that each side sees the other go (EOF,
+    /// EPIPE) instead of waiting on itself.
+    fn run(
+        &self,
+        stderr: OwnedFd,
+        parent_ends: &[BorrowedFd],
+        work: impl FnOnce() -> Result<()>,
+    ) -> Result<ProcessHandle> {
         use nix::unistd::{chdir, chroot, dup2, fork, ForkResult};
         let root = self.paths.rootfs();
         // SAFETY: the caller is single-threaded (checked in `target`); the
@@ -258,8 +263,12 @@ impl StoppedRoot {
         match unsafe { fork() }? {
             ForkResult::Parent { child } => Ok(ProcessHandle::Pid(child.as_raw())),
             ForkResult::Child => {
+                for fd in parent_ends {
+                    // SAFETY: the child's copies; the parent keeps its own.
+                    unsafe { libc::close(fd.as_raw_fd()) };
+                }
                 let done = (|| -> Result<()> {
-                    dup2(std::os::fd::AsRawFd::as_raw_fd(&stderr), 2)?;
+                    dup2(stderr.as_raw_fd(), 2)?;
                     chroot(&root)?;
                     chdir("/")?;
                     nix::sys::prctl::set_no_new_privs()?;
