@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use capsa_image::Store;
 
 use crate::backend::{ExecRequest, ProcessHandle, ProcessIo};
-use crate::lifecycle::{backend_for, find_running};
+use crate::lifecycle::{backend_for, check_running, remount_root};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Isolation, Record, Status};
 use crate::{CodedError, EXIT_CAPSA_ERROR};
@@ -210,8 +210,7 @@ fn target(roots: &Roots, store: &Store, key: &str) -> Result<(Record, Option<Sto
         _ => false,
     };
     if !stopped {
-        drop(lock);
-        return Ok((find_running(roots, key)?, None));
+        return Ok((check_running(rec)?, None));
     }
     if rec.isolation == Isolation::Vm {
         bail!(user(format!(
@@ -222,12 +221,7 @@ fn target(roots: &Roots, store: &Store, key: &str) -> Result<(Record, Option<Sto
     if !crate::monitor::keeper::can_fork() {
         bail!("copying with a stopped container needs a single-threaded capsa");
     }
-    let image = store
-        .get(&rec.image_id)
-        .map_err(|e| user(format!("container {}: its image: {e}", rec.name)))?;
-    let paths = ContainerPaths::new(roots, &rec.id);
-    let backend = backend_for(roots, rec.isolation)?;
-    backend.prepare_rootfs(&paths, store, &image, false)?;
+    let paths = remount_root(roots, store, &rec, false)?;
     let root = StoppedRoot {
         roots: roots.clone(),
         paths,

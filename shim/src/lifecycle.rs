@@ -339,7 +339,11 @@ impl Drop for CreateGuard<'_> {
 }
 
 pub(crate) fn find_running(roots: &Roots, key: &str) -> Result<Record> {
-    let rec = Record::find(roots, key)?;
+    check_running(Record::find(roots, key)?)
+}
+
+/// `rec` if it is running, else the one-line refusal `find_running` gives.
+pub(crate) fn check_running(rec: Record) -> Result<Record> {
     if rec.status() == Status::Paused {
         return Err(CodedError::new(
             EXIT_CAPSA_ERROR,
@@ -396,20 +400,32 @@ pub fn prepare_start(roots: &Roots, store: &Store, key: &str) -> Result<Option<R
         }
         Status::Stopped => rec.rearm()?,
     }
+    let paths = remount_root(roots, store, &rec, rec.auto_remove)?;
+    if let Err(e) = rec.save(roots) {
+        let _ = backend_for(roots, rec.isolation)?.release_rootfs(&paths);
+        return Err(e);
+    }
+    Ok(Some(rec))
+}
+
+/// Mounts the root filesystem of `rec`, a container that holds none (stopped,
+/// or waiting for `start`), back: its image under its own writable layer.
+/// For `start`, and for `cp` with a stopped container.
+pub(crate) fn remount_root(
+    roots: &Roots,
+    store: &Store,
+    rec: &Record,
+    ephemeral: bool,
+) -> Result<ContainerPaths> {
     let image = store.get(&rec.image_id).map_err(|e| {
         CodedError::new(
             EXIT_CAPSA_ERROR,
             format!("container {}: its image: {e}", rec.name),
         )
     })?;
-    let backend = backend_for(roots, rec.isolation)?;
     let paths = ContainerPaths::new(roots, &rec.id);
-    backend.prepare_rootfs(&paths, store, &image, rec.auto_remove)?;
-    if let Err(e) = rec.save(roots) {
-        let _ = backend.release_rootfs(&paths);
-        return Err(e);
-    }
-    Ok(Some(rec))
+    backend_for(roots, rec.isolation)?.prepare_rootfs(&paths, store, &image, ephemeral)?;
+    Ok(paths)
 }
 
 /// docker's `update`: new memory, CPU and PIDs limits for a running
