@@ -33,7 +33,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
     let run = args.to_run_config()?;
     let network = args.to_network_request()?;
     let image = args.image().to_string();
-    crate::images::ensure_local(&store, &image)?;
+    store.ensure_local(&image)?;
     lifecycle::create(
         roots,
         &store,

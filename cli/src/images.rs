@@ -83,27 +83,14 @@ pub fn pull(roots: &Roots, args: PullArgs) -> Result<i32> {
 /// `docker run` does; otherwise leaves the not-found error to the caller.
 /// An image that is in the store but damaged is an error here, saying
 /// which blob is damaged and how to repair or remove the image.
-pub fn ensure_local(store: &Store, image: &str) -> Result<()> {
-    match store.get(image) {
-        Ok(_) => return Ok(()),
-        Err(e @ capsa_image::Error::Damaged { .. }) => return Err(e.into()),
-        Err(_) => {}
-    }
-    let first = image.split('/').next().unwrap_or("");
-    let names_registry =
-        image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    if names_registry {
-        eprintln!("Unable to find image '{image}' locally; pulling it");
-        store.pull(image, &PullOptions::default())?;
-    }
-    Ok(())
-}
-
 #[derive(Args)]
 pub struct ImagesArgs {
     /// Only print image IDs.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// Also list the unnamed images `capsa build` keeps as its cache.
+    #[arg(short = 'a', long)]
+    all: bool,
     /// table, table TEMPLATE, json or a template (docker's fields:
     /// Repository, Tag, ID, CreatedSince, CreatedAt, Size).
     #[arg(long)]
@@ -122,7 +109,11 @@ const IMAGES_TABLE: &str = "{{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}
 
 pub fn images(roots: &Roots, args: ImagesArgs) -> Result<i32> {
     let store = Store::open(&roots.images())?;
-    let list = store.list()?;
+    let mut list = store.list()?;
+    if !args.all {
+        let cache = capsa_shim::build::cached_images(&store);
+        list.retain(|i| !i.names.is_empty() || !cache.contains(&i.id));
+    }
     if args.quiet {
         for i in &list {
             println!("{}", table::short_id(&i.id));
@@ -362,6 +353,87 @@ pub fn commit(roots: &Roots, args: CommitArgs) -> Result<i32> {
     };
     let image = capsa_shim::commit::commit(roots, &store, &args.container, req)?;
     println!("{}", image.id);
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Name the image REPOSITORY[:TAG]; repeatable.
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// A value for an ARG: KEY=VALUE, or KEY to take capsa's environment's.
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    build_args: Vec<String>,
+    /// Build up to this stage.
+    #[arg(long)]
+    target: Option<String>,
+    /// Run every step again instead of reusing earlier results.
+    #[arg(long)]
+    no_cache: bool,
+    /// Where RUN steps run: container (namespaces); vm is not supported yet.
+    #[arg(long, default_value = "container")]
+    isolation: capsa_shim::Isolation,
+    /// RUN steps' network: none (the default, as `capsa run`'s) or host.
+    #[arg(long, default_value = "none")]
+    network: String,
+    /// linux/amd64 (the only platform capsa builds for).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Timestamps in the image no later than this (seconds since 1970):
+    /// the same context then gives the same image ID. Default: the
+    /// SOURCE_DATE_EPOCH environment variable.
+    #[arg(long, value_name = "SECONDS")]
+    source_date_epoch: Option<i64>,
+    /// The directory COPY and ADD read from.
+    context: PathBuf,
+}
+
+/// docker's `build`: progress on stderr, the image ID on stdout.
+pub fn build(roots: &Roots, args: BuildArgs) -> Result<i32> {
+    let refuse = |m: String| CodedError::new(EXIT_CAPSA_ERROR, m);
+    let network = match args.network.as_str() {
+        "none" => capsa_image::spec::Network::None,
+        "host" => capsa_image::spec::Network::Host,
+        other => bail!(refuse(format!(
+            "--network {other}: RUN steps run with --network none or host"
+        ))),
+    };
+    let epoch =
+        match args.source_date_epoch {
+            Some(e) => Some(e),
+            None => match std::env::var("SOURCE_DATE_EPOCH") {
+                Ok(v) if !v.is_empty() => Some(v.trim().parse().map_err(|_| {
+                    refuse(format!("SOURCE_DATE_EPOCH={v}: give seconds since 1970"))
+                })?),
+                _ => None,
+            },
+        };
+    let build_args = args
+        .build_args
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (a.clone(), None),
+        })
+        .collect();
+    let store = Store::open(&roots.images())?;
+    let req = capsa_shim::build::BuildRequest {
+        context: args.context,
+        dockerfile: args.file,
+        tags: args.tags,
+        build_args,
+        target: args.target,
+        no_cache: args.no_cache,
+        isolation: args.isolation,
+        network,
+        source_date_epoch: epoch,
+        platform: args.platform,
+    };
+    let id = capsa_shim::build::build(roots, &store, req)?;
+    println!("{id}");
     Ok(0)
 }
 

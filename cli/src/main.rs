@@ -131,6 +131,8 @@ enum Command {
     /// Make an image of a container's changes: its writable layer on its
     /// image (docker; VM mode: of a running container).
     Commit(images::CommitArgs),
+    /// Build an image from a Dockerfile (docker's flags); prints its ID.
+    Build(images::BuildArgs),
     /// Write an image to an OCI archive.
     Save(images::SaveArgs),
     /// The guest kernel: where it is (building it first) and its config.
@@ -358,6 +360,7 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Tag(a) => images::tag(roots, a),
         Command::Save(a) => images::save(roots, a),
         Command::Commit(a) => images::commit(roots, a),
+        Command::Build(a) => images::build(roots, a),
         Command::Kernel(a) => a.run(),
         Command::TestHost(a) => a.run(),
         Command::Bench(a) => bench::run(roots, a),

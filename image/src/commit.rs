@@ -18,7 +18,8 @@ use crate::store::{stage_image, Image, ImageSummary, Staging, Store};
 pub struct CommitInfo<'a> {
     /// The new image's name, if any (`REPOSITORY[:TAG]`).
     pub name: Option<&'a str>,
-    /// The history entry's `created_by` (the container's command).
+    /// The history entry's `created_by` (the container's command, or the
+    /// Dockerfile instruction).
     pub created_by: String,
     /// RFC 3339: the config's and the history entry's creation time.
     pub created: String,
@@ -27,36 +28,45 @@ pub struct CommitInfo<'a> {
 }
 
 impl Store {
-    /// Stores `base`'s layers plus `layer` (an uncompressed tar) as a new
-    /// image. Its config is `base`'s with the new layer, a creation time, a
-    /// history entry and whatever `edit` changes in `config` (Cmd, Env, …).
+    /// Stores `base`'s layers plus `layer` (an uncompressed tar; none for
+    /// a step that only changes the config) as a new image. Its config is
+    /// `base`'s with the new layer, a creation time, a history entry and
+    /// whatever `edit` changes in `config` (Cmd, Env, …).
     pub fn commit(
         &self,
         base: &Image,
-        layer: &Path,
+        layer: Option<&Path>,
         info: CommitInfo<'_>,
         edit: impl FnOnce(&mut serde_json::Value),
     ) -> Result<ImageSummary> {
-        let open = || File::open(layer).at("open", layer).map(BufReader::new);
-        let (diff_id, _) = HashingReader::new(open()?).finish().at("read", layer)?;
         let mut st = Staging::new(self)?;
-        let mut blob = st.blob_writer()?;
-        {
-            let mut gz = GzEncoder::new(&mut blob, flate2::Compression::fast());
-            io::copy(&mut open()?, &mut gz).at("compress", layer)?;
-            gz.finish().at("compress", layer)?;
+        let mut new_layer = None;
+        if let Some(layer) = layer {
+            let open = || File::open(layer).at("open", layer).map(BufReader::new);
+            let (diff_id, _) = HashingReader::new(open()?).finish().at("read", layer)?;
+            let mut blob = st.blob_writer()?;
+            {
+                let mut gz = GzEncoder::new(&mut blob, flate2::Compression::fast());
+                io::copy(&mut open()?, &mut gz).at("compress", layer)?;
+                gz.finish().at("compress", layer)?;
+            }
+            let (digest, size) = st.finish_blob("the new layer", blob, None)?;
+            new_layer = Some((diff_id, digest, size));
         }
-        let (layer_digest, layer_size) = st.finish_blob("the new layer", blob, None)?;
 
         let now = info.created.clone();
-        let mut config = serde_json::to_value(&base.config)
-            .map_err(|e| Error::BadConfig(format!("the base image's config: {e}")))?;
+        let mut config = self.raw_config(base)?;
         config["created"] = now.clone().into();
         if let Some(a) = &info.author {
             config["author"] = a.clone().into();
         }
-        push(&mut config["rootfs"]["diff_ids"], diff_id.into());
         let mut step = serde_json::json!({"created": now, "created_by": info.created_by});
+        match &new_layer {
+            Some((diff_id, _, _)) => {
+                push(&mut config["rootfs"]["diff_ids"], diff_id.clone().into())
+            }
+            None => step["empty_layer"] = true.into(),
+        }
         if let Some(c) = &info.comment {
             step["comment"] = c.clone().into();
         }
@@ -77,7 +87,9 @@ impl Store {
             .iter()
             .map(|l| (l.digest.clone(), l.media_type.clone(), l.size))
             .collect();
-        layers.push((layer_digest, OCI_LAYER_GZIP.to_string(), layer_size));
+        if let Some((_, digest, size)) = new_layer {
+            layers.push((digest, OCI_LAYER_GZIP.to_string(), size));
+        }
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -105,6 +117,24 @@ impl Store {
         )?;
         st.commit()?;
         Ok(summary)
+    }
+}
+
+impl Store {
+    /// `base`'s config as stored, with the fields capsa's typed config
+    /// lacks (docker's Healthcheck, Shell, OnBuild) kept; an image known
+    /// only by its config (`scratch`) has no blob and gives that config.
+    fn raw_config(&self, base: &Image) -> Result<serde_json::Value> {
+        let stored = self
+            .blob_path(&base.id)
+            .ok()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        match stored {
+            Some(v) => Ok(v),
+            None => serde_json::to_value(&base.config)
+                .map_err(|e| Error::BadConfig(format!("the base image's config: {e}"))),
+        }
     }
 }
 

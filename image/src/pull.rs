@@ -80,6 +80,26 @@ fn registry_error(reference: &str, e: OciDistributionError) -> Error {
 const MANIFEST_TYPES: &[&str] = &[OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST];
 
 impl Store {
+    /// docker's "Unable to find image locally": an image not in the store
+    /// whose name names a registry (`localhost:5000/x`, `host.tld/x`) is
+    /// pulled; other missing names are left for the caller's lookup to
+    /// report.
+    pub fn ensure_local(&self, image: &str) -> Result<()> {
+        match self.get(image) {
+            Ok(_) => return Ok(()),
+            Err(e @ Error::Damaged { .. }) => return Err(e),
+            Err(_) => {}
+        }
+        let first = image.split('/').next().unwrap_or("");
+        let names_registry = image.contains('/')
+            && (first.contains('.') || first.contains(':') || first == "localhost");
+        if names_registry {
+            eprintln!("Unable to find image '{image}' locally; pulling it");
+            self.pull(image, &PullOptions::default())?;
+        }
+        Ok(())
+    }
+
     /// Pulls `reference` (e.g. `localhost:5000/demo:t`, `busybox`) and
     /// stores it under that name (`:latest` added when untagged). Blobs
     /// already in the store are not downloaded again.

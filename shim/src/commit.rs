@@ -102,7 +102,7 @@ pub fn commit(roots: &Roots, store: &Store, key: &str, req: CommitRequest) -> Re
         .to_vec();
     let summary = store.commit(
         &base,
-        layer.path(),
+        Some(layer.path()),
         CommitInfo {
             name: req.name.as_deref(),
             created_by: rec.command.join(" "),

@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod backends;
+pub mod build;
 pub mod commit;
 pub mod copy;
 pub mod events;
