@@ -209,7 +209,8 @@ impl Change {
     }
 }
 
-fn insert(config: &mut Value, map: &str, key: &str, v: Value) {
+/// Sets `config[map][key]`, making the map if the config has none.
+pub(crate) fn insert(config: &mut Value, map: &str, key: &str, v: Value) {
     if !config[map].is_object() {
         config[map] = json!({});
     }

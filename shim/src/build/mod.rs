@@ -20,6 +20,7 @@ use capsa_image::{CommitInfo, Image, Store};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::commit::insert;
 use crate::lifecycle::{self, CreateRequest, Isolation};
 use crate::paths::Roots;
 use crate::{CodedError, EXIT_CAPSA_ERROR};
@@ -853,13 +854,6 @@ fn workdir_of(image: &Image) -> String {
         .and_then(|c| c.working_dir().clone())
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into())
-}
-
-fn insert(config: &mut Value, map: &str, key: &str, v: Value) {
-    if !config[map].is_object() {
-        config[map] = json!({});
-    }
-    config[map][key] = v;
 }
 
 /// The image `FROM scratch` starts with: no layers, an empty config.
