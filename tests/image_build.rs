@@ -236,7 +236,6 @@ fn build_refuses_bad_input_in_one_line_and_leaves_nothing() {
     assert!(!Path::new("/escaped").exists() && !c.join("../escaped").exists());
     fs::write(c.join("Dockerfile"), "FROM demo\n").unwrap();
     for (flags, want) in [
-        (&["--isolation", "vm"][..], "not supported yet"),
         (&["--platform", "linux/arm64"][..], "linux/amd64"),
         (&["--network", "bridge"][..], "none or host"),
     ] {

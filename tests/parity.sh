@@ -255,6 +255,15 @@ $c network rm pn1 pn2 > /dev/null
   iptables-save | grep -E '10\.99\.|NETAVARK-DN-|capsa:'; } > /run/netleft
 netleft=$(wc -l < /run/netleft)
 
+# capsa build (#14): RUN steps in this mode's isolation; with one epoch
+# both modes make the same image, bit for bit (the same IDs in the
+# progress), and it runs
+mkdir -p /run/bctx && echo x > /run/bctx/f
+printf 'FROM demo\nENV WHO=parity\nCOPY f /app/f\nRUN echo "built for $WHO" > /app/built && rm /app/f && mkdir /app/d\nCMD ["cat", "/app/built"]\n' > /run/bctx/Dockerfile
+$c build --isolation "$mode" --source-date-epoch 1700000000 -t built:p /run/bctx > /run/o 2> /run/e
+report build $?
+case_run build-run /run/empty built:p
+
 # nothing left behind
 left=$($c ps -aq | wc -l)
 echo "@@ leftovers containers=$left mounts=$(grep -c parity-$mode /proc/mounts) vmms=$(pgrep -c capsa-vmm) virtiofsd=$(pgrep -c virtiofsd) net=$netleft"

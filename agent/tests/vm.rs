@@ -428,6 +428,7 @@ impl Session {
                 },
                 stdio,
                 network: None,
+                hold_after_exit: false,
             },
             &mut Outcome::default(),
         )

@@ -373,7 +373,7 @@ pub struct BuildArgs {
     /// Run every step again instead of reusing earlier results.
     #[arg(long)]
     no_cache: bool,
-    /// Where RUN steps run: container (namespaces); vm is not supported yet.
+    /// Where RUN steps run: container (namespaces) or vm (a microVM each).
     #[arg(long, default_value = "container")]
     isolation: capsa_shim::Isolation,
     /// RUN steps' network: none (the default, as `capsa run`'s) or host.

@@ -248,6 +248,11 @@ pub enum Request {
         /// The network the guest takes on first (VM mode with a network).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         network: Option<GuestNetwork>,
+        /// The guest stays up after this container's process exits, until
+        /// `Shutdown` or `Delete` (or the host hangs up), so that the host
+        /// can still ask for its `Diff` (`capsa build`'s RUN steps).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hold_after_exit: bool,
     },
     /// Start the created container's process. Reply: `Ok`.
     Start {

@@ -34,6 +34,17 @@ pub struct Exit {
 
 /// A process started by `exec`: a local child to wait for, or a remote one
 /// whose exit code a closure fetches.
+impl Exit {
+    /// This exit, failed with `result`'s error if it has one.
+    pub fn after(mut self, result: Result<()>) -> Exit {
+        if let Err(e) = result {
+            self.code = crate::EXIT_CAPSA_ERROR;
+            self.error = Some(format!("{e:#}"));
+        }
+        self
+    }
+}
+
 pub enum ProcessHandle {
     Pid(i32),
     Remote(Box<dyn FnOnce() -> Result<i32> + Send>),
@@ -60,6 +71,14 @@ pub trait Sandbox: Send + Sync {
     /// Waits for the container to end. Called after its output streams
     /// closed and before [`Sandbox::release`].
     fn wait(&self) -> Result<Exit>;
+    /// [`Sandbox::wait`], running `after_exit` once the process has exited
+    /// and before anything is torn down (a VM still runs, so its guest
+    /// can still read the container's disks). Its failure becomes the
+    /// exit's error.
+    fn wait_then(&self, after_exit: &mut dyn FnMut() -> Result<()>) -> Result<Exit> {
+        let exit = self.wait()?;
+        Ok(exit.after(after_exit()))
+    }
     /// Gives back what the container holds on the host (cgroups, runtime
     /// state, the VM). Idempotent.
     fn release(&self) -> Result<()>;

@@ -185,6 +185,11 @@ pub struct Record {
     /// them while the container exists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// `capsa build`'s RUN steps: when the process exits, the monitor
+    /// writes the container's writable layer here (VM mode: while the
+    /// guest still runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_on_exit: Option<std::path::PathBuf>,
     /// Made by docker-style `capsa create`: Created with no monitor yet,
     /// waiting for `capsa start` (unlike `run`'s, whose monitor is on its way).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -226,6 +231,7 @@ impl Record {
             network: None,
             volumes: Vec::new(),
             waiting_for_start: false,
+            layer_on_exit: None,
             damaged: None,
         }
     }

@@ -23,12 +23,16 @@ impl Agent {
                 rootfs,
                 stdio,
                 network,
+                hold_after_exit,
             } => {
                 let mut spec = *spec;
                 if let Some(net) = &network {
                     if let Err(r) = self.take_network(&container_id, net, &mut spec) {
                         return Some(r);
                     }
+                }
+                if hold_after_exit {
+                    self.lock().hold = true;
                 }
                 self.create(conn, enc, container_id, spec, rootfs, stdio)
             }

@@ -87,6 +87,9 @@ struct State {
     /// Live connections: a handle to shut each down at power-off.
     conns: HashMap<u64, UnixStream>,
     poweroff: Option<String>,
+    /// The host asked the guest to outlive the first container's exit
+    /// (`Create`'s `hold_after_exit`) until it says `Shutdown`.
+    hold: bool,
 }
 
 /// The agent's shared state.

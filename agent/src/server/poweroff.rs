@@ -84,7 +84,7 @@ pub(super) fn poweroff_due(
         let init = st.procs.get(first);
         let done = init.is_none_or(|p| p.exit.is_some() && p.outputs_open == 0);
         let reported = init.is_some_and(|p| p.reported);
-        if done && (reported || st.conns.is_empty()) {
+        if done && ((reported && !st.hold) || st.conns.is_empty()) {
             let code = init.and_then(|p| p.exit).unwrap_or(-1);
             return Some(format!("the container exited with code {code}"));
         }

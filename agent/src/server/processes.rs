@@ -78,6 +78,17 @@ impl Agent {
         process: ExecProcess,
         stdio: StdioOptions,
     ) -> Response {
+        let exited = self
+            .lock()
+            .procs
+            .get(&container_id)
+            .is_some_and(|p| p.exit.is_some());
+        if exited {
+            return err(
+                ErrorCode::InvalidState,
+                format!("container {container_id} is not running"),
+            );
+        }
         let req = ExecRequest {
             args: process.args,
             env: process.env,
@@ -104,10 +115,12 @@ impl Agent {
             stdin: false,
             tty_size: None,
         };
+        // An exited container's layer is still there (a guest held up
+        // for `capsa build` reads it after the RUN step's exit).
         self.launch(conn, enc, container_id, exec_id, stdio, |c, io| c.diff(io))
     }
 
-    /// Starts process `exec_id` of a running container with `start`, wired
+    /// Starts process `exec_id` of a container with `start`, wired
     /// as `stdio` says, for `Wait` and the stream frames.
     fn launch(
         self: &Arc<Self>,
@@ -130,16 +143,6 @@ impl Agent {
                 return err(
                     ErrorCode::AlreadyExists,
                     format!("a process named {exec_id:?} exists already"),
-                );
-            }
-            if st
-                .procs
-                .get(&container_id)
-                .is_some_and(|p| p.exit.is_some())
-            {
-                return err(
-                    ErrorCode::InvalidState,
-                    format!("container {container_id} is not running"),
                 );
             }
         }

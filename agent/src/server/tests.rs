@@ -134,6 +134,7 @@ fn requests_without_a_container_get_clear_errors_and_bad_frames_do_not_end_the_s
             },
             stdio: StdioOptions::default(),
             network: None,
+            hold_after_exit: false,
         },
     );
     assert_eq!(code(&r), ErrorCode::InvalidRequest);
@@ -312,6 +313,7 @@ fn create(id: &str) -> Request {
         },
         stdio: StdioOptions::default(),
         network: None,
+        hold_after_exit: false,
     }
 }
 
@@ -490,4 +492,57 @@ fn the_first_container_ends_the_guest_once_reported_deleted_or_unwatched() {
     agent.exited(pid_of(&agent, "sandbox"), 3);
     let why = agent.wait_for_poweroff(Some(Duration::ZERO));
     assert_eq!(why, "the container exited with code 3");
+}
+
+#[test]
+fn a_held_guest_outlives_the_exit_for_a_diff_and_ends_on_shutdown() {
+    let (agent, _log) = fake_agent();
+    let (mut p, _keep) = connect(&agent);
+    handshake(&mut p.enc, &mut p.dec, "test-host").unwrap();
+    let Request::Create {
+        container_id,
+        spec,
+        rootfs,
+        stdio,
+        network,
+        ..
+    } = create("step")
+    else {
+        unreachable!()
+    };
+    let held = Request::Create {
+        container_id,
+        spec,
+        rootfs,
+        stdio,
+        network,
+        hold_after_exit: true,
+    };
+    assert_eq!(call(&mut p, 1, held), Response::Ok);
+    agent.exited(pid_of(&agent, "step"), 0);
+    let wait = Request::Wait { id: "step".into() };
+    assert!(matches!(
+        call(&mut p, 2, wait),
+        Response::Exited { code: 0, .. }
+    ));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(due(&agent), None, "reported, but held");
+    // The exited container's layer can still be asked for; an exec cannot.
+    let diff = Request::Diff {
+        container_id: "step".into(),
+        exec_id: "diff-1".into(),
+    };
+    assert_eq!(call(&mut p, 3, diff), Response::Ok);
+    let exec = Request::Exec {
+        container_id: "step".into(),
+        exec_id: "e1".into(),
+        process: capsa_proto::ExecProcess {
+            args: vec!["true".into()],
+            ..Default::default()
+        },
+        stdio: StdioOptions::default(),
+    };
+    assert_eq!(code(&call(&mut p, 4, exec)), ErrorCode::InvalidState);
+    assert_eq!(call(&mut p, 5, Request::Shutdown), Response::Ok);
+    assert!(due(&agent).is_some(), "Shutdown ends a held guest");
 }

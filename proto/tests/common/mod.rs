@@ -86,6 +86,7 @@ pub fn all_requests() -> Vec<Request> {
                 hosts: Some("10.89.0.2\tweb\n".into()),
                 resolv_conf: None,
             }),
+            hold_after_exit: true,
         },
         Request::Create {
             container_id: "c2".into(),
@@ -101,6 +102,7 @@ pub fn all_requests() -> Vec<Request> {
             },
             stdio: StdioOptions::default(),
             network: None,
+            hold_after_exit: false,
         },
         Request::Start {
             container_id: "c1".into(),

@@ -54,13 +54,6 @@ pub fn build(roots: &Roots, store: &Store, req: BuildRequest) -> Result<String> 
     if let Some(p) = &req.platform {
         dockerfile::check_platform(p).map_err(|e| refuse(format!("{e:#}")))?;
     }
-    if req.isolation == Isolation::Vm {
-        bail!(refuse(
-            "capsa build --isolation vm is not supported yet: RUN steps run in container isolation; \
-             build with --isolation container"
-                .into()
-        ));
-    }
     for t in &req.tags {
         capsa_image::reference::normalize(t).map_err(|e| refuse(format!("-t {t}: {e}")))?;
     }
@@ -672,16 +665,20 @@ fn run_step(
         },
     )?;
     let result = (|| -> Result<()> {
+        // The monitor writes the layer once the process has exited, before
+        // it tears the container down (VM mode: the guest's agent writes it).
+        let mut rec = rec.clone();
+        rec.layer_on_exit = Some(out.to_path_buf());
+        rec.save(roots)?;
         let code = supervise_in_child(roots, &rec.id)?;
         if code != 0 {
             bail!(refuse(format!(
                 "the command '{shown}' returned a non-zero code: {code}"
             )));
         }
-        let rec = crate::record::Record::load(roots, &rec.id)?;
-        let mut f = fs::File::create(out)?;
-        lifecycle::backend_for(roots, rec.isolation)?.diff(&rec, &mut f)?;
-        f.flush()?;
+        if !out.exists() {
+            bail!("the step's layer was not written (see above)");
+        }
         Ok(())
     })();
     if let Err(e) = lifecycle::remove(roots, &rec.id, true) {

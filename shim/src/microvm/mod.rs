@@ -195,6 +195,7 @@ impl MicroVmBackend {
             rootfs,
             stdio,
             network,
+            hold_after_exit: rec.layer_on_exit.is_some(),
         })?;
         if let Some(input) = io.stdin {
             conn.pump_stdin(&rec.id, input)?;
@@ -747,6 +748,10 @@ impl Sandbox for Vm {
     }
 
     fn wait(&self) -> Result<Exit> {
+        self.wait_then(&mut || Ok(()))
+    }
+
+    fn wait_then(&self, after_exit: &mut dyn FnMut() -> Result<()>) -> Result<Exit> {
         let rec = &self.rec;
         let reply = self
             .conn()
@@ -768,6 +773,9 @@ impl Sandbox for Vm {
                 error: Some(format!("{e:#}")),
             },
         };
+        if exit.error.is_none() {
+            exit = exit.after(after_exit());
+        }
         // Power the guest off and collect the VMM.
         let conn = self.conn.lock().unwrap().take();
         let vmm = self.vmm.lock().unwrap().take();

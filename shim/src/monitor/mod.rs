@@ -23,7 +23,7 @@ use std::fs::File;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use chrono::Utc;
@@ -191,7 +191,10 @@ fn run(
     drop(master);
 
     crate::timing::phase("container ran (output closed)", &mut clock);
-    let exit = sandbox.wait()?;
+    let exit = match rec.layer_on_exit.clone() {
+        Some(path) => sandbox.wait_then(&mut || write_layer(backend.as_ref(), &rec, &path))?,
+        None => sandbox.wait()?,
+    };
     let code = exit.code;
     // The exit could not be collected (a lost guest agent, say): say why
     // to the person waiting, not only in the container's record.
@@ -208,6 +211,21 @@ fn run(
     );
     crate::timing::phase("teardown", &mut clock);
     Ok(code)
+}
+
+/// `capsa build`'s RUN step: the exited container's writable layer, as
+/// `commit` writes it, into `path`.
+fn write_layer(backend: &dyn Backend, rec: &Record, path: &Path) -> Result<()> {
+    let mut stopped = rec.clone();
+    // The process has exited: nothing is left to freeze while reading.
+    stopped.transition(Status::Stopped)?;
+    let mut f = std::fs::File::create(path)?;
+    backend
+        .diff(&stopped, &mut f)
+        .context("writing the container's layer")?;
+    use std::io::Write;
+    f.flush()?;
+    Ok(())
 }
 
 type Started = (Box<dyn Sandbox>, Vec<Source>, Option<OwnedFd>);
