@@ -75,9 +75,9 @@ fn secure_defaults_are_in_force() {
             .map(|v| v.trim().to_string())
             .unwrap_or_default()
     };
-    // docker's default capability set.
-    assert_eq!(field("CapEff"), "00000000a80425fb", "{status}");
-    assert_eq!(field("CapBnd"), "00000000a80425fb");
+    // podman's default set: no MKNOD, NET_RAW or AUDIT_WRITE.
+    assert_eq!(field("CapEff"), "00000000800405fb", "{status}");
+    assert_eq!(field("CapBnd"), "00000000800405fb");
     assert_eq!(field("NoNewPrivs"), "1");
     assert_eq!(field("Seccomp"), "2", "no seccomp filter");
     // Masked paths read as empty (which of them exist depends on the

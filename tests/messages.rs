@@ -336,7 +336,8 @@ fn flags_vm_mode_cannot_honour_are_refused_first() {
 const PIDS_MAX: &str =
     "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max";
 
-/// Item 5: `--pids-limit -1` and `0` mean no limit, as with docker.
+/// Item 5: `--pids-limit -1` and `0` mean no limit, as with docker; no
+/// flag means podman's default limit.
 #[test]
 fn pids_limit_minus_one_and_zero_mean_unlimited() {
     let env = Env::with_demo();
@@ -348,6 +349,9 @@ fn pids_limit_minus_one_and_zero_mean_unlimited() {
     assert_eq!(out, "max\n");
     let out = run_ok(&env, &["--pids-limit", "42", "demo", "sh", "-c", PIDS_MAX]);
     assert_eq!(out, "42\n");
+    // Not given: podman's default, so one fork bomb cannot starve the host.
+    let out = run_ok(&env, &["demo", "sh", "-c", PIDS_MAX]);
+    assert_eq!(out, "2048\n");
     let before = files_under(env.path());
     let out = env.run(&["run", "--rm", "--pids-limit", "-2", "demo", "true"]);
     assert_one_clear_line(

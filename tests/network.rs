@@ -510,7 +510,7 @@ fn internal_networks_have_no_egress_and_addresses_are_unique() {
         "demo",
         "sh",
         "-c",
-        "ip route; ping -c 1 -W 2 192.0.2.10",
+        "ip route; nc -w 2 192.0.2.10 80 </dev/null",
     ]);
     assert_ne!(
         code(&out),
@@ -522,6 +522,11 @@ fn internal_networks_have_no_egress_and_addresses_are_unique() {
         stdout(&out).contains("10.89.50.0/24") && !stdout(&out).contains("default"),
         "an internal network has a default route: {}",
         stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("unreachable"),
+        "not refused for want of a route: {}",
+        stderr(&out)
     );
 
     // --ip, --mac-address and --hostname are what the container sees.

@@ -155,7 +155,7 @@ fn both_modes_give_the_same_results() {
     expect("exec-stdin", "code=0 out=5/");
     // Init's lines, then the exec'd process's: the same filter, NNP and
     // capabilities; `unshare -U` is refused (not 0).
-    const SET: &str = "CapEff:\t00000000a80425fb|NoNewPrivs:\t1|Seccomp:\t2|";
+    const SET: &str = "CapEff:\t00000000800405fb|NoNewPrivs:\t1|Seccomp:\t2|";
     let confined = &c["exec-confined"].1;
     assert!(
         confined.contains(&SET.repeat(2)) && !c["exec-confined"].0.starts_with("code=0 "),
@@ -186,7 +186,7 @@ fn both_modes_give_the_same_results() {
     assert!(
         c["limits"]
             .1
-            .contains("1024|CapEff:\t00000000a80425fb|NoNewPrivs:\t1|Seccomp:\t2"),
+            .contains("1024|CapEff:\t00000000800405fb|NoNewPrivs:\t1|Seccomp:\t2"),
         "{ctx}"
     );
 

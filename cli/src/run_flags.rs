@@ -177,8 +177,12 @@ impl RunArgs {
             tmpfs: self.tmpfs.clone(),
             memory_bytes: memory_flag(self.memory.as_deref())?,
             cpus,
-            // docker's meaning: 0 and -1 are both "no limit".
-            pids_limit: self.pids_limit.filter(|p| *p > 0),
+            // docker's meaning: 0 and -1 are both "no limit"; podman's
+            // default when not given.
+            pids_limit: match self.pids_limit {
+                None => Some(capsa_image::spec::DEFAULT_PIDS_LIMIT),
+                Some(p) => Some(p).filter(|p| *p > 0),
+            },
             read_only: self.read_only,
             network,
             hostname: self.hostname.clone(),

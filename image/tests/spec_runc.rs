@@ -130,9 +130,10 @@ exit 3
     assert_eq!(line(&out, "id="), "0:0");
     assert_eq!(line(&out, "host="), &"capsa-spec-test"[..12]);
     assert_eq!(line(&out, "path="), spec::DEFAULT_PATH);
-    // docker's default capability set is 0xa80425fb.
-    assert_eq!(line(&out, "CapEff="), "00000000a80425fb");
-    assert_eq!(line(&out, "CapBnd="), "00000000a80425fb");
+    // podman's default capability set is 0x800405fb (docker's, 0xa80425fb,
+    // less MKNOD, NET_RAW and AUDIT_WRITE).
+    assert_eq!(line(&out, "CapEff="), "00000000800405fb");
+    assert_eq!(line(&out, "CapBnd="), "00000000800405fb");
     assert_eq!(line(&out, "CapAmb="), "0000000000000000");
     assert_eq!(line(&out, "NoNewPrivs="), "1");
     assert_eq!(line(&out, "Seccomp="), "2");

@@ -39,7 +39,9 @@ mod tests;
 mod users;
 
 pub use mounts::{MASKED_PATHS, READONLY_PATHS};
-pub use process::{command, environment, DEFAULT_CAPS, DEFAULT_PATH, NOFILE_LIMIT};
+pub use process::{
+    command, environment, DEFAULT_CAPS, DEFAULT_PATH, DEFAULT_PIDS_LIMIT, NOFILE_LIMIT,
+};
 pub use resources::{limits, Limits};
 pub use seccomp::{default_seccomp, DENIED_SYSCALLS};
 pub use users::{resolve_user, ResolvedUser};

@@ -14,14 +14,14 @@ use crate::store::Image;
 /// Default PATH when neither the image nor the user sets one (docker's).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Docker's default capability set.
+/// podman's default capability set: docker's less CAP_MKNOD (device
+/// nodes), CAP_NET_RAW (raw and packet sockets: forged frames on a shared
+/// network) and CAP_AUDIT_WRITE (the host's audit log).
 pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",
@@ -29,8 +29,11 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT",
     "CAP_KILL",
-    "CAP_AUDIT_WRITE",
 ];
+
+/// podman's default process limit per container when `--pids-limit` is
+/// not given: one fork bomb cannot take the host's (or the guest's) PIDs.
+pub const DEFAULT_PIDS_LIMIT: i64 = 2048;
 
 /// The open-files limit given to containers (soft and hard). Safe on hosts
 /// whose own hard limit is low and where capsa has no CAP_SYS_RESOURCE.
