@@ -61,6 +61,7 @@ WORKDIR $APP_HOME
 COPY src/ ./src/
 COPY --from=builder /out/greeting ./
 COPY --chown=1000:1000 --chmod=640 *.txt /data/
+COPY a.txt /etc
 ADD bundle.tar.gz /opt/
 RUN rm /app/src/remove-me && echo ran > /app/ran
 LABEL team=ml
@@ -68,7 +69,7 @@ EXPOSE 8080 53/udp
 USER 1000
 HEALTHCHECK --interval=5s CMD ["true"]
 STOPSIGNAL SIGINT
-CMD ["sh", "-c", "echo $MODE; cat greeting; ls src; stat -c '%u:%g %a' /data/a.txt; ls /data; cat /opt/inner/file; cat ran"]
+CMD ["sh", "-c", "echo $MODE; cat greeting; ls src; stat -c '%u:%g %a' /data/a.txt; ls /data; cat /etc/a.txt /opt/inner/file; cat ran"]
 "#;
 
 #[test]
@@ -102,14 +103,14 @@ fn build_runs_steps_caches_them_and_makes_a_runnable_image() {
     assert!(out.status.success(), "build failed: {}", stderr(&out));
     let id = built_id(&stdout(&out));
     assert!(id.starts_with("sha256:"), "no ID printed: {}", stdout(&out));
-    assert!(stderr(&out).contains("STEP 17/17: CMD"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("STEP 18/18: CMD"), "{}", stderr(&out));
 
     // What a user of the image sees: every step's effect, the deleted
     // file gone (a whiteout in the RUN layer), the ignored files absent.
     let run = env.ok(&["run", "--rm", "built:1"]);
     assert_eq!(
         run,
-        "fast mode\nhi from the build stage\nmain.py\n1000:1000 640\na.txt\nunpacked\nran\n"
+        "fast mode\nhi from the build stage\nmain.py\n1000:1000 640\na.txt\na\nunpacked\nran\n"
     );
     let cfg = raw_config(&env, &id);
     let c0 = &cfg["config"];
@@ -153,7 +154,7 @@ fn build_runs_steps_caches_them_and_makes_a_runnable_image() {
     assert_eq!(built_id(&stdout(&again)), id);
     assert_eq!(
         stderr(&again).matches("Using cache").count(),
-        14,
+        15,
         "{}",
         stderr(&again)
     );
@@ -417,5 +418,60 @@ fn build_is_reproducible_and_its_config_matches_podmans() {
         &name,
     ]);
     assert_eq!(there, here);
+    env.assert_no_leaks(&[]);
+}
+
+#[test]
+fn a_built_image_goes_through_a_registry_and_back() {
+    let env = Env::with_demo();
+    let reg = capsa_tests::Registry::start();
+    let ctx = tempfile::tempdir_in("/var/tmp").unwrap();
+    write(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM demo\nRUN echo pushed > /msg\nCMD [\"cat\", \"/msg\"]\n",
+        )],
+    );
+    let name = format!("{}/capsa/app:1", reg.addr);
+    env.ok(&["build", "-t", &name, ctx.path().to_str().unwrap()]);
+    let out = env.ok(&["push", &name]);
+    assert!(
+        out.starts_with(&format!("{name}: digest: sha256:")),
+        "{out}"
+    );
+    // Pushed again: every blob is there already.
+    let again = env.run(&["push", &name]);
+    assert!(
+        stderr(&again).contains("0 blob(s) pushed, 3 already"),
+        "{}",
+        stderr(&again)
+    );
+
+    env.ok(&["rmi", &name]);
+    assert!(!env.ok(&["images"]).contains("capsa/app"));
+    env.ok(&["pull", &name]);
+    assert_eq!(env.ok(&["run", "--rm", &name]), "pushed\n");
+
+    // podman pulls and runs what capsa pushed.
+    let podman = Podman::new();
+    podman.ok(&["pull", "--tls-verify=false", &name]);
+    let there = podman.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+        &name,
+    ]);
+    assert_eq!(there, "pushed\n");
+
+    // logout of a registry capsa holds no credentials for says so.
+    let out = env.run(&["logout", &reg.addr]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not logged in"), "{}", stderr(&out));
     env.assert_no_leaks(&[]);
 }

@@ -46,43 +46,123 @@ pub fn load(roots: &Roots, args: LoadArgs) -> Result<i32> {
 
 #[derive(Args)]
 pub struct PullArgs {
+    #[command(flatten)]
+    registry: RegistryArgs,
+    reference: String,
+}
+
+/// How to reach a registry: pull's, push's and login's options.
+#[derive(Args)]
+struct RegistryArgs {
     /// Allow plain HTTP and unverified TLS for this registry.
     #[arg(long)]
     insecure: bool,
-    /// Registry user name (with --password or --password-stdin).
-    #[arg(long, env = "CAPSA_REGISTRY_USER")]
+    /// Registry user name (with --password or --password-stdin; default:
+    /// what `capsa login` stored).
+    #[arg(short = 'u', long, env = "CAPSA_REGISTRY_USER")]
     username: Option<String>,
     /// Registry password.
-    #[arg(long, env = "CAPSA_REGISTRY_PASSWORD", hide_env_values = true)]
+    #[arg(
+        short = 'p',
+        long,
+        env = "CAPSA_REGISTRY_PASSWORD",
+        hide_env_values = true
+    )]
     password: Option<String>,
     /// Read the registry password from stdin.
     #[arg(long, conflicts_with = "password")]
     password_stdin: bool,
-    reference: String,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> Result<PullOptions> {
+        let mut password = self.password.clone();
+        if self.password_stdin {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            password = Some(s.trim_end_matches(['\n', '\r']).to_string());
+        }
+        Ok(PullOptions {
+            username: self.username.clone(),
+            password,
+            insecure: self.insecure,
+        })
+    }
 }
 
 pub fn pull(roots: &Roots, args: PullArgs) -> Result<i32> {
     let store = Store::open(&roots.images())?;
-    let mut password = args.password.clone();
-    if args.password_stdin {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s)?;
-        password = Some(s.trim_end_matches(['\n', '\r']).to_string());
-    }
-    let opts = PullOptions {
-        username: args.username.clone(),
-        password,
-        insecure: args.insecure,
-    };
-    let img = store.pull(&args.reference, &opts)?;
+    let img = store.pull(&args.reference, &args.registry.options()?)?;
     println!("{}", img.id);
     Ok(0)
 }
 
-/// Pulls `image` if it is not in the store and names a registry host, as
-/// `docker run` does; otherwise leaves the not-found error to the caller.
-/// An image that is in the store but damaged is an error here, saying
-/// which blob is damaged and how to repair or remove the image.
+#[derive(Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// The image (its name names the registry, e.g. localhost:5000/app:1).
+    image: String,
+    /// Where to push it instead (REGISTRY/REPOSITORY[:TAG]).
+    remote: Option<String>,
+}
+
+/// docker's `push`: a progress bar per blob on stderr, then the digest.
+pub fn push(roots: &Roots, args: PushArgs) -> Result<i32> {
+    let store = Store::open(&roots.images())?;
+    let opts = args.registry.options()?;
+    let done = store.push(&args.image, args.remote.as_deref(), &opts)?;
+    eprintln!(
+        "{} blob(s) pushed, {} already in the registry",
+        done.sent, done.skipped
+    );
+    println!("{}: digest: {}", done.reference, done.digest);
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// The registry (host[:port]).
+    server: String,
+}
+
+/// docker's `login`: the credentials are checked, then kept (0600) for
+/// pull and push.
+pub fn login(roots: &Roots, args: LoginArgs) -> Result<i32> {
+    let store = Store::open(&roots.images())?;
+    let opts = args.registry.options()?;
+    let (Some(user), Some(password)) = (opts.username, opts.password) else {
+        bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            "login: give --username and --password (or --password-stdin)".to_string()
+        ));
+    };
+    store.login(&args.server, &user, &password, opts.insecure)?;
+    println!("Login Succeeded");
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct LogoutArgs {
+    /// The registry (host[:port]).
+    server: String,
+}
+
+pub fn logout(roots: &Roots, args: LogoutArgs) -> Result<i32> {
+    let store = Store::open(&roots.images())?;
+    if store.logout(&args.server)? {
+        println!("Removed login credentials for {}", args.server);
+        Ok(0)
+    } else {
+        bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!("not logged in to {}", args.server)
+        ))
+    }
+}
+
 #[derive(Args)]
 pub struct ImagesArgs {
     /// Only print image IDs.

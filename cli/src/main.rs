@@ -120,6 +120,12 @@ enum Command {
     Load(images::LoadArgs),
     /// Pull an image from a registry.
     Pull(images::PullArgs),
+    /// Send an image to a registry (docker's push; REMOTE names another place).
+    Push(images::PushArgs),
+    /// Check and keep credentials for a registry (docker's login).
+    Login(images::LoginArgs),
+    /// Forget a registry's credentials.
+    Logout(images::LogoutArgs),
     /// List images.
     Images(images::ImagesArgs),
     /// Remove images.
@@ -355,6 +361,9 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Volume(a) => volumes::volume(roots, a),
         Command::Load(a) => images::load(roots, a),
         Command::Pull(a) => images::pull(roots, a),
+        Command::Push(a) => images::push(roots, a),
+        Command::Login(a) => images::login(roots, a),
+        Command::Logout(a) => images::logout(roots, a),
         Command::Images(a) => images::images(roots, a),
         Command::Rmi(a) => images::rmi(roots, a),
         Command::Tag(a) => images::tag(roots, a),

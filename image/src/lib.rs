@@ -38,12 +38,14 @@
 //! All functions are synchronous; [`Store::pull`] runs a private tokio
 //! runtime. Errors are [`Error`], whose messages say what to do.
 
+pub mod auth;
 mod commit;
 mod demo;
 mod digest;
 mod error;
 mod import;
 mod pull;
+mod push;
 
 pub mod reference;
 mod rootfs;
@@ -61,6 +63,7 @@ pub use demo::{BUSYBOX, DEMO_NAME};
 pub use error::{Error, Result};
 
 pub use pull::PullOptions;
+pub use push::PushSummary;
 pub use rootfs::{filesystem_image_of, RootfsFormat};
 pub use store::{short_id, Image, ImageRecord, ImageSummary, Layer, Store};
 

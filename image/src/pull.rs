@@ -36,7 +36,7 @@ pub struct PullOptions {
     pub insecure: bool,
 }
 
-fn is_local(registry: &str) -> bool {
+pub(crate) fn is_local(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
@@ -45,7 +45,7 @@ fn is_local(registry: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "::1")
 }
 
-fn registry_error(reference: &str, e: OciDistributionError) -> Error {
+pub(crate) fn registry_error(reference: &str, e: OciDistributionError) -> Error {
     let text = e.to_string();
     let hint = match &e {
         OciDistributionError::AuthenticationFailure(_)
@@ -80,6 +80,44 @@ fn registry_error(reference: &str, e: OciDistributionError) -> Error {
 const MANIFEST_TYPES: &[&str] = &[OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST];
 
 impl Store {
+    /// A client for `r`'s registry (plain HTTP only when asked or local),
+    /// the credentials to give it (`opts`', else those `capsa login`
+    /// stored), and the runtime to drive it on.
+    pub(crate) fn connect(
+        &self,
+        r: &Reference,
+        opts: &PullOptions,
+    ) -> Result<(Client, RegistryAuth, tokio::runtime::Runtime)> {
+        let registry = r.resolve_registry().to_string();
+        let protocol = if opts.insecure || is_local(&registry) {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        };
+        // reqwest is built without a default crypto provider; ring is ours.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::new(ClientConfig {
+            protocol,
+            platform_resolver: None,
+            connect_timeout: Some(std::time::Duration::from_secs(30)),
+            read_timeout: Some(std::time::Duration::from_secs(120)),
+            ..Default::default()
+        });
+        let stored = || crate::auth::Credentials::open(self.dir()).lookup(r.registry());
+        let auth = match (&opts.username, &opts.password) {
+            (Some(u), p) => RegistryAuth::Basic(u.clone(), p.clone().unwrap_or_default()),
+            (None, _) => match stored() {
+                Some((u, p)) => RegistryAuth::Basic(u, p),
+                None => RegistryAuth::Anonymous,
+            },
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("start the registry client", e))?;
+        Ok((client, auth, rt))
+    }
+
     /// docker's "Unable to find image locally": an image not in the store
     /// whose name names a registry (`localhost:5000/x`, `host.tld/x`) is
     /// pulled; other missing names are left for the caller's lookup to
@@ -109,29 +147,7 @@ impl Store {
             reference: reference.to_string(),
             reason: format!("{e}"),
         })?;
-        let registry = r.resolve_registry().to_string();
-        let protocol = if opts.insecure || is_local(&registry) {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        };
-        // reqwest is built without a default crypto provider; ring is ours.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::new(ClientConfig {
-            protocol,
-            platform_resolver: None,
-            connect_timeout: Some(std::time::Duration::from_secs(30)),
-            read_timeout: Some(std::time::Duration::from_secs(120)),
-            ..Default::default()
-        });
-        let auth = match (&opts.username, &opts.password) {
-            (Some(u), p) => RegistryAuth::Basic(u.clone(), p.clone().unwrap_or_default()),
-            (None, _) => RegistryAuth::Anonymous,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("start the pull runtime", e))?;
+        let (client, auth, rt) = self.connect(&r, opts)?;
         let mut st = Staging::new(self)?;
         let summary = rt.block_on(pull_into(&mut st, &client, &r, &auth, &name))?;
         st.commit()?;

@@ -629,3 +629,109 @@ fn pull_with_bearer_token_auth() {
         .join("bin/busybox")
         .is_file());
 }
+
+/// The manifest skopeo reads at `reference`, as the registry sent it.
+fn skopeo_inspect(reference: &str, creds: Option<&str>) -> Vec<u8> {
+    require(SKOPEO);
+    let mut cmd = Command::new(SKOPEO);
+    cmd.args(["inspect", "--raw", "--tls-verify=false"]);
+    if let Some(c) = creds {
+        cmd.args(["--creds", c]);
+    }
+    let out = cmd
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn push_round_trip_skips_what_the_registry_has() {
+    let reg = Registry::start("127.0.0.1", None);
+    let (_d, s) = store();
+    s.load_demo().unwrap();
+    let demo = s.get("demo").unwrap();
+    let dest = format!("{}/capsa/demo:1", reg.addr);
+
+    let first = s
+        .push("demo", Some(&dest), &PullOptions::default())
+        .unwrap();
+    assert_eq!((first.sent, first.skipped), (2, 0), "config and layer sent");
+    assert_eq!(first.digest, demo.manifest_digest, "the manifest as stored");
+    // skopeo reads what capsa pushed: the same manifest, byte for byte.
+    let raw = skopeo_inspect(&dest, None);
+    assert_eq!(sha256(&raw), demo.manifest_digest);
+    let raw: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(raw["config"]["digest"], demo.id.as_str());
+    assert_eq!(raw["layers"][0]["digest"], demo.layers[0].digest.as_str());
+
+    // Again, under another tag: nothing to send but the manifest.
+    let again = s
+        .push(
+            "demo",
+            Some(&format!("{}/capsa/demo:2", reg.addr)),
+            &PullOptions::default(),
+        )
+        .unwrap();
+    assert_eq!((again.sent, again.skipped), (0, 2));
+
+    // Pulled back into an empty store: the same image.
+    let (_d2, back) = store();
+    let pulled = back.pull(&dest, &PullOptions::default()).unwrap();
+    assert_eq!(pulled.id, demo.id);
+    assert_eq!(
+        back.get(&dest).unwrap().manifest_digest,
+        demo.manifest_digest
+    );
+
+    // An image that is not in the store is named.
+    let err = s
+        .push("nope:1", Some(&dest), &PullOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[test]
+fn login_checks_and_keeps_credentials_for_push_and_pull() {
+    let reg = Registry::start("127.0.0.1", Some(("ann", "s3cret")));
+    let (_d, s) = store();
+    s.load_demo().unwrap();
+    let dest = format!("{}/capsa/private:1", reg.addr);
+
+    // Without credentials the registry refuses the push.
+    let err = s
+        .push("demo", Some(&dest), &PullOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("capsa/private"), "{err}");
+    // A wrong password is refused by login, and nothing is stored.
+    let bad = s.login(&reg.addr, "ann", "wrong", false).unwrap_err();
+    assert!(!bad.to_string().is_empty());
+    assert!(!s.dir().join("auth.json").exists());
+
+    s.login(&reg.addr, "ann", "s3cret", false).unwrap();
+    let mode = fs::metadata(s.dir().join("auth.json"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let pushed = s
+        .push("demo", Some(&dest), &PullOptions::default())
+        .unwrap();
+    assert_eq!(pushed.sent, 2);
+    skopeo_inspect(&dest, Some("ann:s3cret"));
+    // The stored credentials serve a pull into the same store too.
+    s.pull(&dest, &PullOptions::default()).unwrap();
+
+    assert!(s.logout(&reg.addr).unwrap());
+    assert!(!s.logout(&reg.addr).unwrap());
+    assert!(s
+        .push("demo", Some(&dest), &PullOptions::default())
+        .is_err());
+}

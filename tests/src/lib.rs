@@ -331,3 +331,63 @@ pub fn helpers_dir() -> tempfile::TempDir {
     }
     dir
 }
+
+/// Debian's `docker-registry` on a free loopback port with its own
+/// storage, killed when dropped.
+pub struct Registry {
+    child: std::process::Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        const BIN: &str = "/usr/bin/docker-registry";
+        assert!(
+            Path::new(BIN).exists(),
+            "{BIN} is missing: apt-get install docker-registry (scripts/setup.sh does)"
+        );
+        let dir = tempfile::tempdir_in("/var/tmp").expect("registry dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("storage").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let reg = Registry {
+            child,
+            addr,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&reg.addr).is_ok() {
+                return reg;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("docker-registry did not come up on {}", reg.addr);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -424,7 +424,10 @@ impl Builder<'_> {
         let dest = ex(&c.dest)?;
         let cur = workdir_of(&st.image);
         let mut abs = Path::new(&cur).join(&dest).display().to_string();
-        if dest.ends_with('/') && !abs.ends_with('/') {
+        // docker: a destination that is a directory in the image is one,
+        // written with or without the trailing slash.
+        let is_dir = dest.ends_with('/') || dir_in_image(self.store, &st.image, &abs)?;
+        if is_dir && !abs.ends_with('/') {
             abs.push('/');
         }
         let owner = match &c.chown {
@@ -601,7 +604,7 @@ impl Builder<'_> {
             }
             Layer::Run { argv, env } => {
                 let raw = tar.with_extension("raw");
-                run_step(self.roots, self.req, st, argv, env, &raw)?;
+                run_step(self.roots, self.store, self.req, st, argv, env, &raw)?;
                 normalize_layer(&raw, tar, clamp)?;
             }
         }
@@ -633,13 +636,13 @@ enum Layer {
 /// writable layer to `out`. The container is removed on every path.
 fn run_step(
     roots: &Roots,
+    store: &Store,
     req: &BuildRequest,
     st: &State,
     argv: Vec<String>,
     env: Vec<String>,
     out: &Path,
 ) -> Result<()> {
-    let store = Store::open(&roots.images())?;
     let shown = argv.join(" ");
     let run = RunConfig {
         container_id: lifecycle::new_id()?,
@@ -651,7 +654,7 @@ fn run_step(
     };
     let rec = lifecycle::create(
         roots,
-        &store,
+        store,
         CreateRequest {
             name: None,
             image: st.image.id.clone(),
@@ -841,6 +844,24 @@ fn copy_from_image(
             _ => Err(refuse("COPY --from failed (see above)".into())),
         },
     }
+}
+
+/// Whether `path` is a directory in `image`, as its layers' overlay
+/// would show it: the topmost layer that has the path decides (a whiteout
+/// there deletes it).
+fn dir_in_image(store: &Store, image: &Image, path: &str) -> Result<bool> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let rel = path.trim_start_matches('/');
+    if rel.is_empty() {
+        return Ok(true);
+    }
+    for layer in store.layer_dirs(image)?.iter().rev() {
+        if let Ok(m) = fs::symlink_metadata(layer.join(rel)) {
+            let whiteout = m.file_type().is_char_device() && m.rdev() == 0;
+            return Ok(m.is_dir() && !whiteout);
+        }
+    }
+    Ok(false)
 }
 
 fn workdir_of(image: &Image) -> String {
