@@ -101,6 +101,8 @@ impl Store {
             platform_resolver: None,
             connect_timeout: Some(std::time::Duration::from_secs(30)),
             read_timeout: Some(std::time::Duration::from_secs(120)),
+            // A blob goes up in one streamed PUT, not a PATCH per chunk.
+            use_monolithic_push: true,
             ..Default::default()
         });
         let stored = || crate::auth::Credentials::open(self.dir()).lookup(r.registry());
