@@ -240,6 +240,13 @@ fn both_modes_give_the_same_results() {
         "{ctx}"
     );
     assert!(c["cp"].1.contains("cp-in|cp-in|cp-out|cpy|"), "{ctx}");
+    // capsa build and compose (#14): the built image runs; compose's
+    // processing service counted the data, reached dev by name, and down
+    // left no container.
+    expect("build", "code=0");
+    assert!(c["build-run"].1.contains("built for parity|"), "{ctx}");
+    expect("compose", "code=0");
+    assert!(c["compose"].1.contains("0|3|notebook|notebook|0|"), "{ctx}");
     assert!(
         c["hooks"].1.contains(
             "ran|createRuntime:creating prestart:creating poststart:running poststop:stopped |failing-prestart=1|state=1|"

@@ -264,6 +264,30 @@ $c build --isolation "$mode" --source-date-epoch 1700000000 -t built:p /run/bctx
 report build $?
 case_run build-run /run/empty built:p
 
+# capsa compose (#14): the seeds' setup with "processing" in this mode's
+# isolation: it waits for dev to be healthy, reads the shared directory,
+# reaches dev by name, writes its result back; down leaves nothing
+rm -rf /run/proj && mkdir -p /run/proj/work && printf 'a\nb\nc\n' > /run/proj/work/data.csv
+cat > /run/proj/compose.yaml <<EOF
+name: seeds
+services:
+  dev:
+    image: demo
+    command: sh -c 'mkdir -p /srv && echo notebook > /srv/index.html && exec httpd -f -p 8888 -h /srv'
+    ports: ["127.0.0.1:18890:8888"]
+    volumes: ["./work:/work"]
+    healthcheck: {test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8888/"], interval: 1s, retries: 60}
+  processing:
+    image: demo
+    command: ["sh", "-c", "wc -l < /work/data.csv > /work/result.txt; wget -q -O- http://dev:8888/ >> /work/result.txt"]
+    x-capsa: {isolation: $mode}
+    volumes: ["./work:/work"]
+    depends_on: {dev: {condition: service_healthy}}
+EOF
+{ (cd /run/proj && $c compose up -d 2>/dev/null) && $c wait seeds-processing-1 && cat /run/proj/work/result.txt &&
+  curl -s --max-time 5 http://127.0.0.1:18890/ && (cd /run/proj && $c compose down 2>/dev/null) && $c ps -aq | wc -l; } > /run/o 2> /run/e
+report compose $?
+
 # nothing left behind
 left=$($c ps -aq | wc -l)
 echo "@@ leftovers containers=$left mounts=$(grep -c parity-$mode /proc/mounts) vmms=$(pgrep -c capsa-vmm) virtiofsd=$(pgrep -c virtiofsd) net=$netleft"

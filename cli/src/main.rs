@@ -4,6 +4,7 @@
 //! runc's command line (`runc.rs`), so tools that drive runc drive capsa.
 
 mod bench;
+mod compose;
 mod containers;
 mod events;
 mod format;
@@ -139,6 +140,8 @@ enum Command {
     Commit(images::CommitArgs),
     /// Build an image from a Dockerfile (docker's flags); prints its ID.
     Build(images::BuildArgs),
+    /// Run a compose file's services (up, down, ps, logs, exec, build, pull, config).
+    Compose(compose::ComposeArgs),
     /// Write an image to an OCI archive.
     Save(images::SaveArgs),
     /// The guest kernel: where it is (building it first) and its config.
@@ -370,6 +373,7 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Save(a) => images::save(roots, a),
         Command::Commit(a) => images::commit(roots, a),
         Command::Build(a) => images::build(roots, a),
+        Command::Compose(a) => compose::compose(roots, a),
         Command::Kernel(a) => a.run(),
         Command::TestHost(a) => a.run(),
         Command::Bench(a) => bench::run(roots, a),

@@ -1,0 +1,568 @@
+//! The compose file: the compose specification's common subset as serde
+//! types that refuse what they do not know, so an unknown key or a bad
+//! value is one line naming its path (`services.web.ports[0]: …`). `${VAR}`
+//! and `${VAR:-default}` are filled in from the environment and the
+//! project's `.env` before the file is read, as docker compose does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub services: IndexMap<String, Service>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub networks: IndexMap<String, Option<NetworkDef>>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub volumes: IndexMap<String, Option<VolumeDef>>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkDef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeDef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+}
+
+/// One string, or a list (`command`, `entrypoint`, `env_file`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `KEY=VALUE` list, or a map.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Environment {
+    List(Vec<String>),
+    Map(IndexMap<String, Option<Scalar>>),
+}
+
+/// A YAML scalar given where a string is meant (`PORT: 8080`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Str(s) => f.write_str(s),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Build {
+    Context(String),
+    Full(BuildDef),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildDef {
+    #[serde(default = "dot")]
+    pub context: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Environment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+fn dot() -> String {
+    ".".into()
+}
+
+/// `[a, b]`, or `{a: {condition: service_healthy}}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum DependsOn {
+    List(Vec<String>),
+    Map(IndexMap<String, Dependency>),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependency {
+    #[serde(default = "started")]
+    pub condition: Condition,
+}
+
+fn started() -> Condition {
+    Condition::Started
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Condition {
+    #[serde(rename = "service_started")]
+    Started,
+    #[serde(rename = "service_healthy")]
+    Healthy,
+    #[serde(rename = "service_completed_successfully")]
+    CompletedSuccessfully,
+}
+
+/// `[a, b]`, or `{a: {aliases: [x]}}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ServiceNetworks {
+    List(Vec<String>),
+    Map(IndexMap<String, Option<ServiceNetwork>>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNetwork {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Healthcheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Scalar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+}
+
+/// capsa's extension: `x-capsa: {isolation: vm}`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapsaExt {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Scalar>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<ServiceNetworks>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<DependsOn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_open: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Deploy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_limit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
+    /// docker's per-service runtime: `vm` (or `capsa-vm`) runs it in a
+    /// microVM, as `x-capsa: {isolation: vm}` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(default, rename = "x-capsa", skip_serializing_if = "Option::is_none")]
+    pub x_capsa: Option<CapsaExt>,
+}
+
+impl Service {
+    /// The isolation the file asks for: `x-capsa.isolation`, else
+    /// `runtime`, else container.
+    pub fn isolation(&self) -> Result<&'static str> {
+        let want = self
+            .x_capsa
+            .as_ref()
+            .and_then(|x| x.isolation.as_deref())
+            .or(self.runtime.as_deref());
+        match want {
+            None | Some("container") | Some("runc") | Some("capsa") => Ok("container"),
+            Some("vm") | Some("capsa-vm") | Some("kata") => Ok("vm"),
+            Some(other) => bail!("isolation {other}: give container or vm"),
+        }
+    }
+
+    /// The services this one waits for, with the condition.
+    pub fn dependencies(&self) -> Vec<(String, Condition)> {
+        match &self.depends_on {
+            None => vec![],
+            Some(DependsOn::List(l)) => l.iter().map(|s| (s.clone(), Condition::Started)).collect(),
+            Some(DependsOn::Map(m)) => m.iter().map(|(k, d)| (k.clone(), d.condition)).collect(),
+        }
+    }
+}
+
+/// A compose file read, interpolated and checked.
+pub struct Project {
+    pub name: String,
+    /// The directory relative paths in the file are relative to.
+    pub dir: PathBuf,
+    pub file: ComposeFile,
+}
+
+impl Project {
+    /// Reads `path` (default: compose.yaml, compose.yml, docker-compose.yaml
+    /// or docker-compose.yml in the current directory).
+    pub fn load(path: Option<&Path>, name: Option<&str>) -> Result<Project> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => [
+                "compose.yaml",
+                "compose.yml",
+                "docker-compose.yaml",
+                "docker-compose.yml",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                anyhow!("no compose.yaml (or docker-compose.yml) here; give one with -f")
+            })?,
+        };
+        let path = std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let vars = dotenv(&dir.join(".env"))?;
+        let text = interpolate(&text, &vars).with_context(|| format!("{}", path.display()))?;
+        let file = parse(&text).with_context(|| format!("{}", path.display()))?;
+        let name = name
+            .map(str::to_string)
+            .or_else(|| file.name.clone())
+            .unwrap_or_else(|| {
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+        let name: String = name
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        if name.is_empty() {
+            bail!("the project has no usable name: give one with -p");
+        }
+        let project = Project { name, dir, file };
+        project.check()?;
+        Ok(project)
+    }
+
+    fn check(&self) -> Result<()> {
+        for (name, s) in &self.file.services {
+            let at = |what: &str| format!("services.{name}.{what}");
+            if s.image.is_none() && s.build.is_none() {
+                bail!("services.{name}: give image or build");
+            }
+            s.isolation()
+                .map_err(|e| anyhow!("{}: {e}", at("x-capsa")))?;
+            for (dep, _) in s.dependencies() {
+                if !self.file.services.contains_key(&dep) {
+                    bail!("{}: no service {dep} in the file", at("depends_on"));
+                }
+            }
+            if let Some(ServiceNetworks::List(l)) = &s.networks {
+                for n in l {
+                    if !self.file.networks.contains_key(n) && n != "default" {
+                        bail!(
+                            "{}: network {n} is not declared under networks",
+                            at("networks")
+                        );
+                    }
+                }
+            }
+            if let Some(ServiceNetworks::Map(m)) = &s.networks {
+                for n in m.keys() {
+                    if !self.file.networks.contains_key(n) && n != "default" {
+                        bail!(
+                            "{}: network {n} is not declared under networks",
+                            at("networks")
+                        );
+                    }
+                }
+            }
+        }
+        self.order().map(|_| ())
+    }
+
+    /// The services in an order that starts each after what it depends on.
+    pub fn order(&self) -> Result<Vec<String>> {
+        let mut done: Vec<String> = Vec::new();
+        let mut visiting = Vec::new();
+        fn visit(
+            p: &Project,
+            s: &str,
+            done: &mut Vec<String>,
+            visiting: &mut Vec<String>,
+        ) -> Result<()> {
+            if done.iter().any(|d| d == s) {
+                return Ok(());
+            }
+            if visiting.iter().any(|v| v == s) {
+                bail!(
+                    "services.{s}.depends_on: a dependency cycle ({} → {s})",
+                    visiting.join(" → ")
+                );
+            }
+            visiting.push(s.to_string());
+            for (dep, _) in p.file.services[s].dependencies() {
+                visit(p, &dep, done, visiting)?;
+            }
+            visiting.pop();
+            done.push(s.to_string());
+            Ok(())
+        }
+        for s in self.file.services.keys() {
+            visit(self, s, &mut done, &mut visiting)?;
+        }
+        Ok(done)
+    }
+
+    pub fn container_name(&self, service: &str) -> String {
+        self.file.services[service]
+            .container_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{service}-1", self.name))
+    }
+
+    /// A network's name on the host: `PROJECT_NAME`.
+    pub fn network_name(&self, network: &str) -> String {
+        format!("{}_{network}", self.name)
+    }
+
+    pub fn volume_name(&self, volume: &str) -> String {
+        format!("{}_{volume}", self.name)
+    }
+}
+
+/// Parses the (interpolated) text; errors name the key's path.
+pub fn parse(text: &str) -> Result<ComposeFile> {
+    let mut value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|e| anyhow!("{e}"))?;
+    value.apply_merge().map_err(|e| anyhow!("{e}"))?;
+    let value = strip_extensions(value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        anyhow!("{path}: {}", e.into_inner())
+    })
+}
+
+/// Drops `x-…` keys at the top level (YAML anchors' homes) and keeps
+/// `x-capsa` on services, the one extension capsa reads.
+fn strip_extensions(v: serde_yaml_ng::Value) -> serde_yaml_ng::Value {
+    use serde_yaml_ng::Value;
+    let Value::Mapping(mut top) = v else { return v };
+    top.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with("x-")));
+    if let Some(Value::Mapping(services)) = top.get_mut("services") {
+        for (_, s) in services.iter_mut() {
+            if let Value::Mapping(m) = s {
+                m.retain(|k, _| {
+                    !k.as_str()
+                        .is_some_and(|k| k.starts_with("x-") && k != "x-capsa")
+                });
+            }
+        }
+    }
+    Value::Mapping(top)
+}
+
+/// `.env`: `KEY=VALUE` lines (quotes removed), `#` comments.
+fn dotenv(path: &Path) -> Result<BTreeMap<String, String>> {
+    let mut vars = BTreeMap::new();
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(vars);
+    };
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{}:{}: write KEY=VALUE", path.display(), n + 1))?;
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(v);
+        vars.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(vars)
+}
+
+/// `${VAR}`, `$VAR`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`
+/// and `$$` (a literal `$`), from the environment first, then `.env`.
+fn interpolate(text: &str, dotenv: &BTreeMap<String, String>) -> Result<String> {
+    let get = |k: &str| std::env::var(k).ok().or_else(|| dotenv.get(k).cloned());
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('$') => {
+                chars.next();
+                out.push('$');
+            }
+            Some('{') => {
+                chars.next();
+                let mut inner = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) => inner.push(c),
+                        None => bail!("an unterminated ${{ in the file"),
+                    }
+                }
+                let end = inner.find([':', '-', '?']).unwrap_or(inner.len());
+                let (name, op) = inner.split_at(end);
+                let value = get(name);
+                let set = value.as_deref().is_some_and(|v| !v.is_empty());
+                out.push_str(&match op {
+                    "" => value.unwrap_or_default(),
+                    _ if op.starts_with(":-") => {
+                        if set {
+                            value.unwrap_or_default()
+                        } else {
+                            op[2..].to_string()
+                        }
+                    }
+                    _ if op.starts_with('-') => value.unwrap_or_else(|| op[1..].to_string()),
+                    _ if op.starts_with(":?") || op.starts_with('?') => {
+                        if !set {
+                            bail!(
+                                "variable {name} is required: {}",
+                                op.trim_start_matches([':', '?'])
+                            );
+                        }
+                        value.unwrap_or_default()
+                    }
+                    _ => bail!("${{{inner}}}: unsupported form"),
+                });
+            }
+            Some(c) if c.is_ascii_alphabetic() || *c == '_' => {
+                let mut name = String::new();
+                while let Some(c) = chars.next_if(|c| c.is_ascii_alphanumeric() || *c == '_') {
+                    name.push(c);
+                }
+                out.push_str(&get(&name).unwrap_or_default());
+            }
+            _ => out.push('$'),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named_by_path() {
+        let err = |t: &str| parse(t).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err("services: {web: {image: x}}\nbogus: 1\n").contains("bogus"));
+        let e = err("services: {web: {image: x, portz: [1]}}\n");
+        assert!(e.starts_with("services.web") && e.contains("portz"), "{e}");
+        let e = err("services: {web: {image: x, tty: maybe}}\n");
+        assert!(e.starts_with("services.web.tty"), "{e}");
+        let f = parse("x-common: &c {image: x}\nservices:\n  web:\n    <<: *c\n    x-note: hi\n    x-capsa: {isolation: vm}\n").unwrap();
+        assert_eq!(f.services["web"].isolation().unwrap(), "vm");
+    }
+
+    #[test]
+    fn variables_come_from_the_environment_then_dotenv() {
+        let env: BTreeMap<String, String> = [("PORT".to_string(), "8888".to_string())].into();
+        let t = interpolate("p: ${PORT}:${INNER:-80} $$HOME ${NOPE-x}", &env).unwrap();
+        assert_eq!(t, "p: 8888:80 $HOME x");
+        assert!(interpolate("${NEEDED:?give it}", &env).is_err());
+    }
+}

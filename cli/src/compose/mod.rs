@@ -1,0 +1,729 @@
+//! `capsa compose`: a compose file's services as capsa containers. Each
+//! operation is capsa's own command, run as a child `capsa` (as docker
+//! compose talks to the engine): `build`, `network create`, `run -d`,
+//! `logs`, `exec`, `rm`. So a service gets exactly what the same flags give
+//! on the command line, in either isolation (docs/compose.md).
+
+mod file;
+
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use capsa_image::Store;
+use capsa_shim::{CodedError, Roots, EXIT_CAPSA_ERROR};
+use clap::{Args, Subcommand};
+
+use file::{Build, Condition, Environment, OneOrMany, Project, Service, ServiceNetworks};
+
+#[derive(Args)]
+pub struct ComposeArgs {
+    /// The compose file (default: compose.yaml or docker-compose.yml here).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// The project name (default: the file's `name`, else its directory's).
+    #[arg(short = 'p', long = "project-name", value_name = "NAME")]
+    project: Option<String>,
+    #[command(subcommand)]
+    cmd: ComposeCmd,
+}
+
+#[derive(Subcommand)]
+enum ComposeCmd {
+    /// Build what needs building, make the networks, start the services in
+    /// dependency order; without -d, follow their output until Ctrl-C.
+    Up {
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Build images of services with `build` even if they exist.
+        #[arg(long)]
+        build: bool,
+    },
+    /// Remove the services' containers and the project's networks.
+    Down {
+        /// Remove the project's named volumes too.
+        #[arg(short = 'v', long)]
+        volumes: bool,
+    },
+    /// List the project's containers.
+    Ps,
+    /// The services' output, each line prefixed with its service.
+    Logs {
+        #[arg(short = 'f', long)]
+        follow: bool,
+        services: Vec<String>,
+    },
+    /// Run a command in a service's container.
+    Exec {
+        /// No terminal, even if stdin is one.
+        #[arg(short = 'T')]
+        no_tty: bool,
+        service: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Build the images of services with `build`.
+    Build { services: Vec<String> },
+    /// Pull the images of services without `build`.
+    Pull { services: Vec<String> },
+    /// Print the file as capsa reads it (variables filled in).
+    Config,
+}
+
+fn refuse(msg: String) -> anyhow::Error {
+    CodedError::new(EXIT_CAPSA_ERROR, msg).into()
+}
+
+pub fn compose(roots: &Roots, args: ComposeArgs) -> Result<i32> {
+    let p = Project::load(args.file.as_deref(), args.project.as_deref())
+        .map_err(|e| refuse(format!("{e:#}")))?;
+    let c = Capsa { roots };
+    match args.cmd {
+        ComposeCmd::Up { detach, build } => up(&c, &p, detach, build),
+        ComposeCmd::Down { volumes } => down(&c, &p, volumes),
+        ComposeCmd::Ps => ps(&c, &p),
+        ComposeCmd::Logs { follow, services } => logs(&c, &p, &services, follow),
+        ComposeCmd::Exec {
+            no_tty,
+            service,
+            command,
+        } => {
+            service_of(&p, &service)?;
+            let mut argv = vec!["exec".to_string()];
+            if !no_tty && std::io::stdin().is_terminal() {
+                argv.push("-it".into());
+            }
+            argv.push(p.container_name(&service));
+            argv.extend(command);
+            Ok(c.status(&argv, false)?)
+        }
+        ComposeCmd::Build { services } => {
+            for s in selected(&p, &services)? {
+                if p.file.services[&s].build.is_some() {
+                    build(&c, &p, &s)?;
+                }
+            }
+            Ok(0)
+        }
+        ComposeCmd::Pull { services } => {
+            for s in selected(&p, &services)? {
+                let svc = &p.file.services[&s];
+                if let (Some(image), None) = (&svc.image, &svc.build) {
+                    c.ok(&["pull".into(), image.clone()])?;
+                }
+            }
+            Ok(0)
+        }
+        ComposeCmd::Config => {
+            print!("{}", serde_yaml_ng::to_string(&p.file)?);
+            Ok(0)
+        }
+    }
+}
+
+fn service_of<'p>(p: &'p Project, name: &str) -> Result<&'p Service> {
+    p.file
+        .services
+        .get(name)
+        .ok_or_else(|| refuse(format!("no service {name} in the compose file")))
+}
+
+fn selected(p: &Project, names: &[String]) -> Result<Vec<String>> {
+    if names.is_empty() {
+        return p.order();
+    }
+    for n in names {
+        service_of(p, n)?;
+    }
+    Ok(names.to_vec())
+}
+
+/// capsa itself, as a child, with this process's state root.
+struct Capsa<'a> {
+    roots: &'a Roots,
+}
+
+impl Capsa<'_> {
+    fn cmd(&self, args: &[String]) -> Command {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("capsa"));
+        let mut c = Command::new(exe);
+        if self.roots.lib != Path::new(Roots::DEFAULT_LIB) {
+            c.arg("--root").arg(&self.roots.lib);
+        }
+        c.args(args);
+        c
+    }
+
+    /// Runs it with our stdio; its exit code.
+    fn status(&self, args: &[String], quiet: bool) -> Result<i32> {
+        let mut c = self.cmd(args);
+        if quiet {
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        Ok(c.status()?.code().unwrap_or(EXIT_CAPSA_ERROR))
+    }
+
+    /// Runs it; fails with its exit code (it said why on stderr).
+    fn ok(&self, args: &[String]) -> Result<()> {
+        let out = self.cmd(args).stdout(Stdio::null()).status()?;
+        match out.code() {
+            Some(0) => Ok(()),
+            code => Err(CodedError::new(code.unwrap_or(EXIT_CAPSA_ERROR), String::new()).into()),
+        }
+    }
+
+    fn output(&self, args: &[String]) -> Result<String> {
+        let out = self.cmd(args).stderr(Stdio::null()).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The image a service runs: its `image`, or for a build without one
+/// `PROJECT-SERVICE`.
+fn image_of(p: &Project, service: &str) -> String {
+    let s = &p.file.services[service];
+    s.image
+        .clone()
+        .unwrap_or_else(|| format!("{}-{service}", p.name))
+}
+
+fn build(c: &Capsa, p: &Project, service: &str) -> Result<()> {
+    let s = &p.file.services[service];
+    let Some(b) = &s.build else { return Ok(()) };
+    let (context, dockerfile, args, target) = match b {
+        Build::Context(ctx) => (ctx.clone(), None, None, None),
+        Build::Full(d) => (
+            d.context.clone(),
+            d.dockerfile.clone(),
+            d.args.clone(),
+            d.target.clone(),
+        ),
+    };
+    let context = p.dir.join(context);
+    let mut argv = strings(&["build", "-t"]);
+    argv.push(image_of(p, service));
+    if let Some(f) = dockerfile {
+        argv.push("-f".into());
+        argv.push(context.join(f).display().to_string());
+    }
+    for kv in env_pairs(args.as_ref()) {
+        argv.push("--build-arg".into());
+        argv.push(kv);
+    }
+    if let Some(t) = target {
+        argv.extend(["--target".into(), t]);
+    }
+    argv.extend(["--isolation".into(), s.isolation()?.to_string()]);
+    argv.push(context.display().to_string());
+    eprintln!("Building {service}");
+    c.ok(&argv)
+}
+
+fn env_pairs(env: Option<&Environment>) -> Vec<String> {
+    match env {
+        None => vec![],
+        Some(Environment::List(l)) => l.clone(),
+        Some(Environment::Map(m)) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{k}={v}"),
+                // `KEY:` alone: the value from compose's environment.
+                None => std::env::var(k)
+                    .map(|v| format!("{k}={v}"))
+                    .unwrap_or_else(|_| k.clone()),
+            })
+            .collect(),
+    }
+}
+
+/// The networks a service joins, with its aliases on each.
+fn networks_of(s: &Service) -> Vec<(String, Vec<String>)> {
+    match &s.networks {
+        None => vec![("default".into(), vec![])],
+        Some(ServiceNetworks::List(l)) => l.iter().map(|n| (n.clone(), vec![])).collect(),
+        Some(ServiceNetworks::Map(m)) => m
+            .iter()
+            .map(|(n, o)| {
+                (
+                    n.clone(),
+                    o.as_ref().map(|o| o.aliases.clone()).unwrap_or_default(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The project networks the services use, created if missing.
+fn ensure_networks(c: &Capsa, p: &Project) -> Result<()> {
+    let mut used: Vec<String> = Vec::new();
+    for s in p.file.services.values() {
+        for (n, _) in networks_of(s) {
+            if !used.contains(&n) {
+                used.push(n);
+            }
+        }
+    }
+    for n in used {
+        let name = p.network_name(&n);
+        if c.status(&strings(&["network", "inspect", &name]), true)? == 0 {
+            continue;
+        }
+        let mut argv = strings(&["network", "create"]);
+        let internal = p
+            .file
+            .networks
+            .get(&n)
+            .and_then(|d| d.as_ref())
+            .and_then(|d| d.internal)
+            .unwrap_or(false);
+        if internal {
+            argv.push("--internal".into());
+        }
+        argv.push(name.clone());
+        eprintln!("Network {name}: creating");
+        c.ok(&argv)?;
+    }
+    Ok(())
+}
+
+/// `-v` as compose writes it: a relative host path is the project's,
+/// a bare name a project volume.
+fn volume_arg(p: &Project, v: &str) -> String {
+    let (src, rest) = v.split_once(':').unwrap_or((v, ""));
+    if rest.is_empty() {
+        return v.to_string();
+    }
+    let src = if src.starts_with("./") || src.starts_with("../") || src == "." {
+        p.dir.join(src).display().to_string()
+    } else if let Some(home) = src.strip_prefix("~/") {
+        Path::new(&std::env::var("HOME").unwrap_or_default())
+            .join(home)
+            .display()
+            .to_string()
+    } else if !src.starts_with('/') {
+        p.volume_name(src)
+    } else {
+        src.to_string()
+    };
+    format!("{src}:{rest}")
+}
+
+/// `capsa run -d` for one service.
+fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
+    let s = &p.file.services[service];
+    let at = |e: anyhow::Error| refuse(format!("services.{service}: {e:#}"));
+    let mut a = strings(&["run", "-d", "--name"]);
+    a.push(p.container_name(service));
+    a.extend(["--isolation".into(), s.isolation().map_err(at)?.to_string()]);
+    let nets = networks_of(s);
+    if let Some((first, aliases)) = nets.first() {
+        a.extend(["--network".into(), p.network_name(first)]);
+        for al in std::iter::once(service.to_string()).chain(aliases.iter().cloned()) {
+            a.extend(["--network-alias".into(), al]);
+        }
+    }
+    for kv in env_pairs(s.environment.as_ref()) {
+        a.extend(["-e".into(), kv]);
+    }
+    match &s.env_file {
+        Some(OneOrMany::One(f)) => {
+            a.extend(["--env-file".into(), p.dir.join(f).display().to_string()])
+        }
+        Some(OneOrMany::Many(fs)) => {
+            for f in fs {
+                a.extend(["--env-file".into(), p.dir.join(f).display().to_string()]);
+            }
+        }
+        None => {}
+    }
+    for port in &s.ports {
+        a.extend(["-p".into(), port.to_string()]);
+    }
+    for v in &s.volumes {
+        a.extend(["-v".into(), volume_arg(p, v)]);
+    }
+    for t in &s.tmpfs {
+        a.extend(["--tmpfs".into(), t.clone()]);
+    }
+    let pairs: [(&str, Option<&String>); 3] = [
+        ("-w", s.working_dir.as_ref()),
+        ("-u", s.user.as_ref()),
+        ("--hostname", s.hostname.as_ref()),
+    ];
+    for (flag, v) in pairs {
+        if let Some(v) = v {
+            a.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    if s.tty {
+        a.push("-t".into());
+    }
+    if s.stdin_open {
+        a.push("-i".into());
+    }
+    if s.read_only == Some(true) {
+        a.push("--read-only".into());
+    }
+    let limits = s
+        .deploy
+        .as_ref()
+        .and_then(|d| d.resources.as_ref())
+        .and_then(|r| r.limits.as_ref());
+    if let Some(m) = limits
+        .and_then(|l| l.memory.clone())
+        .or_else(|| s.mem_limit.clone())
+    {
+        a.extend(["-m".into(), m]);
+    }
+    if let Some(cpus) = limits.and_then(|l| l.cpus.as_ref()) {
+        a.extend(["--cpus".into(), cpus.to_string()]);
+    }
+    if let Some(pids) = limits.and_then(|l| l.pids) {
+        a.extend(["--pids-limit".into(), pids.to_string()]);
+    }
+    if let Some(r) = s.restart.as_deref().filter(|r| *r != "no") {
+        eprintln!("warning: services.{service}.restart: {r} is not applied (capsa has no restart policies yet)");
+    }
+    let split = |c: &OneOrMany| -> Result<Vec<String>> {
+        match c {
+            OneOrMany::Many(v) => Ok(v.clone()),
+            OneOrMany::One(s) => shlex::split(s).ok_or_else(|| anyhow!("{s:?}: unbalanced quotes")),
+        }
+    };
+    let mut command = match &s.command {
+        Some(c) => split(c).map_err(at)?,
+        None => vec![],
+    };
+    if let Some(ep) = &s.entrypoint {
+        let mut ep = split(ep).map_err(at)?;
+        if ep.is_empty() {
+            a.extend(["--entrypoint".into(), String::new()]);
+        } else {
+            a.extend(["--entrypoint".into(), ep.remove(0)]);
+            // The entrypoint's other words go before the command.
+            ep.append(&mut command);
+            command = ep;
+        }
+    }
+    a.push(image_of(p, service));
+    a.extend(command);
+    Ok(a)
+}
+
+/// The container's state as `capsa ps` says it (`running`, `exited`, …),
+/// or None if there is none.
+fn state_of(c: &Capsa, name: &str) -> Result<Option<String>> {
+    let out = c.output(&strings(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}\t{{.State}}",
+    ]))?;
+    Ok(out.lines().find_map(|l| {
+        let (n, st) = l.split_once('\t')?;
+        (n == name).then(|| st.to_string())
+    }))
+}
+
+fn up(c: &Capsa, p: &Project, detach: bool, rebuild: bool) -> Result<i32> {
+    let store = Store::open(&c.roots.images())?;
+    let order = p.order()?;
+    for s in &order {
+        let svc = &p.file.services[s];
+        if svc.build.is_some() && (rebuild || store.get(&image_of(p, s)).is_err()) {
+            build(c, p, s)?;
+        }
+    }
+    // Every service's flags are checked before anything starts.
+    let argvs: Vec<Vec<String>> = order
+        .iter()
+        .map(|s| run_argv(p, s))
+        .collect::<Result<_>>()?;
+    ensure_networks(c, p)?;
+    for (s, argv) in order.iter().zip(argvs) {
+        let name = p.container_name(s);
+        match state_of(c, &name)?.as_deref() {
+            Some("running") => {
+                eprintln!("Container {name}: running");
+                continue;
+            }
+            Some(_) => c.ok(&strings(&["rm", "-f", &name]))?,
+            None => {}
+        }
+        for (dep, cond) in p.file.services[s].dependencies() {
+            wait_for(c, p, &dep, cond)?;
+        }
+        eprintln!("Container {name}: starting");
+        c.ok(&argv)?;
+        for (net, aliases) in networks_of(&p.file.services[s]).iter().skip(1) {
+            let mut argv = strings(&["network", "connect"]);
+            for al in std::iter::once(s.clone()).chain(aliases.iter().cloned()) {
+                argv.extend(["--alias".into(), al]);
+            }
+            argv.extend([p.network_name(net), name.clone()]);
+            c.ok(&argv)?;
+        }
+    }
+    if detach {
+        return Ok(0);
+    }
+    follow_logs(c, p, &order, true)?;
+    // Ctrl-C (or every service's end): stop them, as docker compose does.
+    for s in order.iter().rev() {
+        let _ = c.status(&strings(&["stop", &p.container_name(s)]), true);
+    }
+    Ok(0)
+}
+
+/// Waits until service `dep` meets `cond`: running, healthy (its
+/// healthcheck's test exec'd in it until it passes), or exited with 0.
+fn wait_for(c: &Capsa, p: &Project, dep: &str, cond: Condition) -> Result<()> {
+    let name = p.container_name(dep);
+    match cond {
+        Condition::Started => Ok(()),
+        Condition::CompletedSuccessfully => {
+            let code = c.output(&strings(&["wait", &name]))?;
+            match code.trim() {
+                "0" => Ok(()),
+                other => bail!(refuse(format!(
+                    "service {dep} did not complete successfully (exit {other})"
+                ))),
+            }
+        }
+        Condition::Healthy => {
+            let hc = p.file.services[dep]
+                .healthcheck
+                .as_ref()
+                .filter(|h| !h.disable)
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "depends_on {dep}: service_healthy, but {dep} has no healthcheck"
+                    ))
+                })?;
+            let test: Vec<String> = match &hc.test {
+                Some(OneOrMany::Many(v)) => match v.first().map(String::as_str) {
+                    Some("CMD") => v[1..].to_vec(),
+                    Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), v[1..].join(" ")],
+                    _ => bail!(refuse(format!(
+                        "services.{dep}.healthcheck.test: start it with CMD or CMD-SHELL"
+                    ))),
+                },
+                Some(OneOrMany::One(s)) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+                None => bail!(refuse(format!("services.{dep}.healthcheck: give a test"))),
+            };
+            let secs =
+                |d: &Option<String>, dflt: f64| d.as_deref().and_then(duration).unwrap_or(dflt);
+            let interval = secs(&hc.interval, 30.0).max(0.1);
+            let deadline = Instant::now()
+                + Duration::from_secs_f64(
+                    secs(&hc.start_period, 0.0) + interval * f64::from(hc.retries.unwrap_or(3) + 1),
+                );
+            let mut argv = strings(&["exec", &name]);
+            argv.extend(test);
+            eprintln!("Container {name}: waiting until healthy");
+            loop {
+                if c.status(&argv, true)? == 0 {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    bail!(refuse(format!("service {dep} did not become healthy")));
+                }
+                std::thread::sleep(Duration::from_secs_f64(interval.min(1.0)));
+            }
+        }
+    }
+}
+
+/// `30s`, `1m30s`, `500ms` in seconds.
+fn duration(s: &str) -> Option<f64> {
+    let mut total = 0.0;
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let num: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        total += num
+            * match &rest[..u] {
+                "ms" => 0.001,
+                "s" | "" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return None,
+            };
+        rest = &rest[u..];
+    }
+    Some(total)
+}
+
+fn down(c: &Capsa, p: &Project, volumes: bool) -> Result<i32> {
+    for s in p.order()?.iter().rev() {
+        let name = p.container_name(s);
+        if state_of(c, &name)?.is_some() {
+            eprintln!("Container {name}: removing");
+            c.ok(&strings(&["rm", "-f", &name]))?;
+        }
+    }
+    let mut nets: Vec<String> = p
+        .file
+        .services
+        .values()
+        .flat_map(networks_of)
+        .map(|(n, _)| n)
+        .collect();
+    nets.sort();
+    nets.dedup();
+    for n in nets {
+        let name = p.network_name(&n);
+        if c.status(&strings(&["network", "inspect", &name]), true)? == 0 {
+            eprintln!("Network {name}: removing");
+            c.ok(&strings(&["network", "rm", &name]))?;
+        }
+    }
+    if volumes {
+        let mut vols: Vec<String> = p.file.volumes.keys().map(|v| p.volume_name(v)).collect();
+        for s in p.file.services.values() {
+            for v in &s.volumes {
+                let arg = volume_arg(p, v);
+                let src = arg.split(':').next().unwrap_or("");
+                if src.starts_with(&format!("{}_", p.name)) && !vols.iter().any(|x| x == src) {
+                    vols.push(src.to_string());
+                }
+            }
+        }
+        for v in vols {
+            if c.status(&strings(&["volume", "inspect", &v]), true)? == 0 {
+                eprintln!("Volume {v}: removing");
+                c.ok(&strings(&["volume", "rm", &v]))?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn ps(c: &Capsa, p: &Project) -> Result<i32> {
+    let out = c.output(&strings(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}\t{{.Isolation}}",
+    ]))?;
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "SERVICE".into(),
+        "IMAGE".into(),
+        "STATUS".into(),
+        "PORTS".into(),
+        "ISOLATION".into(),
+    ]];
+    for s in p.order()? {
+        let name = p.container_name(&s);
+        if let Some(line) = out
+            .lines()
+            .find(|l| l.split('\t').next() == Some(name.as_str()))
+        {
+            let f: Vec<&str> = line.split('\t').collect();
+            let get = |i: usize| f.get(i).copied().unwrap_or("").to_string();
+            rows.push(vec![name, s, get(1), get(2), get(3), get(4)]);
+        }
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+    Ok(0)
+}
+
+fn logs(c: &Capsa, p: &Project, services: &[String], follow: bool) -> Result<i32> {
+    let services = selected(p, services)?;
+    follow_logs(c, p, &services, follow)?;
+    Ok(0)
+}
+
+/// Each service's output, line by line, prefixed `SERVICE  | `; with
+/// `follow`, until the containers end or Ctrl-C (which this process
+/// waits out, so that `up` can stop the services after).
+fn follow_logs(c: &Capsa, p: &Project, services: &[String], follow: bool) -> Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    let width = services.iter().map(String::len).max().unwrap_or(0);
+    let mut children = Vec::new();
+    let mut threads = Vec::new();
+    // SAFETY: setting a disposition runs no handler.
+    unsafe {
+        let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
+    }
+    for s in services {
+        let mut argv = vec!["logs".to_string()];
+        if follow {
+            argv.push("-f".into());
+        }
+        argv.push(p.container_name(s));
+        let mut cmd = c.cmd(&argv);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // The children take Ctrl-C as usual; only this process outlives it.
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let _ = signal(Signal::SIGINT, SigHandler::SigDfl);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let prefix = format!("{s:<width$}  | ");
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let prefix = prefix.clone();
+            threads.push(std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    println!("{prefix}{line}");
+                }
+            }));
+        }
+        children.push(child);
+        if !follow {
+            // One service after another, in order.
+            for t in threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+    for mut ch in children {
+        let _ = ch.wait();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    // SAFETY: as above.
+    unsafe {
+        let _ = signal(Signal::SIGINT, SigHandler::SigDfl);
+    }
+    Ok(())
+}

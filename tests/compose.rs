@@ -1,0 +1,191 @@
+//! `capsa compose`: the seeds' setup — a notebook-like "dev" service on a
+//! published port with the project directory mounted, and a "processing"
+//! service built from a Dockerfile that reads the shared data, writes its
+//! results and talks to dev by name once dev is healthy — then `down`
+//! leaving nothing behind.
+
+use std::fs;
+use std::path::Path;
+
+use capsa_tests::{stderr, stdout, Env};
+
+const COMPOSE: &str = r#"name: seeds
+x-common: &common
+  volumes: ["./work:/work"]
+services:
+  dev:
+    <<: *common
+    image: demo
+    command: sh -c 'mkdir -p /srv && echo notebook > /srv/index.html && exec httpd -f -p 8888 -h /srv'
+    ports: ["127.0.0.1:${DEV_PORT:?give DEV_PORT}:8888"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8888/"]
+      interval: 1s
+      retries: 20
+  processing:
+    build:
+      context: ./processing
+      args:
+        GREETING: hello
+    x-capsa: {isolation: container}
+    environment:
+      INPUT: /work/data.csv
+    env_file: settings.env
+    volumes: ["./work:/work", "cache:/cache"]
+    deploy:
+      resources:
+        limits: {memory: 64m, pids: 100}
+    depends_on:
+      dev: {condition: service_healthy}
+volumes:
+  cache:
+"#;
+
+const DOCKERFILE: &str = r#"FROM demo
+ARG GREETING
+ENV GREETING=$GREETING
+CMD ["sh", "-c", "wc -l < $INPUT > /work/result.txt; wget -q -O- http://dev:8888/ >> /work/result.txt; echo $GREETING $MODE > /cache/note; cat /cache/note; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"]
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn compose(env: &Env, dir: &Path, port: u16, args: &[&str]) -> std::process::Output {
+    let mut c = env.cmd(&[&["compose"], args].concat());
+    c.current_dir(dir).env("DEV_PORT", port.to_string());
+    c.output().unwrap()
+}
+
+#[test]
+fn the_seeds_setup_runs_and_down_leaves_nothing() {
+    let env = Env::with_demo();
+    let proj = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = proj.path();
+    fs::create_dir_all(d.join("work")).unwrap();
+    fs::create_dir_all(d.join("processing")).unwrap();
+    fs::write(d.join("compose.yaml"), COMPOSE).unwrap();
+    fs::write(d.join("processing/Dockerfile"), DOCKERFILE).unwrap();
+    fs::write(d.join("settings.env"), "MODE=batch\n").unwrap();
+    fs::write(d.join("work/data.csv"), "a\nb\nc\n").unwrap();
+    let port = free_port();
+
+    let up = compose(&env, d, port, &["up", "-d"]);
+    assert!(up.status.success(), "up: {}", stderr(&up));
+    // processing ran after dev was healthy: it counted the shared data and
+    // reached dev by its service name; the result is on the host.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !d.join("work/result.txt").exists()
+        || fs::read_to_string(d.join("work/result.txt"))
+            .unwrap()
+            .lines()
+            .count()
+            < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no result: {}",
+            stderr(&up)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        fs::read_to_string(d.join("work/result.txt")).unwrap(),
+        "3\nnotebook\n"
+    );
+    // dev answers on its published port on the host.
+    let page = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&page), "notebook\n");
+
+    let ps = stdout(&compose(&env, d, port, &["ps"]));
+    assert!(
+        ps.contains("seeds-dev-1")
+            && ps.contains("dev")
+            && ps.contains(&format!("127.0.0.1:{port}->8888/tcp")),
+        "{ps}"
+    );
+    assert!(
+        ps.contains("seeds-processing-1") && ps.contains("seeds-processing"),
+        "{ps}"
+    );
+    let logs = stdout(&compose(&env, d, port, &["logs", "processing"]));
+    // Build arg, env_file, named volume and the pids limit reached it.
+    assert_eq!(logs, "processing  | hello batch\nprocessing  | 100\n");
+    let exec = compose(
+        &env,
+        d,
+        port,
+        &["exec", "-T", "dev", "cat", "/srv/index.html"],
+    );
+    assert_eq!(stdout(&exec), "notebook\n");
+    let config = stdout(&compose(&env, d, port, &["config"]));
+    assert!(
+        config.contains(&format!("127.0.0.1:{port}:8888")),
+        "{config}"
+    );
+    // up again: what runs is left running.
+    let again = compose(&env, d, port, &["up", "-d"]);
+    assert!(
+        stderr(&again).contains("Container seeds-dev-1: running"),
+        "{}",
+        stderr(&again)
+    );
+
+    let down = compose(&env, d, port, &["down", "-v"]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert!(env.container_ids().is_empty(), "containers left");
+    assert!(
+        !env.ok(&["network", "ls"]).contains("seeds_"),
+        "network left"
+    );
+    assert!(!env.ok(&["volume", "ls"]).contains("seeds_"), "volume left");
+    env.assert_no_leaks(&[]);
+}
+
+#[test]
+fn a_bad_compose_file_is_one_line_naming_the_key_and_makes_nothing() {
+    let env = Env::with_demo();
+    let proj = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = proj.path();
+    for (text, want) in [
+        (
+            "services:\n  web:\n    image: demo\n    portz: [80]\n",
+            "services.web",
+        ),
+        ("services:\n  web:\n    image: demo\nbogus: 1\n", "bogus"),
+        (
+            "services:\n  web:\n    image: demo\n    tty: maybe\n",
+            "services.web.tty",
+        ),
+        (
+            "services:\n  web:\n    image: demo\n    depends_on: [db]\n",
+            "services.web.depends_on: no service db",
+        ),
+        (
+            "services:\n  web:\n    image: demo\n    x-capsa: {isolation: vmm}\n",
+            "isolation vmm",
+        ),
+        ("services:\n  web: {}\n", "give image or build"),
+    ] {
+        fs::write(d.join("compose.yaml"), text).unwrap();
+        let out = compose(&env, d, 1, &["up", "-d"]);
+        assert!(!out.status.success(), "{text}");
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{text}: {err}");
+        assert!(err.contains(want), "{text}: {err}");
+    }
+    assert!(env.container_ids().is_empty());
+    assert!(!env.ok(&["network", "ls"]).contains("_default"));
+}
