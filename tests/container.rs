@@ -1580,3 +1580,50 @@ fn cp_copies_both_ways_and_keeps_the_host_safe() {
     env.ok(&["rm", "-f", "box", "gone"]);
     env.assert_no_leaks(&[id]);
 }
+
+#[test]
+fn cap_add_and_cap_drop_change_the_set_and_the_filter_with_it() {
+    let env = Env::with_demo();
+    let capeff = |flags: &[&str]| {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["demo", "sh", "-c", "grep CapEff /proc/self/status"]);
+        env.ok(&args)
+            .trim()
+            .trim_start_matches("CapEff:")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(capeff(&[]), "00000000800405fb");
+    assert_eq!(capeff(&["--cap-add", "NET_RAW"]), "00000000800425fb");
+    assert_eq!(capeff(&["--cap-drop", "ALL"]), "0000000000000000");
+    assert_eq!(
+        capeff(&["--cap-drop", "ALL", "--cap-add", "CAP_KILL"]),
+        "0000000000000020"
+    );
+    // SYS_ADMIN opens mount in the filter too (docker's rule); without it
+    // the same mount is refused.
+    let mount = "mkdir -p /m && mount -t tmpfs t /m && echo mounted";
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "SYS_ADMIN",
+        "demo",
+        "sh",
+        "-c",
+        mount,
+    ]);
+    assert_eq!(stdout(&out), "mounted\n", "{}", stderr(&out));
+    let out = env.run(&["run", "--rm", "demo", "sh", "-c", mount]);
+    assert_ne!(code(&out), 0);
+    let out = env.run(&["run", "--rm", "--cap-add", "BOGUS", "demo", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(
+        stderr(&out).contains("--cap-add BOGUS: no such capability"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[]);
+}

@@ -52,6 +52,14 @@ pub struct RunArgs {
     #[arg(long = "pids-limit", allow_negative_numbers = true)]
     pub pids_limit: Option<i64>,
     /// Mount the container's root filesystem read-only.
+    /// Give the container a capability beyond podman's default set
+    /// (NET_RAW, SYS_ADMIN, …, or ALL); the seccomp filter opens what it
+    /// guards, as docker's does.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Take a capability from the container (or ALL).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
     #[arg(long = "read-only")]
     pub read_only: bool,
     /// Network: none (loopback only; the default without -p), host
@@ -184,6 +192,8 @@ impl RunArgs {
                 Some(p) => Some(p).filter(|p| *p > 0),
             },
             read_only: self.read_only,
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
             network,
             hostname: self.hostname.clone(),
             tty: self.tty,

@@ -540,30 +540,9 @@ fn wait_for(c: &Capsa, p: &Project, dep: &str, cond: Condition) -> Result<()> {
     }
 }
 
-/// `30s`, `1m30s`, `500ms` in seconds.
+/// A compose duration (`30s`, `1m30s`, `500ms`) in seconds.
 fn duration(s: &str) -> Option<f64> {
-    let mut total = 0.0;
-    let mut rest = s.trim();
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let num: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        total += num
-            * match &rest[..u] {
-                "ms" => 0.001,
-                "s" | "" => 1.0,
-                "m" => 60.0,
-                "h" => 3600.0,
-                _ => return None,
-            };
-        rest = &rest[u..];
-    }
-    Some(total)
+    capsa_shim::build::go_duration(s.trim()).map(|ns| ns as f64 / 1e9)
 }
 
 fn down(c: &Capsa, p: &Project, volumes: bool) -> Result<i32> {

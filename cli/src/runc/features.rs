@@ -5,7 +5,10 @@ use serde_json::json;
 
 /// What capsa supports, in the shape of `runc features` (runc 1.1+).
 pub fn features_json() -> serde_json::Value {
-    let caps: Vec<String> = ALL_CAPS.iter().map(|c| format!("CAP_{c}")).collect();
+    let caps: Vec<String> = capsa_image::spec::ALL_CAPS
+        .iter()
+        .map(|c| format!("CAP_{c}"))
+        .collect();
     json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.1.0",
@@ -47,50 +50,6 @@ pub fn features_json() -> serde_json::Value {
     })
 }
 
-const ALL_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
-
 pub fn features() -> Result<i32> {
     println!("{}", serde_json::to_string_pretty(&features_json())?);
     Ok(0)
@@ -103,7 +62,7 @@ mod tests {
 
     #[test]
     fn capability_names_parse() {
-        for c in ALL_CAPS {
+        for c in capsa_image::spec::ALL_CAPS {
             let _: Capability =
                 serde_json::from_value(json!(format!("CAP_{c}"))).unwrap_or_else(|_| panic!("{c}"));
         }

@@ -40,7 +40,8 @@ mod users;
 
 pub use mounts::{MASKED_PATHS, READONLY_PATHS};
 pub use process::{
-    command, environment, DEFAULT_CAPS, DEFAULT_PATH, DEFAULT_PIDS_LIMIT, NOFILE_LIMIT,
+    capability_set, command, environment, ALL_CAPS, DEFAULT_CAPS, DEFAULT_PATH, DEFAULT_PIDS_LIMIT,
+    NOFILE_LIMIT,
 };
 pub use resources::{limits, Limits};
 pub use seccomp::{default_seccomp, DENIED_SYSCALLS};
@@ -105,6 +106,11 @@ pub struct RunConfig {
     /// Allocate a terminal (`-t`); also sets `TERM=xterm` unless given.
     pub tty: bool,
     pub annotations: HashMap<String, String>,
+    /// `--cap-add` and `--cap-drop` (names with or without `CAP_`, or ALL).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -187,7 +193,7 @@ pub fn generate(image: &Image, rootfs: &Path, layers: &[PathBuf], rc: &RunConfig
         .masked_paths(strings(MASKED_PATHS))
         .readonly_paths(strings(READONLY_PATHS))
         .resources(resources::resources(rc)?)
-        .seccomp(seccomp::seccomp_profile()?)
+        .seccomp(seccomp::seccomp_profile(&process::capability_set(rc)?)?)
         .build()
         .map_err(internal)?;
     let root = RootBuilder::default()

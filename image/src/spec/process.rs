@@ -31,6 +31,51 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_KILL",
 ];
 
+/// Every capability Linux 6.x has, by its name without `CAP_`.
+pub const ALL_CAPS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
 /// podman's default process limit per container when `--pids-limit` is
 /// not given: one fork bomb cannot take the host's (or the guest's) PIDs.
 pub const DEFAULT_PIDS_LIMIT: i64 = 2048;
@@ -125,6 +170,51 @@ fn capability(name: &str) -> Result<Capability> {
         .map_err(|e| internal(format!("capability {name}: {e}")))
 }
 
+/// The capability names (`CAP_…`) the container's processes get:
+/// podman's default set, `--cap-drop` taken out (`ALL`: every one), then
+/// `--cap-add` put in (`ALL`: every one), as docker combines them.
+pub fn capability_set(rc: &RunConfig) -> Result<Vec<String>> {
+    let norm = |flag: &str, c: &str| -> Result<String> {
+        let up = c.trim().to_ascii_uppercase();
+        let bare = up.strip_prefix("CAP_").unwrap_or(&up).to_string();
+        if bare == "ALL" || ALL_CAPS.contains(&bare.as_str()) {
+            Ok(bare)
+        } else {
+            Err(bad(format!("{flag} {c}: no such capability")))
+        }
+    };
+    let add = rc
+        .cap_add
+        .iter()
+        .map(|c| norm("--cap-add", c))
+        .collect::<Result<Vec<_>>>()?;
+    let drop = rc
+        .cap_drop
+        .iter()
+        .map(|c| norm("--cap-drop", c))
+        .collect::<Result<Vec<_>>>()?;
+    let mut set: Vec<String> = if drop.iter().any(|c| c == "ALL") {
+        vec![]
+    } else {
+        DEFAULT_CAPS
+            .iter()
+            .map(|c| c.trim_start_matches("CAP_").to_string())
+            .filter(|c| !drop.contains(c))
+            .collect()
+    };
+    let added: Vec<String> = if add.iter().any(|c| c == "ALL") {
+        ALL_CAPS.iter().map(|c| c.to_string()).collect()
+    } else {
+        add
+    };
+    for c in added {
+        if !set.contains(&c) {
+            set.push(c);
+        }
+    }
+    Ok(set.into_iter().map(|c| format!("CAP_{c}")).collect())
+}
+
 /// The process to run: `args` (see [`command`]) as `user` with its
 /// environment, working directory, capabilities and rlimits.
 pub(super) fn process(
@@ -151,7 +241,7 @@ pub(super) fn process(
         )));
     }
 
-    let caps: Capabilities = DEFAULT_CAPS
+    let caps: Capabilities = capability_set(rc)?
         .iter()
         .map(|c| capability(c))
         .collect::<Result<_>>()?;

@@ -135,16 +135,83 @@ fn arg_rule(names: &[&str], errno: u32, index: usize, mask: u64) -> Result<Linux
         .map_err(internal)
 }
 
-pub(super) fn seccomp_profile() -> Result<LinuxSeccomp> {
+/// The syscalls docker's profile lets a container have once it holds a
+/// capability (`--cap-add`): the capability is what guards them then.
+const OPENED_BY: &[(&str, &[&str])] = &[
+    (
+        "CAP_SYS_ADMIN",
+        &[
+            "bpf",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setns",
+            "syslog",
+            "umount2",
+            "unshare",
+        ],
+    ),
+    ("CAP_SYS_BOOT", &["reboot"]),
+    (
+        "CAP_SYS_MODULE",
+        &["delete_module", "init_module", "finit_module"],
+    ),
+    ("CAP_SYS_PACCT", &["acct"]),
+    (
+        "CAP_SYS_PTRACE",
+        &["kcmp", "process_vm_readv", "process_vm_writev", "ptrace"],
+    ),
+    ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
+    (
+        "CAP_SYS_TIME",
+        &["settimeofday", "clock_settime", "clock_adjtime"],
+    ),
+    ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
+    (
+        "CAP_SYS_NICE",
+        &["get_mempolicy", "mbind", "set_mempolicy", "move_pages"],
+    ),
+    ("CAP_SYSLOG", &["syslog"]),
+    ("CAP_BPF", &["bpf"]),
+    ("CAP_PERFMON", &["perf_event_open"]),
+    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
+];
+
+/// The profile for a container holding `caps`: [`DENIED_SYSCALLS`] less
+/// what those capabilities open (as docker's profile does); with
+/// CAP_SYS_ADMIN, `clone` may make namespaces too.
+pub(super) fn seccomp_profile(caps: &[String]) -> Result<LinuxSeccomp> {
+    let opened: Vec<&str> = OPENED_BY
+        .iter()
+        .filter(|(cap, _)| caps.iter().any(|c| c == cap))
+        .flat_map(|(_, names)| names.iter().copied())
+        .collect();
+    let denied: Vec<&str> = DENIED_SYSCALLS
+        .iter()
+        .copied()
+        .filter(|n| !opened.contains(n))
+        .collect();
     let mut rules = vec![
-        errno_rule(DENIED_SYSCALLS, EPERM)?,
+        errno_rule(&denied, EPERM)?,
         // clone3 passes its flags in a struct seccomp cannot look into:
         // ENOSYS makes libc fall back to clone, which is filtered below.
         errno_rule(&["clone3"], ENOSYS)?,
     ];
     // One rule per flag: rules are OR-ed, so clone with any namespace flag fails.
-    for f in CLONE_NS_FLAGS {
-        rules.push(arg_rule(&["clone"], EPERM, 0, *f)?);
+    if !caps.iter().any(|c| c == "CAP_SYS_ADMIN") {
+        for f in CLONE_NS_FLAGS {
+            rules.push(arg_rule(&["clone"], EPERM, 0, *f)?);
+        }
     }
     for f in PERSONALITY_DENIED {
         rules.push(arg_rule(&["personality"], EPERM, 0, *f)?);
@@ -166,7 +233,8 @@ pub(super) fn seccomp_profile() -> Result<LinuxSeccomp> {
 /// ENOSYS (so libc falls back to the filtered `clone`), and `personality`
 /// calls that turn off ASLR or make data executable.
 pub fn default_seccomp() -> LinuxSeccomp {
-    seccomp_profile().expect("the built-in seccomp profile is valid")
+    let caps: Vec<String> = super::DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
+    seccomp_profile(&caps).expect("the built-in seccomp profile is valid")
 }
 
 #[cfg(test)]
@@ -237,5 +305,54 @@ mod tests {
         let j = serde_json::to_value(&s).unwrap();
         assert_eq!(j["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
         assert_eq!(j["process"]["noNewPrivileges"], true);
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+    use crate::spec::{capability_set, RunConfig};
+
+    fn rc(add: &[&str], drop: &[&str]) -> RunConfig {
+        RunConfig {
+            cap_add: add.iter().map(|s| s.to_string()).collect(),
+            cap_drop: drop.iter().map(|s| s.to_string()).collect(),
+            ..RunConfig::default()
+        }
+    }
+
+    #[test]
+    fn capabilities_combine_as_docker_and_open_their_syscalls() {
+        let set = |a: &[&str], d: &[&str]| capability_set(&rc(a, d)).unwrap();
+        assert_eq!(set(&[], &[]).len(), 11);
+        assert!(set(&["net_raw"], &[]).contains(&"CAP_NET_RAW".to_string()));
+        assert_eq!(set(&[], &["ALL"]), Vec::<String>::new());
+        assert_eq!(set(&["CAP_KILL"], &["all"]), ["CAP_KILL"]);
+        assert!(!set(&[], &["chown"]).contains(&"CAP_CHOWN".to_string()));
+        assert_eq!(set(&["ALL"], &[]).len(), crate::spec::ALL_CAPS.len());
+        assert!(capability_set(&rc(&["BOGUS"], &[])).is_err());
+
+        let denied = |caps: Vec<String>, name: &str| {
+            let p = seccomp_profile(&caps).unwrap();
+            p.syscalls()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|r| r.names().contains(&name.to_string()) && r.args().is_none())
+        };
+        assert!(denied(set(&[], &[]), "mount"));
+        assert!(!denied(set(&["SYS_ADMIN"], &[]), "mount"));
+        assert!(denied(set(&["SYS_ADMIN"], &[]), "reboot"));
+        assert!(!denied(set(&["SYS_PTRACE"], &[]), "ptrace"));
+        let clone_filtered = |caps: Vec<String>| {
+            let p = seccomp_profile(&caps).unwrap();
+            p.syscalls()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|r| r.names() == &vec!["clone".to_string()])
+        };
+        assert!(clone_filtered(set(&[], &[])));
+        assert!(!clone_filtered(set(&["SYS_ADMIN"], &[])));
     }
 }

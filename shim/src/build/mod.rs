@@ -738,9 +738,8 @@ fn supervise_in_child(roots: &Roots, id: &str) -> Result<i32> {
     }
 }
 
-/// A RUN step's layer, rewritten so that it is the same for the same
-/// files: no timestamp after SOURCE_DATE_EPOCH (when given), and none of
-/// the files a runtime makes in every container (its mount points).
+/// A RUN step's layer, rewritten with no timestamp after
+/// SOURCE_DATE_EPOCH (when given), so the same files give the same bytes.
 fn normalize_layer(raw: &Path, out: &Path, clamp: Option<u64>) -> Result<()> {
     let mut ar = tar::Archive::new(fs::File::open(raw)?);
     let mut b = tar::Builder::new(fs::File::create(out)?);
@@ -935,8 +934,9 @@ fn healthcheck(flags: &[(String, String)], test: Option<&Cmd>) -> Result<Value> 
     Ok(hc)
 }
 
-/// Go's duration syntax (`1m30s`, `500ms`) in nanoseconds.
-fn go_duration(s: &str) -> Option<u64> {
+/// Go's duration syntax (`1m30s`, `500ms`) in nanoseconds, as Dockerfile
+/// and compose healthchecks write durations.
+pub fn go_duration(s: &str) -> Option<u64> {
     let mut total = 0f64;
     let mut rest = s;
     if rest.is_empty() {
