@@ -247,6 +247,13 @@ fn both_modes_give_the_same_results() {
     assert!(c["build-run"].1.contains("built for parity|"), "{ctx}");
     expect("compose", "code=0");
     assert!(c["compose"].1.contains("0|3|notebook|notebook|0|"), "{ctx}");
+    expect("compare", "code=0");
+    assert!(
+        c["compare"]
+            .1
+            .contains("\"same_output\":true|\"same_exit_code\":true|\"in_test_host\":true|1|6|"),
+        "{ctx}"
+    );
     assert!(
         c["hooks"].1.contains(
             "ran|createRuntime:creating prestart:creating poststart:running poststop:stopped |failing-prestart=1|state=1|"

@@ -288,6 +288,13 @@ EOF
   curl -s --max-time 5 http://127.0.0.1:18890/ && (cd /run/proj && $c compose down 2>/dev/null) && $c ps -aq | wc -l; } > /run/o 2> /run/e
 report compose $?
 
+# capsa compare (#14): one image and command in both modes side by side
+# (both modes in each pass); the same output, and a VM's devices named
+$c compare --json --plot /run/cmp.svg demo sh -c 'echo hello' > /run/cmp.json 2> /run/e; code=$?
+{ grep -E '"(same_output|same_exit_code|in_test_host)"' /run/cmp.json | tr -d ' ,'; grep -c 'virtio-blk' /run/cmp.json
+  grep -c '<rect' /run/cmp.svg; } > /run/o
+report compare "$code"
+
 # nothing left behind
 left=$($c ps -aq | wc -l)
 echo "@@ leftovers containers=$left mounts=$(grep -c parity-$mode /proc/mounts) vmms=$(pgrep -c capsa-vmm) virtiofsd=$(pgrep -c virtiofsd) net=$netleft"

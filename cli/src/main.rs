@@ -4,6 +4,7 @@
 //! runc's command line (`runc.rs`), so tools that drive runc drive capsa.
 
 mod bench;
+mod compare;
 mod compose;
 mod containers;
 mod events;
@@ -142,6 +143,8 @@ enum Command {
     Build(images::BuildArgs),
     /// Run a compose file's services (up, down, ps, logs, exec, build, pull, config).
     Compose(compose::ComposeArgs),
+    /// Run one image and command in both isolation modes and compare them side by side.
+    Compare(compare::CompareArgs),
     /// Write an image to an OCI archive.
     Save(images::SaveArgs),
     /// The guest kernel: where it is (building it first) and its config.
@@ -374,6 +377,7 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Commit(a) => images::commit(roots, a),
         Command::Build(a) => images::build(roots, a),
         Command::Compose(a) => compose::compose(roots, a),
+        Command::Compare(a) => compare::compare(roots, a),
         Command::Kernel(a) => a.run(),
         Command::TestHost(a) => a.run(),
         Command::Bench(a) => bench::run(roots, a),
