@@ -284,6 +284,22 @@ impl Podman {
         }
     }
 
+    /// `podman run` of an image: no network, and limits this host's hard
+    /// limits allow (podman's defaults exceed them).
+    fn run(&self, image: &str) -> String {
+        self.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=4096:4096",
+            image,
+        ])
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let d = self.dir.path();
         let out = Command::new("podman")
@@ -406,17 +422,7 @@ fn build_is_reproducible_and_its_config_matches_podmans() {
         .to_string();
     let here = env.ok(&["run", "--rm", "repro:1"]);
     assert_eq!(here, "built\nfrom the context\n");
-    let there = podman.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=4096:4096",
-        &name,
-    ]);
+    let there = podman.run(&name);
     assert_eq!(there, here);
     env.assert_no_leaks(&[]);
 }
@@ -456,17 +462,7 @@ fn a_built_image_goes_through_a_registry_and_back() {
     // podman pulls and runs what capsa pushed.
     let podman = Podman::new();
     podman.ok(&["pull", "--tls-verify=false", &name]);
-    let there = podman.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=4096:4096",
-        &name,
-    ]);
+    let there = podman.run(&name);
     assert_eq!(there, "pushed\n");
 
     // logout of a registry capsa holds no credentials for says so.
