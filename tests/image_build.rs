@@ -31,6 +31,17 @@ fn raw_config(env: &Env, id: &str) -> serde_json::Value {
     serde_json::from_slice(&fs::read(blob).unwrap()).unwrap()
 }
 
+/// No staging or step scratch directory is left in the store.
+fn assert_no_scratch(env: &Env) {
+    assert!(capsa_tests::files_under(&env.path().join("images/tmp")).is_empty());
+    let left: Vec<_> = fs::read_dir(env.path().join("images"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".build-"))
+        .collect();
+    assert!(left.is_empty(), "step scratch left: {left:?}");
+}
+
 fn tar_gz(dir: &Path, name: &str, entries: &[(&str, &str)]) {
     let f = fs::File::create(dir.join(name)).unwrap();
     let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
@@ -174,7 +185,7 @@ fn build_runs_steps_caches_them_and_makes_a_runnable_image() {
         env.container_ids().is_empty(),
         "a RUN step's container is left"
     );
-    assert!(capsa_tests::files_under(&env.path().join("images/tmp")).is_empty());
+    assert_no_scratch(&env);
     env.assert_no_leaks(&[]);
 }
 
@@ -249,7 +260,7 @@ fn build_refuses_bad_input_in_one_line_and_leaves_nothing() {
     assert!(!env.ok(&["images"]).contains("bad"));
     assert_eq!(env.ok(&["images", "-a", "-q"]), before);
     assert!(env.container_ids().is_empty());
-    assert!(capsa_tests::files_under(&env.path().join("images/tmp")).is_empty());
+    assert_no_scratch(&env);
     env.assert_no_leaks(&[]);
 }
 

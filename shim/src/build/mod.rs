@@ -547,8 +547,7 @@ impl Builder<'_> {
                 return Ok(());
             }
         }
-        let dir =
-            tempfile::tempdir_in(self.store.dir()).context("making room for the step's layer")?;
+        let dir = build_tmp(self.store).context("making room for the step's layer")?;
         let tar = dir.path().join("layer.tar");
         let made = match layer {
             None => false,
@@ -775,7 +774,7 @@ fn copy_from_image(
     use nix::mount::{mount, MsFlags};
     use nix::sys::wait::{waitpid, WaitStatus};
     let layers = store.layer_dirs(img)?;
-    let root = tempfile::tempdir_in(store.dir())?;
+    let root = build_tmp(store)?;
     if !crate::monitor::keeper::can_fork() {
         bail!("capsa build: internal error: more than one thread before COPY --from");
     }
@@ -884,6 +883,15 @@ fn scratch() -> Image {
     }))
     .expect("a valid empty config");
     Image::from_config(config)
+}
+
+/// A scratch directory for one step, in the store's file system (its
+/// layers can be large) but not in the store's `tmp`, whose reaping would
+/// take it from a step that runs long; removed when dropped.
+fn build_tmp(store: &Store) -> std::io::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(store.dir())
 }
 
 /// The cache: step key → the image that step made.
