@@ -189,3 +189,60 @@ fn a_bad_compose_file_is_one_line_naming_the_key_and_makes_nothing() {
     assert!(env.container_ids().is_empty());
     assert!(!env.ok(&["network", "ls"]).contains("_default"));
 }
+
+#[test]
+fn up_without_detach_follows_the_output_and_ctrl_c_stops_the_services() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let env = Env::with_demo();
+    let proj = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = proj.path();
+    fs::write(
+        d.join("compose.yaml"),
+        "name: fg\nservices:\n  ticker:\n    image: demo\n    command: sh -c 'trap \"exit 0\" TERM; while true; do echo tick; sleep 0.2; done'\n  once:\n    image: demo\n    command: echo hello from once\n",
+    )
+    .unwrap();
+    let mut child = env
+        .cmd(&["compose", "up"])
+        .current_dir(d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        // Its own process group, as a terminal's foreground job is.
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while !(seen
+        .iter()
+        .any(|l: &String| l == "once    | hello from once")
+        && seen.iter().filter(|l| *l == "ticker  | tick").count() >= 2)
+    {
+        seen.push(lines.next().expect("compose up ended early").unwrap());
+    }
+    // Ctrl-C reaches the whole foreground group.
+    nix_kill_group(child.id());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let ps = env.ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"]);
+    assert!(
+        ps.contains("fg-ticker-1 exited") && ps.contains("fg-once-1 exited"),
+        "{ps}"
+    );
+    let down = env
+        .cmd(&["compose", "down"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(down.status.success());
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[]);
+}
+
+fn nix_kill_group(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", "--", &format!("-{pid}")])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
