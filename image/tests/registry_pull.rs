@@ -735,3 +735,30 @@ fn login_checks_and_keeps_credentials_for_push_and_pull() {
         .push("demo", Some(&dest), &PullOptions::default())
         .is_err());
 }
+
+#[test]
+fn push_and_login_with_bearer_token_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_server(dir.path(), "bob", "t0ken-pass");
+    let auth = format!(
+        "auth:\n  token:\n    realm: http://{}/token\n    service: capsa-registry\n    issuer: capsa-test-issuer\n    rootcertbundle: {}\n",
+        tokens.addr,
+        dir.path().join("token.crt").display()
+    );
+    let reg = Registry::start_with("127.0.0.1", dir, Some(auth));
+    let (_d, s) = store();
+    s.load_demo().unwrap();
+    let dest = format!("{}/team/pushed:1", reg.addr);
+    // Anonymous: the token grants nothing, the push is refused.
+    assert!(s
+        .push("demo", Some(&dest), &PullOptions::default())
+        .is_err());
+    assert!(s.login(&reg.addr, "bob", "wrong", false).is_err());
+    s.login(&reg.addr, "bob", "t0ken-pass", false).unwrap();
+    let pushed = s
+        .push("demo", Some(&dest), &PullOptions::default())
+        .unwrap();
+    assert_eq!(pushed.sent, 2);
+    let raw = skopeo_inspect(&dest, Some("bob:t0ken-pass"));
+    assert_eq!(sha256(&raw), pushed.digest);
+}
