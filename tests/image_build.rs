@@ -65,7 +65,7 @@ FROM ${BASE} AS builder
 ARG GREETING=hello
 RUN mkdir -p /out \
     # a comment inside the continuation
- && echo "$GREETING from the build stage" > /out/greeting
+ && echo "$GREETING from the build stage" > /out/greeting && echo from-the-step
 FROM $BASE
 ENV APP_HOME=/app MODE="fast mode"
 WORKDIR $APP_HOME
@@ -114,6 +114,10 @@ fn build_runs_steps_caches_them_and_makes_a_runnable_image() {
     assert!(out.status.success(), "build failed: {}", stderr(&out));
     let id = built_id(&stdout(&out));
     assert!(id.starts_with("sha256:"), "no ID printed: {}", stdout(&out));
+    // stdout is the ID alone (for `ID=$(capsa build …)`); a step's output
+    // goes to stderr with the progress.
+    assert_eq!(stdout(&out), format!("{id}\n"));
+    assert!(stderr(&out).contains("from-the-step"), "{}", stderr(&out));
     assert!(stderr(&out).contains("STEP 18/18: CMD"), "{}", stderr(&out));
 
     // What a user of the image sees: every step's effect, the deleted
@@ -163,6 +167,11 @@ fn build_runs_steps_caches_them_and_makes_a_runnable_image() {
     ]);
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(built_id(&stdout(&again)), id);
+    let quiet = env.run(&["build", "-q", "--build-arg", "GREETING=hi", ctx_s]);
+    assert_eq!(
+        (stdout(&quiet), stderr(&quiet)),
+        (format!("{id}\n"), String::new())
+    );
     assert_eq!(
         stderr(&again).matches("Using cache").count(),
         15,

@@ -467,6 +467,9 @@ pub struct BuildArgs {
     /// SOURCE_DATE_EPOCH environment variable.
     #[arg(long, value_name = "SECONDS")]
     source_date_epoch: Option<i64>,
+    /// Print only the image ID: no progress, no step output.
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// The directory COPY and ADD read from.
     context: PathBuf,
 }
@@ -511,6 +514,7 @@ pub fn build(roots: &Roots, args: BuildArgs) -> Result<i32> {
         network,
         source_date_epoch: epoch,
         platform: args.platform,
+        quiet: args.quiet,
     };
     let id = capsa_shim::build::build(roots, &store, req)?;
     println!("{id}");

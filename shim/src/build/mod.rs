@@ -42,6 +42,8 @@ pub struct BuildRequest {
     /// SOURCE_DATE_EPOCH: every timestamp in the image, at most this.
     pub source_date_epoch: Option<i64>,
     pub platform: Option<String>,
+    /// `-q`: no progress and no step output, only the image ID.
+    pub quiet: bool,
 }
 
 fn refuse(msg: String) -> anyhow::Error {
@@ -107,7 +109,7 @@ pub fn build(roots: &Roots, store: &Store, req: BuildRequest) -> Result<String> 
         .map(|(k, _)| k.as_str())
         .filter(|k| !b.used_args.iter().any(|u| u == k))
         .collect();
-    if !unused.is_empty() {
+    if !unused.is_empty() && !req.quiet {
         eprintln!(
             "[Warning] build-args not consumed by the Dockerfile: {}",
             unused.join(", ")
@@ -115,7 +117,7 @@ pub fn build(roots: &Roots, store: &Store, req: BuildRequest) -> Result<String> 
     }
     for t in &req.tags {
         store.tag(&image.id, t)?;
-        eprintln!("Successfully tagged {t}");
+        b.say(format_args!("Successfully tagged {t}"));
     }
     Ok(image.id.clone())
 }
@@ -167,7 +169,15 @@ fn env_of(image: &Image) -> Vec<String> {
 impl Builder<'_> {
     fn progress(&mut self, step: &Step) {
         self.done += 1;
-        eprintln!("STEP {}/{}: {}", self.done, self.total, step.text);
+        let (n, total) = (self.done, self.total);
+        self.say(format_args!("STEP {n}/{total}: {}", step.text));
+    }
+
+    /// Progress, on stderr unless `-q`.
+    fn say(&self, msg: std::fmt::Arguments<'_>) {
+        if !self.req.quiet {
+            eprintln!("{msg}");
+        }
     }
 
     fn fail(step: &Step, e: impl std::fmt::Display) -> anyhow::Error {
@@ -542,7 +552,7 @@ impl Builder<'_> {
                 .ok()
                 .and_then(|id| self.store.get(id.trim()).ok())
             {
-                eprintln!("--> Using cache {}", img.id);
+                self.say(format_args!("--> Using cache {}", img.id));
                 st.image = img;
                 return Ok(());
             }
@@ -579,7 +589,7 @@ impl Builder<'_> {
         fs::write(&tmp, &summary.id)?;
         fs::rename(&tmp, cache.join(&key))?;
         st.image = self.store.get(&summary.id)?;
-        eprintln!("--> {}", capsa_image::short_id(&st.image.id));
+        self.say(format_args!("--> {}", capsa_image::short_id(&st.image.id)));
         Ok(())
     }
 
@@ -672,7 +682,7 @@ fn run_step(
         let mut rec = rec.clone();
         rec.layer_on_exit = Some(out.to_path_buf());
         rec.save(roots)?;
-        let code = supervise_in_child(roots, &rec.id)?;
+        let code = supervise_in_child(roots, &rec.id, req.quiet)?;
         if code != 0 {
             bail!(refuse(format!(
                 "the command '{shown}' returned a non-zero code: {code}"
@@ -693,7 +703,7 @@ fn run_step(
 /// the monitor's keeper takes over signals and the process's role, so it
 /// cannot be this (long-lived) builder. Ctrl-C stops the step's container
 /// (the monitor passes it on) and the builder cleans up.
-fn supervise_in_child(roots: &Roots, id: &str) -> Result<i32> {
+fn supervise_in_child(roots: &Roots, id: &str, quiet: bool) -> Result<i32> {
     use nix::sys::signal::{signal, SigHandler, Signal};
     use nix::sys::wait::{waitpid, WaitStatus};
     if !crate::monitor::keeper::can_fork() {
@@ -708,6 +718,20 @@ fn supervise_in_child(roots: &Roots, id: &str) -> Result<i32> {
     // monitor and exits.
     match unsafe { nix::unistd::fork() }.context("forking the step's monitor")? {
         nix::unistd::ForkResult::Child => {
+            // The step's output goes to stderr (stdout is the image ID's),
+            // or nowhere with -q.
+            let null = std::fs::OpenOptions::new().write(true).open("/dev/null");
+            let to = match (&null, quiet) {
+                (Ok(f), true) => std::os::fd::AsRawFd::as_raw_fd(f),
+                _ => 2,
+            };
+            // SAFETY: plain descriptor duplication onto stdout (and stderr).
+            unsafe {
+                libc::dup2(to, 1);
+                if quiet {
+                    libc::dup2(to, 2);
+                }
+            }
             let code = match crate::monitor::supervise(roots, id, crate::monitor::Mode::Foreground)
             {
                 Ok(c) => c,
