@@ -1627,3 +1627,45 @@ fn cap_add_and_cap_drop_change_the_set_and_the_filter_with_it() {
     assert!(env.container_ids().is_empty());
     env.assert_no_leaks(&[]);
 }
+
+#[test]
+fn syscalls_podman_blocks_are_refused_and_a_capability_opens_its_own() {
+    let env = Env::with_demo();
+    let helpers = capsa_tests::helpers_dir();
+    let probe = |flags: &[&str]| {
+        let mount = format!("{}:/h:ro", helpers.path().display());
+        let mut args = vec!["run", "--rm", "-v", &mount];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["demo", "/h/sysprobe"]);
+        env.ok(&args)
+    };
+    // On the host the kernel answers each (EBADF, EINVAL): the calls are real.
+    let host = std::process::Command::new(helpers.path().join("sysprobe"))
+        .output()
+        .unwrap();
+    assert!(
+        !stdout(&host).lines().any(|l| l.ends_with(" 1")),
+        "{}",
+        stdout(&host)
+    );
+    let inside = probe(&[]);
+    assert_eq!(inside.lines().count(), 6);
+    assert!(
+        inside.lines().all(|l| l.ends_with(" 1")),
+        "not all EPERM:\n{inside}"
+    );
+    // SYS_NICE opens migrate_pages and set_mempolicy_home_node, SYS_PTRACE
+    // process_madvise (docker's rule); the rest stay refused.
+    let opened = probe(&["--cap-add", "SYS_NICE", "--cap-add", "SYS_PTRACE"]);
+    for (name, refused) in [
+        ("quotactl_fd", true),
+        ("migrate_pages", false),
+        ("process_madvise", false),
+        ("futex_waitv", true),
+        ("set_mempolicy_home_node", false),
+        ("cachestat", true),
+    ] {
+        let line = opened.lines().find(|l| l.starts_with(name)).unwrap();
+        assert_eq!(line.ends_with(" 1"), refused, "{line}");
+    }
+}

@@ -247,6 +247,13 @@ fn both_modes_give_the_same_results() {
     assert!(c["build-run"].1.contains("built for parity|"), "{ctx}");
     expect("compose", "code=0");
     assert!(c["compose"].1.contains("0|3|notebook|notebook|0|"), "{ctx}");
+    expect("syscalls", "code=0");
+    assert!(
+        c["syscalls"].1.contains(
+            "quotactl_fd 1|migrate_pages 1|process_madvise 1|futex_waitv 1|set_mempolicy_home_node 1|cachestat 1|"
+        ),
+        "{ctx}"
+    );
     expect("compare", "code=0");
     assert!(
         c["compare"]

@@ -5,7 +5,7 @@
 # test-host boot and compares the result lines.
 #   parity.sh CAPSA MODE LINKS UDP
 # LINKS: an image archive (links:latest) whose /etc files are symlinks.
-# UDP: a directory holding the static helpers udp_echo and xattr
+# UDP: a directory holding the static helpers udp_echo, xattr and sysprobe
 # (tests/helpers/*.c).
 capsa=$1 mode=$2 links=$3 udp=$4
 c="$capsa --root /run/parity-$mode"
@@ -99,6 +99,8 @@ case_run oom /run/empty --memory 32m demo dd if=/dev/zero of=/dev/null bs=100M c
 $c run --isolation "$mode" --name oomer --memory 32m demo dd if=/dev/zero of=/dev/null bs=100M count=1 > /dev/null 2>&1
 $c inspect oomer | grep '"oom_killed"' | tr -d ' ,' > /run/o; : > /run/e
 report oom-reported 0; $c rm oomer > /dev/null
+# the syscalls podman's profile blocks are refused (EPERM) in both modes
+case_run syscalls /run/empty -v "$udp":/opt/h:ro demo /opt/h/sysprobe
 case_run limits /run/empty --pids-limit 64 demo sh -c 'ulimit -n; cat /proc/self/status | grep -E "^(CapEff|NoNewPrivs|Seccomp):"'
 
 # stop: SIGTERM first; a shell that ignores it is killed after the timeout.

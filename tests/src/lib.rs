@@ -314,7 +314,7 @@ pub fn helpers_dir() -> tempfile::TempDir {
         .prefix("capsa-helpers-")
         .tempdir_in("/var/tmp")
         .expect("temp dir");
-    for name in ["udp_echo", "xattr"] {
+    for name in ["udp_echo", "xattr", "sysprobe"] {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("helpers/{name}.c"));
         let out = Command::new("gcc")
             .args(["-static", "-O2", "-o"])

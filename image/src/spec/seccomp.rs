@@ -18,15 +18,18 @@ use crate::error::Result;
 /// blocks for a container with the default capabilities because they reach
 /// kernel attack surface or host-wide state: kernel modules and kexec, bpf,
 /// perf, the keyring, mounts and namespaces, time, swap, accounting, reboot,
-/// the kernel log, NUMA memory policy,
+/// the kernel log, NUMA memory policy and page migration,
 /// I/O ports, handle-based opens, userfaultfd, io_uring, and tracing other
-/// processes (ptrace, process_vm_*, kcmp — stricter than docker, which
-/// allows ptrace on new kernels). `clone`/`clone3`/`personality` get
+/// processes (ptrace, process_vm_*, process_madvise, kcmp — stricter than
+/// docker, which allows ptrace on new kernels). Also what podman 4.3's
+/// allow-list profile blocks because it predates them: quotactl_fd,
+/// futex_waitv, cachestat, set_mempolicy_home_node, and the i386 stime. `clone`/`clone3`/`personality` get
 /// argument filters (see [`default_seccomp`]).
 pub const DENIED_SYSCALLS: &[&str] = &[
     "acct",
     "add_key",
     "bpf",
+    "cachestat",
     "clock_adjtime",
     "clock_settime",
     "create_module",
@@ -37,6 +40,7 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "fsmount",
     "fsopen",
     "fspick",
+    "futex_waitv",
     "get_kernel_syms",
     "get_mempolicy",
     "init_module",
@@ -51,6 +55,7 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "keyctl",
     "lookup_dcookie",
     "mbind",
+    "migrate_pages",
     "mount",
     "mount_setattr",
     "move_mount",
@@ -60,21 +65,25 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "open_tree",
     "perf_event_open",
     "pivot_root",
+    "process_madvise",
     "process_vm_readv",
     "process_vm_writev",
     "ptrace",
     "query_module",
     "quotactl",
+    "quotactl_fd",
     "reboot",
     "request_key",
     "set_mempolicy",
+    "set_mempolicy_home_node",
     "setns",
     "settimeofday",
+    "stime",
     "swapoff",
     "swapon",
+    "_sysctl",
     "sysfs",
     "syslog",
-    "_sysctl",
     "umount2",
     "unshare",
     "uselib",
@@ -169,17 +178,30 @@ const OPENED_BY: &[(&str, &[&str])] = &[
     ("CAP_SYS_PACCT", &["acct"]),
     (
         "CAP_SYS_PTRACE",
-        &["kcmp", "process_vm_readv", "process_vm_writev", "ptrace"],
+        &[
+            "kcmp",
+            "process_madvise",
+            "process_vm_readv",
+            "process_vm_writev",
+            "ptrace",
+        ],
     ),
     ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
     (
         "CAP_SYS_TIME",
-        &["settimeofday", "clock_settime", "clock_adjtime"],
+        &["settimeofday", "stime", "clock_settime", "clock_adjtime"],
     ),
     ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
     (
         "CAP_SYS_NICE",
-        &["get_mempolicy", "mbind", "set_mempolicy", "move_pages"],
+        &[
+            "get_mempolicy",
+            "mbind",
+            "migrate_pages",
+            "move_pages",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
     ),
     ("CAP_SYSLOG", &["syslog"]),
     ("CAP_BPF", &["bpf"]),
