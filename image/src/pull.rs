@@ -12,7 +12,7 @@
 use std::io::Write;
 
 use futures_util::StreamExt;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
@@ -36,7 +36,7 @@ pub struct PullOptions {
     pub insecure: bool,
 }
 
-pub(crate) fn is_local(registry: &str) -> bool {
+fn is_local(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
@@ -144,11 +144,7 @@ impl Store {
     /// stores it under that name (`:latest` added when untagged). Blobs
     /// already in the store are not downloaded again.
     pub fn pull(&self, reference: &str, opts: &PullOptions) -> Result<ImageSummary> {
-        let name = crate::reference::normalize(reference)?;
-        let r: Reference = name.parse().map_err(|e| Error::InvalidReference {
-            reference: reference.to_string(),
-            reason: format!("{e}"),
-        })?;
+        let (name, r) = crate::reference::for_registry(reference)?;
         let (client, auth, rt) = self.connect(&r, opts)?;
         let mut st = Staging::new(self)?;
         let summary = rt.block_on(pull_into(&mut st, &client, &r, &auth, &name))?;
@@ -262,10 +258,7 @@ async fn pull_into(
         .ok_or_else(|| Error::BadConfig(format!("manifest of {name} has no config")))?;
 
     let multi = MultiProgress::with_draw_target(crate::store::progress_target());
-    let style =
-        ProgressStyle::with_template("{prefix:.bold} {msg:>12} [{bar:30}] {bytes}/{total_bytes}")
-            .expect("valid template")
-            .progress_chars("=> ");
+    let style = crate::store::blob_bar_style();
     let hidden = ProgressBar::hidden();
 
     let cfg_what = format!("image config {}", cfg.digest);

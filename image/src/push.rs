@@ -6,7 +6,7 @@
 
 use std::io::Read;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar};
 use oci_client::{Client, Reference, RegistryOperation};
 
 use crate::error::{Error, Result};
@@ -35,11 +35,7 @@ impl Store {
         opts: &PullOptions,
     ) -> Result<PushSummary> {
         let image = self.get(name)?;
-        let target = crate::reference::normalize(remote.unwrap_or(name))?;
-        let r: Reference = target.parse().map_err(|e| Error::InvalidReference {
-            reference: target.clone(),
-            reason: format!("{e}"),
-        })?;
+        let (target, r) = crate::reference::for_registry(remote.unwrap_or(name))?;
         let (client, auth, rt) = self.connect(&r, opts)?;
         let manifest = std::fs::read(self.blob_path(&image.manifest_digest)?)
             .map_err(|e| Error::io("read the image's manifest", e))?;
@@ -51,11 +47,7 @@ impl Store {
                 .await
                 .map_err(|e| registry_error(&target, e))?;
             let multi = MultiProgress::with_draw_target(crate::store::progress_target());
-            let style = ProgressStyle::with_template(
-                "{prefix:.bold} {msg:>12} [{bar:30}] {bytes}/{total_bytes}",
-            )
-            .expect("valid template")
-            .progress_chars("=> ");
+            let style = crate::store::blob_bar_style();
             let (mut sent, mut skipped) = (0, 0);
             for (digest, size) in &blobs {
                 let bar = multi.add(ProgressBar::new(*size));

@@ -16,6 +16,15 @@ fn invalid(reference: &str, reason: &str) -> Error {
     }
 }
 
+/// `name` normalized, and as the registry client's reference.
+pub(crate) fn for_registry(name: &str) -> Result<(String, oci_client::Reference)> {
+    let normalized = normalize(name)?;
+    let r = normalized
+        .parse()
+        .map_err(|e| invalid(name, &format!("{e}")))?;
+    Ok((normalized, r))
+}
+
 /// Splits `name` into (repository, tag, digest).
 pub(crate) fn split(name: &str) -> (&str, Option<&str>, Option<&str>) {
     let (rest, digest) = match name.split_once('@') {

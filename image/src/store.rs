@@ -557,6 +557,16 @@ pub(crate) fn progress_target() -> indicatif::ProgressDrawTarget {
     }
 }
 
+/// The style of a per-blob bar (pull, push, unpacking): digest, state,
+/// bar, bytes.
+pub(crate) fn blob_bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{prefix:.bold} {msg:>12} [{bar:30}] {bytes}/{total_bytes}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ")
+}
+
 /// A blob being written into the staging area (see [`Staging::blob_writer`]).
 pub(crate) struct BlobWriter(HashingWriter<io::BufWriter<tempfile::NamedTempFile>>);
 
@@ -738,13 +748,7 @@ impl<'a> Staging<'a> {
         let blob = self.blob_path(&layer.digest)?;
         let len = fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
         let bar = self.progress.add(indicatif::ProgressBar::new(len));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix:.bold} {msg:>12} [{bar:30}] {bytes}/{total_bytes}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
+        bar.set_style(blob_bar_style());
         bar.set_prefix(short_id(&layer.diff_id).to_string());
         bar.set_message("unpacking");
         let res = crate::unpack::unpack_layer_with(&blob, &layer.diff_id, &dest, &bar);
