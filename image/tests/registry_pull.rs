@@ -597,16 +597,24 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
+impl Registry {
+    /// A registry whose clients need a bearer token, which the returned
+    /// token server (kept alive by the caller) gives `user` with `password`.
+    fn with_token_auth(user: &'static str, password: &'static str) -> (Registry, TokenServer) {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = token_server(dir.path(), user, password);
+        let auth = format!(
+            "auth:\n  token:\n    realm: http://{}/token\n    service: capsa-registry\n    issuer: capsa-test-issuer\n    rootcertbundle: {}\n",
+            tokens.addr,
+            dir.path().join("token.crt").display()
+        );
+        (Registry::start_with("127.0.0.1", dir, Some(auth)), tokens)
+    }
+}
+
 #[test]
 fn pull_with_bearer_token_auth() {
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = token_server(dir.path(), "bob", "t0ken-pass");
-    let auth = format!(
-        "auth:\n  token:\n    realm: http://{}/token\n    service: capsa-registry\n    issuer: capsa-test-issuer\n    rootcertbundle: {}\n",
-        tokens.addr,
-        dir.path().join("token.crt").display()
-    );
-    let reg = Registry::start_with("127.0.0.1", dir, Some(auth));
+    let (reg, _tokens) = Registry::with_token_auth("bob", "t0ken-pass");
     let (_d, src, archive) = demo_archive();
     let demo_id = src.get("demo").unwrap().record.id;
     let dest = format!("{}/team/demo:2", reg.addr);
@@ -738,14 +746,7 @@ fn login_checks_and_keeps_credentials_for_push_and_pull() {
 
 #[test]
 fn push_and_login_with_bearer_token_auth() {
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = token_server(dir.path(), "bob", "t0ken-pass");
-    let auth = format!(
-        "auth:\n  token:\n    realm: http://{}/token\n    service: capsa-registry\n    issuer: capsa-test-issuer\n    rootcertbundle: {}\n",
-        tokens.addr,
-        dir.path().join("token.crt").display()
-    );
-    let reg = Registry::start_with("127.0.0.1", dir, Some(auth));
+    let (reg, _tokens) = Registry::with_token_auth("bob", "t0ken-pass");
     let (_d, s) = store();
     s.load_demo().unwrap();
     let dest = format!("{}/team/pushed:1", reg.addr);
