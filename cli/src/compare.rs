@@ -5,14 +5,15 @@
 //! number is measured in this run through capsa's own commands (run -d,
 //! wait, logs, exec, stats, inspect), as a user would.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
-use capsa_shim::{CodedError, Roots, EXIT_CAPSA_ERROR};
+use anyhow::Result;
+use capsa_shim::{Roots, EXIT_CAPSA_ERROR};
 use clap::Args;
 use serde::Serialize;
+
+use crate::child::Capsa;
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -58,43 +59,6 @@ struct Report {
     modes: Vec<Mode>,
 }
 
-struct Capsa<'a> {
-    roots: &'a Roots,
-}
-
-impl Capsa<'_> {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("capsa"));
-        let mut c = Command::new(exe);
-        if self.roots.lib != Path::new(Roots::DEFAULT_LIB) {
-            c.arg("--root").arg(&self.roots.lib);
-        }
-        c.args(args).stdin(Stdio::null());
-        c
-    }
-
-    fn out(&self, args: &[&str]) -> Result<(i32, String, String)> {
-        let o = self.cmd(args).output()?;
-        Ok((
-            o.status.code().unwrap_or(EXIT_CAPSA_ERROR),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        ))
-    }
-
-    /// Its stdout, or an error with its stderr.
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let (code, out, err) = self.out(args)?;
-        if code != 0 {
-            bail!(CodedError::new(
-                code,
-                format!("capsa {}: {}", args.join(" "), err.trim())
-            ));
-        }
-        Ok(out)
-    }
-}
-
 pub fn compare(roots: &Roots, args: CompareArgs) -> Result<i32> {
     let c = Capsa { roots };
     let mut modes = Vec::new();
@@ -127,13 +91,13 @@ fn measure(c: &Capsa, isolation: &'static str, image: &str, command: &[String]) 
     let mut run = vec!["run", "-d", "--name", &tag, "--isolation", isolation, image];
     run.extend(command.iter().map(String::as_str));
     let t0 = Instant::now();
-    let started = c.ok(&run);
+    let started = c.stdout(&run);
     let start_seconds = t0.elapsed().as_secs_f64();
     if let Err(e) = started {
         let _ = c.out(&["rm", "-f", &tag]);
         return Err(e);
     }
-    let waited = c.ok(&["wait", &tag]);
+    let waited = c.stdout(&["wait", &tag]);
     let finish_seconds = t0.elapsed().as_secs_f64();
     let (_, stdout, stderr) = c.out(&["logs", &tag])?;
     let _ = c.out(&["rm", "-f", &tag]);
@@ -143,7 +107,7 @@ fn measure(c: &Capsa, isolation: &'static str, image: &str, command: &[String]) 
     let idle = format!("{tag}-idle");
     let mut host_memory_bytes = None;
     let (mut kernel, mut processes_seen, mut devices_seen) = (None, None, None);
-    if c.ok(&[
+    if c.stdout(&[
         "run",
         "-d",
         "--name",
@@ -159,7 +123,7 @@ fn measure(c: &Capsa, isolation: &'static str, image: &str, command: &[String]) 
         std::thread::sleep(std::time::Duration::from_millis(500));
         host_memory_bytes = host_memory(c, isolation, &idle);
         let ask = |script: &str| {
-            c.ok(&["exec", &idle, "sh", "-c", script])
+            c.stdout(&["exec", &idle, "sh", "-c", script])
                 .ok()
                 .map(|s| s.trim().to_string())
         };
@@ -193,11 +157,11 @@ fn measure(c: &Capsa, isolation: &'static str, image: &str, command: &[String]) 
 fn host_memory(c: &Capsa, isolation: &str, name: &str) -> Option<u64> {
     if isolation == "container" {
         let usage = c
-            .ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", name])
+            .stdout(&["stats", "--no-stream", "--format", "{{.MemUsage}}", name])
             .ok()?;
         return parse_size(usage.split('/').next()?.trim());
     }
-    let pid = c.ok(&["inspect", "-f", "{{.State.Pid}}", name]).ok()?;
+    let pid = c.stdout(&["inspect", "-f", "{{.State.Pid}}", name]).ok()?;
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).ok()?;
     let kb: u64 = status
         .lines()
@@ -226,7 +190,7 @@ fn parse_size(s: &str) -> Option<u64> {
 
 /// The VM's devices, from the configuration its VMM booted with.
 fn vm_boundary(c: &Capsa, name: &str) -> Option<String> {
-    let id = c.ok(&["inspect", "-f", "{{.Id}}", name]).ok()?;
+    let id = c.stdout(&["inspect", "-f", "{{.Id}}", name]).ok()?;
     let cfg: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
             c.roots
@@ -306,12 +270,11 @@ fn print_table(r: &Report) {
         ),
         ("under that", a.boundary.clone(), b.boundary.clone()),
     ];
-    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(9);
-    println!("{:w0$}   {:w1$}   vm", "", "container");
-    for (k, x, y) in rows {
-        println!("{k:w0$}   {x:w1$}   {y}");
-    }
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(k, x, y)| vec![k.to_string(), x, y])
+        .collect();
+    crate::table::print(&["", "container", "vm"], &rows);
     if r.in_test_host {
         println!(
             "(measured inside the KVM test host: VM-mode times include its nested virtualization)"

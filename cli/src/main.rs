@@ -4,6 +4,7 @@
 //! runc's command line (`runc.rs`), so tools that drive runc drive capsa.
 
 mod bench;
+mod child;
 mod compare;
 mod compose;
 mod containers;

@@ -269,6 +269,24 @@ impl Service {
         }
     }
 
+    /// The networks it joins (`default` when it names none), with its
+    /// aliases on each.
+    pub fn networks(&self) -> Vec<(String, Vec<String>)> {
+        match &self.networks {
+            None => vec![("default".into(), vec![])],
+            Some(ServiceNetworks::List(l)) => l.iter().map(|n| (n.clone(), vec![])).collect(),
+            Some(ServiceNetworks::Map(m)) => m
+                .iter()
+                .map(|(n, o)| {
+                    (
+                        n.clone(),
+                        o.as_ref().map(|o| o.aliases.clone()).unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// The services this one waits for, with the condition.
     pub fn dependencies(&self) -> Vec<(String, Condition)> {
         match &self.depends_on {
@@ -347,24 +365,12 @@ impl Project {
                     bail!("{}: no service {dep} in the file", at("depends_on"));
                 }
             }
-            if let Some(ServiceNetworks::List(l)) = &s.networks {
-                for n in l {
-                    if !self.file.networks.contains_key(n) && n != "default" {
-                        bail!(
-                            "{}: network {n} is not declared under networks",
-                            at("networks")
-                        );
-                    }
-                }
-            }
-            if let Some(ServiceNetworks::Map(m)) = &s.networks {
-                for n in m.keys() {
-                    if !self.file.networks.contains_key(n) && n != "default" {
-                        bail!(
-                            "{}: network {n} is not declared under networks",
-                            at("networks")
-                        );
-                    }
+            for (n, _) in s.networks() {
+                if !self.file.networks.contains_key(&n) && n != "default" {
+                    bail!(
+                        "{}: network {n} is not declared under networks",
+                        at("networks")
+                    );
                 }
             }
         }

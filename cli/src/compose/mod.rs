@@ -8,7 +8,7 @@ mod file;
 
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -16,7 +16,8 @@ use capsa_image::Store;
 use capsa_shim::{CodedError, Roots, EXIT_CAPSA_ERROR};
 use clap::{Args, Subcommand};
 
-use file::{Build, Condition, Environment, OneOrMany, Project, Service, ServiceNetworks};
+use crate::child::Capsa;
+use file::{Build, Condition, Environment, OneOrMany, Project, Service};
 
 #[derive(Args)]
 pub struct ComposeArgs {
@@ -111,7 +112,7 @@ pub fn compose(roots: &Roots, args: ComposeArgs) -> Result<i32> {
             for s in selected(&p, &services)? {
                 let svc = &p.file.services[&s];
                 if let (Some(image), None) = (&svc.image, &svc.build) {
-                    c.ok(&["pull".into(), image.clone()])?;
+                    c.run(&["pull", image.as_str()])?;
                 }
             }
             Ok(0)
@@ -138,46 +139,6 @@ fn selected(p: &Project, names: &[String]) -> Result<Vec<String>> {
         service_of(p, n)?;
     }
     Ok(names.to_vec())
-}
-
-/// capsa itself, as a child, with this process's state root.
-struct Capsa<'a> {
-    roots: &'a Roots,
-}
-
-impl Capsa<'_> {
-    fn cmd(&self, args: &[String]) -> Command {
-        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("capsa"));
-        let mut c = Command::new(exe);
-        if self.roots.lib != Path::new(Roots::DEFAULT_LIB) {
-            c.arg("--root").arg(&self.roots.lib);
-        }
-        c.args(args);
-        c
-    }
-
-    /// Runs it with our stdio; its exit code.
-    fn status(&self, args: &[String], quiet: bool) -> Result<i32> {
-        let mut c = self.cmd(args);
-        if quiet {
-            c.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-        Ok(c.status()?.code().unwrap_or(EXIT_CAPSA_ERROR))
-    }
-
-    /// Runs it; fails with its exit code (it said why on stderr).
-    fn ok(&self, args: &[String]) -> Result<()> {
-        let out = self.cmd(args).stdout(Stdio::null()).status()?;
-        match out.code() {
-            Some(0) => Ok(()),
-            code => Err(CodedError::new(code.unwrap_or(EXIT_CAPSA_ERROR), String::new()).into()),
-        }
-    }
-
-    fn output(&self, args: &[String]) -> Result<String> {
-        let out = self.cmd(args).stderr(Stdio::null()).output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -222,7 +183,7 @@ fn build(c: &Capsa, p: &Project, service: &str) -> Result<()> {
     argv.extend(["--isolation".into(), s.isolation()?.to_string()]);
     argv.push(context.display().to_string());
     eprintln!("Building {service}");
-    c.ok(&argv)
+    c.run(&argv)
 }
 
 fn env_pairs(env: Option<&Environment>) -> Vec<String> {
@@ -242,28 +203,11 @@ fn env_pairs(env: Option<&Environment>) -> Vec<String> {
     }
 }
 
-/// The networks a service joins, with its aliases on each.
-fn networks_of(s: &Service) -> Vec<(String, Vec<String>)> {
-    match &s.networks {
-        None => vec![("default".into(), vec![])],
-        Some(ServiceNetworks::List(l)) => l.iter().map(|n| (n.clone(), vec![])).collect(),
-        Some(ServiceNetworks::Map(m)) => m
-            .iter()
-            .map(|(n, o)| {
-                (
-                    n.clone(),
-                    o.as_ref().map(|o| o.aliases.clone()).unwrap_or_default(),
-                )
-            })
-            .collect(),
-    }
-}
-
 /// The project networks the services use, created if missing.
 fn ensure_networks(c: &Capsa, p: &Project) -> Result<()> {
     let mut used: Vec<String> = Vec::new();
     for s in p.file.services.values() {
-        for (n, _) in networks_of(s) {
+        for (n, _) in s.networks() {
             if !used.contains(&n) {
                 used.push(n);
             }
@@ -271,7 +215,7 @@ fn ensure_networks(c: &Capsa, p: &Project) -> Result<()> {
     }
     for n in used {
         let name = p.network_name(&n);
-        if c.status(&strings(&["network", "inspect", &name]), true)? == 0 {
+        if c.status(&["network", "inspect", &name], true)? == 0 {
             continue;
         }
         let mut argv = strings(&["network", "create"]);
@@ -287,7 +231,7 @@ fn ensure_networks(c: &Capsa, p: &Project) -> Result<()> {
         }
         argv.push(name.clone());
         eprintln!("Network {name}: creating");
-        c.ok(&argv)?;
+        c.run(&argv)?;
     }
     Ok(())
 }
@@ -321,7 +265,7 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
     let mut a = strings(&["run", "-d", "--name"]);
     a.push(p.container_name(service));
     a.extend(["--isolation".into(), s.isolation().map_err(at)?.to_string()]);
-    let nets = networks_of(s);
+    let nets = s.networks();
     if let Some((first, aliases)) = nets.first() {
         a.extend(["--network".into(), p.network_name(first)]);
         for al in std::iter::once(service.to_string()).chain(aliases.iter().cloned()) {
@@ -419,12 +363,9 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
 /// The container's state as `capsa ps` says it (`running`, `exited`, …),
 /// or None if there is none.
 fn state_of(c: &Capsa, name: &str) -> Result<Option<String>> {
-    let out = c.output(&strings(&[
-        "ps",
-        "-a",
-        "--format",
-        "{{.Names}}\t{{.State}}",
-    ]))?;
+    let out = c
+        .out(&["ps", "-a", "--format", "{{.Names}}\t{{.State}}"])?
+        .1;
     Ok(out.lines().find_map(|l| {
         let (n, st) = l.split_once('\t')?;
         (n == name).then(|| st.to_string())
@@ -453,21 +394,21 @@ fn up(c: &Capsa, p: &Project, detach: bool, rebuild: bool) -> Result<i32> {
                 eprintln!("Container {name}: running");
                 continue;
             }
-            Some(_) => c.ok(&strings(&["rm", "-f", &name]))?,
+            Some(_) => c.run(&["rm", "-f", &name])?,
             None => {}
         }
         for (dep, cond) in p.file.services[s].dependencies() {
             wait_for(c, p, &dep, cond)?;
         }
         eprintln!("Container {name}: starting");
-        c.ok(&argv)?;
-        for (net, aliases) in networks_of(&p.file.services[s]).iter().skip(1) {
+        c.run(&argv)?;
+        for (net, aliases) in p.file.services[s].networks().iter().skip(1) {
             let mut argv = strings(&["network", "connect"]);
             for al in std::iter::once(s.clone()).chain(aliases.iter().cloned()) {
                 argv.extend(["--alias".into(), al]);
             }
             argv.extend([p.network_name(net), name.clone()]);
-            c.ok(&argv)?;
+            c.run(&argv)?;
         }
     }
     if detach {
@@ -476,7 +417,7 @@ fn up(c: &Capsa, p: &Project, detach: bool, rebuild: bool) -> Result<i32> {
     follow_logs(c, p, &order, true)?;
     // Ctrl-C (or every service's end): stop them, as docker compose does.
     for s in order.iter().rev() {
-        let _ = c.status(&strings(&["stop", &p.container_name(s)]), true);
+        let _ = c.status(&["stop", &p.container_name(s)], true);
     }
     Ok(0)
 }
@@ -488,7 +429,7 @@ fn wait_for(c: &Capsa, p: &Project, dep: &str, cond: Condition) -> Result<()> {
     match cond {
         Condition::Started => Ok(()),
         Condition::CompletedSuccessfully => {
-            let code = c.output(&strings(&["wait", &name]))?;
+            let code = c.out(&["wait", &name])?.1;
             match code.trim() {
                 "0" => Ok(()),
                 other => bail!(refuse(format!(
@@ -550,23 +491,23 @@ fn down(c: &Capsa, p: &Project, volumes: bool) -> Result<i32> {
         let name = p.container_name(s);
         if state_of(c, &name)?.is_some() {
             eprintln!("Container {name}: removing");
-            c.ok(&strings(&["rm", "-f", &name]))?;
+            c.run(&["rm", "-f", &name])?;
         }
     }
     let mut nets: Vec<String> = p
         .file
         .services
         .values()
-        .flat_map(networks_of)
+        .flat_map(Service::networks)
         .map(|(n, _)| n)
         .collect();
     nets.sort();
     nets.dedup();
     for n in nets {
         let name = p.network_name(&n);
-        if c.status(&strings(&["network", "inspect", &name]), true)? == 0 {
+        if c.status(&["network", "inspect", &name], true)? == 0 {
             eprintln!("Network {name}: removing");
-            c.ok(&strings(&["network", "rm", &name]))?;
+            c.run(&["network", "rm", &name])?;
         }
     }
     if volumes {
@@ -581,9 +522,9 @@ fn down(c: &Capsa, p: &Project, volumes: bool) -> Result<i32> {
             }
         }
         for v in vols {
-            if c.status(&strings(&["volume", "inspect", &v]), true)? == 0 {
+            if c.status(&["volume", "inspect", &v], true)? == 0 {
                 eprintln!("Volume {v}: removing");
-                c.ok(&strings(&["volume", "rm", &v]))?;
+                c.run(&["volume", "rm", &v])?;
             }
         }
     }
@@ -591,20 +532,15 @@ fn down(c: &Capsa, p: &Project, volumes: bool) -> Result<i32> {
 }
 
 fn ps(c: &Capsa, p: &Project) -> Result<i32> {
-    let out = c.output(&strings(&[
-        "ps",
-        "-a",
-        "--format",
-        "{{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}\t{{.Isolation}}",
-    ]))?;
-    let mut rows = vec![vec![
-        "NAME".to_string(),
-        "SERVICE".into(),
-        "IMAGE".into(),
-        "STATUS".into(),
-        "PORTS".into(),
-        "ISOLATION".into(),
-    ]];
+    let out = c
+        .out(&[
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}\t{{.Isolation}}",
+        ])?
+        .1;
+    let mut rows = Vec::new();
     for s in p.order()? {
         let name = p.container_name(&s);
         if let Some(line) = out
@@ -616,17 +552,10 @@ fn ps(c: &Capsa, p: &Project) -> Result<i32> {
             rows.push(vec![name, s, get(1), get(2), get(3), get(4)]);
         }
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("   ").trim_end());
-    }
+    crate::table::print(
+        &["NAME", "SERVICE", "IMAGE", "STATUS", "PORTS", "ISOLATION"],
+        &rows,
+    );
     Ok(0)
 }
 
