@@ -32,8 +32,6 @@ pub struct Exit {
     pub error: Option<String>,
 }
 
-/// A process started by `exec`: a local child to wait for, or a remote one
-/// whose exit code a closure fetches.
 impl Exit {
     /// This exit, failed with `result`'s error if it has one.
     pub fn after(mut self, result: Result<()>) -> Exit {
@@ -45,6 +43,8 @@ impl Exit {
     }
 }
 
+/// A process started by `exec`: a local child to wait for, or a remote one
+/// whose exit code a closure fetches.
 pub enum ProcessHandle {
     Pid(i32),
     Remote(Box<dyn FnOnce() -> Result<i32> + Send>),
