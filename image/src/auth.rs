@@ -4,14 +4,12 @@
 //! (0600). Pull and push use them when no credentials are given.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub struct Credentials {
     path: PathBuf,
@@ -73,20 +71,8 @@ impl Credentials {
     /// Written whole to a new 0600 file, then renamed over the old one: a
     /// reader never sees half of it, and the secret is never world-readable.
     fn write(&self, cfg: &Value) -> Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
         let data = serde_json::to_vec_pretty(cfg).expect("JSON serializes");
-        f.write_all(&data)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
-        fs::rename(&tmp, &self.path)
-            .map_err(|e| Error::io(format!("replace {}", self.path.display()), e))
+        crate::store::write_atomic_mode(&self.path, &data, 0o600)
     }
 }
 

@@ -198,9 +198,22 @@ impl FileLock {
 }
 
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_mode(path, data, 0o666)
+}
+
+/// [`write_atomic`] of a file created with `mode` (less the umask): a
+/// reader never sees half of it, nor a secret with a wider mode.
+pub(crate) fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let res = (|| -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        // A leftover would keep its own mode: start from none.
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
