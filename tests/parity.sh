@@ -21,6 +21,12 @@ report() { # name code
     "$(wc -c < /run/e | tr -d ' ')" "$(sha256sum < /run/e | cut -c1-12)"
   printf '   out: %s\n   err: %s\n' "$(head -c 160 /run/o | tr '\n' '|')" "$(head -c 160 /run/e | tr '\n' '|')"
 }
+why() { # name: why a detached container ended in error (only a failing run's dump shows it)
+  err=$($c inspect -f '{{.State.Error}}' "$1" 2>&1)
+  [ -n "$err" ] || return 0
+  echo "   why $1: $err"
+  tail -n 12 "/run/parity-$mode/containers/$($c inspect -f '{{.Id}}' "$1")/console.log" 2>/dev/null | sed 's/^/   console: /'
+}
 case_run() { # name stdin-file capsa-run-args...
   name=$1 input=$2; shift 2
   $c run --rm --isolation "$mode" --hostname box "$@" > /run/o 2> /run/e < "$input"
@@ -65,11 +71,11 @@ chown 1000:1000 /run/rw
 case_run volume-user /run/empty -u 1000:1000 -v /run/rw:/data demo sh -c 'id -u; echo mine > /data/mine; stat -c "%u:%g %a" /data/mine; cat /data/secret'
 rm -rf /run/rw2 && mkdir -p /run/rw2
 $c run -d --isolation "$mode" --name watcher -v /run/rw2:/data demo sh -c 'echo ready > /data/ready; i=0
-  while [ ! -e /data/from-host ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; cat /data/from-host; echo seen > /data/ack' > /dev/null
+  while [ ! -e /data/from-host ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; cat /data/from-host; echo seen > /data/ack' > /dev/null 2> /run/d-err
 i=0; while [ ! -e /run/rw2/ready ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 echo hello-from-host > /run/rw2/from-host
 $c wait watcher > /run/o 2> /run/e; $c logs watcher >> /run/o 2>> /run/e; cat /run/rw2/ack >> /run/o
-report volume-host-change 0; $c rm watcher > /dev/null
+report volume-host-change 0; why watcher; cat /run/d-err; $c rm watcher > /dev/null
 # a share names nothing outside itself: symlinks left in it (absolute,
 # relative, deep) and .. resolve in the container's own root, a hard link
 # out of it is refused, and a setuid file on it gives no privilege
