@@ -2,6 +2,7 @@
 //! image, driven through the `capsa` command line as a user would.
 
 use capsa_tests::{stderr, stdout, Env};
+use std::collections::BTreeMap;
 
 fn code(o: &std::process::Output) -> i32 {
     o.status.code().expect("capsa exited by signal")
@@ -1648,24 +1649,105 @@ fn syscalls_podman_blocks_are_refused_and_a_capability_opens_its_own() {
         "{}",
         stdout(&host)
     );
-    let inside = probe(&[]);
-    assert_eq!(inside.lines().count(), 6);
-    assert!(
-        inside.lines().all(|l| l.ends_with(" 1")),
-        "not all EPERM:\n{inside}"
-    );
+    // name → errno, for the probes whose answer a profile decides
+    let answers = |out: String| -> BTreeMap<String, String> {
+        out.lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let expect = |got: &BTreeMap<String, String>, want: &[(&str, &str)]| {
+        for (name, errno) in want {
+            assert_eq!(got[*name], *errno, "{name}: {got:?}");
+        }
+    };
+    let host = answers(stdout(&host));
+    assert_eq!(host.len(), 11);
+    assert!(host.values().all(|e| e != "1" && e != "38"), "{host:?}");
+    // The default profile: podman's refusals (EPERM), the allow list's
+    // default for a syscall newer than its table and a persona docker does
+    // not allow (ENOSYS), a netlink audit socket (EINVAL, as podman).
+    let inside = answers(probe(&[]));
+    let refused = [
+        ("quotactl_fd", "1"),
+        ("migrate_pages", "1"),
+        ("process_madvise", "1"),
+        ("futex_waitv", "1"),
+        ("set_mempolicy_home_node", "1"),
+        ("cachestat", "1"),
+        ("vmsplice", "1"),
+        ("futex_wake", "38"),
+        ("netlink_audit", "22"),
+        ("personality_no_randomize", "1"),
+        ("personality_bsd", "38"),
+    ];
+    expect(&inside, &refused);
     // SYS_NICE opens migrate_pages and set_mempolicy_home_node, SYS_PTRACE
-    // process_madvise (docker's rule); the rest stay refused.
-    let opened = probe(&["--cap-add", "SYS_NICE", "--cap-add", "SYS_PTRACE"]);
-    for (name, refused) in [
-        ("quotactl_fd", true),
-        ("migrate_pages", false),
-        ("process_madvise", false),
-        ("futex_waitv", true),
-        ("set_mempolicy_home_node", false),
-        ("cachestat", true),
+    // process_madvise, AUDIT_WRITE the audit socket (docker's rules); the
+    // rest stay refused.
+    let opened = answers(probe(&[
+        "--cap-add",
+        "SYS_NICE",
+        "--cap-add",
+        "SYS_PTRACE",
+        "--cap-add",
+        "AUDIT_WRITE",
+    ]));
+    for name in [
+        "migrate_pages",
+        "process_madvise",
+        "set_mempolicy_home_node",
+        "netlink_audit",
     ] {
-        let line = opened.lines().find(|l| l.starts_with(name)).unwrap();
-        assert_eq!(line.ends_with(" 1"), refused, "{line}");
+        assert_eq!(opened[name], host[name], "{name}: {opened:?}");
     }
+    expect(
+        &opened,
+        &[
+            ("quotactl_fd", "1"),
+            ("futex_waitv", "1"),
+            ("cachestat", "1"),
+        ],
+    );
+    // No filter: the kernel answers every call, as on the host.
+    for flags in [
+        &["--security-opt", "seccomp=unconfined"][..],
+        &["--privileged"][..],
+    ] {
+        assert_eq!(answers(probe(flags)), host, "{flags:?}");
+    }
+    // podman's own profile file (docker's JSON format) gives podman's
+    // answers: its EPERM list, its default ENOSYS, its audit rule.
+    let podman = answers(probe(&[
+        "--security-opt",
+        "seccomp=/usr/share/containers/seccomp.json",
+    ]));
+    expect(
+        &podman,
+        &[
+            ("vmsplice", "1"),
+            ("migrate_pages", "1"),
+            ("quotactl_fd", "38"),
+            ("futex_wake", "38"),
+            ("netlink_audit", "22"),
+        ],
+    );
+    // A bad profile or option is refused before anything is made.
+    let bad = helpers.path().join("bad.json");
+    std::fs::write(&bad, r#"{"defaultAction": "SCMP_ACT_SOMETIMES"}"#).unwrap();
+    for (opt, want) in [
+        (
+            format!("seccomp={}", bad.display()),
+            "the profile is not valid",
+        ),
+        ("seccomp=/no/such/profile.json".to_string(), "No such file"),
+        ("apparmor=my-profile".to_string(), "not supported"),
+        ("no-new-privileges=false".to_string(), "sets no_new_privs"),
+    ] {
+        let out = env.run(&["run", "--rm", "--security-opt", &opt, "demo", "true"]);
+        assert_eq!(code(&out), 125, "{opt}");
+        assert!(stderr(&out).contains(want), "{opt}: {}", stderr(&out));
+    }
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[]);
 }

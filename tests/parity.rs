@@ -254,6 +254,13 @@ fn both_modes_give_the_same_results() {
         ),
         "{ctx}"
     );
+    expect("seccomp-file", "code=0");
+    assert!(
+        c["seccomp-file"].1.contains("vmsplice 1|futex_wake 38|"),
+        "{ctx}"
+    );
+    expect("privileged", "code=0");
+    assert!(c["privileged"].1.contains("Seccomp:\t0|mounted|"), "{ctx}");
     expect("compare", "code=0");
     assert!(
         c["compare"]

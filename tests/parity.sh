@@ -108,6 +108,10 @@ report oom-reported 0; $c rm oomer > /dev/null
 # the syscalls podman's profile blocks are refused (EPERM) in both modes
 case_run syscalls /run/empty -v "$udp":/opt/h:ro demo /opt/h/sysprobe
 case_run limits /run/empty --pids-limit 64 demo sh -c 'ulimit -n; cat /proc/self/status | grep -E "^(CapEff|NoNewPrivs|Seccomp):"'
+# the user's opt-outs: podman's own profile file, and --privileged (VM mode:
+# privileged over the guest kernel)
+case_run seccomp-file /run/empty --security-opt seccomp=/usr/share/containers/seccomp.json -v "$udp":/opt/h:ro demo /opt/h/sysprobe
+case_run privileged /run/empty --privileged demo sh -c 'grep -E "^(CapEff|Seccomp):" /proc/self/status; mkdir /m && mount -t tmpfs t /m && echo mounted'
 
 # stop: SIGTERM first; a shell that ignores it is killed after the timeout.
 $c run -d --isolation "$mode" --name stopper demo sh -c 'trap "echo got-term; exit 3" TERM; echo ready; while :; do sleep 0.1; done' > /dev/null

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use capsa_image::spec::{BindMount, Network, RunConfig};
+use capsa_image::spec::{BindMount, Network, RunConfig, Seccomp};
 use capsa_shim::{CodedError, Isolation, EXIT_CAPSA_ERROR};
 use clap::Args;
 
@@ -51,7 +51,6 @@ pub struct RunArgs {
     /// Maximum number of processes (0 or -1: no limit).
     #[arg(long = "pids-limit", allow_negative_numbers = true)]
     pub pids_limit: Option<i64>,
-    /// Mount the container's root filesystem read-only.
     /// Give the container a capability beyond podman's default set
     /// (NET_RAW, SYS_ADMIN, …, or ALL); the seccomp filter opens what it
     /// guards, as docker's does.
@@ -60,6 +59,16 @@ pub struct RunArgs {
     /// Take a capability from the container (or ALL).
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
+    /// seccomp=unconfined|FILE (a profile in docker's JSON format),
+    /// no-new-privileges (always on), label=disable, apparmor=unconfined.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
+    /// Every capability, no seccomp filter, /proc and /sys unmasked and
+    /// writable; host devices are not added. In VM mode this holds inside
+    /// the guest, whose kernel stays the boundary.
+    #[arg(long)]
+    pub privileged: bool,
+    /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
     /// Network: none (loopback only; the default without -p), host
@@ -169,7 +178,8 @@ impl RunArgs {
                 )));
             }
         }
-        Ok(RunConfig {
+        let rc = RunConfig {
+            seccomp: security_options(&self.security_opt)?,
             args: (!command.is_empty()).then(|| command.to_vec()),
             entrypoint: self.entrypoint.as_ref().map(|e| {
                 if e.is_empty() {
@@ -194,13 +204,49 @@ impl RunArgs {
             read_only: self.read_only,
             cap_add: self.cap_add.clone(),
             cap_drop: self.cap_drop.clone(),
+            privileged: self.privileged,
             network,
             hostname: self.hostname.clone(),
             tty: self.tty,
             annotations,
             ..Default::default()
-        })
+        };
+        // A profile file that does not parse is refused now, before any
+        // image or VM work.
+        capsa_image::spec::seccomp_of(&rc).map_err(|e| usage(e.to_string()))?;
+        Ok(rc)
     }
+}
+
+/// `--security-opt` values (docker's `=` form, or its older `:` form): the
+/// seccomp filter.
+fn security_options(opts: &[String]) -> Result<Seccomp> {
+    let mut seccomp = Seccomp::Default;
+    for o in opts {
+        let (key, value) = o
+            .split_once(['=', ':'])
+            .map_or((o.as_str(), None), |(k, v)| (k, Some(v)));
+        match (key, value) {
+            ("seccomp", Some("unconfined")) => seccomp = Seccomp::Unconfined,
+            ("seccomp", Some(path)) if !path.is_empty() => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| usage(format!("--security-opt seccomp={path}: {e}")))?;
+                seccomp = Seccomp::Profile(text);
+            }
+            // Always on: an exec'd process gets the container's filter
+            // after its capabilities are dropped, which needs no_new_privs.
+            ("no-new-privileges", None | Some("true")) => {}
+            ("no-new-privileges", Some("false")) => bail!(usage(
+                "--security-opt no-new-privileges=false: capsa sets no_new_privs on every container process (its seccomp filter needs it)".into()
+            )),
+            // capsa applies no LSM profile: asking for none is honoured.
+            ("label", Some("disable")) | ("apparmor", Some("unconfined")) => {}
+            _ => bail!(usage(format!(
+                "--security-opt {o}: not supported (give seccomp=unconfined|FILE, no-new-privileges, label=disable or apparmor=unconfined)"
+            ))),
+        }
+    }
+    Ok(seccomp)
 }
 
 impl RunArgs {

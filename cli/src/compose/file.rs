@@ -245,6 +245,14 @@ pub struct Service {
     pub read_only: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tmpfs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
     /// docker's per-service runtime: `vm` (or `capsa-vm`) runs it in a
     /// microVM, as `x-capsa: {isolation: vm}` does.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -292,8 +292,19 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
     for v in &s.volumes {
         a.extend(["-v".into(), volume_arg(p, v)]);
     }
-    for t in &s.tmpfs {
-        a.extend(["--tmpfs".into(), t.clone()]);
+    let repeated = [
+        ("--tmpfs", &s.tmpfs),
+        ("--cap-add", &s.cap_add),
+        ("--cap-drop", &s.cap_drop),
+        ("--security-opt", &s.security_opt),
+    ];
+    for (flag, values) in repeated {
+        for v in values {
+            a.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    if s.privileged {
+        a.push("--privileged".into());
     }
     let pairs: [(&str, Option<&String>); 3] = [
         ("-w", s.working_dir.as_ref()),

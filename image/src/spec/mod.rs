@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, RootBuilder, Spec,
-    SpecBuilder,
+    LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxSeccomp,
+    RootBuilder, Spec, SpecBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,7 @@ mod mounts;
 mod process;
 mod resources;
 mod seccomp;
+mod seccomp_file;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -44,7 +45,7 @@ pub use process::{
     NOFILE_LIMIT,
 };
 pub use resources::{limits, Limits};
-pub use seccomp::{default_seccomp, DENIED_SYSCALLS};
+pub use seccomp::{allowed_syscalls, default_seccomp, DENIED_SYSCALLS};
 pub use users::{resolve_user, ResolvedUser};
 
 /// The network of the container.
@@ -59,6 +60,20 @@ pub enum Network {
     /// The network namespace pinned at this path (a capsa network's, or
     /// another container's).
     Namespace(PathBuf),
+}
+
+/// The seccomp filter of the container's processes (`--security-opt
+/// seccomp=…`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Seccomp {
+    /// capsa's allow list, opened as the capabilities say.
+    #[default]
+    Default,
+    /// No filter (`seccomp=unconfined`).
+    Unconfined,
+    /// A profile file's text, docker's or the OCI format (`seccomp=FILE`).
+    Profile(String),
 }
 
 /// A bind mount (`-v HOST:CTR[:ro]`), or a named volume's (`-v NAME:CTR`:
@@ -111,6 +126,12 @@ pub struct RunConfig {
     pub cap_add: Vec<String>,
     #[serde(default)]
     pub cap_drop: Vec<String>,
+    #[serde(default)]
+    pub seccomp: Seccomp,
+    /// `--privileged`: every capability, no seccomp filter, /proc and /sys
+    /// neither masked nor read-only (VM mode: inside the guest).
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -123,6 +144,17 @@ fn internal(e: impl std::fmt::Display) -> Error {
 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The filter `rc` asks for; None for none.
+pub fn seccomp_of(rc: &RunConfig) -> Result<Option<LinuxSeccomp>> {
+    let caps = process::capability_set(rc)?;
+    match &rc.seccomp {
+        _ if rc.privileged => Ok(None),
+        Seccomp::Default => seccomp::seccomp_profile(&caps).map(Some),
+        Seccomp::Unconfined => Ok(None),
+        Seccomp::Profile(text) => seccomp_file::from_file(text, &caps).map(Some),
+    }
 }
 
 /// The container's hostname: `--hostname`, else the host's with
@@ -188,14 +220,18 @@ pub fn generate(image: &Image, rootfs: &Path, layers: &[PathBuf], rc: &RunConfig
     // other namespaces), not with nothing.
     let process = process::process(image, rc, args, user, &hostname)?;
     let mounts = mounts::mounts(rc)?;
-    let linux = LinuxBuilder::default()
+    let (masked, readonly) = match rc.privileged {
+        true => (vec![], vec![]),
+        false => (strings(MASKED_PATHS), strings(READONLY_PATHS)),
+    };
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces(rc)?)
-        .masked_paths(strings(MASKED_PATHS))
-        .readonly_paths(strings(READONLY_PATHS))
+        .masked_paths(masked)
+        .readonly_paths(readonly)
         .resources(resources::resources(rc)?)
-        .seccomp(seccomp::seccomp_profile(&process::capability_set(rc)?)?)
         .build()
         .map_err(internal)?;
+    linux.set_seccomp(seccomp_of(rc)?);
     let root = RootBuilder::default()
         .path(rootfs)
         .readonly(rc.read_only)

@@ -47,7 +47,9 @@ fn mount(
         .map_err(internal)
 }
 
-fn default_mounts() -> Result<Vec<Mount>> {
+/// The kernel file systems every container gets; /sys and its cgroup
+/// read-write only with `--privileged`.
+fn default_mounts(privileged: bool) -> Result<Vec<Mount>> {
     #[rustfmt::skip]
     const MOUNTS: &[(&str, &str, &str, &[&str])] = &[
         ("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
@@ -60,7 +62,10 @@ fn default_mounts() -> Result<Vec<Mount>> {
     ];
     MOUNTS
         .iter()
-        .map(|(dst, typ, src, opts)| mount(*dst, typ, *src, strings(opts)))
+        .map(|(dst, typ, src, opts)| {
+            let opts = opts.iter().filter(|o| !(privileged && **o == "ro"));
+            mount(*dst, typ, *src, opts.map(|o| o.to_string()).collect())
+        })
         .collect()
 }
 
@@ -142,7 +147,7 @@ pub(super) fn mounts(rc: &RunConfig) -> Result<Vec<Mount>> {
     // A user mount replaces the default one on the same destination,
     // compared as written (as strings: `Path`'s `==` ignores a trailing `/`).
     let extra = user_mounts(rc)?;
-    let mut mounts: Vec<Mount> = default_mounts()?
+    let mut mounts: Vec<Mount> = default_mounts(rc.privileged)?
         .into_iter()
         .filter(|d| {
             !extra

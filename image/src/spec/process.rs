@@ -172,7 +172,8 @@ fn capability(name: &str) -> Result<Capability> {
 
 /// The capability names (`CAP_…`) the container's processes get:
 /// podman's default set, `--cap-drop` taken out (`ALL`: every one), then
-/// `--cap-add` put in (`ALL`: every one), as docker combines them.
+/// `--cap-add` put in (`ALL`: every one), as docker combines them; every
+/// one with `--privileged`.
 pub fn capability_set(rc: &RunConfig) -> Result<Vec<String>> {
     let norm = |flag: &str, c: &str| -> Result<String> {
         let up = c.trim().to_ascii_uppercase();
@@ -193,7 +194,24 @@ pub fn capability_set(rc: &RunConfig) -> Result<Vec<String>> {
         .iter()
         .map(|c| norm("--cap-drop", c))
         .collect::<Result<Vec<_>>>()?;
-    let mut set: Vec<String> = if drop.iter().any(|c| c == "ALL") {
+    let held = bounding_set();
+    let holds = |c: &str| {
+        let bit = ALL_CAPS.iter().position(|k| *k == c);
+        bit.is_some_and(|i| held & (1 << i) != 0)
+    };
+    let all: Vec<String> = ALL_CAPS
+        .iter()
+        .filter(|c| holds(c))
+        .map(|c| c.to_string())
+        .collect();
+    if let Some(c) = add.iter().find(|c| *c != "ALL" && !holds(c)) {
+        return Err(bad(format!(
+            "--cap-add {c}: capsa itself does not hold CAP_{c}, so it cannot give it"
+        )));
+    }
+    let mut set: Vec<String> = if rc.privileged {
+        all.clone()
+    } else if drop.iter().any(|c| c == "ALL") {
         vec![]
     } else {
         DEFAULT_CAPS
@@ -203,7 +221,7 @@ pub fn capability_set(rc: &RunConfig) -> Result<Vec<String>> {
             .collect()
     };
     let added: Vec<String> = if add.iter().any(|c| c == "ALL") {
-        ALL_CAPS.iter().map(|c| c.to_string()).collect()
+        all
     } else {
         add
     };
@@ -213,6 +231,19 @@ pub fn capability_set(rc: &RunConfig) -> Result<Vec<String>> {
         }
     }
     Ok(set.into_iter().map(|c| format!("CAP_{c}")).collect())
+}
+
+/// The capabilities capsa itself may hand on (its bounding set, bit i for
+/// `ALL_CAPS[i]`): `ALL` and `--privileged` mean these, as they do for
+/// podman (a sandbox can run capsa without some, e.g. SYS_RESOURCE, and
+/// the kernel would refuse the rest when the container starts).
+pub(super) fn bounding_set() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(u64::MAX)
 }
 
 /// The process to run: `args` (see [`command`]) as `user` with its

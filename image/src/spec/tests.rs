@@ -184,17 +184,17 @@ fn runtime_json_fields() {
     let j = serde_json::to_value(gen(&image(json!({"Cmd": ["x"]})), &r)).unwrap();
 
     let rules = j["linux"]["seccomp"]["syscalls"].as_array().unwrap();
-    let rules_for = |name: &str| -> Vec<&Value> {
+    let rules_for = |name: &str, action: &str| -> Vec<&Value> {
         rules
             .iter()
-            .filter(|r| r["names"] == json!([name]))
+            .filter(|r| r["names"] == json!([name]) && r["action"] == action)
             .collect()
     };
     for (name, masks) in [
         ("clone", CLONE_NS_FLAGS),
         ("personality", PERSONALITY_DENIED),
     ] {
-        let found = rules_for(name);
+        let found = rules_for(name, "SCMP_ACT_ERRNO");
         assert_eq!(found.len(), masks.len(), "{name}");
         for (rule, mask) in found.iter().zip(masks) {
             assert_eq!(
@@ -206,13 +206,20 @@ fn runtime_json_fields() {
             );
         }
     }
+    // clone without namespace flags, in libcontainer's reading of
+    // SCMP_CMP_MASKED_EQ (valueTwo the mask, value the datum)
     assert_eq!(
-        *rules_for("clone3")[0],
-        json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38})
+        *rules_for("clone", "SCMP_ACT_ALLOW")[0],
+        json!({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+               "args": [{"index": 0, "value": 0, "valueTwo": 0x7e02_0000u64, "op": "SCMP_CMP_MASKED_EQ"}]})
     );
+    assert_eq!(j["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+    assert_eq!(j["linux"]["seccomp"]["defaultErrnoRet"], 38);
+    assert!(rules_for("clone3", "SCMP_ACT_ALLOW").is_empty());
+    // all refused but chroot, which the default CAP_SYS_CHROOT opens
     assert_eq!(
-        rules[0]["names"].as_array().unwrap().len(),
-        DENIED_SYSCALLS.len()
+        rules[1]["names"].as_array().unwrap().len(),
+        DENIED_SYSCALLS.len() - 1
     );
     assert_eq!(
         j["linux"]["seccomp"]["architectures"],
