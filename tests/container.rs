@@ -1751,3 +1751,159 @@ fn syscalls_podman_blocks_are_refused_and_a_capability_opens_its_own() {
     assert!(env.container_ids().is_empty());
     env.assert_no_leaks(&[]);
 }
+
+/// A chatty container's log stays within `--log-opt max-size × max-file`:
+/// the oldest output is dropped, `logs` reads the rotated files in order
+/// (following one across rotations too), and bad options are refused
+/// before anything is made.
+#[test]
+fn the_log_is_rotated_and_bounded() {
+    let env = Env::with_demo();
+    // 3000 lines in bursts of 150 (each file holds about 450 lines), so
+    // the follower's 50 ms polls see every rotation.
+    let script = "i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); \
+                  [ $((i % 150)) = 0 ] && sleep 0.1; done";
+    let id = env.ok(&[
+        "run",
+        "-d",
+        "--log-opt",
+        "max-size=8k",
+        "--log-opt",
+        "max-file=3",
+        "demo",
+        "sh",
+        "-c",
+        &format!("sleep 0.5; {script}"),
+    ]);
+    let id = id.trim();
+    // Followed from the start, across every rotation, to the exit.
+    let followed = env.ok(&["logs", "-f", id]);
+    let dir = env.path().join("containers").join(id);
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("container.log"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, e.metadata().unwrap().len())
+        })
+        .collect();
+    files.sort();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["container.log", "container.log.1", "container.log.2"]
+    );
+    assert!(files.iter().all(|(_, len)| *len <= 8192), "{files:?}");
+    let kept = env.ok(&["logs", id]);
+    let lines: Vec<&str> = kept.lines().collect();
+    assert_eq!(lines.last(), Some(&"line 2999"));
+    assert!(
+        !kept.contains("line 0\n") && lines.len() < 3000,
+        "{}",
+        lines.len()
+    );
+    // The kept lines are the newest ones, in order, none missing.
+    let first: usize = lines[0].strip_prefix("line ").unwrap().parse().unwrap();
+    let want: Vec<String> = (first..3000).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines, want);
+    // `logs -f` saw every line as it was written.
+    let all: String = (0..3000).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(followed, all);
+    let inspect = env.ok(&["inspect", "-f", "{{json .HostConfig.LogConfig}}", id]);
+    assert!(inspect.contains(r#""max-size":"8192""#), "{inspect}");
+    env.ok(&["rm", id]);
+    for (opt, want) in [
+        ("max-size=1", "at least 4k"),
+        ("max-file=0", "1 or more"),
+        ("mode=non-blocking", "not supported"),
+    ] {
+        let out = env.run(&["run", "--rm", "--log-opt", opt, "demo", "true"]);
+        assert_eq!(code(&out), 125, "{opt}");
+        assert!(stderr(&out).contains(want), "{opt}: {}", stderr(&out));
+    }
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[]);
+}
+
+/// `system df` counts what each kind holds and what is unused; `system
+/// prune` removes the stopped containers, dangling images and build cache
+/// (asking first), `-a --volumes` every unused image and volume, and what
+/// it freed is gone from the disk.
+#[test]
+fn system_df_and_prune() {
+    let env = Env::with_demo();
+    let df = || -> BTreeMap<String, serde_json::Value> {
+        env.ok(&["system", "df", "--format", "json"])
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["Type"].as_str().unwrap().to_string(), v)
+            })
+            .collect()
+    };
+    // A stopped container whose changes become an unnamed image, a running
+    // one, an unused named volume.
+    env.ok(&[
+        "run",
+        "--name",
+        "done",
+        "demo",
+        "sh",
+        "-c",
+        "head -c 3000000 /dev/urandom > /blob",
+    ]);
+    let dangling = env.ok(&["commit", "done"]);
+    let dangling = dangling.trim();
+    env.ok(&["run", "-d", "--name", "live", "demo", "sleep", "300"]);
+    env.ok(&["volume", "create", "unused"]);
+    let d = df();
+    let count = |k: &str, f: &str| d[k][f].as_str().unwrap().to_string();
+    assert_eq!(count("Images", "TotalCount"), "2", "{d:?}");
+    assert_eq!(count("Images", "Active"), "1");
+    assert_eq!(count("Containers", "TotalCount"), "2");
+    assert_eq!(count("Containers", "Active"), "1");
+    assert_eq!(count("Local Volumes", "TotalCount"), "1");
+    assert_eq!(count("Local Volumes", "Active"), "0");
+    // the unnamed image's 3 MB layer is reclaimable, the stopped
+    // container's 3 MB writable layer too
+    assert!(count("Images", "Reclaimable").contains("MB ("), "{d:?}");
+    assert!(count("Containers", "Reclaimable").contains("MB"), "{d:?}");
+
+    // Not confirmed: nothing goes.
+    let out = env.run_stdin(&["system", "prune"], b"n\n");
+    assert_eq!(code(&out), 125);
+    assert!(
+        stderr(&out).contains("WARNING! This will remove"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.container_ids().len(), 2);
+
+    let before = capsa_tests::files_under(env.path()).len();
+    let out = env.ok(&["system", "prune", "-f"]);
+    assert!(
+        out.contains("Deleted Containers:") && out.contains("Deleted Images:"),
+        "{out}"
+    );
+    assert!(out.contains(&dangling["sha256:".len()..]), "{out}");
+    assert!(out.contains("Total reclaimed space: "), "{out}");
+    assert!(!out.contains("Total reclaimed space: 0B"), "{out}");
+    assert!(capsa_tests::files_under(env.path()).len() < before);
+    assert_eq!(env.container_ids().len(), 1);
+    let images = env.ok(&["images", "-q"]);
+    assert_eq!(images.lines().count(), 1, "demo stays: live uses it");
+    assert!(env.ok(&["volume", "ls", "-q"]).contains("unused"));
+
+    env.ok(&["rm", "-f", "live"]);
+    let out = env.ok(&["system", "prune", "-a", "--volumes", "-f"]);
+    assert!(out.contains("Deleted Volumes:\nunused"), "{out}");
+    assert!(env.ok(&["images", "-q"]).trim().is_empty());
+    assert!(env.ok(&["volume", "ls", "-q"]).trim().is_empty());
+    let d = df();
+    for k in ["Images", "Containers", "Local Volumes", "Build Cache"] {
+        assert_eq!(d[k]["TotalCount"], "0", "{k}: {d:?}");
+        assert_eq!(d[k]["Size"], "0B", "{k}: {d:?}");
+    }
+    env.assert_no_leaks(&[]);
+}

@@ -32,6 +32,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
     let store = Store::open(&roots.images())?;
     let run = args.to_run_config()?;
     let network = args.to_network_request()?;
+    let log = args.log_limits()?;
     let image = args.image().to_string();
     store.ensure_local(&image)?;
     lifecycle::create(
@@ -43,6 +44,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
             run,
             isolation: args.isolation,
             auto_remove: args.rm,
+            log,
             interactive: args.interactive,
             kernel: args.kernel.clone(),
             network,
@@ -765,6 +767,11 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
         "ReadonlyRootfs": root_ro,
         "AutoRemove": rec.auto_remove,
         "Isolation": rec.isolation.to_string(),
+        // docker's `local` driver keeps its log in rotated files, as capsa does.
+        "LogConfig": {"Type": "local", "Config": {
+            "max-size": rec.log.max_size.to_string(),
+            "max-file": rec.log.max_files.to_string(),
+        }},
     });
     v["Mounts"] = json!(binds);
 }

@@ -15,6 +15,7 @@ mod networks;
 mod run_flags;
 mod runc;
 mod stats;
+mod system;
 mod table;
 mod volumes;
 
@@ -119,6 +120,8 @@ enum Command {
     Port(networks::PortArgs),
     /// Manage named volumes: create, ls, inspect, rm, prune.
     Volume(volumes::VolumeArgs),
+    /// Disk use (`df`) and removing what nothing uses (`prune`).
+    System(system::SystemArgs),
     /// Import images from an OCI layout or `docker save` archive, or make the demo image.
     Load(images::LoadArgs),
     /// Pull an image from a registry.
@@ -366,6 +369,7 @@ fn dispatch(roots: &Roots, command: Command, rootless: bool) -> anyhow::Result<i
         Command::Network(a) => networks::network(roots, a),
         Command::Port(a) => networks::port(roots, a),
         Command::Volume(a) => volumes::volume(roots, a),
+        Command::System(a) => system::system(roots, a),
         Command::Load(a) => images::load(roots, a),
         Command::Pull(a) => images::pull(roots, a),
         Command::Push(a) => images::push(roots, a),

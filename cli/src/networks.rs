@@ -167,19 +167,25 @@ pub fn network(roots: &Roots, args: NetworkArgs) -> Result<i32> {
             container,
         } => capsa_shim::network::disconnect(roots, &container, &network)?,
         NetworkCommand::Prune { force: _ } => {
-            let recs = Record::list(roots)?;
             println!("Deleted Networks:");
-            for n in all(&store)? {
-                if n.name != DEFAULT_NETWORK
-                    && users(&recs, &n).is_empty()
-                    && remove(roots, &n.name).is_ok()
-                {
-                    println!("{}", n.name);
-                }
+            for n in prune(roots)? {
+                println!("{n}");
             }
         }
     }
     Ok(0)
+}
+
+/// Removes the user networks no container uses; returns their names.
+pub fn prune(roots: &Roots) -> Result<Vec<String>> {
+    let store = capsa_shim::network::paths(roots).store();
+    let recs = Record::list(roots)?;
+    Ok(all(&store)?
+        .into_iter()
+        .filter(|n| n.name != DEFAULT_NETWORK && users(&recs, n).is_empty())
+        .filter(|n| remove(roots, &n.name).is_ok())
+        .map(|n| n.name)
+        .collect())
 }
 
 /// Every network, the default `bridge` included.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use capsa_image::spec::{BindMount, Network, RunConfig, Seccomp};
+use capsa_shim::logs::LogLimits;
 use capsa_shim::{CodedError, Isolation, EXIT_CAPSA_ERROR};
 use clap::Args;
 
@@ -68,6 +69,10 @@ pub struct RunArgs {
     /// the guest, whose kernel stays the boundary.
     #[arg(long)]
     pub privileged: bool,
+    /// Log options: max-size=SIZE (rotate the log at this size; default
+    /// 20m), max-file=N (keep this many files; default 5).
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    pub log_opt: Vec<String>,
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
@@ -250,6 +255,29 @@ fn security_options(opts: &[String]) -> Result<Seccomp> {
 }
 
 impl RunArgs {
+    /// `--log-opt max-size=…` and `max-file=…` over capsa's defaults.
+    pub fn log_limits(&self) -> Result<LogLimits> {
+        let mut limits = LogLimits::default();
+        for o in &self.log_opt {
+            let bad = |why: &str| usage(format!("--log-opt {o}: {why}"));
+            match o.split_once('=') {
+                Some(("max-size", v)) => {
+                    let n = parse_bytes(v).map_err(|e| bad(&e))?;
+                    if n < 4096 {
+                        bail!(bad("give at least 4k"));
+                    }
+                    limits.max_size = n as u64;
+                }
+                Some(("max-file", v)) => match v.parse::<u32>() {
+                    Ok(n) if n >= 1 => limits.max_files = n,
+                    _ => bail!(bad("give a number of files, 1 or more")),
+                },
+                _ => bail!(bad("not supported (give max-size=SIZE or max-file=N)")),
+            }
+        }
+        Ok(limits)
+    }
+
     /// `--network`, or the default network when ports are published
     /// (docker's default network is `bridge`; capsa's is `none`, see
     /// docs/networking.md).

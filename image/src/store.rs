@@ -328,6 +328,33 @@ impl Store {
             .collect())
     }
 
+    /// The files and directories image `r` has in the store: its blobs,
+    /// unpacked layers and VM root filesystem images. Shared ones (a layer
+    /// of two images) are named by both.
+    pub fn paths_of(&self, r: &ImageRecord) -> Vec<PathBuf> {
+        let hex = |d: &str| d.strip_prefix("sha256:").unwrap_or(d).to_string();
+        let blobs = self.dir.join("blobs/sha256");
+        let mut out: Vec<PathBuf> = [&r.id, &r.manifest_digest]
+            .into_iter()
+            .chain(r.layers.iter().map(|l| &l.digest))
+            .map(|d| blobs.join(hex(d)))
+            .collect();
+        out.extend(
+            r.layers
+                .iter()
+                .map(|l| self.dir.join("layers").join(hex(&l.diff_id))),
+        );
+        if let (Ok(key), Ok(rd)) = (r.rootfs_key(), fs::read_dir(self.dir.join("rootfs"))) {
+            let mine = |n: &str| n.split('.').next() == Some(key.as_str());
+            out.extend(
+                rd.flatten()
+                    .filter(|e| mine(&e.file_name().to_string_lossy()))
+                    .map(|e| e.path()),
+            );
+        }
+        out
+    }
+
     fn find(index: &Index, name_or_id: &str) -> Result<usize> {
         let wanted = name_or_id.trim();
         let hex = wanted.strip_prefix("sha256:").unwrap_or(wanted);
@@ -547,7 +574,7 @@ impl Store {
         Ok(out)
     }
 
-    pub(crate) fn records(&self) -> Result<Vec<ImageRecord>> {
+    pub fn records(&self) -> Result<Vec<ImageRecord>> {
         Ok(self.read_index()?.images)
     }
 }

@@ -21,6 +21,7 @@ pub mod backends;
 pub mod build;
 pub mod commit;
 pub mod copy;
+pub mod disk;
 pub mod events;
 pub mod hooks;
 pub mod lifecycle;

@@ -26,6 +26,8 @@ pub struct CreateRequest {
     pub isolation: Isolation,
     pub auto_remove: bool,
     pub interactive: bool,
+    /// How much log to keep (`--log-opt`).
+    pub log: crate::logs::LogLimits,
     /// VM mode: a guest kernel to use instead of capsa's own.
     pub kernel: Option<PathBuf>,
     /// The networks to join and ports to publish; None: `run.network` alone
@@ -100,6 +102,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         rec.image = req.image.clone();
         rec.image_id = image.id.clone();
         rec.auto_remove = req.auto_remove;
+        rec.log = req.log;
         rec.interactive = req.interactive;
         rec.kernel = req.kernel.clone();
         rec.create_dir(roots)?;

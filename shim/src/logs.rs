@@ -1,5 +1,5 @@
 //! The container log: every chunk the container wrote to stdout or stderr,
-//! in order, byte-exact.
+//! in order, byte-exact, in files of bounded size ([`LogLimits`]).
 //!
 //! Framing is the one docker uses on its attach stream: an 8-byte header
 //! (stream id: 1 = stdout, 2 = stderr; three zero bytes; big-endian u32
@@ -8,8 +8,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -17,14 +20,65 @@ pub enum Stream {
     Stderr = 2,
 }
 
+/// How much log a container keeps (`--log-opt max-size=…,max-file=…`):
+/// once the log would pass `max_size` bytes it is rotated (`container.log`
+/// becomes `container.log.1`, the older ones move up one) and at most
+/// `max_files` files are kept, so one container's log never holds more
+/// than about `max_size × max_files` bytes of the host's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLimits {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+impl Default for LogLimits {
+    /// docker's `local` log driver's defaults: 20 MiB, 5 files.
+    fn default() -> LogLimits {
+        LogLimits {
+            max_size: 20 << 20,
+            max_files: 5,
+        }
+    }
+}
+
+/// `path` with rotation number `n` (0: the log itself).
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    match n {
+        0 => path.to_path_buf(),
+        n => {
+            let mut p = path.as_os_str().to_owned();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        }
+    }
+}
+
 pub struct LogWriter {
     file: File,
+    path: PathBuf,
+    size: u64,
+    limits: LogLimits,
 }
 
 impl LogWriter {
-    pub fn create(path: &Path) -> io::Result<LogWriter> {
+    pub fn create(path: &Path, limits: LogLimits) -> io::Result<LogWriter> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(LogWriter { file })
+        let size = file.metadata()?.len();
+        Ok(LogWriter {
+            file,
+            path: path.to_path_buf(),
+            size,
+            limits,
+        })
+    }
+
+    /// A writer that keeps nothing (for an attached `exec`).
+    pub fn discard() -> io::Result<LogWriter> {
+        let unlimited = LogLimits {
+            max_size: u64::MAX,
+            max_files: 1,
+        };
+        LogWriter::create(Path::new("/dev/null"), unlimited)
     }
 
     pub fn write(&mut self, stream: Stream, data: &[u8]) -> io::Result<()> {
@@ -36,12 +90,39 @@ impl LogWriter {
         frame.extend_from_slice(&[0, 0, 0]);
         frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
         frame.extend_from_slice(data);
-        self.file.write_all(&frame)
+        // A frame is never split between files; one larger than the limit
+        // gets a file of its own.
+        if self.size > 0 && self.size.saturating_add(frame.len() as u64) > self.limits.max_size {
+            self.rotate()?;
+        }
+        self.file.write_all(&frame)?;
+        self.size += frame.len() as u64;
+        Ok(())
+    }
+
+    /// Shifts the files up one (the oldest falls off) and starts a new log;
+    /// with `max_files` 1 the log just starts again.
+    fn rotate(&mut self) -> io::Result<()> {
+        for n in (1..self.limits.max_files.max(1)).rev() {
+            match std::fs::rename(rotated(&self.path, n - 1), rotated(&self.path, n)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
     }
 }
 
-/// Copies the log at `path` to `out`/`err`. With `follow`, keeps reading
-/// until `still_running` says the container is gone and the file is drained.
+/// Copies the log at `path`, its rotated files first (oldest first), to
+/// `out`/`err`. With `follow`, keeps reading until `still_running` says the
+/// container is gone and the log is drained, going on to the new file when
+/// the log is rotated under it.
 pub fn copy_log(
     path: &Path,
     out: &mut dyn Write,
@@ -49,10 +130,34 @@ pub fn copy_log(
     follow: bool,
     still_running: &mut dyn FnMut() -> bool,
 ) -> io::Result<()> {
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !follow => return Ok(()),
-        Err(e) => return Err(e),
+    let older = (1..).take_while(|n| rotated(path, *n).exists()).count() as u32;
+    for n in (1..=older).rev() {
+        if let Ok(mut f) = File::open(rotated(path, n)) {
+            let mut data = Vec::new();
+            f.read_to_end(&mut data)?;
+            emit_frames(&data, out, err)?;
+        }
+    }
+    // Following, a log that is not there yet (or is between a rotation's
+    // rename and the new file) is waited for while the container runs.
+    let mut file = loop {
+        match File::open(path) {
+            Ok(f) => break f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !follow || !still_running() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    // Whether the log at `path` is no longer the file being read.
+    let replaced = |file: &File| -> bool {
+        match (std::fs::metadata(path), file.metadata()) {
+            (Ok(now), Ok(open)) => now.ino() != open.ino() || now.dev() != open.dev(),
+            _ => false,
+        }
     };
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -78,6 +183,18 @@ pub fn copy_log(
         // the last read and the exit is missed.
         let running = still_running();
         if drain(&mut file, out, err)? {
+            continue;
+        }
+        if replaced(&file) {
+            // Rotated: the old file is read to its end (the writer never
+            // splits a frame between files); go on with the new one.
+            if let Ok(f) = File::open(path) {
+                file = f;
+                continue;
+            }
+        } else if !path.exists() && running {
+            // Between a rotation's rename and the new file.
+            std::thread::sleep(Duration::from_millis(20));
             continue;
         }
         if !running {
@@ -120,7 +237,7 @@ mod tests {
     fn round_trip_keeps_streams_apart_and_bytes_exact() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let mut w = LogWriter::create(&path).unwrap();
+        let mut w = LogWriter::create(&path, LogLimits::default()).unwrap();
         w.write(Stream::Stdout, b"hello ").unwrap();
         w.write(Stream::Stderr, &[0xff, 0x00, b'\n']).unwrap();
         w.write(Stream::Stdout, b"world\n").unwrap();
@@ -128,6 +245,80 @@ mod tests {
         copy_log(&path, &mut out, &mut err, false, &mut || false).unwrap();
         assert_eq!(out, b"hello world\n");
         assert_eq!(err, vec![0xff, 0x00, b'\n']);
+    }
+
+    #[test]
+    fn the_log_rotates_and_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("container.log");
+        let limits = LogLimits {
+            max_size: 100,
+            max_files: 3,
+        };
+        let mut w = LogWriter::create(&path, limits).unwrap();
+        // 40 lines of 10 bytes: 18-byte frames, 5 per 100-byte file
+        for i in 0..40 {
+            w.write(Stream::Stdout, format!("line {i:04}\n").as_bytes())
+                .unwrap();
+        }
+        let mut files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            ["container.log", "container.log.1", "container.log.2"]
+        );
+        for f in &files {
+            assert!(std::fs::metadata(dir.path().join(f)).unwrap().len() <= 100);
+        }
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        copy_log(&path, &mut out, &mut err, false, &mut || false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let want: String = (25..40).map(|i| format!("line {i:04}\n")).collect();
+        assert_eq!(text, want);
+        // One file: the log starts again.
+        let one = dir.path().join("one.log");
+        let limits = LogLimits {
+            max_size: 40,
+            max_files: 1,
+        };
+        let mut w = LogWriter::create(&one, limits).unwrap();
+        for i in 0..5 {
+            w.write(Stream::Stderr, format!("e{i}\n").as_bytes())
+                .unwrap();
+        }
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        copy_log(&one, &mut out, &mut err, false, &mut || false).unwrap();
+        assert_eq!(err, b"e3\ne4\n");
+        assert!(!dir.path().join("one.log.1").exists());
+    }
+
+    #[test]
+    fn following_goes_on_to_the_new_file_after_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("container.log");
+        let limits = LogLimits {
+            max_size: 30,
+            max_files: 2,
+        };
+        let mut w = LogWriter::create(&path, limits).unwrap();
+        w.write(Stream::Stdout, b"first\n").unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut polls = 0;
+        copy_log(&path, &mut out, &mut err, true, &mut || {
+            // The container writes on while it is followed, then exits.
+            polls += 1;
+            match polls {
+                1 => w.write(Stream::Stdout, b"second line\n").unwrap(),
+                2 => w.write(Stream::Stdout, b"third line\n").unwrap(),
+                _ => return false,
+            }
+            true
+        })
+        .unwrap();
+        assert_eq!(out, b"first\nsecond line\nthird line\n");
     }
 
     #[test]

@@ -185,6 +185,9 @@ pub struct Record {
     /// them while the container exists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// How much log it keeps (`--log-opt`).
+    #[serde(default)]
+    pub log: crate::logs::LogLimits,
     /// `capsa build`'s RUN steps: when the process exits, the monitor
     /// writes the container's writable layer here (VM mode: while the
     /// guest still runs).
@@ -221,6 +224,7 @@ impl Record {
             oom_killed: false,
             error: None,
             auto_remove: false,
+            log: Default::default(),
             tty: false,
             interactive: false,
             stop_signal: "SIGTERM".into(),

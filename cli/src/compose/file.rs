@@ -253,12 +253,25 @@ pub struct Service {
     pub security_opt: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub privileged: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
     /// docker's per-service runtime: `vm` (or `capsa-vm`) runs it in a
     /// microVM, as `x-capsa: {isolation: vm}` does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
     #[serde(default, rename = "x-capsa", skip_serializing_if = "Option::is_none")]
     pub x_capsa: Option<CapsaExt>,
+}
+
+/// A service's `logging`: capsa keeps every log in rotated local files,
+/// whose `max-size` and `max-file` options it takes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub options: BTreeMap<String, Scalar>,
 }
 
 impl Service {

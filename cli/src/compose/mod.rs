@@ -306,6 +306,15 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
     if s.privileged {
         a.push("--privileged".into());
     }
+    if let Some(l) = &s.logging {
+        match l.driver.as_deref() {
+            None | Some("local") | Some("json-file") | Some("k8s-file") => {}
+            Some(d) => bail!("service {service}: logging driver {d}: capsa keeps logs in local files (give local or json-file)"),
+        }
+        for (k, v) in &l.options {
+            a.extend(["--log-opt".into(), format!("{k}={v}")]);
+        }
+    }
     let pairs: [(&str, Option<&String>); 3] = [
         ("-w", s.working_dir.as_ref()),
         ("-u", s.user.as_ref()),

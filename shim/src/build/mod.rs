@@ -670,6 +670,7 @@ fn run_step(
             run,
             isolation: req.isolation,
             auto_remove: false,
+            log: Default::default(),
             interactive: false,
             kernel: None,
             network: None,
@@ -933,6 +934,21 @@ pub fn cached_images(store: &Store) -> std::collections::HashSet<String> {
         .filter_map(|e| fs::read_to_string(e.path()).ok())
         .map(|s| s.trim().to_string())
         .collect()
+}
+
+/// Forgets every cached step (`capsa system prune`); the images they named
+/// are then unnamed images like any other. Returns how many there were.
+pub fn clear_cache(store: &Store) -> Result<usize> {
+    let mut n = 0;
+    for e in fs::read_dir(cache_dir(store))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        fs::remove_file(e.path())?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// HEALTHCHECK's config entry, as docker stores it (durations in ns).

@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 
 use super::finish::{finish, FORWARDED_SIGNALS};
 use crate::backend::Exit;
-use crate::logs::{LogWriter, Stream};
+use crate::logs::{LogLimits, LogWriter, Stream};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
 use crate::stdio::{Pump, Source};
@@ -98,7 +98,8 @@ fn take_over(roots: &Roots, id: &str, sig: Signal, outputs: Option<[OwnedFd; 2]>
         (Status::Running | Status::Paused, Some(pid)) => {
             let drain = outputs.map(|fds| {
                 let log = ContainerPaths::new(roots, id).log();
-                std::thread::spawn(move || drain_to_log(fds, &log))
+                let limits = rec.log;
+                std::thread::spawn(move || drain_to_log(fds, &log, limits))
             });
             let sandbox = backend.adopt(&rec, pid);
             let exit = sandbox.wait()?;
@@ -132,7 +133,7 @@ fn take_over(roots: &Roots, id: &str, sig: Signal, outputs: Option<[OwnedFd; 2]>
 }
 
 /// Copies what the container still writes into its log, until it exits.
-fn drain_to_log(fds: [OwnedFd; 2], log: &std::path::Path) -> Result<()> {
+fn drain_to_log(fds: [OwnedFd; 2], log: &std::path::Path, limits: LogLimits) -> Result<()> {
     let [out, err] = fds;
     let pump = Pump {
         sources: vec![
@@ -146,7 +147,7 @@ fn drain_to_log(fds: [OwnedFd; 2], log: &std::path::Path) -> Result<()> {
             },
         ],
         input: None,
-        log: LogWriter::create(log)?,
+        log: LogWriter::create(log, limits)?,
         attach: false,
         signals: None,
     };

@@ -176,7 +176,7 @@ fn run(
     let pump = Pump {
         sources: outputs,
         input,
-        log: LogWriter::create(&paths.log())?,
+        log: LogWriter::create(&paths.log(), rec.log)?,
         attach: foreground,
         signals: Some(&sfd),
     };
@@ -368,7 +368,7 @@ pub fn exec_attached(
             } else {
                 None
             },
-            log: LogWriter::create(std::path::Path::new("/dev/null"))?,
+            log: LogWriter::discard()?,
             attach: true,
             signals: None,
         };
