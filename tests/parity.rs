@@ -254,6 +254,8 @@ fn both_modes_give_the_same_results() {
         ),
         "{ctx}"
     );
+    expect("loopback", "code=0");
+    assert!(c["loopback"].1.contains("out: hi|2|"), "{ctx}");
     expect("seccomp-file", "code=0");
     assert!(
         c["seccomp-file"].1.contains("vmsplice 1|futex_wake 38|"),

@@ -58,6 +58,10 @@ case_run kernel-fs /run/empty -v /sys:/hs:ro -v /proc:/hp:ro demo sh -c 'test -d
 case_run write-big /run/empty demo sh -c 'head -c 150000000 /dev/zero > /big && wc -c < /big'
 case_run volume-ro /run/empty -v /run/vol:/data:ro demo sh -c 'cat /data/f /data/sub/g; touch /data/x'
 case_run stderr /run/empty demo sh -c 'echo to-err >&2; echo to-out'
+# a container of its own network namespace (--network none) has a working
+# lo: a server on localhost answers
+case_run loopback /run/empty demo sh -c 'nc -l -p 8000 -e echo hi & i=0
+  until nc 127.0.0.1 8000 2>/dev/null || [ $i -ge 20 ]; do sleep 0.2; i=$((i+1)); done; ip -o addr show lo | grep -c inet'
 # read-write volumes (#12): the container's changes are on the host, with
 # their owners, modes and links; a host change is seen inside; a non-root
 # user gets the host's permissions

@@ -145,27 +145,6 @@ pub fn set_hostname(name: &str) -> Result<()> {
     nix::unistd::sethostname(name).with_context(|| format!("setting the host name to {name}"))
 }
 
-/// Brings up the loopback interface (best effort: a guest without
-/// networking still runs containers).
-pub fn loopback_up() {
-    // SAFETY: plain socket/ioctl calls on a struct we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return;
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo\0".iter().enumerate() {
-            req.ifr_name[i] = *b as libc::c_char;
-        }
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
-        }
-        libc::close(fd);
-    }
-}
-
 /// Syncs and ends the guest. Never returns.
 ///
 /// capsa's guest kernel has no ACPI, so it has no way to power the machine

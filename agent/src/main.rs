@@ -77,7 +77,8 @@ fn run() -> Result<String> {
         .with_ansi(false)
         .without_time()
         .init();
-    guest::loopback_up();
+    // Best effort: a guest without networking still runs containers.
+    let _ = capsa_container::loopback::up();
     let _ = guest::set_hostname("capsa");
     let agent = Agent::new(settings.debug);
     agent.start_reaper().context("starting the reaper")?;

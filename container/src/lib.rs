@@ -18,6 +18,7 @@
 
 pub mod cgroup;
 pub mod layer_diff;
+pub mod loopback;
 pub mod process;
 pub mod procfs;
 pub mod rootfs;

@@ -68,9 +68,26 @@ impl Runtime {
         let pid = container
             .pid()
             .context("libcontainer created the container but reported no pid")?;
+        let spec = Spec::load(bundle.join("config.json"))?;
+        // A network namespace of its own (not one prepared by an engine or
+        // a capsa network) has a working lo, as runc gives it.
+        let own_netns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter().any(|n| {
+                    n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none()
+                })
+            });
+        if own_netns {
+            if let Err(e) = crate::loopback::up_in(pid.as_raw()) {
+                let _ = self.delete(id);
+                return Err(e);
+            }
+        }
         // libcontainer applies the limits with the OOM killer on; the
         // spec's disableOOMKiller is applied here, before the process starts.
-        let spec = Spec::load(bundle.join("config.json"))?;
         if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             if oom_killer_disabled(resources) {
                 self.update(id, resources)?;
