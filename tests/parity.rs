@@ -37,7 +37,8 @@ fn both_modes_give_the_same_results() {
     let capsa = capsa_bin();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/parity.sh");
     // An image whose /etc files are symlinks to nowhere, absolute and
-    // relative (made here: the test host sees this machine's /var/tmp).
+    // relative, and which carries device nodes (made here: the test host
+    // sees this machine's /var/tmp).
     let links_dir = tempfile::Builder::new()
         .prefix("capsa-parity-")
         .tempdir_in("/var/tmp")
@@ -52,6 +53,9 @@ fn both_modes_give_the_same_results() {
             ),
             ("etc/hosts", Some("../../run/capsa-hosts")),
             ("etc/hostname", Some("/run/capsa-hostname")),
+            // device nodes an image carries (tests/escapes.rs)
+            ("mem", Some("dev:c:1:1")),
+            ("disk", Some("dev:b:254:0")),
         ],
         "links:latest",
         &links,
@@ -254,6 +258,15 @@ fn both_modes_give_the_same_results() {
         ),
         "{ctx}"
     );
+    expect("device-nodes", "code=0");
+    assert!(
+        c["device-nodes"]
+            .1
+            .contains("out: /mem refused|/disk refused|mknod refused|"),
+        "{ctx}"
+    );
+    expect("cgroup-ro", "code=0");
+    assert!(c["cgroup-ro"].1.contains("out: kept|50|"), "{ctx}");
     expect("loopback", "code=0");
     assert!(c["loopback"].1.contains("out: hi|2|"), "{ctx}");
     expect("seccomp-file", "code=0");

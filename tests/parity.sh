@@ -58,6 +58,13 @@ case_run kernel-fs /run/empty -v /sys:/hs:ro -v /proc:/hp:ro demo sh -c 'test -d
 case_run write-big /run/empty demo sh -c 'head -c 150000000 /dev/zero > /big && wc -c < /big'
 case_run volume-ro /run/empty -v /run/vol:/data:ro demo sh -c 'cat /data/f /data/sub/g; touch /data/x'
 case_run stderr /run/empty demo sh -c 'echo to-err >&2; echo to-out'
+# device nodes an image carries (the memory, a disk) open nothing, and
+# mknod is refused (tests/escapes.rs)
+case_run device-nodes /run/empty links sh -c 'for d in /mem /disk; do head -c 1 $d > /dev/null 2>&1 && echo "$d opened" || echo "$d refused"; done
+  mknod /made c 1 1 2>/dev/null && echo mknod worked || echo mknod refused'
+# the container cannot raise its own limits through /sys/fs/cgroup
+case_run cgroup-ro /run/empty --pids-limit 50 demo sh -c 'for f in /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max; do [ -e $f ] || continue
+  echo max > $f 2>/dev/null && echo raised || echo kept; cat $f; done'
 # a container of its own network namespace (--network none) has a working
 # lo: a server on localhost answers
 case_run loopback /run/empty demo sh -c 'nc -l -p 8000 -e echo hi & i=0

@@ -17,6 +17,7 @@
 //! - [`terminal`]: window sizes and receiving a pty over a console socket.
 
 pub mod cgroup;
+pub mod cgroupfs;
 pub mod layer_diff;
 pub mod loopback;
 pub mod process;

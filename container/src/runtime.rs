@@ -80,11 +80,16 @@ impl Runtime {
                     n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none()
                 })
             });
+        let mut fixes = Ok(());
         if own_netns {
-            if let Err(e) = crate::loopback::up_in(pid.as_raw()) {
-                let _ = self.delete(id);
-                return Err(e);
-            }
+            fixes = crate::loopback::up_in(pid.as_raw());
+        }
+        if fixes.is_ok() && crate::cgroupfs::wants_read_only(&spec) {
+            fixes = crate::cgroupfs::make_read_only(pid.as_raw());
+        }
+        if let Err(e) = fixes {
+            let _ = self.delete(id);
+            return Err(e);
         }
         // libcontainer applies the limits with the OOM killer on; the
         // spec's disableOOMKiller is applied here, before the process starts.

@@ -224,8 +224,10 @@ pub fn stderr(o: &Output) -> String {
 
 /// Writes to `archive` an OCI image archive named `name`: the demo image
 /// with one more layer on top holding `entries`, each a path and either
-/// `Some(target)` for a symlink or `None` for a directory. For images that
-/// capsa must handle but cannot build itself (symlinked /etc files).
+/// `Some(target)` for a symlink, `Some("dev:c:MAJOR:MINOR")` (or `dev:b:…`)
+/// for a character (block) device node, or `None` for a directory. For
+/// images that capsa must handle but cannot build itself (symlinked /etc
+/// files, device nodes).
 pub fn demo_with_layer(entries: &[(&str, Option<&str>)], name: &str, archive: &Path) {
     use sha2::{Digest, Sha256};
     let src = Env::with_demo();
@@ -254,7 +256,19 @@ pub fn demo_with_layer(entries: &[(&str, Option<&str>)], name: &str, archive: &P
         let mut h = tar::Header::new_ustar();
         h.set_mtime(1_704_067_200);
         h.set_size(0);
+        let device = link.and_then(|l| l.strip_prefix("dev:"));
         match link {
+            Some(_) if device.is_some() => {
+                let spec: Vec<&str> = device.unwrap().split(':').collect();
+                h.set_entry_type(match spec[0] {
+                    "b" => tar::EntryType::Block,
+                    _ => tar::EntryType::Char,
+                });
+                h.set_mode(0o666);
+                h.set_device_major(spec[1].parse().unwrap()).unwrap();
+                h.set_device_minor(spec[2].parse().unwrap()).unwrap();
+                b.append_data(&mut h, path, &[][..]).unwrap();
+            }
             Some(target) => {
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_mode(0o777);

@@ -1,0 +1,241 @@
+//! Escape regressions (#15): the known ways out of a container, each tried
+//! from inside one, each refused — and the host checked afterwards. VM mode
+//! runs the same images inside its guest (tests/parity.sh: `device-nodes`).
+
+use capsa_tests::{stderr, stdout, Env};
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// The first disk of this host, as "MAJOR:MINOR" (from /proc/partitions).
+fn host_disk() -> String {
+    let parts = std::fs::read_to_string("/proc/partitions").unwrap();
+    parts
+        .lines()
+        .skip(2)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4).then(|| format!("{}:{}", f[0], f[1]))
+        })
+        .expect("no disk in /proc/partitions")
+}
+
+/// Device nodes an image carries (the host's memory, its kernel log, its
+/// disk) are files the container cannot open: the device cgroup allows
+/// only the standard /dev set, and mknod is refused outright.
+#[test]
+fn device_nodes_in_an_image_open_nothing() {
+    let disk = format!("dev:b:{}", host_disk());
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("devs.tar");
+    capsa_tests::demo_with_layer(
+        &[
+            ("mem", Some("dev:c:1:1")),
+            ("kmsg", Some("dev:c:1:11")),
+            ("disk", Some(disk.as_str())),
+        ],
+        "devs:latest",
+        &archive,
+    );
+    let env = Env::with_demo();
+    env.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let script = "for d in /mem /kmsg /disk; do head -c 1 $d > /dev/null 2>&1 && echo \"$d opened\" || echo \"$d refused\"; done
+        echo x > /mem 2>/dev/null && echo mem written
+        mknod /made c 1 1 2>/dev/null && echo mknod worked || echo mknod refused";
+    let out = env.ok(&["run", "--rm", "devs", "sh", "-c", script]);
+    assert_eq!(
+        out, "/mem refused\n/kmsg refused\n/disk refused\nmknod refused\n",
+        "a device node reached the host"
+    );
+    // With every capability the device cgroup still stands.
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "ALL",
+        "devs",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(
+        out.starts_with("/mem refused\n/kmsg refused\n/disk refused\n"),
+        "{out}"
+    );
+    env.assert_no_leaks(&[]);
+}
+
+/// Mounting, unmounting, new mount namespaces and pivot_root are refused:
+/// the container cannot uncover what its mounts hide or reach the host's.
+#[test]
+fn mounts_from_inside_are_refused() {
+    let env = Env::with_demo();
+    for cmd in [
+        "mkdir -p /m && mount -t tmpfs t /m",
+        "mkdir -p /m && mount -t proc proc /m",
+        "mkdir -p /m && mount --bind /proc /m",
+        "umount /proc/kcore",
+        "umount -l /sys",
+        "mount -o remount,rw /sys",
+        "mount -o remount,rw /proc/sys",
+        "unshare -m true",
+        "unshare -U -r true",
+        "mkdir -p /n && pivot_root / /n",
+    ] {
+        let out = env.run(&["run", "--rm", "demo", "sh", "-c", cmd]);
+        assert_ne!(code(&out), 0, "`{cmd}` worked: {}", stdout(&out));
+    }
+    env.assert_no_leaks(&[]);
+}
+
+/// The kernel knobs escapes have used (core_pattern runs a program as host
+/// root on a crash; sysrq-trigger; the cgroup v1 release_agent, CVE-2022-0492)
+/// are read-only in the container, and the host's values do not change.
+#[test]
+fn kernel_knobs_in_proc_and_sys_are_read_only() {
+    let env = Env::with_demo();
+    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    for (path, value) in [
+        ("/proc/sys/kernel/core_pattern", "|/tmp/escape"),
+        ("/proc/sys/kernel/modprobe", "/tmp/escape"),
+        ("/proc/sysrq-trigger", "h"),
+        ("/proc/sys/vm/drop_caches", "3"),
+        ("/sys/kernel/mm/transparent_hugepage/enabled", "never"),
+        ("/sys/fs/cgroup/release_agent", "/tmp/escape"),
+        ("/sys/fs/cgroup/notify_on_release", "1"),
+        ("/sys/fs/cgroup/cgroup.subtree_control", "+pids"),
+    ] {
+        let out = env.run(&[
+            "run",
+            "--rm",
+            "demo",
+            "sh",
+            "-c",
+            &format!("echo '{value}' > {path}"),
+        ]);
+        assert_ne!(code(&out), 0, "{path} was writable");
+    }
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        core_pattern
+    );
+    env.assert_no_leaks(&[]);
+}
+
+/// The container's root cannot raise its own limits through its view of
+/// the cgroup file system (youki mounts cgroup v1 read-write whatever the
+/// spec says; capsa remounts it read-only, as runc mounts it), in the
+/// container's process and in an exec'd one; `--privileged` keeps docker's
+/// read-write view.
+#[test]
+fn the_container_cannot_raise_its_own_limits() {
+    let env = Env::with_demo();
+    let script = "n=0; for f in pids/pids.max pids.max memory/memory.limit_in_bytes memory.max; do
+          f=/sys/fs/cgroup/$f; [ -e $f ] || continue; n=$((n+1))
+          echo max > $f 2>/dev/null || echo -1 > $f 2>/dev/null && echo \"$f raised\"
+        done; echo \"$n tried\"; echo x > /sys/fs/cgroup/release_agent 2>/dev/null && echo agent written; cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null; exit 0";
+    let limits = ["--pids-limit", "50", "--memory", "64m"];
+    let mut args = vec!["run", "--rm"];
+    args.extend_from_slice(&limits);
+    args.extend_from_slice(&["demo", "sh", "-c", script]);
+    let out = env.ok(&args);
+    assert!(
+        !out.contains("raised") && !out.contains("agent written"),
+        "{out}"
+    );
+    assert!(out.contains("2 tried\n50\n"), "{out}");
+    let mut args = vec!["run", "-d"];
+    args.extend_from_slice(&limits);
+    args.extend_from_slice(&["demo", "sleep", "300"]);
+    let id = env.ok(&args);
+    let out = env.ok(&["exec", id.trim(), "sh", "-c", script]);
+    assert!(out.contains("2 tried\n50\n"), "exec: {out}");
+    env.ok(&["rm", "-f", id.trim()]);
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "demo",
+        "sh",
+        "-c",
+        "grep -c ' /sys/fs/cgroup/[a-z]* cgroup rw' /proc/mounts",
+    ]);
+    assert_ne!(out.trim(), "0", "--privileged: {out}");
+    env.assert_no_leaks(&[]);
+}
+
+/// No file descriptor or directory of the host reaches the container
+/// (CVE-2024-21626 class): its process holds only its standard streams,
+/// and a working directory through /proc/self/fd is refused, for `run`
+/// and for `exec` alike.
+#[test]
+fn no_host_descriptor_or_directory_reaches_the_container() {
+    let env = Env::with_demo();
+    // What the container's first process holds: stdin, stdout, stderr.
+    let id = env.ok(&["run", "-d", "demo", "sleep", "300"]);
+    let id = id.trim();
+    let fds = env.ok(&["exec", id, "ls", "/proc/1/fd"]);
+    assert_eq!(
+        fds, "0\n1\n2\n",
+        "the container's process holds more: {fds}"
+    );
+    for n in 3..8 {
+        let cwd = format!("/proc/self/fd/{n}");
+        let out = env.run(&["run", "--rm", "-w", &cwd, "demo", "ls", "-a"]);
+        assert_ne!(code(&out), 0, "run -w {cwd} worked: {}", stdout(&out));
+        let out = env.run(&["exec", "-w", &cwd, id, "ls", "-a"]);
+        assert_ne!(code(&out), 0, "exec -w {cwd} worked: {}", stdout(&out));
+    }
+    env.ok(&["rm", "-f", id]);
+    assert_eq!(env.container_ids().len(), 0);
+    env.assert_no_leaks(&[]);
+}
+
+/// Symlinks an image leaves where a volume goes (absolute, climbing out)
+/// resolve inside the container's root: the volume is mounted there, never
+/// on the host's path (CVE-2021-30465 class, without the race).
+#[test]
+fn a_volume_through_an_image_symlink_stays_in_the_container() {
+    let probe = "/etc/capsa-escape-probe";
+    assert!(
+        !std::path::Path::new(probe).exists(),
+        "{probe} exists before the test"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("links.tar");
+    capsa_tests::demo_with_layer(
+        &[("abs", Some("/")), ("up", Some("../../../../../../.."))],
+        "links:latest",
+        &archive,
+    );
+    let env = Env::with_demo();
+    env.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::write(vol.path().join("f"), "host-volume\n").unwrap();
+    for through in ["/abs/etc/capsa-escape-probe", "/up/etc/capsa-escape-probe"] {
+        let v = format!("{}:{through}", vol.path().display());
+        let out = env.run(&[
+            "run",
+            "--rm",
+            "-v",
+            &v,
+            "links",
+            "cat",
+            "/etc/capsa-escape-probe/f",
+        ]);
+        assert!(
+            !std::path::Path::new(probe).exists(),
+            "-v …:{through} made {probe} on the host"
+        );
+        // Mounted inside (the container sees it at the resolved path), or
+        // refused: either way nothing on the host.
+        assert!(
+            stdout(&out) == "host-volume\n" || code(&out) != 0,
+            "{through}: {} {}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    env.assert_no_leaks(&[]);
+}
