@@ -22,8 +22,9 @@ fn host_disk() -> String {
 }
 
 /// Device nodes an image carries (the host's memory, its kernel log, its
-/// disk) are files the container cannot open: the device cgroup allows
-/// only the standard /dev set, and mknod is refused outright.
+/// disk) are files the container cannot open: its root is mounted nodev,
+/// the device cgroup allows only the standard /dev set (cgroup v1), and
+/// mknod is refused outright.
 #[test]
 fn device_nodes_in_an_image_open_nothing() {
     let disk = format!("dev:b:{}", host_disk());
@@ -47,6 +48,23 @@ fn device_nodes_in_an_image_open_nothing() {
     assert_eq!(
         out, "/mem refused\n/kmsg refused\n/disk refused\nmknod refused\n",
         "a device node reached the host"
+    );
+    // The root is nodev: on cgroup v2, where libcontainer enforces no
+    // device allow-list, that is what refuses them (parity case
+    // device-nodes runs this on v2, in both modes).
+    let root = env.ok(&[
+        "run",
+        "--rm",
+        "devs",
+        "sh",
+        "-c",
+        "grep ' / / ' /proc/self/mountinfo",
+    ]);
+    assert!(
+        root.split(' ')
+            .nth(5)
+            .is_some_and(|o| o.split(',').any(|f| f == "nodev")),
+        "{root}"
     );
     // With every capability the device cgroup still stands.
     let out = env.ok(&[

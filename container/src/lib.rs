@@ -17,11 +17,11 @@
 //! - [`terminal`]: window sizes and receiving a pty over a console socket.
 
 pub mod cgroup;
-pub mod cgroupfs;
 pub mod layer_diff;
 pub mod loopback;
 pub mod process;
 pub mod procfs;
+pub mod remount;
 pub mod rootfs;
 pub mod runtime;
 pub mod terminal;

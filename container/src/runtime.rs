@@ -84,8 +84,9 @@ impl Runtime {
         if own_netns {
             fixes = crate::loopback::up_in(pid.as_raw());
         }
-        if fixes.is_ok() && crate::cgroupfs::wants_read_only(&spec) {
-            fixes = crate::cgroupfs::make_read_only(pid.as_raw());
+        if fixes.is_ok() {
+            let cgroup_ro = crate::remount::wants_read_only(&spec);
+            fixes = crate::remount::harden(pid.as_raw(), cgroup_ro);
         }
         if let Err(e) = fixes {
             let _ = self.delete(id);
