@@ -1907,3 +1907,98 @@ fn system_df_and_prune() {
     }
     env.assert_no_leaks(&[]);
 }
+
+/// docker's restart policies: on-failure:N runs a failing container N more
+/// times, always restarts one that exits 0 until it is stopped by hand (and
+/// a stop calls off a pending restart), a clean exit is not a failure, and
+/// `--restart` with `--rm` is refused.
+#[test]
+fn restart_policies_start_the_container_again() {
+    let env = Env::with_demo();
+    let field = |id: &str, f: &str| env.ok(&["inspect", "-f", f, id]).trim().to_string();
+    let settle = |id: &str, want: &dyn Fn(&str, &str) -> bool| {
+        let start = std::time::Instant::now();
+        loop {
+            let (count, status) = (
+                field(id, "{{.RestartCount}}"),
+                field(id, "{{.State.Status}}"),
+            );
+            if want(&count, &status) {
+                return count;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "{id}: RestartCount {count}, status {status}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let failing = env.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "on-failure:2",
+        "demo",
+        "sh",
+        "-c",
+        "echo run; exit 3",
+    ]);
+    let failing = failing.trim();
+    settle(failing, &|c, s| c == "2" && s == "exited");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(field(failing, "{{.RestartCount}}"), "2", "a third restart");
+    assert_eq!(env.ok(&["logs", failing]), "run\nrun\nrun\n");
+    assert_eq!(field(failing, "{{.State.ExitCode}}"), "3");
+    assert_eq!(
+        field(failing, "{{json .HostConfig.RestartPolicy}}"),
+        r#"{"MaximumRetryCount":2,"Name":"on-failure"}"#
+    );
+
+    let clean = env.ok(&["run", "-d", "--restart", "on-failure", "demo", "true"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(field(clean.trim(), "{{.RestartCount}}"), "0");
+
+    let always = env.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "demo",
+        "sh",
+        "-c",
+        "echo up; sleep 0.3",
+    ]);
+    let always = always.trim();
+    settle(always, &|c, _| c.parse::<u32>().unwrap() >= 2);
+    env.ok(&["stop", always]);
+    let count = field(always, "{{.RestartCount}}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(
+        field(always, "{{.RestartCount}}"),
+        count,
+        "restarted after stop"
+    );
+    assert_eq!(field(always, "{{.State.Status}}"), "exited");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let filter = format!("container={always}");
+    let events = env.ok(&[
+        "events", "--since", "1m", "--until", &now, "--filter", &filter,
+    ]);
+    assert!(events.contains("restart"), "{events}");
+
+    let out = env.run(&["run", "--rm", "--restart", "always", "demo", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(
+        stderr(&out).contains("cannot be used with --rm"),
+        "{}",
+        stderr(&out)
+    );
+    for id in [failing, clean.trim(), always] {
+        env.ok(&["rm", "-f", id]);
+    }
+    env.assert_no_leaks(&[]);
+}

@@ -33,6 +33,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
     let run = args.to_run_config()?;
     let network = args.to_network_request()?;
     let log = args.log_limits()?;
+    let restart = args.restart_policy()?;
     let image = args.image().to_string();
     store.ensure_local(&image)?;
     lifecycle::create(
@@ -45,6 +46,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
             isolation: args.isolation,
             auto_remove: args.rm,
             log,
+            restart,
             interactive: args.interactive,
             kernel: args.kernel.clone(),
             network,
@@ -684,6 +686,7 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
     v["Id"] = json!(rec.id);
     v["Name"] = json!(format!("/{}", rec.name));
     v["Created"] = json!(rec.created.to_rfc3339());
+    v["RestartCount"] = json!(rec.restart_count);
     v["State"] = json!({
         "Status": status.to_string(),
         "Running": status == capsa_shim::record::Status::Running,
@@ -766,6 +769,7 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
         "PidsLimit": pids,
         "ReadonlyRootfs": root_ro,
         "AutoRemove": rec.auto_remove,
+        "RestartPolicy": {"Name": rec.restart.name(), "MaximumRetryCount": rec.restart.max_retries()},
         "Isolation": rec.isolation.to_string(),
         // docker's `local` driver keeps its log in rotated files, as capsa does.
         "LogConfig": {"Type": "local", "Config": {

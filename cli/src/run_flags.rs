@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use capsa_image::spec::{BindMount, Network, RunConfig, Seccomp};
 use capsa_shim::logs::LogLimits;
+use capsa_shim::monitor::restart::RestartPolicy;
 use capsa_shim::{CodedError, Isolation, EXIT_CAPSA_ERROR};
 use clap::Args;
 
@@ -69,6 +70,10 @@ pub struct RunArgs {
     /// the guest, whose kernel stays the boundary.
     #[arg(long)]
     pub privileged: bool,
+    /// Restart policy: no, always, unless-stopped or on-failure[:N] (docker's;
+    /// with a back-off from 100 ms, doubling, at most a minute).
+    #[arg(long, value_name = "POLICY")]
+    pub restart: Option<String>,
     /// Log options: max-size=SIZE (rotate the log at this size; default
     /// 20m), max-file=N (keep this many files; default 5).
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
@@ -255,6 +260,18 @@ fn security_options(opts: &[String]) -> Result<Seccomp> {
 }
 
 impl RunArgs {
+    /// `--restart`, refused with `--rm` as docker refuses it.
+    pub fn restart_policy(&self) -> Result<RestartPolicy> {
+        let Some(r) = &self.restart else {
+            return Ok(RestartPolicy::No);
+        };
+        let policy = RestartPolicy::parse(r).map_err(usage)?;
+        if policy != RestartPolicy::No && self.rm {
+            bail!(usage(format!("--restart {r} cannot be used with --rm")));
+        }
+        Ok(policy)
+    }
+
     /// `--log-opt max-size=…` and `max-file=…` over capsa's defaults.
     pub fn log_limits(&self) -> Result<LogLimits> {
         let mut limits = LogLimits::default();

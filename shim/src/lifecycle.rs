@@ -28,6 +28,8 @@ pub struct CreateRequest {
     pub interactive: bool,
     /// How much log to keep (`--log-opt`).
     pub log: crate::logs::LogLimits,
+    /// `--restart`.
+    pub restart: crate::monitor::restart::RestartPolicy,
     /// VM mode: a guest kernel to use instead of capsa's own.
     pub kernel: Option<PathBuf>,
     /// The networks to join and ports to publish; None: `run.network` alone
@@ -103,6 +105,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         rec.image_id = image.id.clone();
         rec.auto_remove = req.auto_remove;
         rec.log = req.log;
+        rec.restart = req.restart;
         rec.interactive = req.interactive;
         rec.kernel = req.kernel.clone();
         rec.create_dir(roots)?;
@@ -379,9 +382,25 @@ pub fn leave_created(roots: &Roots, mut rec: Record) -> Result<Record> {
 /// its record rearmed. Returns None if it is already running. The caller
 /// starts the monitor (`monitor::supervise`, or `spawn` for a detached one).
 pub fn prepare_start(roots: &Roots, store: &Store, key: &str) -> Result<Option<Record>> {
+    prepare_start_if(roots, store, key, &|_| true)
+}
+
+/// [`prepare_start`] if `wanted` says so of the record, checked under the
+/// containers' lock (a restart policy's restarter: not after a `stop`).
+/// A start by hand clears the user's stop.
+pub fn prepare_start_if(
+    roots: &Roots,
+    store: &Store,
+    key: &str,
+    wanted: &dyn Fn(&Record) -> bool,
+) -> Result<Option<Record>> {
     let _lock = crate::record::lock_containers(roots)?;
     let mut rec = Record::find(roots, key)
         .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
+    if !wanted(&rec) {
+        return Ok(None);
+    }
+    let _ = fs::remove_file(ContainerPaths::new(roots, &rec.id).stopped_by_user());
     match rec.status() {
         Status::Running => return Ok(None),
         Status::Paused => {
@@ -563,9 +582,21 @@ fn thawed(roots: &Roots, rec: Record) -> Result<Record> {
 pub fn kill(roots: &Roots, key: &str, signal: Signal) -> Result<Record> {
     let rec = thawed(roots, Record::find(roots, key)?)?;
     let rec = find_running(roots, &rec.id)?;
+    if signal == Signal::SIGKILL || Some(signal) == parse_signal(&rec.stop_signal) {
+        mark_stopped_by_user(roots, &rec.id)?;
+    }
     emit_kill(roots, &rec, signal);
     backend_for(roots, rec.isolation)?.kill(&rec, signal)?;
     Ok(rec)
+}
+
+/// The user stopped container `id`: its restart policy waits for a start.
+fn mark_stopped_by_user(roots: &Roots, id: &str) -> Result<()> {
+    let paths = ContainerPaths::new(roots, id);
+    if paths.dir.exists() {
+        fs::write(paths.stopped_by_user(), b"")?;
+    }
+    Ok(())
 }
 
 /// Logged before the signal is sent, so that it comes before the `die`
@@ -578,6 +609,8 @@ fn emit_kill(roots: &Roots, rec: &Record, signal: Signal) {
 /// Stops a container: its stop signal, then SIGKILL after `timeout`.
 pub fn stop(roots: &Roots, key: &str, timeout: Duration) -> Result<Record> {
     let rec = thawed(roots, Record::find(roots, key)?)?;
+    // Also for a stopped one: a restart it waits for is called off.
+    mark_stopped_by_user(roots, &rec.id)?;
     if rec.status() != Status::Running {
         return Ok(rec);
     }

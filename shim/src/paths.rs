@@ -97,6 +97,12 @@ impl ContainerPaths {
     pub fn log(&self) -> PathBuf {
         self.dir.join("container.log")
     }
+    /// Present while the user has stopped the container (`stop`, `kill`):
+    /// its restart policy waits for a `start`. A file of its own, not a
+    /// record field, so that no monitor's save of the record can lose it.
+    pub fn stopped_by_user(&self) -> PathBuf {
+        self.dir.join("stopped-by-user")
+    }
     /// What the container's network setup made (capsa-network's
     /// `Attachment`), while it is set up.
     pub fn network_state(&self) -> PathBuf {

@@ -188,6 +188,11 @@ pub struct Record {
     /// How much log it keeps (`--log-opt`).
     #[serde(default)]
     pub log: crate::logs::LogLimits,
+    /// `--restart`, and how often it has restarted the container.
+    #[serde(default)]
+    pub restart: crate::monitor::restart::RestartPolicy,
+    #[serde(default)]
+    pub restart_count: u32,
     /// `capsa build`'s RUN steps: when the process exits, the monitor
     /// writes the container's writable layer here (VM mode: while the
     /// guest still runs).
@@ -225,6 +230,9 @@ impl Record {
             error: None,
             auto_remove: false,
             log: Default::default(),
+            restart: Default::default(),
+            restart_count: 0,
+
             tty: false,
             interactive: false,
             stop_signal: "SIGTERM".into(),

@@ -351,8 +351,8 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
     if let Some(pids) = limits.and_then(|l| l.pids) {
         a.extend(["--pids-limit".into(), pids.to_string()]);
     }
-    if let Some(r) = s.restart.as_deref().filter(|r| *r != "no") {
-        eprintln!("warning: services.{service}.restart: {r} is not applied (capsa has no restart policies yet)");
+    if let Some(r) = &s.restart {
+        a.extend(["--restart".into(), r.clone()]);
     }
     let split = |c: &OneOrMany| -> Result<Vec<String>> {
         match c {

@@ -65,5 +65,7 @@ pub(super) fn finish(
         crate::events::emit(roots, rec, "destroy", &[]);
     } else if let Err(e) = rec.save(roots) {
         tracing::warn!("saving the record of {}: {e:#}", rec.id);
+    } else {
+        super::restart::schedule(roots, rec);
     }
 }

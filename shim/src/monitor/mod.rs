@@ -14,6 +14,7 @@ pub mod bundle;
 mod finish;
 pub mod keeper;
 pub mod ready;
+pub mod restart;
 pub mod spawn;
 
 use finish::finish;

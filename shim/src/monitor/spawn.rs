@@ -31,6 +31,14 @@ pub enum Job {
     },
     /// A container made from an engine's bundle (runc's create and exec).
     Bundle(BundleJob),
+    /// A restart policy's restarter: start stopped container `id` again
+    /// after `delay_ms` (no ready pipe; nobody waits for it).
+    Restart {
+        lib: PathBuf,
+        run: PathBuf,
+        id: String,
+        delay_ms: u64,
+    },
 }
 
 /// The ready pipe's descriptor in the monitor.
@@ -89,7 +97,7 @@ pub fn spawn(job: &Job, io: ProcessIo) -> Result<i32> {
 
 /// The `capsa` binary that has the `__monitor` command: this one, or for
 /// another program (the containerd shim) the one beside it.
-fn capsa_binary() -> Result<PathBuf> {
+pub(super) fn capsa_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating this program")?;
     if std::env::var_os("CAPSA_BIN").is_none() && exe.file_name() == Some("capsa".as_ref()) {
         return Ok(exe);
@@ -101,13 +109,25 @@ fn capsa_binary() -> Result<PathBuf> {
 /// end with.
 pub fn main(args: &[String]) -> i32 {
     // SAFETY: fd 3 is the ready pipe `spawn` set up for us, and nothing
-    // else in this process owns it.
-    let ready = unsafe { File::from_raw_fd(READY_FD) };
+    // else in this process owns it (a restarter has none: it is not read).
+    let ready = || unsafe { File::from_raw_fd(READY_FD) };
     let job = serde_json::from_str(args.first().map(String::as_str).unwrap_or(""))
         .context("the monitor's job");
     let result = job.and_then(|job| match job {
-        Job::Run { lib, run, id } => supervise(&Roots { lib, run }, &id, Mode::Detached { ready }),
-        Job::Bundle(job) => super::bundle::run(job, ready),
+        Job::Run { lib, run, id } => {
+            supervise(&Roots { lib, run }, &id, Mode::Detached { ready: ready() })
+        }
+        Job::Bundle(job) => super::bundle::run(job, ready()),
+        Job::Restart {
+            lib,
+            run,
+            id,
+            delay_ms,
+        } => super::restart::run(
+            &Roots { lib, run },
+            &id,
+            std::time::Duration::from_millis(delay_ms),
+        ),
     });
     match result {
         Ok(code) => code,
