@@ -265,8 +265,8 @@ fn both_modes_give_the_same_results() {
             .contains("out: /mem refused|/disk refused|mknod refused|"),
         "{ctx}"
     );
-    expect("restart", "code=0");
-    assert!(c["restart"].1.contains("out: run|run|1 3|"), "{ctx}");
+    expect("restart-policy", "code=0");
+    assert!(c["restart-policy"].1.contains("out: run|run|1 3|"), "{ctx}");
     expect("cgroup-ro", "code=0");
     assert!(c["cgroup-ro"].1.contains("out: kept|50|"), "{ctx}");
     expect("loopback", "code=0");

@@ -202,7 +202,7 @@ report restart 0
 $c run -d --isolation "$mode" --name again --restart on-failure:1 demo sh -c 'echo run; exit 3' > /dev/null
 n=0; until [ "$($c inspect -f '{{.RestartCount}} {{.State.Status}}' again)" = "1 exited" ] || [ $n -ge 600 ]; do sleep 0.1; n=$((n+1)); done
 { $c logs again; $c inspect -f '{{.RestartCount}} {{.State.ExitCode}}' again; } > /run/o 2> /run/e
-report restart 0; $c rm -f again > /dev/null
+report restart-policy 0; $c rm -f again > /dev/null
 $c run -d --isolation "$mode" --name keeperjob -v /run/vol:/data:ro demo sh -c 'sleep 3; exit 7' > /dev/null
 kill -9 "$($c inspect keeperjob | grep '"monitor_pid"' | tr -dc 0-9)"
 $c wait keeperjob > /run/o 2> /run/e
