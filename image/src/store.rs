@@ -329,21 +329,19 @@ impl Store {
     }
 
     /// The files and directories image `r` has in the store: its blobs,
-    /// unpacked layers and VM root filesystem images. Shared ones (a layer
-    /// of two images) are named by both.
+    /// unpacked layers and VM root filesystem images (named
+    /// `<chain id hex>.<format>`). Shared ones (a layer of two images) are
+    /// named by both; a digest that is not valid names nothing.
     pub fn paths_of(&self, r: &ImageRecord) -> Vec<PathBuf> {
-        let hex = |d: &str| d.strip_prefix("sha256:").unwrap_or(d).to_string();
-        let blobs = self.dir.join("blobs/sha256");
-        let mut out: Vec<PathBuf> = [&r.id, &r.manifest_digest]
+        let blobs = [&r.id, &r.manifest_digest]
             .into_iter()
             .chain(r.layers.iter().map(|l| &l.digest))
-            .map(|d| blobs.join(hex(d)))
-            .collect();
-        out.extend(
-            r.layers
-                .iter()
-                .map(|l| self.dir.join("layers").join(hex(&l.diff_id))),
-        );
+            .filter_map(|d| self.blob_path(d).ok());
+        let layers = r
+            .layers
+            .iter()
+            .filter_map(|l| self.layer_path(&l.diff_id).ok());
+        let mut out: Vec<PathBuf> = blobs.chain(layers).collect();
         if let (Ok(key), Ok(rd)) = (r.rootfs_key(), fs::read_dir(self.dir.join("rootfs"))) {
             let mine = |n: &str| n.split('.').next() == Some(key.as_str());
             out.extend(
@@ -506,51 +504,25 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes blobs and layer dirs no image in `index` references.
+    /// Deletes the blobs, layer dirs and VM root filesystem images no
+    /// image in `index` has ([`Store::paths_of`]).
     fn gc(&self, index: &Index) {
-        let mut blobs = BTreeSet::new();
-        let mut layers = BTreeSet::new();
-        for r in &index.images {
-            blobs.insert(r.id.clone());
-            blobs.insert(r.manifest_digest.clone());
-            for l in &r.layers {
-                blobs.insert(l.digest.clone());
-                layers.insert(l.diff_id.clone());
-            }
-        }
-        let sweep = |dir: PathBuf, keep: &BTreeSet<String>, is_dir: bool| {
-            let Ok(rd) = fs::read_dir(&dir) else { return };
-            for e in rd.flatten() {
-                let name = format!("sha256:{}", e.file_name().to_string_lossy());
-                if !keep.contains(&name) {
-                    let p = e.path();
-                    let res = if is_dir {
-                        fs::remove_dir_all(&p)
-                    } else {
-                        fs::remove_file(&p)
-                    };
-                    if let Err(err) = res {
-                        tracing::warn!(path = %p.display(), error = %err, "cannot remove unused image data");
-                    }
+        let keep: BTreeSet<PathBuf> = index.images.iter().flat_map(|r| self.paths_of(r)).collect();
+        for (dir, is_dir) in [("blobs/sha256", false), ("layers", true), ("rootfs", false)] {
+            let Ok(rd) = fs::read_dir(self.dir.join(dir)) else {
+                continue;
+            };
+            for p in rd.flatten().map(|e| e.path()) {
+                if keep.contains(&p) {
+                    continue;
                 }
-            }
-        };
-        sweep(self.dir.join("blobs/sha256"), &blobs, false);
-        sweep(self.dir.join("layers"), &layers, true);
-        // vm-mode rootfs images are named <chain id hex>.<format>.
-        let mut tops = BTreeSet::new();
-        // (A key that is not a valid digest names no file rootfs_image made.)
-        for r in &index.images {
-            if let Ok(key) = r.rootfs_key() {
-                tops.insert(key);
-            }
-        }
-        if let Ok(rd) = fs::read_dir(self.dir.join("rootfs")) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let stem = name.split('.').next().unwrap_or("");
-                if !tops.contains(stem) {
-                    let _ = fs::remove_file(e.path());
+                let res = if is_dir {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                if let Err(err) = res {
+                    tracing::warn!(path = %p.display(), error = %err, "cannot remove unused image data");
                 }
             }
         }
