@@ -110,10 +110,8 @@ fn image_row(
             .flat_map(|r| store.paths_of(r))
             .collect()
     };
-    let all = paths(false);
-    let in_use = paths(true);
-    let size = usage(all.iter().map(PathBuf::as_path));
-    let kept = usage(in_use.iter().map(PathBuf::as_path));
+    let size = usage(paths(false));
+    let kept = usage(paths(true));
     Row {
         kind,
         total: images.len(),
@@ -135,19 +133,6 @@ fn df(roots: &Roots, format: Option<&str>) -> Result<i32> {
 
     let running = |c: &Record| c.status() != Status::Stopped;
     let dir_of = |c: &Record| roots.container(&c.id);
-    let container_size = usage(
-        containers
-            .iter()
-            .map(dir_of)
-            .collect::<Vec<_>>()
-            .iter()
-            .map(PathBuf::as_path),
-    );
-    let stopped: Vec<PathBuf> = containers
-        .iter()
-        .filter(|c| !running(c))
-        .map(dir_of)
-        .collect();
 
     let vols = volumes::list(roots)?;
     let vol_dir =
@@ -170,15 +155,15 @@ fn df(roots: &Roots, format: Option<&str>) -> Result<i32> {
             kind: "Containers",
             total: containers.len(),
             active: containers.iter().filter(|c| running(c)).count(),
-            size: container_size,
-            reclaimable: usage(stopped.iter().map(PathBuf::as_path)),
+            size: usage(containers.iter().map(dir_of)),
+            reclaimable: usage(containers.iter().filter(|c| !running(c)).map(dir_of)),
         },
         Row {
             kind: "Local Volumes",
             total: vols.len(),
             active: vol_used.iter().filter(|u| **u).count(),
-            size: usage(vol_paths(false).iter().map(PathBuf::as_path)),
-            reclaimable: usage(vol_paths(true).iter().map(PathBuf::as_path)),
+            size: usage(vol_paths(false)),
+            reclaimable: usage(vol_paths(true)),
         },
         image_row("Build Cache", &store, &cached, &used),
     ];
@@ -189,7 +174,7 @@ fn df(roots: &Roots, format: Option<&str>) -> Result<i32> {
 
 /// Everything under capsa's roots that prune can free, for the total.
 fn disk_in_use(roots: &Roots) -> u64 {
-    usage([roots.images().as_path()])
+    usage([roots.images()])
 }
 
 fn prune(roots: &Roots, all: bool, with_volumes: bool, force: bool) -> Result<i32> {

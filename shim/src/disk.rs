@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 /// Sums the disk use of what it is given, counting a file reached twice
 /// (hard links, or the same path given twice) once.
 #[derive(Default)]
-pub struct Usage {
+struct Usage {
     seen: HashSet<(u64, u64)>,
-    pub bytes: u64,
+    bytes: u64,
 }
 
 impl Usage {
     /// Adds `path` and, for a directory, everything under it (symlinks are
     /// counted, not followed). A path that is gone adds nothing.
-    pub fn add(&mut self, path: &Path) {
+    fn add(&mut self, path: &Path) {
         let mut stack: Vec<PathBuf> = vec![path.to_path_buf()];
         while let Some(p) = stack.pop() {
             let Ok(m) = std::fs::symlink_metadata(&p) else {
@@ -36,10 +36,10 @@ impl Usage {
 }
 
 /// The disk use of `paths` together.
-pub fn usage<'a>(paths: impl IntoIterator<Item = &'a Path>) -> u64 {
+pub fn usage(paths: impl IntoIterator<Item = impl AsRef<Path>>) -> u64 {
     let mut u = Usage::default();
     for p in paths {
-        u.add(p);
+        u.add(p.as_ref());
     }
     u.bytes
 }
@@ -57,10 +57,10 @@ mod tests {
         // Sparse: a 1 GB length holding nothing.
         let sparse = std::fs::File::create(d.path().join("sparse")).unwrap();
         sparse.set_len(1 << 30).unwrap();
-        let one = usage([f.as_path()]);
+        let one = usage([&f]);
         assert!((100_000..200_000).contains(&one), "{one}");
         let all = usage([d.path(), f.as_path()]);
         assert!(all < one + 64 * 1024, "{all} vs {one}");
-        assert_eq!(usage([d.path().join("gone").as_path()]), 0);
+        assert_eq!(usage([d.path().join("gone")]), 0);
     }
 }
