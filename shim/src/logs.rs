@@ -185,17 +185,15 @@ pub fn copy_log(
         if drain(&mut file, out, err)? {
             continue;
         }
+        // Rotated: the old file is read to its end (the writer never
+        // splits a frame between files); go on with the new one. (Between
+        // the rotation's rename and the new file the path is missing: the
+        // next round looks again.)
         if replaced(&file) {
-            // Rotated: the old file is read to its end (the writer never
-            // splits a frame between files); go on with the new one.
             if let Ok(f) = File::open(path) {
                 file = f;
                 continue;
             }
-        } else if !path.exists() && running {
-            // Between a rotation's rename and the new file.
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
         }
         if !running {
             break;

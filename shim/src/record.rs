@@ -232,7 +232,6 @@ impl Record {
             log: Default::default(),
             restart: Default::default(),
             restart_count: 0,
-
             tty: false,
             interactive: false,
             stop_signal: "SIGTERM".into(),

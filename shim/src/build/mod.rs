@@ -938,18 +938,16 @@ pub fn cached_images(store: &Store) -> std::collections::HashSet<String> {
 }
 
 /// Forgets every cached step (`capsa system prune`); the images they named
-/// are then unnamed images like any other. Returns how many there were.
-pub fn clear_cache(store: &Store) -> Result<usize> {
-    let mut n = 0;
+/// are then unnamed images like any other.
+pub fn clear_cache(store: &Store) -> Result<()> {
     for e in fs::read_dir(cache_dir(store))
         .into_iter()
         .flatten()
         .flatten()
     {
         fs::remove_file(e.path())?;
-        n += 1;
     }
-    Ok(n)
+    Ok(())
 }
 
 /// HEALTHCHECK's config entry, as docker stores it (durations in ns).
