@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::spawn::{capsa_binary, spawn, Job};
+use super::spawn::{spawn, start_detached, Job};
 use crate::backend::ProcessIo;
 use crate::paths::Roots;
 use crate::record::{Record, Status};
@@ -121,23 +121,7 @@ pub(super) fn schedule(roots: &Roots, rec: &Record) {
         id: rec.id.clone(),
         delay_ms: delay(rec).as_millis() as u64,
     };
-    let started = capsa_binary().and_then(|capsa| {
-        let mut cmd = std::process::Command::new(capsa);
-        cmd.arg("__monitor").arg(serde_json::to_string(&job)?);
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
-        }
-        // Not waited for: it outlives us, and init (or the subreaper)
-        // reaps it.
-        std::mem::forget(cmd.spawn()?);
-        Ok(())
-    });
-    if let Err(e) = started {
+    if let Err(e) = start_detached(&job) {
         tracing::warn!("restarting container {}: {e:#}", rec.id);
     }
 }

@@ -49,14 +49,8 @@ const READY_FD: i32 = 3;
 /// reported for a namespace operation (the monitor is then reaped here).
 /// A failure carries the monitor's exit code and message.
 pub fn spawn(job: &Job, io: ProcessIo) -> Result<i32> {
-    let capsa = capsa_binary()?;
     let (ready_r, ready_w) = nix::unistd::pipe()?;
-    let mut cmd = Command::new(&capsa);
-    cmd.arg("__monitor").arg(serde_json::to_string(job)?);
-    let stdio = |fd: Option<OwnedFd>| fd.map_or_else(Stdio::null, Stdio::from);
-    cmd.stdin(stdio(io.stdin))
-        .stdout(stdio(io.stdout))
-        .stderr(stdio(io.stderr));
+    let mut cmd = monitor_command(job, io)?;
     let ready_fd = ready_w.as_raw_fd();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
@@ -71,9 +65,7 @@ pub fn spawn(job: &Job, io: ProcessIo) -> Result<i32> {
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", capsa.display()))?;
+    let child = cmd.spawn().with_context(|| starting(&cmd))?;
     drop(ready_w);
     let pid = child.id() as i32;
     // The child is the caller's to reap: do not wait for it through `child`.
@@ -95,9 +87,41 @@ pub fn spawn(job: &Job, io: ProcessIo) -> Result<i32> {
     }
 }
 
+/// `capsa __monitor JOB` with the given standard streams (/dev/null where
+/// none is given).
+fn monitor_command(job: &Job, io: ProcessIo) -> Result<Command> {
+    let mut cmd = Command::new(capsa_binary()?);
+    cmd.arg("__monitor").arg(serde_json::to_string(job)?);
+    let stdio = |fd: Option<OwnedFd>| fd.map_or_else(Stdio::null, Stdio::from);
+    cmd.stdin(stdio(io.stdin))
+        .stdout(stdio(io.stdout))
+        .stderr(stdio(io.stderr));
+    Ok(cmd)
+}
+
+fn starting(cmd: &Command) -> String {
+    format!(
+        "starting {}",
+        std::path::Path::new(cmd.get_program()).display()
+    )
+}
+
+/// Starts `job` in a session of its own and does not wait for it (a
+/// restart policy's restarter): it outlives us, and init (or the
+/// subreaper) reaps it.
+pub(super) fn start_detached(job: &Job) -> Result<()> {
+    let mut cmd = monitor_command(job, ProcessIo::default())?;
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+    }
+    std::mem::forget(cmd.spawn().with_context(|| starting(&cmd))?);
+    Ok(())
+}
+
 /// The `capsa` binary that has the `__monitor` command: this one, or for
 /// another program (the containerd shim) the one beside it.
-pub(super) fn capsa_binary() -> Result<PathBuf> {
+fn capsa_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating this program")?;
     if std::env::var_os("CAPSA_BIN").is_none() && exe.file_name() == Some("capsa".as_ref()) {
         return Ok(exe);
