@@ -78,7 +78,7 @@ fn run() -> Result<String> {
         .without_time()
         .init();
     // Best effort: a guest without networking still runs containers.
-    let _ = capsa_container::loopback::up();
+    let _ = capsa_container::netif::up("lo");
     let _ = guest::set_hostname("capsa");
     let agent = Agent::new(settings.debug);
     agent.start_reaper().context("starting the reaper")?;

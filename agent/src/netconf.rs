@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use capsa_container::netif;
 use capsa_proto::GuestNetwork;
 
 /// Configures the guest's NICs and routes. Each NIC is found by its MAC
@@ -33,8 +34,7 @@ pub fn configure(net: &GuestNetwork) -> Result<()> {
             sock.set_address(&label, addr, prefix)
                 .with_context(|| format!("giving {label} the address {a}"))?;
         }
-        sock.up(&name)
-            .with_context(|| format!("bringing {name} up"))?;
+        netif::up(&name)?;
         names.push((name, iface));
     }
     for r in &net.routes {
@@ -155,18 +155,6 @@ impl Socket {
         Ok(Socket(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    fn ifreq(name: &str) -> Result<libc::ifreq> {
-        if name.len() >= libc::IFNAMSIZ {
-            bail!("interface name {name:?} is too long");
-        }
-        // SAFETY: ifreq is plain data; all zeroes is a valid value.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (i, b) in name.bytes().enumerate() {
-            req.ifr_name[i] = b as libc::c_char;
-        }
-        Ok(req)
-    }
-
     fn ioctl<T>(&self, request: libc::c_ulong, arg: &mut T) -> std::io::Result<()> {
         // SAFETY: each caller passes the argument type its request takes
         // (ifreq or rtentry), owned and initialised here.
@@ -178,26 +166,18 @@ impl Socket {
     }
 
     fn set_mtu(&self, name: &str, mtu: u16) -> Result<()> {
-        let mut req = Self::ifreq(name)?;
+        let mut req = netif::ifreq(name)?;
         req.ifr_ifru.ifru_mtu = i32::from(mtu);
         Ok(self.ioctl(libc::SIOCSIFMTU, &mut req)?)
     }
 
     fn set_address(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
-        let mut req = Self::ifreq(name)?;
+        let mut req = netif::ifreq(name)?;
         req.ifr_ifru.ifru_addr = sockaddr(addr);
         self.ioctl(libc::SIOCSIFADDR, &mut req)?;
-        let mut req = Self::ifreq(name)?;
+        let mut req = netif::ifreq(name)?;
         req.ifr_ifru.ifru_netmask = sockaddr(netmask(prefix));
         Ok(self.ioctl(libc::SIOCSIFNETMASK, &mut req)?)
-    }
-
-    fn up(&self, name: &str) -> Result<()> {
-        let mut req = Self::ifreq(name)?;
-        self.ioctl(libc::SIOCGIFFLAGS, &mut req)?;
-        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-        Ok(self.ioctl(libc::SIOCSIFFLAGS, &mut req)?)
     }
 
     fn add_route(&self, dev: &str, dst: Ipv4Addr, prefix: u8, gw: Option<Ipv4Addr>) -> Result<()> {

@@ -18,7 +18,8 @@
 
 pub mod cgroup;
 pub mod layer_diff;
-pub mod loopback;
+pub mod namespaces;
+pub mod netif;
 pub mod process;
 pub mod procfs;
 pub mod remount;

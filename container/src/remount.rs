@@ -10,8 +10,6 @@
 //!   `/sys/fs/cgroup` options say (runc honours `ro`), which would let the
 //!   container's root raise its own limits (pids.max, memory.limit_in_bytes).
 
-use std::os::fd::AsFd;
-
 use anyhow::{Context, Result};
 use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::Spec;
@@ -67,12 +65,8 @@ fn root_options(mountinfo: &str) -> Option<&str> {
 
 /// In process `pid`'s mount namespace: the root remounted `nodev`, and,
 /// with `cgroup_read_only`, every mount at and under /sys/fs/cgroup
-/// read-only (and nosuid, nodev, noexec). Runs in a thread of its own that
-/// leaves our file system context first, since only such a thread may
-/// enter another mount namespace.
+/// read-only (and nosuid, nodev, noexec).
 pub fn harden(pid: i32, cgroup_read_only: bool) -> Result<()> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
-        .with_context(|| format!("the mount namespace of process {pid}"))?;
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .with_context(|| format!("the mounts of process {pid}"))?;
     let root = kept_flags(root_options(&mountinfo).unwrap_or(""));
@@ -80,11 +74,7 @@ pub fn harden(pid: i32, cgroup_read_only: bool) -> Result<()> {
         true => cgroup_mounts(&mountinfo),
         false => vec![],
     };
-    std::thread::spawn(move || -> Result<()> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
-            .context("a file system context of our own")?;
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)
-            .context("entering the container's mount namespace")?;
+    crate::namespaces::in_namespace_of(pid, nix::sched::CloneFlags::CLONE_NEWNS, move || {
         let remount = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
         mount(
             None::<&str>,
@@ -108,8 +98,6 @@ pub fn harden(pid: i32, cgroup_read_only: bool) -> Result<()> {
         }
         Ok(())
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the thread remounting the container's mounts panicked"))?
 }
 
 #[cfg(test)]

@@ -80,15 +80,13 @@ impl Runtime {
                     n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none()
                 })
             });
-        let mut fixes = Ok(());
-        if own_netns {
-            fixes = crate::loopback::up_in(pid.as_raw());
-        }
-        if fixes.is_ok() {
-            let cgroup_ro = crate::remount::wants_read_only(&spec);
-            fixes = crate::remount::harden(pid.as_raw(), cgroup_ro);
-        }
-        if let Err(e) = fixes {
+        let fixes = || -> Result<()> {
+            if own_netns {
+                crate::netif::lo_up_in(pid.as_raw())?;
+            }
+            crate::remount::harden(pid.as_raw(), crate::remount::wants_read_only(&spec))
+        };
+        if let Err(e) = fixes() {
             let _ = self.delete(id);
             return Err(e);
         }
