@@ -1,12 +1,8 @@
 //! Container mode end to end: real namespace containers from the demo
 //! image, driven through the `capsa` command line as a user would.
 
-use capsa_tests::{stderr, stdout, Env};
+use capsa_tests::{code, stderr, stdout, Env};
 use std::collections::BTreeMap;
-
-fn code(o: &std::process::Output) -> i32 {
-    o.status.code().expect("capsa exited by signal")
-}
 
 #[test]
 fn run_prints_output_and_leaves_nothing_behind() {

@@ -2,11 +2,7 @@
 //! from inside one, each refused — and the host checked afterwards. VM mode
 //! runs the same images inside its guest (tests/parity.sh: `device-nodes`).
 
-use capsa_tests::{stderr, stdout, Env};
-
-fn code(o: &std::process::Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
+use capsa_tests::{code, stderr, stdout, Env};
 
 /// The first disk of this host, as "MAJOR:MINOR" (from /proc/partitions).
 fn host_disk() -> String {

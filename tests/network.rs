@@ -10,7 +10,7 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use capsa_tests::{capsa_bin, stderr, stdout, Env};
+use capsa_tests::{capsa_bin, code, stderr, stdout, Env};
 
 /// A network namespace standing for the host, with the demo image in a
 /// private capsa root.
@@ -190,10 +190,6 @@ fn sh_ok(cmd: &str) -> String {
     let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
     assert!(out.status.success(), "{cmd}: {}", stderr(&out));
     stdout(&out)
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited by signal")
 }
 
 #[test]

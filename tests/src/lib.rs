@@ -214,6 +214,11 @@ pub fn files_under(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
     out
 }
 
+/// The exit code of a command that must end by exiting (not by a signal).
+pub fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited by signal")
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
