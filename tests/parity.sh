@@ -21,11 +21,12 @@ report() { # name code
     "$(wc -c < /run/e | tr -d ' ')" "$(sha256sum < /run/e | cut -c1-12)"
   printf '   out: %s\n   err: %s\n' "$(head -c 160 /run/o | tr '\n' '|')" "$(head -c 160 /run/e | tr '\n' '|')"
 }
+dir_of() { echo "/run/parity-$mode/containers/$($c inspect -f '{{.Id}}' "$1")"; } # name
 why() { # name: why a detached container ended in error (only a failing run's dump shows it)
   err=$($c inspect -f '{{.State.Error}}' "$1" 2>&1)
   [ -n "$err" ] || return 0
   echo "   why $1: $err"
-  tail -n 12 "/run/parity-$mode/containers/$($c inspect -f '{{.Id}}' "$1")/console.log" 2>/dev/null | sed 's/^/   console: /'
+  tail -n 12 "$(dir_of "$1")/console.log" 2>/dev/null | sed 's/^/   console: /'
 }
 case_run() { # name stdin-file capsa-run-args...
   name=$1 input=$2; shift 2
@@ -48,7 +49,7 @@ case_run tty /run/empty -t demo sh -c 'test -t 0 && test -t 1 && echo is-a-tty'
 # guest discards, capsa-vmm punches holes in the container's disk file)
 $c run -d --isolation "$mode" --name sp demo sh -c 'head -c 60000000 /dev/zero > /big; sync; touch /ready; sleep 300' > /dev/null
 n=0; until $c exec sp test -e /ready 2>/dev/null || [ $n -ge 300 ]; do sleep 0.2; n=$((n+1)); done
-used() { du -sk "/run/parity-$mode/containers/$($c inspect -f '{{.Id}}' sp)" | cut -f1; }
+used() { du -sk "$(dir_of sp)" | cut -f1; }
 full=$(used); $c exec sp sh -c 'rm /big; sync'; sleep 1; freed=$(used)
 { [ "$full" -gt 50000 ] && echo written; [ "$freed" -lt $((full / 2)) ] && echo given-back; $c rm -f sp; } > /run/o 2> /run/e
 report space-back 0
@@ -197,12 +198,13 @@ $c run -d --isolation "$mode" --name rs demo sh -c 'echo run >> /kept; echo star
   $c run --isolation "$mode" --name sa demo sh -c 'echo said; exit 3'; $c start -a sa; echo "start-a=$?"; $c rm sa; } > /run/o 2> /run/e
 report restart 0
 
-# a killed monitor loses no exit status: its keeper collects it
 # a restart policy starts a failing container once more (a new VM in VM mode)
 $c run -d --isolation "$mode" --name again --restart on-failure:1 demo sh -c 'echo run; exit 3' > /dev/null
 n=0; until [ "$($c inspect -f '{{.RestartCount}} {{.State.Status}}' again)" = "1 exited" ] || [ $n -ge 600 ]; do sleep 0.1; n=$((n+1)); done
 { $c logs again; $c inspect -f '{{.RestartCount}} {{.State.ExitCode}}' again; } > /run/o 2> /run/e
 report restart-policy 0; $c rm -f again > /dev/null
+
+# a killed monitor loses no exit status: its keeper collects it
 $c run -d --isolation "$mode" --name keeperjob -v /run/vol:/data:ro demo sh -c 'sleep 3; exit 7' > /dev/null
 kill -9 "$($c inspect keeperjob | grep '"monitor_pid"' | tr -dc 0-9)"
 $c wait keeperjob > /run/o 2> /run/e
