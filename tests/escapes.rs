@@ -206,6 +206,57 @@ fn no_host_descriptor_or_directory_reaches_the_container() {
     env.assert_no_leaks(&[]);
 }
 
+/// `run -i` and `exec` hand the container pipes, never the caller's own
+/// standard streams: through /proc/self/fd a process can reopen what it
+/// holds with other rights, so a file fed in as stdin could be written and
+/// the user's terminal typed into (TIOCSTI), as docker and podman avoid by
+/// relaying the streams.
+#[test]
+fn the_callers_own_streams_never_reach_the_container() {
+    let env = Env::with_demo();
+    let dir = tempfile::tempdir().unwrap();
+    let fed = dir.path().join("fed");
+    std::fs::write(&fed, "original\n").unwrap();
+    // Reopen stdin for writing, say what each stream is, then drain stdin.
+    let script = "echo changed 2>/dev/null > /proc/self/fd/0; \
+        for n in 0 1 2; do echo \"$n $(readlink /proc/self/fd/$n)\"; done; cat > /dev/null";
+    let id = env.ok(&["run", "-d", "demo", "sleep", "300"]);
+    let id = id.trim();
+    for (how, args) in [
+        (
+            "run -i",
+            vec!["run", "--rm", "-i", "demo", "sh", "-c", script],
+        ),
+        ("exec -i", vec!["exec", "-i", id, "sh", "-c", script]),
+        ("exec", vec!["exec", id, "sh", "-c", script]),
+    ] {
+        let out_file = dir.path().join("out");
+        let status = env
+            .cmd(&args)
+            .stdin(std::fs::File::open(&fed).unwrap())
+            .stdout(std::fs::File::create(&out_file).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
+            .status()
+            .unwrap();
+        let out = std::fs::read_to_string(&out_file).unwrap();
+        assert!(status.success(), "{how}: {status} {out}");
+        assert_eq!(
+            std::fs::read_to_string(&fed).unwrap(),
+            "original\n",
+            "{how}: the container wrote the file fed in as its stdin"
+        );
+        for line in out.lines() {
+            let (n, target) = line.split_once(' ').unwrap();
+            // Without -i, stdin is the null device, as docker's.
+            let relayed = target.starts_with("pipe:") || (n == "0" && target == "/dev/null");
+            assert!(relayed, "{how}: fd {n} is the caller's {target}");
+        }
+        assert_eq!(out.lines().count(), 3, "{how}: {out}");
+    }
+    env.ok(&["rm", "-f", id]);
+    env.assert_no_leaks(&[]);
+}
+
 /// Symlinks an image leaves where a volume goes (absolute, climbing out)
 /// resolve inside the container's root: the volume is mounted there, never
 /// on the host's path (CVE-2021-30465 class, without the race).

@@ -23,6 +23,21 @@ pub fn pipe() -> io::Result<PipePair> {
     Ok(PipePair { read, write })
 }
 
+/// The container's end of a pipe that a thread fills from our stdin and
+/// closes at its end. A container never gets our own descriptors: through
+/// /proc/self/fd it could reopen them with other rights (write the file the
+/// user fed in, type into the user's terminal).
+pub fn relay_stdin() -> io::Result<OwnedFd> {
+    let PipePair { read, write } = pipe()?;
+    std::thread::Builder::new()
+        .name("stdin-relay".into())
+        .spawn(move || {
+            // Ends at our stdin's end, or when the container closed its end.
+            let _ = io::copy(&mut io::stdin().lock(), &mut std::fs::File::from(write));
+        })?;
+    Ok(read)
+}
+
 /// One source of container output.
 pub struct Source {
     pub fd: OwnedFd,

@@ -261,7 +261,7 @@ fn start(
             stream: Stream::Stderr,
         });
         if foreground && rec.interactive {
-            io.stdin = Some(std::io::stdin().as_fd().try_clone_to_owned()?);
+            io.stdin = Some(stdio::relay_stdin()?);
         }
     }
 
@@ -333,47 +333,58 @@ pub fn exec_attached(
 ) -> Result<i32> {
     let mut io = ProcessIo::default();
     let mut console = None;
+    let mut sources = Vec::new();
     if req.tty {
         let c = ConsoleSocket::bind(roots, &rec.id)?;
         io.console_socket = Some(c.path.clone());
         console = Some(c);
     } else {
+        // Pipes, as for `run`: never our own descriptors (stdio::relay_stdin).
         if interactive {
-            io.stdin = Some(std::io::stdin().as_fd().try_clone_to_owned()?);
+            io.stdin = Some(stdio::relay_stdin()?);
         }
-        io.stdout = Some(std::io::stdout().as_fd().try_clone_to_owned()?);
-        io.stderr = Some(std::io::stderr().as_fd().try_clone_to_owned()?);
+        let (out, err) = (stdio::pipe()?, stdio::pipe()?);
+        io.stdout = Some(out.write);
+        io.stderr = Some(err.write);
+        sources.push(Source {
+            fd: out.read,
+            stream: Stream::Stdout,
+        });
+        sources.push(Source {
+            fd: err.read,
+            stream: Stream::Stderr,
+        });
     }
     let handle = backend
         .exec(rec, req, io)
         .map_err(capsa_container::classify_start_error)?;
     let master = console.as_ref().map(ConsoleSocket::receive).transpose()?;
     drop(console);
+    let stdin = std::io::stdin();
+    let mut input = None;
+    let mut _raw = None;
     if let Some(m) = master {
-        let stdin_is_tty = nix::unistd::isatty(0).unwrap_or(false);
-        let _raw = if interactive && stdin_is_tty {
+        if interactive && nix::unistd::isatty(0).unwrap_or(false) {
             copy_window_size(std::io::stdin(), &m);
-            RawMode::enable(std::io::stdin().as_fd())
-        } else {
-            None
-        };
-        let stdin = std::io::stdin();
-        // exec output is not part of the container's log.
-        let pump = Pump {
-            sources: vec![Source {
-                fd: m.try_clone()?,
-                stream: Stream::Stdout,
-            }],
-            input: if interactive {
-                Some((stdin.as_fd(), m.try_clone()?))
-            } else {
-                None
-            },
-            log: LogWriter::discard()?,
-            attach: true,
-            signals: None,
-        };
-        pump.run(&mut |_| {})?;
+            _raw = RawMode::enable(stdin.as_fd());
+        }
+        if interactive {
+            input = Some((stdin.as_fd(), m.try_clone()?));
+        }
+        sources.push(Source {
+            fd: m,
+            stream: Stream::Stdout,
+        });
     }
+    // exec output is not part of the container's log.
+    let pump = Pump {
+        sources,
+        input,
+        log: LogWriter::discard()?,
+        attach: true,
+        signals: None,
+    };
+    pump.run(&mut |_| {})?;
+    drop(_raw);
     handle.wait()
 }
