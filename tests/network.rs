@@ -474,6 +474,73 @@ fn egress_is_masqueraded_and_host_loopback_is_out_of_reach() {
     host.assert_clean();
 }
 
+/// `--add-host NAME:host-gateway` names the host as the container reaches
+/// it: its network's gateway, where a host service on all addresses
+/// answers; 127.0.0.1 on the host's network; refused without a network.
+#[test]
+fn host_gateway_names_the_host() {
+    let host = HostNs::new();
+    let www = host.env.path().join("www-gw");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "from-the-host\n").unwrap();
+    let mut server = Command::new("ip")
+        .args([
+            "netns", "exec", &host.name, "busybox", "httpd", "-f", "-p", "9997", "-h",
+        ])
+        .arg(&www)
+        .spawn()
+        .unwrap();
+    assert_eq!(host.get("http://127.0.0.1:9997/"), "from-the-host\n");
+    // The static busybox cannot read /etc/hosts through libc: awk does.
+    let fetch = "ip=$(awk '$2 == \"hgw\" {print $1}' /etc/hosts); echo \"$ip\"; \
+        printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $ip 9997 | sed '1,/^\\r$/d'";
+    let out = host.ok(&[
+        "run",
+        "--rm",
+        "--add-host",
+        "hgw:host-gateway",
+        "demo",
+        "sh",
+        "-c",
+        fetch,
+    ]);
+    let (ip, body) = out.split_once('\n').unwrap();
+    assert!(ip.starts_with("10.89.") && ip.ends_with(".1"), "{out}");
+    assert_eq!(body, "from-the-host\n", "{out}");
+    let out = host.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--add-host",
+        "hgw:host-gateway",
+        "demo",
+        "grep",
+        "hgw",
+        "/etc/hosts",
+    ]);
+    assert_eq!(out, "127.0.0.1\thgw\n");
+    let out = host.capsa(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--add-host",
+        "hgw:host-gateway",
+        "demo",
+        "true",
+    ]);
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("host-gateway needs a network"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    host.assert_clean();
+}
+
 /// Deletes the namespace `name` at the end of a test.
 fn scopeguard(name: String) -> impl Drop {
     struct G(String);

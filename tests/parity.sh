@@ -9,6 +9,10 @@
 # (tests/helpers/*.c).
 capsa=$1 mode=$2 links=$3 udp=$4
 c="$capsa --root /run/parity-$mode"
+# Cases about something else than networking run without a network: the
+# default bridge costs about 5 s a run in the test host (netavark's
+# iptables calls). Case default-network and the network cases use one.
+r="$c run --network none"
 $c load --demo >/dev/null || { echo "@@ load failed"; exit 1; }
 $c load -i "$links" >/dev/null || { echo "@@ load of $links failed"; exit 1; }
 printf 'hello stdin\nsecond line\n' > /run/stdin.txt
@@ -28,11 +32,12 @@ why() { # name: why a detached container ended in error (only a failing run's du
   echo "   why $1: $err"
   tail -n 12 "$(dir_of "$1")/console.log" 2>/dev/null | sed 's/^/   console: /'
 }
-case_run() { # name stdin-file capsa-run-args...
-  name=$1 input=$2; shift 2
-  $c run --rm --isolation "$mode" --hostname box "$@" > /run/o 2> /run/e < "$input"
+case_in() { # network name stdin-file capsa-run-args...
+  net=$1 name=$2 input=$3; shift 3
+  $c run --network "$net" --rm --isolation "$mode" --hostname box "$@" > /run/o 2> /run/e < "$input"
   report "$name" $?
 }
+case_run() { case_in none "$@"; } # name stdin-file capsa-run-args...
 
 case_run echo /run/empty demo echo hello world
 for n in 0 1 7; do case_run "exit-$n" /run/empty demo sh -c "exit $n"; done
@@ -47,7 +52,7 @@ case_run stdout-20mb /run/empty demo sh -c 'head -c 20000000 /dev/zero | tr "\0"
 case_run tty /run/empty -t demo sh -c 'test -t 0 && test -t 1 && echo is-a-tty'
 # what the container deletes goes back to the host's disk (VM mode: the
 # guest discards, capsa-vmm punches holes in the container's disk file)
-$c run -d --isolation "$mode" --name sp demo sh -c 'head -c 60000000 /dev/zero > /big; sync; touch /ready; sleep 300' > /dev/null
+$r -d --isolation "$mode" --name sp demo sh -c 'head -c 60000000 /dev/zero > /big; sync; touch /ready; sleep 300' > /dev/null
 n=0; until $c exec sp test -e /ready 2>/dev/null || [ $n -ge 300 ]; do sleep 0.2; n=$((n+1)); done
 used() { du -sk "$(dir_of sp)" | cut -f1; }
 full=$(used); $c exec sp sh -c 'rm /big; sync'; sleep 1; freed=$(used)
@@ -74,7 +79,7 @@ case_run loopback /run/empty demo sh -c 'nc -l -p 8000 -e echo hi & i=0
 # their owners, modes and links; a host change is seen inside; a non-root
 # user gets the host's permissions
 rm -rf /run/rw && mkdir -p /run/rw && echo from-host > /run/rw/in && echo secret > /run/rw/secret && chmod 600 /run/rw/secret
-$c run --rm --isolation "$mode" -v /run/rw:/data demo sh -c 'cat /data/in; echo out > /data/out; mkdir /data/d; echo x > /data/d/a;
+$r --rm --isolation "$mode" -v /run/rw:/data demo sh -c 'cat /data/in; echo out > /data/out; mkdir /data/d; echo x > /data/d/a;
   mv /data/d/a /data/d/b; ln /data/d/b /data/hard; ln -s d/b /data/sym; chmod 640 /data/out; chown 1000:1000 /data/d /data/out;
   rm /data/in; sync /data/out' > /run/o 2> /run/e; code=$?
 (cd /run/rw && find . | sort | while read -r f; do stat -c '%n %a %u:%g %h' "$f"; done; cat out; readlink sym) >> /run/o
@@ -82,7 +87,7 @@ report volume-rw "$code"
 chown 1000:1000 /run/rw
 case_run volume-user /run/empty -u 1000:1000 -v /run/rw:/data demo sh -c 'id -u; echo mine > /data/mine; stat -c "%u:%g %a" /data/mine; cat /data/secret'
 rm -rf /run/rw2 && mkdir -p /run/rw2
-$c run -d --isolation "$mode" --name watcher -v /run/rw2:/data demo sh -c 'echo ready > /data/ready; i=0
+$r -d --isolation "$mode" --name watcher -v /run/rw2:/data demo sh -c 'echo ready > /data/ready; i=0
   while [ ! -e /data/from-host ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; cat /data/from-host; echo seen > /data/ack' > /dev/null 2> /run/d-err
 i=0; while [ ! -e /run/rw2/ready ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 echo hello-from-host > /run/rw2/from-host
@@ -101,20 +106,20 @@ case_run volume-setuid /run/empty -u 1000:1000 -v /run/esc:/data demo /data/busy
 # extended attributes both ways, and a directory of 300 files deleted while
 # it is listed (rm -rf)
 rm -rf /mnt/scratch/x && mkdir -p /mnt/scratch/x
-$c run --rm --isolation "$mode" -v /mnt/scratch/x:/data -v "$udp":/opt/h:ro demo sh -c 'echo f > /data/f
+$r --rm --isolation "$mode" -v /mnt/scratch/x:/data -v "$udp":/opt/h:ro demo sh -c 'echo f > /data/f
   /opt/h/xattr set /data/f user.model resnet && /opt/h/xattr get /data/f user.model
   mkdir /data/t; i=0; while [ $i -lt 300 ]; do : > /data/t/f$i; i=$((i+1)); done; rm -rf /data/t && echo tree-gone' > /run/o 2> /run/e; code=$?
 "$udp"/xattr get /mnt/scratch/x/f user.model >> /run/o 2>> /run/e; ls /mnt/scratch/x >> /run/o
 report volume-disk "$code"
 # named volumes: filled from the image's files on first use, kept across
 # containers, removed once unused
-{ $c run --rm --isolation "$mode" -v pvol:/home demo sh -c 'stat -c "%U %a" /home/user; echo kept > /home/note'
-  $c run --rm --isolation "$mode" -v pvol:/data:ro demo cat /data/note; $c volume rm pvol; } > /run/o 2> /run/e
+{ $r --rm --isolation "$mode" -v pvol:/home demo sh -c 'stat -c "%U %a" /home/user; echo kept > /home/note'
+  $r --rm --isolation "$mode" -v pvol:/data:ro demo cat /data/note; $c volume rm pvol; } > /run/o 2> /run/e
 report volume-named $?
 case_run read-only-root /run/empty --read-only demo touch /x
 # One process fills a 100 MB buffer, so the OOM killer's victim is certain.
 case_run oom /run/empty --memory 32m demo dd if=/dev/zero of=/dev/null bs=100M count=1
-$c run --isolation "$mode" --name oomer --memory 32m demo dd if=/dev/zero of=/dev/null bs=100M count=1 > /dev/null 2>&1
+$r --isolation "$mode" --name oomer --memory 32m demo dd if=/dev/zero of=/dev/null bs=100M count=1 > /dev/null 2>&1
 $c inspect oomer | grep '"oom_killed"' | tr -d ' ,' > /run/o; : > /run/e
 report oom-reported 0; $c rm oomer > /dev/null
 # the syscalls podman's profile blocks are refused (EPERM) in both modes
@@ -126,45 +131,45 @@ case_run seccomp-file /run/empty --security-opt seccomp=/usr/share/containers/se
 case_run privileged /run/empty --privileged demo sh -c 'grep -E "^(CapEff|Seccomp):" /proc/self/status; mkdir /m && mount -t tmpfs t /m && echo mounted'
 
 # stop: SIGTERM first; a shell that ignores it is killed after the timeout.
-$c run -d --isolation "$mode" --name stopper demo sh -c 'trap "echo got-term; exit 3" TERM; echo ready; while :; do sleep 0.1; done' > /dev/null
+$r -d --isolation "$mode" --name stopper demo sh -c 'trap "echo got-term; exit 3" TERM; echo ready; while :; do sleep 0.1; done' > /dev/null
 sleep 1; $c stop -t 5 stopper > /dev/null; $c wait stopper > /run/o 2> /run/e; $c logs stopper >> /run/o 2>> /run/e
 report stop-term 0; $c rm stopper > /dev/null
-$c run -d --isolation "$mode" --name stubborn demo sh -c 'trap "" TERM; while :; do sleep 0.1; done' > /dev/null
+$r -d --isolation "$mode" --name stubborn demo sh -c 'trap "" TERM; while :; do sleep 0.1; done' > /dev/null
 sleep 1; $c stop -t 1 stubborn > /dev/null; $c wait stubborn > /run/o 2> /run/e
 report stop-kill 0; $c rm stubborn > /dev/null
 
 # pause/unpause: frozen (exec refused), thawed, and removed while paused
-$c run -d --isolation "$mode" --name pz demo sleep 300 > /dev/null
+$r -d --isolation "$mode" --name pz demo sleep 300 > /dev/null
 { $c pause pz; $c ps | grep -c '(Paused)'; $c exec pz true; echo "exec=$?"; $c unpause pz; $c exec pz echo back
   $c pause pz; $c rm -f pz; } > /run/o 2> /run/e
 report pause 0
 
 # stats and top: the limit, PIDs, a busy CPU, the processes' commands
-$c run -d --isolation "$mode" --name st -m 96m demo sh -c 'while :; do :; done' > /dev/null
+$r -d --isolation "$mode" --name st -m 96m demo sh -c 'while :; do :; done' > /dev/null
 { $c stats --no-stream --format '{{.Name}} {{.MemUsage}} {{.PIDs}} {{.CPUPerc}}' st |
     awk '{ sub(/^[0-9.]+[KMG]?i?B$/, "U", $2); $6 = ($6 + 0 > 5) ? "busy" : "idle:" $6; print }'
   $c top st | awk '{ print $1, $8, $9, $10 }'; $c rm -f st; } > /run/o 2> /run/e
 report stats-top 0
 
 # update: new limits reach the running container (its cgroup in the guest)
-$c run -d --isolation "$mode" --name up -m 96m demo sleep 300 > /dev/null
+$r -d --isolation "$mode" --name up -m 96m demo sleep 300 > /dev/null
 { $c update -m 128m --pids-limit 50 up; $c stats --no-stream --format '{{.MemUsage}}' up | sed 's/^[^ ]* /U /'
   $c inspect -f '{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}' up; $c exec up cat /sys/fs/cgroup/pids.max; $c rm -f up; } > /run/o 2> /run/e
 report update 0
 
 # cp both ways through the container's own tar (VM mode: through the agent)
 mkdir -p /run/cpsrc/d && echo cp-in > /run/cpsrc/d/f && rm -rf "/run/cpout-$mode" && mkdir "/run/cpout-$mode"
-$c run -d --isolation "$mode" --name cpy demo sleep 300 > /dev/null
+$r -d --isolation "$mode" --name cpy demo sleep 300 > /dev/null
 { $c cp /run/cpsrc/d cpy:/tmp; $c exec cpy cat /tmp/d/f; $c exec cpy sh -c 'echo cp-out > /tmp/d/g'
   $c cp cpy:/tmp/d "/run/cpout-$mode/back"; cat "/run/cpout-$mode/back/f" "/run/cpout-$mode/back/g"; $c rm -f cpy; } > /run/o 2> /run/e
 report cp 0
 
 # commit: the container's changes (a deletion too) as a layer of a new
 # image, which runs (VM mode: the agent writes the layer in the guest)
-$c run -d --isolation "$mode" --name cm demo sh -c 'echo data > /added; rm /etc/group; touch /ready; sleep 300' > /dev/null
+$r -d --isolation "$mode" --name cm demo sh -c 'echo data > /added; rm /etc/group; touch /ready; sleep 300' > /dev/null
 n=0; until $c exec cm test -e /ready 2>/dev/null || [ $n -ge 150 ]; do sleep 0.2; n=$((n+1)); done
 { $c commit -c 'CMD ["cat", "/added"]' cm "snap-$mode" | cut -c1-7; $c exec cm echo running
-  $c run --rm --isolation "$mode" "snap-$mode"; $c run --rm --isolation "$mode" "snap-$mode" sh -c 'test -e /etc/group || echo no-group'
+  $r --rm --isolation "$mode" "snap-$mode"; $r --rm --isolation "$mode" "snap-$mode" sh -c 'test -e /etc/group || echo no-group'
   $c rm -f cm; $c rmi "snap-$mode" > /dev/null; } > /run/o 2> /run/e
 report commit 0
 
@@ -193,42 +198,47 @@ report hooks 0
 # start and restart: the container runs again, its log and its own writes
 # kept (VM mode: on its writable disk); start -a gives the exit code
 lines() { n=0; while [ "$($c logs "$1" | wc -l)" -lt "$2" ] && [ $n -lt 150 ]; do sleep 0.2; n=$((n+1)); done; }
-$c run -d --isolation "$mode" --name rs demo sh -c 'echo run >> /kept; echo started $(wc -l < /kept); sleep 300' > /dev/null
+$r -d --isolation "$mode" --name rs demo sh -c 'echo run >> /kept; echo started $(wc -l < /kept); sleep 300' > /dev/null
 { lines rs 1; $c restart -t 1 rs; lines rs 2; $c logs rs; $c exec rs echo in; $c rm -f rs
-  $c run --isolation "$mode" --name sa demo sh -c 'echo said; exit 3'; $c start -a sa; echo "start-a=$?"; $c rm sa; } > /run/o 2> /run/e
+  $r --isolation "$mode" --name sa demo sh -c 'echo said; exit 3'; $c start -a sa; echo "start-a=$?"; $c rm sa; } > /run/o 2> /run/e
 report restart 0
 
 # a restart policy starts a failing container once more (a new VM in VM mode)
-$c run -d --isolation "$mode" --name again --restart on-failure:1 demo sh -c 'echo run; exit 3' > /dev/null
+$r -d --isolation "$mode" --name again --restart on-failure:1 demo sh -c 'echo run; exit 3' > /dev/null
 n=0; until [ "$($c inspect -f '{{.RestartCount}} {{.State.Status}}' again)" = "1 exited" ] || [ $n -ge 600 ]; do sleep 0.1; n=$((n+1)); done
 { $c logs again; $c inspect -f '{{.RestartCount}} {{.State.ExitCode}}' again; } > /run/o 2> /run/e
 report restart-policy 0; $c rm -f again > /dev/null
 
 # a killed monitor loses no exit status: its keeper collects it
-$c run -d --isolation "$mode" --name keeperjob -v /run/vol:/data:ro demo sh -c 'sleep 3; exit 7' > /dev/null
+$r -d --isolation "$mode" --name keeperjob -v /run/vol:/data:ro demo sh -c 'sleep 3; exit 7' > /dev/null
 kill -9 "$($c inspect keeperjob | grep '"monitor_pid"' | tr -dc 0-9)"
 $c wait keeperjob > /run/o 2> /run/e
 $c inspect keeperjob | grep -E '"(status|exit_code)"' | tr -d ' ,' >> /run/o
 report monitor-killed 0; $c rm keeperjob > /dev/null
 
 # the writable layer belongs to one container
-$c run --isolation "$mode" --name writer demo sh -c 'echo data > /tmp/f' > /dev/null
+$r --isolation "$mode" --name writer demo sh -c 'echo data > /tmp/f' > /dev/null
 $c rm writer > /dev/null
 case_run tmp-gone-after-rm /run/empty demo cat /tmp/f
 
 # a missing working directory is made in the container's root (docker's
 # rule); one that cannot be made is named
 case_run cwd-created /run/empty -w /new/deeper demo sh -c 'pwd; stat -c %u:%g:%a .'
-$c run --rm --isolation "$mode" -w /etc/passwd/x demo true > /run/o 2> /run/e; code=$?
+$r --rm --isolation "$mode" -w /etc/passwd/x demo true > /run/o 2> /run/e; code=$?
 grep -c 'working directory /etc/passwd/x .*/etc/passwd is not a directory' /run/e > /run/o; : > /run/e
 report cwd-through-file "$code"
 # /etc/hosts, /etc/hostname and /etc/resolv.conf that are symlinks (to
 # nowhere) are followed inside the container's root
 case_run add-host /run/empty --add-host db:10.1.2.3 --add-host v6:fd00::1 demo grep -E '^(10.1.2.3|fd00::1)' /etc/hosts
+# without --network a container is on docker's default network, bridge,
+# and host-gateway names the host's address on it
+$c run --rm --isolation "$mode" --add-host gw:host-gateway demo sh -c 'ls /sys/class/net; ip route | grep -c "^default via"
+  grep -c "^10\.89\.[0-9]*\.1[[:space:]]gw$" /etc/hosts' > /run/o 2> /run/e
+report default-network $?
 case_run etc-links /run/empty links sh -c 'cat /etc/hostname /etc/hosts /run/capsa-hostname; ls -l /etc/resolv.conf | grep -c stub-resolv'
 
 # exec into a running container
-$c run -d --isolation "$mode" --name target demo sleep 300 > /dev/null
+$r -d --isolation "$mode" --name target demo sleep 300 > /dev/null
 $c exec target sh -c 'echo in-exec; exit 4' > /run/o 2> /run/e; code=$?
 report exec "$code"
 # an exec'd process is confined exactly as the container's first process
@@ -263,10 +273,10 @@ $c rm -f udp > /dev/null
 $c network create --subnet 10.99.1.0/24 pn1 > /dev/null
 $c network create --subnet 10.99.2.0/24 pn2 > /dev/null
 $c run -d --isolation "$mode" --network pn1 --network-alias alias-a --name a demo sh -c "$(page from-a)" > /dev/null
-case_run net-names /run/empty --network pn1 demo sh -c "$(get a); $(get alias-a)"
+case_in pn1 net-names /run/empty demo sh -c "$(get a); $(get alias-a)"
 aip=$($c exec a ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
-case_run net-isolated /run/empty --network pn2 demo sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $aip 80 || echo unreachable"
-case_run net-ip-mac /run/empty --network pn1 --ip 10.99.1.50 --mac-address 02:42:0a:63:01:32 --add-host db:10.1.2.3 demo \
+case_in pn2 net-isolated /run/empty demo sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $aip 80 || echo unreachable"
+case_in pn1 net-ip-mac /run/empty --ip 10.99.1.50 --mac-address 02:42:0a:63:01:32 --add-host db:10.1.2.3 demo \
   sh -c 'cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk "{print \$4}"; grep -E "box|db" /etc/hosts; grep nameserver /etc/resolv.conf; ip route | grep -c "^default via 10.99.1.1 dev eth0"'
 timeout 30 busybox nc -l -p 9000 > /run/got & srv=$!
 $c run --rm --isolation "$mode" --network pn2 demo sh -c 'sleep 1; echo hi-host | nc -w 2 192.0.2.10 9000; echo sent' > /run/o 2> /run/e; code=$?

@@ -392,7 +392,7 @@ pub fn guest_bind_sources(spec: &mut Spec, dir: &Path) -> Result<()> {
         let dest = m.destination().display().to_string();
         let content = match dest.as_str() {
             "/etc/hostname" => capsa_container::etc_hostname(&hostname),
-            "/etc/hosts" => capsa_container::etc_hosts(&hostname, None, annotations.as_ref()),
+            "/etc/hosts" => capsa_container::etc_hosts(&hostname, None, None, annotations.as_ref()),
             "/etc/resolv.conf" => continue,
             _ => bail!(
                 "the bind mount for {dest} has source {}, which does not exist in the guest \

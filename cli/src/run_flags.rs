@@ -172,10 +172,18 @@ impl RunArgs {
                         .split_once('=')
                         .or_else(|| h.split_once(':'))
                         .unwrap_or((h, ""));
-                    capsa_container::extra_host(name, ip)
-                        .map_err(|e| usage(format!("invalid --add-host {h:?}: {e} (give HOST:IP)")))
+                    if ip == capsa_container::HOST_GATEWAY && self.network_mode() == "none" {
+                        bail!(usage(format!(
+                            "--add-host {h}: host-gateway needs a network: it cannot be used with --network none"
+                        )));
+                    }
+                    Ok(capsa_container::extra_host(name, ip).map_err(|e| {
+                        usage(format!(
+                            "invalid --add-host {h:?}: {e} (give HOST:IP or HOST:host-gateway)"
+                        ))
+                    })?)
                 })
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>>>()?;
             annotations.insert(
                 capsa_container::EXTRA_HOSTS_ANNOTATION.to_string(),
                 entries.join(","),

@@ -69,22 +69,29 @@ pub fn etc_hostname(hostname: &str) -> String {
 
 /// The container's own `/etc/hosts`, docker's template: the hostname
 /// names the container's address on its network, or 127.0.1.1 without one;
-/// `--add-host` entries (from the spec's annotation) come before it.
+/// `--add-host` entries (from the spec's annotation) come before it, with
+/// `host-gateway` meaning `gateway` (the host's address on that network).
 pub fn etc_hosts(
     hostname: &str,
     address: Option<std::net::Ipv4Addr>,
+    gateway: Option<std::net::IpAddr>,
     annotations: Option<&std::collections::HashMap<String, String>>,
 ) -> String {
     let address = address.unwrap_or(std::net::Ipv4Addr::new(127, 0, 1, 1));
     format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}{address}\t{hostname}\n",
-        extra_hosts_lines(annotations)
+        extra_hosts_lines(annotations, gateway)
     )
 }
 
 /// Where `--add-host` entries travel with the spec (to the guest too):
 /// `NAME=IP` pairs separated by commas.
 pub const EXTRA_HOSTS_ANNOTATION: &str = "io.capsa.extra-hosts";
+
+/// docker's `--add-host NAME:host-gateway`: the host, as the container
+/// reaches it (its network's gateway address, or 127.0.0.1 on the host's
+/// network), resolved when the network is set up.
+pub const HOST_GATEWAY: &str = "host-gateway";
 
 /// One `--add-host` entry as it goes into the annotation, or why not.
 pub fn extra_host(name: &str, ip: &str) -> Result<String, String> {
@@ -96,6 +103,9 @@ pub fn extra_host(name: &str, ip: &str) -> Result<String, String> {
     if !ok_name {
         return Err(format!("{name:?} is not a host name"));
     }
+    if ip == HOST_GATEWAY {
+        return Ok(format!("{name}={ip}"));
+    }
     let ip: std::net::IpAddr = ip
         .parse()
         .map_err(|_| format!("{ip:?} is not an IP address"))?;
@@ -103,16 +113,22 @@ pub fn extra_host(name: &str, ip: &str) -> Result<String, String> {
 }
 
 /// The /etc/hosts lines of the annotation's entries; an entry that is not
-/// `NAME=IP` (a hand-written bundle's) is skipped.
+/// `NAME=IP` (a hand-written bundle's), or `host-gateway` with no gateway
+/// to name, is skipped.
 pub fn extra_hosts_lines(
     annotations: Option<&std::collections::HashMap<String, String>>,
+    gateway: Option<std::net::IpAddr>,
 ) -> String {
     let Some(list) = annotations.and_then(|a| a.get(EXTRA_HOSTS_ANNOTATION)) else {
         return String::new();
     };
     list.split(',')
         .filter_map(|e| e.split_once('='))
-        .filter_map(|(name, ip)| extra_host(name, ip).ok().map(|_| format!("{ip}\t{name}\n")))
+        .filter(|(name, ip)| extra_host(name, ip).is_ok())
+        .filter_map(|(name, ip)| match ip {
+            HOST_GATEWAY => gateway.map(|g| format!("{g}\t{name}\n")),
+            _ => Some(format!("{ip}\t{name}\n")),
+        })
         .collect()
 }
 
@@ -150,14 +166,30 @@ mod tests {
         )]
         .into();
         assert_eq!(
-            etc_hosts("box", None, Some(&a)),
+            etc_hosts("box", None, None, Some(&a)),
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
              10.1.2.3\tdb\nfd00::1\tv6\n127.0.1.1\tbox\n"
         );
         assert_eq!(extra_host("db", "10.1.2.3").unwrap(), "db=10.1.2.3");
         assert!(extra_host("a b", "10.1.2.3").is_err());
-        assert!(extra_host("db", "host-gateway")
+        assert!(extra_host("db", "gateway")
             .unwrap_err()
             .contains("not an IP"));
+    }
+
+    #[test]
+    fn host_gateway_names_the_networks_gateway_or_nothing() {
+        let a: std::collections::HashMap<String, String> = [(
+            EXTRA_HOSTS_ANNOTATION.to_string(),
+            "db=10.1.2.3,host.docker.internal=host-gateway".to_string(),
+        )]
+        .into();
+        assert_eq!(extra_host("h", HOST_GATEWAY).unwrap(), "h=host-gateway");
+        let gw = "10.89.0.1".parse().ok();
+        assert_eq!(
+            extra_hosts_lines(Some(&a), gw),
+            "10.1.2.3\tdb\n10.89.0.1\thost.docker.internal\n"
+        );
+        assert_eq!(extra_hosts_lines(Some(&a), None), "10.1.2.3\tdb\n");
     }
 }

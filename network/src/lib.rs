@@ -191,6 +191,12 @@ impl Attachment {
         self.interfaces.first().map(|i| i.address.addr())
     }
 
+    /// The host's address on the container's first network: where
+    /// `--add-host NAME:host-gateway` points.
+    pub fn primary_gateway(&self) -> Option<Ipv4Addr> {
+        self.interfaces.first().and_then(|i| i.gateway)
+    }
+
     /// The container's /etc/resolv.conf: aardvark-dns on user networks;
     /// else, as docker's default bridge, the host's resolvers (without
     /// loopback ones, which the container cannot reach) or `--dns`.

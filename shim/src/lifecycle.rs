@@ -231,9 +231,14 @@ fn add_etc_files(
     let hosts = match network {
         Network::Host => {
             fs::read_to_string("/etc/hosts").unwrap_or_default()
-                + &capsa_container::extra_hosts_lines(spec.annotations().as_ref())
+                // The host is the container's own 127.0.0.1.
+                + &capsa_container::extra_hosts_lines(
+                    spec.annotations().as_ref(),
+                    Some(std::net::Ipv4Addr::LOCALHOST.into()),
+                )
         }
-        _ => capsa_container::etc_hosts(&hostname, None, spec.annotations().as_ref()),
+        // Rewritten with the addresses once a network is set up.
+        _ => capsa_container::etc_hosts(&hostname, None, None, spec.annotations().as_ref()),
     };
     files.push(("hosts", hosts));
     match network {

@@ -70,8 +70,12 @@ pub fn attach(roots: &Roots, rec: &Record) -> Result<Vec<OwnedFd>> {
     // From the spec: in VM mode the hostname file is written in the guest.
     let spec = oci_spec::runtime::Spec::load(cpaths.config())?;
     let hostname = spec.hostname().clone().unwrap_or_default();
-    let hosts =
-        capsa_container::etc_hosts(&hostname, att.primary_ip(), spec.annotations().as_ref());
+    let hosts = capsa_container::etc_hosts(
+        &hostname,
+        att.primary_ip(),
+        att.primary_gateway().map(Into::into),
+        spec.annotations().as_ref(),
+    );
     fs::write(cpaths.dir.join("hosts"), hosts)?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     fs::write(

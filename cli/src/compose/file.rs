@@ -235,6 +235,12 @@ pub struct Service {
     pub stdin_open: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// `HOST:IP` (or `HOST=IP`) list, or a map of HOST to IP;
+    /// `host-gateway` for the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_hosts: Option<Environment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<OneOrMany>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

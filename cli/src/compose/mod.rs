@@ -289,6 +289,18 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
     for port in &s.ports {
         a.extend(["-p".into(), port.to_string()]);
     }
+    for host in env_pairs(s.extra_hosts.as_ref()) {
+        a.extend(["--add-host".into(), host]);
+    }
+    match &s.dns {
+        Some(OneOrMany::One(d)) => a.extend(["--dns".into(), d.clone()]),
+        Some(OneOrMany::Many(ds)) => {
+            for d in ds {
+                a.extend(["--dns".into(), d.clone()]);
+            }
+        }
+        None => {}
+    }
     for v in &s.volumes {
         a.extend(["-v".into(), volume_arg(p, v)]);
     }
