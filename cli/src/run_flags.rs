@@ -152,7 +152,7 @@ impl RunArgs {
             env.extend(env_entry(e));
         }
         let network = match self.network_mode() {
-            "host" => Network::Host,
+            Some("host") => Network::Host,
             // A network's namespace is joined once the container has one.
             _ => Network::None,
         };
@@ -303,16 +303,22 @@ impl RunArgs {
         Ok(limits)
     }
 
-    /// `--network`, or docker's default network `bridge`.
-    fn network_mode(&self) -> &str {
-        self.network
-            .as_deref()
-            .unwrap_or(capsa_network::DEFAULT_NETWORK)
+    /// `--network`, or the default network when ports are published
+    /// (docker's default network is `bridge`; capsa's is `none`, see
+    /// docs/networking.md).
+    fn network_mode(&self) -> Option<&str> {
+        match self.network.as_deref() {
+            Some(n) => Some(n),
+            None if !self.publish.is_empty() || self.publish_all => {
+                Some(capsa_network::DEFAULT_NETWORK)
+            }
+            None => None,
+        }
     }
 
     /// `--network container:NAME`: the container whose network to share.
     pub fn network_of(&self) -> Option<&str> {
-        self.network_mode().strip_prefix("container:")
+        self.network_mode()?.strip_prefix("container:")
     }
 
     /// The networks to join and ports to publish; None for `none`, `host`
@@ -343,10 +349,11 @@ impl RunArgs {
             }
             return Ok(None);
         }
-        let networked = !matches!(mode, "none" | "host");
+        let networked = !matches!(mode, None | Some("none") | Some("host"));
         let network_only = |flag: &str| -> Result<()> {
             bail!(usage(format!(
-                "{flag} needs a network: it cannot be used with --network {mode}"
+                "{flag} needs a network: it cannot be used with --network {}",
+                mode.unwrap_or("none")
             )))
         };
         if !networked {
@@ -362,11 +369,12 @@ impl RunArgs {
             if self.mac_address.is_some() {
                 network_only("--mac-address")?;
             }
-            if !self.dns.is_empty() && mode != "host" {
+            if !self.dns.is_empty() && mode != Some("host") {
                 network_only("--dns")?;
             }
             return Ok(None);
         }
+        let name = mode.expect("networked");
         if let Some(mac) = &self.mac_address {
             let ok = mac.split(':').count() == 6
                 && mac
@@ -386,7 +394,7 @@ impl RunArgs {
             .map_err(|e| usage(format!("{e:#}")))?;
         Ok(Some(capsa_network::Request {
             endpoints: vec![capsa_network::Endpoint {
-                network: mode.to_string(),
+                network: name.to_string(),
                 aliases: self.network_alias.clone(),
                 ip: self.ip,
                 mac: self.mac_address.clone(),
