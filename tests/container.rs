@@ -354,6 +354,33 @@ fn detached_lifecycle_ps_logs_exec_stop_wait_rm() {
     assert!(ps.contains("Exited (137)"), "{ps}");
     assert!(!env.ok(&["ps"]).contains("web"));
 
+    // docker's --filter: one key's values are alternatives, keys must all
+    // match; a status or exit filter looks at stopped containers too.
+    env.ok(&["run", "-d", "--name", "other", "demo", "sleep", "300"]);
+    let names = |filters: &[&str]| {
+        let mut args = vec!["ps", "--format", "{{.Names}}"];
+        for f in filters {
+            args.extend(["--filter", f]);
+        }
+        env.ok(&args)
+    };
+    assert_eq!(names(&["status=exited"]), "web\n");
+    assert_eq!(names(&["exited=137", "name=we"]), "web\n");
+    assert_eq!(names(&["exited=0"]), "");
+    assert_eq!(names(&["status=running", "ancestor=demo"]), "other\n");
+    assert_eq!(
+        names(&["name=web", "name=other", "status=running"]),
+        "other\n"
+    );
+    assert_eq!(names(&[&format!("id={}", &id[..8])]), "", "web is stopped");
+    assert_eq!(names(&["isolation=container"]), "other\n");
+    for bad in ["color=red", "status=sleeping", "exited=x", "name"] {
+        let out = env.run(&["ps", "--filter", bad]);
+        assert_eq!(code(&out), 125, "{bad}");
+        assert!(stderr(&out).contains("invalid filter"), "{}", stderr(&out));
+    }
+    env.ok(&["rm", "-f", "other"]);
+
     env.ok(&["rm", "web"]);
     assert!(!env.ok(&["ps", "-a"]).contains("web"));
     env.assert_no_leaks(&[id]);
@@ -1965,7 +1992,31 @@ fn restart_policies_start_the_container_again() {
         "echo up; sleep 0.3",
     ]);
     let always = always.trim();
-    settle(always, &|c, _| c.parse::<u32>().unwrap() >= 2);
+    // Between runs (the back-off doubles) it is docker's "Restarting".
+    settle(always, &|c, s| {
+        c.parse::<u32>().unwrap() >= 2 && s == "restarting"
+    });
+    let start = std::time::Instant::now();
+    loop {
+        let ps = env.ok(&["ps", "-a", "--format", "{{.ID}} {{.Status}} {{.State}}"]);
+        let ps = ps
+            .lines()
+            .find_map(|l| l.strip_prefix(&always[..12]))
+            .unwrap_or_default()
+            .to_string();
+        let state = field(always, "{{.State.Status}} {{.State.Restarting}}");
+        if ps.starts_with(" Restarting (0) ")
+            && ps.ends_with(" restarting")
+            && state == "restarting true"
+        {
+            break;
+        }
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "ps never showed it restarting: {ps}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     env.ok(&["stop", always]);
     let count = field(always, "{{.RestartCount}}");
     std::thread::sleep(std::time::Duration::from_secs(3));

@@ -155,6 +155,73 @@ pub struct PsArgs {
     /// Image, Command, CreatedAt, RunningFor, Status, State, Ports, Names,
     /// and Isolation).
     pub(crate) format: Option<String>,
+    /// `--filter KEY=VALUE`, docker's keys.
+    pub(crate) filter: Vec<String>,
+}
+
+/// `ps --filter`s, as docker reads them: the values of one key are
+/// alternatives, different keys must all match.
+struct PsFilter(Vec<(String, Vec<String>)>);
+
+impl PsFilter {
+    const KEYS: [&'static str; 6] = ["id", "name", "status", "ancestor", "exited", "isolation"];
+    const STATUSES: [&'static str; 5] = ["created", "restarting", "running", "paused", "exited"];
+
+    fn parse(given: &[String]) -> Result<PsFilter> {
+        let mut keys: Vec<(String, Vec<String>)> = Vec::new();
+        for f in given {
+            let bad = |why: &str| {
+                CodedError::new(EXIT_CAPSA_ERROR, format!("invalid filter {f:?}: {why}"))
+            };
+            let (k, v) = f.split_once('=').ok_or_else(|| bad("give KEY=VALUE"))?;
+            if !Self::KEYS.contains(&k) {
+                bail!(bad(&format!("the keys are {}", Self::KEYS.join(", "))));
+            }
+            if k == "status" && !Self::STATUSES.contains(&v) {
+                bail!(bad(&format!(
+                    "a status is one of {}",
+                    Self::STATUSES.join(", ")
+                )));
+            }
+            if k == "exited" && v.parse::<i32>().is_err() {
+                bail!(bad("exited takes an exit code"));
+            }
+            match keys.iter_mut().find(|(key, _)| key == k) {
+                Some((_, values)) => values.push(v.to_string()),
+                None => keys.push((k.to_string(), vec![v.to_string()])),
+            }
+        }
+        Ok(PsFilter(keys))
+    }
+
+    /// docker lists stopped containers for a status or exit-code filter
+    /// even without -a.
+    fn wants_stopped(&self) -> bool {
+        self.0.iter().any(|(k, _)| k == "status" || k == "exited")
+    }
+
+    fn matches(&self, roots: &Roots, r: &Record) -> bool {
+        self.0.iter().all(|(key, values)| {
+            values.iter().any(|v| match key.as_str() {
+                "id" => r.id.starts_with(v.as_str()),
+                "name" => r.name.contains(v.as_str()),
+                "status" => state_word(roots, r) == *v,
+                "ancestor" => {
+                    r.image == *v
+                        || r.image.strip_suffix(":latest") == Some(v.as_str())
+                        || r.image_id
+                            .trim_start_matches("sha256:")
+                            .starts_with(v.trim_start_matches("sha256:"))
+                }
+                "exited" => {
+                    r.status() == Status::Stopped
+                        && r.exit_code.map(|c| c.to_string()) == Some(v.clone())
+                }
+                "isolation" => r.isolation.to_string() == *v,
+                _ => false,
+            })
+        })
+    }
 }
 
 const PS_HEADERS: crate::format::Headers = &[
@@ -172,10 +239,13 @@ const PS_HEADERS: crate::format::Headers = &[
 const PS_TABLE: &str = "{{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Isolation}}\t{{.Names}}";
 
 pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
+    let filter = PsFilter::parse(&args.filter)?;
+    let all = args.all || filter.wants_stopped();
     let recs: Vec<Record> = Record::list(roots)?
         .into_iter()
         .rev()
-        .filter(|r| args.all || r.status().is_up())
+        .filter(|r| all || r.status().is_up())
+        .filter(|r| filter.matches(roots, r))
         .collect();
     if args.quiet {
         for r in &recs {
@@ -196,15 +266,9 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
                 ("Command", format!("\"{command}\"")),
                 ("CreatedAt", r.created.to_rfc3339()),
                 ("RunningFor", table::ago(r.created)),
-                ("Status", status_text(r)),
-                // docker's word for a stopped container.
-                (
-                    "State",
-                    match r.status() {
-                        Status::Stopped => "exited".into(),
-                        other => other.to_string(),
-                    },
-                ),
+                ("Status", status_text(roots, r)),
+                // docker's words for a stopped container.
+                ("State", state_word(roots, r)),
                 ("Ports", ports_text(roots, r)),
                 ("Isolation", r.isolation.to_string()),
                 ("Names", r.name.clone()),
@@ -224,7 +288,16 @@ fn ports_text(roots: &Roots, r: &Record) -> String {
         .join(", ")
 }
 
-fn status_text(r: &Record) -> String {
+/// docker's `State` word: "restarting" for a stopped container its
+/// restart policy will start again.
+fn state_word(roots: &Roots, r: &Record) -> String {
+    match r.status() {
+        Status::Stopped if capsa_shim::monitor::restart::pending(roots, r) => "restarting".into(),
+        other => other.to_string(),
+    }
+}
+
+fn status_text(roots: &Roots, r: &Record) -> String {
     if r.damaged.is_some() {
         return "Damaged (record unreadable; capsa rm -f removes it)".into();
     }
@@ -244,7 +317,12 @@ fn status_text(r: &Record) -> String {
             table::duration(Utc::now() - r.started.unwrap_or(r.created))
         ),
         Status::Stopped => format!(
-            "Exited ({}) {}",
+            "{} ({}) {}",
+            if capsa_shim::monitor::restart::pending(roots, r) {
+                "Restarting"
+            } else {
+                "Exited"
+            },
             r.exit_code.unwrap_or(-1),
             table::ago(r.finished.unwrap_or(r.created))
         ),
@@ -688,8 +766,9 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
     v["Created"] = json!(rec.created.to_rfc3339());
     v["RestartCount"] = json!(rec.restart_count);
     v["State"] = json!({
-        "Status": status.to_string(),
+        "Status": state_word(roots, rec),
         "Running": status == capsa_shim::record::Status::Running,
+        "Restarting": state_word(roots, rec) == "restarting",
         "Paused": status == capsa_shim::record::Status::Paused,
         "OOMKilled": rec.oom_killed,
         "Pid": rec.pid.filter(|_| status.can_kill()).unwrap_or(0),

@@ -22,6 +22,11 @@ pub struct PsArgs {
     /// (without): table, table TEMPLATE, json or a template.
     #[arg(short = 'f', long)]
     format: Option<String>,
+    /// docker: only the containers that match KEY=VALUE (id, name,
+    /// status, ancestor, exited, isolation); repeat a key for either
+    /// value, give several keys for all of them.
+    #[arg(long = "filter")]
+    filter: Vec<String>,
     /// runc: the container ID, then arguments for ps(1) (default -ef).
     #[arg(
         trailing_var_arg = true,
@@ -39,6 +44,7 @@ pub fn ps(roots: &Roots, a: PsArgs) -> Result<i32> {
                 all: a.all,
                 quiet: a.quiet,
                 format: a.format,
+                filter: a.filter,
             },
         );
     };

@@ -89,6 +89,12 @@ impl RestartPolicy {
     }
 }
 
+/// Whether stopped container `rec` waits out its back-off before its policy
+/// starts it again: docker's "Restarting".
+pub fn pending(roots: &Roots, rec: &Record) -> bool {
+    rec.restart.applies(rec, user_stopped(roots, rec))
+}
+
 fn user_stopped(roots: &Roots, rec: &Record) -> bool {
     crate::paths::ContainerPaths::new(roots, &rec.id)
         .stopped_by_user()
@@ -112,7 +118,7 @@ fn delay(rec: &Record) -> Duration {
 /// When the stopped container `rec`'s policy says so, starts the restarter:
 /// a detached `capsa __monitor` job that outlives this monitor.
 pub(super) fn schedule(roots: &Roots, rec: &Record) {
-    if !rec.restart.applies(rec, user_stopped(roots, rec)) {
+    if !pending(roots, rec) {
         return;
     }
     let job = Job::Restart {
