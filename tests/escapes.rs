@@ -198,8 +198,11 @@ fn no_host_descriptor_or_directory_reaches_the_container() {
         let cwd = format!("/proc/self/fd/{n}");
         let out = env.run(&["run", "--rm", "-w", &cwd, "demo", "ls", "-a"]);
         assert_ne!(code(&out), 0, "run -w {cwd} worked: {}", stdout(&out));
+        let said = "lead outside the container";
+        assert!(stderr(&out).contains(said), "{}", stderr(&out));
         let out = env.run(&["exec", "-w", &cwd, id, "ls", "-a"]);
         assert_ne!(code(&out), 0, "exec -w {cwd} worked: {}", stdout(&out));
+        assert!(stderr(&out).contains(said), "{}", stderr(&out));
     }
     env.ok(&["rm", "-f", id]);
     assert_eq!(env.container_ids().len(), 0);

@@ -61,6 +61,7 @@ pub fn exec_process(init: &Process, req: &ExecRequest) -> Result<Process> {
     p.set_terminal(Some(req.tty));
     p.set_console_size(None);
     if let Some(dir) = &req.workdir {
+        crate::rootfs::check_workdir(std::path::Path::new(dir))?;
         p.set_cwd(PathBuf::from(dir));
     }
     if let Some((uid, gid)) = req.user {

@@ -169,11 +169,35 @@ fn bind_of_a_file(m: &oci_spec::runtime::Mount) -> bool {
         .is_some_and(|meta| !meta.is_dir())
 }
 
+/// Refuses a working directory through one of /proc's links to what a
+/// process holds (`/proc/self/fd/N`, `/proc/1/cwd`, …): it would name a
+/// directory outside the container (CVE-2024-21626's way out), which
+/// libcontainer refuses too, but only with "failed to unix syscall".
+pub fn check_workdir(cwd: &Path) -> Result<()> {
+    let mut parts = cwd
+        .components()
+        .skip_while(|c| *c == std::path::Component::RootDir);
+    let in_proc = parts.next().is_some_and(|c| c.as_os_str() == "proc");
+    if in_proc
+        && parts.any(|c| {
+            ["fd", "cwd", "root", "map_files"].contains(&c.as_os_str().to_str().unwrap_or(""))
+        })
+    {
+        bail!(
+            "the working directory {} goes through /proc's links to what a process holds, \
+             which lead outside the container; choose a directory of the container's filesystem (-w)",
+            cwd.display()
+        );
+    }
+    Ok(())
+}
+
 /// The process's working directory `cwd`, created in `root` if missing.
 fn create_workdir(root: &pathrs::Root, cwd: &Path) -> Result<()> {
     if cwd.as_os_str().is_empty() || cwd == Path::new("/") {
         return Ok(());
     }
+    check_workdir(cwd)?;
     if let Err(e) = mkdir_all(root, cwd) {
         let why = match first_non_directory(root, cwd) {
             Some(p) if p == cwd => "it exists and is not a directory".to_string(),
@@ -371,5 +395,20 @@ mod tests {
         );
         let e = create_workdir(&root, Path::new("/etc/passwd")).unwrap_err();
         assert!(format!("{e}").contains("not a directory"), "{e}");
+        for magic in [
+            "/proc/self/fd/3",
+            "/proc/1/cwd",
+            "/proc/thread-self/root/x",
+            "/proc/1/task/1/fd/9",
+        ] {
+            let e = create_workdir(&root, Path::new(magic)).unwrap_err();
+            assert!(
+                format!("{e}").contains("lead outside the container"),
+                "{magic}: {e}"
+            );
+            assert!(!r.join(&magic[1..]).exists(), "{magic} made");
+        }
+        check_workdir(Path::new("/proc/sys")).unwrap();
+        check_workdir(Path::new("/srv/fd")).unwrap();
     }
 }
