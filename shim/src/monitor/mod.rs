@@ -231,6 +231,23 @@ fn write_layer(backend: &dyn Backend, rec: &Record, path: &Path) -> Result<()> {
 
 type Started = (Box<dyn Sandbox>, Vec<Source>, Option<OwnedFd>);
 
+/// Gives a new process the write ends of `out` and `err`; their read ends
+/// are what the pump reads.
+fn piped_output(io: &mut ProcessIo, (out, err): (stdio::PipePair, stdio::PipePair)) -> [Source; 2] {
+    io.stdout = Some(out.write);
+    io.stderr = Some(err.write);
+    [
+        Source {
+            fd: out.read,
+            stream: Stream::Stdout,
+        },
+        Source {
+            fd: err.read,
+            stream: Stream::Stderr,
+        },
+    ]
+}
+
 fn start(
     roots: &Roots,
     backend: &dyn Backend,
@@ -246,20 +263,11 @@ fn start(
         io.console_socket = Some(c.path.clone());
         console = Some(c);
     } else {
-        let (out, err) = match pipes {
+        let pipes = match pipes {
             Some(p) => p,
             None => (stdio::pipe()?, stdio::pipe()?),
         };
-        io.stdout = Some(out.write);
-        io.stderr = Some(err.write);
-        outputs.push(Source {
-            fd: out.read,
-            stream: Stream::Stdout,
-        });
-        outputs.push(Source {
-            fd: err.read,
-            stream: Stream::Stderr,
-        });
+        outputs.extend(piped_output(&mut io, pipes));
         if foreground && rec.interactive {
             io.stdin = Some(stdio::relay_stdin()?);
         }
@@ -343,17 +351,7 @@ pub fn exec_attached(
         if interactive {
             io.stdin = Some(stdio::relay_stdin()?);
         }
-        let (out, err) = (stdio::pipe()?, stdio::pipe()?);
-        io.stdout = Some(out.write);
-        io.stderr = Some(err.write);
-        sources.push(Source {
-            fd: out.read,
-            stream: Stream::Stdout,
-        });
-        sources.push(Source {
-            fd: err.read,
-            stream: Stream::Stderr,
-        });
+        sources.extend(piped_output(&mut io, (stdio::pipe()?, stdio::pipe()?)));
     }
     let handle = backend
         .exec(rec, req, io)
