@@ -497,6 +497,8 @@ fn host_gateway_names_the_host() {
     let out = host.ok(&[
         "run",
         "--rm",
+        "--network",
+        "bridge",
         "--add-host",
         "hgw:host-gateway",
         "demo",

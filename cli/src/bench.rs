@@ -16,9 +16,9 @@
 //!       creates, starts, waits and deletes.
 //!
 //! (b) end to end, including a fresh root filesystem per container:
-//!     - `capsa run --rm demo true`: the real binary (image lookup, overlay
-//!       mount, spec generation, container record, the lifecycle, unmount,
-//!       removal);
+//!     - `capsa run --rm --network none demo true`: the real binary (image
+//!       lookup, overlay mount, spec generation, container record, the
+//!       lifecycle, unmount, removal); no network, as runc's and crun's;
 //!     - runc/crun + fresh rootfs as capsa's: the bench mounts the image's
 //!       layers with capsa's own overlay code (volatile, as for `--rm`) and
 //!       writes config.json, in process, runs `runc run`/`crun run`, then
@@ -121,7 +121,7 @@ impl Row {
             Row::CapsaInProcess => "capsa, in process (libcontainer calls)".into(),
             Row::CapsaProcess => "capsa, one process (`capsa bench __bundle-run`)".into(),
             Row::PeerRun(p) => format!("{0} run --bundle (one {0} process)", p.name()),
-            Row::CapsaRunRm => "capsa run --rm demo true".into(),
+            Row::CapsaRunRm => "capsa run --rm --network none demo true".into(),
             Row::PeerFresh(p) => format!("{} run + fresh rootfs as capsa's", p.name()),
         }
     }
@@ -157,7 +157,8 @@ const ROWS_EXPLAINED: &str =
       creates, starts, waits for and deletes the container, and exits
     capsa run --rm: the whole CLI: image lookup, overlay mount (volatile, as for every
       --rm container), spec generation, container record and log, the lifecycle,
-      unmount, removal of the container's directory
+      unmount, removal of the container's directory; --network none, as the peers
+      have no network (--network bridge adds netavark's setup and teardown)
     runc/crun + fresh rootfs as capsa's: capsa's own code mounts the same overlay
       (in this process), config.json is written, `run --bundle`, capsa's unmount, rm -r
 ";
@@ -242,9 +243,14 @@ impl Bench {
             }
             Row::CapsaRunRm => {
                 let mut cmd = Command::new(&self.capsa_exe);
-                cmd.arg("--root")
-                    .arg(&self.roots.lib)
-                    .args(["run", "--rm", "demo", "true"]);
+                cmd.arg("--root").arg(&self.roots.lib).args([
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "demo",
+                    "true",
+                ]);
                 spawn(row, cmd)?;
             }
             Row::PeerFresh(p) => {

@@ -172,9 +172,12 @@ impl RunArgs {
                         .split_once('=')
                         .or_else(|| h.split_once(':'))
                         .unwrap_or((h, ""));
-                    if ip == capsa_container::HOST_GATEWAY && self.network_mode() == "none" {
+                    if ip == capsa_container::HOST_GATEWAY
+                        && matches!(self.network_mode(), None | Some("none"))
+                    {
                         bail!(usage(format!(
-                            "--add-host {h}: host-gateway needs a network: it cannot be used with --network none"
+                            "--add-host {h}: host-gateway needs a network (give --network NAME, or -p), \
+                             the container has none"
                         )));
                     }
                     Ok(capsa_container::extra_host(name, ip).map_err(|e| {
