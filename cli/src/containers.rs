@@ -256,6 +256,7 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
     let rows: Vec<crate::format::Fields> = recs
         .iter()
         .map(|r| {
+            let state = state_word(roots, r);
             let mut command = r.command.join(" ");
             if command.chars().count() > 20 {
                 command = format!("{}…", command.chars().take(19).collect::<String>());
@@ -266,9 +267,8 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
                 ("Command", format!("\"{command}\"")),
                 ("CreatedAt", r.created.to_rfc3339()),
                 ("RunningFor", table::ago(r.created)),
-                ("Status", status_text(roots, r)),
-                // docker's words for a stopped container.
-                ("State", state_word(roots, r)),
+                ("Status", status_text(r, &state)),
+                ("State", state),
                 ("Ports", ports_text(roots, r)),
                 ("Isolation", r.isolation.to_string()),
                 ("Names", r.name.clone()),
@@ -297,7 +297,8 @@ fn state_word(roots: &Roots, r: &Record) -> String {
     }
 }
 
-fn status_text(roots: &Roots, r: &Record) -> String {
+/// docker's STATUS column; `state` is the container's [`state_word`].
+fn status_text(r: &Record, state: &str) -> String {
     if r.damaged.is_some() {
         return "Damaged (record unreadable; capsa rm -f removes it)".into();
     }
@@ -318,7 +319,7 @@ fn status_text(roots: &Roots, r: &Record) -> String {
         ),
         Status::Stopped => format!(
             "{} ({}) {}",
-            if capsa_shim::monitor::restart::pending(roots, r) {
+            if state == "restarting" {
                 "Restarting"
             } else {
                 "Exited"
@@ -765,10 +766,11 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
     v["Name"] = json!(format!("/{}", rec.name));
     v["Created"] = json!(rec.created.to_rfc3339());
     v["RestartCount"] = json!(rec.restart_count);
+    let state = state_word(roots, rec);
     v["State"] = json!({
-        "Status": state_word(roots, rec),
+        "Restarting": state == "restarting",
+        "Status": state,
         "Running": status == capsa_shim::record::Status::Running,
-        "Restarting": state_word(roots, rec) == "restarting",
         "Paused": status == capsa_shim::record::Status::Paused,
         "OOMKilled": rec.oom_killed,
         "Pid": rec.pid.filter(|_| status.can_kill()).unwrap_or(0),

@@ -41,12 +41,23 @@ pub struct VolumeDef {
     pub driver: Option<String>,
 }
 
-/// One string, or a list (`command`, `entrypoint`, `env_file`).
+/// One string, or a list (`command`, `entrypoint`, `env_file`, `dns`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The value or values as written (a `command` string is split by its
+    /// reader, not here).
+    pub fn items(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 /// `KEY=VALUE` list, or a map.

@@ -275,16 +275,8 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
     for kv in env_pairs(s.environment.as_ref()) {
         a.extend(["-e".into(), kv]);
     }
-    match &s.env_file {
-        Some(OneOrMany::One(f)) => {
-            a.extend(["--env-file".into(), p.dir.join(f).display().to_string()])
-        }
-        Some(OneOrMany::Many(fs)) => {
-            for f in fs {
-                a.extend(["--env-file".into(), p.dir.join(f).display().to_string()]);
-            }
-        }
-        None => {}
+    for f in s.env_file.iter().flat_map(OneOrMany::items) {
+        a.extend(["--env-file".into(), p.dir.join(f).display().to_string()]);
     }
     for port in &s.ports {
         a.extend(["-p".into(), port.to_string()]);
@@ -292,14 +284,8 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
     for host in env_pairs(s.extra_hosts.as_ref()) {
         a.extend(["--add-host".into(), host]);
     }
-    match &s.dns {
-        Some(OneOrMany::One(d)) => a.extend(["--dns".into(), d.clone()]),
-        Some(OneOrMany::Many(ds)) => {
-            for d in ds {
-                a.extend(["--dns".into(), d.clone()]);
-            }
-        }
-        None => {}
+    for d in s.dns.iter().flat_map(OneOrMany::items) {
+        a.extend(["--dns".into(), d.clone()]);
     }
     for v in &s.volumes {
         a.extend(["-v".into(), volume_arg(p, v)]);

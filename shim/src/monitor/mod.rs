@@ -360,11 +360,11 @@ pub fn exec_attached(
     drop(console);
     let stdin = std::io::stdin();
     let mut input = None;
-    let mut _raw = None;
+    let mut raw = None;
     if let Some(m) = master {
         if interactive && nix::unistd::isatty(0).unwrap_or(false) {
             copy_window_size(std::io::stdin(), &m);
-            _raw = RawMode::enable(stdin.as_fd());
+            raw = RawMode::enable(stdin.as_fd());
         }
         if interactive {
             input = Some((stdin.as_fd(), m.try_clone()?));
@@ -383,6 +383,7 @@ pub fn exec_attached(
         signals: None,
     };
     pump.run(&mut |_| {})?;
-    drop(_raw);
+    // The user's terminal back to normal before waiting.
+    drop(raw);
     handle.wait()
 }
