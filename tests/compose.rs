@@ -18,6 +18,7 @@ services:
     image: demo
     command: sh -c 'mkdir -p /srv && echo notebook > /srv/index.html && exec httpd -f -p 8888 -h /srv'
     ports: ["127.0.0.1:${DEV_PORT:?give DEV_PORT}:8888"]
+    extra_hosts: ["db:10.1.2.3", "gw:host-gateway"]
     healthcheck:
       test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8888/"]
       interval: 1s
@@ -130,6 +131,31 @@ fn the_seeds_setup_runs_and_down_leaves_nothing() {
         &["exec", "-T", "dev", "cat", "/srv/index.html"],
     );
     assert_eq!(stdout(&exec), "notebook\n");
+    // extra_hosts: an address as given, host-gateway as the host's on the
+    // project's network.
+    let hosts = compose(
+        &env,
+        d,
+        port,
+        &[
+            "exec",
+            "-T",
+            "dev",
+            "grep",
+            "-E",
+            "\t(db|gw)$",
+            "/etc/hosts",
+        ],
+    );
+    let hosts = stdout(&hosts);
+    let lines: Vec<&str> = hosts.lines().collect();
+    assert_eq!(lines.first(), Some(&"10.1.2.3\tdb"), "{hosts}");
+    assert!(
+        lines
+            .get(1)
+            .is_some_and(|l| l.starts_with("10.89.") && l.ends_with(".1\tgw")),
+        "{hosts}"
+    );
     let config = stdout(&compose(&env, d, port, &["config"]));
     assert!(
         config.contains(&format!("127.0.0.1:{port}:8888")),
