@@ -119,8 +119,11 @@ impl HostNs {
                 out.push(format!("netns {n}"));
             }
         }
-        let ipam = self.env.path().join("run/net/ipam");
-        for f in capsa_tests::files_under(&ipam) {
+        let state = self.net_state();
+        for f in state
+            .iter()
+            .flat_map(|d| capsa_tests::files_under(&d.join("net/ipam")))
+        {
             let n = f.file_name().unwrap().to_string_lossy().into_owned();
             if n != "lock" && !n.starts_with("last_reserved_ip") {
                 out.push(format!("lease {}", f.display()));
@@ -131,11 +134,33 @@ impl HostNs {
             .output()
             .unwrap();
         for l in stdout(&ps).lines() {
-            if l.contains(&self.env.path().display().to_string()) {
+            if state
+                .as_ref()
+                .is_some_and(|d| l.contains(&d.display().to_string()))
+            {
                 out.push(format!("process {l}"));
             }
         }
         out
+    }
+
+    /// capsa's network state for this namespace: networks belong to the
+    /// namespace, not to the root (capsa_network::Paths::of_this_netns
+    /// names the directory by the namespace's inode and cookie).
+    fn net_state(&self) -> Option<std::path::PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(format!("/run/netns/{}", self.name))
+            .ok()?
+            .ino();
+        std::fs::read_dir("/run/capsa/netns")
+            .ok()?
+            .flatten()
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{ino}-"))
+            })
+            .map(|e| e.path())
     }
 
     fn assert_clean(&self) {
@@ -148,6 +173,9 @@ impl Drop for HostNs {
     fn drop(&mut self) {
         for id in self.env.container_ids() {
             let _ = self.capsa(&["rm", "-f", &id]);
+        }
+        if let Some(state) = self.net_state() {
+            let _ = std::fs::remove_dir_all(state);
         }
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.name])
@@ -640,6 +668,82 @@ fn internal_networks_have_no_egress_and_addresses_are_unique() {
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), 8, "duplicate addresses: {ips:?}");
+    host.assert_clean();
+}
+
+/// Networks belong to the network namespace, not to a `--root`, as
+/// podman's serve every root: two roots publishing ports on the default
+/// bridge at once (one bridge, one set of firewall chains) all succeed
+/// with distinct addresses and leave nothing behind; a root sees the
+/// other's networks and cannot remove one that the other's container uses.
+#[test]
+fn every_root_shares_the_namespaces_networks() {
+    let host = HostNs::new();
+    let other = Env::with_demo();
+    let in_other = |args: &[&str]| capsa_in(&host.name, other.path(), args);
+    host.ok(&["network", "create", "shared"]);
+    assert!(stdout(&in_other(&["network", "ls"])).contains("shared"));
+    let out = in_other(&[
+        "run",
+        "-d",
+        "--name",
+        "b",
+        "--network",
+        "shared",
+        "demo",
+        "sleep",
+        "300",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = host.capsa(&["network", "rm", "shared"]);
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("in use by container") && stderr(&out).contains("another --root"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!host.ok(&["network", "prune", "-f"]).contains("shared"));
+
+    // Before, each root had its own `bridge` with its own leases on the one
+    // capsa0: runs collided on addresses and on netavark's chains.
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let ns = host.name.clone();
+            let root = [host.env.path(), other.path()][i % 2].to_path_buf();
+            let port = (18_100 + i).to_string();
+            std::thread::spawn(move || {
+                capsa_in(
+                    &ns,
+                    &root,
+                    &[
+                        "run",
+                        "--rm",
+                        "-p",
+                        &format!("{port}:80"),
+                        "demo",
+                        "sh",
+                        "-c",
+                        "ip -4 -o addr show eth0",
+                    ],
+                )
+            })
+        })
+        .collect();
+    let mut ips: Vec<String> = handles
+        .into_iter()
+        .map(|h| {
+            let o = h.join().unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            stdout(&o).split_whitespace().nth(3).unwrap().to_string()
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 6, "duplicate addresses: {ips:?}");
+
+    let out = in_other(&["rm", "-f", "b"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    host.ok(&["network", "rm", "shared"]);
     host.assert_clean();
 }
 

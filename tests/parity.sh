@@ -291,7 +291,7 @@ $c rm -f a > /dev/null
 $c network rm pn1 pn2 > /dev/null
 # what networking leaves: netns, links other than the test's, leases, rules
 { ip netns ls; ip -o link show | awk -F': ' '{print $2}' | grep -v -E '^(lo|tveth[01].*)$'; \
-  find /run/parity-$mode/net/ipam -type f ! -name lock ! -name 'last_reserved_ip*' 2>/dev/null; \
+  find /run/capsa/net/ipam -type f ! -name lock ! -name 'last_reserved_ip*' 2>/dev/null; \
   iptables-save | grep -E '10\.99\.|NETAVARK-DN-|capsa:'; } > /run/netleft
 netleft=$(wc -l < /run/netleft)
 

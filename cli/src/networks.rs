@@ -82,7 +82,7 @@ struct LsArgs {
 }
 
 pub fn network(roots: &Roots, args: NetworkArgs) -> Result<i32> {
-    let paths = capsa_shim::network::paths(roots);
+    let paths = capsa_shim::network::paths()?;
     let store = paths.store();
     match args.command {
         NetworkCommand::Create(a) => {
@@ -178,7 +178,7 @@ pub fn network(roots: &Roots, args: NetworkArgs) -> Result<i32> {
 
 /// Removes the user networks no container uses; returns their names.
 pub fn prune(roots: &Roots) -> Result<Vec<String>> {
-    let store = capsa_shim::network::paths(roots).store();
+    let store = capsa_shim::network::paths()?.store();
     let recs = Record::list(roots)?;
     Ok(all(&store)?
         .into_iter()
@@ -209,7 +209,7 @@ fn users<'a>(recs: &'a [Record], net: &Network) -> Vec<&'a Record> {
 }
 
 fn remove(roots: &Roots, name: &str) -> Result<()> {
-    let paths = capsa_shim::network::paths(roots);
+    let paths = capsa_shim::network::paths()?;
     let store = paths.store();
     let _containers = capsa_shim::record::lock_containers(roots)?;
     let _lock = paths.lock()?;
@@ -224,6 +224,15 @@ fn remove(roots: &Roots, name: &str) -> Result<()> {
             net.name,
             r.name,
             r.short_id()
+        );
+    }
+    // Networks are shared by every root (capsa_network::Paths): another
+    // root's containers show as the leases they hold.
+    if let Some(id) = paths.leaseholders(&net.name).first() {
+        bail!(
+            "network {} is in use by container {} of another --root: stop and remove it first",
+            net.name,
+            id.get(..12).unwrap_or(id)
         );
     }
     store.remove(&net)

@@ -54,6 +54,23 @@ pub fn release(data_dir: &Path, net: &Network, id: &str, ifname: &str) -> Result
     host_local("DEL", data_dir, net, id, ifname, None).map(drop)
 }
 
+/// The containers that hold a lease on network `name`, from any `--root`:
+/// host-local keeps one file per leased address, named by the address and
+/// holding the container's ID and interface.
+pub fn holders(data_dir: &Path, name: &str) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(data_dir.join(name))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<Ipv4Addr>().is_ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|text| text.lines().next().map(|id| id.trim().to_string()))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 fn host_local(
     command: &str,
     data_dir: &Path,

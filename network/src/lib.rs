@@ -25,7 +25,6 @@ pub mod vm;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -47,6 +46,40 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// The network state of the network namespace this process runs in.
+    /// It belongs to the namespace whose bridges, firewall chains and
+    /// addresses it describes, not to a `--root`: every root that runs
+    /// containers here shares one set of definitions, leases and one lock,
+    /// as podman's /etc/containers/networks serves every `--root`. The
+    /// host's lives in `lib` (definitions) and `run`; another namespace's
+    /// (`ip netns exec`, a test's) lives under `run`, as short-lived as the
+    /// namespace, in a directory named by its inode and cookie: a freed
+    /// namespace's inode comes back, its cookie never does.
+    pub fn of_this_netns(lib: &Path, run: &Path) -> Result<Paths> {
+        let ns = netns::this_netns()?;
+        if ns.host {
+            return Ok(Paths {
+                networks: lib.join("networks"),
+                run: run.join("net"),
+            });
+        }
+        let all = run.join("netns");
+        let dir = all.join(format!("{}-{}", ns.ino, ns.cookie));
+        if !dir.exists() {
+            // An earlier namespace with this inode is gone, and its state with it.
+            let earlier = format!("{}-", ns.ino);
+            for e in fs::read_dir(&all).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(&earlier) {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok(Paths {
+            networks: dir.join("networks"),
+            run: dir.join("net"),
+        })
+    }
+
     pub fn store(&self) -> Store {
         Store::new(&self.networks)
     }
@@ -55,14 +88,15 @@ impl Paths {
         self.run.join("ipam")
     }
 
-    /// netavark's config directory, where it keeps aardvark-dns's files.
-    /// One per network namespace that holds bridges: one aardvark-dns
-    /// serves one namespace's bridges.
-    fn netavark_dir(&self) -> Result<PathBuf> {
-        let ino = fs::metadata("/proc/self/ns/net")
-            .context("reading this process's network namespace")?
-            .ino();
-        Ok(self.run.join(format!("netavark-{ino}")))
+    /// IDs of the containers, of any `--root`, with an address on `network`.
+    pub fn leaseholders(&self, network: &str) -> Vec<String> {
+        ipam::holders(&self.ipam(), network)
+    }
+
+    /// netavark's config directory, where it keeps aardvark-dns's files:
+    /// one aardvark-dns serves one namespace's bridges, as `run` is.
+    fn netavark_dir(&self) -> PathBuf {
+        self.run.join("netavark")
     }
 
     /// Serialises every change to networks and their firewall rules:
@@ -245,7 +279,7 @@ pub fn attach(
 ) -> Result<(Attachment, Vec<OwnedFd>)> {
     let mut att = Attachment {
         netns: netns_path(id),
-        netavark_dir: paths.netavark_dir()?,
+        netavark_dir: paths.netavark_dir(),
         ports: req.ports.clone(),
         ..Default::default()
     };
@@ -358,7 +392,7 @@ fn undo(paths: &Paths, att: &Attachment) -> Result<()> {
             first_err.get_or_insert(e);
         }
     };
-    let here = paths.netavark_dir()?;
+    let here = paths.netavark_dir();
     if !att.options.networks.is_empty() {
         if here != att.netavark_dir {
             // Its rules live in another network namespace: deleting the

@@ -126,7 +126,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
             .as_ref()
             .and_then(|c| c.exposed_ports().clone())
             .unwrap_or_default();
-        crate::network::plan(roots, &mut net, &exposed)?;
+        crate::network::plan(&mut net, &exposed)?;
         // Pinned and set up by the monitor, just before the container starts.
         req.run.network = capsa_image::spec::Network::Namespace(capsa_network::netns_path(&id));
         rec.network = Some(net);

@@ -14,18 +14,20 @@ use crate::paths::{ContainerPaths, Roots};
 use crate::record::Record;
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 
-pub fn paths(roots: &Roots) -> Paths {
-    Paths {
-        networks: roots.lib.join("networks"),
-        run: roots.run.join("net"),
-    }
+/// The networks of the network namespace capsa runs in, whatever the
+/// `--root` (see [`Paths::of_this_netns`]).
+pub fn paths() -> Result<Paths> {
+    Paths::of_this_netns(
+        std::path::Path::new(Roots::DEFAULT_LIB),
+        std::path::Path::new(Roots::DEFAULT_RUN),
+    )
 }
 
 /// Checks `req` at create, before anything is made: its networks exist
 /// (the default `bridge` is made on first use), and `-P` becomes the
 /// image's exposed ports.
-pub fn plan(roots: &Roots, req: &mut Request, exposed: &[String]) -> Result<()> {
-    let paths = paths(roots);
+pub fn plan(req: &mut Request, exposed: &[String]) -> Result<()> {
+    let paths = paths()?;
     {
         let _lock = paths.lock()?;
         let store = paths.store();
@@ -59,14 +61,9 @@ pub fn attach(roots: &Roots, rec: &Record) -> Result<Vec<OwnedFd>> {
         return Ok(Vec::new());
     };
     let cpaths = ContainerPaths::new(roots, &rec.id);
-    let (att, held) = capsa_network::attach(
-        &paths(roots),
-        &rec.id,
-        &rec.name,
-        req,
-        &cpaths.network_state(),
-    )
-    .map_err(user_error)?;
+    let (att, held) =
+        capsa_network::attach(&paths()?, &rec.id, &rec.name, req, &cpaths.network_state())
+            .map_err(user_error)?;
     // From the spec: in VM mode the hostname file is written in the guest.
     let spec = oci_spec::runtime::Spec::load(cpaths.config())?;
     let hostname = spec.hostname().clone().unwrap_or_default();
@@ -94,7 +91,7 @@ pub fn connect(roots: &Roots, key: &str, mut ep: capsa_network::Endpoint) -> Res
     let cpaths = ContainerPaths::new(roots, &rec.id);
     // Recorded by name, however the user named it (an ID prefix).
     ep.network =
-        capsa_network::connect(&paths(roots), &ep, &cpaths.network_state()).map_err(user_error)?;
+        capsa_network::connect(&paths()?, &ep, &cpaths.network_state()).map_err(user_error)?;
     // Under the record's lock: the monitor may be recording an exit.
     let rec = crate::record::with_record(roots, &rec.id, |r| {
         if let Some(req) = r.network.as_mut() {
@@ -110,7 +107,7 @@ pub fn disconnect(roots: &Roots, key: &str, network: &str) -> Result<()> {
     let _containers = crate::record::lock_containers(roots)?;
     let rec = connectable(roots, key, "disconnected from")?;
     let cpaths = ContainerPaths::new(roots, &rec.id);
-    let name = capsa_network::disconnect(&paths(roots), network, &cpaths.network_state())
+    let name = capsa_network::disconnect(&paths()?, network, &cpaths.network_state())
         .map_err(user_error)?;
     let rec = crate::record::with_record(roots, &rec.id, |r| {
         if let Some(req) = r.network.as_mut() {
@@ -158,10 +155,7 @@ fn rewrite_resolv_conf(roots: &Roots, rec: &Record) -> Result<()> {
 
 /// Tears down whatever of the container's networks is still set up.
 pub fn detach(roots: &Roots, id: &str) -> Result<()> {
-    capsa_network::detach(
-        &paths(roots),
-        &ContainerPaths::new(roots, id).network_state(),
-    )
+    capsa_network::detach(&paths()?, &ContainerPaths::new(roots, id).network_state())
 }
 
 /// The container's published ports as they are now (host ports chosen),
