@@ -438,31 +438,50 @@ fn stdin_tty_and_hostname() {
         "-c",
         "hostname; cat /etc/hostname; grep box1 /etc/hosts",
     ]);
-    assert_eq!(out, "box1\nbox1\n127.0.1.1\tbox1\n");
+    // On a network the name is the container's address, as docker's.
+    assert!(out.starts_with("box1\nbox1\n10.89."), "{out}");
+    assert!(out.ends_with("\tbox1\n"), "{out}");
 }
 
 #[test]
-fn network_none_has_only_loopback_and_host_shares_ours() {
+fn the_default_network_is_bridge_none_has_only_loopback_and_host_shares_ours() {
     let env = Env::with_demo();
-    let out = env.ok(&["run", "--rm", "demo", "cat", "/proc/net/dev"]);
-    let ifaces: Vec<&str> = out
+    let ifaces = |net: &str| {
+        let out = env.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            net,
+            "demo",
+            "cat",
+            "/proc/net/dev",
+        ]);
+        let names: Vec<String> = out
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(|n| n.trim().to_string())
+            .collect();
+        names
+    };
+    assert_eq!(ifaces("none"), vec!["lo"]);
+    // The default is docker's bridge: one more interface.
+    let out = env.ok(&["run", "--rm", "demo", "ls", "/sys/class/net"]);
+    assert_eq!(out, "eth0\nlo\n");
+    // With the host's network the container sees the host's interfaces:
+    // the one of its default route, by its MAC.
+    let route = std::fs::read_to_string("/proc/net/route").unwrap();
+    let uplink = route
         .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next())
-        .map(str::trim)
-        .collect();
-    assert_eq!(ifaces, vec!["lo"], "{out}");
-    let host = std::fs::read_to_string("/proc/net/dev").unwrap();
-    let out = env.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "host",
-        "demo",
-        "cat",
-        "/proc/net/dev",
-    ]);
-    assert_eq!(out.lines().count(), host.lines().count());
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&"00000000")).then(|| f[0].to_string())
+        })
+        .expect("this host has no default route");
+    let mac = format!("/sys/class/net/{uplink}/address");
+    let host = std::fs::read_to_string(&mac).unwrap();
+    let out = env.ok(&["run", "--rm", "--network", "host", "demo", "cat", &mac]);
+    assert_eq!(out, host);
 }
 
 #[test]
@@ -548,7 +567,15 @@ fn inspect_shows_dockers_sections() {
         }]),
         "{c}"
     );
-    assert_eq!(c["NetworkSettings"]["Networks"], serde_json::json!({}));
+    // Docker's default network.
+    let bridge = &c["NetworkSettings"]["Networks"]["bridge"];
+    assert!(
+        bridge["IPAddress"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("10.89.")),
+        "{c}"
+    );
+    assert_eq!(bridge["InterfaceName"], "eth0", "{c}");
     env.ok(&["rm", "-f", "box"]);
     env.assert_no_leaks(&[id.trim().to_string()]);
 }

@@ -167,13 +167,21 @@ fn etc_files_that_are_symlinks_are_followed_inside_the_rootfs() {
     ]);
     let show = "cat /etc/hostname /etc/hosts; echo ---; cat /run/systemd/resolve/stub-resolv.conf \
                 | head -1 | wc -l; cat /run/capsa-hosts | grep -c localhost";
-    let out = run_ok(&env, &["-h", "box", "demo", "sh", "-c", show]);
+    let none = ["--network", "none", "-h", "box", "demo", "sh", "-c", show];
+    let out = run_ok(&env, &none);
     assert!(
         out.starts_with("box\n127.0.0.1\tlocalhost\n") && out.contains("127.0.1.1\tbox\n"),
         "{out}"
     );
-    // The default network mounts no resolv.conf: the image's link stays.
+    // Without a network no resolv.conf is mounted: the image's link stays.
     assert!(out.ends_with("---\n0\n2\n"), "{out}");
+    // On the default network the resolver file lands where the link points,
+    // inside the container's root.
+    let out = run_ok(&env, &["-h", "box", "demo", "sh", "-c", show]);
+    assert!(
+        out.contains("\tbox\n") && out.ends_with("---\n1\n2\n"),
+        "{out}"
+    );
 
     // With the host's network, the host's resolv.conf is mounted too.
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();

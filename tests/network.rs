@@ -988,7 +988,17 @@ fn a_running_container_is_connected_and_disconnected() {
         assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
         assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
     }
-    let lone = host.ok(&["run", "-d", "--name", "lone", "demo", "sleep", "60"]);
+    let lone = host.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "lone",
+        "demo",
+        "sleep",
+        "60",
+    ]);
     let out = host.capsa(&["network", "connect", "m1", "lone"]);
     assert!(
         stderr(&out).contains("no networks of its own"),

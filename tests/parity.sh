@@ -9,9 +9,9 @@
 # (tests/helpers/*.c).
 capsa=$1 mode=$2 links=$3 udp=$4
 c="$capsa --root /run/parity-$mode"
-# Cases about something else than networking run without a network, said
-# explicitly: a bridge costs about 5 s a run in the test host (netavark's
-# iptables calls). Case bridge-network and the network cases use one.
+# Cases about something else than networking run without a network: the
+# default bridge costs about 5 s a run in the test host (netavark's
+# iptables calls). Case default-network and the network cases use one.
 r="$c run --network none"
 $c load --demo >/dev/null || { echo "@@ load failed"; exit 1; }
 $c load -i "$links" >/dev/null || { echo "@@ load of $links failed"; exit 1; }
@@ -230,11 +230,11 @@ report cwd-through-file "$code"
 # /etc/hosts, /etc/hostname and /etc/resolv.conf that are symlinks (to
 # nowhere) are followed inside the container's root
 case_run add-host /run/empty --add-host db:10.1.2.3 --add-host v6:fd00::1 demo grep -E '^(10.1.2.3|fd00::1)' /etc/hosts
-# on the network bridge a container has an address and a default route,
-# and host-gateway names the host's address there
-$c run --rm --isolation "$mode" --network bridge --add-host gw:host-gateway demo sh -c 'ls /sys/class/net; ip route | grep -c "^default via"
+# without --network a container is on docker's default network, bridge,
+# and host-gateway names the host's address on it
+$c run --rm --isolation "$mode" --add-host gw:host-gateway demo sh -c 'ls /sys/class/net; ip route | grep -c "^default via"
   grep -c "^10\.89\.[0-9]*\.1[[:space:]]gw$" /etc/hosts' > /run/o 2> /run/e
-report bridge-network $?
+report default-network $?
 case_run etc-links /run/empty links sh -c 'cat /etc/hostname /etc/hosts /run/capsa-hostname; ls -l /etc/resolv.conf | grep -c stub-resolv'
 
 # exec into a running container

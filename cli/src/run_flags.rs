@@ -152,7 +152,7 @@ impl RunArgs {
             env.extend(env_entry(e));
         }
         let network = match self.network_mode() {
-            Some("host") => Network::Host,
+            "host" => Network::Host,
             // A network's namespace is joined once the container has one.
             _ => Network::None,
         };
@@ -172,12 +172,9 @@ impl RunArgs {
                         .split_once('=')
                         .or_else(|| h.split_once(':'))
                         .unwrap_or((h, ""));
-                    if ip == capsa_container::HOST_GATEWAY
-                        && matches!(self.network_mode(), None | Some("none"))
-                    {
+                    if ip == capsa_container::HOST_GATEWAY && self.network_mode() == "none" {
                         bail!(usage(format!(
-                            "--add-host {h}: host-gateway needs a network (give --network NAME, or -p), \
-                             the container has none"
+                            "--add-host {h}: host-gateway needs a network: it cannot be used with --network none"
                         )));
                     }
                     Ok(capsa_container::extra_host(name, ip).map_err(|e| {
@@ -306,22 +303,16 @@ impl RunArgs {
         Ok(limits)
     }
 
-    /// `--network`, or the default network when ports are published
-    /// (docker's default network is `bridge`; capsa's is `none`, see
-    /// docs/networking.md).
-    fn network_mode(&self) -> Option<&str> {
-        match self.network.as_deref() {
-            Some(n) => Some(n),
-            None if !self.publish.is_empty() || self.publish_all => {
-                Some(capsa_network::DEFAULT_NETWORK)
-            }
-            None => None,
-        }
+    /// `--network`, or docker's default network `bridge`.
+    fn network_mode(&self) -> &str {
+        self.network
+            .as_deref()
+            .unwrap_or(capsa_network::DEFAULT_NETWORK)
     }
 
     /// `--network container:NAME`: the container whose network to share.
     pub fn network_of(&self) -> Option<&str> {
-        self.network_mode()?.strip_prefix("container:")
+        self.network_mode().strip_prefix("container:")
     }
 
     /// The networks to join and ports to publish; None for `none`, `host`
@@ -352,11 +343,10 @@ impl RunArgs {
             }
             return Ok(None);
         }
-        let networked = !matches!(mode, None | Some("none") | Some("host"));
+        let networked = !matches!(mode, "none" | "host");
         let network_only = |flag: &str| -> Result<()> {
             bail!(usage(format!(
-                "{flag} needs a network: it cannot be used with --network {}",
-                mode.unwrap_or("none")
+                "{flag} needs a network: it cannot be used with --network {mode}"
             )))
         };
         if !networked {
@@ -372,12 +362,11 @@ impl RunArgs {
             if self.mac_address.is_some() {
                 network_only("--mac-address")?;
             }
-            if !self.dns.is_empty() && mode != Some("host") {
+            if !self.dns.is_empty() && mode != "host" {
                 network_only("--dns")?;
             }
             return Ok(None);
         }
-        let name = mode.expect("networked");
         if let Some(mac) = &self.mac_address {
             let ok = mac.split(':').count() == 6
                 && mac
@@ -397,7 +386,7 @@ impl RunArgs {
             .map_err(|e| usage(format!("{e:#}")))?;
         Ok(Some(capsa_network::Request {
             endpoints: vec![capsa_network::Endpoint {
-                network: name.to_string(),
+                network: mode.to_string(),
                 aliases: self.network_alias.clone(),
                 ip: self.ip,
                 mac: self.mac_address.clone(),
