@@ -10,7 +10,6 @@
 //! that published ports leaves while others without ports remain.
 
 use anyhow::Result;
-use std::path::Path;
 
 fn rule(bridge: &str) -> Vec<&str> {
     vec![
@@ -45,7 +44,7 @@ pub(crate) fn guard_localhost(bridge: &str) -> Result<()> {
 /// Removes the rule once netavark has removed `bridge` (when its last
 /// container left). Called under the network lock.
 pub(crate) fn drop_guard_if_unused(bridge: &str) -> Result<()> {
-    if Path::new("/sys/class/net").join(bridge).exists() {
+    if crate::netns::has_link(bridge) {
         return Ok(());
     }
     while iptables("-C", &rule(bridge)).is_ok() {

@@ -66,6 +66,13 @@ fn named_in_run_netns(ino: u64) -> bool {
         .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == ino))
 }
 
+/// Whether this network namespace has a link named `name`. Not
+/// /sys/class/net: that lists the namespace sysfs was mounted in, which
+/// `nsenter --net` (how capsa runs inside another namespace) leaves as is.
+pub(crate) fn has_link(name: &str) -> bool {
+    nix::net::if_::if_nametoindex(name).is_ok()
+}
+
 pub(crate) fn this_netns() -> Result<ThisNetns> {
     use std::os::unix::fs::MetadataExt;
     let ino = |p: &str| {

@@ -322,7 +322,7 @@ fn bridge_name(existing: &[Network], is_default: bool) -> String {
         .map(|i| format!("capsa{i}"))
         .find(|b| {
             !existing.iter().any(|n| &n.network_interface == b)
-                && !Path::new("/sys/class/net").join(b).exists()
+                && !crate::netns::has_link(b)
         })
         .expect("an unbounded range")
 }
