@@ -109,8 +109,7 @@ impl HostNs {
                 (l.contains(net.as_str()) && !l.contains("--dport"))
                     || (l.contains("-i capsa0 ") && l.contains("capsa: no host loopback"))
             });
-            if !kept
-                && (l.contains("10.89.") || l.contains("NETAVARK-DN-") || l.contains("capsa:"))
+            if !kept && (l.contains("10.89.") || l.contains("NETAVARK-DN-") || l.contains("capsa:"))
             {
                 out.push(format!("firewall rule {l}"));
             }
@@ -163,7 +162,10 @@ impl HostNs {
             return None;
         }
         let addr = stdout(&self.sh("ip -o -4 addr show dev capsa0"));
-        let cidr = addr.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+        let cidr = addr
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)?;
         let (ip, len) = cidr.split_once('/')?;
         let (ip, len): (std::net::Ipv4Addr, u32) = (ip.parse().ok()?, len.parse().ok()?);
         let net = u32::from(ip) & u32::MAX.checked_shl(32 - len).unwrap_or(0);

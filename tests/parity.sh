@@ -19,11 +19,13 @@ printf 'hello stdin\nsecond line\n' > /run/stdin.txt
 : > /run/empty
 mkdir -p /run/vol/sub && echo host-file > /run/vol/f && echo deep > /run/vol/sub/g
 
+t0=$(date +%s)
 report() { # name code
   printf '@@ %s code=%s out=%s/%s err=%s/%s\n' "$1" "$2" \
     "$(wc -c < /run/o | tr -d ' ')" "$(sha256sum < /run/o | cut -c1-12)" \
     "$(wc -c < /run/e | tr -d ' ')" "$(sha256sum < /run/e | cut -c1-12)"
   printf '   out: %s\n   err: %s\n' "$(head -c 160 /run/o | tr '\n' '|')" "$(head -c 160 /run/e | tr '\n' '|')"
+  printf '   at: %ss\n' $(($(date +%s) - t0)) # where a slow run spends its time
 }
 dir_of() { echo "/run/parity-$mode/containers/$($c inspect -f '{{.Id}}' "$1")"; } # name
 why() { # name: why a detached container ended in error (only a failing run's dump shows it)

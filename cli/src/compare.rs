@@ -89,7 +89,19 @@ pub fn compare(roots: &Roots, args: CompareArgs) -> Result<i32> {
 fn measure(c: &Capsa, isolation: &'static str, image: &str, command: &[String]) -> Result<Mode> {
     let tag = format!("compare-{isolation}-{}", std::process::id());
     // The command, timed: `run -d` returns once it runs; `wait` at its end.
-    let mut run = vec!["run", "-d", "--name", &tag, "--isolation", isolation, image];
+    // No network: the timing is the isolation's; a bridge adds netavark's
+    // setup and teardown, the same in both modes (docs/networking.md).
+    let mut run = vec![
+        "run",
+        "-d",
+        "--name",
+        &tag,
+        "--network",
+        "none",
+        "--isolation",
+        isolation,
+        image,
+    ];
     run.extend(command.iter().map(String::as_str));
     let t0 = Instant::now();
     let started = c.stdout(&run);
@@ -113,6 +125,8 @@ fn measure(c: &Capsa, isolation: &'static str, image: &str, command: &[String]) 
         "-d",
         "--name",
         &idle,
+        "--network",
+        "none",
         "--isolation",
         isolation,
         image,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
@@ -320,10 +320,7 @@ fn bridge_name(existing: &[Network], is_default: bool) -> String {
     }
     (1..)
         .map(|i| format!("capsa{i}"))
-        .find(|b| {
-            !existing.iter().any(|n| &n.network_interface == b)
-                && !crate::netns::has_link(b)
-        })
+        .find(|b| !existing.iter().any(|n| &n.network_interface == b) && !crate::netns::has_link(b))
         .expect("an unbounded range")
 }
 
