@@ -242,6 +242,36 @@ fn capsa_in(ns: &str, root: &std::path::Path, args: &[&str]) -> Output {
         .expect("run capsa")
 }
 
+/// `capsa run --rm FLAGS demo` in namespace `ns`, all at once, one per
+/// (root, flags); each prints its eth0 address. Returns the distinct ones.
+fn concurrent_addresses<'a>(
+    ns: &str,
+    runs: impl Iterator<Item = (&'a std::path::Path, Vec<String>)>,
+) -> Vec<String> {
+    let handles: Vec<_> = runs
+        .map(|(root, flags)| {
+            let (ns, root) = (ns.to_string(), root.to_path_buf());
+            std::thread::spawn(move || {
+                let mut args = vec!["run", "--rm"];
+                args.extend(flags.iter().map(String::as_str));
+                args.extend(["demo", "sh", "-c", "ip -4 -o addr show eth0"]);
+                capsa_in(&ns, &root, &args)
+            })
+        })
+        .collect();
+    let mut ips: Vec<String> = handles
+        .into_iter()
+        .map(|h| {
+            let o = h.join().unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            stdout(&o).split_whitespace().nth(3).unwrap().to_string()
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
 fn sh_ok(cmd: &str) -> String {
     let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
     assert!(out.status.success(), "{cmd}: {}", stderr(&out));
@@ -674,38 +704,9 @@ fn internal_networks_have_no_egress_and_addresses_are_unique() {
     assert!(out.contains("10.89.50.50\tbox"), "{out}");
 
     // Parallel runs get distinct addresses; afterwards no lease is left.
-    let handles: Vec<_> = (0..8)
-        .map(|_| {
-            let ns = host.name.clone();
-            let root = host.env.path().to_path_buf();
-            std::thread::spawn(move || {
-                capsa_in(
-                    &ns,
-                    &root,
-                    &[
-                        "run",
-                        "--rm",
-                        "--network",
-                        "priv",
-                        "demo",
-                        "sh",
-                        "-c",
-                        "ip -4 -o addr show eth0",
-                    ],
-                )
-            })
-        })
-        .collect();
-    let mut ips: Vec<String> = handles
-        .into_iter()
-        .map(|h| {
-            let o = h.join().unwrap();
-            assert!(o.status.success(), "{}", stderr(&o));
-            stdout(&o).split_whitespace().nth(3).unwrap().to_string()
-        })
-        .collect();
-    ips.sort();
-    ips.dedup();
+    let root = host.env.path();
+    let runs = (0..8).map(|_| (root, vec!["--network".to_string(), "priv".into()]));
+    let ips = concurrent_addresses(&host.name, runs);
     assert_eq!(ips.len(), 8, "duplicate addresses: {ips:?}");
     host.assert_clean();
 }
@@ -745,39 +746,14 @@ fn every_root_shares_the_namespaces_networks() {
 
     // Before, each root had its own `bridge` with its own leases on the one
     // capsa0: runs collided on addresses and on netavark's chains.
-    let handles: Vec<_> = (0..6)
-        .map(|i| {
-            let ns = host.name.clone();
-            let root = [host.env.path(), other.path()][i % 2].to_path_buf();
-            let port = (18_100 + i).to_string();
-            std::thread::spawn(move || {
-                capsa_in(
-                    &ns,
-                    &root,
-                    &[
-                        "run",
-                        "--rm",
-                        "-p",
-                        &format!("{port}:80"),
-                        "demo",
-                        "sh",
-                        "-c",
-                        "ip -4 -o addr show eth0",
-                    ],
-                )
-            })
-        })
-        .collect();
-    let mut ips: Vec<String> = handles
-        .into_iter()
-        .map(|h| {
-            let o = h.join().unwrap();
-            assert!(o.status.success(), "{}", stderr(&o));
-            stdout(&o).split_whitespace().nth(3).unwrap().to_string()
-        })
-        .collect();
-    ips.sort();
-    ips.dedup();
+    let roots = [host.env.path(), other.path()];
+    let runs = (0..6).map(|i| {
+        (
+            roots[i % 2],
+            vec!["-p".to_string(), format!("{}:80", 18_100 + i)],
+        )
+    });
+    let ips = concurrent_addresses(&host.name, runs);
     assert_eq!(ips.len(), 6, "duplicate addresses: {ips:?}");
 
     let out = in_other(&["rm", "-f", "b"]);
