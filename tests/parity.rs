@@ -216,6 +216,15 @@ fn both_modes_give_the_same_results() {
     );
     assert!(c["net-names"].1.contains("from-a|from-a|"), "{ctx}");
     assert!(c["net-isolated"].1.contains("out: unreachable|"), "{ctx}");
+    // connect, disconnect, connect again: eth1 comes and goes (VM mode:
+    // a spare NIC), with the network's address, route and DNS server.
+    expect("net-connect", "code=0");
+    assert!(
+        c["net-connect"].1.contains(
+            "eth0 eth1 lo 10.99.1|2|from-a|eth0 lo 1|unreachable|eth0 eth1 lo 10.99.1|2|from-a|"
+        ),
+        "{ctx}"
+    );
     assert!(
         c["net-ip-mac"].1.contains(
             "02:42:0a:63:01:32|10.99.1.50/24|10.1.2.3\tdb|10.99.1.50\tbox|nameserver 10.99.1.1|1|"

@@ -278,6 +278,15 @@ $c run -d --isolation "$mode" --network pn1 --network-alias alias-a --name a dem
 case_in pn1 net-names /run/empty demo sh -c "$(get a); $(get alias-a)"
 aip=$($c exec a ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
 case_in pn2 net-isolated /run/empty demo sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $aip 80 || echo unreachable"
+# a running container joins a network and leaves it (VM mode: a spare NIC
+# its VM booted with comes into the guest's sight and goes), twice
+$c run -d --isolation "$mode" --network pn2 --name b demo sleep 300 > /dev/null
+on_pn1() { $c exec b sh -c "ls /sys/class/net | tr '\n' ' '; ip -4 -o addr show eth1 | awk '{print \$4}' | cut -d. -f1-3; grep -c nameserver /etc/resolv.conf; printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $aip 80 | tail -1"; }
+off_pn1() { $c exec b sh -c "ls /sys/class/net | tr '\n' ' '; grep -c nameserver /etc/resolv.conf; printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $aip 80 || echo unreachable"; }
+{ $c network connect pn1 b && on_pn1 && $c network disconnect pn1 b && off_pn1 && \
+  $c network connect pn1 b && on_pn1; } > /run/o 2> /run/e
+report net-connect $?
+$c rm -f b > /dev/null
 case_in pn1 net-ip-mac /run/empty --ip 10.99.1.50 --mac-address 02:42:0a:63:01:32 --add-host db:10.1.2.3 demo \
   sh -c 'cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk "{print \$4}"; grep -E "box|db" /etc/hosts; grep nameserver /etc/resolv.conf; ip route | grep -c "^default via 10.99.1.1 dev eth0"'
 timeout 30 busybox nc -l -p 9000 > /run/got & srv=$!

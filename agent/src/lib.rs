@@ -20,6 +20,7 @@ pub mod cmdline;
 pub mod container;
 pub mod guest;
 pub mod netconf;
+pub mod parking;
 pub mod reaper;
 pub mod server;
 

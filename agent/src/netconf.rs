@@ -248,6 +248,22 @@ pub fn fit_spec(net: &GuestNetwork, spec: &mut oci_spec::runtime::Spec, etc: &Pa
     Ok(())
 }
 
+/// Rewrites the container's /etc/hosts and /etc/resolv.conf that
+/// [`fit_spec`] wrote in `etc`, in place (the container's bind mounts see
+/// the same files), after its networks changed.
+pub fn rewrite_etc(net: &GuestNetwork, etc: &Path) -> Result<()> {
+    for (name, content) in [
+        ("hosts", net.hosts.as_deref()),
+        ("resolv.conf", net.resolv_conf.as_deref()),
+    ] {
+        let file = etc.join(name);
+        if let (Some(content), true) = (content, file.exists()) {
+            fs::write(&file, content).with_context(|| format!("writing {}", file.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Sets the spec's `net.*` sysctls on the guest's namespace (the one the
 /// container now shares) and takes them out of the spec: the runtime
 /// refuses network sysctls for a container without a network namespace of

@@ -8,6 +8,12 @@
 //! MTU and routes, so the network sees the same endpoint it set up, and
 //! needs no extra host routing.
 //!
+//! virtio-mmio has no hot-plug, so a VM that may be connected to more
+//! networks while it runs boots with spare NICs: their taps are down and
+//! joined to nothing until an interface with the spare's MAC appears in the
+//! namespace (`network connect` makes it with that MAC), and parked again
+//! when it goes ([`rejoin`]).
+//!
 //! The tap is the VM's alone: on its ingress only frames with the NIC's own
 //! source MAC and IPv4 address (and ARP for that address) pass; everything
 //! else is dropped (a guest cannot spoof another endpoint). The tap is not
@@ -21,6 +27,17 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+/// What a VM's NIC takes from the namespace's interface it stands in for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    /// The namespace's interface (`eth0`).
+    pub interface: String,
+    pub mac: String,
+    pub mtu: u16,
+    /// `10.89.0.2/24`
+    pub addresses: Vec<String>,
+}
+
 /// One interface of the namespace, and the tap the VM's NIC is on.
 #[derive(Debug)]
 pub struct Nic {
@@ -29,12 +46,7 @@ pub struct Nic {
     /// for the VMM to inherit.
     pub tap: OwnedFd,
     pub tap_name: String,
-    /// The namespace's interface the tap stands in for.
-    pub interface: String,
-    pub mac: String,
-    pub mtu: u16,
-    /// `10.89.0.2/24`
-    pub addresses: Vec<String>,
+    pub iface: Iface,
 }
 
 /// An IPv4 route of the namespace the guest must have too.
@@ -47,61 +59,121 @@ pub struct Route {
     pub nic: usize,
 }
 
-/// The taps are named after the interface's position: `capsa_tap0`, … (at
-/// most 15 bytes, the kernel's limit).
+/// The taps are named after the NIC's slot, its position among the VM's
+/// NICs: `capsa_tap0`, … (at most 15 bytes, the kernel's limit).
 const TAP_PREFIX: &str = "capsa_tap";
+
+pub fn tap_name(slot: usize) -> String {
+    format!("{TAP_PREFIX}{slot}")
+}
 
 /// Makes a tap for each Ethernet interface of the namespace at `netns` and
 /// joins them; returns the NICs and the namespace's routes.
 pub fn join(netns: &Path) -> Result<(Vec<Nic>, Vec<Route>)> {
     refuse_own_namespace(netns)?;
-    let links: Vec<Link> = serde_json::from_slice(&ip_json(netns, &["addr", "show"])?)
-        .context("reading `ip -j addr` of the container's network namespace")?;
-    let links: Vec<Link> = links
-        .into_iter()
-        .filter(|l| l.link_type == "ether" && !l.ifname.starts_with(TAP_PREFIX))
-        .collect();
     let mut nics: Vec<Nic> = Vec::new();
-    for (i, l) in links.iter().enumerate() {
-        // Names and addresses go into an nft ruleset: the namespace may be
-        // an engine's, so take nothing in it on trust.
-        check_ifname(&l.ifname)?;
-        check_mac(&l.address)?;
-        let tap_name = format!("{TAP_PREFIX}{i}");
-        let addresses: Vec<String> = l
-            .addr_info
-            .iter()
-            .filter(|a| a.family == "inet")
-            .map(|a| match a.local.parse::<std::net::Ipv4Addr>() {
-                Ok(ip) if a.prefixlen <= 32 => Ok(format!("{ip}/{}", a.prefixlen)),
-                _ => bail!("{}: bad address {}/{}", l.ifname, a.local, a.prefixlen),
-            })
-            .collect::<Result<_>>()?;
-        let mtu = u16::try_from(l.mtu).unwrap_or(u16::MAX);
+    for (slot, iface) in ifaces(netns)?.into_iter().enumerate() {
+        let tap_name = tap_name(slot);
         // On an error, the taps made so far go with their descriptors.
         let tap = open_tap_in(netns, &tap_name)?;
-        let nic = Nic {
+        redirect(netns, &tap_name, &iface)
+            .with_context(|| format!("joining {tap_name} to {}", iface.interface))?;
+        nics.push(Nic {
             tap,
             tap_name,
-            interface: l.ifname.clone(),
-            mac: l.address.clone(),
-            mtu,
-            addresses,
-        };
-        redirect(netns, &nic)
-            .with_context(|| format!("joining {} to {}", nic.tap_name, nic.interface))?;
-        nics.push(nic);
+            iface,
+        });
     }
+    let names: Vec<&str> = nics.iter().map(|n| n.iface.interface.as_str()).collect();
+    let routes = routes(netns, &names)?;
+    Ok((nics, routes))
+}
+
+/// A spare NIC for slot `slot`, for a network connected while the VM runs
+/// (virtio-mmio has no hot-plug, so the VM boots with it): its tap, down
+/// and joined to nothing (everything the guest sends on it is dropped),
+/// and the MAC its interface will take. Returns the tap and the MAC.
+pub fn spare(netns: &Path, slot: usize) -> Result<(OwnedFd, String)> {
+    refuse_own_namespace(netns)?;
+    let name = tap_name(slot);
+    let tap = open_tap_in(netns, &name)?;
+    park(netns, &name)?;
+    Ok((tap, random_mac()?))
+}
+
+/// After the namespace's interfaces changed (`network connect` or
+/// `disconnect`): each slot's tap is joined to the interface that has the
+/// slot's MAC (`slot_macs[slot]`, which the interface was made with), or
+/// parked when there is none. Returns the joined slots' interfaces, in
+/// slot order, and the routes over them (`nic` indexes that list).
+pub fn rejoin(netns: &Path, slot_macs: &[String]) -> Result<(Vec<Iface>, Vec<Route>)> {
+    refuse_own_namespace(netns)?;
+    let mut ifaces = ifaces(netns)?;
+    let mut joined = Vec::new();
+    for (slot, mac) in slot_macs.iter().enumerate() {
+        let tap = tap_name(slot);
+        match ifaces.iter().position(|i| i.mac.eq_ignore_ascii_case(mac)) {
+            Some(i) => {
+                let iface = ifaces.remove(i);
+                redirect(netns, &tap, &iface)
+                    .with_context(|| format!("joining {tap} to {}", iface.interface))?;
+                joined.push(iface);
+            }
+            None => park(netns, &tap)?,
+        }
+    }
+    let names: Vec<&str> = joined.iter().map(|i| i.interface.as_str()).collect();
+    let routes = routes(netns, &names)?;
+    Ok((joined, routes))
+}
+
+/// The MACs of the namespace's Ethernet interfaces (the VM's taps aside).
+pub fn macs(netns: &Path) -> Result<Vec<String>> {
+    Ok(ifaces(netns)?.into_iter().map(|i| i.mac).collect())
+}
+
+/// The namespace's Ethernet interfaces (the VM's own taps aside), checked.
+fn ifaces(netns: &Path) -> Result<Vec<Iface>> {
+    let links: Vec<Link> = serde_json::from_slice(&ip_json(netns, &["addr", "show"])?)
+        .context("reading `ip -j addr` of the container's network namespace")?;
+    links
+        .into_iter()
+        .filter(|l| l.link_type == "ether" && !l.ifname.starts_with(TAP_PREFIX))
+        .map(|l| {
+            // Names and addresses go into an nft ruleset: the namespace may
+            // be an engine's, so take nothing in it on trust.
+            check_ifname(&l.ifname)?;
+            check_mac(&l.address)?;
+            let addresses = l
+                .addr_info
+                .iter()
+                .filter(|a| a.family == "inet")
+                .map(|a| match a.local.parse::<std::net::Ipv4Addr>() {
+                    Ok(ip) if a.prefixlen <= 32 => Ok(format!("{ip}/{}", a.prefixlen)),
+                    _ => bail!("{}: bad address {}/{}", l.ifname, a.local, a.prefixlen),
+                })
+                .collect::<Result<_>>()?;
+            Ok(Iface {
+                interface: l.ifname,
+                mac: l.address,
+                mtu: u16::try_from(l.mtu).unwrap_or(u16::MAX),
+                addresses,
+            })
+        })
+        .collect()
+}
+
+/// The namespace's IPv4 routes over the interfaces `names` (a route's
+/// `nic` is its interface's index there), the kernel's own aside.
+fn routes(netns: &Path, names: &[&str]) -> Result<Vec<Route>> {
     let routes: Vec<RouteJson> =
         serde_json::from_slice(&ip_json(netns, &["-4", "route", "show", "table", "main"])?)
             .context("reading `ip -j route` of the container's network namespace")?;
-    let routes = routes
+    Ok(routes
         .into_iter()
         .filter(|r| r.protocol.as_deref() != Some("kernel"))
         .filter_map(|r| {
-            let nic = nics
-                .iter()
-                .position(|n| Some(&n.interface) == r.dev.as_ref())?;
+            let nic = names.iter().position(|n| Some(*n) == r.dev.as_deref())?;
             let destination = match r.dst.as_str() {
                 "default" => "0.0.0.0/0".to_string(),
                 d if d.contains('/') => d.to_string(),
@@ -113,8 +185,20 @@ pub fn join(netns: &Path) -> Result<(Vec<Nic>, Vec<Route>)> {
                 nic,
             })
         })
-        .collect();
-    Ok((nics, routes))
+        .collect())
+}
+
+/// A random, locally administered, unicast MAC (as netavark makes them).
+fn random_mac() -> Result<String> {
+    let mut b = [0u8; 6];
+    File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .context("reading /dev/urandom")?;
+    b[0] = (b[0] & 0xfe) | 0x02;
+    Ok(b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
 }
 
 /// Joining takes every frame the namespace's interfaces receive: never do
@@ -231,25 +315,41 @@ fn in_netns(netns: &Path, tool: &str, args: &[&str]) -> Result<()> {
 /// interface receives is forwarded out of the tap (to the guest), and what
 /// the guest sends is forwarded out of the interface only if it carries the
 /// NIC's own MAC and IPv4 address (ARP included); anything else is dropped.
-/// The table lives in the namespace and goes with it.
-fn redirect(netns: &Path, nic: &Nic) -> Result<()> {
-    let mtu = nic.mtu.to_string();
-    in_netns(
-        netns,
-        "ip",
-        &["link", "set", &nic.tap_name, "mtu", &mtu, "up"],
-    )?;
-    run_nft(netns, &ruleset(nic))
+/// The table lives in the namespace and goes with it; one the tap had
+/// before is replaced in the same transaction.
+fn redirect(netns: &Path, tap: &str, iface: &Iface) -> Result<()> {
+    let mtu = iface.mtu.to_string();
+    in_netns(netns, "ip", &["link", "set", tap, "mtu", &mtu, "up"])?;
+    run_nft(netns, &ruleset(tap, Some(iface)))
 }
 
-fn ruleset(nic: &Nic) -> String {
-    let (tap, eth, mac) = (&nic.tap_name, &nic.interface, &nic.mac);
+/// A tap joined to nothing: down, and whatever the guest sends on it is
+/// dropped at its ingress.
+fn park(netns: &Path, tap: &str) -> Result<()> {
+    in_netns(netns, "ip", &["link", "set", tap, "down"])?;
+    run_nft(netns, &ruleset(tap, None))
+}
+
+fn ruleset(tap: &str, iface: Option<&Iface>) -> String {
     let mut lines = vec![
+        // Declared, then deleted, then made: replaces any table of the tap.
+        format!("table netdev {tap} {{}}"),
+        format!("delete table netdev {tap}"),
         format!("table netdev {tap} {{"),
         "  chain from_vm {".into(),
         format!("    type filter hook ingress device \"{tap}\" priority 0; policy drop;"),
     ];
-    for a in &nic.addresses {
+    let Some(Iface {
+        interface: eth,
+        mac,
+        addresses,
+        ..
+    }) = iface
+    else {
+        lines.extend(["  }".into(), "}".into()]);
+        return lines.join("\n") + "\n";
+    };
+    for a in addresses {
         let ip = a.split('/').next().unwrap_or_default();
         lines.push(format!(
             "    ether saddr {mac} ip saddr {ip} fwd to \"{eth}\""

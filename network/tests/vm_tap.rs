@@ -85,7 +85,11 @@ fn arp_replies(tap: &mut std::fs::File, ms: u64) -> Vec<Vec<u8>> {
 }
 
 fn neighbour(ns: &str, ip: &str) -> String {
-    sh(&format!("ip -n {ns} neigh show {ip} dev peer0"))
+    neighbour_on(ns, ip, "peer0")
+}
+
+fn neighbour_on(ns: &str, ip: &str, dev: &str) -> String {
+    sh(&format!("ip -n {ns} neigh show {ip} dev {dev}"))
 }
 
 #[test]
@@ -111,10 +115,14 @@ fn a_vm_tap_passes_the_networks_frames_and_only_the_vms_own() {
     assert_eq!(nics.len(), 1);
     let nic = &nics[0];
     assert_eq!(
-        (nic.interface.as_str(), nic.mac.as_str(), nic.mtu),
+        (
+            nic.iface.interface.as_str(),
+            nic.iface.mac.as_str(),
+            nic.iface.mtu
+        ),
         ("eth0", MAC, 1500)
     );
-    assert_eq!(nic.addresses, vec!["10.77.0.2/24".to_string()]);
+    assert_eq!(nic.iface.addresses, vec!["10.77.0.2/24".to_string()]);
     assert_eq!(
         routes,
         vec![capsa_network::vm::Route {
@@ -157,6 +165,65 @@ fn a_vm_tap_passes_the_networks_frames_and_only_the_vms_own() {
         neighbour(&peer, "10.77.0.2").contains(MAC),
         "the peer did not learn the VM"
     );
+
+    // A spare NIC (`network connect` later): its tap is down and joined to
+    // nothing, so what the VM sends on it goes nowhere.
+    let (spare, spare_mac) = capsa_network::vm::spare(&netns, 1).unwrap();
+    let mut spare = std::fs::File::from(spare);
+    let first = u8::from_str_radix(&spare_mac[..2], 16).unwrap();
+    assert_eq!(first & 0x03, 0x02, "not a local unicast MAC: {spare_mac}");
+    let state = |tap: &str| sh(&format!("ip -n {ns} -o link show {tap}"));
+    assert!(
+        !state("capsa_tap1").contains(",UP"),
+        "{}",
+        state("capsa_tap1")
+    );
+    // An interface made with the spare's MAC (as netavark makes it on
+    // connect), on a second network, is joined by rejoin.
+    sh(&format!(
+        "ip -n {ns} link add eth1 address {spare_mac} type veth peer name peer1 netns {peer} && \
+         ip -n {ns} addr add 10.78.0.2/24 dev eth1 && ip -n {ns} link set eth1 up && \
+         ip -n {peer} addr add 10.78.0.1/24 dev peer1 && ip -n {peer} link set peer1 up"
+    ));
+    let slots = [MAC.to_string(), spare_mac.clone()];
+    let (ifaces, routes) = capsa_network::vm::rejoin(&netns, &slots).unwrap();
+    let names: Vec<&str> = ifaces.iter().map(|i| i.interface.as_str()).collect();
+    assert_eq!(names, ["eth0", "eth1"]);
+    assert_eq!(ifaces[1].addresses, ["10.78.0.2/24"]);
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert!(
+        state("capsa_tap1").contains(",UP"),
+        "{}",
+        state("capsa_tap1")
+    );
+    spare
+        .write_all(&arp_request(&spare_mac, [10, 78, 0, 2], [10, 78, 0, 1]))
+        .unwrap();
+    assert!(
+        !arp_replies(&mut spare, 2000).is_empty(),
+        "no ARP reply reached the VM through the connected spare"
+    );
+    assert!(neighbour_on(&peer, "10.78.0.2", "peer1").contains(&spare_mac));
+    // Its interface gone (disconnect; the peer goes with it), the spare is
+    // parked again: down, with a ruleset that forwards nothing.
+    sh(&format!("ip -n {ns} link delete eth1"));
+    let (ifaces, _) = capsa_network::vm::rejoin(&netns, &slots).unwrap();
+    assert_eq!(ifaces.len(), 1);
+    assert!(
+        !state("capsa_tap1").contains(",UP"),
+        "{}",
+        state("capsa_tap1")
+    );
+    let rules = sh(&format!(
+        "ip netns exec {ns} nft list table netdev capsa_tap1"
+    ));
+    assert!(!rules.contains("fwd"), "{rules}");
+    // The first NIC kept its join.
+    assert!(sh(&format!(
+        "ip netns exec {ns} nft list table netdev capsa_tap0"
+    ))
+    .contains("fwd"));
+    drop(spare);
 
     // The tap is the VM's descriptor's: closing it removes it.
     drop(tap);

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 ///
 /// v2 added [`Request::Delete`] (several containers per guest); v3
 /// [`Request::Top`], [`Request::Update`] and network and block figures in
-/// [`Stats`].
-pub const PROTOCOL_VERSION: u32 = 4;
+/// [`Stats`]; v4 [`Request::Diff`]; v5 [`Request::Network`].
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Longest container or exec id, in bytes (ids travel in a one-byte length
 /// field in stream frames).
@@ -305,6 +305,17 @@ pub enum Request {
         /// The resources, as in the container's spec.
         resources: Box<oci_spec::runtime::LinuxResources>,
     },
+    /// The guest's network changed while the container runs (`capsa
+    /// network connect` / `disconnect`): `network` is all of it now. The
+    /// NICs it lists are configured as at create, every other NIC is taken
+    /// down with its addresses, and the container's /etc/hosts and
+    /// /etc/resolv.conf are rewritten in place. Reply: `Ok`.
+    Network {
+        /// Container id (the one created with a network).
+        container_id: String,
+        /// The network as it is now.
+        network: GuestNetwork,
+    },
     /// The processes of a container (`capsa top`). Reply: `Processes`.
     Top {
         /// Container id.
@@ -345,6 +356,7 @@ impl Request {
             Request::Wait { .. } => "wait",
             Request::ResizeTty { .. } => "resize_tty",
             Request::Stats { .. } => "stats",
+            Request::Network { .. } => "network",
             Request::Top { .. } => "top",
             Request::Diff { .. } => "diff",
             Request::Update { .. } => "update",

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use capsa_network::{Paths, Request};
 
 use crate::paths::{ContainerPaths, Roots};
-use crate::record::Record;
+use crate::record::{Isolation, Record};
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 
 /// The networks of the network namespace capsa runs in, whatever the
@@ -83,15 +83,32 @@ pub fn attach(roots: &Roots, rec: &Record) -> Result<Vec<OwnedFd>> {
     Ok(held)
 }
 
-/// `network connect`: one more network for a running container-mode
-/// container that has networks (not `none`, `host` or `container:`).
+/// `network connect`: one more network for a running container that has
+/// networks (not `none`, `host` or `container:`). A VM-mode container's
+/// new interface takes the MAC of a spare NIC its VM booted with, and the
+/// guest configures that NIC.
 pub fn connect(roots: &Roots, key: &str, mut ep: capsa_network::Endpoint) -> Result<()> {
     let _containers = crate::record::lock_containers(roots)?;
     let rec = connectable(roots, key, "connected to")?;
     let cpaths = ContainerPaths::new(roots, &rec.id);
+    // A VM-mode container's interface takes a free NIC slot's MAC (not
+    // recorded: a restarted VM gets NICs anew).
+    let mut made = ep.clone();
+    if rec.isolation == Isolation::Vm {
+        let slots = crate::microvm::booted_nics(&cpaths)?;
+        let netns = capsa_network::netns_path(&rec.id);
+        let mac = crate::microvm::nics::free_slot_mac(&slots, &netns).map_err(|e| {
+            user_error(anyhow::anyhow!(
+                "container {} cannot be connected to a network: {e:#}",
+                rec.name
+            ))
+        })?;
+        made.mac = Some(mac);
+    }
     // Recorded by name, however the user named it (an ID prefix).
     ep.network =
-        capsa_network::connect(&paths()?, &ep, &cpaths.network_state()).map_err(user_error)?;
+        capsa_network::connect(&paths()?, &made, &cpaths.network_state()).map_err(user_error)?;
+    let name = ep.network.clone();
     // Under the record's lock: the monitor may be recording an exit.
     let rec = crate::record::with_record(roots, &rec.id, |r| {
         if let Some(req) = r.network.as_mut() {
@@ -99,13 +116,27 @@ pub fn connect(roots: &Roots, key: &str, mut ep: capsa_network::Endpoint) -> Res
         }
     })
     .unwrap_or(rec);
-    rewrite_resolv_conf(roots, &rec)
+    rewrite_resolv_conf(roots, &rec)?;
+    if let Err(e) = replug(roots, &rec) {
+        // Undone whole: the guest never got the network.
+        if let Ok(rec) = take_away(roots, &rec, &name) {
+            let _ = replug(roots, &rec);
+        }
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// `network disconnect`: takes a network away from a running container.
 pub fn disconnect(roots: &Roots, key: &str, network: &str) -> Result<()> {
     let _containers = crate::record::lock_containers(roots)?;
     let rec = connectable(roots, key, "disconnected from")?;
+    let rec = take_away(roots, &rec, network)?;
+    replug(roots, &rec)
+}
+
+/// Takes `network` away from the container's namespace and record.
+fn take_away(roots: &Roots, rec: &Record, network: &str) -> Result<Record> {
     let cpaths = ContainerPaths::new(roots, &rec.id);
     let name = capsa_network::disconnect(&paths()?, network, &cpaths.network_state())
         .map_err(user_error)?;
@@ -114,8 +145,20 @@ pub fn disconnect(roots: &Roots, key: &str, network: &str) -> Result<()> {
             req.endpoints.retain(|e| e.network != name);
         }
     })
-    .unwrap_or(rec);
-    rewrite_resolv_conf(roots, &rec)
+    .unwrap_or_else(|| rec.clone());
+    rewrite_resolv_conf(roots, &rec)?;
+    Ok(rec)
+}
+
+/// A VM-mode container's guest takes on its namespace's interfaces as they
+/// are now (container mode's processes see the namespace itself).
+fn replug(roots: &Roots, rec: &Record) -> Result<()> {
+    if rec.isolation != Isolation::Vm {
+        return Ok(());
+    }
+    crate::microvm::MicroVmBackend::new(roots)
+        .replug(rec)
+        .with_context(|| format!("changing the networks of {}'s VM", rec.name))
 }
 
 /// The container `key`, if its networks can change while it runs.
@@ -127,9 +170,6 @@ fn connectable(roots: &Roots, key: &str, verb: &str) -> Result<Record> {
             rec.name
         )))
     };
-    if rec.isolation != crate::record::Isolation::Container {
-        return refuse("it is a VM-mode container, whose NICs are fixed when its VM boots");
-    }
     if !rec.status().can_exec() {
         return refuse("it is not running");
     }

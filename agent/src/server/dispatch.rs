@@ -62,6 +62,10 @@ impl Agent {
             }
             Request::ResizeTty { id, rows, cols } => self.resize_tty(&id, rows, cols),
             Request::Stats { container_id } => self.stats(&container_id),
+            Request::Network {
+                container_id,
+                network,
+            } => self.network(&container_id, &network),
             Request::Top { container_id } => self.top(&container_id),
             Request::Update {
                 container_id,

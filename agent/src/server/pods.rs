@@ -196,12 +196,34 @@ impl Agent {
         let fail = |code, e: anyhow::Error| err(code, format!("{e:#}"));
         crate::container::check_id(id).map_err(|e| fail(ErrorCode::InvalidRequest, e))?;
         crate::netconf::configure(net)
+            .and_then(|()| crate::parking::park_others(&macs(net)))
             .context("configuring the guest's network")
             .map_err(|e| fail(ErrorCode::Internal, e))?;
         let etc = std::path::Path::new(crate::container::STATE_DIR)
             .join("etc")
             .join(id);
         crate::netconf::fit_spec(net, spec, &etc).map_err(|e| fail(ErrorCode::Internal, e))
+    }
+
+    /// `Network`: the container's networks changed while it runs. The
+    /// NICs it lists come into the guest's namespace, the others leave it
+    /// (and with it their addresses and routes).
+    pub(super) fn network(&self, id: &str, net: &capsa_proto::GuestNetwork) -> Response {
+        let etc = std::path::Path::new(crate::container::STATE_DIR)
+            .join("etc")
+            .join(id);
+        self.answer(id, |_| {
+            let macs = macs(net);
+            let done = crate::parking::unpark(&macs)
+                .and_then(|()| crate::parking::park_others(&macs))
+                .and_then(|()| crate::netconf::configure(net))
+                .and_then(|()| crate::netconf::rewrite_etc(net, &etc))
+                .context("changing the guest's network");
+            match done {
+                Ok(()) => Response::Ok,
+                Err(e) => err(ErrorCode::Internal, format!("{e:#}")),
+            }
+        })
     }
 
     pub(super) fn create(
@@ -340,4 +362,9 @@ impl Agent {
         self.cv.notify_all();
         Response::Ok
     }
+}
+
+/// The MACs of the NICs a network names.
+fn macs(net: &capsa_proto::GuestNetwork) -> Vec<&str> {
+    net.interfaces.iter().map(|i| i.mac.as_str()).collect()
 }

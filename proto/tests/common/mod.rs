@@ -151,6 +151,19 @@ pub fn all_requests() -> Vec<Request> {
         Request::Top {
             container_id: "c1".into(),
         },
+        Request::Network {
+            container_id: "c1".into(),
+            network: capsa_proto::GuestNetwork {
+                interfaces: vec![capsa_proto::GuestInterface {
+                    mac: "02:42:0a:59:00:02".into(),
+                    mtu: 1500,
+                    addresses: vec!["10.89.0.2/24".into()],
+                }],
+                routes: Vec::new(),
+                hosts: None,
+                resolv_conf: Some("nameserver 10.89.0.1\n".into()),
+            },
+        },
         Request::Update {
             container_id: "c1".into(),
             resources: Box::new(

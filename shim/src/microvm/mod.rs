@@ -159,6 +159,23 @@ impl MicroVmBackend {
 }
 
 impl MicroVmBackend {
+    /// After `network connect` or `disconnect`: the VM's NIC slots rejoin
+    /// the container's namespace as it is now, and the guest follows.
+    pub fn replug(&self, rec: &Record) -> Result<()> {
+        let paths = ContainerPaths::new(&self.roots, &rec.id);
+        let slots = booted_nics(&paths)?;
+        let netns = capsa_network::netns_path(&rec.id);
+        let mut network = nics::replug(&netns, &slots, &paths.dir)?;
+        // As in container mode, only resolv.conf follows the networks.
+        network.hosts = None;
+        self.connect(rec)?
+            .request(Request::Network {
+                container_id: rec.id.clone(),
+                network,
+            })
+            .map(|_| ())
+    }
+
     /// Sends `Create` for the container and wires its standard streams.
     fn create_in_guest(
         &self,
@@ -405,7 +422,11 @@ impl Backend for MicroVmBackend {
         // by the monitor just before, or its engine's): the VM's NICs join
         // its interfaces.
         let netns = nics::Nics::netns_of(rec, &spec);
-        let nics = nics::Nics::join(netns.as_deref())?;
+        let mut nics = nics::Nics::join(netns.as_deref())?;
+        // Only capsa's own networks can be connected later.
+        if let (Some(netns), Some(_)) = (&netns, &rec.network) {
+            nics.add_spares(netns)?;
+        }
         // A pod's sandbox VM gets the pod directory as one more share: the
         // pod's other containers' roots and mounts appear in it later.
         let pod_dir = if is_sandbox(&spec) {
@@ -879,11 +900,20 @@ fn vm_config_file(paths: &ContainerPaths) -> PathBuf {
 /// The memory (bytes) and vCPUs a VM-mode container's VM booted with:
 /// fixed for the VM's life (nothing is hot-plugged).
 pub fn booted_size(paths: &ContainerPaths) -> Result<(u64, u64)> {
+    let config = booted_config(paths)?;
+    Ok((u64::from(config.mem_mib) << 20, u64::from(config.vcpus)))
+}
+
+/// The NICs a VM-mode container's VM booted with, spares included, in
+/// slot order (their descriptors are the VMM's, meaningless here).
+pub fn booted_nics(paths: &ContainerPaths) -> Result<Vec<capsa_vm_config::NetConfig>> {
+    Ok(booted_config(paths)?.nets)
+}
+
+fn booted_config(paths: &ContainerPaths) -> Result<VmConfig> {
     let file = vm_config_file(paths);
     let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-    let config: VmConfig =
-        serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display()))?;
-    Ok((u64::from(config.mem_mib) << 20, u64::from(config.vcpus)))
+    serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display()))
 }
 
 /// The capsa-vmm process under a VM-mode container's monitor.
