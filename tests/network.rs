@@ -331,6 +331,15 @@ fn published_tcp_port_answers_on_loopback_and_other_addresses() {
         "the default bridge was not kept up: {}",
         stdout(&host.sh("ip -o link show"))
     );
+    // Deleted by hand, the bridge is made again by the next run, and its
+    // holder (left behind, detached) joins it again.
+    host.sh("ip link delete capsa0");
+    host.ok(&["run", "--rm", "demo", "true"]);
+    assert!(
+        host.default_bridge_subnet().is_some(),
+        "the remade bridge has no holder: {}",
+        stdout(&host.sh("ip -o link show"))
+    );
     host.assert_clean();
     host.env.assert_no_leaks(&[id]);
 }

@@ -377,15 +377,17 @@ fn build(
 /// netavark removes a bridge and its firewall rules (about 50 `iptables`
 /// calls) with its last port, and makes them again for the next container,
 /// which tripled the cost of a short `run`. A tap no process opens,
-/// `<bridge>-keep`, is a port that never leaves. Called under the lock.
+/// `<bridge>-keep`, is a port that never leaves. It is joined to the bridge
+/// every time (a no-op when it is): a bridge deleted by hand and made again
+/// by netavark would otherwise have no holder. Called under the lock.
 fn keep_up(bridge: &str) -> Result<()> {
     let holder = format!("{bridge}-keep");
-    if netns::has_link(&holder) {
-        return Ok(());
+    let made = !netns::has_link(&holder);
+    if made {
+        run_tool("ip", &["tuntap", "add", "dev", &holder, "mode", "tap"])?;
     }
-    run_tool("ip", &["tuntap", "add", "dev", &holder, "mode", "tap"])?;
     let joined = run_tool("ip", &["link", "set", "dev", &holder, "master", bridge]);
-    if joined.is_err() {
+    if joined.is_err() && made {
         let _ = run_tool("ip", &["link", "delete", "dev", &holder]);
     }
     joined
