@@ -243,7 +243,7 @@ fn both_modes_give_the_same_results() {
     assert!(
         c["stats-top"]
             .1
-            .contains("st U / 96MiB 1 busy|UID CMD  |root sh -c while|"),
+            .contains("st U / 96MiB 1 busy blk|UID CMD  |root sh -c while|"),
         "{ctx}"
     );
     assert!(

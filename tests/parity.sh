@@ -146,10 +146,13 @@ $r -d --isolation "$mode" --name pz demo sleep 300 > /dev/null
   $c pause pz; $c rm -f pz; } > /run/o 2> /run/e
 report pause 0
 
-# stats and top: the limit, PIDs, a busy CPU, the processes' commands
+# stats and top: the limit, PIDs, a busy CPU, block I/O counted (VM mode:
+# the guest's io controller), the processes' commands
 $r -d --isolation "$mode" --name st -m 96m demo sh -c 'while :; do :; done' > /dev/null
-{ $c stats --no-stream --format '{{.Name}} {{.MemUsage}} {{.PIDs}} {{.CPUPerc}}' st |
-    awk '{ sub(/^[0-9.]+[KMG]?i?B$/, "U", $2); $6 = ($6 + 0 > 5) ? "busy" : "idle:" $6; print }'
+{ $c stats --no-stream --format '{{.Name}} {{.MemUsage}} {{.PIDs}} {{.CPUPerc}} {{.BlockIO}}' st |
+    awk '{ sub(/^[0-9.]+[KMG]?i?B$/, "U", $2); $6 = ($6 + 0 > 5) ? "busy" : "idle:" $6
+      b = ($7 ~ /^[0-9.]+[kMG]?B$/ && $9 ~ /^[0-9.]+[kMG]?B$/) ? "blk" : "blk:" $7
+      print $1, $2, $3, $4, $5, $6, b }'
   $c top st | awk '{ print $1, $8, $9, $10 }'; $c rm -f st; } > /run/o 2> /run/e
 report stats-top 0
 
