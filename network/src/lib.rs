@@ -435,10 +435,17 @@ fn undo(paths: &Paths, att: &Attachment) -> Result<()> {
             ));
         }
     }
-    for (net, ifname) in &att.leases {
+    // The leases are where the network was set up: with a `rm` from
+    // another namespace than the `run`'s, that namespace's state, if it is
+    // still there.
+    let ipam = att
+        .netavark_dir
+        .parent()
+        .map_or_else(|| paths.ipam(), |run| run.join("ipam"));
+    for (net, ifname) in att.leases.iter().filter(|_| ipam.exists()) {
         if let Some(info) = att.options.network_info.get(net) {
             note(ipam::release(
-                &paths.ipam(),
+                &ipam,
                 info,
                 &att.options.container_id,
                 ifname,
@@ -483,4 +490,48 @@ fn require(tool: impl AsRef<Path>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A container's network set up from one namespace and torn down from
+    /// another: its lease goes from the first one's state.
+    #[test]
+    fn leases_are_released_where_they_were_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = |name: &str| Paths {
+            networks: dir.path().join(name).join("networks"),
+            run: dir.path().join(name).join("net"),
+        };
+        let (there, here) = (paths("there"), paths("here"));
+        let net = there
+            .store()
+            .create(&store::NewNetwork {
+                name: "n1".into(),
+                subnet: Some("10.89.41.0/24".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let id = "c".repeat(64);
+        ipam::allocate(&there.ipam(), &net, &id, "eth0", None).unwrap();
+        assert_eq!(there.leaseholders("n1"), [id.clone()]);
+        let att = Attachment {
+            netns: dir.path().join("no-such-netns"),
+            netavark_dir: there.netavark_dir(),
+            options: netavark::Options {
+                container_id: id.clone(),
+                network_info: [("n1".to_string(), net)].into(),
+                ..Default::default()
+            },
+            leases: vec![("n1".into(), "eth0".into())],
+            ..Default::default()
+        };
+        let state = dir.path().join("network.json");
+        att.save(&state).unwrap();
+        detach(&here, &state).unwrap();
+        assert!(there.leaseholders("n1").is_empty());
+        assert!(!state.exists());
+    }
 }
