@@ -9,8 +9,10 @@
 # Rows:
 #   container / vm   a server in a `capsa run -p` container, reached from
 #                    the host through the published port (iperf3 TCP both
-#                    ways; HTTP request latency with busybox httpd: curl,
-#                    one new connection per request)
+#                    ways; HTTP request latency, curl, one new connection
+#                    per request: busybox httpd, which forks per
+#                    connection, and bench-hiserve.c, one process that
+#                    answers them all, as a model server does)
 #   capsa-vmm / qemu the same guest kernel and initramfs (busybox, iperf3,
 #                    httpd) on a tap in the host's namespace, no container;
 #                    qemu twice: its defaults (checksum and TSO offloads on)
@@ -23,6 +25,7 @@ capsa=$here/target/release/capsa
 if [ "${1:-}" != --inside ]; then
   command -v iperf3 > /dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 > /dev/null || exit 1
   [ -x "$capsa" ] || { echo "bench-net: build capsa first (scripts/build.sh)" >&2; exit 1; }
+  gcc -static -O2 -o "$here/target/bench-hiserve" "$here/scripts/bench-hiserve.c" || exit 1
   exec "$capsa" test-host --timeout 1500 -- sh "$0" --inside "${1:-5}"
 fi
 secs=$2 dir=/run/capsa-bench-net
@@ -37,6 +40,7 @@ mkdir -p iperf/lib
 cp /usr/bin/iperf3 iperf/
 for l in $(ldd /usr/bin/iperf3 | grep -o '/[^ ]*'); do cp -L "$l" iperf/lib/; done
 ln -sf lib/ld-linux-x86-64.so.2 iperf/ld.so
+cp "$here/target/bench-hiserve" iperf/hiserve
 iperf_srv="/opt/iperf/ld.so --library-path /opt/iperf/lib /opt/iperf/iperf3 -s"
 
 ms_of() { awk '{print $1 * 1000}'; }
@@ -45,9 +49,10 @@ throughput() { # host port [-R]
   iperf3 -c "$1" -p "$2" -t "$secs" -f g ${3:-} > iperf.out 2>&1 || { echo "bench-net: iperf3 -c $* failed:" >&2; tail -3 iperf.out >&2; }
   awk '/receiver/ {print $(NF-2)}' iperf.out
 }
-wait_up() { # host iperf-port http-port: until both servers answer
+wait_up() { # host iperf-port http-port: until the three servers answer
   i=0; while [ $i -lt 240 ]; do
-    curl -sf --max-time 1 "http://$1:$3/" > /dev/null && iperf3 -c "$1" -p "$2" -t 1 > /dev/null 2>&1 && return 0
+    curl -sf --max-time 1 "http://$1:$3/" > /dev/null && curl -sf --max-time 1 "http://$1:$(($3 + 1))/" > /dev/null &&
+      iperf3 -c "$1" -p "$2" -t 1 > /dev/null 2>&1 && return 0
     i=$((i+1)); sleep 0.25; done; return 1
 }
 # 300 requests, each on a new connection; prints the median and p90 in ms.
@@ -57,19 +62,20 @@ latency() { # url
   curl -s -w '\nT %{time_total}\n' $urls | sed -n 's/^T //p' | ms_of | sort -n |
     awk '{v[NR]=$1} END {printf "%.2f %.2f", v[int(NR/2)+1], v[int(NR*0.9)]}'
 }
-row() { # label host iperf-port http-port
-  up=$(throughput "$2" "$3"); down=$(throughput "$2" "$3" -R); lat=$(latency "http://$2:$4/")
-  printf '%-22s host->guest %6s Gbit/s   guest->host %6s Gbit/s   request median/p90 %s ms\n' \
-    "$1" "${up:-?}" "${down:-?}" "$lat"
-  echo "$1 ${up:-0} ${down:-0} $lat" >> results
+row() { # label host iperf-port http-port (httpd; bench-hiserve on the next port)
+  up=$(throughput "$2" "$3"); down=$(throughput "$2" "$3" -R)
+  lat=$(latency "http://$2:$4/"); one=$(latency "http://$2:$(($4 + 1))/")
+  printf '%-22s host->guest %6s Gbit/s   guest->host %6s Gbit/s   request median/p90 %s ms (httpd), %s ms (one process)\n' \
+    "$1" "${up:-?}" "${down:-?}" "$lat" "$one"
+  echo "$1 ${up:-0} ${down:-0} $lat $one" >> results
 }
 : > results
 
 # --- the two isolation modes, through published ports ---
 $c load --demo > /dev/null || exit 1
 for mode in container vm; do
-  $c run -d --isolation $mode --name "srv-$mode" -p 5201:5201 -p 8080:80 -v $dir/iperf:/opt/iperf:ro demo \
-    sh -c "mkdir -p /srv /tmp && echo hi > /srv/index.html && httpd -p 80 -h /srv && exec $iperf_srv" > /dev/null || exit 1
+  $c run -d --isolation $mode --name "srv-$mode" -p 5201:5201 -p 8080:80 -p 8081:81 -v $dir/iperf:/opt/iperf:ro demo \
+    sh -c "mkdir -p /srv /tmp && echo hi > /srv/index.html && httpd -p 80 -h /srv && { /opt/iperf/hiserve 81 & } && exec $iperf_srv" > /dev/null || exit 1
   wait_up 127.0.0.1 5201 8080 || { echo "bench-net: the $mode servers never answered" >&2; exit 1; }
   row "$mode mode (-p)" 127.0.0.1 5201 8080
   $c rm -f "srv-$mode" > /dev/null
@@ -86,6 +92,7 @@ cat > initrd/init << EOF
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs dev /dev
 ip link set lo up; ip addr add 10.77.0.2/24 dev eth0; ip link set eth0 up
 httpd -p 80 -h /srv
+/opt/iperf/hiserve 81 &
 $iperf_srv
 EOF
 chmod +x initrd/init
@@ -134,9 +141,10 @@ qemu_row "qemu (offloads on)" ""
 qemu_row "qemu (offloads off)" ",csum=off,guest_csum=off,gso=off,host_tso4=off,host_tso6=off,host_ufo=off,guest_tso4=off,guest_tso6=off,guest_ufo=off,mrg_rxbuf=off"
 
 echo
-awk '{t[$1" "$2" "$3]=$0; up[NR]=$(NF-3); down[NR]=$(NF-2); med[NR]=$(NF-1)}
+awk '{up[NR]=$(NF-5); down[NR]=$(NF-4); med[NR]=$(NF-3); one[NR]=$(NF-1)}
   END {
-    printf "vm/container: host->guest %.2fx, guest->host %.2fx, request median %.2fx\n", up[2]/up[1], down[2]/down[1], med[2]/med[1]
-    printf "capsa-vmm/qemu (offloads on): host->guest %.2fx, guest->host %.2fx, request median %.2fx\n", up[3]/up[4], down[3]/down[4], med[3]/med[4]
+    printf "vm/container: host->guest %.2fx, guest->host %.2fx, request median %.2fx (httpd), %.2fx (one process)\n", up[2]/up[1], down[2]/down[1], med[2]/med[1], one[2]/one[1]
+    printf "capsa-vmm on a bare tap/container: request median %.2fx (httpd), %.2fx (one process)\n", med[3]/med[1], one[3]/one[1]
+    printf "capsa-vmm/qemu (offloads on): host->guest %.2fx, guest->host %.2fx, request median %.2fx (httpd), %.2fx (one process)\n", up[3]/up[4], down[3]/down[4], med[3]/med[4], one[3]/one[4]
     printf "capsa-vmm/qemu (offloads off): host->guest %.2fx, guest->host %.2fx, request median %.2fx\n", up[3]/up[5], down[3]/down[5], med[3]/med[5]
   }' results
