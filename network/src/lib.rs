@@ -516,7 +516,7 @@ mod tests {
             .unwrap();
         let id = "c".repeat(64);
         ipam::allocate(&there.ipam(), &net, &id, "eth0", None).unwrap();
-        assert_eq!(there.leaseholders("n1"), [id.clone()]);
+        assert_eq!(there.leaseholders("n1"), std::slice::from_ref(&id));
         let att = Attachment {
             netns: dir.path().join("no-such-netns"),
             netavark_dir: there.netavark_dir(),
