@@ -145,8 +145,7 @@ impl Container {
             if !Path::new("/proc/swaps").exists() {
                 drop_swap_limit(&mut spec);
             }
-            let etc = Path::new(STATE_DIR).join("etc").join(id);
-            guest_bind_sources(&mut spec, &etc)?;
+            guest_bind_sources(&mut spec, &etc_dir(id))?;
             let config = bundle.join("config.json");
             spec.save(&config)
                 .with_context(|| format!("writing {}", config.display()))?;
@@ -344,7 +343,7 @@ impl Container {
         let id = &self.id;
         let dirs = [
             Path::new(STATE_DIR).join("disks").join(id),
-            Path::new(STATE_DIR).join("etc").join(id),
+            etc_dir(id),
             container_dir(id),
         ];
         for d in dirs {
@@ -355,6 +354,12 @@ impl Container {
             }
         }
     }
+}
+
+/// Where the container's /etc files from the host (hosts, resolv.conf,
+/// hostname) are written in the guest, for its bind mounts.
+pub fn etc_dir(id: &str) -> PathBuf {
+    Path::new(STATE_DIR).join("etc").join(id)
 }
 
 /// The agent's directory for container `id`: its bundle, nothing else.

@@ -199,9 +199,7 @@ impl Agent {
             .and_then(|()| crate::parking::park_others(&macs(net)))
             .context("configuring the guest's network")
             .map_err(|e| fail(ErrorCode::Internal, e))?;
-        let etc = std::path::Path::new(crate::container::STATE_DIR)
-            .join("etc")
-            .join(id);
+        let etc = crate::container::etc_dir(id);
         crate::netconf::fit_spec(net, spec, &etc).map_err(|e| fail(ErrorCode::Internal, e))
     }
 
@@ -209,9 +207,7 @@ impl Agent {
     /// NICs it lists come into the guest's namespace, the others leave it
     /// (and with it their addresses and routes).
     pub(super) fn network(&self, id: &str, net: &capsa_proto::GuestNetwork) -> Response {
-        let etc = std::path::Path::new(crate::container::STATE_DIR)
-            .join("etc")
-            .join(id);
+        let etc = crate::container::etc_dir(id);
         self.answer(id, |_| {
             let macs = macs(net);
             let done = crate::parking::unpark(&macs)
