@@ -156,6 +156,15 @@ fn both_modes_give_the_same_results() {
         c["volume-disk"].1.contains("resnet|tree-gone|resnet|f|"),
         "{ctx}"
     );
+    // Eight volumes, two read-only (#12: VM mode once had a share per
+    // volume, at most 6).
+    expect("volume-many", "code=0");
+    assert!(
+        c["volume-many"].1.contains(
+            "host0+ host1+ host2+ host3+ host4+ host5+ host6- host7- |inner|sub-ro|no-link|moved|"
+        ),
+        "{ctx}"
+    );
     expect("volume-named", "code=0");
     assert!(c["volume-named"].1.contains("user 755|kept|pvol|"), "{ctx}");
     expect("volume-setuid", "code=0");

@@ -113,6 +113,18 @@ $r --rm --isolation "$mode" -v /mnt/scratch/x:/data -v "$udp":/opt/h:ro demo sh 
   mkdir /data/t; i=0; while [ $i -lt 300 ]; do : > /data/t/f$i; i=$((i+1)); done; rm -rf /data/t && echo tree-gone' > /run/o 2> /run/e; code=$?
 "$udp"/xattr get /mnt/scratch/x/f user.model >> /run/o 2>> /run/e; ls /mnt/scratch/x >> /run/o
 report volume-disk "$code"
+# many volumes (#12): VM mode gathers them in one share; each stays a
+# mount of its own (no hard link from one to another), read-only all the
+# way down (a mount inside a read-only volume too)
+vs=""; for i in 0 1 2 3 4 5 6 7; do rm -rf /run/m$i; mkdir -p /run/m$i; echo host$i > /run/m$i/f; done
+for i in 0 1 2 3 4 5; do vs="$vs -v /run/m$i:/m$i"; done
+mkdir -p /run/m7/sub && mount -t tmpfs many /run/m7/sub && echo inner > /run/m7/sub/x
+$r --rm --isolation "$mode" $vs -v /run/m6:/m6:ro -v /run/m7:/m7:ro demo sh -c 'for i in 0 1 2 3 4 5 6 7; do
+  printf "%s" "$(cat /m$i/f)"; (echo w > /m$i/w) 2>/dev/null && printf "+ " || printf "- "; done; echo
+  cat /m7/sub/x; touch /m7/sub/y 2>/dev/null || echo sub-ro; ln /m0/f /m1/hard 2>/dev/null || echo no-link
+  mv /m0/f /m1/moved && echo moved' > /run/o 2> /run/e; code=$?
+ls /run/m0 /run/m1 /run/m5 /run/m6 | tr '\n' ' ' >> /run/o; umount /run/m7/sub
+report volume-many "$code"
 # named volumes: filled from the image's files on first use, kept across
 # containers, removed once unused
 { $r --rm --isolation "$mode" -v pvol:/home demo sh -c 'stat -c "%U %a" /home/user; echo kept > /home/note'

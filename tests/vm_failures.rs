@@ -72,14 +72,14 @@ fn timeouts_panics_and_killed_vmms_and_daemons_are_reported_and_cleaned_up() {
     // names it, instead of a guest hung on its files.
     let fs = section(&stdout, "virtiofsd-killed");
     // The daemon serving the share is confined: seccomp on, the share as
-    // its whole root, a network namespace of its own.
+    // its whole root (volume 0 bound in it), a network namespace of its own.
     assert!(
-        fs.contains("daemon Seccomp:2 root=only-this, net=own"),
+        fs.contains("daemon Seccomp:2 root=0, vol0=only-this, net=own"),
         "{text}"
     );
     assert!(fs.contains("rc=125"), "{text}");
     assert!(
-        fs.contains("virtio-fs capsa-vol0: its virtiofsd closed the connection"),
+        fs.contains("virtio-fs capsa-volumes: its virtiofsd closed the connection"),
         "{text}"
     );
 

@@ -14,11 +14,12 @@ echo "@@ virtiofsd-killed"
 mkdir -p /run/share && echo marker > /run/share/only-this
 id=$($c run -d --isolation vm -v /run/share:/data demo sh -c 'while :; do ls /data > /dev/null; sleep 0.1; done')
 sleep 2
-# the daemon that serves the share: its seccomp mode, what its root holds,
-# and whether its network namespace is the host's
+# the daemon that serves the share: its seccomp mode, what its root holds
+# (the volumes, bound in its own mount namespace), and whether its network
+# namespace is the host's
 for p in $(pgrep -x virtiofsd); do
   [ "$(readlink /proc/$p/ns/net)" = "$(readlink /proc/1/ns/net)" ] && net=host || net=own
-  echo "daemon $(grep -E '^Seccomp:' /proc/$p/status | tr -d '\t ') root=$(ls /proc/$p/root | tr '\n' ,) net=$net"
+  echo "daemon $(grep -E '^Seccomp:' /proc/$p/status | tr -d '\t ') root=$(ls /proc/$p/root | tr '\n' ,) vol0=$(ls /proc/$p/root/0 | tr '\n' ,) net=$net"
 done
 pkill -9 -x virtiofsd
 echo "rc=$(timeout 60 $c wait $id)"; $c inspect $id | grep '"error"'; $c rm $id > /dev/null

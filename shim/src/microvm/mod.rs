@@ -451,15 +451,17 @@ impl Backend for MicroVmBackend {
                 .and_then(|r| r.readonly())
                 .unwrap_or(false),
             tag: ROOT_TAG.into(),
+            binds: Vec::new(),
         });
         let pod_share = pod_dir.as_ref().map(|dir| ShareSpec {
             source: dir.clone(),
             readonly: false,
             tag: sandbox::POD_TAG.into(),
+            binds: Vec::new(),
         });
         let share_specs: Vec<_> = root_share
             .into_iter()
-            .chain(volumes.shares.iter().map(|(s, _)| s.clone()))
+            .chain(volumes.share.iter().map(|(s, _)| s.clone()))
             .chain(pod_share)
             .collect();
         let mut daemons = shares::start(

@@ -9,8 +9,19 @@
 //! closes it, so it never outlives its VM; one whose VM never connected is
 //! killed by whoever started it (and, unless a keeper adopts the VM, it
 //! dies with the monitor).
+//!
+//! A VM has one share for all its `-v` directories, not one per volume (a
+//! VM has few virtio-mmio slots, and each daemon costs a process): the
+//! daemon is started in a mount namespace of its own where each volume is
+//! bind-mounted at `DIR/0`, `DIR/1`, …, read-only ones recursively so, as
+//! a pod's share gathers its containers' mounts. The guest sees each as a
+//! mount of its own (`--announce-submounts`), and the host's mount table
+//! never holds them, so nothing is left to unmount.
 
+use std::ffi::CString;
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,8 +33,18 @@ use anyhow::{bail, Context, Result};
 pub struct ShareSpec {
     pub source: PathBuf,
     pub readonly: bool,
-    /// The virtio-fs tag, `capsa-vol0`, … (the guest mounts it by this).
+    /// The virtio-fs tag (the guest mounts it by this).
     pub tag: String,
+    /// Host directories bound at `source/0`, `source/1`, … for the daemon
+    /// only (see the module's comment).
+    pub binds: Vec<Bind>,
+}
+
+/// A host directory a share holds.
+#[derive(Debug, Clone)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub readonly: bool,
 }
 
 /// A running virtiofsd.
@@ -94,6 +115,10 @@ fn start_one(s: &ShareSpec, socket: &Path, log: &Path, die_with_caller: bool) ->
     if s.readonly {
         cmd.arg("--readonly");
     }
+    if !s.binds.is_empty() {
+        cmd.arg("--announce-submounts");
+        bind_in_own_namespace(&mut cmd, &s.source, &s.binds)?;
+    }
     if die_with_caller {
         super::die_with_parent(&mut cmd);
     }
@@ -128,6 +153,72 @@ fn start_one(s: &ShareSpec, socket: &Path, log: &Path, die_with_caller: bool) ->
         tag: s.tag.clone(),
         child,
     })
+}
+
+/// Makes `cmd` start in a mount namespace of its own, with each of `binds`
+/// bind-mounted (recursively, nosuid and nodev, read-only ones read-only
+/// all the way down) at `dir/N`.
+fn bind_in_own_namespace(cmd: &mut Command, dir: &Path, binds: &[Bind]) -> Result<()> {
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).context("a path with a NUL byte");
+    let mut points = Vec::new();
+    for (n, b) in binds.iter().enumerate() {
+        let at = dir.join(n.to_string());
+        std::fs::create_dir_all(&at).with_context(|| format!("creating {}", at.display()))?;
+        points.push((c(&b.source)?, c(&at)?, b.readonly));
+    }
+    // SAFETY: between fork and exec the closure only makes system calls,
+    // on strings made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |r: libc::c_long| {
+                if r < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            check(libc::unshare(libc::CLONE_NEWNS).into())?;
+            // Nothing mounted here reaches the host's namespace.
+            let root = c"/";
+            check(
+                libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                )
+                .into(),
+            )?;
+            for (src, at, readonly) in &points {
+                check(
+                    libc::mount(
+                        src.as_ptr(),
+                        at.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    )
+                    .into(),
+                )?;
+                let mut attr: libc::mount_attr = std::mem::zeroed();
+                attr.attr_set = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+                if *readonly {
+                    attr.attr_set |= libc::MOUNT_ATTR_RDONLY;
+                }
+                check(libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    at.as_ptr(),
+                    libc::AT_RECURSIVE,
+                    &attr as *const libc::mount_attr,
+                    std::mem::size_of::<libc::mount_attr>(),
+                ))?;
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Kills and reaps the daemons and removes their sockets.

@@ -1,9 +1,9 @@
 //! `-v HOST:CTR[:ro]` in VM mode. The guest cannot see the host's files:
-//! each bind mount of a directory becomes a virtio-fs share (read-write or
-//! read-only, live both ways; see super::shares), and the single files bound
-//! in share one small read-only ext4 disk of copies (`mkfs.ext4 -d`, a
-//! snapshot taken at start). The agent mounts them in the guest and the
-//! spec's bind sources are rewritten to those places.
+//! the bind mounts of directories are gathered in one virtio-fs share
+//! (read-write or read-only each, live both ways; see super::shares), and
+//! the single files bound in share one small read-only ext4 disk of copies
+//! (`mkfs.ext4 -d`, a snapshot taken at start). The agent mounts them in
+//! the guest and the spec's bind sources are rewritten to those places.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +14,12 @@ use oci_spec::runtime::Spec;
 
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 
-use super::shares::ShareSpec;
+use super::shares::{Bind, ShareSpec};
+
+/// The virtio-fs tag of the share that holds a VM's volumes.
+pub const VOLUMES_TAG: &str = "capsa-volumes";
+/// Where the agent mounts it; volume N is `GUEST_VOLUMES/N`.
+const GUEST_VOLUMES: &str = "/run/capsa/volumes";
 
 /// A disk the VM gets for a volume.
 pub struct VolumeDisk {
@@ -27,8 +32,8 @@ pub struct VolumeDisk {
 pub struct Volumes {
     /// Disks (the one of copied files), after the root disk.
     pub disks: Vec<VolumeDisk>,
-    /// virtio-fs shares, with what the agent mounts for each.
-    pub shares: Vec<(ShareSpec, Volume)>,
+    /// The share of the directories, with what the agent mounts for it.
+    pub share: Option<(ShareSpec, Volume)>,
 }
 
 impl Volumes {
@@ -37,7 +42,7 @@ impl Volumes {
         self.disks
             .iter()
             .map(|d| d.volume.clone())
-            .chain(self.shares.iter().map(|(_, v)| v.clone()))
+            .chain(self.share.iter().map(|(_, v)| v.clone()))
             .collect()
     }
 }
@@ -60,6 +65,7 @@ pub fn plan(spec: &mut Spec, dir: &Path, first_device: char, copy_files: bool) -
     let mut out = Volumes::default();
     let files_dir = dir.join("files");
     let mut files = 0usize;
+    let mut binds = Vec::new();
     let Some(mut mounts) = spec.mounts().clone() else {
         return Ok(out);
     };
@@ -109,21 +115,25 @@ pub fn plan(spec: &mut Spec, dir: &Path, first_device: char, copy_files: bool) -
                 )
             ));
         }
-        let n = out.shares.len();
-        let tag = format!("capsa-vol{n}");
-        let guest_path = format!("/run/capsa/volumes/{n}");
-        m.set_source(Some(PathBuf::from(&guest_path)));
-        out.shares.push((
+        m.set_source(Some(Path::new(GUEST_VOLUMES).join(binds.len().to_string())));
+        binds.push(Bind {
+            source: src.clone(),
+            readonly,
+        });
+    }
+    if !binds.is_empty() {
+        out.share = Some((
             ShareSpec {
-                source: src.clone(),
-                readonly,
-                tag: tag.clone(),
+                source: dir.join("volumes"),
+                readonly: false,
+                tag: VOLUMES_TAG.into(),
+                binds,
             },
             Volume {
-                device: tag,
+                device: VOLUMES_TAG.into(),
                 fstype: capsa_proto::VIRTIOFS.into(),
-                guest_path,
-                readonly,
+                guest_path: GUEST_VOLUMES.into(),
+                readonly: false,
             },
         ));
     }
@@ -146,7 +156,7 @@ pub fn plan(spec: &mut Spec, dir: &Path, first_device: char, copy_files: bool) -
 }
 
 /// Where the agent mounts the disk of copied files.
-const FILES_GUEST_PATH: &str = "/run/capsa/volumes/files";
+const FILES_GUEST_PATH: &str = "/run/capsa/files";
 
 /// An ext4 image holding a copy of `src`, sized to fit it.
 fn make_image(src: &Path, image: &Path) -> Result<()> {
