@@ -6,12 +6,17 @@
 //! (no data is copied; ownership, modes and file xattrs come along with the
 //! inode), then `mkfs.ext4 -d` or `mkfs.erofs` turns it into an image. Like
 //! every import, it is built in the staging area and renamed into place.
+//! A first VM-mode run of a large image waits on mkfs for seconds to
+//! minutes, so a bar shows how much of the image it has written.
 
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{lchown, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::{Image, Staging, Store};
@@ -120,29 +125,70 @@ fn measure(tree: &Path) -> Result<(u64, u64)> {
 /// (an OCI bundle's root filesystem that did not come from capsa's store).
 pub fn filesystem_image_of(tree: &Path, out: &Path, format: RootfsFormat) -> Result<()> {
     let (bytes, inodes) = measure(tree)?;
-    mkfs(format, tree, out, bytes, inodes)
+    mkfs(format, tree, out, bytes, inodes, &ProgressBar::hidden())
 }
 
-fn run(cmd: &mut Command, what: &str, package: &str) -> Result<()> {
-    let out = cmd.output().map_err(|e| {
-        Error::io(
-            format!("run {what} (install Debian's {package} package)"),
-            e,
-        )
-    })?;
-    if !out.status.success() {
+/// Runs mkfs; while it runs, `bar` follows the bytes it has put in the
+/// image file, and appears (on a terminal) once it has taken a second.
+fn run(
+    cmd: &mut Command,
+    what: &str,
+    package: &str,
+    (image, bar): (&Path, &ProgressBar),
+) -> Result<()> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::io(
+                format!("run {what} (install Debian's {package} package)"),
+                e,
+            )
+        })?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let said = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let started = Instant::now();
+    let mut shown = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().at("wait for", Path::new(what))? {
+            break status;
+        }
+        // Small images are done in milliseconds: look often at first.
+        let slow = started.elapsed() > Duration::from_secs(1);
+        if slow && !shown {
+            bar.set_draw_target(crate::store::progress_target());
+            shown = true;
+        }
+        if let Ok(m) = fs::metadata(image) {
+            bar.set_position(m.blocks() * 512);
+        }
+        std::thread::sleep(Duration::from_millis(if slow { 100 } else { 5 }));
+    };
+    let said = said.join().unwrap_or_default();
+    if !status.success() {
         return Err(Error::io(
-            format!(
-                "{what} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
+            format!("{what} failed: {}", said.trim()),
             std::io::Error::other("non-zero exit status"),
         ));
     }
     Ok(())
 }
 
-fn mkfs(format: RootfsFormat, tree: &Path, out: &Path, bytes: u64, inodes: u64) -> Result<()> {
+fn mkfs(
+    format: RootfsFormat,
+    tree: &Path,
+    out: &Path,
+    bytes: u64,
+    inodes: u64,
+    bar: &ProgressBar,
+) -> Result<()> {
     match format {
         RootfsFormat::Ext4 => {
             // Room for metadata and block rounding: 25% + 32 MiB, 4 KiB blocks.
@@ -171,12 +217,14 @@ fn mkfs(format: RootfsFormat, tree: &Path, out: &Path, bytes: u64, inodes: u64) 
                     .arg(out),
                 "mkfs.ext4",
                 "e2fsprogs",
+                (out, bar),
             )
         }
         RootfsFormat::Erofs => run(
             Command::new("mkfs.erofs").arg("-T0").arg(out).arg(tree),
             "mkfs.erofs",
             "erofs-utils",
+            (out, bar),
         ),
     }
 }
@@ -198,7 +246,14 @@ impl Store {
         let tree = st.work_dir().join("tree");
         let (bytes, inodes) = flatten(&layers, &tree)?;
         let tmp_img = st.work_dir().join(format!("rootfs.{}", format.extension()));
-        mkfs(format, &tree, &tmp_img, bytes, inodes)?;
+        let bar =
+            ProgressBar::with_draw_target(Some(bytes), indicatif::ProgressDrawTarget::hidden())
+                .with_style(crate::store::blob_bar_style())
+                .with_prefix(key.chars().take(12).collect::<String>())
+                .with_message("VM disk");
+        let made = mkfs(format, &tree, &tmp_img, bytes, inodes, &bar);
+        bar.finish_and_clear();
+        made?;
         let _lock = self.lock()?;
         if !path.is_file() {
             fs::rename(&tmp_img, &path).at("store rootfs image", &path)?;
