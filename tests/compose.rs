@@ -36,6 +36,7 @@ services:
     deploy:
       resources:
         limits: {memory: 64m, pids: 100}
+    storage_opt: {size: 64m}
     depends_on:
       dev: {condition: service_healthy}
 volumes:
@@ -124,6 +125,15 @@ fn the_seeds_setup_runs_and_down_leaves_nothing() {
     let logs = stdout(&compose(&env, d, port, &["logs", "processing"]));
     // Build arg, env_file, named volume and the pids limit reached it.
     assert_eq!(logs, "processing  | hello batch\nprocessing  | 100\n");
+    assert_eq!(
+        env.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.StorageOpt.size}}",
+            "seeds-processing-1"
+        ]),
+        "67108864\n"
+    );
     let exec = compose(
         &env,
         d,

@@ -2076,3 +2076,81 @@ fn restart_policies_start_the_container_again() {
     }
     env.assert_no_leaks(&[]);
 }
+
+/// `--storage-opt size` (#15): the writable layer is a disk of that size,
+/// loop-mounted while the root is: a write past it fails, what fits is kept
+/// across stop/start and in a commit of the stopped container, and no loop
+/// device or mount outlives the running container or `rm`.
+#[test]
+fn storage_opt_size_bounds_the_writable_layer() {
+    let env = Env::with_demo();
+    let full = env.ok(&[
+        "run",
+        "--rm",
+        "--storage-opt",
+        "size=32m",
+        "demo",
+        "sh",
+        "-c",
+        "head -c 50000000 /dev/zero > /big 2>/dev/null; echo rc=$?; test $(wc -c < /big) -lt 33554432 && echo bounded",
+    ]);
+    assert_eq!(full, "rc=1\nbounded\n");
+
+    let id = env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "q",
+        "--storage-opt",
+        "size=32m",
+        "demo",
+        "sh",
+        "-c",
+        "echo kept > /kept; touch /ready; sleep 300",
+    ]);
+    let id = id.trim().to_string();
+    for _ in 0..200 {
+        if code(&env.run(&["exec", "q", "test", "-e", "/ready"])) == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let backing = || {
+        capsa_tests::loop_devices()
+            .into_iter()
+            .filter(|(_, f)| f.contains(&id))
+            .count()
+    };
+    assert_eq!(backing(), 1, "one loop device while it runs");
+    assert_eq!(
+        env.ok(&["inspect", "-f", "{{.HostConfig.StorageOpt.size}}", "q"]),
+        "33554432\n"
+    );
+    env.ok(&["stop", "-t", "1", "q"]);
+    assert_eq!(backing(), 0, "the loop device goes with the stop");
+    env.ok(&["commit", "q", "sized:v1"]);
+    assert_eq!(backing(), 0, "commit mounts the disk only while it reads");
+    assert_eq!(
+        env.ok(&["run", "--rm", "sized:v1", "cat", "/kept"]),
+        "kept\n"
+    );
+    env.ok(&["start", "q"]);
+    assert_eq!(env.ok(&["exec", "q", "cat", "/kept"]), "kept\n");
+    env.ok(&["rm", "-f", "q"]);
+    env.ok(&["rmi", "sized:v1"]);
+    assert_refused(
+        &env,
+        &[
+            (
+                vec!["run", "--storage-opt", "size=1m", "demo", "true"],
+                "--storage-opt size=1m: give at least 16m",
+            ),
+            (
+                vec!["run", "--storage-opt", "dm.basesize=1g", "demo", "true"],
+                "not supported (give size=SIZE)",
+            ),
+        ],
+    );
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[id]);
+}

@@ -165,6 +165,13 @@ fn both_modes_give_the_same_results() {
         ),
         "{ctx}"
     );
+    expect("storage-size", "code=0");
+    assert!(
+        c["storage-size"]
+            .1
+            .contains("out: rc=1|bounded|room-again|"),
+        "{ctx}"
+    );
     expect("volume-named", "code=0");
     assert!(c["volume-named"].1.contains("user 755|kept|pvol|"), "{ctx}");
     expect("volume-setuid", "code=0");

@@ -64,6 +64,10 @@ report space-back 0
 case_run kernel-fs /run/empty -v /sys:/hs:ro -v /proc:/hp:ro demo sh -c 'test -d /hs/class && test -r /hp/self/status && echo kernel-fs'
 # the container's writes go to disk in both modes, not to the VM's memory
 case_run write-big /run/empty demo sh -c 'head -c 150000000 /dev/zero > /big && wc -c < /big'
+# --storage-opt size (#15): the writable layer is a disk of that size in
+# both modes; a write past it fails, and what was deleted is room again
+case_run storage-size /run/empty --storage-opt size=32m demo sh -c 'head -c 50000000 /dev/zero > /big; echo rc=$?
+  test $(wc -c < /big) -lt 33554432 && echo bounded; rm /big; head -c 20000000 /dev/zero > /again && echo room-again'
 case_run volume-ro /run/empty -v /run/vol:/data:ro demo sh -c 'cat /data/f /data/sub/g; touch /data/x'
 case_run stderr /run/empty demo sh -c 'echo to-err >&2; echo to-out'
 # device nodes an image carries (the memory, a disk) open nothing, and

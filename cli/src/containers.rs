@@ -33,6 +33,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
     let run = args.to_run_config()?;
     let network = args.to_network_request()?;
     let log = args.log_limits()?;
+    let storage_size = args.storage_size()?;
     let restart = args.restart_policy()?;
     let image = args.image().to_string();
     store.ensure_local(&image)?;
@@ -46,6 +47,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
             isolation: args.isolation,
             auto_remove: args.rm,
             log,
+            storage_size,
             restart,
             interactive: args.interactive,
             kernel: args.kernel.clone(),
@@ -857,6 +859,7 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
             "max-size": rec.log.max_size.to_string(),
             "max-file": rec.log.max_files.to_string(),
         }},
+        "StorageOpt": rec.storage_size.map(|n| json!({"size": n.to_string()})),
     });
     v["Mounts"] = json!(binds);
 }

@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// 20m), max-file=N (keep this many files; default 5).
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
     pub log_opt: Vec<String>,
+    /// size=SIZE: the most the container's writable layer holds (its own
+    /// ext4 disk of that size, in both modes); a write past it fails with
+    /// "No space left on device".
+    #[arg(long = "storage-opt", value_name = "KEY=VALUE")]
+    pub storage_opt: Vec<String>,
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
@@ -301,6 +306,25 @@ impl RunArgs {
             }
         }
         Ok(limits)
+    }
+
+    /// `--storage-opt size=…`: the writable layer's bound in bytes.
+    pub fn storage_size(&self) -> Result<Option<u64>> {
+        let mut size = None;
+        for o in &self.storage_opt {
+            let bad = |why: &str| usage(format!("--storage-opt {o}: {why}"));
+            match o.split_once('=') {
+                Some(("size", v)) => {
+                    let n = parse_bytes(v).map_err(|e| bad(&e))? as u64;
+                    if n < capsa_shim::writable::MIN_BYTES {
+                        bail!(bad("give at least 16m"));
+                    }
+                    size = Some(n);
+                }
+                _ => bail!(bad("not supported (give size=SIZE)")),
+            }
+        }
+        Ok(size)
     }
 
     /// `--network`, or docker's default network `bridge`.

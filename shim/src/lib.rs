@@ -38,6 +38,7 @@ pub mod stdio;
 pub mod timing;
 pub mod usage;
 pub mod volumes;
+pub mod writable;
 
 pub use lifecycle::{CreateRequest, Isolation};
 pub use paths::Roots;

@@ -28,6 +28,8 @@ pub struct CreateRequest {
     pub interactive: bool,
     /// How much log to keep (`--log-opt`).
     pub log: crate::logs::LogLimits,
+    /// `--storage-opt size`: the writable layer's bound, in bytes.
+    pub storage_size: Option<u64>,
     /// `--restart`.
     pub restart: crate::monitor::restart::RestartPolicy,
     /// VM mode: a guest kernel to use instead of capsa's own.
@@ -105,6 +107,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         rec.image_id = image.id.clone();
         rec.auto_remove = req.auto_remove;
         rec.log = req.log;
+        rec.storage_size = req.storage_size;
         rec.restart = req.restart;
         rec.interactive = req.interactive;
         rec.kernel = req.kernel.clone();
@@ -132,6 +135,9 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         rec.network = Some(net);
     }
     fs::create_dir_all(paths.bundle())?;
+    if let Some(size) = req.storage_size {
+        crate::writable::make(&paths, size)?;
+    }
     backend.prepare_rootfs(&paths, store, &image, req.auto_remove)?;
 
     req.run.container_id = id.clone();

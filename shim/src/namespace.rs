@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 use crate::backend::{Backend, ExecRequest, Exit, ProcessHandle, ProcessIo, Sandbox};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Record, Status};
+use crate::writable;
 
 /// The runtime that holds the namespace containers under `roots`.
 pub fn runtime(roots: &Roots) -> Runtime {
@@ -39,18 +40,26 @@ impl Backend for NamespaceBackend {
         image: &Image,
         ephemeral: bool,
     ) -> Result<()> {
+        // With --storage-opt size, the layer is on the container's disk.
+        let mounted = writable::mount(paths)?;
+        let (upper, work) = writable::upper_and_work(paths);
         // A volatile overlay for --rm: see [`rootfs::mount_overlay`].
-        rootfs::mount_overlay(
+        let made = rootfs::mount_overlay(
             &store.layer_dirs(image)?,
-            &paths.upper(),
-            &paths.work(),
+            &upper,
+            &work,
             &paths.rootfs(),
             ephemeral,
-        )
+        );
+        if made.is_err() && mounted {
+            let _ = writable::unmount(paths);
+        }
+        made
     }
 
     fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()> {
-        rootfs::unmount(&paths.rootfs())
+        rootfs::unmount(&paths.rootfs())?;
+        writable::unmount(paths)
     }
 
     fn create(&self, rec: &Record, io: ProcessIo) -> Result<Box<dyn Sandbox>> {
@@ -95,7 +104,10 @@ impl Backend for NamespaceBackend {
     }
 
     fn diff(&self, rec: &Record, out: &mut dyn std::io::Write) -> Result<()> {
-        let upper = ContainerPaths::new(&self.roots, &rec.id).upper();
+        let paths = ContainerPaths::new(&self.roots, &rec.id);
+        // A stopped container's disk is mounted only while it is read.
+        let _disk = writable::Mounted::new(&paths)?;
+        let (upper, _) = writable::upper_and_work(&paths);
         // One moment's layer: a running container is frozen while it is
         // read (docker commit's --pause), which also keeps its processes
         // from swapping a directory for a symlink under the walk.

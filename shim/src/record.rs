@@ -188,6 +188,10 @@ pub struct Record {
     /// How much log it keeps (`--log-opt`).
     #[serde(default)]
     pub log: crate::logs::LogLimits,
+    /// `--storage-opt size`: its writable layer's bound in bytes (a disk
+    /// of that size, see crate::writable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_size: Option<u64>,
     /// `--restart`, and how often it has restarted the container.
     #[serde(default)]
     pub restart: crate::monitor::restart::RestartPolicy,
@@ -230,6 +234,7 @@ impl Record {
             error: None,
             auto_remove: false,
             log: Default::default(),
+            storage_size: None,
             restart: Default::default(),
             restart_count: 0,
             tty: false,

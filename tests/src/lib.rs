@@ -142,10 +142,15 @@ impl Drop for Env {
 }
 
 /// Host resources that still refer to `root` or the given container IDs:
-/// mounts, cgroup directories, processes.
+/// mounts, loop devices, cgroup directories, processes.
 pub fn leaks_of(root: &Path, ids: &[String]) -> Vec<String> {
     let mut leaks = Vec::new();
     let root_s = root.display().to_string();
+    for (dev, file) in loop_devices() {
+        if file.starts_with(&root_s) {
+            leaks.push(format!("loop device {dev}: {file}"));
+        }
+    }
     if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
         for l in mounts.lines() {
             if l.contains(&root_s) {
@@ -176,6 +181,23 @@ pub fn leaks_of(root: &Path, ids: &[String]) -> Vec<String> {
         }
     }
     leaks
+}
+
+/// The loop devices in use and the file behind each.
+pub fn loop_devices() -> Vec<(String, String)> {
+    let Ok(blocks) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    blocks
+        .flatten()
+        .filter_map(|b| {
+            let file = std::fs::read_to_string(b.path().join("loop/backing_file")).ok()?;
+            Some((
+                b.file_name().to_string_lossy().into_owned(),
+                file.trim().to_string(),
+            ))
+        })
+        .collect()
 }
 
 /// Every mounted cgroup hierarchy (v1 controllers and the v2 tree).

@@ -272,6 +272,9 @@ pub struct Service {
     pub privileged: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
+    /// `size: 1g` bounds the writable layer (`--storage-opt`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_opt: BTreeMap<String, Scalar>,
     /// docker's per-service runtime: `vm` (or `capsa-vm`) runs it in a
     /// microVM, as `x-capsa: {isolation: vm}` does.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -313,6 +313,9 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
             a.extend(["--log-opt".into(), format!("{k}={v}")]);
         }
     }
+    for (k, v) in &s.storage_opt {
+        a.extend(["--storage-opt".into(), format!("{k}={v}")]);
+    }
     let pairs: [(&str, Option<&String>); 3] = [
         ("-w", s.working_dir.as_ref()),
         ("-u", s.user.as_ref()),

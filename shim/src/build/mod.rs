@@ -671,6 +671,7 @@ fn run_step(
             isolation: req.isolation,
             auto_remove: false,
             log: Default::default(),
+            storage_size: None,
             restart: Default::default(),
             interactive: false,
             kernel: None,

@@ -11,8 +11,8 @@ pub mod sandbox;
 mod shares;
 mod tty;
 mod volumes;
-mod writable;
 
+use crate::writable;
 use shares::ShareSpec;
 
 /// In a container's directory: a link to the engine's root directory that
