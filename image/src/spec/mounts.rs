@@ -105,12 +105,14 @@ fn user_mounts(rc: &RunConfig) -> Result<Vec<Mount>> {
                 m.src.display()
             )));
         }
-        let mode = if m.readonly { "ro" } else { "rw" };
+        // Read-only all the way down, mounts inside the source included
+        // (docker's default since 25: "rro", mount_setattr's AT_RECURSIVE).
+        let mode: &[&str] = if m.readonly { &["ro", "rro"] } else { &["rw"] };
         out.push(mount(
             &m.dst,
             "bind",
             &m.src,
-            strings(&["rbind", "rprivate", mode]),
+            strings(&[&["rbind", "rprivate"][..], mode].concat()),
         )?);
     }
     for t in &rc.tmpfs {
@@ -205,6 +207,7 @@ mod tests {
         assert_eq!(data.source().as_deref(), Some(host.path()));
         let o = data.options().clone().unwrap();
         assert!(o.contains(&"rbind".into()) && o.contains(&"ro".into()));
+        assert!(o.contains(&"rro".into()), "read-only recursively: {o:?}");
         assert!(find("/rw")
             .options()
             .clone()
