@@ -45,6 +45,9 @@ pub struct CreateRequest {
 /// Prepares a container: record, writable layer, root filesystem, bundle.
 /// On any failure everything it made is removed again.
 pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Record> {
+    if req.storage_size.is_some() && req.isolation == Isolation::Container {
+        crate::writable::check_loop_devices()?;
+    }
     let mut clock = std::time::Instant::now();
     let backend = backend_for(roots, req.isolation)?;
     if req.isolation == Isolation::Vm {

@@ -92,6 +92,18 @@ fn format(file: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
+/// Container mode: refuses `--storage-opt size` at once on a kernel
+/// without loop devices, before anything is made.
+pub fn check_loop_devices() -> Result<()> {
+    if !Path::new("/dev/loop-control").exists() {
+        bail!(crate::CodedError::new(
+            crate::EXIT_CAPSA_ERROR,
+            "--storage-opt size in container mode loop-mounts the container's writable disk, and this kernel has no loop devices (/dev/loop-control is missing: modprobe loop)".to_string()
+        ));
+    }
+    Ok(())
+}
+
 /// Container mode: where the disk is mounted while the root is.
 fn mount_point(paths: &ContainerPaths) -> PathBuf {
     paths.dir.join("writable")
