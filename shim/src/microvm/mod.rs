@@ -647,6 +647,7 @@ impl Backend for MicroVmBackend {
                     gid,
                     additional_gids: vec![],
                 }),
+                cgroup: req.sub_cgroup.clone(),
             },
             stdio: StdioOptions {
                 tty: tty.is_some(),
