@@ -119,7 +119,6 @@ pub fn all_requests() -> Vec<Request> {
                     gid: 1000,
                     additional_gids: vec![10, 20],
                 }),
-                cgroup: Some("sub".into()),
             },
             stdio: StdioOptions {
                 tty: false,
