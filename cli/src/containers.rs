@@ -406,7 +406,6 @@ pub fn exec(roots: &Roots, args: ExecArgs) -> Result<i32> {
         workdir: args.workdir.clone(),
         user,
         tty: args.tty,
-        sub_cgroup: None,
     };
     lifecycle::exec(roots, container, &req, args.interactive)
 }

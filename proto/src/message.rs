@@ -216,10 +216,6 @@ pub struct ExecProcess {
     /// User; the container's when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<User>,
-    /// runc's `exec --cgroup`: a sub-cgroup of the container's (in the
-    /// guest), relative, made if missing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
 }
 
 /// A request from the host. Every request gets exactly one [`Response`]

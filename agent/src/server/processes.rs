@@ -95,7 +95,6 @@ impl Agent {
             workdir: process.cwd,
             user: process.user.map(|u| (u.uid, u.gid)),
             tty: stdio.tty,
-            sub_cgroup: process.cgroup,
         };
         self.launch(conn, enc, container_id, exec_id, stdio, |c, io| {
             c.exec(&req, io)

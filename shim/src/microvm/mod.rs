@@ -647,7 +647,6 @@ impl Backend for MicroVmBackend {
                     gid,
                     additional_gids: vec![],
                 }),
-                cgroup: req.sub_cgroup.clone(),
             },
             stdio: StdioOptions {
                 tty: tty.is_some(),
