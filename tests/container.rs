@@ -1165,12 +1165,7 @@ fn commit_makes_an_image_of_a_containers_changes() {
     let id = env.ok(&[
         "run", "-d", "--name", "base", "-e", "MODE=x", "demo", "sh", "-c", script,
     ]);
-    for _ in 0..200 {
-        if code(&env.run(&["exec", "base", "test", "-e", "/ready"])) == 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    env.wait_for_file("base", "/ready");
     let image = env.ok(&[
         "commit",
         "-m",
@@ -2109,12 +2104,7 @@ fn storage_opt_size_bounds_the_writable_layer() {
         "echo kept > /kept; touch /ready; sleep 300",
     ]);
     let id = id.trim().to_string();
-    for _ in 0..200 {
-        if code(&env.run(&["exec", "q", "test", "-e", "/ready"])) == 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    env.wait_for_file("q", "/ready");
     let backing = || {
         capsa_tests::loop_devices()
             .into_iter()

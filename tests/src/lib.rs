@@ -102,6 +102,17 @@ impl Env {
         String::from_utf8(out.stdout).expect("utf8 stdout")
     }
 
+    /// Waits (up to 10 s) until `path` exists in running container `name`.
+    pub fn wait_for_file(&self, name: &str, path: &str) {
+        for _ in 0..200 {
+            if code(&self.run(&["exec", name, "test", "-e", path])) == 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{path} never appeared in container {name}");
+    }
+
     pub fn path(&self) -> &Path {
         self.root.path()
     }
