@@ -15,14 +15,20 @@ struct Usage {
 
 impl Usage {
     /// Adds `path` and, for a directory, everything under it (symlinks are
-    /// counted, not followed). A path that is gone adds nothing.
+    /// counted, not followed) on the same file system, as `du -x`: a
+    /// running container's root overlay and its mounted writable disk are
+    /// views of files counted where they are stored. A path that is gone
+    /// adds nothing.
     fn add(&mut self, path: &Path) {
+        let Ok(top) = std::fs::symlink_metadata(path) else {
+            return;
+        };
         let mut stack: Vec<PathBuf> = vec![path.to_path_buf()];
         while let Some(p) = stack.pop() {
             let Ok(m) = std::fs::symlink_metadata(&p) else {
                 continue;
             };
-            if !self.seen.insert((m.dev(), m.ino())) {
+            if m.dev() != top.dev() || !self.seen.insert((m.dev(), m.ino())) {
                 continue;
             }
             self.bytes += m.blocks() * 512;
