@@ -724,29 +724,14 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
     if there {
         crate::events::emit(roots, &rec, "destroy", &[]);
     }
-    monitor_gone(&rec);
-    Ok(rec)
-}
-
-/// Waits (a few seconds at most) until the container's monitor and keeper
-/// have exited. They save "stopped" before they end, so `rm` could
-/// otherwise return while they still run: a removed container would leave
-/// a capsa process behind for a moment.
-fn monitor_gone(rec: &Record) {
-    let ours = |pid: i32| {
-        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-            let c = String::from_utf8_lossy(&c);
-            c.contains("__monitor") && c.contains(&rec.id)
-        })
-    };
+    // The monitor and its keeper save "stopped" before they end: without
+    // this wait a removed container could leave them running a moment.
     let pids: Vec<i32> = [rec.monitor_pid, rec.keeper_pid]
         .into_iter()
         .flatten()
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|p| ours(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    crate::monitor::spawn::wait_monitors_gone(&rec.id, &pids, Duration::from_secs(5));
+    Ok(rec)
 }
 
 /// Runs a process inside a running container and returns its exit code.

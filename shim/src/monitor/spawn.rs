@@ -161,3 +161,28 @@ pub fn main(args: &[String]) -> i32 {
         }
     }
 }
+
+/// Whether `pid` still runs a `capsa __monitor` job (a monitor or its
+/// keeper) of container `id`. A zombie's command line is empty and a
+/// recycled pid names another job, so neither counts.
+fn is_monitor_of(pid: i32, id: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let c = String::from_utf8_lossy(&c);
+        c.contains("__monitor") && c.contains(id)
+    })
+}
+
+/// Waits, up to `timeout`, until none of `pids` runs a monitor job of
+/// container `id`; whether they all ended.
+pub fn wait_monitors_gone(id: &str, pids: &[i32], timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if !pids.iter().any(|p| is_monitor_of(*p, id)) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -1,8 +1,7 @@
 //! `delete`: removes a stopped container (with `force`, a running one)
 //! and everything it has on the host.
 
-use std::fs;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
@@ -10,6 +9,7 @@ use nix::sys::signal::Signal;
 use super::common::{error, leave_pod, record, status_of};
 use crate::backend::Backend;
 use crate::microvm::MicroVmBackend;
+use crate::monitor::spawn::wait_monitors_gone;
 use crate::paths::Roots;
 use crate::record::Isolation;
 
@@ -31,11 +31,7 @@ pub fn delete(roots: &Roots, id: &str, force: bool) -> Result<()> {
                 let _ = MicroVmBackend::new(roots).kill(&rec, Signal::SIGKILL);
                 // The monitor is the caller's child: it exits once the VM
                 // is gone; the caller reaps it.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while monitor_running(pid) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if monitor_running(pid) {
+                if !wait_monitors_gone(id, &[pid], Duration::from_secs(10)) {
                     let _ =
                         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
                 }
@@ -58,15 +54,4 @@ pub fn delete(roots: &Roots, id: &str, force: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Alive and not yet a zombie.
-fn monitor_running(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .is_some_and(|zombie| !zombie)
 }
