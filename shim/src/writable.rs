@@ -147,8 +147,11 @@ pub fn mount(paths: &ContainerPaths) -> Result<bool> {
 /// Container mode: unmounts the container's disk if it is mounted (its
 /// loop device is released with it).
 pub fn unmount(paths: &ContainerPaths) -> Result<()> {
-    let mp = mount_point(paths);
-    capsa_container::rootfs::unmount(&mp)
+    // Most containers have no disk: no mount table to read at their stop.
+    if !path(paths).is_file() {
+        return Ok(());
+    }
+    capsa_container::rootfs::unmount(&mount_point(paths))
 }
 
 /// Container mode: the disk mounted for as long as the guard lives, for
