@@ -307,3 +307,128 @@ fn a_volume_through_an_image_symlink_stays_in_the_container() {
     }
     env.assert_no_leaks(&[]);
 }
+
+/// The runtime's own binary cannot be overwritten from inside a container
+/// (CVE-2019-5736): an image's command `/proc/self/exe` (or a script
+/// starting `#!/proc/self/exe`) makes the kernel run the runtime's binary
+/// in the container, where another of its processes opens it through
+/// /proc/PID/exe and writes it once nothing runs it, so that root on the
+/// host runs the attacker's code next. The runc command line is where
+/// nothing of capsa outlives the call (a docker-style container's monitor
+/// runs the binary, and the kernel then refuses the write with ETXTBSY
+/// anyway), so the attack goes through it, against a copy of capsa.
+#[test]
+fn the_runtime_binary_cannot_be_overwritten_from_inside() {
+    use std::process::{Command, Stdio};
+    let env = Env::with_demo();
+    let dir = tempfile::Builder::new()
+        .prefix("capsa-exe-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let capsa = dir.path().join("capsa");
+    std::fs::copy(capsa_tests::capsa_bin(), &capsa).unwrap();
+    let original = std::fs::read(&capsa).unwrap();
+    // Output to a file: a container's process inherits it, as from runc.
+    let log = dir.path().join("capsa.log");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let copy = |args: &[&str]| {
+        let mut c = Command::new(&capsa);
+        c.arg("--root").arg(env.path()).args(args);
+        let out = std::fs::File::create(&log).unwrap();
+        c.stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        c
+    };
+    let ok = |args: &[&str]| {
+        let st = copy(args).status().unwrap();
+        assert!(st.success(), "capsa {args:?}: {}", log_text());
+    };
+
+    // A bundle of the demo image plus what the (dynamically linked) capsa
+    // binary needs to start: the attacker's image would carry a libc.
+    let bundle = dir.path().join("bundle");
+    capsa_tests::demo_bundle(&env, &bundle);
+    let ldd = Command::new("ldd").arg(&capsa).output().unwrap();
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let to = bundle.join("rootfs").join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+    let b = bundle.to_str().unwrap();
+    ok(&["spec", "--bundle", b]);
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    spec["process"]["terminal"] = false.into();
+    spec["root"]["readonly"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["sleep", "300"]);
+    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let id = format!("exe{}", std::process::id());
+    ok(&["create", "--bundle", b, &id]);
+    ok(&["start", &id]);
+
+    // capsa's binary, run in the container as `/proc/self/exe`, waits
+    // reading its stdin (a pipe held here); capsa's own command returns.
+    let mut held = copy(&[
+        "exec",
+        "--detach",
+        &id,
+        "/proc/self/exe",
+        "load",
+        "-i",
+        "/dev/stdin",
+    ])
+    .stdin(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stdin = held.stdin.take();
+    assert!(
+        held.wait().unwrap().success(),
+        "exec --detach: {}",
+        log_text()
+    );
+    // Another process of the container opens it through /proc/PID/exe,
+    // waits until it has ended, then writes through that descriptor.
+    let attack = r#"
+        for p in /proc/[0-9]*; do
+          case $(readlink $p/exe) in /bin/busybox|"") continue ;; esac
+          exec 3< $p/exe && echo grabbed > /result
+          while [ -e $p ]; do sleep 0.05; done
+          printf PWNED 2>> /result 1<> /proc/self/fd/3 && echo written >> /result
+          echo done >> /result
+          exit
+        done
+        echo "no process runs capsa's binary" > /result; echo done >> /result"#;
+    ok(&["exec", "--detach", &id, "sh", "-c", attack]);
+    // (The attack's own output is its file; the log is the binary's.)
+    let result = bundle.join("rootfs/result");
+    let read = || std::fs::read_to_string(&result).unwrap_or_default();
+    let wait_for = |what: &str| {
+        for _ in 0..400 {
+            if read().contains(what) || read().contains("done") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the attack never said {what:?}: {}", read());
+    };
+    wait_for("grabbed");
+    drop(stdin); // the binary in the container reads EOF and ends
+    wait_for("done");
+    let said = read();
+    assert!(said.starts_with("grabbed"), "{said}\n{}", log_text());
+    assert!(
+        std::fs::read(&capsa).unwrap() == original,
+        "the container wrote the runtime's binary: {said}"
+    );
+    assert!(!said.contains("written"), "{said}");
+    assert!(said.contains("Read-only file system"), "{said}");
+
+    ok(&["delete", "--force", &id]);
+    assert_eq!(env.container_ids().len(), 0);
+    env.assert_no_leaks(&[id]);
+}

@@ -16,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use capsa_kernel::test_host::{ExpectRan, TestHost};
-use capsa_tests::{capsa_bin, leaks_of, require_root, stderr, stdout, Env};
+use capsa_tests::{capsa_bin, demo_bundle, leaks_of, require_root, stderr, stdout, Env};
 use serde_json::Value;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/runc_compat.sh");
@@ -32,41 +32,6 @@ fn require_tools(tools: &[&str]) {
             "{t} is not installed: run scripts/setup.sh (it installs containerd and podman)"
         );
     }
-}
-
-/// An OCI bundle with the demo image's root filesystem, unpacked from the
-/// archive `capsa save` writes (what any runc user would do with an image).
-fn demo_bundle(env: &Env, bundle: &Path) {
-    let archive = env.path().join("demo.tar");
-    env.ok(&["save", "demo", "-o", archive.to_str().unwrap()]);
-    let oci = env.path().join("demo-oci");
-    std::fs::create_dir_all(&oci).unwrap();
-    sh(&format!(
-        "tar -xf {} -C {}",
-        archive.display(),
-        oci.display()
-    ));
-    let blob = |digest: &str| {
-        oci.join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
-    };
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(oci.join("index.json")).unwrap()).unwrap();
-    let manifest: Value = serde_json::from_slice(
-        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
-    )
-    .unwrap();
-    let rootfs = bundle.join("rootfs");
-    std::fs::create_dir_all(&rootfs).unwrap();
-    for layer in manifest["layers"].as_array().unwrap() {
-        let b = blob(layer["digest"].as_str().unwrap());
-        sh(&format!("tar -xzf {} -C {}", b.display(), rootfs.display()));
-    }
-}
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
-    assert!(st.success(), "{cmd} failed");
 }
 
 fn code(o: &Output) -> i32 {

@@ -531,7 +531,7 @@ fn lifecycle(roots: &Roots, args: LifecycleArgs) -> Result<i32> {
         dir,
         config: Vec::new(),
         layers,
-        capsa_exe: std::env::current_exe().context("locating the capsa binary")?,
+        capsa_exe: capsa_container::self_exe::path().context("locating the capsa binary")?,
         roots: roots.clone(),
         peers,
         counter: 0,

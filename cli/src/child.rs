@@ -15,7 +15,7 @@ pub struct Capsa<'a> {
 
 impl Capsa<'_> {
     pub fn cmd<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
-        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("capsa"));
+        let exe = capsa_container::self_exe::path().unwrap_or_else(|_| PathBuf::from("capsa"));
         let mut c = Command::new(exe);
         if self.roots.lib != Path::new(Roots::DEFAULT_LIB) {
             c.arg("--root").arg(&self.roots.lib);

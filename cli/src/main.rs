@@ -197,6 +197,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything else (no thread yet): what this process starts in a
+    // container must not reach a writable capsa binary.
+    if let Err(e) = capsa_container::self_exe::run_read_only() {
+        eprintln!("capsa: cannot run from a read-only mount of its own binary (needs Linux 5.12 and CAP_SYS_ADMIN): {e}");
+        return ExitCode::from(EXIT_CAPSA_ERROR as u8);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return ExitCode::from(clap_failure(e) as u8),

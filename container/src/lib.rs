@@ -14,7 +14,9 @@
 //!   waiting for a process the docker way (128+N for signal N);
 //! - [`cgroup`]: where a container's cgroup lives and what it counted;
 //! - [`procfs`]: a container's processes and traffic as /proc shows them;
-//! - [`terminal`]: window sizes and receiving a pty over a console socket.
+//! - [`terminal`]: window sizes and receiving a pty over a console socket;
+//! - [`self_exe`]: capsa's own binary kept read-only for what runs in a
+//!   container (CVE-2019-5736).
 
 pub mod cgroup;
 pub mod layer_diff;
@@ -25,6 +27,7 @@ pub mod procfs;
 pub mod remount;
 pub mod rootfs;
 pub mod runtime;
+pub mod self_exe;
 pub mod terminal;
 mod workload;
 

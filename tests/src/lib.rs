@@ -443,3 +443,42 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// An OCI bundle with the demo image's root filesystem, unpacked from the
+/// archive `capsa save` writes (what any runc user would do with an image).
+pub fn demo_bundle(env: &Env, bundle: &Path) {
+    let archive = env.path().join("demo.tar");
+    env.ok(&["save", "demo", "-o", archive.to_str().unwrap()]);
+    let oci = env.path().join("demo-oci");
+    std::fs::create_dir_all(&oci).unwrap();
+    untar(&archive, &oci, "");
+    let blob = |digest: &str| {
+        oci.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let index = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(oci.join("index.json")).unwrap(),
+    )
+    .unwrap();
+    let manifest = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let b = blob(layer["digest"].as_str().unwrap());
+        untar(&b, &rootfs, "z");
+    }
+}
+
+fn untar(archive: &Path, into: &Path, flags: &str) {
+    let st = Command::new("tar")
+        .arg(format!("-x{flags}f"))
+        .arg(archive)
+        .arg("-C")
+        .arg(into)
+        .status()
+        .expect("spawn tar");
+    assert!(st.success(), "tar -x{flags}f {} failed", archive.display());
+}

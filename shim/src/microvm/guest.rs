@@ -89,7 +89,7 @@ pub fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
     if let Ok(p) = std::env::var(env) {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe()?;
+    let exe = capsa_container::self_exe::path()?;
     let dir = exe.parent().context("executable has no directory")?;
     for candidate in [dir.join("static").join(name), dir.join(name)] {
         if candidate.is_file() {

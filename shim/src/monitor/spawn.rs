@@ -122,7 +122,7 @@ pub(super) fn start_detached(job: &Job) -> Result<()> {
 /// The `capsa` binary that has the `__monitor` command: this one, or for
 /// another program (the containerd shim) the one beside it.
 fn capsa_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating this program")?;
+    let exe = capsa_container::self_exe::path().context("locating this program")?;
     if std::env::var_os("CAPSA_BIN").is_none() && exe.file_name() == Some("capsa".as_ref()) {
         return Ok(exe);
     }
