@@ -341,6 +341,29 @@ fn detached_lifecycle_ps_logs_exec_stop_wait_rm() {
     assert_eq!(code(&out), 3);
     let out = env.run_stdin(&["exec", "-i", "web", "cat"], b"piped");
     assert_eq!(stdout(&out), "piped");
+    // exec -d (docker's): returns at once, the process runs on with the
+    // null device for its streams; -i or -t with it is refused.
+    let out = env.run(&[
+        "exec",
+        "-d",
+        "web",
+        "sh",
+        "-c",
+        "sleep 1; o=$(readlink /proc/$$/fd/1); echo $o > /tmp/d1; mv /tmp/d1 /tmp/det",
+    ]);
+    assert_eq!(
+        (code(&out), stdout(&out).as_str()),
+        (0, ""),
+        "{}",
+        stderr(&out)
+    );
+    env.wait_for_file("web", "/tmp/det");
+    assert_eq!(env.ok(&["exec", "web", "cat", "/tmp/det"]), "/dev/null\n");
+    for flag in ["-i", "-t"] {
+        let out = env.run(&["exec", "-d", flag, "web", "true"]);
+        assert_eq!(code(&out), 125, "exec -d {flag}");
+        assert!(stderr(&out).contains("drop -i and -t"), "{}", stderr(&out));
+    }
 
     // rm without -f refuses a running container.
     let out = env.run(&["rm", "web"]);

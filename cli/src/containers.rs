@@ -388,7 +388,9 @@ pub struct ExecArgs {
     pub(crate) container_and_command: Vec<String>,
 }
 
-pub fn exec(roots: &Roots, args: ExecArgs) -> Result<i32> {
+/// docker's `exec`; with `detach` (`-d`), the process runs on its own, its
+/// output dropped, and capsa returns at once.
+pub fn exec(roots: &Roots, args: ExecArgs, detach: bool) -> Result<i32> {
     let (container, command) = args
         .container_and_command
         .split_first()
@@ -407,6 +409,16 @@ pub fn exec(roots: &Roots, args: ExecArgs) -> Result<i32> {
         user,
         tty: args.tty,
     };
+    if detach {
+        if args.interactive || args.tty {
+            bail!(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                "exec -d runs the process without your input or terminal: drop -i and -t"
+            ));
+        }
+        lifecycle::exec_detached(roots, container, &req)?;
+        return Ok(0);
+    }
     lifecycle::exec(roots, container, &req, args.interactive)
 }
 

@@ -12,7 +12,7 @@ use capsa_image::spec::RunConfig;
 use capsa_image::Store;
 use nix::sys::signal::Signal;
 
-use crate::backend::{Backend, ExecRequest};
+use crate::backend::{Backend, ExecRequest, ProcessIo};
 pub use crate::backends::{backend_for, remove_files};
 use crate::paths::{ContainerPaths, Roots};
 pub use crate::record::Isolation;
@@ -736,14 +736,46 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
 
 /// Runs a process inside a running container and returns its exit code.
 pub fn exec(roots: &Roots, key: &str, req: &ExecRequest, interactive: bool) -> Result<i32> {
+    let rec = exec_target(roots, key, req)?;
+    let backend = backend_for(roots, rec.isolation)?;
+    crate::monitor::exec_attached(roots, backend.as_ref(), &rec, req, interactive)
+}
+
+/// docker's `exec -d`: starts a process inside a running container and
+/// returns once it runs. Its streams are the null device, never ours (a
+/// process could reopen the caller's through /proc/self/fd). It is not
+/// waited for: in container mode the container's init inherits it, in VM
+/// mode the agent keeps it when our connection closes.
+pub fn exec_detached(roots: &Roots, key: &str, req: &ExecRequest) -> Result<()> {
+    let rec = exec_target(roots, key, req)?;
+    let backend = backend_for(roots, rec.isolation)?;
+    let null = |write: bool| -> Result<Option<std::os::fd::OwnedFd>> {
+        let f = fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .open("/dev/null")?;
+        Ok(Some(f.into()))
+    };
+    let io = ProcessIo {
+        stdin: null(false)?,
+        stdout: null(true)?,
+        stderr: null(true)?,
+        ..Default::default()
+    };
+    backend
+        .exec(&rec, req, io)
+        .map_err(capsa_container::classify_start_error)?;
+    Ok(())
+}
+
+/// The running container `key` names, once the request's ids are checked.
+fn exec_target(roots: &Roots, key: &str, req: &ExecRequest) -> Result<Record> {
     if let Some((uid, gid)) = req.user {
         crate::spec_check::check_id(uid, "exec --user (uid)")
             .and_then(|()| crate::spec_check::check_id(gid, "exec --user (gid)"))
             .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, e.to_string()))?;
     }
-    let rec = find_running(roots, key)?;
-    let backend = backend_for(roots, rec.isolation)?;
-    crate::monitor::exec_attached(roots, backend.as_ref(), &rec, req, interactive)
+    find_running(roots, key)
 }
 
 pub fn parse_signal(s: &str) -> Option<Signal> {

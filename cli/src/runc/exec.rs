@@ -26,7 +26,8 @@ pub struct ExecArgs {
     /// runc: write the pid of the process to FILE.
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
-    /// runc: do not wait for the process; print nothing and exit 0.
+    /// Do not wait for the process; print nothing and exit 0 (docker's and
+    /// runc's).
     #[arg(short = 'd', long)]
     detach: bool,
     /// runc: an AF_UNIX socket that receives the master end of the terminal.
@@ -75,7 +76,6 @@ pub fn exec(roots: &Roots, a: ExecArgs) -> Result<i32> {
     let container = a.docker.container_and_command[0].clone();
     let runc_flags = a.process.is_some()
         || a.pid_file.is_some()
-        || a.detach
         || a.console_socket.is_some()
         || a.preserve_fds > 0
         || !a.cgroup.is_empty()
@@ -85,7 +85,7 @@ pub fn exec(roots: &Roots, a: ExecArgs) -> Result<i32> {
         if docker.workdir.is_none() {
             docker.workdir = a.cwd;
         }
-        return containers::exec(roots, docker);
+        return containers::exec(roots, docker, a.detach);
     }
     let run = || -> Result<i32> {
         let process = runc_process(roots, &a, &container)?;
