@@ -1,8 +1,8 @@
 #!/bin/sh
 # Runs each parity case in one isolation mode and prints, per case, one
 # result line (exit code, length and hash of stdout and stderr) and a
-# preview. The Rust test (parity.rs) runs this once per mode inside one KVM
-# test-host boot and compares the result lines.
+# preview. The Rust test (parity.rs) runs this once per mode, each in a
+# KVM test-host boot of its own, and compares the result lines.
 #   parity.sh CAPSA MODE LINKS UDP
 # LINKS: an image archive (links:latest) whose /etc files are symlinks.
 # UDP: a directory holding the static helpers udp_echo, xattr and sysprobe
@@ -266,6 +266,12 @@ report exec "$code"
 $c exec target sh -c 'for p in 1 self; do grep -E "^(Seccomp|NoNewPrivs|CapEff):" /proc/$p/status; done; unshare -U -r true' > /run/o 2> /run/e; report exec-confined $?
 printf 'piped' | $c exec -i target cat > /run/o 2> /run/e; report exec-stdin $?
 $c exec -t target sh -c 'test -t 0 && test -t 1 && echo exec-tty; exit 5' > /run/o 2> /run/e; report exec-tty $?
+# exec -d: capsa returns at once; the process runs on, confined as any
+# exec'd one, with the null device for its streams
+{ $c exec -d target sh -c 'sleep 1; o=$(readlink /proc/$$/fd/1); { grep -E "^(NoNewPrivs|Seccomp):" /proc/self/status; echo $o; } > /tmp/d1; mv /tmp/d1 /tmp/det; echo dropped'
+  echo "rc=$?"; $c exec target test -e /tmp/det && echo too-soon
+  n=0; until $c exec target test -e /tmp/det 2>/dev/null || [ $n -ge 100 ]; do sleep 0.2; n=$((n+1)); done
+  $c exec target cat /tmp/det; } > /run/o 2> /run/e; report exec-detached $?
 $c rm -f target > /dev/null
 
 # networks: the same flags give the same result (issue #11). The test host
