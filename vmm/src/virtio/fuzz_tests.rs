@@ -35,6 +35,24 @@ impl Rng {
     }
 }
 
+/// The rounds a test runs: 400 in the suite; with `CAPSA_FUZZ_SECONDS=N`
+/// (a long run outside it) as many as fit in N seconds, the generator
+/// going on from the same seed, and how many ran is printed.
+fn rounds(test: &'static str) -> impl Iterator<Item = u64> {
+    let budget = std::env::var("CAPSA_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
+    let limit = if budget.is_some() { u64::MAX } else { 400 };
+    (0..limit).take_while(move |&i| match budget {
+        Some(end) if std::time::Instant::now() >= end => {
+            eprintln!("{test}: {i} rounds, no panic");
+            false
+        }
+        _ => true,
+    })
+}
+
 fn random_addr(r: &mut Rng) -> u64 {
     match r.below(8) {
         0 => r.next(),                       // anywhere
@@ -99,7 +117,7 @@ fn block_survives_random_queues() {
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
     for read_only in [false, true] {
         let mut dev = Block::open(&path, read_only).unwrap();
-        for _ in 0..400 {
+        for _ in rounds("block") {
             let vq = MockSplitQueue::create(&mem, GuestAddress(0x1000), QSIZE);
             scramble(&mem, &vq, &mut r);
             let q: Queue = vq.create_queue().unwrap();
@@ -142,7 +160,7 @@ fn vsock_survives_random_queues() {
     let mem = memory();
     let mut dev = Vsock::new(3, &dir.path().join("v.sock")).unwrap();
     let mut r = Rng(0x1234_5678_9abc_def1);
-    for i in 0..400 {
+    for i in rounds("vsock") {
         let rx = MockSplitQueue::create(&mem, GuestAddress(0x1000), QSIZE);
         let tx = MockSplitQueue::create(&mem, GuestAddress(0x8000), QSIZE);
         let ev = MockSplitQueue::create(&mem, GuestAddress(0xf000), QSIZE);
@@ -189,7 +207,7 @@ fn net_survives_random_queues() {
     let mut dev = super::net::Net::new(tap, [2, 0, 0, 0, 0, 1], 1500).unwrap();
     let mut r = Rng(0x0bad_cafe_f00d_d00d);
     let mut buf = vec![0u8; 70_000];
-    for _ in 0..400 {
+    for _ in rounds("net") {
         let rx = MockSplitQueue::create(&mem, GuestAddress(0x1000), QSIZE);
         let tx = MockSplitQueue::create(&mem, GuestAddress(0x8000), QSIZE);
         scramble(&mem, &rx, &mut r);
