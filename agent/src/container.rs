@@ -262,14 +262,12 @@ impl Container {
             .as_ref()
             .context("the spec has no process")?;
         let process = exec_process(init, req)?;
+        let options = capsa_container::ExecOptions {
+            sub_cgroup: req.sub_cgroup.clone(),
+            ..Default::default()
+        };
         self.runtime
-            .exec(
-                &self.id,
-                Some(&self.spec),
-                &process,
-                io,
-                &Default::default(),
-            )
+            .exec(&self.id, Some(&self.spec), &process, io, &options)
             .map_err(classify_start_error)
     }
 

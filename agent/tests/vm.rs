@@ -408,6 +408,7 @@ impl Session {
                 tty: true,
                 stdin: false,
                 tty_size: Some(capsa_proto::WinSize { rows: 33, cols: 77 }),
+                discard_output: false,
             }
         } else {
             StdioOptions::default()

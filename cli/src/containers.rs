@@ -408,6 +408,7 @@ pub fn exec(roots: &Roots, args: ExecArgs, detach: bool) -> Result<i32> {
         workdir: args.workdir.clone(),
         user,
         tty: args.tty,
+        sub_cgroup: None,
     };
     if detach {
         if args.interactive || args.tty {

@@ -15,6 +15,34 @@ pub fn v2_dir(id: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup").join(rel.strip_prefix("/").unwrap_or(&rel))
 }
 
+/// For runc's `exec --cgroup` on a unified (cgroup v2 only) host: makes
+/// `sub` (relative, checked by the caller) under the container's cgroup
+/// `cgroup` and opens its `cgroup.procs` for the new process to join
+/// itself, last before it executes (see [`crate::workload`]). None on a
+/// v1 or hybrid host, where libcontainer places the process.
+///
+/// libcontainer's v2 manager would enable the container's controllers in
+/// its cgroup's `cgroup.subtree_control` on the way down, and the kernel
+/// then refuses to move a process there (EOPNOTSUPP): a cgroup that holds
+/// processes, as the container's holds its own, cannot hand controllers
+/// down. runc leaves the sub-cgroup's controllers alone, and so does
+/// this: its processes stay bounded by the container's cgroup above it.
+pub fn v2_sub_cgroup_procs(cgroup: &Path, sub: &str) -> std::io::Result<Option<fs::File>> {
+    let root = Path::new("/sys/fs/cgroup");
+    let unified = nix::sys::statfs::statfs(root)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+    if !unified {
+        return Ok(None);
+    }
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let dir = root.join(rel).join(sub);
+    fs::create_dir_all(&dir)?;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))
+        .map(Some)
+}
+
 /// The mount points of the host's cgroup hierarchies (v1 controllers and
 /// the unified one).
 pub fn hierarchies() -> Vec<PathBuf> {

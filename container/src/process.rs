@@ -40,6 +40,8 @@ pub struct ExecRequest {
     pub workdir: Option<String>,
     pub user: Option<(u32, u32)>,
     pub tty: bool,
+    /// runc's `exec --cgroup`: see [`ExecOptions::sub_cgroup`].
+    pub sub_cgroup: Option<String>,
 }
 
 /// The process `capsa exec` starts: the container's own process (its

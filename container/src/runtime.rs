@@ -3,6 +3,7 @@
 //! container is isolated by namespaces, cgroups, capabilities and seccomp,
 //! set up by youki's libcontainer.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -168,11 +169,26 @@ impl Runtime {
                 seccomp_of(&s)
             }
         };
+        // On cgroup v2 the process joins its sub-cgroup itself (see
+        // cgroup::v2_sub_cgroup_procs); `join` stays open until it has.
+        let join = match &options.sub_cgroup {
+            Some(sub) => {
+                let cgroup = self.load(id)?.spec()?.cgroup_path;
+                crate::cgroup::v2_sub_cgroup_procs(&cgroup, sub)
+                    .with_context(|| format!("making sub-cgroup {sub}"))?
+            }
+            None => None,
+        };
+        let sub_cgroup = options.sub_cgroup.clone().filter(|_| join.is_none());
+        let executor = workload::CapsaExecutor {
+            seccomp,
+            join_cgroup: join.as_ref().map(|f| f.as_raw_fd()),
+        };
         let pid = self
-            .builder(id, io, workload::CapsaExecutor { seccomp })?
+            .builder(id, io, executor)?
             .as_tenant()
             .with_process(Some(file.path()))
-            .with_sub_cgroup(options.sub_cgroup.clone())
+            .with_sub_cgroup(sub_cgroup)
             .with_ignore_paused(options.ignore_paused)
             // libcontainer wants a console socket exactly for a detached
             // process on a terminal; we always return at once.

@@ -2,6 +2,7 @@
 //! to docker's exit codes (127: not found, 126: not executable).
 
 use std::ffi::CString;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,10 @@ const NOT_EXECUTABLE: &str = "permission denied: not an executable file";
 #[derive(Clone, Default)]
 pub struct CapsaExecutor {
     pub seccomp: Option<LinuxSeccomp>,
+    /// An open `cgroup.procs` of a sub-cgroup the process joins before it
+    /// executes (runc's `exec --cgroup` on cgroup v2). Opened by the
+    /// caller, whose credentials and cgroup namespace the kernel checks.
+    pub join_cgroup: Option<RawFd>,
 }
 
 /// Gives the process every signal's default action and an empty signal
@@ -43,6 +48,11 @@ fn default_signals() {
 impl Executor for CapsaExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         let args = args_of(spec).ok_or(ExecutorError::InvalidArg)?;
+        if let Some(fd) = self.join_cgroup {
+            // "0": the writing process itself.
+            nix::unistd::write(unsafe_borrow(fd), b"0")
+                .map_err(|e| ExecutorError::Other(format!("joining the sub-cgroup: {e}")))?;
+        }
         default_signals();
         if let Some(seccomp) = &self.seccomp {
             load_seccomp(seccomp)?;
@@ -119,6 +129,13 @@ fn load_seccomp(seccomp: &LinuxSeccomp) -> Result<(), ExecutorError> {
         Ok(None) => Ok(()),
         Err(e) => Err(fail("installing the container's seccomp filter", &e)),
     }
+}
+
+/// `fd`, which the caller keeps open until this process has executed.
+fn unsafe_borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: the descriptor stays open in this process (it was inherited
+    // from the caller, marked close-on-exec at most) until it executes.
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 fn args_of(spec: &Spec) -> Option<&Vec<String>> {

@@ -188,6 +188,10 @@ pub struct StdioOptions {
     /// Initial terminal size (tty only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty_size: Option<WinSize>,
+    /// No output streams: the process's stdout and stderr are `/dev/null`
+    /// and no output frames are sent (docker's `exec -d`; not with `tty`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard_output: bool,
 }
 
 /// User a process runs as (numeric, already resolved by the host).
@@ -216,6 +220,10 @@ pub struct ExecProcess {
     /// User; the container's when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<User>,
+    /// runc's `exec --cgroup`: a sub-cgroup of the container's (in the
+    /// guest), relative, made if missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// A request from the host. Every request gets exactly one [`Response`]

@@ -742,28 +742,16 @@ pub fn exec(roots: &Roots, key: &str, req: &ExecRequest, interactive: bool) -> R
 }
 
 /// docker's `exec -d`: starts a process inside a running container and
-/// returns once it runs. Its streams are the null device, never ours (a
-/// process could reopen the caller's through /proc/self/fd). It is not
-/// waited for: in container mode the container's init inherits it, in VM
-/// mode the agent keeps it when our connection closes.
+/// returns once it runs. Its streams are the null device in both modes
+/// (no stream given: in VM mode the agent opens it in the guest), never
+/// ours (a process could reopen the caller's through /proc/self/fd). It is
+/// not waited for: in container mode the container's init inherits it, in
+/// VM mode the agent keeps it when our connection closes.
 pub fn exec_detached(roots: &Roots, key: &str, req: &ExecRequest) -> Result<()> {
     let rec = exec_target(roots, key, req)?;
     let backend = backend_for(roots, rec.isolation)?;
-    let null = |write: bool| -> Result<Option<std::os::fd::OwnedFd>> {
-        let f = fs::OpenOptions::new()
-            .read(!write)
-            .write(write)
-            .open("/dev/null")?;
-        Ok(Some(f.into()))
-    };
-    let io = ProcessIo {
-        stdin: null(false)?,
-        stdout: null(true)?,
-        stderr: null(true)?,
-        ..Default::default()
-    };
     backend
-        .exec(&rec, req, io)
+        .exec(&rec, req, ProcessIo::default())
         .map_err(capsa_container::classify_start_error)?;
     Ok(())
 }

@@ -95,6 +95,7 @@ impl Agent {
             workdir: process.cwd,
             user: process.user.map(|u| (u.uid, u.gid)),
             tty: stdio.tty,
+            sub_cgroup: process.cgroup,
         };
         self.launch(conn, enc, container_id, exec_id, stdio, |c, io| {
             c.exec(&req, io)
@@ -110,11 +111,7 @@ impl Agent {
         container_id: String,
         exec_id: String,
     ) -> Response {
-        let stdio = StdioOptions {
-            tty: false,
-            stdin: false,
-            tty_size: None,
-        };
+        let stdio = StdioOptions::default();
         // An exited container's layer is still there (a guest held up
         // for `capsa build` reads it after the RUN step's exit).
         self.launch(conn, enc, container_id, exec_id, stdio, |c, io| c.diff(io))

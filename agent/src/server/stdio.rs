@@ -22,9 +22,10 @@ use super::{Agent, Conn};
 use crate::container::STATE_DIR;
 
 pub(super) enum Wiring {
+    /// Outputs are None when discarded (the process has /dev/null).
     Pipes {
-        stdout: OwnedFd,
-        stderr: OwnedFd,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
         stdin: Option<OwnedFd>,
     },
     Tty {
@@ -59,10 +60,23 @@ impl Agent {
             let path = SocketFile(path);
             return Ok((io, Wiring::Tty { listener, path }));
         }
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        io.stdout = Some(out_w);
-        io.stderr = Some(err_w);
+        let (out_r, err_r) = if stdio.discard_output {
+            let null = || -> Result<OwnedFd> {
+                Ok(std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/null")?
+                    .into())
+            };
+            io.stdout = Some(null()?);
+            io.stderr = Some(null()?);
+            (None, None)
+        } else {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            io.stdout = Some(out_w);
+            io.stderr = Some(err_w);
+            (Some(out_r), Some(err_r))
+        };
         let stdin = if stdio.stdin {
             let (r, w) = pipe()?;
             io.stdin = Some(r);
@@ -95,7 +109,10 @@ impl Agent {
                 stderr,
                 stdin,
             } => (
-                vec![(StdStream::Stdout, stdout), (StdStream::Stderr, stderr)],
+                [(StdStream::Stdout, stdout), (StdStream::Stderr, stderr)]
+                    .into_iter()
+                    .filter_map(|(s, fd)| fd.map(|fd| (s, fd)))
+                    .collect(),
                 stdin,
                 None,
             ),

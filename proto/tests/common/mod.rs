@@ -71,6 +71,7 @@ pub fn all_requests() -> Vec<Request> {
                 tty: true,
                 stdin: true,
                 tty_size: Some(WinSize { rows: 24, cols: 80 }),
+                discard_output: false,
             },
             network: Some(capsa_proto::GuestNetwork {
                 interfaces: vec![capsa_proto::GuestInterface {
@@ -119,11 +120,13 @@ pub fn all_requests() -> Vec<Request> {
                     gid: 1000,
                     additional_gids: vec![10, 20],
                 }),
+                cgroup: Some("sub".into()),
             },
             stdio: StdioOptions {
                 tty: false,
-                stdin: true,
+                stdin: false,
                 tty_size: None,
+                discard_output: true,
             },
         },
         Request::Exec {

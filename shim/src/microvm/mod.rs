@@ -203,6 +203,7 @@ impl MicroVmBackend {
             tty: tty.is_some(),
             stdin: io.stdin.is_some() || (tty.is_some() && rec.interactive),
             tty_size: tty.as_ref().and_then(|_| window_size(std::io::stdin())),
+            discard_output: false,
         };
         if let Some(slave) = &tty {
             conn.route_output(&rec.id, StdStream::Stdout, slave.try_clone()?);
@@ -629,6 +630,7 @@ impl Backend for MicroVmBackend {
         if let Some(slave) = &tty {
             conn.route_output(&exec_id, StdStream::Stdout, slave.try_clone()?);
         }
+        let routed = io.stdout.is_some() || io.stderr.is_some();
         if let Some(out) = io.stdout {
             conn.route_output(&exec_id, StdStream::Stdout, out);
         }
@@ -647,11 +649,14 @@ impl Backend for MicroVmBackend {
                     gid,
                     additional_gids: vec![],
                 }),
+                cgroup: req.sub_cgroup.clone(),
             },
             stdio: StdioOptions {
                 tty: tty.is_some(),
                 stdin: io.stdin.is_some() || tty.is_some(),
                 tty_size: tty.as_ref().and_then(|_| window_size(std::io::stdin())),
+                // Nothing to route them to: docker's `exec -d`.
+                discard_output: tty.is_none() && !routed,
             },
         })?;
         if let Some(input) = io.stdin {

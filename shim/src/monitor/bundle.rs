@@ -38,7 +38,9 @@ pub enum BundleOp {
     /// VM mode: boot the created container's VM and run it to its end.
     Run,
     /// VM mode: run a process in the running container, to its end.
-    VmExec(Box<Process>),
+    /// With runc's `exec --cgroup` sub-cgroup (of the container's, in the
+    /// guest).
+    VmExec(Box<Process>, Option<String>),
     /// Container mode from a multi-threaded caller: libcontainer clones the
     /// calling process without exec and goes on running Rust code in the
     /// child, where a lock another thread held stays held forever. runc
@@ -112,9 +114,9 @@ pub fn run(job: BundleJob, mut ready: File) -> Result<i32> {
             );
             namespace(op, &mut ready)
         }
-        BundleOp::VmExec(process) => {
+        BundleOp::VmExec(process, sub_cgroup) => {
             let rec = Record::load(&roots, &id)?;
-            let req = exec_request(&process);
+            let req = exec_request(&process, sub_cgroup);
             let handle = match MicroVmBackend::new(&roots).exec(&rec, &req, io) {
                 Ok(h) => h,
                 Err(e) => return refuse(&mut ready, e),
@@ -195,12 +197,13 @@ fn forward_signals(roots: &Roots, rec: &Record) {
     });
 }
 
-fn exec_request(p: &Process) -> ExecRequest {
+fn exec_request(p: &Process, sub_cgroup: Option<String>) -> ExecRequest {
     ExecRequest {
         args: p.args().clone().unwrap_or_default(),
         env: p.env().clone().unwrap_or_default(),
         workdir: Some(p.cwd().display().to_string()),
         user: Some((p.user().uid(), p.user().gid())),
         tty: p.terminal().unwrap_or(false),
+        sub_cgroup,
     }
 }

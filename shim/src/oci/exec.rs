@@ -32,11 +32,11 @@ pub fn exec(
         )));
     }
     let plain = options.sub_cgroup.is_none() && !options.ignore_paused && io.preserve_fds == 0;
-    if rec.isolation == Isolation::Vm && !plain {
+    if rec.isolation == Isolation::Vm && (options.ignore_paused || io.preserve_fds > 0) {
         // The guest's processes are not the host's: no host descriptor
-        // or host cgroup reaches them, and a paused VM runs nothing.
+        // reaches them, and a paused VM runs nothing, not even its agent.
         bail!(error(
-            "exec --cgroup, --ignore-paused and --preserve-fds are not available in VM mode"
+            "exec --ignore-paused and --preserve-fds are not available in VM mode"
         ));
     }
     match rec.isolation {
@@ -53,7 +53,7 @@ pub fn exec(
             crate::namespace::runtime(roots).exec(id, None, process, io, options)
         }
         Isolation::Vm => {
-            let op = BundleOp::VmExec(Box::new(process.clone()));
+            let op = BundleOp::VmExec(Box::new(process.clone()), options.sub_cgroup.clone());
             spawn_monitor(BundleJob::new(roots, id, &io, op), io)
         }
     }
