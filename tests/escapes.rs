@@ -432,3 +432,41 @@ fn the_runtime_binary_cannot_be_overwritten_from_inside() {
     assert_eq!(env.container_ids().len(), 0);
     env.assert_no_leaks(&[id]);
 }
+
+/// The container's monitor (capsa's process that holds its streams and
+/// saves its exit) is out of the container's reach: not among the
+/// processes it sees, and a signal to its host PID reaches nothing (the
+/// container's own PID namespace; no CAP_SYS_PTRACE or CAP_KILL beyond it).
+#[test]
+fn the_monitor_is_out_of_the_containers_reach() {
+    let env = Env::with_demo();
+    let id = env.ok(&["run", "-d", "demo", "sleep", "300"]);
+    let id = id.trim();
+    let monitors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd);
+            (cmd.contains("__monitor") && cmd.contains(id)).then_some(pid)
+        })
+        .collect();
+    assert!(!monitors.is_empty(), "no monitor of {id} found");
+    let seen = env.ok(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done",
+    ]);
+    assert!(!seen.contains("__monitor"), "{seen}");
+    for pid in &monitors {
+        let out = env.run(&["exec", id, "kill", "-0", pid]);
+        assert_ne!(code(&out), 0, "the container signalled the monitor {pid}");
+        assert!(stderr(&out).contains("No such process"), "{}", stderr(&out));
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+    env.ok(&["rm", "-f", id]);
+    env.assert_no_leaks(&[]);
+}
