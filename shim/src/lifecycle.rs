@@ -745,8 +745,9 @@ pub fn exec(roots: &Roots, key: &str, req: &ExecRequest, interactive: bool) -> R
 /// returns once it runs. Its streams are the null device in both modes
 /// (no stream given: in VM mode the agent opens it in the guest), never
 /// ours (a process could reopen the caller's through /proc/self/fd). It is
-/// not waited for: in container mode the container's init inherits it, in
-/// VM mode the agent keeps it when our connection closes.
+/// not waited for: in container mode it is our child, then (as any orphan)
+/// our subreaper's or init's, which reaps it; in VM mode the agent keeps
+/// it when our connection closes.
 pub fn exec_detached(roots: &Roots, key: &str, req: &ExecRequest) -> Result<()> {
     let rec = exec_target(roots, key, req)?;
     let backend = backend_for(roots, rec.isolation)?;
