@@ -442,15 +442,9 @@ fn the_monitor_is_out_of_the_containers_reach() {
     let env = Env::with_demo();
     let id = env.ok(&["run", "-d", "demo", "sleep", "300"]);
     let id = id.trim();
-    let monitors: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().into_owned();
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd);
-            (cmd.contains("__monitor") && cmd.contains(id)).then_some(pid)
-        })
+    let monitors: Vec<String> = capsa_tests::monitor_processes(id)
+        .into_iter()
+        .map(|(pid, _)| pid)
         .collect();
     assert!(!monitors.is_empty(), "no monitor of {id} found");
     let seen = env.ok(&[

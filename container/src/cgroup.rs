@@ -11,9 +11,15 @@ pub fn cgroup_path(id: &str) -> PathBuf {
 /// The container's directory in the unified (cgroup v2) hierarchy, as the
 /// guest mounts it.
 pub fn v2_dir(id: &str) -> PathBuf {
-    let rel = cgroup_path(id);
-    Path::new("/sys/fs/cgroup").join(rel.strip_prefix("/").unwrap_or(&rel))
+    in_unified(&cgroup_path(id))
 }
+
+/// Cgroup path `cgroup` (relative to each hierarchy) in the unified one.
+fn in_unified(cgroup: &Path) -> PathBuf {
+    Path::new(UNIFIED).join(cgroup.strip_prefix("/").unwrap_or(cgroup))
+}
+
+const UNIFIED: &str = "/sys/fs/cgroup";
 
 /// For runc's `exec --cgroup` on a unified (cgroup v2 only) host: makes
 /// `sub` (relative, checked by the caller) under the container's cgroup
@@ -28,14 +34,12 @@ pub fn v2_dir(id: &str) -> PathBuf {
 /// down. runc leaves the sub-cgroup's controllers alone, and so does
 /// this: its processes stay bounded by the container's cgroup above it.
 pub fn v2_sub_cgroup_procs(cgroup: &Path, sub: &str) -> std::io::Result<Option<fs::File>> {
-    let root = Path::new("/sys/fs/cgroup");
-    let unified = nix::sys::statfs::statfs(root)
+    let unified = nix::sys::statfs::statfs(UNIFIED)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
     if !unified {
         return Ok(None);
     }
-    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
-    let dir = root.join(rel).join(sub);
+    let dir = in_unified(cgroup).join(sub);
     fs::create_dir_all(&dir)?;
     fs::OpenOptions::new()
         .write(true)

@@ -39,7 +39,7 @@ pub fn run_read_only() -> io::Result<()> {
         // environment; children must not inherit the marker.
         std::env::remove_var(AGAIN_ENV);
     }
-    if read_only()? || !nix::unistd::geteuid().is_root() {
+    if !nix::unistd::geteuid().is_root() || read_only()? {
         return Ok(());
     }
     if again {

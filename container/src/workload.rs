@@ -50,7 +50,7 @@ impl Executor for CapsaExecutor {
         let args = args_of(spec).ok_or(ExecutorError::InvalidArg)?;
         if let Some(fd) = self.join_cgroup {
             // "0": the writing process itself.
-            nix::unistd::write(unsafe_borrow(fd), b"0")
+            nix::unistd::write(inherited(fd), b"0")
                 .map_err(|e| ExecutorError::Other(format!("joining the sub-cgroup: {e}")))?;
         }
         default_signals();
@@ -132,7 +132,7 @@ fn load_seccomp(seccomp: &LinuxSeccomp) -> Result<(), ExecutorError> {
 }
 
 /// `fd`, which the caller keeps open until this process has executed.
-fn unsafe_borrow(fd: RawFd) -> BorrowedFd<'static> {
+fn inherited(fd: RawFd) -> BorrowedFd<'static> {
     // SAFETY: the descriptor stays open in this process (it was inherited
     // from the caller, marked close-on-exec at most) until it executes.
     unsafe { BorrowedFd::borrow_raw(fd) }

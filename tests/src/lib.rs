@@ -177,21 +177,30 @@ pub fn leaks_of(root: &Path, ids: &[String]) -> Vec<String> {
             }
         }
     }
-    if let Ok(procs) = std::fs::read_dir("/proc") {
-        for p in procs.flatten() {
-            let name = p.file_name().to_string_lossy().into_owned();
-            if !name.chars().all(|c| c.is_ascii_digit()) {
-                continue;
-            }
-            if let Ok(cmd) = std::fs::read(p.path().join("cmdline")) {
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                if cmd.contains(&root_s) && cmd.contains("__monitor") {
-                    leaks.push(format!("process {name}: {cmd}"));
-                }
-            }
-        }
+    for (pid, cmd) in monitor_processes(&root_s) {
+        leaks.push(format!("process {pid}: {cmd}"));
     }
     leaks
+}
+
+/// The `capsa __monitor` processes whose command line holds `with` (a
+/// state root, a container ID): (pid, command line).
+pub fn monitor_processes(with: &str) -> Vec<(String, String)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| {
+            let pid = p.file_name().to_string_lossy().into_owned();
+            if !pid.chars().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            let cmd = std::fs::read(p.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains(with) && cmd.contains("__monitor")).then_some((pid, cmd))
+        })
+        .collect()
 }
 
 /// The loop devices in use and the file behind each.
