@@ -33,6 +33,7 @@ impl Agent {
                 }
             }
         }
+        st.forget_orphans();
         self.cv.notify_all();
     }
 

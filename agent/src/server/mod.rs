@@ -8,7 +8,9 @@
 //! and each exec'd process, named by its exec id) belongs to the connection
 //! that created it: its output goes there. If that connection closes, its
 //! output is drained and dropped, so the process never blocks on a full
-//! pipe.
+//! pipe. An exec'd process is forgotten once its exit has been reported
+//! through `Wait`, or once it has exited with its connection gone (docker's
+//! `exec -d`): the table holds only what someone can still ask about.
 //!
 //! # How a connection is served
 //!

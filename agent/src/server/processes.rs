@@ -56,6 +56,19 @@ impl Proc {
     }
 }
 
+impl super::State {
+    /// Drops every exec'd process that has exited, whose output is drained
+    /// and whose connection is gone: nobody can wait for it any more (an
+    /// `exec -d` process, or one whose host side died). Its id is free
+    /// again and the table does not grow with the guest's uptime.
+    pub(super) fn forget_orphans(&mut self) {
+        let conns = &self.conns;
+        self.procs.retain(|_, p| {
+            p.init || p.exit.is_none() || p.outputs_open > 0 || conns.contains_key(&p.conn)
+        });
+    }
+}
+
 impl Agent {
     pub(super) fn exited(&self, pid: i32, code: i32) {
         let mut st = self.lock();
@@ -66,6 +79,7 @@ impl Agent {
                 p.stdin = None;
             }
         }
+        st.forget_orphans();
         self.cv.notify_all();
     }
 

@@ -164,6 +164,7 @@ impl Agent {
                 if let Some(p) = st.procs.get_mut(&id).filter(|p| p.serial == serial) {
                     p.outputs_open = p.outputs_open.saturating_sub(1);
                 }
+                st.forget_orphans();
                 me.cv.notify_all();
             });
         }

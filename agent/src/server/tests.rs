@@ -546,3 +546,61 @@ fn a_held_guest_outlives_the_exit_for_a_diff_and_ends_on_shutdown() {
     assert_eq!(call(&mut p, 5, Request::Shutdown), Response::Ok);
     assert!(due(&agent).is_some(), "Shutdown ends a held guest");
 }
+
+/// Waits until the agent holds no process `id`.
+fn until_forgotten(agent: &Agent, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.lock().procs.contains_key(id) {
+        assert!(Instant::now() < deadline, "{id} never forgotten");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn an_exec_whose_host_side_is_gone_is_forgotten_once_it_exits() {
+    let (agent, _log) = fake_agent();
+    let (mut keep, _k) = connect(&agent);
+    handshake(&mut keep.enc, &mut keep.dec, "test-host").unwrap();
+    assert_eq!(call(&mut keep, 1, create("c")), Response::Ok);
+    let exec = |id: &str| Request::Exec {
+        container_id: "c".into(),
+        exec_id: id.into(),
+        process: ExecProcess::default(),
+        stdio: StdioOptions {
+            discard_output: true,
+            ..Default::default()
+        },
+    };
+    // docker's `exec -d`: the host's connection closes at once.
+    let (mut gone, _g) = connect(&agent);
+    handshake(&mut gone.enc, &mut gone.dec, "test-host").unwrap();
+    assert_eq!(call(&mut gone, 1, exec("d1")), Response::Ok);
+    // The same, but the process ends before the connection does.
+    assert_eq!(call(&mut gone, 2, exec("d2")), Response::Ok);
+    agent.exited(pid_of(&agent, "d2"), 0);
+    gone.raw.shutdown(std::net::Shutdown::Both).unwrap();
+    gone.server.join().unwrap();
+    until_forgotten(&agent, "d2");
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        agent.lock().procs.contains_key("d1"),
+        "a running process is kept: it can still be signalled"
+    );
+    agent.exited(pid_of(&agent, "d1"), 0);
+    until_forgotten(&agent, "d1");
+    // Its id is free again; a process whose connection is open is kept
+    // after its exit, for that connection's `Wait`.
+    assert_eq!(call(&mut keep, 2, exec("d1")), Response::Ok);
+    agent.exited(pid_of(&agent, "d1"), 4);
+    std::thread::sleep(Duration::from_millis(50));
+    let wait = Request::Wait { id: "d1".into() };
+    assert!(matches!(
+        call(&mut keep, 3, wait),
+        Response::Exited { code: 4, .. }
+    ));
+    until_forgotten(&agent, "d1");
+    assert!(
+        agent.lock().procs.contains_key("c"),
+        "an init is never dropped"
+    );
+}

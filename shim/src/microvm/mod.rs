@@ -620,7 +620,9 @@ impl Backend for MicroVmBackend {
 
     fn exec(&self, rec: &Record, req: &ExecRequest, io: ProcessIo) -> Result<ProcessHandle> {
         let conn = Arc::new(self.connect(rec)?);
-        let exec_id = format!("exec-{}", std::process::id());
+        // Unique, not per capsa process: an `exec -d` process outlives
+        // the capsa that started it, and host pids are reused.
+        let exec_id = format!("exec-{}", &crate::lifecycle::new_id()?[..16]);
         // -t: a host pty bridged to the terminal the guest allocates, as
         // for the container's own process.
         let tty = match (&io.console_socket, req.tty) {
@@ -672,7 +674,7 @@ impl Backend for MicroVmBackend {
 
     fn diff(&self, rec: &Record, out: &mut dyn std::io::Write) -> Result<()> {
         let conn = self.connect(rec)?;
-        let exec_id = format!("diff-{}", std::process::id());
+        let exec_id = format!("diff-{}", &crate::lifecycle::new_id()?[..16]);
         let (layer, errors) = (crate::stdio::pipe()?, crate::stdio::pipe()?);
         conn.route_output(&exec_id, StdStream::Stdout, layer.write);
         conn.route_output(&exec_id, StdStream::Stderr, errors.write);
