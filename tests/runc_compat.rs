@@ -172,6 +172,9 @@ fn runc_command_line_directly() {
         assert!(s.get(k).is_some(), "state lacks {k}: {s}");
     }
     assert_eq!(s["owner"], "root", "runc names the owner: {s}");
+    // As runc's shows `runc:[2:INIT]` until it starts.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "capsa:[2:INIT]", "the created process's name");
 
     // list: runc's table, json and -q.
     let table = env.ok(&["list"]);

@@ -69,6 +69,10 @@ impl Executor for CapsaExecutor {
     /// Runs in the container (after pivot_root) before it waits for start,
     /// so a bad command fails `create` with a clear message.
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        // Runs in the container's process, before it waits for `start`:
+        // a created container shows as capsa's (runc's reads
+        // `runc:[2:INIT]`), not under the library's name.
+        name_process(c"capsa:[2:INIT]");
         let args = args_of(spec).ok_or_else(|| {
             ExecutorValidationError::ArgValidationError("no command given".into())
         })?;
@@ -97,6 +101,13 @@ impl Executor for CapsaExecutor {
         }
         Ok(())
     }
+}
+
+/// Sets this process's name (its `comm`, what `ps` shows) until it
+/// executes.
+fn name_process(name: &std::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string we own.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
 /// Installs `seccomp` on this process, last before execve as libcontainer

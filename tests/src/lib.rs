@@ -171,9 +171,15 @@ pub fn leaks_of(root: &Path, ids: &[String]) -> Vec<String> {
     }
     for id in ids {
         for hier in cgroup_hierarchies() {
-            let p = hier.join("capsa").join(id);
-            if p.exists() {
-                leaks.push(format!("cgroup: {}", p.display()));
+            // capsa's own, and libcontainer's default for a bundle that
+            // names no cgroupsPath.
+            for p in [
+                hier.join("capsa").join(id),
+                hier.join(format!(":youki:{id}")),
+            ] {
+                if p.exists() {
+                    leaks.push(format!("cgroup: {}", p.display()));
+                }
             }
         }
     }
