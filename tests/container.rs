@@ -721,7 +721,7 @@ fn named_volumes_are_filled_kept_and_guarded() {
     assert_eq!(code(&rm), 125);
     assert_eq!(
         stderr(&rm).trim(),
-        "capsa: volume homes is in use by container user1: remove it first"
+        "capsa: error: volume homes is in use by container user1: remove it first"
     );
     env.ok(&["volume", "prune"]);
     assert!(data.join("note").exists());

@@ -8,7 +8,7 @@ use std::process::Output;
 
 use capsa_tests::{files_under, stderr, stdout, Env};
 
-/// Exit code 125, one line starting "capsa: " holding each of `needles`,
+/// Exit code 125, one line starting "capsa: error: " holding each of `needles`,
 /// no escape codes, no new file under the root, no container, no leak.
 fn assert_one_clear_line(
     env: &Env,
@@ -21,7 +21,7 @@ fn assert_one_clear_line(
     assert_eq!(out.status.code(), Some(125), "{what}: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(
-        lines.len() == 1 && lines[0].starts_with("capsa: "),
+        lines.len() == 1 && lines[0].starts_with("capsa: error: "),
         "{what}: not one clear line: {err:?}"
     );
     assert!(!err.contains('\x1b'), "{what}: escape codes: {err:?}");

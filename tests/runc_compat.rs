@@ -778,7 +778,7 @@ fn bad_bundle_values_are_refused_before_anything_is_made() {
         assert_eq!(st.code(), Some(1), "{what}: stderr: {err}");
         assert!(
             lines.len() == 1
-                && lines[0].starts_with("capsa: invalid bundle config.json: ")
+                && lines[0].starts_with("capsa: error: invalid bundle config.json: ")
                 && lines[0].contains(field),
             "{what}: want one line naming {field}: {err}"
         );

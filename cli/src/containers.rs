@@ -747,11 +747,11 @@ pub fn inspect(roots: &Roots, args: InspectArgs) -> Result<i32> {
                 // An image that is there but damaged: say what is wrong
                 // with it, not that it is missing.
                 Err(e @ capsa_image::Error::Damaged { .. }) => {
-                    eprintln!("capsa: {e}");
+                    eprintln!("capsa: error: {e}");
                     failed = true;
                 }
                 Err(_) => {
-                    eprintln!("capsa: no such container or image: {name}");
+                    eprintln!("capsa: error: no such container or image: {name}");
                     failed = true;
                 }
             }

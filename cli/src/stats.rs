@@ -111,7 +111,7 @@ fn sample(roots: &Roots, rec: &Record) -> Sample {
     let stats = match rec.status().is_up().then(|| usage::stats(roots, rec)) {
         Some(Ok(s)) => Some(s),
         Some(Err(e)) => {
-            eprintln!("capsa: the figures of {}: {e:#}", rec.name);
+            eprintln!("capsa: warning: the figures of {}: {e:#}", rec.name);
             None
         }
         None => None,
