@@ -16,7 +16,8 @@ fn assert_failed_cleanly(
     assert_eq!(out.status.code(), Some(125), "{what}: {}", stderr(out));
     let err = stderr(out);
     assert!(
-        err.lines().filter(|l| !l.trim().is_empty()).count() <= 2 && err.starts_with("capsa: error: "),
+        err.lines().filter(|l| !l.trim().is_empty()).count() <= 2
+            && err.starts_with("capsa: error: "),
         "{what}: not one clear message: {err}"
     );
     let after = files_under(env.path());
