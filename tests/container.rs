@@ -1531,6 +1531,46 @@ fn cp_copies_both_ways_and_keeps_the_host_safe() {
         .collect();
     assert_eq!(names, ["f"]);
 
+    // -a keeps owners (in) and setuid bits (out); without it root owns
+    // what comes in, and a container's setuid file reaches the host
+    // without its bit. -L copies what a link points to, both ways.
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::chown(host.join("file.txt"), Some(1234), Some(1234)).unwrap();
+    std::os::unix::fs::symlink("file.txt", host.join("link")).unwrap();
+    env.ok(&["cp", "-a", &h("file.txt"), "box:/tmp/owned"]);
+    env.ok(&["cp", &h("link"), "box:/tmp/link"]);
+    env.ok(&["cp", "-L", &h("link"), "box:/tmp/followed"]);
+    assert_eq!(
+        env.ok(&[
+            "exec",
+            "box",
+            "sh",
+            "-c",
+            "stat -c %u:%g /tmp/owned; readlink /tmp/link; cat /tmp/followed"
+        ]),
+        "1234:1234\nfile.txt\nfrom the host\n"
+    );
+    env.ok(&[
+        "exec",
+        "box",
+        "sh",
+        "-c",
+        "echo s > /out/suid && chown 1000:1000 /out/suid && chmod 4755 /out/suid && ln -s suid /out/sl",
+    ]);
+    let to = |name: &str| back.join(name).to_str().unwrap().to_string();
+    env.ok(&["cp", "box:/out/suid", &to("plain")]);
+    env.ok(&["cp", "-a", "box:/out/suid", &to("kept")]);
+    env.ok(&["cp", "box:/out/sl", &to("asis")]);
+    env.ok(&["cp", "-L", "box:/out/sl", &to("deref")]);
+    let plain = std::fs::metadata(back.join("plain")).unwrap();
+    assert_eq!((plain.mode() & 0o7777, plain.uid()), (0o755, 0));
+    let kept = std::fs::metadata(back.join("kept")).unwrap();
+    assert_eq!((kept.mode() & 0o7777, kept.uid()), (0o4755, 1000));
+    assert!(std::fs::symlink_metadata(back.join("asis"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(back.join("deref")).unwrap(), "s\n");
+
     // A hostile container: its "tar" prints an archive whose second entry
     // goes through a symlink the first one made, towards the host's files.
     let victim = env.path().join("victim");
@@ -1631,6 +1671,19 @@ fn cp_copies_both_ways_and_keeps_the_host_safe() {
     assert!(stderr(&out).contains("clash"), "{}", stderr(&out));
     let seen = env.run(&["cp", "gone:/etc/file.txt", "-"]);
     assert!(stdout(&seen).contains("from the host"), "{}", stderr(&seen));
+    // The owners as with a running one; -L follows the link up and out
+    // inside the container's root.
+    env.ok(&["cp", "-a", &h("file.txt"), "gone:/etc/kept.txt"]);
+    let uid_of = |path: &str| {
+        let out = env.run(&["cp", path, "-"]);
+        let mut ar = tar::Archive::new(&out.stdout[..]);
+        let e = ar.entries().unwrap().next().unwrap().unwrap();
+        e.header().uid().unwrap()
+    };
+    assert_eq!(uid_of("gone:/etc/file.txt"), 0);
+    assert_eq!(uid_of("gone:/etc/kept.txt"), 1234);
+    env.ok(&["cp", "-L", "gone:/up", &to("up-followed")]);
+    assert!(back.join("up-followed/capsa-cp-marker").is_file());
     assert_eq!(mounted(), 0);
     assert_refused(
         &env,

@@ -638,6 +638,13 @@ pub fn update(roots: &Roots, args: UpdateArgs) -> Result<i32> {
 
 #[derive(Args)]
 pub struct CpArgs {
+    /// Keep the source's owners (and, copying out, setuid/setgid bits,
+    /// otherwise dropped)
+    #[arg(short = 'a', long)]
+    archive: bool,
+    /// Copy what SRC links to, not the link
+    #[arg(short = 'L', long)]
+    follow_link: bool,
     /// CONTAINER:PATH or a host path (`-`: a tar archive on stdin)
     src: String,
     /// CONTAINER:PATH or a host path (`-`: the tar archive on stdout)
@@ -648,18 +655,22 @@ pub struct CpArgs {
 /// (capsa_shim::copy: through the container's own tar, or capsa's in a
 /// stopped container's root).
 pub fn cp(roots: &Roots, args: CpArgs) -> Result<i32> {
-    use capsa_shim::copy::{copy_in, copy_out, Destination};
+    use capsa_shim::copy::{copy_in, copy_out, CopyOptions, Destination};
+    let opts = CopyOptions {
+        archive: args.archive,
+        follow_link: args.follow_link,
+    };
     match (container_path(&args.src), container_path(&args.dest)) {
         (Some((c, src)), None) => {
             let dest = match args.dest.as_str() {
                 "-" => Destination::Stdout,
                 d => Destination::Path(d.into()),
             };
-            copy_out(roots, &Store::open(&roots.images())?, c, src, dest)?;
+            copy_out(roots, &Store::open(&roots.images())?, c, src, dest, opts)?;
         }
         (None, Some((c, dest))) if args.src != "-" => {
             let store = Store::open(&roots.images())?;
-            copy_in(roots, &store, c, std::path::Path::new(&args.src), dest)?;
+            copy_in(roots, &store, c, std::path::Path::new(&args.src), dest, opts)?;
         }
         (None, Some(_)) => bail!(CodedError::new(
             EXIT_CAPSA_ERROR,

@@ -31,6 +31,18 @@ use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Isolation, Record, Status};
 use crate::{CodedError, EXIT_CAPSA_ERROR};
 
+/// docker's `cp` flags.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CopyOptions {
+    /// `-a`: keep the source's owners (and, copying out, its setuid,
+    /// setgid and sticky bits, which are otherwise dropped: a container
+    /// must not hand the host a setuid file).
+    pub archive: bool,
+    /// `-L`: copy what SRC links to, not the link (copying out, the
+    /// container's `tar -h` follows links inside a copied directory too).
+    pub follow_link: bool,
+}
+
 /// Where `copy_out` puts what it copied.
 pub enum Destination {
     /// A host path, as docker's `cp C:SRC DEST` treats it.
@@ -48,16 +60,18 @@ pub fn copy_out(
     key: &str,
     src: &str,
     dest: Destination,
+    opts: CopyOptions,
 ) -> Result<()> {
     let (rec, stopped) = target(roots, store, key)?;
     let (parent, base) = split(src);
     let out = crate::stdio::pipe()?;
     let err = crate::stdio::pipe()?;
+    let create = if opts.follow_link { "-chf" } else { "-cf" };
     let handle = match &stopped {
         None => run_tar(
             roots,
             &rec,
-            vec!["-cf".into(), "-".into(), "-C".into(), parent, base.clone()],
+            vec![create.into(), "-".into(), "-C".into(), parent, base.clone()],
             None,
             out.write,
             err.write,
@@ -69,7 +83,7 @@ pub fn copy_out(
                 &[out.read.as_fd(), err.read.as_fd()],
                 move || {
                     let path = Path::new(&parent).join(&name);
-                    let meta = fs::symlink_metadata(&path)
+                    let meta = source_metadata(&path, opts.follow_link)
                         .with_context(|| format!("{}", path.display()))?;
                     send(out_w, &path, &meta, &name)
                 },
@@ -81,7 +95,13 @@ pub fn copy_out(
         Destination::Stdout => std::io::copy(&mut fs::File::from(out.read), &mut std::io::stdout())
             .map(|_| ())
             .context("writing the archive"),
-        Destination::Path(dest) => unpack(fs::File::from(out.read), &dest, &base).map_err(|e| {
+        Destination::Path(dest) => unpack(
+            fs::File::from(out.read),
+            &dest,
+            &base,
+            Keep::all_or_safe(opts),
+        )
+        .map_err(|e| {
             user(format!(
                 "copying {}:{src} to {}: {e:#}",
                 rec.name,
@@ -105,10 +125,18 @@ pub fn copy_out(
 /// `cp SRC C:DEST`: SRC (a host file or directory, symlinks copied as
 /// links) into DEST in the container if that is a directory there, else
 /// as DEST (its parent must exist). Files are owned by the container's
-/// root, as docker makes them.
-pub fn copy_in(roots: &Roots, store: &Store, key: &str, src: &Path, dest: &str) -> Result<()> {
+/// root, as docker makes them, unless `-a`.
+pub fn copy_in(
+    roots: &Roots,
+    store: &Store,
+    key: &str,
+    src: &Path,
+    dest: &str,
+    opts: CopyOptions,
+) -> Result<()> {
     let (rec, stopped) = target(roots, store, key)?;
-    let meta = fs::symlink_metadata(src).map_err(|e| user(format!("{}: {e}", src.display())))?;
+    let meta = source_metadata(src, opts.follow_link)
+        .map_err(|e| user(format!("{}: {e}", src.display())))?;
     if let Some(root) = stopped {
         let name = src
             .file_name()
@@ -118,8 +146,12 @@ pub fn copy_in(roots: &Roots, store: &Store, key: &str, src: &Path, dest: &str) 
         let err = crate::stdio::pipe()?;
         let (into, top) = (dest.to_string(), name.clone());
         let parent_ends = [stdin.write.as_fd(), err.read.as_fd()];
+        let keep = Keep {
+            modes: true,
+            owners: opts.archive,
+        };
         let handle = root.run(err.write, &parent_ends, move || {
-            unpack(fs::File::from(stdin.read), Path::new(&into), &top)
+            unpack(fs::File::from(stdin.read), Path::new(&into), &top, keep)
         })?;
         let errors = read_all(err.read);
         let written = send(stdin.write, src, &meta, &name);
@@ -164,11 +196,13 @@ pub fn copy_in(roots: &Roots, store: &Store, key: &str, src: &Path, dest: &str) 
     let stdin = crate::stdio::pipe()?;
     let out = crate::stdio::pipe()?;
     let err = crate::stdio::pipe()?;
-    // -o: owned by whoever extracts (root), not by the host's uid.
+    // -o: owned by whoever extracts (root), not by the host's uid; -a
+    // keeps the archive's owners (tar's default for root).
+    let extract = if opts.archive { "-xf" } else { "-xof" };
     let handle = run_tar(
         roots,
         &rec,
-        vec!["-xof".into(), "-".into(), "-C".into(), workdir],
+        vec![extract.into(), "-".into(), "-C".into(), workdir],
         Some(stdin.read),
         out.write,
         err.write,
@@ -185,13 +219,26 @@ pub fn copy_in(roots: &Roots, store: &Store, key: &str, src: &Path, dest: &str) 
     written.with_context(|| format!("sending {shown}"))
 }
 
-/// Writes host path `src` (symlinks as links) as a tar archive whose top
-/// entry is `name`.
+/// What SRC is: itself, or with `-L` what it links to.
+fn source_metadata(src: &Path, follow_link: bool) -> std::io::Result<fs::Metadata> {
+    if follow_link {
+        fs::metadata(src)
+    } else {
+        fs::symlink_metadata(src)
+    }
+}
+
+/// Writes host path `src` as a tar archive whose top entry is `name`:
+/// what `meta` says `src` is (a link's target with `-L`), links inside a
+/// directory as links.
 fn send(to: OwnedFd, src: &Path, meta: &fs::Metadata, name: &str) -> Result<()> {
     let mut b = tar::Builder::new(fs::File::from(to));
     b.follow_symlinks(false);
     if meta.is_dir() {
         b.append_dir_all(name, src)?;
+    } else if meta.is_file() {
+        // Opened, so a followed link gives its target's content and mode.
+        b.append_file(name, &mut fs::File::open(src)?)?;
     } else {
         b.append_path_with_name(src, name)?;
     }
@@ -361,9 +408,28 @@ fn split(path: &str) -> (String, String) {
     }
 }
 
+/// What unpacking keeps of the archive's entries besides their content.
+#[derive(Clone, Copy)]
+struct Keep {
+    /// Setuid, setgid and sticky bits (the permission bits always).
+    modes: bool,
+    /// Owners (else the unpacking process's: root).
+    owners: bool,
+}
+
+impl Keep {
+    /// Copying out: everything with `-a`; else no owner, no setuid.
+    fn all_or_safe(opts: CopyOptions) -> Keep {
+        Keep {
+            modes: opts.archive,
+            owners: opts.archive,
+        }
+    }
+}
+
 /// Unpacks the archive (whose top entry is `base`) into `dest` if that is
 /// a directory, else as `dest`.
-fn unpack(archive: impl Read, dest: &Path, base: &str) -> Result<()> {
+fn unpack(archive: impl Read, dest: &Path, base: &str, keep: Keep) -> Result<()> {
     let (into, rename) = if dest.is_dir() {
         (dest.to_path_buf(), None)
     } else {
@@ -380,7 +446,7 @@ fn unpack(archive: impl Read, dest: &Path, base: &str) -> Result<()> {
             .tempdir_in(parent)?;
         (tmp.keep(), Some(dest.to_path_buf()))
     };
-    let result = unpack_entries(archive, &into);
+    let result = unpack_entries(archive, &into, keep);
     if let Some(dest) = rename {
         let done = result.and_then(|()| {
             let top = if base == "." {
@@ -396,10 +462,13 @@ fn unpack(archive: impl Read, dest: &Path, base: &str) -> Result<()> {
     result
 }
 
-fn unpack_entries(archive: impl Read, into: &Path) -> Result<()> {
+fn unpack_entries(archive: impl Read, into: &Path, keep: Keep) -> Result<()> {
     use tar::EntryType as T;
     let mut ar = tar::Archive::new(archive);
-    ar.set_preserve_permissions(true);
+    // tar-rs keeps the rwx bits either way; only `true` keeps setuid,
+    // setgid and sticky.
+    ar.set_preserve_permissions(keep.modes);
+    ar.set_preserve_ownerships(keep.owners);
     ar.set_overwrite(true);
     for entry in ar.entries()? {
         let mut e = entry?;
