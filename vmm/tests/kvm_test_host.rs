@@ -26,8 +26,13 @@ use capsa_kernel::{initramfs, kernel_path, Kind};
 const INNER_ENV: &str = "CAPSA_VMM_TEST_DIR";
 const VMM: &str = env!("CARGO_BIN_EXE_capsa-vmm");
 /// Not `quiet`: a scenario that fails shows how far the guest got.
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
-const QUIET_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+// `quiet`, as capsa's own guests boot (shim/src/microvm). Without it, 2
+// of about 42 nested boots on 2026-12-06 stalled for good while the guest
+// flushed its boot messages to the serial console (the last line seen was
+// always "Mountpoint-cache hash table entries"), where the quiet boots of
+// the VM-mode suites (about a thousand per CI run) never have. The cause
+// is not found yet: for a guest's whole boot log, drop `quiet` here.
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
 const PAYLOAD_LEN: usize = 300 * 1024 + 123;
 const SCENARIOS: &[&str] = &[
     "boot",
@@ -582,7 +587,7 @@ fn boot_time(ctx: &Ctx) -> Result<String, String> {
     let initrd = ctx.dir.join("hello.cpio");
     let (mut capsa, mut qemu) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        let mut vm = Vm::spawn(&mut ctx.vmm_with(QUIET_CMDLINE, "hello", &[]));
+        let mut vm = Vm::spawn(&mut ctx.vmm_with(CMDLINE, "hello", &[]));
         let t = vm.wait_line("INIT-STARTED", Duration::from_secs(60));
         let run = vm.finish(Duration::from_secs(60));
         let t = t.ok_or_else(|| format!("capsa-vmm never reached /init: {:?}", run.stderr))?;
