@@ -321,14 +321,22 @@ fn pid_of(agent: &Agent, id: &str) -> i32 {
     agent.lock().procs[id].pid
 }
 
+/// Waits up to 5 s until `holds` is true of the agent's state; `what`
+/// names it in the failure.
+fn until(agent: &Agent, what: &str, holds: impl Fn(&State) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !holds(&agent.lock()) {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Waits until the host has been sent `id`'s exit (the agent notes it
 /// after the reply is written).
 fn until_reported(agent: &Agent, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !agent.lock().procs.get(id).is_some_and(|p| p.reported) {
-        assert!(Instant::now() < deadline, "{id}'s exit never noted");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    until(agent, &format!("{id}'s exit noted"), |st| {
+        st.procs.get(id).is_some_and(|p| p.reported)
+    });
 }
 
 fn due(agent: &Agent) -> Option<String> {
@@ -549,11 +557,9 @@ fn a_held_guest_outlives_the_exit_for_a_diff_and_ends_on_shutdown() {
 
 /// Waits until the agent holds no process `id`.
 fn until_forgotten(agent: &Agent, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.lock().procs.contains_key(id) {
-        assert!(Instant::now() < deadline, "{id} never forgotten");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    until(agent, &format!("{id} forgotten"), |st| {
+        !st.procs.contains_key(id)
+    });
 }
 
 #[test]
