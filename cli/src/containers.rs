@@ -758,11 +758,11 @@ pub fn inspect(roots: &Roots, args: InspectArgs) -> Result<i32> {
                 // An image that is there but damaged: say what is wrong
                 // with it, not that it is missing.
                 Err(e @ capsa_image::Error::Damaged { .. }) => {
-                    eprintln!("capsa: error: {e}");
+                    crate::say_error(e);
                     failed = true;
                 }
                 Err(_) => {
-                    eprintln!("capsa: error: no such container or image: {name}");
+                    crate::say_error(format!("no such container or image: {name}"));
                     failed = true;
                 }
             }

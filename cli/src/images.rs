@@ -387,7 +387,7 @@ pub fn rmi(roots: &Roots, args: RmiArgs) -> Result<i32> {
             Ok(())
         })();
         if let Err(e) = result {
-            eprintln!("capsa: error: {e:#}");
+            crate::say_error(format!("{e:#}"));
             failed = true;
         }
     }

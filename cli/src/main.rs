@@ -196,11 +196,17 @@ enum Command {
     },
 }
 
+/// A failure on stderr, one line: "error", as runc, podman and docker
+/// say it.
+pub(crate) fn say_error(msg: impl std::fmt::Display) {
+    eprintln!("capsa: error: {msg}");
+}
+
 fn main() -> ExitCode {
     // Before anything else (no thread yet): what this process starts in a
     // container must not reach a writable capsa binary.
     if let Err(e) = capsa_container::self_exe::run_read_only() {
-        eprintln!("capsa: error: cannot run from a read-only mount of its own binary (needs Linux 5.12 and CAP_SYS_ADMIN): {e}");
+        say_error(format!("cannot run from a read-only mount of its own binary (needs Linux 5.12 and CAP_SYS_ADMIN): {e}"));
         return ExitCode::from(EXIT_CAPSA_ERROR as u8);
     }
     let cli = match Cli::try_parse() {
@@ -263,8 +269,7 @@ fn main() -> ExitCode {
             if let Some(path) = &log {
                 runc::append_log(path, log_format, "error", &msg);
             }
-            // "error", as runc, podman and docker say it.
-            eprintln!("capsa: error: {msg}");
+            say_error(msg);
             ExitCode::from(code as u8)
         }
     }

@@ -113,7 +113,7 @@ pub fn volume(roots: &Roots, args: VolumeArgs) -> Result<i32> {
                 match volumes::remove(roots, n, force) {
                     Ok(()) => println!("{n}"),
                     Err(e) => {
-                        eprintln!("capsa: error: {e:#}");
+                        crate::say_error(format!("{e:#}"));
                         failed = true;
                     }
                 }
