@@ -305,6 +305,14 @@ fn both_modes_give_the_same_results() {
         "{ctx}"
     );
     assert!(c["cp"].1.contains("cp-in|cp-in|cp-out|cpy|"), "{ctx}");
+    // A stopped container (VM mode: its VM booted again for each).
+    assert!(
+        c["cp-stopped"].1.contains(
+            "plain 0 regular file|kept 1000 regular file|followed 0 regular file|link 0 symbolic link|\
+             sha256:|made|cp-in|1000 regular file|0 symbolic link|cps|"
+        ),
+        "{ctx}"
+    );
     // capsa build and compose (#14): the built image runs; compose's
     // processing service counted the data, reached dev by name, and down
     // left no container.

@@ -20,6 +20,53 @@ pub const STATE_DIR: &str = "/run/capsa-agent";
 /// being PID 1.
 pub const DIFF_COMMAND: &str = "__diff";
 
+/// The argument that makes the agent binary wait until it is killed: the
+/// process of a container created `idle` (see [`make_idle`]).
+pub const IDLE_COMMAND: &str = "__idle";
+/// Where an idle container's process is found: in the container's own
+/// `/dev` tmpfs, so that nothing of it lands in the writable layer.
+const IDLE_PATH: &str = "/dev/.capsa-idle";
+
+/// `Create`'s `idle` (a stopped container's files reached for `cp` and
+/// `commit`): the container runs no program of its image. Its process is
+/// a copy of this agent (the initramfs's own file is gone), bind-mounted
+/// read-only at [`IDLE_PATH`], waiting ([`IDLE_COMMAND`]) until killed;
+/// once started, `Exec` and `Diff` work as in a running container. The
+/// copy is kept in `dir`.
+pub fn make_idle(spec: &mut Spec, dir: &Path) -> Result<()> {
+    use oci_spec::runtime::MountBuilder;
+    let copy = dir.join("idle");
+    if !copy.exists() {
+        let part = dir.join("idle.part");
+        fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        fs::copy("/proc/self/exe", &part).context("copying the agent for an idle container")?;
+        fs::rename(&part, &copy)?;
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    let dev_is_tmpfs = mounts
+        .iter()
+        .any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs"));
+    if !dev_is_tmpfs {
+        bail!("an idle container needs a tmpfs at /dev, and this spec mounts none");
+    }
+    mounts.push(
+        MountBuilder::default()
+            .destination(IDLE_PATH)
+            .typ("bind")
+            .source(copy)
+            .options(["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec())
+            .build()?,
+    );
+    spec.set_mounts(Some(mounts));
+    let process = spec
+        .process_mut()
+        .as_mut()
+        .context("the spec has no process")?;
+    process.set_args(Some(vec![IDLE_PATH.into(), IDLE_COMMAND.into()]));
+    process.set_terminal(Some(false));
+    Ok(())
+}
+
 /// `capsa-agent __diff UPPER CGROUP`: freezes the container's cgroup
 /// (unless it is frozen already), writes UPPER as a layer tar to stdout,
 /// and thaws it again, so the layer is one moment's.
@@ -498,6 +545,44 @@ mod tests {
         spec.set_mounts(Some(mounts));
         let e = guest_bind_sources(&mut spec, &etc).unwrap_err();
         assert!(format!("{e}").contains("/srv"), "{e}");
+    }
+
+    #[test]
+    fn an_idle_container_runs_a_copy_of_the_agent_from_its_dev_tmpfs() {
+        let d = tempfile::tempdir().unwrap();
+        let mut spec = Spec::default();
+        spec.process_mut()
+            .as_mut()
+            .unwrap()
+            .set_terminal(Some(true));
+        make_idle(&mut spec, d.path()).unwrap();
+        let copy = d.path().join("idle");
+        assert!(
+            fs::read(&copy).unwrap() == fs::read("/proc/self/exe").unwrap(),
+            "a copy of this binary"
+        );
+        let process = spec.process().as_ref().unwrap();
+        let args = process.args().clone().unwrap();
+        assert_eq!(args, [IDLE_PATH, IDLE_COMMAND]);
+        assert_eq!(process.terminal(), Some(false));
+        let mounts = spec.mounts().clone().unwrap();
+        let idle = mounts.last().unwrap();
+        assert_eq!(idle.destination(), Path::new(IDLE_PATH));
+        assert_eq!(idle.source().as_deref(), Some(copy.as_path()));
+        assert!(idle.options().as_ref().unwrap().contains(&"ro".into()));
+
+        // Without a /dev tmpfs the copy would land in the writable layer.
+        let mut spec = Spec::default();
+        let others: Vec<_> = spec
+            .mounts()
+            .clone()
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.destination() != Path::new("/dev"))
+            .collect();
+        spec.set_mounts(Some(others));
+        let e = make_idle(&mut spec, d.path()).unwrap_err();
+        assert!(format!("{e}").contains("tmpfs at /dev"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,13 @@ use nix::sys::socket::{
 };
 
 fn main() -> ExitCode {
+    // An idle container's process (container::make_idle): PID 1 of the
+    // container's namespace, not of the guest.
+    if std::env::args().nth(1).as_deref() == Some(capsa_agent::container::IDLE_COMMAND) {
+        loop {
+            nix::unistd::pause();
+        }
+    }
     if std::process::id() == 1 {
         pid1()
     }

@@ -430,6 +430,7 @@ impl Session {
                 stdio,
                 network: None,
                 hold_after_exit: false,
+                idle: false,
             },
             &mut Outcome::default(),
         )

@@ -261,6 +261,11 @@ pub enum Request {
         /// can still ask for its `Diff` (`capsa build`'s RUN steps).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hold_after_exit: bool,
+        /// Run no program of the image: the container's process only waits
+        /// to be killed, so that, once started, `Exec` and `Diff` reach the
+        /// files of a stopped container (`cp`, `commit`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        idle: bool,
     },
     /// Start the created container's process. Reply: `Ok`.
     Start {

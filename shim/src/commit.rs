@@ -2,7 +2,8 @@
 //! its image, with the container's settings (command, environment,
 //! working directory) and `--change` instructions in the new config. The
 //! layer is written by `Backend::diff` (on the host, or by the guest's
-//! agent in VM mode) and stored like a pulled layer, with its checks.
+//! agent in VM mode, a stopped container's VM booted again for it) and
+//! stored like a pulled layer, with its checks.
 
 use std::io::Write;
 
@@ -53,6 +54,9 @@ pub fn commit(roots: &Roots, store: &Store, key: &str, req: CommitRequest) -> Re
             rec.id
         )));
     }
+    // A stopped VM-mode container's layer is on a disk only a guest reads:
+    // its VM is booted again for the guest to write the layer.
+    let mut stopped_vm = None;
     if rec.isolation == Isolation::Vm {
         match rec.status() {
             Status::Running => {}
@@ -60,10 +64,14 @@ pub fn commit(roots: &Roots, store: &Store, key: &str, req: CommitRequest) -> Re
                 "container {} is paused, and with it its VM, which writes the layer: unpause it first",
                 rec.name
             ))),
-            _ => bail!(refuse(format!(
-                "container {} is a VM-mode container that is not running: its writable layer is on a disk only its VM reads (the host never mounts a guest's filesystem); start it, then commit",
-                rec.name
-            ))),
+            _ => {
+                let lock = crate::record::lock_containers(roots)?;
+                // Unless it was started meanwhile: then its VM runs.
+                if !matches!(Record::find(roots, &rec.id)?.status(), Status::Running) {
+                    let vm = crate::lifecycle::boot_stopped_vm(roots, store, &rec)?;
+                    stopped_vm = Some((vm, lock));
+                }
+            }
         }
     }
     let base = store
@@ -78,6 +86,9 @@ pub fn commit(roots: &Roots, store: &Store, key: &str, req: CommitRequest) -> Re
         .diff(&rec, layer.as_file_mut())
         .with_context(|| format!("writing the layer of container {}", rec.name))?;
     layer.as_file_mut().flush()?;
+    if let Some((vm, _lock)) = stopped_vm {
+        vm.finish()?;
+    }
 
     let process = spec.process().as_ref();
     let env: Vec<String> = process

@@ -14,8 +14,11 @@
 //! the files with capsa's own tar code, so the container's paths still
 //! resolve inside its root and no program from the image runs. Its volumes
 //! are not mounted then: only the container's own files are reached. A
-//! stopped VM-mode container's files are on a disk only its guest reads,
-//! so it is refused.
+//! stopped VM-mode container's files are on disks only its guest reads
+//! (the host never mounts a filesystem a guest wrote): its VM is booted
+//! again with the container in it idle (its command does not run), tar
+//! runs in it as in a running one, and the VM is powered off, its disks
+//! synced, before the copy reports success.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -27,6 +30,7 @@ use capsa_image::Store;
 
 use crate::backend::{ExecRequest, ProcessHandle, ProcessIo};
 use crate::lifecycle::{backend_for, check_running, remount_root};
+use crate::microvm::Maintenance;
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Isolation, Record, Status};
 use crate::{CodedError, EXIT_CAPSA_ERROR};
@@ -62,15 +66,16 @@ pub fn copy_out(
     dest: Destination,
     opts: CopyOptions,
 ) -> Result<()> {
-    let (rec, stopped) = target(roots, store, key)?;
+    let target = target(roots, store, key)?;
+    let (rec, stopped) = (&target.rec, &target.root);
     let (parent, base) = split(src);
     let out = crate::stdio::pipe()?;
     let err = crate::stdio::pipe()?;
     let create = if opts.follow_link { "-chf" } else { "-cf" };
-    let handle = match &stopped {
+    let handle = match stopped {
         None => run_tar(
             roots,
-            &rec,
+            rec,
             vec![create.into(), "-".into(), "-C".into(), parent, base.clone()],
             None,
             out.write,
@@ -109,17 +114,19 @@ pub fn copy_out(
             ))
         }),
     };
-    let finished = finish(&rec, handle, errors, &format!("{}:{src}", rec.name));
-    match (copied, finished) {
+    let finished = finish(rec, handle, errors, &format!("{}:{src}", rec.name));
+    let copied = match (copied, finished) {
         // A refused archive is the cause; tar then dies writing to the
         // closed pipe (SIGPIPE, or EPIPE for capsa's own writer), which is
         // only its consequence.
-        (Err(c), Err(f)) if stopped.is_none() || f.to_string().contains("Broken pipe") => Err(c),
+        (Err(c), Err(f)) if is_broken_pipe(&f) => Err(c),
         // Otherwise the reader's failure (no such path) explains the
         // empty archive.
         (_, Err(f)) => Err(f),
         (copied, Ok(())) => copied,
-    }
+    };
+    let powered_off = target.finish();
+    copied.and(powered_off)
 }
 
 /// `cp SRC C:DEST`: SRC (a host file or directory, symlinks copied as
@@ -134,10 +141,11 @@ pub fn copy_in(
     dest: &str,
     opts: CopyOptions,
 ) -> Result<()> {
-    let (rec, stopped) = target(roots, store, key)?;
     let meta = source_metadata(src, opts.follow_link)
         .map_err(|e| user(format!("{}: {e}", src.display())))?;
-    if let Some(root) = stopped {
+    let mut target = target(roots, store, key)?;
+    let rec = target.rec.clone();
+    if let Some(root) = target.root.take() {
         let name = src
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -216,7 +224,8 @@ pub fn copy_in(
         .join()
         .unwrap_or_else(|_| bail!("the archive writer panicked"));
     finish(&rec, handle, errors, &format!("{}:{dest}", rec.name))?;
-    written.with_context(|| format!("sending {shown}"))
+    written.with_context(|| format!("sending {shown}"))?;
+    target.finish()
 }
 
 /// What SRC is: itself, or with `-L` what it links to.
@@ -246,9 +255,10 @@ fn send(to: OwnedFd, src: &Path, meta: &fs::Metadata, name: &str) -> Result<()> 
     Ok(())
 }
 
-/// The container `key` names, and, if it is a stopped container-mode one,
-/// its root mounted for the copy.
-fn target(roots: &Roots, store: &Store, key: &str) -> Result<(Record, Option<StoppedRoot>)> {
+/// The container `key` names, and how a copy reaches it when it is
+/// stopped: its root mounted (container mode), or its VM booted with the
+/// container idle in it (VM mode: tar runs in it as in a running one).
+fn target(roots: &Roots, store: &Store, key: &str) -> Result<Target> {
     let lock = crate::record::lock_containers(roots)?;
     let rec = Record::find(roots, key).map_err(|e| user(format!("{e:#}")))?;
     let stopped = match rec.status() {
@@ -257,13 +267,19 @@ fn target(roots: &Roots, store: &Store, key: &str) -> Result<(Record, Option<Sto
         _ => false,
     };
     if !stopped {
-        return Ok((check_running(rec)?, None));
+        return Ok(Target {
+            rec: check_running(rec)?,
+            root: None,
+            vm: None,
+        });
     }
     if rec.isolation == Isolation::Vm {
-        bail!(user(format!(
-            "container {} is stopped, and a VM-mode container's files are on a disk only its VM reads: start it, then copy",
-            rec.name
-        )));
+        let vm = crate::lifecycle::boot_stopped_vm(roots, store, &rec)?;
+        return Ok(Target {
+            rec,
+            root: None,
+            vm: Some((vm, lock)),
+        });
     }
     if !crate::monitor::keeper::can_fork() {
         bail!("copying with a stopped container needs a single-threaded capsa");
@@ -274,7 +290,30 @@ fn target(roots: &Roots, store: &Store, key: &str) -> Result<(Record, Option<Sto
         paths,
         _lock: lock,
     };
-    Ok((rec, Some(root)))
+    Ok(Target {
+        rec,
+        root: Some(root),
+        vm: None,
+    })
+}
+
+/// What a copy works on (see [`target`]).
+struct Target {
+    rec: Record,
+    root: Option<StoppedRoot>,
+    /// A stopped VM-mode container's VM, and the lock held while it runs.
+    vm: Option<(Maintenance, nix::fcntl::Flock<fs::File>)>,
+}
+
+impl Target {
+    /// Powers off a stopped container's VM: only then are its writes on
+    /// its disk for good.
+    fn finish(self) -> Result<()> {
+        match self.vm {
+            Some((vm, _lock)) => vm.finish(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A stopped container's root, mounted while the copy runs.
@@ -379,12 +418,23 @@ fn finish(
         .join("; ");
     match code {
         0 => Ok(()),
+        SIGPIPE_EXIT => Err(user(format!("copying {what}: {BROKEN_PIPE}"))),
         126 | 127 => Err(user(format!(
             "capsa cp uses the container's tar, and {} has none: {said}",
             rec.name
         ))),
         _ => Err(user(format!("copying {what}: {}", said.trim()))),
     }
+}
+
+/// tar's exit when SIGPIPE killed it (128 + 13): the archive's reader
+/// stopped first.
+const SIGPIPE_EXIT: i32 = 141;
+const BROKEN_PIPE: &str = "Broken pipe";
+
+/// Whether a copy's writer failed only because its reader stopped.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    format!("{e:#}").contains(BROKEN_PIPE)
 }
 
 fn read_all(fd: OwnedFd) -> std::thread::JoinHandle<String> {

@@ -464,6 +464,33 @@ pub(crate) fn remount_root(
     Ok(paths)
 }
 
+/// A stopped VM-mode container's VM booted again, the container idle in
+/// it (its command does not run), for `cp` and `commit` to reach its
+/// disks through the agent (crate::microvm::Maintenance). The caller holds
+/// the containers lock. An engine's container or a pod member is refused.
+pub(crate) fn boot_stopped_vm(
+    roots: &Roots,
+    store: &Store,
+    rec: &Record,
+) -> Result<crate::microvm::Maintenance> {
+    let whose = match (&rec.bundle, &rec.sandbox) {
+        (Some(_), _) => Some("was made from an engine's bundle"),
+        (_, Some(_)) => Some("is a member of a pod"),
+        _ => None,
+    };
+    if let Some(whose) = whose {
+        bail!(CodedError::new(
+            EXIT_CAPSA_ERROR,
+            format!(
+                "container {} is stopped and {whose}: capsa boots no VM to reach its files; start it, then try again",
+                rec.name
+            ),
+        ));
+    }
+    remount_root(roots, store, rec, false)?;
+    crate::microvm::MicroVmBackend::new(roots).boot_stopped(rec)
+}
+
 /// docker's `update`: new memory, CPU and PIDs limits for a running
 /// container, applied to its cgroup (in VM mode the one in the guest) and
 /// kept in its spec, so `inspect` and a restart see them. In VM mode the

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use capsa_proto::{Frame, Request, Response};
+use capsa_proto::{ErrorCode, Frame, Request, Response};
 
-use super::{Agent, Conn};
+use super::{err, Agent, Conn};
 
 impl Agent {
     /// Answers a request; `None` when the answer comes later (`Wait`).
@@ -24,8 +24,16 @@ impl Agent {
                 stdio,
                 network,
                 hold_after_exit,
+                idle,
             } => {
                 let mut spec = *spec;
+                if idle {
+                    if let Err(e) =
+                        crate::container::make_idle(&mut spec, crate::container::STATE_DIR.as_ref())
+                    {
+                        return Some(err(ErrorCode::InvalidRequest, format!("{e:#}")));
+                    }
+                }
                 if let Some(net) = &network {
                     if let Err(r) = self.take_network(&container_id, net, &mut spec) {
                         return Some(r);

@@ -135,6 +135,7 @@ fn requests_without_a_container_get_clear_errors_and_bad_frames_do_not_end_the_s
             stdio: StdioOptions::default(),
             network: None,
             hold_after_exit: false,
+            idle: false,
         },
     );
     assert_eq!(code(&r), ErrorCode::InvalidRequest);
@@ -314,6 +315,7 @@ fn create(id: &str) -> Request {
         stdio: StdioOptions::default(),
         network: None,
         hold_after_exit: false,
+        idle: false,
     }
 }
 
@@ -525,6 +527,7 @@ fn a_held_guest_outlives_the_exit_for_a_diff_and_ends_on_shutdown() {
         stdio,
         network,
         hold_after_exit: true,
+        idle: false,
     };
     assert_eq!(call(&mut p, 1, held), Response::Ok);
     agent.exited(pid_of(&agent, "step"), 0);

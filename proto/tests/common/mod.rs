@@ -88,6 +88,7 @@ pub fn all_requests() -> Vec<Request> {
                 resolv_conf: None,
             }),
             hold_after_exit: true,
+            idle: true,
         },
         Request::Create {
             container_id: "c2".into(),
@@ -104,6 +105,7 @@ pub fn all_requests() -> Vec<Request> {
             stdio: StdioOptions::default(),
             network: None,
             hold_after_exit: false,
+            idle: false,
         },
         Request::Start {
             container_id: "c1".into(),

@@ -59,12 +59,15 @@ const ROOT_FORMAT: RootfsFormat = RootfsFormat::Erofs;
 #[derive(Clone)]
 pub struct MicroVmBackend {
     roots: Roots,
+    /// Containers are created idle ([`MicroVmBackend::boot_stopped`]).
+    idle: bool,
 }
 
 impl MicroVmBackend {
     pub fn new(roots: &Roots) -> Self {
         MicroVmBackend {
             roots: roots.clone(),
+            idle: false,
         }
     }
 
@@ -221,6 +224,7 @@ impl MicroVmBackend {
             stdio,
             network,
             hold_after_exit: rec.layer_on_exit.is_some(),
+            idle: self.idle,
         })?;
         if let Some(input) = io.stdin {
             conn.pump_stdin(&rec.id, input)?;
@@ -261,6 +265,72 @@ impl MicroVmBackend {
             Some(conn),
             None,
         )))
+    }
+}
+
+/// A stopped VM-mode container's VM, booted again with the container
+/// created idle (running no program of its image, capsa_proto's `idle`),
+/// so that `cp` and `commit` reach the files on its disks through the
+/// agent, as for a running one: the host never mounts a filesystem a guest
+/// wrote. [`Maintenance::finish`] (or drop)
+/// powers it off, the guest unmounting and syncing its disks first.
+pub struct Maintenance {
+    sandbox: Option<Box<dyn Sandbox>>,
+}
+
+impl MicroVmBackend {
+    /// Boots `rec`'s VM for [`Maintenance`]. The caller holds the
+    /// containers lock (no `start` races it) and prepared its root disk.
+    pub fn boot_stopped(&self, rec: &Record) -> Result<Maintenance> {
+        // Nothing of the last run: no network (nobody is to reach it), no
+        // keeper (the VM dies with this process), no held-back exit.
+        let mut rec = rec.clone();
+        rec.network = None;
+        rec.keeper_pid = None;
+        rec.layer_on_exit = None;
+        rec.interactive = false;
+        let idle = MicroVmBackend {
+            idle: true,
+            ..self.clone()
+        };
+        let sandbox = idle
+            .create(&rec, ProcessIo::default())
+            .with_context(|| format!("booting the VM of stopped container {}", rec.name))?;
+        let vm = Maintenance {
+            sandbox: Some(sandbox),
+        };
+        // Started, it runs nothing of the image: exec works in it.
+        vm.sandbox.as_ref().map_or(Ok(()), |s| s.start())?;
+        Ok(vm)
+    }
+}
+
+impl Maintenance {
+    /// Ends the container that never ran and powers the VM off; an error
+    /// says the guest may not have written everything to its disks.
+    pub fn finish(mut self) -> Result<()> {
+        match self.end() {
+            Some(e) => bail!("powering off the container's VM: {e}"),
+            None => Ok(()),
+        }
+    }
+
+    /// What went wrong ending it, if anything did.
+    fn end(&mut self) -> Option<String> {
+        let sandbox = self.sandbox.take()?;
+        let _ = sandbox.kill(Signal::SIGKILL);
+        let error = match sandbox.wait() {
+            Ok(exit) => exit.error,
+            Err(e) => Some(format!("{e:#}")),
+        };
+        let _ = sandbox.release();
+        error
+    }
+}
+
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
