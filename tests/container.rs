@@ -1366,6 +1366,32 @@ fn format_flags_fill_dockers_templates() {
         env.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]),
         "demo:latest\n"
     );
+    // docker's `images REPOSITORY[:TAG]`: one repository, or one name.
+    env.ok(&["tag", "demo", "demo:v2"]);
+    env.ok(&["tag", "demo", "localhost:5000/other"]);
+    let only = |args: &[&str]| {
+        let mut a = vec!["images", "--format", "{{.Repository}}:{{.Tag}}"];
+        a.extend_from_slice(args);
+        env.ok(&a)
+    };
+    let mut listed: Vec<_> = only(&["demo"]).lines().map(String::from).collect();
+    listed.sort();
+    assert_eq!(listed, ["demo:latest", "demo:v2"]);
+    assert_eq!(only(&["docker.io/library/demo:v2"]), "demo:v2\n");
+    assert_eq!(
+        only(&["localhost:5000/other"]),
+        "localhost:5000/other:latest\n"
+    );
+    assert_eq!(only(&["demo:v3"]), "");
+    assert_eq!(env.ok(&["images", "-q", "nothing"]), "");
+    // An image a container uses stays, -f or not (its root is built from
+    // the layers); its other names can go.
+    let image_id = env.ok(&["images", "-q", "demo"]);
+    let out = env.run(&["rmi", "-f", image_id.trim()]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("is used by container(s) fmt"));
+    env.ok(&["rmi", "demo:v2", "localhost:5000/other"]);
+    assert_eq!(only(&[]), "demo:latest\n");
     assert_eq!(
         env.ok(&[
             "inspect",

@@ -175,6 +175,51 @@ pub struct ImagesArgs {
     /// Repository, Tag, ID, CreatedSince, CreatedAt, Size).
     #[arg(long)]
     format: Option<String>,
+    /// Only this repository's images (with a tag, only that one), as
+    /// docker's `images REPOSITORY[:TAG]`.
+    #[arg(value_name = "REPOSITORY[:TAG]")]
+    reference: Option<String>,
+}
+
+/// What `images REPOSITORY[:TAG]` keeps: a repository (any tag) or one
+/// name, both in the store's normal form.
+enum Wanted {
+    All,
+    Repository(String),
+    Name(String),
+}
+
+impl Wanted {
+    fn parse(reference: Option<&str>) -> Result<Wanted> {
+        let Some(r) = reference else {
+            return Ok(Wanted::All);
+        };
+        let name = capsa_image::reference::normalize(r)?;
+        let name = capsa_image::reference::canonical(&name).to_string();
+        let last = r.rsplit('/').next().unwrap_or(r);
+        Ok(if last.contains(':') || last.contains('@') {
+            Wanted::Name(name)
+        } else {
+            Wanted::Repository(name.trim_end_matches(":latest").to_string())
+        })
+    }
+
+    fn keeps(&self, name: &str) -> bool {
+        let name = capsa_image::reference::canonical(name);
+        match self {
+            Wanted::All => true,
+            Wanted::Name(n) => n == name,
+            Wanted::Repository(r) => repo_and_tag(name).0 == *r,
+        }
+    }
+}
+
+/// A stored name's REPOSITORY and TAG columns.
+fn repo_and_tag(name: &str) -> (String, String) {
+    match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r.to_string(), t.to_string()),
+        _ => (name.to_string(), "<none>".into()),
+    }
 }
 
 const IMAGES_HEADERS: crate::format::Headers = &[
@@ -194,6 +239,13 @@ pub fn images(roots: &Roots, args: ImagesArgs) -> Result<i32> {
         let cache = capsa_shim::build::cached_images(&store);
         list.retain(|i| !i.names.is_empty() || !cache.contains(&i.id));
     }
+    let wanted = Wanted::parse(args.reference.as_deref())?;
+    if !matches!(wanted, Wanted::All) {
+        for img in &mut list {
+            img.names.retain(|n| wanted.keeps(n));
+        }
+        list.retain(|i| !i.names.is_empty());
+    }
     if args.quiet {
         for i in &list {
             println!("{}", table::short_id(&i.id));
@@ -209,10 +261,7 @@ pub fn images(roots: &Roots, args: ImagesArgs) -> Result<i32> {
             img.names.clone()
         };
         for n in names {
-            let (repo, tag) = match n.rsplit_once(':') {
-                Some((r, t)) if !t.contains('/') => (r.to_string(), t.to_string()),
-                _ => (n.clone(), "<none>".into()),
-            };
+            let (repo, tag) = repo_and_tag(&n);
             rows.push(vec![
                 ("Repository", repo),
                 ("Tag", tag),
@@ -342,9 +391,11 @@ fn created_fields(created: Option<&str>) -> [(&'static str, String); 2] {
 
 #[derive(Args)]
 pub struct RmiArgs {
-    /// Remove even if containers were made from it (they keep working).
+    /// Accepted for docker's command line: an image containers were made
+    /// from stays (their roots are built from its layers), with or
+    /// without it; only one of its other names can be removed.
     #[arg(short = 'f', long)]
-    force: bool,
+    _force: bool,
     #[arg(required = true)]
     images: Vec<String>,
 }
@@ -371,8 +422,12 @@ pub fn rmi(roots: &Roots, args: RmiArgs) -> Result<i32> {
                 .collect();
             // A container's root filesystem is built from the image's layers,
             // so the image must stay while any container (even a stopped one)
-            // uses it.
-            if !users.is_empty() && (!args.force || img.names.len() <= 1) {
+            // uses it, -f or not; one of its other names may go (docker
+            // untags it).
+            let canonical = capsa_image::reference::normalize(name)
+                .map(|n| capsa_image::reference::canonical(&n).to_string());
+            let untag_only = img.names.len() > 1 && canonical.is_ok_and(|n| img.names.contains(&n));
+            if !users.is_empty() && !untag_only {
                 bail!(CodedError::new(
                     EXIT_CAPSA_ERROR,
                     format!(

@@ -100,7 +100,7 @@ pub fn normalize(name: &str) -> Result<String> {
 }
 
 /// The comparison form of a normalized name (without `docker.io/library/`).
-pub(crate) fn canonical(name: &str) -> &str {
+pub fn canonical(name: &str) -> &str {
     let n = name
         .strip_prefix("docker.io/library/")
         .or_else(|| name.strip_prefix("index.docker.io/library/"))
