@@ -979,6 +979,11 @@ fn start_and_restart_run_a_container_again() {
         "1\n2\n",
         "the file survived, the log kept"
     );
+    // docker's --tail (-n): the last lines only.
+    assert_eq!(env.ok(&["logs", "--tail", "1", "again"]), "2\n");
+    assert_eq!(env.ok(&["logs", "-n", "all", "again"]), "1\n2\n");
+    let bad = env.run(&["logs", "--tail", "some", "again"]);
+    assert!(stderr(&bad).contains("neither a line count nor `all`"));
     assert_eq!(
         env.ok(&["start", "again"]),
         "again\n",

@@ -337,7 +337,25 @@ pub struct LogsArgs {
     /// Keep printing output as the container writes it.
     #[arg(short = 'f', long)]
     follow: bool,
+    /// Only the last N lines of what is there (both streams counted
+    /// together), then, with -f, what comes; `all`: every line.
+    #[arg(short = 'n', long, value_name = "N|all", default_value = "all", value_parser = parse_tail)]
+    tail: Tail,
     container: String,
+}
+
+/// `--tail`'s value: a line count, or none for `all`.
+#[derive(Clone, Copy)]
+struct Tail(Option<usize>);
+
+fn parse_tail(s: &str) -> Result<Tail, String> {
+    match s {
+        "all" => Ok(Tail(None)),
+        n => n
+            .parse()
+            .map(|n| Tail(Some(n)))
+            .map_err(|_| format!("{s:?} is neither a line count nor `all`")),
+    }
 }
 
 pub fn logs(roots: &Roots, args: LogsArgs) -> Result<i32> {
@@ -354,6 +372,7 @@ pub fn logs(roots: &Roots, args: LogsArgs) -> Result<i32> {
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
         args.follow,
+        args.tail.0,
         &mut running,
     )?;
     Ok(0)

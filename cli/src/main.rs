@@ -110,7 +110,7 @@ enum Command {
     Top(stats::TopArgs),
     /// Give a container a new name (docker).
     Rename(containers::RenameArgs),
-    /// Copy files between a running container and the host (docker).
+    /// Copy files between a container, running or stopped, and the host (docker).
     Cp(containers::CpArgs),
     /// Change a running container's memory, CPU or PIDs limit (docker).
     Update(containers::UpdateArgs),
@@ -141,7 +141,7 @@ enum Command {
     /// The steps that made an image, with their layers' sizes (docker).
     History(images::HistoryArgs),
     /// Make an image of a container's changes: its writable layer on its
-    /// image (docker; VM mode: of a running container).
+    /// image (docker; running or stopped, in both modes).
     Commit(images::CommitArgs),
     /// Build an image from a Dockerfile (docker's flags); prints its ID.
     Build(images::BuildArgs),

@@ -120,22 +120,30 @@ impl LogWriter {
 }
 
 /// Copies the log at `path`, its rotated files first (oldest first), to
-/// `out`/`err`. With `follow`, keeps reading until `still_running` says the
-/// container is gone and the log is drained, going on to the new file when
-/// the log is rotated under it.
+/// `out`/`err`; with `tail`, only the last that many lines of what is
+/// there (docker's `--tail`, both streams counted together). With
+/// `follow`, keeps reading until `still_running` says the container is
+/// gone and the log is drained, going on to the new file when the log is
+/// rotated under it.
 pub fn copy_log(
     path: &Path,
     out: &mut dyn Write,
     err: &mut dyn Write,
     follow: bool,
+    tail: Option<usize>,
     still_running: &mut dyn FnMut() -> bool,
 ) -> io::Result<()> {
+    let mut sink = Sink {
+        out,
+        err,
+        tail: tail.map(Tail::new),
+    };
     let older = (1..).take_while(|n| rotated(path, *n).exists()).count() as u32;
     for n in (1..=older).rev() {
         if let Ok(mut f) = File::open(rotated(path, n)) {
             let mut data = Vec::new();
             f.read_to_end(&mut data)?;
-            emit_frames(&data, out, err)?;
+            emit_frames(&data, &mut sink)?;
         }
     }
     // Following, a log that is not there yet (or is between a rotation's
@@ -145,7 +153,7 @@ pub fn copy_log(
             Ok(f) => break f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if !follow || !still_running() {
-                    return Ok(());
+                    return sink.end_of_backlog();
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -162,27 +170,28 @@ pub fn copy_log(
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     // Reads what is there and writes its complete frames; false at EOF.
-    let mut drain =
-        |file: &mut File, out: &mut dyn Write, err: &mut dyn Write| -> io::Result<bool> {
-            let n = file.read(&mut buf)?;
-            if n > 0 {
-                pending.extend_from_slice(&buf[..n]);
-                let used = emit_frames(&pending, out, err)?;
-                pending.drain(..used);
-            }
-            Ok(n > 0)
-        };
+    let mut drain = |file: &mut File, sink: &mut Sink| -> io::Result<bool> {
+        let n = file.read(&mut buf)?;
+        if n > 0 {
+            pending.extend_from_slice(&buf[..n]);
+            let used = emit_frames(&pending, sink)?;
+            pending.drain(..used);
+        }
+        Ok(n > 0)
+    };
     loop {
-        if drain(&mut file, out, err)? {
+        if drain(&mut file, &mut sink)? {
             continue;
         }
+        // What was there is read: the tail of it is written.
+        sink.end_of_backlog()?;
         if !follow {
             break;
         }
         // Check liveness before the final read so nothing written between
         // the last read and the exit is missed.
         let running = still_running();
-        if drain(&mut file, out, err)? {
+        if drain(&mut file, &mut sink)? {
             continue;
         }
         // Rotated: the old file is read to its end (the writer never
@@ -204,27 +213,105 @@ pub fn copy_log(
 }
 
 /// Writes every complete frame in `data`; returns how many bytes it used.
-fn emit_frames(data: &[u8], out: &mut dyn Write, err: &mut dyn Write) -> io::Result<usize> {
+fn emit_frames(data: &[u8], sink: &mut Sink) -> io::Result<usize> {
     let mut pos = 0;
     while data.len() - pos >= 8 {
         let len = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().unwrap()) as usize;
         if data.len() - pos - 8 < len {
             break;
         }
-        let payload = &data[pos + 8..pos + 8 + len];
-        match data[pos] {
-            2 => {
-                err.write_all(payload)?;
-                err.flush()?;
-            }
-            _ => {
-                out.write_all(payload)?;
-                out.flush()?;
-            }
-        }
+        let stream = if data[pos] == 2 {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
+        sink.write(stream, &data[pos + 8..pos + 8 + len])?;
         pos += 8 + len;
     }
     Ok(pos)
+}
+
+/// Where [`copy_log`] writes: the two streams, through a [`Tail`] until
+/// the backlog is read.
+struct Sink<'a> {
+    out: &'a mut dyn Write,
+    err: &'a mut dyn Write,
+    tail: Option<Tail>,
+}
+
+impl Sink<'_> {
+    fn write(&mut self, stream: Stream, payload: &[u8]) -> io::Result<()> {
+        match &mut self.tail {
+            Some(t) => {
+                t.push(stream, payload);
+                Ok(())
+            }
+            None => self.emit(stream, payload),
+        }
+    }
+
+    fn emit(&mut self, stream: Stream, payload: &[u8]) -> io::Result<()> {
+        let to = match stream {
+            Stream::Stderr => &mut *self.err,
+            Stream::Stdout => &mut *self.out,
+        };
+        to.write_all(payload)?;
+        to.flush()
+    }
+
+    /// Writes the lines the tail kept; from now on everything passes.
+    fn end_of_backlog(&mut self) -> io::Result<()> {
+        if let Some(t) = self.tail.take() {
+            for (stream, line) in t.lines() {
+                self.emit(stream, &line)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The last `keep` lines written, each with its stream (a line ends at
+/// `\n`; a stream's unfinished line counts as one).
+struct Tail {
+    keep: usize,
+    lines: std::collections::VecDeque<(Stream, Vec<u8>)>,
+    /// Each stream's line being written (stdout, stderr).
+    open: [Vec<u8>; 2],
+}
+
+impl Tail {
+    fn new(keep: usize) -> Tail {
+        Tail {
+            keep,
+            lines: Default::default(),
+            open: Default::default(),
+        }
+    }
+
+    fn push(&mut self, stream: Stream, mut payload: &[u8]) {
+        let i = stream as usize - 1;
+        while let Some(end) = payload.iter().position(|&b| b == b'\n') {
+            let mut line = std::mem::take(&mut self.open[i]);
+            line.extend_from_slice(&payload[..=end]);
+            self.lines.push_back((stream, line));
+            if self.lines.len() > self.keep {
+                self.lines.pop_front();
+            }
+            payload = &payload[end + 1..];
+        }
+        self.open[i].extend_from_slice(payload);
+    }
+
+    fn lines(mut self) -> Vec<(Stream, Vec<u8>)> {
+        for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+            let open = std::mem::take(&mut self.open[i]);
+            if !open.is_empty() {
+                self.lines.push_back((stream, open));
+            }
+        }
+        let skip = self.lines.len().saturating_sub(self.keep);
+        self.lines.into_iter().skip(skip).collect()
+    }
 }
 
 #[cfg(test)]
@@ -240,9 +327,59 @@ mod tests {
         w.write(Stream::Stderr, &[0xff, 0x00, b'\n']).unwrap();
         w.write(Stream::Stdout, b"world\n").unwrap();
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        copy_log(&path, &mut out, &mut err, false, &mut || false).unwrap();
+        copy_log(&path, &mut out, &mut err, false, None, &mut || false).unwrap();
         assert_eq!(out, b"hello world\n");
         assert_eq!(err, vec![0xff, 0x00, b'\n']);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines_of_both_streams_and_then_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let limits = LogLimits {
+            max_size: 40,
+            max_files: 3,
+        };
+        let mut w = LogWriter::create(&path, limits).unwrap();
+        w.write(Stream::Stdout, b"one\ntwo\nthr").unwrap();
+        w.write(Stream::Stderr, b"err1\n").unwrap();
+        w.write(Stream::Stdout, b"ee\nfour\n").unwrap();
+        w.write(Stream::Stderr, b"err2\nerr-unfinished").unwrap();
+        assert!(rotated(&path, 1).exists(), "a rotated file is read too");
+        let tail = |n| {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            copy_log(&path, &mut out, &mut err, false, Some(n), &mut || false).unwrap();
+            (
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(err).unwrap(),
+            )
+        };
+        assert_eq!(tail(0), (String::new(), String::new()));
+        assert_eq!(tail(2), (String::new(), "err2\nerr-unfinished".into()));
+        assert_eq!(
+            tail(4),
+            ("three\nfour\n".into(), "err2\nerr-unfinished".into())
+        );
+        assert_eq!(
+            tail(100),
+            (
+                "one\ntwo\nthree\nfour\n".into(),
+                "err1\nerr2\nerr-unfinished".into()
+            )
+        );
+        // Following: the tail of what is there, then everything new.
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut w = Some(w);
+        copy_log(&path, &mut out, &mut err, true, Some(1), &mut || {
+            if let Some(mut w) = w.take() {
+                w.write(Stream::Stdout, b"five\nsix\n").unwrap();
+                return true;
+            }
+            false
+        })
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "five\nsix\n");
+        assert_eq!(String::from_utf8(err).unwrap(), "err-unfinished");
     }
 
     #[test]
@@ -272,7 +409,7 @@ mod tests {
             assert!(std::fs::metadata(dir.path().join(f)).unwrap().len() <= 100);
         }
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        copy_log(&path, &mut out, &mut err, false, &mut || false).unwrap();
+        copy_log(&path, &mut out, &mut err, false, None, &mut || false).unwrap();
         let text = String::from_utf8(out).unwrap();
         let want: String = (25..40).map(|i| format!("line {i:04}\n")).collect();
         assert_eq!(text, want);
@@ -288,7 +425,7 @@ mod tests {
                 .unwrap();
         }
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        copy_log(&one, &mut out, &mut err, false, &mut || false).unwrap();
+        copy_log(&one, &mut out, &mut err, false, None, &mut || false).unwrap();
         assert_eq!(err, b"e3\ne4\n");
         assert!(!dir.path().join("one.log.1").exists());
     }
@@ -305,7 +442,7 @@ mod tests {
         w.write(Stream::Stdout, b"first\n").unwrap();
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let mut polls = 0;
-        copy_log(&path, &mut out, &mut err, true, &mut || {
+        copy_log(&path, &mut out, &mut err, true, None, &mut || {
             // The container writes on while it is followed, then exits.
             polls += 1;
             match polls {
@@ -324,7 +461,12 @@ mod tests {
         let mut out = Vec::new();
         let mut err = Vec::new();
         let data = [1u8, 0, 0, 0, 0, 0, 0, 5, b'a', b'b'];
-        let used = emit_frames(&data, &mut out, &mut err).unwrap();
+        let mut sink = Sink {
+            out: &mut out,
+            err: &mut err,
+            tail: None,
+        };
+        let used = emit_frames(&data, &mut sink).unwrap();
         assert_eq!(used, 0);
         assert!(out.is_empty());
     }
