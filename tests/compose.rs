@@ -2,7 +2,8 @@
 //! published port with the project directory mounted, and a "processing"
 //! service built from a Dockerfile that reads the shared data, writes its
 //! results and talks to dev by name once dev is healthy — then `down`
-//! leaving nothing behind.
+//! leaving nothing behind. Ports and volumes in both the short and the
+//! long syntax.
 
 use std::fs;
 use std::path::Path;
@@ -17,7 +18,8 @@ services:
     <<: *common
     image: demo
     command: sh -c 'mkdir -p /srv && echo notebook > /srv/index.html && exec httpd -f -p 8888 -h /srv'
-    ports: ["127.0.0.1:${DEV_PORT:?give DEV_PORT}:8888"]
+    ports:
+      - {target: 8888, published: "${DEV_PORT:?give DEV_PORT}", host_ip: 127.0.0.1, protocol: tcp}
     extra_hosts: ["db:10.1.2.3", "gw:host-gateway"]
     healthcheck:
       test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8888/"]
@@ -32,7 +34,10 @@ services:
     environment:
       INPUT: /work/data.csv
     env_file: settings.env
-    volumes: ["./work:/work", "cache:/cache"]
+    volumes:
+      - ./work:/work
+      - {type: volume, source: cache, target: /cache}
+      - {type: tmpfs, target: /scratch, tmpfs: {size: 1m}}
     deploy:
       resources:
         limits: {memory: 64m, pids: 100}
@@ -46,7 +51,7 @@ volumes:
 const DOCKERFILE: &str = r#"FROM demo
 ARG GREETING
 ENV GREETING=$GREETING
-CMD ["sh", "-c", "wc -l < $INPUT > /work/result.txt; wget -q -O- http://dev:8888/ >> /work/result.txt; echo $GREETING $MODE > /cache/note; cat /cache/note; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"]
+CMD ["sh", "-c", "wc -l < $INPUT > /work/result.txt; wget -q -O- http://dev:8888/ >> /work/result.txt; echo $GREETING $MODE > /cache/note; cat /cache/note; grep -c ' /scratch tmpfs .*size=1024k' /proc/mounts; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max"]
 "#;
 
 fn free_port() -> u16 {
@@ -124,7 +129,10 @@ fn the_seeds_setup_runs_and_down_leaves_nothing() {
     );
     let logs = stdout(&compose(&env, d, port, &["logs", "processing"]));
     // Build arg, env_file, named volume and the pids limit reached it.
-    assert_eq!(logs, "processing  | hello batch\nprocessing  | 100\n");
+    assert_eq!(
+        logs,
+        "processing  | hello batch\nprocessing  | 1\nprocessing  | 100\n"
+    );
     assert_eq!(
         env.ok(&[
             "inspect",
@@ -167,10 +175,8 @@ fn the_seeds_setup_runs_and_down_leaves_nothing() {
         "{hosts}"
     );
     let config = stdout(&compose(&env, d, port, &["config"]));
-    assert!(
-        config.contains(&format!("127.0.0.1:{port}:8888")),
-        "{config}"
-    );
+    // ${DEV_PORT} filled in, the long form kept.
+    assert!(config.contains(&format!("published: '{port}'")), "{config}");
     // up again: what runs is left running.
     let again = compose(&env, d, port, &["up", "-d"]);
     assert!(
@@ -214,6 +220,14 @@ fn a_bad_compose_file_is_one_line_naming_the_key_and_makes_nothing() {
             "isolation vmm",
         ),
         ("services:\n  web: {}\n", "give image or build"),
+        (
+            "services:\n  web:\n    image: demo\n    volumes: [{type: bind, target: /x, bogus: 1}]\n",
+            "services.web.volumes[0]: unknown field `bogus`",
+        ),
+        (
+            "services:\n  web:\n    image: demo\n    volumes: [{type: bind, target: /x}]\n",
+            "services.web.volumes[0]: a bind volume needs a source",
+        ),
     ] {
         fs::write(d.join("compose.yaml"), text).unwrap();
         let out = compose(&env, d, 1, &["up", "-d"]);

@@ -225,9 +225,9 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_file: Option<OneOrMany>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<Scalar>,
+    pub ports: Vec<Port>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<String>,
+    pub volumes: Vec<ServiceVolume>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub networks: Option<ServiceNetworks>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,6 +281,161 @@ pub struct Service {
     pub runtime: Option<String>,
     #[serde(default, rename = "x-capsa", skip_serializing_if = "Option::is_none")]
     pub x_capsa: Option<CapsaExt>,
+}
+
+/// A published port: docker's short form (`"127.0.0.1:8080:80/udp"`), or
+/// the long one.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Port {
+    Short(Scalar),
+    Long(PortLong),
+}
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        short_or_long(d, Port::Short, Port::Long)
+    }
+}
+
+/// A short form (a scalar) or a long one (a mapping), the long one's own
+/// error kept ("unknown field `x`"), which an untagged enum's would lose.
+fn short_or_long<'de, D, S, L, T>(
+    d: D,
+    short: impl FnOnce(S) -> T,
+    long: impl FnOnce(L) -> T,
+) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    S: serde::de::DeserializeOwned,
+    L: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    let v = serde_yaml_ng::Value::deserialize(d)?;
+    if v.is_mapping() {
+        serde_yaml_ng::from_value(v)
+            .map(long)
+            .map_err(D::Error::custom)
+    } else {
+        serde_yaml_ng::from_value(v)
+            .map(short)
+            .map_err(D::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortLong {
+    pub target: Scalar,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Scalar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Only `ingress` or `host` (a swarm's distinction; one host here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Port {
+    /// As `capsa run -p` takes it: `[HOSTIP:][HOSTPORT:]CTRPORT[/PROTO]`.
+    pub fn short(&self) -> String {
+        match self {
+            Port::Short(s) => s.to_string(),
+            Port::Long(l) => {
+                let mut out = String::new();
+                if let Some(ip) = &l.host_ip {
+                    out = format!("{ip}:");
+                }
+                match &l.published {
+                    Some(p) => out.push_str(&format!("{p}:")),
+                    None if !out.is_empty() => out.push(':'),
+                    None => {}
+                }
+                out.push_str(&l.target.to_string());
+                if let Some(proto) = &l.protocol {
+                    out.push_str(&format!("/{proto}"));
+                }
+                out
+            }
+        }
+    }
+}
+
+/// A service's volume: docker's short form (`./data:/data:ro`), or the
+/// long one (`type: bind|volume|tmpfs`, `source`, `target`, `read_only`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ServiceVolume {
+    Short(String),
+    Long(VolumeLong),
+}
+
+impl<'de> Deserialize<'de> for ServiceVolume {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        short_or_long(d, ServiceVolume::Short, ServiceVolume::Long)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeLong {
+    #[serde(rename = "type")]
+    pub kind: VolumeKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    pub target: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// `create_host_path` (docker creates a missing bind source; so does
+    /// capsa's `-v`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<BTreeMap<String, Scalar>>,
+    /// `nocopy`: accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<BTreeMap<String, Scalar>>,
+    /// `size` of a tmpfs (bytes, or with a unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<BTreeMap<String, Scalar>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeKind {
+    Bind,
+    Volume,
+    Tmpfs,
+}
+
+/// What a service volume becomes on `capsa run`'s command line.
+pub enum VolumeFlag {
+    /// `-v` with the short form (its source not yet resolved).
+    Volume(String),
+    /// `--tmpfs TARGET[:size=…]`.
+    Tmpfs(String),
+}
+
+impl ServiceVolume {
+    pub fn flag(&self) -> Result<VolumeFlag> {
+        let l = match self {
+            ServiceVolume::Short(s) => return Ok(VolumeFlag::Volume(s.clone())),
+            ServiceVolume::Long(l) => l,
+        };
+        let ro = if l.read_only { ":ro" } else { "" };
+        Ok(match (l.kind, &l.source) {
+            (VolumeKind::Tmpfs, _) => match l.tmpfs.as_ref().and_then(|t| t.get("size")) {
+                Some(size) => VolumeFlag::Tmpfs(format!("{}:size={size}", l.target)),
+                None => VolumeFlag::Tmpfs(l.target.clone()),
+            },
+            (VolumeKind::Bind, None) => bail!("a bind volume needs a source"),
+            // Anonymous: a volume of its own, made for the container.
+            (VolumeKind::Volume, None) => VolumeFlag::Volume(l.target.clone()),
+            (_, Some(src)) => VolumeFlag::Volume(format!("{src}:{}{ro}", l.target)),
+        })
+    }
 }
 
 /// A service's `logging`: capsa keeps every log in rotated local files,

@@ -17,7 +17,7 @@ use capsa_shim::{CodedError, Roots, EXIT_CAPSA_ERROR};
 use clap::{Args, Subcommand};
 
 use crate::child::Capsa;
-use file::{Build, Condition, Environment, OneOrMany, Project, Service};
+use file::{Build, Condition, Environment, OneOrMany, Project, Service, VolumeFlag};
 
 #[derive(Args)]
 pub struct ComposeArgs {
@@ -279,7 +279,7 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
         a.extend(["--env-file".into(), p.dir.join(f).display().to_string()]);
     }
     for port in &s.ports {
-        a.extend(["-p".into(), port.to_string()]);
+        a.extend(["-p".into(), port.short()]);
     }
     for host in env_pairs(s.extra_hosts.as_ref()) {
         a.extend(["--add-host".into(), host]);
@@ -287,8 +287,14 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
     for d in s.dns.iter().flat_map(OneOrMany::items) {
         a.extend(["--dns".into(), d.clone()]);
     }
-    for v in &s.volumes {
-        a.extend(["-v".into(), volume_arg(p, v)]);
+    for (i, v) in s.volumes.iter().enumerate() {
+        let flag = v
+            .flag()
+            .map_err(|e| refuse(format!("services.{service}.volumes[{i}]: {e:#}")))?;
+        match flag {
+            VolumeFlag::Volume(v) => a.extend(["-v".into(), volume_arg(p, &v)]),
+            VolumeFlag::Tmpfs(t) => a.extend(["--tmpfs".into(), t]),
+        }
     }
     let repeated = [
         ("--tmpfs", &s.tmpfs),
@@ -535,7 +541,10 @@ fn down(c: &Capsa, p: &Project, volumes: bool) -> Result<i32> {
         let mut vols: Vec<String> = p.file.volumes.keys().map(|v| p.volume_name(v)).collect();
         for s in p.file.services.values() {
             for v in &s.volumes {
-                let arg = volume_arg(p, v);
+                let Ok(VolumeFlag::Volume(v)) = v.flag() else {
+                    continue;
+                };
+                let arg = volume_arg(p, &v);
                 let src = arg.split(':').next().unwrap_or("");
                 if src.starts_with(&format!("{}_", p.name)) && !vols.iter().any(|x| x == src) {
                     vols.push(src.to_string());
