@@ -179,6 +179,27 @@ fn build_runs_steps_caches_them_and_makes_a_runnable_image() {
         stderr(&again)
     );
 
+    // --label: one more config step over the Dockerfile's labels.
+    let labelled = env.run(&[
+        "build",
+        "-q",
+        "--label",
+        "team=infra",
+        "--label",
+        "reviewed",
+        "--build-arg",
+        "GREETING=hi",
+        ctx_s,
+    ]);
+    assert!(labelled.status.success(), "{}", stderr(&labelled));
+    let lid = built_id(&stdout(&labelled));
+    assert_ne!(lid, id);
+    let labels = &raw_config(&env, &lid)["config"]["Labels"];
+    assert_eq!(
+        (&labels["team"], &labels["reviewed"]),
+        (&"infra".into(), &"".into())
+    );
+
     // A copied file changed: the steps before its COPY stay cached, that
     // COPY and every later step run again.
     fs::write(c.join("src/main.py"), "print('changed')\n").unwrap();

@@ -525,6 +525,10 @@ pub struct BuildArgs {
     /// Print only the image ID: no progress, no step output.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// A label of the image, KEY=VALUE (KEY alone: an empty value);
+    /// repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
     /// The directory COPY and ADD read from.
     context: PathBuf,
 }
@@ -570,6 +574,14 @@ pub fn build(roots: &Roots, args: BuildArgs) -> Result<i32> {
         source_date_epoch: epoch,
         platform: args.platform,
         quiet: args.quiet,
+        labels: args
+            .labels
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (l.clone(), String::new()),
+            })
+            .collect(),
     };
     let id = capsa_shim::build::build(roots, &store, req)?;
     println!("{id}");

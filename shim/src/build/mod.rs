@@ -44,6 +44,9 @@ pub struct BuildRequest {
     pub platform: Option<String>,
     /// `-q`: no progress and no step output, only the image ID.
     pub quiet: bool,
+    /// `--label KEY=VALUE`: labels of the image made, beyond the
+    /// Dockerfile's.
+    pub labels: Vec<(String, String)>,
 }
 
 fn refuse(msg: String) -> anyhow::Error {
@@ -102,7 +105,31 @@ pub fn build(roots: &Roots, store: &Store, req: BuildRequest) -> Result<String> 
     for stage in &df.stages[..=last] {
         image = Some(b.stage(stage)?);
     }
-    let image = image.expect("a Dockerfile has a stage");
+    let mut image = image.expect("a Dockerfile has a stage");
+    if !req.labels.is_empty() {
+        // One more config step, as a LABEL at the end of the Dockerfile
+        // (cached like one).
+        let mut st = State {
+            image,
+            shell: Vec::new(),
+            args: Vec::new(),
+            cmd_set: false,
+        };
+        let text: Vec<String> = req.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        b.commit(
+            &mut st,
+            format!("LABEL {}", text.join(" ")),
+            String::new(),
+            None,
+            None,
+            |c| {
+                for (k, v) in &req.labels {
+                    insert(c, "Labels", k, json!(v));
+                }
+            },
+        )?;
+        image = st.image;
+    }
     let unused: Vec<&str> = req
         .build_args
         .iter()
