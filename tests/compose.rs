@@ -303,6 +303,71 @@ fn up_without_detach_follows_the_output_and_ctrl_c_stops_the_services() {
     env.assert_no_leaks(&[]);
 }
 
+/// Profiles: a service with `profiles` starts only when one of them is
+/// enabled (`--profile`, COMPOSE_PROFILES); one that depends on a
+/// disabled service is refused; `down` removes every service's container.
+#[test]
+fn profiles_choose_the_services_that_start() {
+    let env = Env::with_demo();
+    let proj = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = proj.path();
+    fs::write(
+        d.join("compose.yaml"),
+        "name: prof\nservices:\n  web:\n    image: demo\n    command: sleep 300\n  \
+         debug:\n    image: demo\n    command: sleep 300\n    profiles: [tools]\n",
+    )
+    .unwrap();
+    let running = || {
+        let mut n: Vec<String> = env
+            .ok(&["ps", "--format", "{{.Names}}"])
+            .lines()
+            .map(String::from)
+            .collect();
+        n.sort();
+        n
+    };
+    assert!(compose(&env, d, 1, &["up", "-d"]).status.success());
+    assert_eq!(running(), ["prof-web-1"]);
+    let config = stdout(&compose(&env, d, 1, &["config"]));
+    assert!(!config.contains("debug:"), "{config}");
+    assert!(compose(&env, d, 1, &["--profile", "tools", "up", "-d"])
+        .status
+        .success());
+    assert_eq!(running(), ["prof-debug-1", "prof-web-1"]);
+    let config = stdout(&compose(&env, d, 1, &["--profile", "tools", "config"]));
+    assert!(config.contains("debug:"), "{config}");
+    assert!(compose(&env, d, 1, &["down"]).status.success());
+    assert!(running().is_empty());
+
+    // COMPOSE_PROFILES enables them too; a dependency on a disabled one
+    // is refused before anything starts.
+    fs::write(
+        d.join("compose.yaml"),
+        "name: prof\nservices:\n  web:\n    image: demo\n    command: sleep 300\n    depends_on: [debug]\n  \
+         debug:\n    image: demo\n    command: sleep 300\n    profiles: [tools]\n",
+    )
+    .unwrap();
+    let refused = compose(&env, d, 1, &["up", "-d"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("services.web.depends_on: debug is in profile(s) tools"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(running().is_empty());
+    let up = env
+        .cmd(&["compose", "up", "-d"])
+        .current_dir(d)
+        .env("COMPOSE_PROFILES", "other, tools")
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert_eq!(running(), ["prof-debug-1", "prof-web-1"]);
+    assert!(compose(&env, d, 1, &["down"]).status.success());
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[]);
+}
+
 fn nix_kill_group(pid: u32) {
     let ok = std::process::Command::new("kill")
         .args(["-INT", "--", &format!("-{pid}")])

@@ -281,6 +281,10 @@ pub struct Service {
     pub runtime: Option<String>,
     #[serde(default, rename = "x-capsa", skip_serializing_if = "Option::is_none")]
     pub x_capsa: Option<CapsaExt>,
+    /// Started only when one of these profiles is enabled (`--profile`,
+    /// COMPOSE_PROFILES); none: always.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
 }
 
 /// A published port: docker's short form (`"127.0.0.1:8080:80/udp"`), or
@@ -499,6 +503,8 @@ pub struct Project {
     /// The directory relative paths in the file are relative to.
     pub dir: PathBuf,
     pub file: ComposeFile,
+    /// The enabled profiles.
+    pub profiles: Vec<String>,
 }
 
 impl Project {
@@ -543,9 +549,41 @@ impl Project {
         if name.is_empty() {
             bail!("the project has no usable name: give one with -p");
         }
-        let project = Project { name, dir, file };
+        let project = Project {
+            name,
+            dir,
+            file,
+            profiles: Vec::new(),
+        };
         project.check()?;
         Ok(project)
+    }
+
+    /// Whether `service` runs with the enabled profiles.
+    pub fn active(&self, service: &str) -> bool {
+        let wanted = &self.file.services[service].profiles;
+        wanted.is_empty() || wanted.iter().any(|p| self.profiles.contains(p))
+    }
+
+    /// [`Project::order`] of the active services; an active service that
+    /// depends on an inactive one is refused.
+    pub fn active_order(&self) -> Result<Vec<String>> {
+        let order: Vec<String> = self
+            .order()?
+            .into_iter()
+            .filter(|s| self.active(s))
+            .collect();
+        for s in &order {
+            for (dep, _) in self.file.services[s].dependencies() {
+                if !self.active(&dep) {
+                    bail!(
+                        "services.{s}.depends_on: {dep} is in profile(s) {}, none of them enabled (--profile)",
+                        self.file.services[&dep].profiles.join(", ")
+                    );
+                }
+            }
+        }
+        Ok(order)
     }
 
     fn check(&self) -> Result<()> {

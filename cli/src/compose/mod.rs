@@ -27,6 +27,10 @@ pub struct ComposeArgs {
     /// The project name (default: the file's `name`, else its directory's).
     #[arg(short = 'p', long = "project-name", value_name = "NAME")]
     project: Option<String>,
+    /// Enable a profile (its services start too); repeatable. Default:
+    /// COMPOSE_PROFILES (comma-separated).
+    #[arg(long = "profile", value_name = "NAME")]
+    profiles: Vec<String>,
     #[command(subcommand)]
     cmd: ComposeCmd,
 }
@@ -78,8 +82,19 @@ fn refuse(msg: String) -> anyhow::Error {
 }
 
 pub fn compose(roots: &Roots, args: ComposeArgs) -> Result<i32> {
-    let p = Project::load(args.file.as_deref(), args.project.as_deref())
+    let mut p = Project::load(args.file.as_deref(), args.project.as_deref())
         .map_err(|e| refuse(format!("{e:#}")))?;
+    p.profiles = args.profiles;
+    if p.profiles.is_empty() {
+        if let Ok(env) = std::env::var("COMPOSE_PROFILES") {
+            p.profiles = env
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+    }
     let c = Capsa { roots };
     match args.cmd {
         ComposeCmd::Up { detach, build } => up(&c, &p, detach, build),
@@ -118,7 +133,12 @@ pub fn compose(roots: &Roots, args: ComposeArgs) -> Result<i32> {
             Ok(0)
         }
         ComposeCmd::Config => {
-            print!("{}", serde_yaml_ng::to_string(&p.file)?);
+            // The services that would run, as docker compose prints them.
+            let mut file = serde_yaml_ng::to_value(&p.file)?;
+            if let Some(services) = file.get_mut("services").and_then(|s| s.as_mapping_mut()) {
+                services.retain(|name, _| name.as_str().is_none_or(|n| p.active(n)));
+            }
+            print!("{}", serde_yaml_ng::to_string(&file)?);
             Ok(0)
         }
     }
@@ -133,7 +153,7 @@ fn service_of<'p>(p: &'p Project, name: &str) -> Result<&'p Service> {
 
 fn selected(p: &Project, names: &[String]) -> Result<Vec<String>> {
     if names.is_empty() {
-        return p.order();
+        return p.active_order().map_err(|e| refuse(format!("{e:#}")));
     }
     for n in names {
         service_of(p, n)?;
@@ -401,7 +421,7 @@ fn state_of(c: &Capsa, name: &str) -> Result<Option<String>> {
 
 fn up(c: &Capsa, p: &Project, detach: bool, rebuild: bool) -> Result<i32> {
     let store = Store::open(&c.roots.images())?;
-    let order = p.order()?;
+    let order = p.active_order().map_err(|e| refuse(format!("{e:#}")))?;
     for s in &order {
         let svc = &p.file.services[s];
         if svc.build.is_some() && (rebuild || store.get(&image_of(p, s)).is_err()) {
