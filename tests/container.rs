@@ -1607,6 +1607,9 @@ fn cp_copies_both_ways_and_keeps_the_host_safe() {
         .is_symlink());
     assert_eq!(std::fs::read_to_string(back.join("deref")).unwrap(), "s\n");
 
+    // `cp - C:DIR`: a tar archive on stdin, extracted into DIR, running
+    // (here) or stopped (below); DEST must be a directory.
+    check_cp_from_stdin(&env, "box");
     // The container's tar says what is missing (not the empty archive's
     // unpacking after it).
     let missing = env.run(&["cp", "box:/nosuch", &h("never")]);
@@ -1731,6 +1734,8 @@ fn cp_copies_both_ways_and_keeps_the_host_safe() {
     assert_eq!(uid_of("gone:/etc/kept.txt"), 1234);
     env.ok(&["cp", "-L", "gone:/up", &to("up-followed")]);
     assert!(back.join("up-followed/capsa-cp-marker").is_file());
+    // `cp - C:DIR` into the stopped one too (see above).
+    check_cp_from_stdin(&env, "gone");
     assert_eq!(mounted(), 0);
     assert_refused(
         &env,
@@ -1748,6 +1753,29 @@ fn cp_copies_both_ways_and_keeps_the_host_safe() {
     );
     env.ok(&["rm", "-f", "box", "gone"]);
     env.assert_no_leaks(&[id]);
+}
+
+/// `cp - C:/tmp` of a small archive, read back; `cp - C:FILE` refused.
+fn check_cp_from_stdin(env: &Env, c: &str) {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(6);
+    header.set_mode(0o644);
+    header.set_cksum();
+    b.append_data(&mut header, "piped/x", &b"piped\n"[..])
+        .unwrap();
+    let archive = b.into_inner().unwrap();
+    let put = env.run_stdin(&["cp", "-", &format!("{c}:/tmp")], &archive);
+    assert_eq!(code(&put), 0, "{c}: {}", stderr(&put));
+    let back = env.run(&["cp", &format!("{c}:/tmp/piped/x"), "-"]);
+    assert!(stdout(&back).contains("piped\n"), "{c}");
+    let refused = env.run_stdin(&["cp", "-", &format!("{c}:/tmp/piped/x")], &archive);
+    assert_eq!(code(&refused), 125, "{c}");
+    assert!(
+        stderr(&refused).contains("no such directory in the container"),
+        "{c}: {}",
+        stderr(&refused)
+    );
 }
 
 #[test]

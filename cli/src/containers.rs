@@ -674,7 +674,7 @@ pub struct CpArgs {
 /// (capsa_shim::copy: through the container's own tar, or capsa's in a
 /// stopped container's root).
 pub fn cp(roots: &Roots, args: CpArgs) -> Result<i32> {
-    use capsa_shim::copy::{copy_in, copy_out, CopyOptions, Destination};
+    use capsa_shim::copy::{copy_in, copy_out, CopyOptions, Destination, Source};
     let opts = CopyOptions {
         archive: args.archive,
         follow_link: args.follow_link,
@@ -687,14 +687,13 @@ pub fn cp(roots: &Roots, args: CpArgs) -> Result<i32> {
             };
             copy_out(roots, &Store::open(&roots.images())?, c, src, dest, opts)?;
         }
-        (None, Some((c, dest))) if args.src != "-" => {
-            let store = Store::open(&roots.images())?;
-            copy_in(roots, &store, c, std::path::Path::new(&args.src), dest, opts)?;
+        (None, Some((c, dest))) => {
+            let src = match args.src.as_str() {
+                "-" => Source::Stdin,
+                s => Source::Path(std::path::Path::new(s)),
+            };
+            copy_in(roots, &Store::open(&roots.images())?, c, src, dest, opts)?;
         }
-        (None, Some(_)) => bail!(CodedError::new(
-            EXIT_CAPSA_ERROR,
-            "cp - CONTAINER:PATH (an archive on stdin) is not supported: give a host path".to_string()
-        )),
         _ => bail!(CodedError::new(
             EXIT_CAPSA_ERROR,
             "cp copies between a container and the host: write one side as CONTAINER:PATH (a local path with a colon as ./NAME)".to_string()

@@ -129,42 +129,107 @@ pub fn copy_out(
     copied.and(powered_off)
 }
 
+/// What `copy_in` copies.
+pub enum Source<'a> {
+    /// A host file or directory, which capsa packs.
+    Path(&'a Path),
+    /// A tar archive on our stdin, extracted as it is into a directory
+    /// (docker's `cp - C:DIR`).
+    Stdin,
+}
+
+/// A [`Source`] ready to send: what a path is, checked before anything
+/// else is done.
+enum Packed {
+    Path {
+        src: PathBuf,
+        meta: Box<fs::Metadata>,
+        name: String,
+    },
+    Stdin,
+}
+
+impl Packed {
+    fn new(src: &Source, follow_link: bool) -> Result<Packed> {
+        Ok(match src {
+            Source::Stdin => Packed::Stdin,
+            Source::Path(p) => Packed::Path {
+                src: p.to_path_buf(),
+                meta: Box::new(
+                    source_metadata(p, follow_link)
+                        .map_err(|e| user(format!("{}: {e}", p.display())))?,
+                ),
+                name: p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| ".".into()),
+            },
+        })
+    }
+
+    /// The archive's top entry, as the destination names it ("." for an
+    /// archive given as it is).
+    fn name(&self) -> String {
+        match self {
+            Packed::Path { name, .. } => name.clone(),
+            Packed::Stdin => ".".into(),
+        }
+    }
+
+    /// Writes the archive to `to`, a path's top entry named `name`.
+    fn send(&self, to: OwnedFd, name: &str) -> Result<()> {
+        match self {
+            Packed::Path { src, meta, .. } => {
+                send(to, src, meta, name).with_context(|| format!("sending {}", src.display()))
+            }
+            Packed::Stdin => std::io::copy(&mut std::io::stdin().lock(), &mut fs::File::from(to))
+                .map(|_| ())
+                .context("sending the archive from stdin"),
+        }
+    }
+}
+
 /// `cp SRC C:DEST`: SRC (a host file or directory, symlinks copied as
 /// links) into DEST in the container if that is a directory there, else
-/// as DEST (its parent must exist). Files are owned by the container's
+/// as DEST (its parent must exist); an archive on stdin is extracted into
+/// DEST, which must be a directory. Files are owned by the container's
 /// root, as docker makes them, unless `-a`.
 pub fn copy_in(
     roots: &Roots,
     store: &Store,
     key: &str,
-    src: &Path,
+    src: Source,
     dest: &str,
     opts: CopyOptions,
 ) -> Result<()> {
-    let meta = source_metadata(src, opts.follow_link)
-        .map_err(|e| user(format!("{}: {e}", src.display())))?;
+    let packed = Packed::new(&src, opts.follow_link)?;
+    let whole_archive = matches!(packed, Packed::Stdin);
+    let not_a_dir = || {
+        user(format!(
+            "{dest}: no such directory in the container (an archive on stdin is extracted into one)"
+        ))
+    };
     let mut target = target(roots, store, key)?;
     let rec = target.rec.clone();
     if let Some(root) = target.root.take() {
-        let name = src
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| ".".into());
         let stdin = crate::stdio::pipe()?;
         let err = crate::stdio::pipe()?;
-        let (into, top) = (dest.to_string(), name.clone());
+        let (into, top) = (dest.to_string(), packed.name());
         let parent_ends = [stdin.write.as_fd(), err.read.as_fd()];
         let keep = Keep {
             modes: true,
             owners: opts.archive,
         };
         let handle = root.run(err.write, &parent_ends, move || {
+            if whole_archive && !Path::new(&into).is_dir() {
+                bail!(not_a_dir());
+            }
             unpack(fs::File::from(stdin.read), Path::new(&into), &top, keep)
         })?;
         let errors = read_all(err.read);
-        let written = send(stdin.write, src, &meta, &name);
+        let written = packed.send(stdin.write, &packed.name());
         finish(&rec, handle, errors, &format!("{}:{dest}", rec.name))?;
-        return written.with_context(|| format!("sending {}", src.display()));
+        return written;
     }
     // Is DEST a directory in the container? tar's -C says, by failing.
     let probe = {
@@ -192,12 +257,11 @@ pub fn copy_in(
         let _ = said.join();
         is_dir
     };
+    // Into DEST, or as DEST (its last part names the copy).
     let (workdir, name) = if probe {
-        let name = src
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| ".".into());
-        (dest.to_string(), name)
+        (dest.to_string(), packed.name())
+    } else if whole_archive {
+        bail!(not_a_dir());
     } else {
         split(dest)
     };
@@ -217,14 +281,12 @@ pub fn copy_in(
     )?;
     drop(out.read);
     let errors = read_all(err.read);
-    let shown = src.display().to_string();
-    let src = src.to_path_buf();
-    let writer = std::thread::spawn(move || send(stdin.write, &src, &meta, &name));
+    let writer = std::thread::spawn(move || packed.send(stdin.write, &name));
     let written = writer
         .join()
         .unwrap_or_else(|_| bail!("the archive writer panicked"));
     finish(&rec, handle, errors, &format!("{}:{dest}", rec.name))?;
-    written.with_context(|| format!("sending {shown}"))?;
+    written?;
     target.finish()
 }
 
