@@ -424,10 +424,7 @@ pub fn rmi(roots: &Roots, args: RmiArgs) -> Result<i32> {
             // so the image must stay while any container (even a stopped one)
             // uses it, -f or not; one of its other names may go (docker
             // untags it).
-            let canonical = capsa_image::reference::normalize(name)
-                .map(|n| capsa_image::reference::canonical(&n).to_string());
-            let untag_only = img.names.len() > 1 && canonical.is_ok_and(|n| img.names.contains(&n));
-            if !users.is_empty() && !untag_only {
+            if !users.is_empty() && img.untag_only(name).is_none() {
                 bail!(CodedError::new(
                     EXIT_CAPSA_ERROR,
                     format!(

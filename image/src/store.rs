@@ -64,6 +64,18 @@ pub struct ImageRecord {
     pub layers: Vec<Layer>,
 }
 
+impl ImageRecord {
+    /// The name `rmi name_or_id` would only remove, the image keeping its
+    /// other names (docker's untag); `None` when it would delete the image
+    /// (its id, or its last name).
+    pub fn untag_only(&self, name_or_id: &str) -> Option<String> {
+        reference::normalize(name_or_id)
+            .ok()
+            .map(|n| reference::canonical(&n).to_string())
+            .filter(|n| self.names.len() > 1 && self.names.contains(n))
+    }
+}
+
 /// An image in the store: its record and its parsed config. Serializable
 /// for `capsa inspect` (the record's fields, then `config`).
 #[derive(Debug, Clone, Serialize)]
@@ -483,16 +495,10 @@ impl Store {
         let mut index = self.read_index()?;
         let i = Self::find(&index, name_or_id)?;
         let mut out = Vec::new();
-        let by_name = reference::normalize(name_or_id)
-            .ok()
-            .map(|n| reference::canonical(&n).to_string())
-            .filter(|n| index.images[i].names.contains(n));
-        if let Some(name) = by_name {
-            if index.images[i].names.len() > 1 {
-                index.images[i].names.retain(|n| *n != name);
-                self.write_index(&index)?;
-                return Ok(vec![format!("Untagged: {name}")]);
-            }
+        if let Some(name) = index.images[i].untag_only(name_or_id) {
+            index.images[i].names.retain(|n| *n != name);
+            self.write_index(&index)?;
+            return Ok(vec![format!("Untagged: {name}")]);
         }
         let rec = index.images.remove(i);
         for n in &rec.names {
