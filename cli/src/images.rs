@@ -550,14 +550,12 @@ pub fn build(roots: &Roots, args: BuildArgs) -> Result<i32> {
                 _ => None,
             },
         };
-    let build_args = args
-        .build_args
-        .iter()
-        .map(|a| match a.split_once('=') {
-            Some((k, v)) => (k.to_string(), Some(v.to_string())),
-            None => (a.clone(), None),
-        })
-        .collect();
+    // KEY=VALUE, or KEY alone.
+    let key_value = |a: &String| match a.split_once('=') {
+        Some((k, v)) => (k.to_string(), Some(v.to_string())),
+        None => (a.clone(), None),
+    };
+    let build_args = args.build_args.iter().map(key_value).collect();
     let store = Store::open(&roots.images())?;
     let req = capsa_shim::build::BuildRequest {
         context: args.context,
@@ -574,10 +572,8 @@ pub fn build(roots: &Roots, args: BuildArgs) -> Result<i32> {
         labels: args
             .labels
             .iter()
-            .map(|l| match l.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (l.clone(), String::new()),
-            })
+            .map(key_value)
+            .map(|(k, v)| (k, v.unwrap_or_default()))
             .collect(),
     };
     let id = capsa_shim::build::build(roots, &store, req)?;

@@ -68,8 +68,7 @@ pub fn commit(roots: &Roots, store: &Store, key: &str, req: CommitRequest) -> Re
                 let lock = crate::record::lock_containers(roots)?;
                 // Unless it was started meanwhile: then its VM runs.
                 if !matches!(Record::find(roots, &rec.id)?.status(), Status::Running) {
-                    let vm = crate::lifecycle::boot_stopped_vm(roots, store, &rec)?;
-                    stopped_vm = Some((vm, lock));
+                    stopped_vm = Some(crate::lifecycle::boot_stopped_vm(roots, store, &rec, lock)?);
                 }
             }
         }
@@ -86,7 +85,7 @@ pub fn commit(roots: &Roots, store: &Store, key: &str, req: CommitRequest) -> Re
         .diff(&rec, layer.as_file_mut())
         .with_context(|| format!("writing the layer of container {}", rec.name))?;
     layer.as_file_mut().flush()?;
-    if let Some((vm, _lock)) = stopped_vm {
+    if let Some(vm) = stopped_vm {
         vm.finish()?;
     }
 

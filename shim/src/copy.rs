@@ -29,8 +29,7 @@ use anyhow::{bail, Context, Result};
 use capsa_image::Store;
 
 use crate::backend::{ExecRequest, ProcessHandle, ProcessIo};
-use crate::lifecycle::{backend_for, check_running, remount_root};
-use crate::microvm::Maintenance;
+use crate::lifecycle::{backend_for, check_running, remount_root, StoppedVm};
 use crate::paths::{ContainerPaths, Roots};
 use crate::record::{Isolation, Record, Status};
 use crate::{CodedError, EXIT_CAPSA_ERROR};
@@ -336,11 +335,11 @@ fn target(roots: &Roots, store: &Store, key: &str) -> Result<Target> {
         });
     }
     if rec.isolation == Isolation::Vm {
-        let vm = crate::lifecycle::boot_stopped_vm(roots, store, &rec)?;
+        let vm = crate::lifecycle::boot_stopped_vm(roots, store, &rec, lock)?;
         return Ok(Target {
             rec,
             root: None,
-            vm: Some((vm, lock)),
+            vm: Some(vm),
         });
     }
     if !crate::monitor::keeper::can_fork() {
@@ -363,18 +362,14 @@ fn target(roots: &Roots, store: &Store, key: &str) -> Result<Target> {
 struct Target {
     rec: Record,
     root: Option<StoppedRoot>,
-    /// A stopped VM-mode container's VM, and the lock held while it runs.
-    vm: Option<(Maintenance, nix::fcntl::Flock<fs::File>)>,
+    /// A stopped VM-mode container's VM.
+    vm: Option<StoppedVm>,
 }
 
 impl Target {
-    /// Powers off a stopped container's VM: only then are its writes on
-    /// its disk for good.
+    /// Powers off a stopped container's VM, if one was booted.
     fn finish(self) -> Result<()> {
-        match self.vm {
-            Some((vm, _lock)) => vm.finish(),
-            None => Ok(()),
-        }
+        self.vm.map_or(Ok(()), StoppedVm::finish)
     }
 }
 

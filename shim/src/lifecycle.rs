@@ -464,15 +464,32 @@ pub(crate) fn remount_root(
     Ok(paths)
 }
 
+/// A stopped VM-mode container's VM booted again ([`boot_stopped_vm`]),
+/// and the containers lock, held until it is powered off (fields drop in
+/// this order).
+pub(crate) struct StoppedVm {
+    vm: crate::microvm::Maintenance,
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+impl StoppedVm {
+    /// Powers the VM off: only then are its writes on its disks for good.
+    pub(crate) fn finish(self) -> Result<()> {
+        self.vm.finish()
+    }
+}
+
 /// A stopped VM-mode container's VM booted again, the container idle in
 /// it (its command does not run), for `cp` and `commit` to reach its
-/// disks through the agent (crate::microvm::Maintenance). The caller holds
-/// the containers lock. An engine's container or a pod member is refused.
+/// disks through the agent (crate::microvm::Maintenance), under `lock`,
+/// the containers lock (no `start` races it). An engine's container or a
+/// pod member is refused.
 pub(crate) fn boot_stopped_vm(
     roots: &Roots,
     store: &Store,
     rec: &Record,
-) -> Result<crate::microvm::Maintenance> {
+    lock: nix::fcntl::Flock<fs::File>,
+) -> Result<StoppedVm> {
     let whose = match (&rec.bundle, &rec.sandbox) {
         (Some(_), _) => Some("was made from an engine's bundle"),
         (_, Some(_)) => Some("is a member of a pod"),
@@ -488,7 +505,10 @@ pub(crate) fn boot_stopped_vm(
         ));
     }
     remount_root(roots, store, rec, false)?;
-    crate::microvm::MicroVmBackend::new(roots).boot_stopped(rec)
+    Ok(StoppedVm {
+        vm: crate::microvm::MicroVmBackend::new(roots).boot_stopped(rec)?,
+        _lock: lock,
+    })
 }
 
 /// docker's `update`: new memory, CPU and PIDs limits for a running
