@@ -65,6 +65,20 @@ fn timeouts_panics_and_killed_vmms_and_daemons_are_reported_and_cleaned_up() {
     assert!(text.contains("panicked"), "{text}");
 
     let killed = section(&stdout, "vmm-killed");
+    // The VMM runs jailed (vmm/src/jail.rs): a uid and gid of its own, no
+    // capability in any set, no_new_privs, seccomp, PID 1 of a namespace
+    // of its own, an empty read-only root, no namespace shared with the
+    // host; and the VM still serves exec through it.
+    let empty = "0000000000000000";
+    assert!(
+        killed.contains(&format!(
+            "jail uid=own gid=own caps={empty},{empty},{empty},{empty} nnp=1 seccomp=2 nspid=1 \
+             root=0 mounts=1:/ ro,nosuid,nodev,noexec"
+        )),
+        "{text}"
+    );
+    assert!(!killed.contains("jail shares"), "{text}");
+    assert!(killed.contains("exec in the jailed VM: ok"), "{text}");
     assert!(killed.contains("rc=137"), "{text}");
     assert!(killed.contains("killed with SIGKILL"), "{text}");
 
@@ -84,7 +98,7 @@ fn timeouts_panics_and_killed_vmms_and_daemons_are_reported_and_cleaned_up() {
     );
 
     assert!(
-        stdout.contains("@@ leftovers containers=0 vmms=0 virtiofsd=0 mounts=0 sockets=0"),
+        stdout.contains("@@ leftovers containers=0 vmms=0 virtiofsd=0 mounts=0 sockets=0 jails=0"),
         "{text}"
     );
 }

@@ -8,7 +8,20 @@ CAPSA_AGENT=/bin/busybox CAPSA_AGENT_TIMEOUT=5 $c run --rm --isolation vm demo t
 echo "@@ kernel-panic"
 CAPSA_AGENT=$2 $c run --rm --isolation vm demo true; echo "rc=$?"
 echo "@@ vmm-killed"
-id=$($c run -d --isolation vm demo sleep 100); sleep 1; pkill -9 capsa-vmm
+id=$($c run -d --isolation vm demo sleep 100); sleep 1
+# the VMM's jail, seen from outside: its uid and gid (UID_BASE + its pid),
+# capability sets, no_new_privs, seccomp, PID in its own namespace, what its
+# root holds, its mounts, the namespaces it shares with the host
+p=$(pgrep -x capsa-vmm); want=$((1610612736 + p))
+f() { awk -v k="$1:" '$1 == k { $1 = ""; print substr($0, 2) }' /proc/$p/status; }
+[ "$(f Uid)" = "$want $want $want $want" ] && uid=own || uid="$(f Uid)"
+[ "$(f Gid)" = "$want $want $want $want" ] && gid=own || gid="$(f Gid)"
+echo "jail uid=$uid gid=$gid caps=$(f CapPrm),$(f CapEff),$(f CapBnd),$(f CapAmb) nnp=$(f NoNewPrivs) seccomp=$(f Seccomp) nspid=$(f NSpid | awk '{print $NF}') root=$(ls -A /proc/$p/root | wc -l) mounts=$(wc -l < /proc/$p/mountinfo):$(cut -d' ' -f5,6 /proc/$p/mountinfo)"
+for ns in mnt net pid ipc uts; do
+  [ "$(readlink /proc/$p/ns/$ns)" = "$(readlink /proc/1/ns/$ns)" ] && echo "jail shares the host's $ns namespace"
+done
+echo "exec in the jailed VM: $($c exec $id echo ok)"
+pkill -9 capsa-vmm
 echo "rc=$($c wait $id)"; $c inspect $id | grep '"error"'; $c rm $id > /dev/null
 echo "@@ virtiofsd-killed"
 mkdir -p /run/share && echo marker > /run/share/only-this
@@ -23,4 +36,4 @@ for p in $(pgrep -x virtiofsd); do
 done
 pkill -9 -x virtiofsd
 echo "rc=$(timeout 60 $c wait $id)"; $c inspect $id | grep '"error"'; $c rm $id > /dev/null
-echo "@@ leftovers containers=$($c ps -aq | wc -l) vmms=$(pgrep -c capsa-vmm) virtiofsd=$(pgrep -c virtiofsd) mounts=$(grep -c /run/f/ /proc/mounts) sockets=$(ls /run/f/run/sockets 2>/dev/null | wc -l)"
+echo "@@ leftovers containers=$($c ps -aq | wc -l) vmms=$(pgrep -c capsa-vmm) virtiofsd=$(pgrep -c virtiofsd) mounts=$(grep -c /run/f/ /proc/mounts) sockets=$(ls /run/f/run/sockets 2>/dev/null | wc -l) jails=$(grep -c capsa-vmm-jail /proc/mounts)"

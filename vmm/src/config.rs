@@ -75,6 +75,11 @@ pub struct Cli {
     /// KVM_RUN (microseconds since process start), for measurements.
     #[arg(long)]
     pub report_first_run: bool,
+    /// Once the VM is built, run in a jail: namespaces of its own, an empty
+    /// read-only root, an unprivileged uid of its own, no capabilities
+    /// (see the jail module). capsa runs every VM this way.
+    #[arg(long, conflicts_with = "report_first_run")]
+    pub jail: bool,
     /// Do not install the per-thread seccomp filters (debugging only).
     #[arg(long)]
     pub no_seccomp: bool,

@@ -58,6 +58,8 @@ pub enum Error {
     Device { dev: String, msg: String },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("jail: {0}")]
+    Jail(String),
     #[error("seccomp: {0}")]
     Seccomp(String),
 }

@@ -12,6 +12,7 @@
 //! - [`virtio`]: the virtio-mmio transport, virtio-blk and virtio-vsock.
 //! - [`vmm`]: the `Vmm` builder and the event loop that owns device I/O.
 //! - [`pvm`]: detection of PVM hosts whose /dev/kvm cannot run ordinary guests.
+//! - [`jail`]: the namespaces, empty root and uid a jailed VMM runs in.
 //! - [`seccomp`]: per-thread seccomp filters.
 
 pub mod boot;
@@ -20,6 +21,7 @@ pub mod cow_file;
 pub mod cpu;
 pub mod devices;
 pub mod error;
+pub mod jail;
 pub mod layout;
 pub mod mptable;
 pub mod pvm;

@@ -55,6 +55,12 @@ fn main() -> ProcessExit {
             return exit(e.exit_code());
         }
     };
+    if cli.jail {
+        if let Err(e) = capsa_vmm::jail::enter() {
+            eprintln!("capsa-vmm: {e}");
+            return exit(e.exit_code());
+        }
+    }
     let events = vmm.events().clone();
     match vmm.run() {
         Ok(VmmExit::PowerOff) | Ok(VmmExit::Reset) => exit(ExitCode::Ok),

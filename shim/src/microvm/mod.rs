@@ -583,7 +583,10 @@ impl Backend for MicroVmBackend {
             .with_context(|| format!("writing {}", config_file.display()))?;
         let mut cmd = Command::new(&vmm);
         nics.inherit(&mut cmd);
-        cmd.arg("--config")
+        // Jailed once the VM is built (capsa-vmm's jail module), as the
+        // first process of a PID namespace of its own.
+        cmd.arg("--jail")
+            .arg("--config")
             .arg(&config_file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -596,7 +599,7 @@ impl Backend for MicroVmBackend {
         if rec.keeper_pid.is_none() {
             die_with_parent(&mut cmd);
         }
-        let mut child = match cmd.spawn() {
+        let mut child = match spawn_in_own_pid_ns(&mut cmd) {
             Ok(c) => c,
             Err(e) => {
                 shares::stop(&mut daemons);
@@ -1040,6 +1043,29 @@ fn die_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Spawns `cmd` as the first process (PID 1) of a PID namespace of its
+/// own. Only this thread's children go there, and only until the setns
+/// back: the thread spawns into the host's namespace again after, and
+/// stays the child's parent (a parent-death signal is about the thread).
+fn spawn_in_own_pid_ns(cmd: &mut Command) -> std::io::Result<Child> {
+    use nix::sched::{setns, unshare, CloneFlags};
+    let host = File::open("/proc/thread-self/ns/pid")?;
+    unshare(CloneFlags::CLONE_NEWPID)?;
+    let spawned = cmd.spawn();
+    if let Err(e) = setns(&host, CloneFlags::CLONE_NEWPID) {
+        // This thread's next child would land in a namespace that dies
+        // with this one: never go on like that.
+        if let Ok(mut child) = spawned {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        return Err(std::io::Error::other(format!(
+            "returning to the host's PID namespace: {e}"
+        )));
+    }
+    spawned
 }
 
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
