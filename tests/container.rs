@@ -972,12 +972,43 @@ fn start_and_restart_run_a_container_again() {
         panic!("logs: {:?}", env.ok(&["logs", "again"]));
     };
     logs_show(1);
+    // A time between the two runs' output, in docker's --timestamps form
+    // (fixed width, UTC: such strings compare as the times do).
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%NZ"])
+        .output()
+        .unwrap();
+    let between = String::from_utf8(date.stdout).unwrap().trim().to_string();
     assert_eq!(env.ok(&["restart", "-t", "1", "again"]), "again\n");
     logs_show(2);
     assert_eq!(
         env.ok(&["logs", "again"]),
         "1\n2\n",
         "the file survived, the log kept"
+    );
+    // docker's -t, --since and --until.
+    let stamped = env.ok(&["logs", "-t", "again"]);
+    let lines: Vec<(&str, &str)> = stamped
+        .lines()
+        .map(|l| l.split_once(' ').unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stamped}");
+    assert_eq!((lines[0].1, lines[1].1), ("1", "2"), "{stamped}");
+    assert!(
+        lines[0].0.len() == between.len()
+            && lines[0].0 < between.as_str()
+            && between.as_str() < lines[1].0,
+        "{stamped} around {between}"
+    );
+    assert_eq!(env.ok(&["logs", "--since", &between, "again"]), "2\n");
+    assert_eq!(env.ok(&["logs", "--until", &between, "again"]), "1\n");
+    assert_eq!(env.ok(&["logs", "--since", "10m", "again"]), "1\n2\n");
+    assert_eq!(env.ok(&["logs", "--until", "10m", "again"]), "");
+    let bad = env.run(&["logs", "--since", "yesterday", "again"]);
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("--since takes a time"),
+        "{}",
+        stderr(&bad)
     );
     // docker's --tail (-n): the last lines only.
     assert_eq!(env.ok(&["logs", "--tail", "1", "again"]), "2\n");

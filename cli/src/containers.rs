@@ -341,14 +341,24 @@ pub struct LogsArgs {
     /// together), then, with -f, what comes; `all`: every line.
     #[arg(short = 'n', long, value_name = "N|all", default_value = "all", value_parser = parse_tail)]
     tail: Tail,
+    /// Begin each line with when it was written (RFC 3339, nanoseconds).
+    #[arg(short = 't', long)]
+    timestamps: bool,
+    /// Only what was written since this time: RFC 3339, Unix seconds, or
+    /// a duration ago (10m, 1h).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only what was written before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
     container: String,
 }
 
 /// `--tail`'s value: a line count, or none for `all`.
 #[derive(Clone, Copy)]
-struct Tail(Option<usize>);
+pub(crate) struct Tail(pub(crate) Option<usize>);
 
-fn parse_tail(s: &str) -> Result<Tail, String> {
+pub(crate) fn parse_tail(s: &str) -> Result<Tail, String> {
     match s {
         "all" => Ok(Tail(None)),
         n => n
@@ -359,6 +369,20 @@ fn parse_tail(s: &str) -> Result<Tail, String> {
 }
 
 pub fn logs(roots: &Roots, args: LogsArgs) -> Result<i32> {
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let time = |flag, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| crate::events::parse_time(flag, v, now))
+            .transpose()
+    };
+    let query = capsa_shim::logs::LogQuery {
+        follow: args.follow,
+        tail: args.tail.0,
+        since: time("--since", &args.since)?,
+        until: time("--until", &args.until)?,
+        timestamps: args.timestamps,
+    };
     let rec = Record::find(roots, &args.container)?;
     let path = lifecycle::log_path(roots, &rec);
     let id = rec.id.clone();
@@ -371,8 +395,7 @@ pub fn logs(roots: &Roots, args: LogsArgs) -> Result<i32> {
         &path,
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
-        args.follow,
-        args.tail.0,
+        query,
         &mut running,
     )?;
     Ok(0)

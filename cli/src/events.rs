@@ -22,7 +22,7 @@ fn refuse(msg: String) -> anyhow::Error {
 
 /// docker's times: RFC 3339, Unix seconds (with a fraction), or a
 /// duration before now (`10m`, `1h`, `30s`). In nanoseconds.
-fn parse_time(flag: &str, s: &str, now: i64) -> Result<i64> {
+pub(crate) fn parse_time(flag: &str, s: &str, now: i64) -> Result<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.timestamp_nanos_opt().unwrap_or_default());
     }

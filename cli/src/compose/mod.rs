@@ -58,6 +58,18 @@ enum ComposeCmd {
     Logs {
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Begin each line with when it was written.
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        /// Only the last N lines of each service (or `all`).
+        #[arg(short = 'n', long, value_name = "N|all", value_parser = crate::containers::parse_tail)]
+        tail: Option<crate::containers::Tail>,
+        /// Only what was written since TIME (RFC 3339, Unix seconds, 10m).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only what was written before TIME.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
         services: Vec<String>,
     },
     /// Run a command in a service's container.
@@ -100,7 +112,30 @@ pub fn compose(roots: &Roots, args: ComposeArgs) -> Result<i32> {
         ComposeCmd::Up { detach, build } => up(&c, &p, detach, build),
         ComposeCmd::Down { volumes } => down(&c, &p, volumes),
         ComposeCmd::Ps => ps(&c, &p),
-        ComposeCmd::Logs { follow, services } => logs(&c, &p, &services, follow),
+        ComposeCmd::Logs {
+            follow,
+            timestamps,
+            tail,
+            since,
+            until,
+            services,
+        } => {
+            // `capsa logs` takes the same flags; a bad time is refused
+            // once, here, not by each service's `capsa logs`.
+            for (flag, value) in [("--since", &since), ("--until", &until)] {
+                if let Some(v) = value {
+                    crate::events::parse_time(flag, v, 0)?;
+                }
+            }
+            let mut flags: Vec<String> = timestamps.then(|| "-t".to_string()).into_iter().collect();
+            let tail = tail.map(|t| t.0.map_or("all".to_string(), |n| n.to_string()));
+            for (flag, value) in [("--tail", tail), ("--since", since), ("--until", until)] {
+                if let Some(v) = value {
+                    flags.extend([flag.to_string(), v]);
+                }
+            }
+            logs(&c, &p, &services, follow, &flags)
+        }
         ComposeCmd::Exec {
             no_tty,
             service,
@@ -461,7 +496,7 @@ fn up(c: &Capsa, p: &Project, detach: bool, rebuild: bool) -> Result<i32> {
     if detach {
         return Ok(0);
     }
-    follow_logs(c, p, &order, true)?;
+    follow_logs(c, p, &order, true, &[])?;
     // Ctrl-C (or every service's end): stop them, as docker compose does.
     for s in order.iter().rev() {
         let _ = c.status(&["stop", &p.container_name(s)], true);
@@ -609,16 +644,29 @@ fn ps(c: &Capsa, p: &Project) -> Result<i32> {
     Ok(0)
 }
 
-fn logs(c: &Capsa, p: &Project, services: &[String], follow: bool) -> Result<i32> {
+fn logs(
+    c: &Capsa,
+    p: &Project,
+    services: &[String],
+    follow: bool,
+    flags: &[String],
+) -> Result<i32> {
     let services = selected(p, services)?;
-    follow_logs(c, p, &services, follow)?;
+    follow_logs(c, p, &services, follow, flags)?;
     Ok(0)
 }
 
 /// Each service's output, line by line, prefixed `SERVICE  | `; with
 /// `follow`, until the containers end or Ctrl-C (which this process
-/// waits out, so that `up` can stop the services after).
-fn follow_logs(c: &Capsa, p: &Project, services: &[String], follow: bool) -> Result<()> {
+/// waits out, so that `up` can stop the services after). `flags` are
+/// more of `capsa logs`'s.
+fn follow_logs(
+    c: &Capsa,
+    p: &Project,
+    services: &[String],
+    follow: bool,
+    flags: &[String],
+) -> Result<()> {
     use nix::sys::signal::{signal, SigHandler, Signal};
     let width = services.iter().map(String::len).max().unwrap_or(0);
     let mut children = Vec::new();
@@ -632,6 +680,7 @@ fn follow_logs(c: &Capsa, p: &Project, services: &[String], follow: bool) -> Res
         if follow {
             argv.push("-f".into());
         }
+        argv.extend_from_slice(flags);
         argv.push(p.container_name(s));
         let mut cmd = c.cmd(&argv);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
