@@ -1694,16 +1694,54 @@ fn cp_copies_both_ways_and_keeps_the_host_safe() {
     // A stopped container: its own files, both ways, with its paths
     // resolved inside its root (a symlink up and out lands in its /etc,
     // never the host's), and its root unmounted again after each copy.
+    // Its volumes are reached as when it runs (docker's rule, and VM
+    // mode's): a read-write one both ways, a read-only one only out.
+    let (rw, ro) = (env.path().join("rw-vol"), env.path().join("ro-vol"));
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("given"), "read-only volume\n").unwrap();
+    let (rw_flag, ro_flag) = (
+        format!("{}:/data", rw.display()),
+        format!("{}:/given:ro", ro.display()),
+    );
     env.ok(&[
         "run",
         "--name",
         "gone",
+        "-v",
+        &rw_flag,
+        "-v",
+        &ro_flag,
         "demo",
         "sh",
         "-c",
         "echo inside > /etc/capsa-cp-marker; ln -s ../../../../../../etc /up; \
-         mkdir /clash && head -c 1000000 /dev/zero > /clash/big",
+         mkdir /clash && head -c 1000000 /dev/zero > /clash/big; echo kept > /data/made",
     ]);
+    env.ok(&["cp", &h("file.txt"), "gone:/data/in.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(rw.join("in.txt")).unwrap(),
+        "from the host\n",
+        "the copy went into the volume, not under it"
+    );
+    let from_volumes = env.run(&["cp", "gone:/given/given", "-"]);
+    assert!(
+        stdout(&from_volumes).contains("read-only volume"),
+        "{}",
+        stderr(&from_volumes)
+    );
+    assert_eq!(
+        env.ok(&["cp", "gone:/data/made", &to("made")]),
+        "",
+        "out of the read-write volume"
+    );
+    assert_eq!(
+        std::fs::read_to_string(back.join("made")).unwrap(),
+        "kept\n"
+    );
+    let refused = env.run(&["cp", &h("file.txt"), "gone:/given/"]);
+    assert_eq!(code(&refused), 125, "{}", stderr(&refused));
+    assert!(!ro.join("file.txt").exists(), "written into a :ro volume");
     let marker = back.join("marker");
     env.ok(&["cp", "gone:/up/capsa-cp-marker", marker.to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "inside\n");

@@ -313,7 +313,7 @@ fn both_modes_give_the_same_results() {
     assert!(
         c["cp-stopped"].1.contains(
             "plain 0 regular file|kept 1000 regular file|followed 0 regular file|link 0 symbolic link|\
-             sha256:|made|cp-in|1000 regular file|0 symbolic link|cps|"
+             sha256:|made|cp-in|1000 regular file|0 symbolic link|vol|cp-in|cps|"
         ),
         "{ctx}"
     );

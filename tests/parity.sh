@@ -201,14 +201,16 @@ report commit 0
 
 # cp and commit of a stopped container (VM mode: its VM booted again, the
 # container idle in it, its command not run): -a keeps the owner, -L
-# follows the link, and what cp put in is in the committed layer
+# follows the link, and what cp put in is in the committed layer; a copy
+# into its volume lands in the volume, as docker's does
 rm -rf "/run/cps-$mode" && mkdir "/run/cps-$mode"
-$r --isolation "$mode" --name cps demo sh -c 'echo made > /made; chown 1000:1000 /made; ln -s /made /madelink'
+$r --isolation "$mode" --name cps -v "cpsvol-$mode:/vol" demo sh -c 'echo made > /made; chown 1000:1000 /made; ln -s /made /madelink; echo vol > /vol/v'
 { o=/run/cps-$mode; $c cp cps:/made "$o/plain"; $c cp -a cps:/made "$o/kept"; $c cp -L cps:/madelink "$o/followed"; $c cp cps:/madelink "$o/link"
   cd "$o" && stat -c '%n %u %F' plain kept followed link; cd /
   $c cp /run/cpsrc/d cps:/tmp; $c commit cps "cps-$mode" | cut -c1-7
   $r --rm --isolation "$mode" "cps-$mode" sh -c 'cat /made /tmp/d/f; stat -c "%u %F" /made /madelink'
-  $c rm cps; $c rmi "cps-$mode" > /dev/null; } > /run/o 2> /run/e
+  $c cp /run/cpsrc/d cps:/vol; $r --rm --isolation "$mode" -v "cpsvol-$mode:/vol" demo cat /vol/v /vol/d/f
+  $c rm cps; $c rmi "cps-$mode" > /dev/null; $c volume rm "cpsvol-$mode" > /dev/null; } > /run/o 2> /run/e
 report cp-stopped 0
 
 # OCI hooks through runc's command line: createRuntime, prestart,

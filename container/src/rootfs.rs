@@ -162,6 +162,69 @@ pub fn create_mount_points(rootfs: &Path, spec: &oci_spec::runtime::Spec) -> Res
     Ok(())
 }
 
+/// The spec's bind mounts (volumes, `-v` directories, /etc/hosts…) on
+/// `rootfs`, as they are when the container runs, in a mount namespace
+/// this process makes for itself: they go when it exits, and nothing else
+/// sees them. For a copy into or out of a stopped container, which
+/// reaches its volumes as docker's does. Each destination is resolved
+/// inside the root (an image's symlink never leads the mount out of it);
+/// one the container never made is skipped, as a copy cannot reach it.
+/// Call in a single-threaded child process.
+pub fn mount_binds_privately(rootfs: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("a mount namespace")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    let root = pathrs::Root::open(rootfs)
+        .with_context(|| format!("opening the root filesystem {}", rootfs.display()))?;
+    // The mount point as the root resolves it, through its descriptor.
+    let at = |dest: &Path| -> Option<(pathrs::Handle, String)> {
+        let h = root.resolve(dest).ok()?;
+        let path = format!("/proc/self/fd/{}", h.as_fd().as_raw_fd());
+        Some((h, path))
+    };
+    for m in spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| crate::is_bind_mount(m))
+    {
+        let (Some(source), dest) = (m.source(), m.destination()) else {
+            continue;
+        };
+        let Some((_handle, target)) = at(dest) else {
+            continue;
+        };
+        mount(
+            Some(source),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting {} at {}", source.display(), dest.display()))?;
+        if m.options().iter().flatten().any(|o| o == "ro") {
+            // Resolved again: the descriptor names the directory under
+            // the new mount, the path now reaches the mount itself.
+            let (_handle, target) = at(dest).context("the mount just made is gone")?;
+            mount(
+                None::<&str>,
+                target.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .with_context(|| format!("making {} read-only", dest.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn bind_of_a_file(m: &oci_spec::runtime::Mount) -> bool {
     m.source()
         .as_ref()

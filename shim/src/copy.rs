@@ -13,7 +13,9 @@
 //! races it), and a child of capsa chrooted into that root reads or writes
 //! the files with capsa's own tar code, so the container's paths still
 //! resolve inside its root and no program from the image runs. Its volumes
-//! are not mounted then: only the container's own files are reached. A
+//! and other bind mounts are mounted on that root in the child's own mount
+//! namespace, so the copy reaches them as docker's does (and as the VM-mode
+//! copy does), and they vanish with the child. A
 //! stopped VM-mode container's files are on disks only its guest reads
 //! (the host never mounts a filesystem a guest wrote): its VM is booted
 //! again with the container in it idle (its command does not run), tar
@@ -395,6 +397,7 @@ impl StoppedRoot {
     ) -> Result<ProcessHandle> {
         use nix::unistd::{chdir, chroot, dup2, fork, ForkResult};
         let root = self.paths.rootfs();
+        let spec = oci_spec::runtime::Spec::load(self.paths.config())?;
         // SAFETY: the caller is single-threaded (checked in `target`); the
         // child runs only this work and exits.
         match unsafe { fork() }? {
@@ -406,6 +409,7 @@ impl StoppedRoot {
                 }
                 let done = (|| -> Result<()> {
                     dup2(stderr.as_raw_fd(), 2)?;
+                    capsa_container::rootfs::mount_binds_privately(&root, &spec)?;
                     chroot(&root)?;
                     chdir("/")?;
                     nix::sys::prctl::set_no_new_privs()?;
