@@ -368,6 +368,69 @@ fn profiles_choose_the_services_that_start() {
     env.assert_no_leaks(&[]);
 }
 
+/// `up` again: a running service whose configuration changed is
+/// recreated, an unchanged one is left running, as docker compose does;
+/// containers carry docker compose's labels and the file's, beside the
+/// image's (`ps --filter label=…`, inspect's Config.Labels).
+#[test]
+fn up_recreates_only_the_services_that_changed() {
+    let env = Env::with_demo();
+    let proj = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = proj.path();
+    let write = |greeting: &str| {
+        fs::write(
+            d.join("compose.yaml"),
+            format!(
+                "name: rec\nservices:\n  web:\n    image: demo\n    command: sleep 300\n    \
+                 environment: {{GREETING: {greeting}}}\n    labels: {{tier: front}}\n  \
+                 db:\n    image: demo\n    command: sleep 300\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("hello");
+    let up = compose(&env, d, 1, &["up", "-d"]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    let id = |name: &str| env.ok(&["inspect", "-f", "{{.Id}}", name]);
+    let (web, db) = (id("rec-web-1"), id("rec-db-1"));
+    let again = compose(&env, d, 1, &["up", "-d"]);
+    assert!(
+        stderr(&again).contains("Container rec-web-1: running"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!((id("rec-web-1"), id("rec-db-1")), (web.clone(), db.clone()));
+    write("bye");
+    let changed = compose(&env, d, 1, &["up", "-d"]);
+    assert!(
+        stderr(&changed).contains("Container rec-web-1: recreating"),
+        "{}",
+        stderr(&changed)
+    );
+    assert_ne!(id("rec-web-1"), web, "web was not recreated");
+    assert_eq!(id("rec-db-1"), db, "db did not change");
+    assert_eq!(
+        env.ok(&["exec", "rec-web-1", "sh", "-c", "echo $GREETING"]),
+        "bye\n"
+    );
+    let named = |filter: &str| env.ok(&["ps", "--filter", filter, "--format", "{{.Names}}"]);
+    assert_eq!(named("label=com.docker.compose.service=web"), "rec-web-1\n");
+    assert_eq!(named("label=tier"), "rec-web-1\n");
+    assert_eq!(named("label=tier=back"), "");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "rec-web-1"])).unwrap();
+    let labels = &inspect[0]["Config"]["Labels"];
+    assert_eq!(labels["tier"], "front", "{labels}");
+    assert_eq!(labels["com.docker.compose.project"], "rec", "{labels}");
+    assert!(
+        labels["org.opencontainers.image.title"].is_string(),
+        "the image's labels: {labels}"
+    );
+    assert!(compose(&env, d, 1, &["down"]).status.success());
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[]);
+}
+
 fn nix_kill_group(pid: u32) {
     let ok = std::process::Command::new("kill")
         .args(["-INT", "--", &format!("-{pid}")])

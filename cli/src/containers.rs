@@ -53,6 +53,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
             kernel: args.kernel.clone(),
             network,
             network_of: args.network_of().map(str::to_string),
+            labels: args.labels()?,
         },
     )
 }
@@ -166,7 +167,15 @@ pub struct PsArgs {
 struct PsFilter(Vec<(String, Vec<String>)>);
 
 impl PsFilter {
-    const KEYS: [&'static str; 6] = ["id", "name", "status", "ancestor", "exited", "isolation"];
+    const KEYS: [&'static str; 7] = [
+        "id",
+        "name",
+        "status",
+        "ancestor",
+        "exited",
+        "isolation",
+        "label",
+    ];
     const STATUSES: [&'static str; 5] = ["created", "restarting", "running", "paused", "exited"];
 
     fn parse(given: &[String]) -> Result<PsFilter> {
@@ -220,6 +229,11 @@ impl PsFilter {
                         && r.exit_code.map(|c| c.to_string()) == Some(v.clone())
                 }
                 "isolation" => r.isolation.to_string() == *v,
+                // label=KEY, or label=KEY=VALUE
+                "label" => match v.split_once('=') {
+                    Some((k, want)) => r.labels.get(k).is_some_and(|have| have == want),
+                    None => r.labels.contains_key(v.as_str()),
+                },
                 _ => false,
             })
         })
@@ -237,6 +251,7 @@ const PS_HEADERS: crate::format::Headers = &[
     ("Ports", "PORTS"),
     ("Isolation", "ISOLATION"),
     ("Names", "NAMES"),
+    ("Labels", "LABELS"),
 ];
 const PS_TABLE: &str = "{{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Isolation}}\t{{.Names}}";
 
@@ -274,6 +289,14 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
                 ("Ports", ports_text(roots, r)),
                 ("Isolation", r.isolation.to_string()),
                 ("Names", r.name.clone()),
+                (
+                    "Labels",
+                    r.labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
             ]
         })
         .collect();
@@ -860,6 +883,7 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
         "Image": rec.image,
         "WorkingDir": process.cwd().display().to_string(),
         "Tty": process.terminal().unwrap_or(false),
+        "Labels": rec.labels,
     });
     let res = spec.linux().as_ref().and_then(|l| l.resources().clone());
     let memory = res

@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// "No space left on device".
     #[arg(long = "storage-opt", value_name = "KEY=VALUE")]
     pub storage_opt: Vec<String>,
+    /// A label on the container (`ps --filter label=…`, inspect's
+    /// Config.Labels); a KEY alone has an empty value.
+    #[arg(short = 'l', long = "label", value_name = "KEY[=VALUE]")]
+    pub label: Vec<String>,
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
@@ -306,6 +310,23 @@ impl RunArgs {
             }
         }
         Ok(limits)
+    }
+
+    /// `--label KEY[=VALUE]`s; a later one for a key wins, as docker's.
+    pub fn labels(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        self.label
+            .iter()
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                if k.is_empty() {
+                    bail!(CodedError::new(
+                        EXIT_CAPSA_ERROR,
+                        format!("--label {l:?}: give KEY=VALUE or KEY")
+                    ));
+                }
+                Ok((k.to_string(), v.to_string()))
+            })
+            .collect()
     }
 
     /// `--storage-opt size=…`: the writable layer's bound in bytes.

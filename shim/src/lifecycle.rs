@@ -40,6 +40,8 @@ pub struct CreateRequest {
     /// `--network container:NAME`: share that running container's network
     /// namespace, hostname and /etc/hosts and resolv.conf.
     pub network_of: Option<String>,
+    /// `--label`s, added to (and over) the image's labels.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Prepares a container: record, writable layer, root filesystem, bundle.
@@ -114,6 +116,15 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         rec.restart = req.restart;
         rec.interactive = req.interactive;
         rec.kernel = req.kernel.clone();
+        rec.labels = image
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.labels().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(std::mem::take(&mut req.labels))
+            .collect();
         rec.create_dir(roots)?;
         (image, rec, network_of)
     };

@@ -14,6 +14,7 @@
 //! every change goes through [`Record::transition`], which refuses a move
 //! the diagram does not have.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 
@@ -197,6 +198,10 @@ pub struct Record {
     pub restart: crate::monitor::restart::RestartPolicy,
     #[serde(default)]
     pub restart_count: u32,
+    /// The image's labels and `--label`s (which win), as docker keeps
+    /// them in the container's config.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// `capsa build`'s RUN steps: when the process exits, the monitor
     /// writes the container's writable layer here (VM mode: while the
     /// guest still runs).
@@ -237,6 +242,7 @@ impl Record {
             storage_size: None,
             restart: Default::default(),
             restart_count: 0,
+            labels: BTreeMap::new(),
             tty: false,
             interactive: false,
             stop_signal: "SIGTERM".into(),

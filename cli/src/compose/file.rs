@@ -222,6 +222,9 @@ pub struct Service {
     pub entrypoint: Option<OneOrMany>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<Environment>,
+    /// Labels on the service's container (list or map, as environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Environment>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_file: Option<OneOrMany>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -330,6 +330,14 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
     for kv in env_pairs(s.environment.as_ref()) {
         a.extend(["-e".into(), kv]);
     }
+    // docker compose's labels: which project and service a container is.
+    let ours = [
+        format!("{PROJECT_LABEL}={}", p.name),
+        format!("{SERVICE_LABEL}={service}"),
+    ];
+    for kv in env_pairs(s.labels.as_ref()).into_iter().chain(ours) {
+        a.extend(["--label".into(), kv]);
+    }
     for f in s.env_file.iter().flat_map(OneOrMany::items) {
         a.extend(["--env-file".into(), p.dir.join(f).display().to_string()]);
     }
@@ -454,6 +462,29 @@ fn state_of(c: &Capsa, name: &str) -> Result<Option<String>> {
     }))
 }
 
+const PROJECT_LABEL: &str = "com.docker.compose.project";
+const SERVICE_LABEL: &str = "com.docker.compose.service";
+/// What a service's container was made from: its `capsa run` and its
+/// image. `up` recreates a running container whose hash is another.
+const HASH_LABEL: &str = "com.docker.compose.config-hash";
+
+fn config_hash(argv: &[String], image_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for word in argv.iter().map(String::as_str).chain([image_id]) {
+        h.update(word.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The value of label `key` on container `name`, if it has one.
+fn label_of(c: &Capsa, name: &str, key: &str) -> Result<Option<String>> {
+    let (_, out, _) = c.out(&["inspect", name])?;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    Ok(v[0]["Config"]["Labels"][key].as_str().map(str::to_string))
+}
+
 fn up(c: &Capsa, p: &Project, detach: bool, rebuild: bool) -> Result<i32> {
     let store = Store::open(&c.roots.images())?;
     let order = p.active_order().map_err(|e| refuse(format!("{e:#}")))?;
@@ -469,12 +500,28 @@ fn up(c: &Capsa, p: &Project, detach: bool, rebuild: bool) -> Result<i32> {
         .map(|s| run_argv(p, s))
         .collect::<Result<_>>()?;
     ensure_networks(c, p)?;
-    for (s, argv) in order.iter().zip(argvs) {
+    for (s, mut argv) in order.iter().zip(argvs) {
         let name = p.container_name(s);
+        // The image as it is now (pulled first if missing, as docker
+        // compose does): a rebuilt or re-pulled one changes the hash.
+        let image = image_of(p, s);
+        if store.get(&image).is_err() {
+            c.run(&["pull", &image])?;
+        }
+        let image_id = store.get(&image).map(|i| i.id.clone()).unwrap_or_default();
+        let hash = config_hash(&argv, &image_id);
+        argv.splice(
+            1..1,
+            ["--label".to_string(), format!("{HASH_LABEL}={hash}")],
+        );
         match state_of(c, &name)?.as_deref() {
-            Some("running") => {
+            Some("running") if label_of(c, &name, HASH_LABEL)?.as_deref() == Some(&hash) => {
                 eprintln!("Container {name}: running");
                 continue;
+            }
+            Some("running") => {
+                eprintln!("Container {name}: recreating (its configuration or image changed)");
+                c.run(&["rm", "-f", &name])?;
             }
             Some(_) => c.run(&["rm", "-f", &name])?,
             None => {}

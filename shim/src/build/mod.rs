@@ -704,6 +704,7 @@ fn run_step(
             kernel: None,
             network: None,
             network_of: None,
+            labels: Default::default(),
         },
     )?;
     let result = (|| -> Result<()> {
