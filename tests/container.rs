@@ -1420,6 +1420,42 @@ fn format_flags_fill_dockers_templates() {
     );
     assert_eq!(only(&["demo:v3"]), "");
     assert_eq!(env.ok(&["images", "-q", "nothing"]), "");
+    // docker's --filter: reference globs (on the repository, or on
+    // REPOSITORY:TAG), dangling, the image's labels, before and since.
+    let sorted = |args: &[&str]| {
+        let mut l: Vec<String> = only(args).lines().map(String::from).collect();
+        l.sort();
+        l
+    };
+    assert_eq!(
+        sorted(&["--filter", "reference=de*"]),
+        ["demo:latest", "demo:v2"]
+    );
+    assert_eq!(only(&["--filter", "reference=*:v2"]), "demo:v2\n");
+    assert_eq!(
+        sorted(&["-f", "reference=*:v2", "-f", "reference=localhost:5000/*"]),
+        ["demo:v2", "localhost:5000/other:latest"]
+    );
+    assert_eq!(only(&["--filter", "dangling=true"]), "");
+    assert_eq!(
+        sorted(&[
+            "--filter",
+            "label=org.opencontainers.image.title=capsa demo (busybox)",
+            "--filter",
+            "dangling=false"
+        ]),
+        ["demo:latest", "demo:v2", "localhost:5000/other:latest"]
+    );
+    assert_eq!(only(&["--filter", "label=nope"]), "");
+    env.ok(&["commit", "fmt", "newer"]);
+    assert_eq!(only(&["--filter", "since=demo"]), "newer:latest\n");
+    assert_eq!(only(&["--filter", "before=newer", "demo:v2"]), "demo:v2\n");
+    env.ok(&["rmi", "newer"]);
+    for bad in ["color=red", "dangling=maybe", "since=nosuch", "reference"] {
+        let out = env.run(&["images", "--filter", bad]);
+        assert_eq!(code(&out), 125, "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("invalid filter"), "{}", stderr(&out));
+    }
     // An image a container uses stays, -f or not (its root is built from
     // the layers); its other names can go.
     let image_id = env.ok(&["images", "-q", "demo"]);

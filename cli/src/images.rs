@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use capsa_image::{PullOptions, Store};
+use capsa_image::{ImageSummary, PullOptions, Store};
 use capsa_shim::record::Record;
 use capsa_shim::{CodedError, Roots, EXIT_CAPSA_ERROR};
 use clap::Args;
@@ -179,6 +179,123 @@ pub struct ImagesArgs {
     /// docker's `images REPOSITORY[:TAG]`.
     #[arg(value_name = "REPOSITORY[:TAG]")]
     reference: Option<String>,
+    /// docker's filters: dangling=true|false, label=KEY[=VALUE],
+    /// reference=PATTERN (a glob on REPOSITORY, or REPOSITORY:TAG when it
+    /// has a tag), before=IMAGE, since=IMAGE. The values of one key are
+    /// alternatives; different keys must all match.
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+    filter: Vec<String>,
+}
+
+/// One `images --filter`.
+enum ImageFilter {
+    Dangling(bool),
+    Label(String, Option<String>),
+    Reference(glob::Pattern, bool),
+    /// Created before (true) or after (false) this time.
+    Created(chrono::DateTime<chrono::FixedOffset>, bool),
+}
+
+impl ImageFilter {
+    fn parse(store: &Store, f: &str) -> Result<(String, ImageFilter)> {
+        let bad =
+            |why: String| CodedError::new(EXIT_CAPSA_ERROR, format!("invalid filter {f:?}: {why}"));
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| bad("give KEY=VALUE".into()))?;
+        let filter = match k {
+            "dangling" => ImageFilter::Dangling(
+                v.parse()
+                    .map_err(|_| bad("dangling is true or false".into()))?,
+            ),
+            "label" => match v.split_once('=') {
+                Some((k, v)) => ImageFilter::Label(k.into(), Some(v.into())),
+                None => ImageFilter::Label(v.into(), None),
+            },
+            "reference" => {
+                let last = v.rsplit('/').next().unwrap_or(v);
+                let pattern = glob::Pattern::new(v).map_err(|e| bad(e.to_string()))?;
+                ImageFilter::Reference(pattern, last.contains(':'))
+            }
+            "before" | "since" => {
+                let other = store.get(v).map_err(|e| bad(format!("{e:#}")))?;
+                let created = other
+                    .record
+                    .created
+                    .as_deref()
+                    .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+                    .ok_or_else(|| bad(format!("{v} has no creation time")))?;
+                ImageFilter::Created(created, k == "before")
+            }
+            _ => {
+                return Err(
+                    bad("the keys are dangling, label, reference, before, since".into()).into(),
+                )
+            }
+        };
+        Ok((k.to_string(), filter))
+    }
+
+    /// Whether `img` passes; a reference filter also narrows its names.
+    fn keeps(&self, store: &Store, img: &ImageSummary, names: &mut Vec<String>) -> bool {
+        match self {
+            ImageFilter::Dangling(want) => img.names.is_empty() == *want,
+            ImageFilter::Label(key, value) => {
+                let labels = store
+                    .get(&img.id)
+                    .ok()
+                    .and_then(|i| i.config.config().as_ref()?.labels().clone())
+                    .unwrap_or_default();
+                match value {
+                    Some(v) => labels.get(key) == Some(v),
+                    None => labels.contains_key(key),
+                }
+            }
+            ImageFilter::Reference(pattern, with_tag) => {
+                names.retain(|n| {
+                    let n = capsa_image::reference::canonical(n);
+                    let (repo, _) = repo_and_tag(n);
+                    pattern.matches(if *with_tag { n } else { &repo })
+                });
+                !names.is_empty()
+            }
+            ImageFilter::Created(at, before) => img
+                .created
+                .as_deref()
+                .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+                .is_some_and(|c| if *before { c < *at } else { c > *at }),
+        }
+    }
+}
+
+/// Applies `--filter`s to the list: keys all apply, the values of one
+/// key are alternatives (as for `ps`).
+fn apply_filters(store: &Store, given: &[String], list: &mut Vec<ImageSummary>) -> Result<()> {
+    let mut keys: Vec<(String, Vec<ImageFilter>)> = Vec::new();
+    for f in given {
+        let (k, filter) = ImageFilter::parse(store, f)?;
+        match keys.iter_mut().find(|(key, _)| *key == k) {
+            Some((_, fs)) => fs.push(filter),
+            None => keys.push((k, vec![filter])),
+        }
+    }
+    list.retain_mut(|img| {
+        keys.iter().all(|(_, alternatives)| {
+            let before = img.names.clone();
+            let mut kept = Vec::new();
+            let mut any = false;
+            for f in alternatives {
+                let mut names = before.clone();
+                if f.keeps(store, img, &mut names) {
+                    any = true;
+                    kept.extend(names);
+                }
+            }
+            img.names = before.into_iter().filter(|n| kept.contains(n)).collect();
+            any
+        })
+    });
+    Ok(())
 }
 
 /// What `images REPOSITORY[:TAG]` keeps: a repository (any tag) or one
@@ -239,6 +356,7 @@ pub fn images(roots: &Roots, args: ImagesArgs) -> Result<i32> {
         let cache = capsa_shim::build::cached_images(&store);
         list.retain(|i| !i.names.is_empty() || !cache.contains(&i.id));
     }
+    apply_filters(&store, &args.filter, &mut list)?;
     let wanted = Wanted::parse(args.reference.as_deref())?;
     if !matches!(wanted, Wanted::All) {
         for img in &mut list {
