@@ -162,6 +162,20 @@ pub fn create_mount_points(rootfs: &Path, spec: &oci_spec::runtime::Spec) -> Res
     Ok(())
 }
 
+/// Moves this process into a mount namespace of its own, where nothing
+/// it mounts propagates back to the host's. For a single-threaded child.
+pub fn private_mount_namespace() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("a mount namespace")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making the mounts private")
+}
+
 /// The spec's bind mounts (volumes, `-v` directories, /etc/hosts…) on
 /// `rootfs`, as they are when the container runs, in a mount namespace
 /// this process makes for itself: they go when it exits, and nothing else
@@ -172,14 +186,7 @@ pub fn create_mount_points(rootfs: &Path, spec: &oci_spec::runtime::Spec) -> Res
 /// Call in a single-threaded child process.
 pub fn mount_binds_privately(rootfs: &Path, spec: &oci_spec::runtime::Spec) -> Result<()> {
     use std::os::fd::{AsFd, AsRawFd};
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("a mount namespace")?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
+    private_mount_namespace()?;
     let root = pathrs::Root::open(rootfs)
         .with_context(|| format!("opening the root filesystem {}", rootfs.display()))?;
     // The mount point as the root resolves it, through its descriptor.

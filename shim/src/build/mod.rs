@@ -837,14 +837,7 @@ fn copy_from_image(
     match unsafe { nix::unistd::fork() }.context("forking for COPY --from")? {
         nix::unistd::ForkResult::Child => {
             let r = (|| -> Result<()> {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-                mount(
-                    None::<&str>,
-                    "/",
-                    None::<&str>,
-                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                    None::<&str>,
-                )?;
+                capsa_container::rootfs::private_mount_namespace()?;
                 let ro = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
                 match layers.len() {
                     0 => {}
