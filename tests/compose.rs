@@ -426,6 +426,28 @@ fn up_recreates_only_the_services_that_changed() {
         labels["org.opencontainers.image.title"].is_string(),
         "the image's labels: {labels}"
     );
+    // A service taken out of the file leaves an orphan: named by `up`,
+    // removed with --remove-orphans.
+    fs::write(
+        d.join("compose.yaml"),
+        "name: rec\nservices:\n  web:\n    image: demo\n    command: sleep 300\n    \
+         environment: {GREETING: bye}\n    labels: {tier: front}\n",
+    )
+    .unwrap();
+    let warned = compose(&env, d, 1, &["up", "-d"]);
+    assert!(
+        stderr(&warned).contains("Found orphan containers (rec-db-1)"),
+        "{}",
+        stderr(&warned)
+    );
+    assert_eq!(id("rec-db-1"), db, "an orphan is only named");
+    let removed = compose(&env, d, 1, &["up", "-d", "--remove-orphans"]);
+    assert!(
+        stderr(&removed).contains("Container rec-db-1: removing orphan"),
+        "{}",
+        stderr(&removed)
+    );
+    assert_eq!(named("label=com.docker.compose.project=rec"), "rec-web-1\n");
     assert!(compose(&env, d, 1, &["down"]).status.success());
     assert!(env.container_ids().is_empty());
     env.assert_no_leaks(&[]);

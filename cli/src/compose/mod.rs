@@ -45,12 +45,20 @@ enum ComposeCmd {
         /// Build images of services with `build` even if they exist.
         #[arg(long)]
         build: bool,
+        /// Remove the project's containers whose service is no longer in
+        /// the file (otherwise they are only named).
+        #[arg(long)]
+        remove_orphans: bool,
     },
     /// Remove the services' containers and the project's networks.
     Down {
         /// Remove the project's named volumes too.
         #[arg(short = 'v', long)]
         volumes: bool,
+        /// Also remove the project's containers whose service is no
+        /// longer in the file.
+        #[arg(long)]
+        remove_orphans: bool,
     },
     /// List the project's containers.
     Ps,
@@ -109,8 +117,21 @@ pub fn compose(roots: &Roots, args: ComposeArgs) -> Result<i32> {
     }
     let c = Capsa { roots };
     match args.cmd {
-        ComposeCmd::Up { detach, build } => up(&c, &p, detach, build),
-        ComposeCmd::Down { volumes } => down(&c, &p, volumes),
+        ComposeCmd::Up {
+            detach,
+            build,
+            remove_orphans,
+        } => {
+            orphans(&c, &p, remove_orphans)?;
+            up(&c, &p, detach, build)
+        }
+        ComposeCmd::Down {
+            volumes,
+            remove_orphans,
+        } => {
+            orphans(&c, &p, remove_orphans)?;
+            down(&c, &p, volumes)
+        }
         ComposeCmd::Ps => ps(&c, &p),
         ComposeCmd::Logs {
             follow,
@@ -476,6 +497,46 @@ fn config_hash(argv: &[String], image_id: &str) -> String {
         h.update([0]);
     }
     hex::encode(h.finalize())
+}
+
+/// The project's containers (by their project label) whose service is not
+/// in the file, as docker compose finds them: removed with `remove`,
+/// otherwise named in a warning.
+fn orphans(c: &Capsa, p: &Project, remove: bool) -> Result<()> {
+    let (_, out, _) = c.out(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label={PROJECT_LABEL}={}", p.name),
+        "--format",
+        "{{.Names}}",
+    ])?;
+    let ours: Vec<String> = p
+        .file
+        .services
+        .keys()
+        .map(|s| p.container_name(s))
+        .collect();
+    let found: Vec<&str> = out
+        .lines()
+        .filter(|n| !ours.iter().any(|o| o == n))
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !remove {
+        eprintln!(
+            "Found orphan containers ({}) for this project. If you removed or renamed their \
+             service in the compose file, run this command with --remove-orphans to remove them.",
+            found.join(", ")
+        );
+        return Ok(());
+    }
+    for name in found {
+        eprintln!("Container {name}: removing orphan");
+        c.run(&["rm", "-f", name])?;
+    }
+    Ok(())
 }
 
 /// The value of label `key` on container `name`, if it has one.
