@@ -379,7 +379,19 @@ fn detached_lifecycle_ps_logs_exec_stop_wait_rm() {
 
     // docker's --filter: one key's values are alternatives, keys must all
     // match; a status or exit filter looks at stopped containers too.
-    env.ok(&["run", "-d", "--name", "other", "demo", "sleep", "300"]);
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "other",
+        "-l",
+        "team=a",
+        "-v",
+        "dvol:/data",
+        "demo",
+        "sleep",
+        "300",
+    ]);
     let names = |filters: &[&str]| {
         let mut args = vec!["ps", "--format", "{{.Names}}"];
         for f in filters {
@@ -397,12 +409,40 @@ fn detached_lifecycle_ps_logs_exec_stop_wait_rm() {
     );
     assert_eq!(names(&[&format!("id={}", &id[..8])]), "", "web is stopped");
     assert_eq!(names(&["isolation=container"]), "other\n");
-    for bad in ["color=red", "status=sleeping", "exited=x", "name"] {
+    assert_eq!(names(&["label=team=a"]), "other\n");
+    assert_eq!(names(&["label=team"]), "other\n");
+    assert_eq!(names(&["label=team=b"]), "");
+    assert_eq!(names(&["volume=dvol"]), "other\n");
+    assert_eq!(names(&["volume=/data"]), "other\n");
+    assert_eq!(names(&["volume=/elsewhere"]), "");
+    assert_eq!(names(&["network=bridge"]), "other\n");
+    assert_eq!(names(&["network=elsewhere"]), "");
+    assert_eq!(names(&["since=web"]), "other\n");
+    assert_eq!(names(&["before=web"]), "");
+    assert_eq!(
+        env.ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "before=other",
+            "--format",
+            "{{.Names}}"
+        ]),
+        "web\n"
+    );
+    for bad in [
+        "color=red",
+        "status=sleeping",
+        "exited=x",
+        "name",
+        "since=nosuch",
+    ] {
         let out = env.run(&["ps", "--filter", bad]);
         assert_eq!(code(&out), 125, "{bad}");
         assert!(stderr(&out).contains("invalid filter"), "{}", stderr(&out));
     }
     env.ok(&["rm", "-f", "other"]);
+    env.ok(&["volume", "rm", "dvol"]);
 
     env.ok(&["rm", "web"]);
     assert!(!env.ok(&["ps", "-a"]).contains("web"));

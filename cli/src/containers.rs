@@ -167,7 +167,7 @@ pub struct PsArgs {
 struct PsFilter(Vec<(String, Vec<String>)>);
 
 impl PsFilter {
-    const KEYS: [&'static str; 7] = [
+    const KEYS: [&'static str; 11] = [
         "id",
         "name",
         "status",
@@ -175,10 +175,14 @@ impl PsFilter {
         "exited",
         "isolation",
         "label",
+        "volume",
+        "network",
+        "before",
+        "since",
     ];
     const STATUSES: [&'static str; 5] = ["created", "restarting", "running", "paused", "exited"];
 
-    fn parse(given: &[String]) -> Result<PsFilter> {
+    fn parse(roots: &Roots, given: &[String]) -> Result<PsFilter> {
         let mut keys: Vec<(String, Vec<String>)> = Vec::new();
         for f in given {
             let bad = |why: &str| {
@@ -197,9 +201,17 @@ impl PsFilter {
             if k == "exited" && v.parse::<i32>().is_err() {
                 bail!(bad("exited takes an exit code"));
             }
+            // before/since name a container: kept as its creation time.
+            let v = match k {
+                "before" | "since" => {
+                    created_nanos(&Record::find(roots, v).map_err(|e| bad(&format!("{e:#}")))?)
+                        .to_string()
+                }
+                _ => v.to_string(),
+            };
             match keys.iter_mut().find(|(key, _)| key == k) {
-                Some((_, values)) => values.push(v.to_string()),
-                None => keys.push((k.to_string(), vec![v.to_string()])),
+                Some((_, values)) => values.push(v),
+                None => keys.push((k.to_string(), vec![v])),
             }
         }
         Ok(PsFilter(keys))
@@ -229,6 +241,17 @@ impl PsFilter {
                         && r.exit_code.map(|c| c.to_string()) == Some(v.clone())
                 }
                 "isolation" => r.isolation.to_string() == *v,
+                // A named volume, or where a mount is in the container.
+                "volume" => {
+                    r.volumes.iter().any(|n| n == v)
+                        || mount_destinations(roots, r).iter().any(|d| d == v)
+                }
+                "network" => r
+                    .network
+                    .as_ref()
+                    .is_some_and(|n| n.endpoints.iter().any(|e| e.network == *v)),
+                "before" => v.parse().is_ok_and(|t: i64| created_nanos(r) < t),
+                "since" => v.parse().is_ok_and(|t: i64| created_nanos(r) > t),
                 // label=KEY, or label=KEY=VALUE
                 "label" => match v.split_once('=') {
                     Some((k, want)) => r.labels.get(k).is_some_and(|have| have == want),
@@ -238,6 +261,23 @@ impl PsFilter {
             })
         })
     }
+}
+
+fn created_nanos(r: &Record) -> i64 {
+    r.created.timestamp_nanos_opt().unwrap_or_default()
+}
+
+/// Where the container's mounts are, inside it.
+fn mount_destinations(roots: &Roots, r: &Record) -> Vec<String> {
+    capsa_image::oci_spec::runtime::Spec::load(
+        capsa_shim::paths::ContainerPaths::new(roots, &r.id).config(),
+    )
+    .ok()
+    .and_then(|s| s.mounts().clone())
+    .unwrap_or_default()
+    .iter()
+    .map(|m| m.destination().display().to_string())
+    .collect()
 }
 
 const PS_HEADERS: crate::format::Headers = &[
@@ -256,7 +296,7 @@ const PS_HEADERS: crate::format::Headers = &[
 const PS_TABLE: &str = "{{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Isolation}}\t{{.Names}}";
 
 pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
-    let filter = PsFilter::parse(&args.filter)?;
+    let filter = PsFilter::parse(roots, &args.filter)?;
     let all = args.all || filter.wants_stopped();
     let recs: Vec<Record> = Record::list(roots)?
         .into_iter()

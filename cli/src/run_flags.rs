@@ -90,10 +90,9 @@ pub struct RunArgs {
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
-    /// Network: none (loopback only; the default without -p), host
-    /// (container mode only), a network's name (`bridge` is the default
-    /// network), or container:NAME (share a running container's network,
-    /// container mode only).
+    /// Network: a network's name (default `bridge`, as docker's), none
+    /// (loopback only), host (container mode only), or container:NAME
+    /// (share a running container's network, container mode only).
     #[arg(long = "network", alias = "net")]
     pub network: Option<String>,
     /// Publish a port: [HOSTIP:][HOSTPORT:]CONTAINERPORT[/tcp|udp] (ranges
