@@ -453,6 +453,52 @@ fn up_recreates_only_the_services_that_changed() {
     env.assert_no_leaks(&[]);
 }
 
+/// Secrets and configs from files: mounted read-only, secrets under
+/// /run/secrets and configs at /NAME unless a target says otherwise; one
+/// not declared, or whose file is missing, is one line and starts nothing.
+#[test]
+fn secrets_and_configs_are_files_mounted_read_only() {
+    let env = Env::with_demo();
+    let proj = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = proj.path();
+    fs::write(d.join("token.txt"), "s3cret\n").unwrap();
+    fs::write(d.join("app.conf"), "threads=4\n").unwrap();
+    let file = "name: sec\nsecrets:\n  token: {file: ./token.txt}\n\
+                configs:\n  app: {file: ./app.conf}\nservices:\n  web:\n    image: demo\n    \
+                command: sleep 300\n    secrets: [token]\n    \
+                configs: [app, {source: app, target: /etc/app.conf}]\n";
+    fs::write(d.join("compose.yaml"), file).unwrap();
+    let up = compose(&env, d, 1, &["up", "-d"]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    let seen = env.ok(&[
+        "exec",
+        "sec-web-1",
+        "sh",
+        "-c",
+        "cat /run/secrets/token /app /etc/app.conf; echo x > /run/secrets/token || echo read-only",
+    ]);
+    assert_eq!(seen, "s3cret\nthreads=4\nthreads=4\nread-only\n");
+    assert!(compose(&env, d, 1, &["down"]).status.success());
+    for (bad, says) in [
+        (
+            file.replace("secrets: [token]", "secrets: [nope]"),
+            "services.web.secrets: nope is not declared under the top-level secrets",
+        ),
+        (
+            file.replace("./token.txt", "./gone.txt"),
+            "secrets.token.file:",
+        ),
+    ] {
+        fs::write(d.join("compose.yaml"), bad).unwrap();
+        let out = compose(&env, d, 1, &["up", "-d"]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    }
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[]);
+}
+
 fn nix_kill_group(pid: u32) {
     let ok = std::process::Command::new("kill")
         .args(["-INT", "--", &format!("-{pid}")])

@@ -23,6 +23,61 @@ pub struct ComposeFile {
     pub networks: IndexMap<String, Option<NetworkDef>>,
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub volumes: IndexMap<String, Option<VolumeDef>>,
+    /// Secrets and configs from files, mounted read-only into the
+    /// services that name them.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub secrets: IndexMap<String, FileDef>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub configs: IndexMap<String, FileDef>,
+}
+
+/// A top-level secret or config: a file, relative to the project.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDef {
+    pub file: String,
+}
+
+/// A service's use of a secret or config: its name, or `{source, target}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum FileRef {
+    Name(String),
+    Long(FileRefLong),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRefLong {
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl FileRef {
+    pub fn source(&self) -> &str {
+        match self {
+            FileRef::Name(n) => n,
+            FileRef::Long(l) => &l.source,
+        }
+    }
+
+    /// Where it appears in the container: an absolute target as given,
+    /// otherwise under `dir` (`/run/secrets` for secrets, `/` for
+    /// configs), named after the target or the source.
+    pub fn target(&self, dir: &str) -> String {
+        let name = match self {
+            FileRef::Long(FileRefLong {
+                target: Some(t), ..
+            }) => t.as_str(),
+            _ => self.source(),
+        };
+        if name.starts_with('/') {
+            name.to_string()
+        } else {
+            format!("{}/{name}", dir.trim_end_matches('/'))
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -288,6 +343,10 @@ pub struct Service {
     /// COMPOSE_PROFILES); none: always.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileRef>,
 }
 
 /// A published port: docker's short form (`"127.0.0.1:8080:80/udp"`), or
@@ -600,6 +659,28 @@ impl Project {
             for (dep, _) in s.dependencies() {
                 if !self.file.services.contains_key(&dep) {
                     bail!("{}: no service {dep} in the file", at("depends_on"));
+                }
+            }
+            for (kind, refs, defs) in [
+                ("secrets", &s.secrets, &self.file.secrets),
+                ("configs", &s.configs, &self.file.configs),
+            ] {
+                for r in refs {
+                    let Some(def) = defs.get(r.source()) else {
+                        bail!(
+                            "{}: {} is not declared under the top-level {kind}",
+                            at(kind),
+                            r.source()
+                        );
+                    };
+                    let file = self.dir.join(&def.file);
+                    if !file.is_file() {
+                        bail!(
+                            "{kind}.{}.file: {} is not a file",
+                            r.source(),
+                            file.display()
+                        );
+                    }
                 }
             }
             for (n, _) in s.networks() {

@@ -365,6 +365,22 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
     for port in &s.ports {
         a.extend(["-p".into(), port.short()]);
     }
+    // Secrets and configs: their files, read-only (Project::check made
+    // sure each is declared and is a file).
+    for (refs, defs, dir) in [
+        (&s.secrets, &p.file.secrets, "/run/secrets"),
+        (&s.configs, &p.file.configs, "/"),
+    ] {
+        for r in refs {
+            if let Some(def) = defs.get(r.source()) {
+                let file = p.dir.join(&def.file);
+                a.extend([
+                    "-v".into(),
+                    format!("{}:{}:ro", file.display(), r.target(dir)),
+                ]);
+            }
+        }
+    }
     for host in env_pairs(s.extra_hosts.as_ref()) {
         a.extend(["--add-host".into(), host]);
     }
