@@ -984,6 +984,59 @@ fn history_lists_an_images_steps() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
 
+/// `rm` takes the containers lock that `start` and a stopped container's
+/// cp/commit hold (a VM-mode cp boots the container's VM on its disks):
+/// it waits for them, and never removes the files under them.
+#[test]
+fn rm_waits_for_the_containers_lock() {
+    use std::process::{Command, Stdio};
+    let env = Env::with_demo();
+    env.ok(&["run", "--name", "held", "demo", "true"]);
+    let lock = env.path().join("containers/.lock");
+    // Held until its stdin closes.
+    let mut holder = Command::new("flock")
+        .arg("-o")
+        .arg(&lock)
+        .args(["-c", "read x"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = || {
+        !Command::new("flock")
+            .arg("-n")
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    };
+    for _ in 0..200 {
+        if held() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(held(), "the test could not take the lock");
+    let rm = env
+        .cmd(&["rm", "held"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        env.container_ids().len() == 1,
+        "rm removed the container while the lock was held"
+    );
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let out = rm.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "held\n");
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[]);
+}
+
 /// docker's `start` and `restart` (#13): a stopped `capsa run` container
 /// runs again with its files and its log kept, `start -a` attaches and
 /// returns its exit code, a running one is left alone; an `--rm` one

@@ -776,9 +776,28 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
         let _ = backend.kill(&rec, Signal::SIGKILL);
         wait_stopped(roots, &rec.id, Some(Duration::from_secs(30)))?;
     }
+    // Under the containers lock, as `start` and the cp/commit of a stopped
+    // container take it: one of those under way finishes first (its VM
+    // powered off), and none begins while the files go.
+    let lock = crate::record::lock_containers(roots)?;
+    let rec = match Record::load(roots, &rec.id) {
+        Ok(now) if now.status().is_up() => {
+            return Err(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!(
+                    "container {} was started again meanwhile: stop it first, or use `capsa rm -f`",
+                    now.name
+                ),
+            )
+            .into())
+        }
+        Ok(now) => now,
+        Err(_) => rec,
+    };
     // An --rm container's monitor may have removed it (and said so).
     let there = ContainerPaths::new(roots, &rec.id).dir.exists();
     remove_files(roots, &rec)?;
+    drop(lock);
     if there {
         crate::events::emit(roots, &rec, "destroy", &[]);
     }
