@@ -175,6 +175,23 @@ fn runc_command_line_directly() {
     // As runc's shows `runc:[2:INIT]` until it starts.
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "capsa:[2:INIT]", "the created process's name");
+    // The spec names no cgroupsPath: runc's default, `/<id>` in each
+    // hierarchy, and nothing named after the library.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(!cgroups.contains("youki"), "{cgroups}");
+    let limited: Vec<&str> = cgroups
+        .lines()
+        // "0::/" is the unified hierarchy of a v1 host, which none uses.
+        .filter(|l| *l != "0::/")
+        .filter(|l| {
+            let controllers = l.split(':').nth(1).unwrap_or("");
+            controllers.is_empty() || controllers.contains("memory") || controllers == "pids"
+        })
+        .collect();
+    assert!(!limited.is_empty(), "{cgroups}");
+    for l in limited {
+        assert!(l.ends_with(":/c1"), "not in /c1: {l}");
+    }
 
     // list: runc's table, json and -q.
     let table = env.ok(&["list"]);
@@ -279,6 +296,10 @@ fn runc_command_line_directly() {
     let init = env.ok(&["exec", "c1", "sh", "-c", &status.replace("PID", "1")]);
     let exec = env.ok(&["exec", "c1", "sh", "-c", &status.replace("PID", "self")]);
     assert_eq!(exec, init, "runc exec differs from the container's process");
+    let cg = "cat /proc/PID/cgroup";
+    let init = env.ok(&["exec", "c1", "sh", "-c", &cg.replace("PID", "1")]);
+    let exec = env.ok(&["exec", "c1", "sh", "-c", &cg.replace("PID", "self")]);
+    assert_eq!(exec, init, "runc exec left the container's cgroup");
 
     // events --stats: one runc stats event.
     let ev: Value = serde_json::from_str(env.ok(&["events", "--stats", "c1"]).trim()).unwrap();
@@ -319,6 +340,14 @@ fn runc_command_line_directly() {
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(stderr(&o).contains("does not exist"), "{}", show(&o));
     env.ok(&["delete", "--force", "c1"]); // runc: --force of a missing one succeeds
+    for h in capsa_tests::cgroup_hierarchies() {
+        assert!(!h.join("c1").exists(), "cgroup left: {}", h.display());
+    }
+    let left: Vec<_> = paths_under(env.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".bundles/"))
+        .collect();
+    assert!(left.is_empty(), "staged bundle left: {left:?}");
     let o = env.run(&[
         "--log",
         &format!("{root}/runc.log"),

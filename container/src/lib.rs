@@ -28,6 +28,7 @@ pub mod remount;
 pub mod rootfs;
 pub mod runtime;
 pub mod self_exe;
+mod staged_bundle;
 pub mod terminal;
 mod workload;
 

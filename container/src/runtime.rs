@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use oci_spec::runtime::{Process, Spec};
 
 use crate::process::{ExecOptions, ProcessIo};
-use crate::{rootfs, workload};
+use crate::{rootfs, staged_bundle, workload};
 
 /// The containers whose libcontainer state lives in one directory.
 #[derive(Clone, Debug)]
@@ -59,13 +59,21 @@ impl Runtime {
     /// benchmark's.
     pub fn create(&self, id: &str, bundle: &Path, io: ProcessIo) -> Result<i32> {
         rootfs::prepare_bundle(bundle)?;
+        let staged = staged_bundle::stage(&self.state_dir, id, bundle)?;
         let container = self
             .builder(id, io, workload::CapsaExecutor::default())?
-            .as_init(bundle)
+            .as_init(&staged)
             .with_systemd(false)
             .with_detach(true)
             .build()
-            .map_err(anyhow::Error::from)?;
+            .map_err(anyhow::Error::from);
+        let container = match container {
+            Ok(c) => c,
+            Err(e) => {
+                staged_bundle::remove(&self.state_dir, id);
+                return Err(e);
+            }
+        };
         let pid = container
             .pid()
             .context("libcontainer created the container but reported no pid")?;
@@ -133,6 +141,7 @@ impl Runtime {
                     .with_context(|| format!("deleting runtime state of {id}"))?;
             }
         }
+        staged_bundle::remove(&self.state_dir, id);
         Ok(())
     }
 

@@ -171,10 +171,11 @@ pub fn leaks_of(root: &Path, ids: &[String]) -> Vec<String> {
     }
     for id in ids {
         for hier in cgroup_hierarchies() {
-            // capsa's own, and libcontainer's default for a bundle that
-            // names no cgroupsPath.
+            // capsa's own, and runc's default for a bundle that names no
+            // cgroupsPath (and libcontainer's, which capsa overrides).
             for p in [
                 hier.join("capsa").join(id),
+                hier.join(id),
                 hier.join(format!(":youki:{id}")),
             ] {
                 if p.exists() {
