@@ -984,16 +984,107 @@ fn history_lists_an_images_steps() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
 
-/// `rm` takes the containers lock that `start` and a stopped container's
-/// cp/commit hold (a VM-mode cp boots the container's VM on its disks):
-/// it waits for them, and never removes the files under them.
+/// A stopped container's `cp` (and `commit`, `start`) holds that
+/// container's own lock while it works (a VM-mode one boots the
+/// container's VM on its disks, for seconds): `rm` of it waits, and never
+/// removes the files under it, while another container starts at once.
+/// And `rm` takes the containers lock too, as `create` does.
 #[test]
-fn rm_waits_for_the_containers_lock() {
+fn rm_waits_for_the_containers_locks() {
+    use std::io::Write;
+    use std::path::Path;
     use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
     let env = Env::with_demo();
-    env.ok(&["run", "--name", "held", "demo", "true"]);
+    env.ok(&["run", "--name", "other", "demo", "true"]);
+    let is_held = |lock: &Path| {
+        !Command::new("flock")
+            .arg("-n")
+            .arg(lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    };
+    let wait_held = |lock: &Path| {
+        let t0 = Instant::now();
+        while !is_held(lock) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{} never held",
+                lock.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // `rm held`, which must wait until `release` has run.
+    let rm_waits = |id: &str, release: &mut dyn FnMut()| {
+        let rm = env
+            .cmd(&["rm", "held"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            env.container_ids().iter().any(|i| i == id),
+            "rm removed the container while it was held"
+        );
+        release();
+        let out = rm.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "held\n");
+        assert!(!env.container_ids().iter().any(|i| i == id));
+    };
+    let run_held = || {
+        let before = env.container_ids();
+        env.ok(&["run", "--name", "held", "demo", "true"]);
+        env.container_ids()
+            .into_iter()
+            .find(|i| !before.contains(i))
+            .unwrap()
+    };
+
+    // A copy into the stopped container, its tar read from our pipe.
+    let id = run_held();
+    let mut cp = env
+        .cmd(&["cp", "-", "held:/tmp"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_held(&env.path().join("containers").join(&id).join(".busy"));
+    let t0 = Instant::now();
+    let mut start = env
+        .cmd(&["start", "other"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    while start.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "start of another container waits for the copy"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "copied", &b"hi\n"[..]).unwrap();
+    let tar = tar.into_inner().unwrap();
+    rm_waits(&id, &mut || {
+        let mut stdin = cp.stdin.take().unwrap();
+        stdin.write_all(&tar).unwrap();
+        drop(stdin);
+        assert!(cp.wait().unwrap().success(), "cp failed");
+    });
+
+    // The containers lock, held by another process.
+    let id = run_held();
     let lock = env.path().join("containers/.lock");
-    // Held until its stdin closes.
     let mut holder = Command::new("flock")
         .arg("-o")
         .arg(&lock)
@@ -1001,38 +1092,13 @@ fn rm_waits_for_the_containers_lock() {
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    let held = || {
-        !Command::new("flock")
-            .arg("-n")
-            .arg(&lock)
-            .arg("true")
-            .status()
-            .unwrap()
-            .success()
-    };
-    for _ in 0..200 {
-        if held() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(held(), "the test could not take the lock");
-    let rm = env
-        .cmd(&["rm", "held"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    assert!(
-        env.container_ids().len() == 1,
-        "rm removed the container while the lock was held"
-    );
-    drop(holder.stdin.take());
-    holder.wait().unwrap();
-    let out = rm.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "held\n");
+    wait_held(&lock);
+    rm_waits(&id, &mut || {
+        drop(holder.stdin.take());
+        holder.wait().unwrap();
+    });
+
+    env.ok(&["rm", "-f", "other"]);
     assert!(env.container_ids().is_empty());
     env.assert_no_leaks(&[]);
 }

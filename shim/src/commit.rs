@@ -65,10 +65,13 @@ pub fn commit(roots: &Roots, store: &Store, key: &str, req: CommitRequest) -> Re
                 rec.name
             ))),
             _ => {
-                let lock = crate::record::lock_containers(roots)?;
+                let held = crate::lifecycle::hold(roots, &rec.id)?;
                 // Unless it was started meanwhile: then its VM runs.
-                if !matches!(Record::find(roots, &rec.id)?.status(), Status::Running) {
-                    stopped_vm = Some(crate::lifecycle::boot_stopped_vm(roots, store, &rec, lock)?);
+                if !matches!(held.rec.status(), Status::Running) {
+                    drop(held.all);
+                    stopped_vm = Some(crate::lifecycle::boot_stopped_vm(
+                        roots, store, &rec, held.busy,
+                    )?);
                 }
             }
         }

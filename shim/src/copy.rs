@@ -322,8 +322,7 @@ fn send(to: OwnedFd, src: &Path, meta: &fs::Metadata, name: &str) -> Result<()> 
 /// stopped: its root mounted (container mode), or its VM booted with the
 /// container idle in it (VM mode: tar runs in it as in a running one).
 fn target(roots: &Roots, store: &Store, key: &str) -> Result<Target> {
-    let lock = crate::record::lock_containers(roots)?;
-    let rec = Record::find(roots, key).map_err(|e| user(format!("{e:#}")))?;
+    let crate::lifecycle::Held { rec, busy, all } = crate::lifecycle::hold(roots, key)?;
     let stopped = match rec.status() {
         Status::Stopped => true,
         Status::Created => rec.waiting_for_start,
@@ -336,8 +335,10 @@ fn target(roots: &Roots, store: &Store, key: &str) -> Result<Target> {
             vm: None,
         });
     }
+    // Others' containers need not wait for this one's copy.
+    drop(all);
     if rec.isolation == Isolation::Vm {
-        let vm = crate::lifecycle::boot_stopped_vm(roots, store, &rec, lock)?;
+        let vm = crate::lifecycle::boot_stopped_vm(roots, store, &rec, busy)?;
         return Ok(Target {
             rec,
             root: None,
@@ -351,7 +352,7 @@ fn target(roots: &Roots, store: &Store, key: &str) -> Result<Target> {
     let root = StoppedRoot {
         roots: roots.clone(),
         paths,
-        _lock: lock,
+        _busy: busy,
     };
     Ok(Target {
         rec,
@@ -379,7 +380,8 @@ impl Target {
 struct StoppedRoot {
     roots: Roots,
     paths: ContainerPaths,
-    _lock: nix::fcntl::Flock<fs::File>,
+    // The container's own lock (see crate::record::lock_container).
+    _busy: nix::fcntl::Flock<fs::File>,
 }
 
 impl StoppedRoot {

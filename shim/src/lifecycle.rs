@@ -419,9 +419,11 @@ pub fn prepare_start_if(
     key: &str,
     wanted: &dyn Fn(&Record) -> bool,
 ) -> Result<Option<Record>> {
-    let _lock = crate::record::lock_containers(roots)?;
-    let mut rec = Record::find(roots, key)
-        .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
+    let Held {
+        mut rec,
+        busy: _busy,
+        all: _all,
+    } = hold(roots, key)?;
     if !wanted(&rec) {
         return Ok(None);
     }
@@ -455,6 +457,27 @@ pub fn prepare_start_if(
     Ok(Some(rec))
 }
 
+/// A container held for a change: its own lock, the containers lock
+/// (fields drop in this order), and its record read under both.
+pub(crate) struct Held {
+    pub(crate) rec: Record,
+    pub(crate) busy: nix::fcntl::Flock<fs::File>,
+    pub(crate) all: nix::fcntl::Flock<fs::File>,
+}
+
+/// Container `key` (ID, prefix or name), held for a change (see
+/// [`crate::record::lock_container`]). A caller that goes on at length
+/// drops `all` and keeps `busy`.
+pub(crate) fn hold(roots: &Roots, key: &str) -> Result<Held> {
+    let gone = |e: anyhow::Error| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}"));
+    let id = Record::find(roots, key).map_err(gone)?.id;
+    let busy = crate::record::lock_container(roots, &id)
+        .map_err(|_| CodedError::new(EXIT_CAPSA_ERROR, format!("no such container: {key}")))?;
+    let all = crate::record::lock_containers(roots)?;
+    let rec = Record::load(roots, &id).map_err(gone)?;
+    Ok(Held { rec, busy, all })
+}
+
 /// Mounts the root filesystem of `rec`, a container that holds none (stopped,
 /// or waiting for `start`), back: its image under its own writable layer.
 /// For `start`, and for `cp` with a stopped container.
@@ -476,11 +499,11 @@ pub(crate) fn remount_root(
 }
 
 /// A stopped VM-mode container's VM booted again ([`boot_stopped_vm`]),
-/// and the containers lock, held until it is powered off (fields drop in
-/// this order).
+/// and the container's own lock, held until it is powered off (fields
+/// drop in this order).
 pub(crate) struct StoppedVm {
     vm: crate::microvm::Maintenance,
-    _lock: nix::fcntl::Flock<fs::File>,
+    _busy: nix::fcntl::Flock<fs::File>,
 }
 
 impl StoppedVm {
@@ -492,14 +515,14 @@ impl StoppedVm {
 
 /// A stopped VM-mode container's VM booted again, the container idle in
 /// it (its command does not run), for `cp` and `commit` to reach its
-/// disks through the agent (crate::microvm::Maintenance), under `lock`,
-/// the containers lock (no `start` races it). An engine's container or a
-/// pod member is refused.
+/// disks through the agent (crate::microvm::Maintenance), under `busy`,
+/// the container's own lock (no `start` or `rm` of it races it). An
+/// engine's container or a pod member is refused.
 pub(crate) fn boot_stopped_vm(
     roots: &Roots,
     store: &Store,
     rec: &Record,
-    lock: nix::fcntl::Flock<fs::File>,
+    busy: nix::fcntl::Flock<fs::File>,
 ) -> Result<StoppedVm> {
     let whose = match (&rec.bundle, &rec.sandbox) {
         (Some(_), _) => Some("was made from an engine's bundle"),
@@ -518,7 +541,7 @@ pub(crate) fn boot_stopped_vm(
     remount_root(roots, store, rec, false)?;
     Ok(StoppedVm {
         vm: crate::microvm::MicroVmBackend::new(roots).boot_stopped(rec)?,
-        _lock: lock,
+        _busy: busy,
     })
 }
 
@@ -776,9 +799,11 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
         let _ = backend.kill(&rec, Signal::SIGKILL);
         wait_stopped(roots, &rec.id, Some(Duration::from_secs(30)))?;
     }
-    // Under the containers lock, as `start` and the cp/commit of a stopped
-    // container take it: one of those under way finishes first (its VM
-    // powered off), and none begins while the files go.
+    // Under the container's own lock and the containers lock, as `start`
+    // and the cp/commit of a stopped container take them: one of those
+    // under way finishes first (its VM powered off), and none begins while
+    // the files go. (No directory: an --rm container's monitor removed it.)
+    let busy = crate::record::lock_container(roots, &rec.id).ok();
     let lock = crate::record::lock_containers(roots)?;
     let rec = match Record::load(roots, &rec.id) {
         Ok(now) if now.status().is_up() => {
@@ -798,6 +823,7 @@ pub fn remove(roots: &Roots, key: &str, force: bool) -> Result<Record> {
     let there = ContainerPaths::new(roots, &rec.id).dir.exists();
     remove_files(roots, &rec)?;
     drop(lock);
+    drop(busy);
     if there {
         crate::events::emit(roots, &rec, "destroy", &[]);
     }

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -537,12 +538,25 @@ fn exact<'a>(all: &'a [Record], key: &str) -> Option<&'a Record> {
 pub fn lock_containers(roots: &Roots) -> Result<nix::fcntl::Flock<fs::File>> {
     let dir = roots.containers();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(".lock");
+    lock_file(&dir.join(".lock"))
+}
+
+/// Holds container `id`'s own lock. What changes one container at length
+/// takes it before [`lock_containers`] and keeps it when it lets that one
+/// go: `start`, `rm`, and the `cp` or `commit` of a stopped container
+/// (which boot its VM, or mount its root, for seconds). So they wait for
+/// each other on that container, and nothing waits for them on another.
+/// Fails if the container's directory is gone.
+pub fn lock_container(roots: &Roots, id: &str) -> Result<nix::fcntl::Flock<fs::File>> {
+    lock_file(&roots.container(id).join(".busy"))
+}
+
+fn lock_file(path: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
