@@ -120,10 +120,13 @@ pub fn fill_json(template: &str, doc: &serde_json::Value) -> Result<String> {
 /// Go-template-like expansion: each `{{.Path}}` or `{{json .Path}}` is
 /// replaced by `lookup(path without its leading dot, json)`.
 fn expand(template: &str, lookup: impl Fn(&str, bool) -> Result<String>) -> Result<String> {
+    // `\t` and `\n` in the template's own text are a tab and a newline,
+    // as docker's; never in a value (a JSON string's escaped newline).
+    let literal = |s: &str| s.replace("\\t", "\t").replace("\\n", "\n");
     let mut out = String::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
+        out.push_str(&literal(&rest[..start]));
         let Some(len) = rest[start..].find("}}") else {
             return Err(bad(format!("--format: an unclosed {{{{ in {template:?}")));
         };
@@ -140,8 +143,8 @@ fn expand(template: &str, lookup: impl Fn(&str, bool) -> Result<String>) -> Resu
         out.push_str(&lookup(path, json)?);
         rest = &rest[start + len + 2..];
     }
-    out.push_str(rest);
-    Ok(out.replace("\\t", "\t").replace("\\n", "\n"))
+    out.push_str(&literal(rest));
+    Ok(out)
 }
 
 fn bad(msg: String) -> anyhow::Error {
@@ -167,6 +170,12 @@ mod tests {
         assert_eq!(
             fill("{{json .}}", &r).unwrap(),
             r#"{"CPUPerc":"1.50%","Name":"web"}"#
+        );
+        // A value's escapes stay escaped: the JSON stays JSON.
+        let lines = vec![("Output", "a\tb\nc".into())];
+        assert_eq!(
+            fill("{{json .Output}}\\n", &lines).unwrap(),
+            "\"a\\tb\\nc\"\n"
         );
         let e = fill("{{.Nope}}", &r).unwrap_err().to_string();
         assert!(
