@@ -117,9 +117,11 @@ fn the_seeds_setup_runs_and_down_leaves_nothing() {
     assert_eq!(stdout(&page), "notebook\n");
 
     let ps = stdout(&compose(&env, d, port, &["ps"]));
+    // dev's healthcheck is capsa's to run, as docker's daemon runs it.
     assert!(
         ps.contains("seeds-dev-1")
             && ps.contains("dev")
+            && ps.contains("(healthy)")
             && ps.contains(&format!("127.0.0.1:{port}->8888/tcp")),
         "{ps}"
     );
@@ -227,6 +229,18 @@ fn a_bad_compose_file_is_one_line_naming_the_key_and_makes_nothing() {
         (
             "services:\n  web:\n    image: demo\n    volumes: [{type: bind, target: /x}]\n",
             "services.web.volumes[0]: a bind volume needs a source",
+        ),
+        (
+            "services:\n  web:\n    image: demo\n    scale: 2\n    ports: ['8080:80']\n",
+            "services.web.ports: 8080:80 publishes one host port",
+        ),
+        (
+            "services:\n  web:\n    image: demo\n    container_name: w\n    deploy: {replicas: 2}\n",
+            "services.web.container_name",
+        ),
+        (
+            "services:\n  web:\n    image: demo\n    scale: 2\n    deploy: {replicas: 3}\n",
+            "scale (2) and deploy.replicas (3) differ",
         ),
     ] {
         fs::write(d.join("compose.yaml"), text).unwrap();
@@ -453,9 +467,12 @@ fn up_recreates_only_the_services_that_changed() {
     env.assert_no_leaks(&[]);
 }
 
-/// Secrets and configs from files: mounted read-only, secrets under
-/// /run/secrets and configs at /NAME unless a target says otherwise; one
-/// not declared, or whose file is missing, is one line and starts nothing.
+/// Secrets and configs from files or variables: mounted read-only,
+/// secrets under /run/secrets and configs at /NAME unless a target says
+/// otherwise; a variable's value is kept in the run directory (root's
+/// alone) until `down`, and a new value recreates the container. One not
+/// declared, whose file is missing or whose variable is unset, is one line
+/// and starts nothing.
 #[test]
 fn secrets_and_configs_are_files_mounted_read_only() {
     let env = Env::with_demo();
@@ -463,9 +480,10 @@ fn secrets_and_configs_are_files_mounted_read_only() {
     let d = proj.path();
     fs::write(d.join("token.txt"), "s3cret\n").unwrap();
     fs::write(d.join("app.conf"), "threads=4\n").unwrap();
-    let file = "name: sec\nsecrets:\n  token: {file: ./token.txt}\n\
+    fs::write(d.join(".env"), "API_KEY=k3y\n").unwrap();
+    let file = "name: sec\nsecrets:\n  token: {file: ./token.txt}\n  api: {environment: API_KEY}\n\
                 configs:\n  app: {file: ./app.conf}\nservices:\n  web:\n    image: demo\n    \
-                command: sleep 300\n    secrets: [token]\n    \
+                command: sleep 300\n    secrets: [token, api]\n    \
                 configs: [app, {source: app, target: /etc/app.conf}]\n";
     fs::write(d.join("compose.yaml"), file).unwrap();
     let up = compose(&env, d, 1, &["up", "-d"]);
@@ -475,23 +493,51 @@ fn secrets_and_configs_are_files_mounted_read_only() {
         "sec-web-1",
         "sh",
         "-c",
-        "cat /run/secrets/token /app /etc/app.conf; echo x > /run/secrets/token || echo read-only",
+        "cat /run/secrets/token /app /etc/app.conf /run/secrets/api; echo; echo x > /run/secrets/token || echo read-only",
     ]);
-    assert_eq!(seen, "s3cret\nthreads=4\nthreads=4\nread-only\n");
+    assert_eq!(seen, "s3cret\nthreads=4\nthreads=4\nk3y\nread-only\n");
+    let values = env.path().join("run/compose/sec/secrets");
+    let kept: Vec<_> = fs::read_dir(&values).unwrap().flatten().collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        kept[0].metadata().unwrap().permissions().mode() & 0o777,
+        0o400
+    );
+    // A new value: the container is made again with it.
+    fs::write(d.join(".env"), "API_KEY=n3w\n").unwrap();
+    let again = compose(&env, d, 1, &["up", "-d"]);
+    assert!(stderr(&again).contains("recreating"), "{}", stderr(&again));
+    assert_eq!(
+        env.ok(&["exec", "sec-web-1", "cat", "/run/secrets/api"]),
+        "n3w"
+    );
     assert!(compose(&env, d, 1, &["down"]).status.success());
+    assert!(!values.exists(), "secret values left after down");
     for (bad, says) in [
         (
-            file.replace("secrets: [token]", "secrets: [nope]"),
+            file.replace("secrets: [token, api]", "secrets: [nope]"),
             "services.web.secrets: nope is not declared under the top-level secrets",
         ),
         (
             file.replace("./token.txt", "./gone.txt"),
             "secrets.token.file:",
         ),
+        (
+            file.replace("API_KEY}", "CAPSA_TEST_UNSET}"),
+            "secrets.api.environment: CAPSA_TEST_UNSET is not set",
+        ),
+        (
+            file.replace(
+                "{environment: API_KEY}",
+                "{environment: API_KEY, file: ./token.txt}",
+            ),
+            "secrets.api: give file or environment",
+        ),
     ] {
         fs::write(d.join("compose.yaml"), bad).unwrap();
         let out = compose(&env, d, 1, &["up", "-d"]);
-        assert!(!out.status.success());
+        assert!(!out.status.success(), "{says}: {}", stderr(&out));
         assert!(stderr(&out).contains(says), "{}", stderr(&out));
         assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
     }
@@ -505,4 +551,86 @@ fn nix_kill_group(pid: u32) {
         .status()
         .unwrap();
     assert!(ok.success());
+}
+
+/// `scale`, `deploy.replicas` and `up --scale` (#14): a container per
+/// replica (`PROJECT-SERVICE-N`), each answering to the service's name on
+/// the project's network; scaled down, the last ones go and the first
+/// keeps running; `exec --index`, `ps` and `logs` per replica; `down`
+/// removes them all.
+#[test]
+fn services_scale_to_replicas() {
+    let env = Env::with_demo();
+    let proj = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = proj.path();
+    fs::write(
+        d.join("compose.yaml"),
+        "name: scaled\nservices:\n  web:\n    image: demo\n    command: [sh, -c, 'echo up; exec sleep 300']\n    deploy: {replicas: 3}\n  client:\n    image: demo\n    command: sleep 300\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| compose(&env, d, 1, args);
+    let up = run(&["up", "-d"]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    let ps = stdout(&run(&["ps"]));
+    for n in [
+        "scaled-web-1",
+        "scaled-web-2",
+        "scaled-web-3",
+        "scaled-client-1",
+    ] {
+        assert!(ps.contains(n), "{ps}");
+    }
+    // The service's name resolves to every replica.
+    let addresses = |out: &str| -> std::collections::BTreeSet<String> {
+        out.lines()
+            .skip_while(|l| !l.starts_with("Name:"))
+            .filter_map(|l| l.strip_prefix("Address:"))
+            .map(|a| a.trim().to_string())
+            .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+            .collect()
+    };
+    let look = stdout(&run(&[
+        "exec", "-T", "client", "nslookup", "-type=a", "web",
+    ]));
+    assert_eq!(addresses(&look).len(), 3, "{look}");
+    let host = |i: &str| stdout(&run(&["exec", "-T", "--index", i, "web", "hostname"]));
+    assert_ne!(host("1"), host("3"));
+    let out = run(&["exec", "-T", "--index", "4", "web", "true"]);
+    assert!(
+        stderr(&out).contains("--index 4: service web has 3"),
+        "{}",
+        stderr(&out)
+    );
+    let logs = stdout(&run(&["logs", "web"]));
+    for i in 1..=3 {
+        assert!(logs.contains(&format!("web-{i}  | up")), "{logs}");
+    }
+
+    let bad = run(&["up", "-d", "--scale", "web=many"]);
+    assert_eq!(stderr(&bad).trim().lines().count(), 1, "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("--scale web=many"),
+        "{}",
+        stderr(&bad)
+    );
+    let down1 = run(&["up", "-d", "--scale", "web=1"]);
+    let said = stderr(&down1);
+    assert!(down1.status.success(), "{said}");
+    assert!(
+        said.contains("Container scaled-web-3: removing (scaled down)")
+            && said.contains("Container scaled-web-2: removing (scaled down)")
+            && said.contains("Container scaled-web-1: running"),
+        "{said}"
+    );
+    let ps = stdout(&run(&["ps"]));
+    assert!(
+        ps.contains("scaled-web-1") && !ps.contains("scaled-web-2"),
+        "{ps}"
+    );
+
+    let down = run(&["down"]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert!(env.container_ids().is_empty());
+    assert!(!env.ok(&["network", "ls"]).contains("scaled_"));
+    env.assert_no_leaks(&[]);
 }

@@ -412,6 +412,9 @@ fn detached_lifecycle_ps_logs_exec_stop_wait_rm() {
     assert_eq!(names(&["label=team=a"]), "other\n");
     assert_eq!(names(&["label=team"]), "other\n");
     assert_eq!(names(&["label=team=b"]), "");
+    // Several label filters must all match (docker's), unlike names.
+    assert_eq!(names(&["label=team=a", "label=team"]), "other\n");
+    assert_eq!(names(&["label=team=a", "label=nope"]), "");
     assert_eq!(names(&["volume=dvol"]), "other\n");
     assert_eq!(names(&["volume=/data"]), "other\n");
     assert_eq!(names(&["volume=/elsewhere"]), "");
@@ -2558,4 +2561,177 @@ fn storage_opt_size_bounds_the_writable_layer() {
     );
     assert!(env.container_ids().is_empty());
     env.assert_no_leaks(&[id]);
+}
+
+/// Healthchecks as docker's daemon runs them (#14): the image's
+/// HEALTHCHECK or `--health-*`, exec'd in the container every interval;
+/// `ps` and `inspect` show the status and the last probes, a test past its
+/// timeout is killed, the checker ends with the container, and a bad flag
+/// is refused before anything is made.
+#[test]
+fn healthchecks_run_while_the_container_runs() {
+    use std::time::{Duration, Instant};
+    let env = Env::with_demo();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM demo\nHEALTHCHECK --interval=200ms --retries=2 CMD test -f /tmp/ok && echo fine\n",
+    )
+    .unwrap();
+    env.ok(&["build", "-q", "-t", "checked", ctx.path().to_str().unwrap()]);
+    let health = |name: &str| env.ok(&["inspect", "-f", "{{.State.Health.Status}}", name]);
+    let wait_health = |name: &str, want: &str| {
+        let t0 = Instant::now();
+        while health(name).trim() != want {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{name} never {want}: {}",
+                env.ok(&["inspect", "-f", "{{json .State.Health}}", name])
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hc",
+        "--network",
+        "none",
+        "checked",
+        "sleep",
+        "300",
+    ]);
+    let id = env
+        .ok(&["inspect", "-f", "{{.Id}}", "hc"])
+        .trim()
+        .to_string();
+    assert_eq!(
+        env.ok(&["inspect", "-f", "{{json .Config.Healthcheck.Test}}", "hc"]),
+        "[\"CMD-SHELL\",\"test -f /tmp/ok && echo fine\"]\n"
+    );
+    wait_health("hc", "unhealthy");
+    assert!(env
+        .ok(&["ps", "--format", "{{.Status}}", "--filter", "name=hc"])
+        .contains("(unhealthy)"));
+    assert_eq!(
+        env.ok(&["ps", "-q", "--filter", "health=unhealthy"]).len(),
+        13
+    );
+    env.ok(&["exec", "hc", "touch", "/tmp/ok"]);
+    wait_health("hc", "healthy");
+    assert!(env
+        .ok(&["ps", "--format", "{{.Status}}", "--filter", "name=hc"])
+        .contains("(healthy)"));
+    let state: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "-f", "{{json .State.Health}}", "hc"])).unwrap();
+    assert_eq!(state["FailingStreak"], 0, "{state}");
+    let last = state["Log"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["ExitCode"].as_i64(), last["Output"].as_str()),
+        (Some(0), Some("fine\n")),
+        "{state}"
+    );
+    let until = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1)
+    .to_string();
+    let events = env.ok(&[
+        "events",
+        "--since",
+        "5m",
+        "--until",
+        &until,
+        "--filter",
+        "container=hc",
+    ]);
+    assert!(
+        events.contains("health_status: unhealthy") && events.contains("health_status: healthy"),
+        "{events}"
+    );
+    // The checker ends with the container.
+    env.ok(&["stop", "-t", "1", "hc"]);
+    let t0 = Instant::now();
+    while !capsa_tests::monitor_processes(&id).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            capsa_tests::monitor_processes(&id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // --health-* over the image's; a test past its timeout is killed.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        "--network",
+        "none",
+        "--health-cmd",
+        "sleep 47",
+        "--health-timeout",
+        "200ms",
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "2",
+        "demo",
+        "sleep",
+        "300",
+    ]);
+    wait_health("slow", "unhealthy");
+    std::thread::sleep(Duration::from_secs(1));
+    let log = env.ok(&["inspect", "-f", "{{json .State.Health.Log}}", "slow"]);
+    assert!(
+        log.contains("Health check exceeded timeout (200ms)"),
+        "{log}"
+    );
+    let sleeping = env.ok(&[
+        "exec",
+        "slow",
+        "sh",
+        "-c",
+        "ps | grep -c '[s]leep 47' || true",
+    ]);
+    assert!(
+        sleeping.trim().parse::<u32>().unwrap() <= 1,
+        "probes left running: {sleeping}"
+    );
+
+    // --no-healthcheck: none, whatever the image says.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "quiet",
+        "--network",
+        "none",
+        "--no-healthcheck",
+        "checked",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(health("quiet"), "<no value>\n");
+    assert!(!env.ok(&["ps", "--filter", "name=quiet"]).contains("health"));
+
+    // Bad flags: one line, nothing made.
+    let before = env.container_ids().len();
+    for bad in [
+        vec!["--health-interval", "soon", "--health-cmd", "true"],
+        vec!["--health-retries", "2"],
+        vec!["--no-healthcheck", "--health-cmd", "true"],
+    ] {
+        let out = env.run(&[&["run", "--network", "none"], &bad[..], &["demo", "true"]].concat());
+        assert_eq!(out.status.code(), Some(125), "{bad:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{bad:?}: {}", stderr(&out));
+    }
+    assert_eq!(env.container_ids().len(), before);
+
+    env.ok(&["rm", "-f", "hc", "slow", "quiet"]);
+    env.assert_no_leaks(&[]);
 }

@@ -308,6 +308,12 @@ fn both_modes_give_the_same_results() {
         c["update"].1.contains("up|U / 128MiB|134217728 50|50|up|"),
         "{ctx}"
     );
+    assert!(
+        c["health"]
+            .1
+            .contains("out: unhealthy|healthy|hc|hc|unhealthy|timed-out|killed|hslow|"),
+        "{ctx}"
+    );
     assert!(c["cp"].1.contains("cp-in|cp-in|cp-out|cpy|"), "{ctx}");
     // A stopped container (VM mode: its VM booted again for each).
     assert!(

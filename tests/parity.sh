@@ -249,6 +249,16 @@ n=0; until [ "$($c inspect -f '{{.RestartCount}} {{.State.Status}}' again)" = "1
 { $c logs again; $c inspect -f '{{.RestartCount}} {{.State.ExitCode}}' again; } > /run/o 2> /run/e
 report restart-policy 0; $c rm -f again > /dev/null
 
+# healthchecks, exec'd in the container by capsa: unhealthy after the
+# retries, healthy once the test passes; a test past its timeout is killed
+hs() { n=0; until [ "$($c inspect -f '{{.State.Health.Status}}' "$1")" = "$2" ] || [ $n -ge 300 ]; do sleep 0.1; n=$((n+1)); done; $c inspect -f '{{.State.Health.Status}}' "$1"; }
+$r -d --isolation "$mode" --name hc --health-cmd 'test -f /tmp/ok' --health-interval 300ms --health-retries 2 demo sleep 300 > /dev/null
+{ hs hc unhealthy; $c exec hc touch /tmp/ok; hs hc healthy; $c ps --filter health=healthy --format '{{.Names}}'; $c rm -f hc
+  $r -d --isolation "$mode" --name hslow --health-cmd 'sleep 47' --health-timeout 300ms --health-interval 300ms --health-retries 2 demo sleep 300 > /dev/null
+  hs hslow unhealthy; $c inspect -f '{{json .State.Health.Log}}' hslow | grep -q 'exceeded timeout' && echo timed-out
+  [ "$($c exec hslow sh -c 'ps | grep -c "[s]leep 47"')" -le 1 ] && echo killed; $c rm -f hslow; } > /run/o 2> /run/e
+report health 0
+
 # a killed monitor loses no exit status: its keeper collects it
 $r -d --isolation "$mode" --name keeperjob -v /run/vol:/data:ro demo sh -c 'sleep 3; exit 7' > /dev/null
 kill -9 "$($c inspect keeperjob | grep '"monitor_pid"' | tr -dc 0-9)"

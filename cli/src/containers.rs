@@ -35,6 +35,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
     let log = args.log_limits()?;
     let storage_size = args.storage_size()?;
     let restart = args.restart_policy()?;
+    let health = args.health()?;
     let image = args.image().to_string();
     store.ensure_local(&image)?;
     lifecycle::create(
@@ -54,6 +55,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
             network,
             network_of: args.network_of().map(str::to_string),
             labels: args.labels()?,
+            health,
         },
     )
 }
@@ -167,7 +169,7 @@ pub struct PsArgs {
 struct PsFilter(Vec<(String, Vec<String>)>);
 
 impl PsFilter {
-    const KEYS: [&'static str; 11] = [
+    const KEYS: [&'static str; 12] = [
         "id",
         "name",
         "status",
@@ -179,6 +181,7 @@ impl PsFilter {
         "network",
         "before",
         "since",
+        "health",
     ];
     const STATUSES: [&'static str; 5] = ["created", "restarting", "running", "paused", "exited"];
 
@@ -197,6 +200,9 @@ impl PsFilter {
                     "a status is one of {}",
                     Self::STATUSES.join(", ")
                 )));
+            }
+            if k == "health" && !["starting", "healthy", "unhealthy", "none"].contains(&v) {
+                bail!(bad("a health is one of starting, healthy, unhealthy, none"));
             }
             if k == "exited" && v.parse::<i32>().is_err() {
                 bail!(bad("exited takes an exit code"));
@@ -225,7 +231,7 @@ impl PsFilter {
 
     fn matches(&self, roots: &Roots, r: &Record) -> bool {
         self.0.iter().all(|(key, values)| {
-            values.iter().any(|v| match key.as_str() {
+            let one = |v: &String| match key.as_str() {
                 "id" => r.id.starts_with(v.as_str()),
                 "name" => r.name.contains(v.as_str()),
                 "status" => state_word(roots, r) == *v,
@@ -250,6 +256,13 @@ impl PsFilter {
                     .network
                     .as_ref()
                     .is_some_and(|n| n.endpoints.iter().any(|e| e.network == *v)),
+                // docker: a running container's health; none without a check.
+                "health" => {
+                    health_of(roots, r)
+                        .filter(|_| r.status().is_up())
+                        .unwrap_or_else(|| "none".into())
+                        == *v
+                }
                 "before" => v.parse().is_ok_and(|t: i64| created_nanos(r) < t),
                 "since" => v.parse().is_ok_and(|t: i64| created_nanos(r) > t),
                 // label=KEY, or label=KEY=VALUE
@@ -258,7 +271,14 @@ impl PsFilter {
                     None => r.labels.contains_key(v.as_str()),
                 },
                 _ => false,
-            })
+            };
+            // docker: every label filter must match; another key's values
+            // are alternatives.
+            if key == "label" {
+                values.iter().all(one)
+            } else {
+                values.iter().any(one)
+            }
         })
     }
 }
@@ -324,7 +344,7 @@ pub fn ps(roots: &Roots, args: PsArgs) -> Result<i32> {
                 ("Command", format!("\"{command}\"")),
                 ("CreatedAt", r.created.to_rfc3339()),
                 ("RunningFor", table::ago(r.created)),
-                ("Status", status_text(r, &state)),
+                ("Status", status_text(roots, r, &state)),
                 ("State", state),
                 ("Ports", ports_text(roots, r)),
                 ("Isolation", r.isolation.to_string()),
@@ -362,8 +382,15 @@ fn state_word(roots: &Roots, r: &Record) -> String {
     }
 }
 
+/// The health status of a container with a healthcheck: docker's
+/// starting, healthy or unhealthy (None without one).
+fn health_of(roots: &Roots, r: &Record) -> Option<String> {
+    r.healthcheck.as_ref()?;
+    Some(capsa_shim::health::load(roots, &r.id).map_or_else(|| "starting".into(), |h| h.status))
+}
+
 /// docker's STATUS column; `state` is the container's [`state_word`].
-fn status_text(r: &Record, state: &str) -> String {
+fn status_text(roots: &Roots, r: &Record, state: &str) -> String {
     if r.damaged.is_some() {
         return "Damaged (record unreadable; capsa rm -f removes it)".into();
     }
@@ -375,8 +402,13 @@ fn status_text(r: &Record, state: &str) -> String {
     match r.status() {
         Status::Created => "Created".into(),
         Status::Running => format!(
-            "Up {}{unsupervised}",
-            table::duration(Utc::now() - r.started.unwrap_or(r.created))
+            "Up {}{}{unsupervised}",
+            table::duration(Utc::now() - r.started.unwrap_or(r.created)),
+            match health_of(roots, r).as_deref() {
+                Some("starting") => " (health: starting)".to_string(),
+                Some(h) => format!(" ({h})"),
+                None => String::new(),
+            }
         ),
         Status::Paused => format!(
             "Up {} (Paused){unsupervised}",
@@ -909,6 +941,12 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
         "StartedAt": time(rec.started),
         "FinishedAt": time(rec.finished),
     });
+    if rec.healthcheck.is_some() {
+        v["State"]["Health"] = match capsa_shim::health::load(roots, &rec.id) {
+            Some(h) => json!(h),
+            None => json!({"Status": "starting", "FailingStreak": 0, "Log": []}),
+        };
+    }
     let Ok(spec) = capsa_image::oci_spec::runtime::Spec::load(
         capsa_shim::paths::ContainerPaths::new(roots, &rec.id).config(),
     ) else {
@@ -925,6 +963,9 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
         "Tty": process.terminal().unwrap_or(false),
         "Labels": rec.labels,
     });
+    if let Some(hc) = &rec.healthcheck {
+        v["Config"]["Healthcheck"] = json!(hc);
+    }
     let res = spec.linux().as_ref().and_then(|l| l.resources().clone());
     let memory = res
         .as_ref()

@@ -87,6 +87,28 @@ pub struct RunArgs {
     /// Config.Labels); a KEY alone has an empty value.
     #[arg(short = 'l', long = "label", value_name = "KEY[=VALUE]")]
     pub label: Vec<String>,
+    /// A healthcheck command, run with /bin/sh -c in the container every
+    /// --health-interval: exit 0 is healthy (over the image's HEALTHCHECK).
+    #[arg(long = "health-cmd", value_name = "COMMAND")]
+    pub health_cmd: Option<String>,
+    /// Time between healthchecks (default 30s).
+    #[arg(long = "health-interval", value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// Time a healthcheck may take before it counts as failed (default 30s).
+    #[arg(long = "health-timeout", value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Failures in a row that make the container unhealthy (default 3).
+    #[arg(long = "health-retries", value_name = "N")]
+    pub health_retries: Option<u64>,
+    /// Time to start in, when failures do not count (default 0s).
+    #[arg(long = "health-start-period", value_name = "DURATION")]
+    pub health_start_period: Option<String>,
+    /// Time between healthchecks during the start period (default 5s).
+    #[arg(long = "health-start-interval", value_name = "DURATION")]
+    pub health_start_interval: Option<String>,
+    /// Run no healthcheck, whatever the image says.
+    #[arg(long = "no-healthcheck")]
+    pub no_healthcheck: bool,
     /// Mount the container's root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
@@ -309,6 +331,20 @@ impl RunArgs {
             }
         }
         Ok(limits)
+    }
+
+    /// The `--health-*` flags, checked.
+    pub fn health(&self) -> Result<capsa_shim::health::HealthFlags> {
+        capsa_shim::health::HealthFlags::parse(&capsa_shim::health::HealthArgs {
+            cmd: self.health_cmd.as_deref(),
+            interval: self.health_interval.as_deref(),
+            timeout: self.health_timeout.as_deref(),
+            start_period: self.health_start_period.as_deref(),
+            start_interval: self.health_start_interval.as_deref(),
+            retries: self.health_retries,
+            none: self.no_healthcheck,
+        })
+        .map_err(|e| usage(format!("{e:#}")).into())
     }
 
     /// `--label KEY[=VALUE]`s; a later one for a key wins, as docker's.

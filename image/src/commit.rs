@@ -124,7 +124,7 @@ impl Store {
     /// `base`'s config as stored, with the fields capsa's typed config
     /// lacks (docker's Healthcheck, Shell, OnBuild) kept; an image known
     /// only by its config (`scratch`) has no blob and gives that config.
-    fn raw_config(&self, base: &Image) -> Result<serde_json::Value> {
+    pub fn raw_config(&self, base: &Image) -> Result<serde_json::Value> {
         let stored = self
             .blob_path(&base.id)
             .ok()

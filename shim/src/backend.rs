@@ -12,7 +12,7 @@
 
 use capsa_image::{Image, Store};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::LinuxResources;
 
@@ -44,10 +44,13 @@ impl Exit {
 }
 
 /// A process started by `exec`: a local child to wait for, or a remote one
-/// whose exit code a closure fetches.
+/// whose exit code a closure fetches (and another signals).
 pub enum ProcessHandle {
     Pid(i32),
-    Remote(Box<dyn FnOnce() -> Result<i32> + Send>),
+    Remote {
+        wait: Box<dyn FnOnce() -> Result<i32> + Send>,
+        kill: Box<dyn Fn(Signal) -> Result<()> + Send>,
+    },
 }
 
 impl ProcessHandle {
@@ -55,7 +58,50 @@ impl ProcessHandle {
     pub fn wait(self) -> Result<i32> {
         match self {
             ProcessHandle::Pid(pid) => capsa_container::process::wait_pid(pid),
-            ProcessHandle::Remote(wait) => wait(),
+            ProcessHandle::Remote { wait, .. } => wait(),
+        }
+    }
+
+    /// [`Self::wait`] until `deadline`; past it the process and its
+    /// process group are killed (SIGKILL), and None is returned once it
+    /// has ended.
+    pub fn wait_until(self, deadline: std::time::Instant) -> Result<Option<i32>> {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        use std::time::{Duration, Instant};
+        match self {
+            ProcessHandle::Pid(pid) => {
+                let p = nix::unistd::Pid::from_raw(pid);
+                loop {
+                    match waitpid(p, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
+                        Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(128 + sig as i32)),
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => return Err(e).context("waiting for the process"),
+                    }
+                    if Instant::now() >= deadline {
+                        // Its process group too: an exec'd process leads
+                        // one (it ran setsid), which holds what it started.
+                        let _ = nix::sys::signal::killpg(p, Signal::SIGKILL);
+                        let _ = nix::sys::signal::kill(p, Signal::SIGKILL);
+                        capsa_container::process::wait_pid(pid)?;
+                        return Ok(None);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            ProcessHandle::Remote { wait, kill } => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || tx.send(wait()));
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(r) => r.map(Some),
+                    Err(_) => {
+                        kill(Signal::SIGKILL)?;
+                        let _ = rx.recv();
+                        Ok(None)
+                    }
+                }
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod commit;
 pub mod copy;
 pub mod disk;
 pub mod events;
+pub mod health;
 pub mod hooks;
 pub mod lifecycle;
 pub mod logs;

@@ -42,6 +42,8 @@ pub struct CreateRequest {
     pub network_of: Option<String>,
     /// `--label`s, added to (and over) the image's labels.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `--health-*`, over the image's HEALTHCHECK.
+    pub health: crate::health::HealthFlags,
 }
 
 /// Prepares a container: record, writable layer, root filesystem, bundle.
@@ -84,6 +86,11 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     let (image, mut rec, network_of) = {
         let _lock = crate::record::lock_containers(roots)?;
         let image = resolve_image(store, &req.image)?;
+        let image_check = store.raw_config(&image).ok().and_then(|c| {
+            serde_json::from_value(c.get("config")?.get("Healthcheck")?.clone()).ok()
+        });
+        let healthcheck = crate::health::HealthConfig::resolve(image_check, &req.health)
+            .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
         if Record::list(roots)?.iter().any(|r| r.name == name) {
             return Err(CodedError::new(
                 EXIT_CAPSA_ERROR,
@@ -125,6 +132,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
             .into_iter()
             .chain(std::mem::take(&mut req.labels))
             .collect();
+        rec.healthcheck = healthcheck;
         rec.create_dir(roots)?;
         (image, rec, network_of)
     };

@@ -103,6 +103,10 @@ impl ContainerPaths {
     pub fn stopped_by_user(&self) -> PathBuf {
         self.dir.join("stopped-by-user")
     }
+    /// The healthcheck's state (crate::health), docker's `State.Health`.
+    pub fn health(&self) -> PathBuf {
+        self.dir.join("health.json")
+    }
     /// What the container's network setup made (capsa-network's
     /// `Attachment`), while it is set up.
     pub fn network_state(&self) -> PathBuf {

@@ -203,6 +203,10 @@ pub struct Record {
     /// them in the container's config.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The healthcheck capsa runs while it runs (the image's, or
+    /// `--health-*`): see crate::health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::health::HealthConfig>,
     /// `capsa build`'s RUN steps: when the process exits, the monitor
     /// writes the container's writable layer here (VM mode: while the
     /// guest still runs).
@@ -244,6 +248,7 @@ impl Record {
             restart: Default::default(),
             restart_count: 0,
             labels: BTreeMap::new(),
+            healthcheck: None,
             tty: false,
             interactive: false,
             stop_signal: "SIGTERM".into(),

@@ -218,7 +218,12 @@ impl Agent {
         }
         let r = match st.containers.get(&p.container) {
             Some(c) if p.init => c.kill(sig),
-            _ => nix::sys::signal::kill(Pid::from_raw(p.pid), sig).map_err(Into::into),
+            // An exec'd process leads a process group (it ran setsid):
+            // the signal reaches what it started too (a timed-out
+            // healthcheck's `sh -c` and its children).
+            _ => nix::sys::signal::killpg(Pid::from_raw(p.pid), sig)
+                .or_else(|_| nix::sys::signal::kill(Pid::from_raw(p.pid), sig))
+                .map_err(Into::into),
         };
         match r {
             Ok(()) => Response::Ok,

@@ -23,19 +23,23 @@ pub struct ComposeFile {
     pub networks: IndexMap<String, Option<NetworkDef>>,
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub volumes: IndexMap<String, Option<VolumeDef>>,
-    /// Secrets and configs from files, mounted read-only into the
-    /// services that name them.
+    /// Secrets and configs from files or environment variables, mounted
+    /// read-only into the services that name them.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub secrets: IndexMap<String, FileDef>,
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub configs: IndexMap<String, FileDef>,
 }
 
-/// A top-level secret or config: a file, relative to the project.
+/// A top-level secret or config: a file, relative to the project, or the
+/// value of an environment variable (the environment's, then `.env`'s).
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileDef {
-    pub file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 /// A service's use of a secret or config: its name, or `{source, target}`.
@@ -236,6 +240,9 @@ pub struct Healthcheck {
 pub struct Deploy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// How many containers run the service (as `scale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -314,6 +321,9 @@ pub struct Service {
     pub container_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Deploy>,
+    /// How many containers run the service (`PROJECT-SERVICE-1`, `-2`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_limit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -407,6 +417,17 @@ pub struct PortLong {
 }
 
 impl Port {
+    /// Whether it names one host port (not a range, not one the host
+    /// picks).
+    pub fn fixed_host_port(&self) -> bool {
+        let short = self.short();
+        let spec = short.split('/').next().unwrap_or("");
+        let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+        parts
+            .get(1)
+            .is_some_and(|host| !host.is_empty() && !host.contains('-'))
+    }
+
     /// As `capsa run -p` takes it: `[HOSTIP:][HOSTPORT:]CTRPORT[/PROTO]`.
     pub fn short(&self) -> String {
         match self {
@@ -567,6 +588,10 @@ pub struct Project {
     pub file: ComposeFile,
     /// The enabled profiles.
     pub profiles: Vec<String>,
+    /// `up --scale SERVICE=N`, over the file's `scale`/`deploy.replicas`.
+    pub scale: BTreeMap<String, u32>,
+    /// `.env` beside the file (the environment wins over it).
+    dotenv: BTreeMap<String, String>,
 }
 
 impl Project {
@@ -616,9 +641,18 @@ impl Project {
             dir,
             file,
             profiles: Vec::new(),
+            scale: BTreeMap::new(),
+            dotenv: vars,
         };
         project.check()?;
         Ok(project)
+    }
+
+    /// Variable `name`, from the environment, else from `.env`.
+    pub fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name)
+            .ok()
+            .or_else(|| self.dotenv.get(name).cloned())
     }
 
     /// Whether `service` runs with the enabled profiles.
@@ -656,6 +690,13 @@ impl Project {
             }
             s.isolation()
                 .map_err(|e| anyhow!("{}: {e}", at("x-capsa")))?;
+            let replicas = s.deploy.as_ref().and_then(|d| d.replicas);
+            if let (Some(a), Some(b)) = (s.scale, replicas) {
+                if a != b {
+                    bail!("services.{name}: scale ({a}) and deploy.replicas ({b}) differ");
+                }
+            }
+            self.check_replicas(name, s.scale.or(replicas).unwrap_or(1))?;
             for (dep, _) in s.dependencies() {
                 if !self.file.services.contains_key(&dep) {
                     bail!("{}: no service {dep} in the file", at("depends_on"));
@@ -673,13 +714,26 @@ impl Project {
                             r.source()
                         );
                     };
-                    let file = self.dir.join(&def.file);
-                    if !file.is_file() {
-                        bail!(
-                            "{kind}.{}.file: {} is not a file",
-                            r.source(),
-                            file.display()
-                        );
+                    match (&def.file, &def.environment) {
+                        (Some(f), None) => {
+                            let file = self.dir.join(f);
+                            if !file.is_file() {
+                                bail!(
+                                    "{kind}.{}.file: {} is not a file",
+                                    r.source(),
+                                    file.display()
+                                );
+                            }
+                        }
+                        (None, Some(var)) => {
+                            if self.var(var).is_none() {
+                                bail!("{kind}.{}.environment: {var} is not set", r.source());
+                            }
+                        }
+                        _ => bail!(
+                            "{kind}.{}: give file or environment (one of them)",
+                            r.source()
+                        ),
                     }
                 }
             }
@@ -728,11 +782,61 @@ impl Project {
         Ok(done)
     }
 
-    pub fn container_name(&self, service: &str) -> String {
-        self.file.services[service]
-            .container_name
-            .clone()
-            .unwrap_or_else(|| format!("{}-{service}-1", self.name))
+    /// How many containers run `service`: `up --scale`, else the file's
+    /// `scale` or `deploy.replicas`, else one.
+    pub fn replicas(&self, service: &str) -> u32 {
+        let s = &self.file.services[service];
+        self.scale
+            .get(service)
+            .copied()
+            .or(s.scale)
+            .or_else(|| s.deploy.as_ref().and_then(|d| d.replicas))
+            .unwrap_or(1)
+    }
+
+    /// `up --scale SERVICE=N`s, checked as the file's are.
+    pub fn set_scale(&mut self, given: &[String]) -> Result<()> {
+        for g in given {
+            let (service, n) = g
+                .split_once('=')
+                .and_then(|(s, n)| Some((s, n.parse::<u32>().ok()?)))
+                .ok_or_else(|| anyhow!("--scale {g}: give SERVICE=NUMBER"))?;
+            if !self.file.services.contains_key(service) {
+                bail!("--scale {g}: no service {service} in the file");
+            }
+            self.check_replicas(service, n)
+                .with_context(|| format!("--scale {g}"))?;
+            self.scale.insert(service.to_string(), n);
+        }
+        Ok(())
+    }
+
+    /// A service with a fixed container name, or a fixed published host
+    /// port, runs as one container at most.
+    fn check_replicas(&self, service: &str, n: u32) -> Result<()> {
+        let s = &self.file.services[service];
+        if n > 1 && s.container_name.is_some() {
+            bail!("services.{service}.container_name: a fixed name is one container, not {n}");
+        }
+        if n > 1 {
+            if let Some(p) = s.ports.iter().find(|p| p.fixed_host_port()) {
+                bail!(
+                    "services.{service}.ports: {} publishes one host port, which {n} containers cannot share",
+                    p.short()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The containers that run `service`, first to last.
+    pub fn container_names(&self, service: &str) -> Vec<String> {
+        if let Some(n) = &self.file.services[service].container_name {
+            return vec![n.clone()];
+        }
+        (1..=self.replicas(service))
+            .map(|i| format!("{}-{service}-{i}", self.name))
+            .collect()
     }
 
     /// A network's name on the host: `PROJECT_NAME`.
@@ -869,6 +973,23 @@ fn interpolate(text: &str, dotenv: &BTreeMap<String, String>) -> Result<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fixed_host_port_is_one_number() {
+        let port = |y: &str| -> Port { serde_yaml_ng::from_str(y).unwrap() };
+        for (y, fixed) in [
+            ("'8080:80'", true),
+            ("'127.0.0.1:8080:80/udp'", true),
+            ("'[::1]:8080:80'", true),
+            ("{target: 80, published: '8080'}", true),
+            ("'80'", false),
+            ("'127.0.0.1::80'", false),
+            ("'8000-8010:80'", false),
+            ("{target: 80}", false),
+        ] {
+            assert_eq!(port(y).fixed_host_port(), fixed, "{y}");
+        }
+    }
 
     #[test]
     fn unknown_keys_and_bad_values_are_named_by_path() {

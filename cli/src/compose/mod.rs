@@ -9,7 +9,7 @@ mod file;
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use capsa_image::Store;
@@ -17,7 +17,7 @@ use capsa_shim::{CodedError, Roots, EXIT_CAPSA_ERROR};
 use clap::{Args, Subcommand};
 
 use crate::child::Capsa;
-use file::{Build, Condition, Environment, OneOrMany, Project, Service, VolumeFlag};
+use file::{Build, Condition, Environment, Healthcheck, OneOrMany, Project, Service, VolumeFlag};
 
 #[derive(Args)]
 pub struct ComposeArgs {
@@ -49,6 +49,9 @@ enum ComposeCmd {
         /// the file (otherwise they are only named).
         #[arg(long)]
         remove_orphans: bool,
+        /// Run N containers of SERVICE (over its scale or deploy.replicas).
+        #[arg(long = "scale", value_name = "SERVICE=N")]
+        scale: Vec<String>,
     },
     /// Remove the services' containers and the project's networks.
     Down {
@@ -85,6 +88,9 @@ enum ComposeCmd {
         /// No terminal, even if stdin is one.
         #[arg(short = 'T')]
         no_tty: bool,
+        /// Which of the service's containers (1 is the first).
+        #[arg(long, default_value_t = 1)]
+        index: usize,
         service: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
@@ -121,7 +127,9 @@ pub fn compose(roots: &Roots, args: ComposeArgs) -> Result<i32> {
             detach,
             build,
             remove_orphans,
+            scale,
         } => {
+            p.set_scale(&scale).map_err(|e| refuse(format!("{e:#}")))?;
             orphans(&c, &p, remove_orphans)?;
             up(&c, &p, detach, build)
         }
@@ -159,15 +167,26 @@ pub fn compose(roots: &Roots, args: ComposeArgs) -> Result<i32> {
         }
         ComposeCmd::Exec {
             no_tty,
+            index,
             service,
             command,
         } => {
             service_of(&p, &service)?;
+            let names = p.container_names(&service);
+            let name = index
+                .checked_sub(1)
+                .and_then(|i| names.get(i))
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "--index {index}: service {service} has {} container(s)",
+                        names.len()
+                    ))
+                })?;
             let mut argv = vec!["exec".to_string()];
             if !no_tty && std::io::stdin().is_terminal() {
                 argv.push("-it".into());
             }
-            argv.push(p.container_name(&service));
+            argv.push(name.clone());
             argv.extend(command);
             Ok(c.status(&argv, false)?)
         }
@@ -335,11 +354,63 @@ fn volume_arg(p: &Project, v: &str) -> String {
 }
 
 /// `capsa run -d` for one service.
-fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
+/// Where a secret or config taken from an environment variable is kept
+/// for the containers to mount: under `values` (the project's directory in
+/// capsa's run directory, a tmpfs by default, so never on disk), named
+/// after its content's hash, so that a new value is a new file, a changed
+/// `run` command line and a recreated container.
+fn value_file(values: &Path, kind: &str, name: &str, content: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let hash = hex::encode(Sha256::digest(content.as_bytes()));
+    values.join(kind).join(format!("{name}-{}", &hash[..12]))
+}
+
+/// Writes the files [`value_file`] names for the active services, readable
+/// by root alone.
+fn write_values(p: &Project, values: &Path, services: &[String]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    for s in services {
+        let svc = &p.file.services[s];
+        for (kind, refs, defs) in [
+            ("secrets", &svc.secrets, &p.file.secrets),
+            ("configs", &svc.configs, &p.file.configs),
+        ] {
+            for r in refs {
+                let Some(var) = defs.get(r.source()).and_then(|d| d.environment.as_ref()) else {
+                    continue;
+                };
+                let content = p.var(var).unwrap_or_default();
+                let file = value_file(values, kind, r.source(), &content);
+                if file.exists() {
+                    continue;
+                }
+                let dir = file.parent().unwrap_or(values);
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+                let tmp = dir.join(format!(".{}.tmp", r.source()));
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o400)
+                    .open(&tmp)?;
+                f.write_all(content.as_bytes())?;
+                std::fs::rename(&tmp, &file)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `capsa run` for container `name` of `service` (every replica's is the
+/// same but for its name).
+fn run_argv(p: &Project, values: &Path, service: &str, name: &str) -> Result<Vec<String>> {
     let s = &p.file.services[service];
     let at = |e: anyhow::Error| refuse(format!("services.{service}: {e:#}"));
-    let mut a = strings(&["run", "-d", "--name"]);
-    a.push(p.container_name(service));
+    let mut a = strings(&["run", "-d", "--name", name]);
     a.extend(["--isolation".into(), s.isolation().map_err(at)?.to_string()]);
     let nets = s.networks();
     if let Some((first, aliases)) = nets.first() {
@@ -366,19 +437,26 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
         a.extend(["-p".into(), port.short()]);
     }
     // Secrets and configs: their files, read-only (Project::check made
-    // sure each is declared and is a file).
-    for (refs, defs, dir) in [
-        (&s.secrets, &p.file.secrets, "/run/secrets"),
-        (&s.configs, &p.file.configs, "/"),
+    // sure each is declared and is a file or a set variable).
+    for (kind, refs, defs, dir) in [
+        ("secrets", &s.secrets, &p.file.secrets, "/run/secrets"),
+        ("configs", &s.configs, &p.file.configs, "/"),
     ] {
         for r in refs {
-            if let Some(def) = defs.get(r.source()) {
-                let file = p.dir.join(&def.file);
-                a.extend([
-                    "-v".into(),
-                    format!("{}:{}:ro", file.display(), r.target(dir)),
-                ]);
-            }
+            let Some(def) = defs.get(r.source()) else {
+                continue;
+            };
+            let file = match (&def.file, &def.environment) {
+                (Some(f), _) => p.dir.join(f),
+                (None, Some(var)) => {
+                    value_file(values, kind, r.source(), &p.var(var).unwrap_or_default())
+                }
+                (None, None) => continue,
+            };
+            a.extend([
+                "-v".into(),
+                format!("{}:{}:ro", file.display(), r.target(dir)),
+            ]);
         }
     }
     for host in env_pairs(s.extra_hosts.as_ref()) {
@@ -461,6 +539,9 @@ fn run_argv(p: &Project, service: &str) -> Result<Vec<String>> {
     if let Some(r) = &s.restart {
         a.extend(["--restart".into(), r.clone()]);
     }
+    if let Some(hc) = &s.healthcheck {
+        a.extend(health_flags(hc).map_err(at)?);
+    }
     let split = |c: &OneOrMany| -> Result<Vec<String>> {
         match c {
             OneOrMany::Many(v) => Ok(v.clone()),
@@ -515,27 +596,48 @@ fn config_hash(argv: &[String], image_id: &str) -> String {
     hex::encode(h.finalize())
 }
 
-/// The project's containers (by their project label) whose service is not
-/// in the file, as docker compose finds them: removed with `remove`,
-/// otherwise named in a warning.
-fn orphans(c: &Capsa, p: &Project, remove: bool) -> Result<()> {
+/// The project's containers, by their project label: (name, service),
+/// in name order (`-2` before `-10`).
+fn project_containers(c: &Capsa, p: &Project) -> Result<Vec<(String, String)>> {
     let (_, out, _) = c.out(&[
         "ps",
         "-a",
         "--filter",
         &format!("label={PROJECT_LABEL}={}", p.name),
         "--format",
-        "{{.Names}}",
+        "{{.Names}}\t{{.Labels}}",
     ])?;
-    let ours: Vec<String> = p
-        .file
-        .services
-        .keys()
-        .map(|s| p.container_name(s))
-        .collect();
-    let found: Vec<&str> = out
+    let prefix = format!("{SERVICE_LABEL}=");
+    let mut found: Vec<(String, String)> = out
         .lines()
-        .filter(|n| !ours.iter().any(|o| o == n))
+        .filter_map(|l| {
+            let (name, labels) = l.split_once('\t')?;
+            let service = labels.split(',').find_map(|kv| kv.strip_prefix(&prefix))?;
+            Some((name.to_string(), service.to_string()))
+        })
+        .collect();
+    let number = |n: &str| n.rsplit('-').next().and_then(|i| i.parse::<u32>().ok());
+    found.sort_by(|a, b| (number(&a.0), &a.0).cmp(&(number(&b.0), &b.0)));
+    Ok(found)
+}
+
+/// Service `service`'s containers that exist, in order.
+fn containers_of(found: &[(String, String)], service: &str) -> Vec<String> {
+    found
+        .iter()
+        .filter(|(_, s)| s == service)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The project's containers whose service is not in the file, as docker
+/// compose finds them: removed with `remove`, otherwise named in a
+/// warning.
+fn orphans(c: &Capsa, p: &Project, remove: bool) -> Result<()> {
+    let found: Vec<String> = project_containers(c, p)?
+        .into_iter()
+        .filter(|(_, s)| !p.file.services.contains_key(s))
+        .map(|(n, _)| n)
         .collect();
     if found.is_empty() {
         return Ok(());
@@ -550,7 +652,7 @@ fn orphans(c: &Capsa, p: &Project, remove: bool) -> Result<()> {
     }
     for name in found {
         eprintln!("Container {name}: removing orphan");
-        c.run(&["rm", "-f", name])?;
+        c.run(&["rm", "-f", &name])?;
     }
     Ok(())
 }
@@ -562,8 +664,14 @@ fn label_of(c: &Capsa, name: &str, key: &str) -> Result<Option<String>> {
     Ok(v[0]["Config"]["Labels"][key].as_str().map(str::to_string))
 }
 
+/// The project's secrets and configs from variables ([`value_file`]).
+fn values_dir(c: &Capsa, p: &Project) -> PathBuf {
+    c.roots.run.join("compose").join(&p.name)
+}
+
 fn up(c: &Capsa, p: &Project, detach: bool, rebuild: bool) -> Result<i32> {
     let store = Store::open(&c.roots.images())?;
+    let values = values_dir(c, p);
     let order = p.active_order().map_err(|e| refuse(format!("{e:#}")))?;
     for s in &order {
         let svc = &p.file.services[s];
@@ -572,13 +680,19 @@ fn up(c: &Capsa, p: &Project, detach: bool, rebuild: bool) -> Result<i32> {
         }
     }
     // Every service's flags are checked before anything starts.
-    let argvs: Vec<Vec<String>> = order
+    let argvs: Vec<Vec<Vec<String>>> = order
         .iter()
-        .map(|s| run_argv(p, s))
+        .map(|s| {
+            p.container_names(s)
+                .iter()
+                .map(|name| run_argv(p, &values, s, name))
+                .collect()
+        })
         .collect::<Result<_>>()?;
+    write_values(p, &values, &order)?;
     ensure_networks(c, p)?;
-    for (s, mut argv) in order.iter().zip(argvs) {
-        let name = p.container_name(s);
+    let existing = project_containers(c, p)?;
+    for (s, argvs) in order.iter().zip(argvs) {
         // The image as it is now (pulled first if missing, as docker
         // compose does): a rebuilt or re-pulled one changes the hash.
         let image = image_of(p, s);
@@ -586,35 +700,49 @@ fn up(c: &Capsa, p: &Project, detach: bool, rebuild: bool) -> Result<i32> {
             c.run(&["pull", &image])?;
         }
         let image_id = store.get(&image).map(|i| i.id.clone()).unwrap_or_default();
-        let hash = config_hash(&argv, &image_id);
-        argv.splice(
-            1..1,
-            ["--label".to_string(), format!("{HASH_LABEL}={hash}")],
-        );
-        match state_of(c, &name)?.as_deref() {
-            Some("running") if label_of(c, &name, HASH_LABEL)?.as_deref() == Some(&hash) => {
-                eprintln!("Container {name}: running");
-                continue;
+        let names = p.container_names(s);
+        // Scaled down: the last ones go.
+        for extra in containers_of(&existing, s) {
+            if !names.contains(&extra) {
+                eprintln!("Container {extra}: removing (scaled down)");
+                c.run(&["rm", "-f", &extra])?;
             }
-            Some("running") => {
-                eprintln!("Container {name}: recreating (its configuration or image changed)");
-                c.run(&["rm", "-f", &name])?;
-            }
-            Some(_) => c.run(&["rm", "-f", &name])?,
-            None => {}
         }
-        for (dep, cond) in p.file.services[s].dependencies() {
-            wait_for(c, p, &dep, cond)?;
-        }
-        eprintln!("Container {name}: starting");
-        c.run(&argv)?;
-        for (net, aliases) in p.file.services[s].networks().iter().skip(1) {
-            let mut argv = strings(&["network", "connect"]);
-            for al in std::iter::once(s.clone()).chain(aliases.iter().cloned()) {
-                argv.extend(["--alias".into(), al]);
+        let mut waited = false;
+        for (name, mut argv) in names.iter().zip(argvs) {
+            let hash = config_hash(&argv, &image_id);
+            argv.splice(
+                1..1,
+                ["--label".to_string(), format!("{HASH_LABEL}={hash}")],
+            );
+            match state_of(c, name)?.as_deref() {
+                Some("running") if label_of(c, name, HASH_LABEL)?.as_deref() == Some(&hash) => {
+                    eprintln!("Container {name}: running");
+                    continue;
+                }
+                Some("running") => {
+                    eprintln!("Container {name}: recreating (its configuration or image changed)");
+                    c.run(&["rm", "-f", name])?;
+                }
+                Some(_) => c.run(&["rm", "-f", name])?,
+                None => {}
             }
-            argv.extend([p.network_name(net), name.clone()]);
+            if !waited {
+                for (dep, cond) in p.file.services[s].dependencies() {
+                    wait_for(c, p, &dep, cond)?;
+                }
+                waited = true;
+            }
+            eprintln!("Container {name}: starting");
             c.run(&argv)?;
+            for (net, aliases) in p.file.services[s].networks().iter().skip(1) {
+                let mut argv = strings(&["network", "connect"]);
+                for al in std::iter::once(s.clone()).chain(aliases.iter().cloned()) {
+                    argv.extend(["--alias".into(), al]);
+                }
+                argv.extend([p.network_name(net), name.clone()]);
+                c.run(&argv)?;
+            }
         }
     }
     if detach {
@@ -623,19 +751,27 @@ fn up(c: &Capsa, p: &Project, detach: bool, rebuild: bool) -> Result<i32> {
     follow_logs(c, p, &order, true, &[])?;
     // Ctrl-C (or every service's end): stop them, as docker compose does.
     for s in order.iter().rev() {
-        let _ = c.status(&["stop", &p.container_name(s)], true);
+        for name in p.container_names(s).iter().rev() {
+            let _ = c.status(&["stop", name], true);
+        }
     }
     Ok(0)
 }
 
-/// Waits until service `dep` meets `cond`: running, healthy (its
-/// healthcheck's test exec'd in it until it passes), or exited with 0.
+/// Waits until each container of service `dep` meets `cond`: running,
+/// healthy (capsa runs its healthcheck), or exited with 0.
 fn wait_for(c: &Capsa, p: &Project, dep: &str, cond: Condition) -> Result<()> {
-    let name = p.container_name(dep);
+    for name in p.container_names(dep) {
+        wait_for_one(c, &name, dep, cond)?;
+    }
+    Ok(())
+}
+
+fn wait_for_one(c: &Capsa, name: &str, dep: &str, cond: Condition) -> Result<()> {
     match cond {
         Condition::Started => Ok(()),
         Condition::CompletedSuccessfully => {
-            let code = c.out(&["wait", &name])?.1;
+            let code = c.out(&["wait", name])?.1;
             match code.trim() {
                 "0" => Ok(()),
                 other => bail!(refuse(format!(
@@ -644,61 +780,79 @@ fn wait_for(c: &Capsa, p: &Project, dep: &str, cond: Condition) -> Result<()> {
             }
         }
         Condition::Healthy => {
-            let hc = p.file.services[dep]
-                .healthcheck
-                .as_ref()
-                .filter(|h| !h.disable)
-                .ok_or_else(|| {
-                    refuse(format!(
-                        "depends_on {dep}: service_healthy, but {dep} has no healthcheck"
-                    ))
-                })?;
-            let test: Vec<String> = match &hc.test {
-                Some(OneOrMany::Many(v)) => match v.first().map(String::as_str) {
-                    Some("CMD") => v[1..].to_vec(),
-                    Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), v[1..].join(" ")],
-                    _ => bail!(refuse(format!(
-                        "services.{dep}.healthcheck.test: start it with CMD or CMD-SHELL"
-                    ))),
-                },
-                Some(OneOrMany::One(s)) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
-                None => bail!(refuse(format!("services.{dep}.healthcheck: give a test"))),
-            };
-            let secs =
-                |d: &Option<String>, dflt: f64| d.as_deref().and_then(duration).unwrap_or(dflt);
-            let interval = secs(&hc.interval, 30.0).max(0.1);
-            let deadline = Instant::now()
-                + Duration::from_secs_f64(
-                    secs(&hc.start_period, 0.0) + interval * f64::from(hc.retries.unwrap_or(3) + 1),
-                );
-            let mut argv = strings(&["exec", &name]);
-            argv.extend(test);
+            // capsa runs the healthcheck (the service's, or its image's).
             eprintln!("Container {name}: waiting until healthy");
             loop {
-                if c.status(&argv, true)? == 0 {
-                    return Ok(());
+                let out = c.stdout(&[
+                    "inspect",
+                    "-f",
+                    "{{.State.Status}} {{.State.Health.Status}}",
+                    name,
+                ])?;
+                match out.split_whitespace().collect::<Vec<_>>().as_slice() {
+                    [_, "healthy"] => return Ok(()),
+                    [_, "unhealthy"] => bail!(refuse(format!("service {dep} is unhealthy"))),
+                    ["running", "starting"] => {}
+                    ["running", ..] => bail!(refuse(format!(
+                        "depends_on {dep}: service_healthy, but {dep} has no healthcheck"
+                    ))),
+                    _ => bail!(refuse(format!(
+                        "service {dep} stopped before it was healthy"
+                    ))),
                 }
-                if Instant::now() >= deadline {
-                    bail!(refuse(format!("service {dep} did not become healthy")));
-                }
-                std::thread::sleep(Duration::from_secs_f64(interval.min(1.0)));
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
     }
 }
 
-/// A compose duration (`30s`, `1m30s`, `500ms`) in seconds.
-fn duration(s: &str) -> Option<f64> {
-    capsa_shim::build::go_duration(s.trim()).map(|ns| ns as f64 / 1e9)
+/// A compose healthcheck as `capsa run`'s --health-* flags.
+fn health_flags(hc: &Healthcheck) -> Result<Vec<String>> {
+    if hc.disable {
+        return Ok(vec!["--no-healthcheck".into()]);
+    }
+    let mut a = Vec::new();
+    match &hc.test {
+        Some(OneOrMany::Many(v)) => match v.first().map(String::as_str) {
+            Some("NONE") => return Ok(vec!["--no-healthcheck".into()]),
+            // The exec form, as one command line for the shell.
+            Some("CMD") => a.extend([
+                "--health-cmd".into(),
+                shlex::try_join(v[1..].iter().map(String::as_str))
+                    .map_err(|e| anyhow!("healthcheck.test: {e}"))?,
+            ]),
+            Some("CMD-SHELL") => a.extend(["--health-cmd".into(), v[1..].join(" ")]),
+            _ => bail!("healthcheck.test: start it with CMD, CMD-SHELL or NONE"),
+        },
+        Some(OneOrMany::One(s)) => a.extend(["--health-cmd".into(), s.clone()]),
+        None => {}
+    }
+    for (flag, v) in [
+        ("--health-interval", &hc.interval),
+        ("--health-timeout", &hc.timeout),
+        ("--health-start-period", &hc.start_period),
+    ] {
+        if let Some(v) = v {
+            a.extend([flag.into(), v.clone()]);
+        }
+    }
+    if let Some(r) = hc.retries {
+        a.extend(["--health-retries".into(), r.to_string()]);
+    }
+    Ok(a)
 }
 
 fn down(c: &Capsa, p: &Project, volumes: bool) -> Result<i32> {
+    let existing = project_containers(c, p)?;
     for s in p.order()?.iter().rev() {
-        let name = p.container_name(s);
-        if state_of(c, &name)?.is_some() {
+        for name in containers_of(&existing, s).iter().rev() {
             eprintln!("Container {name}: removing");
-            c.run(&["rm", "-f", &name])?;
+            c.run(&["rm", "-f", name])?;
         }
+    }
+    match std::fs::remove_dir_all(values_dir(c, p)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
     }
     let mut nets: Vec<String> = p
         .file
@@ -749,16 +903,18 @@ fn ps(c: &Capsa, p: &Project) -> Result<i32> {
             "{{.Names}}\t{{.Image}}\t{{.Status}}\t{{.Ports}}\t{{.Isolation}}",
         ])?
         .1;
+    let existing = project_containers(c, p)?;
     let mut rows = Vec::new();
     for s in p.order()? {
-        let name = p.container_name(&s);
-        if let Some(line) = out
-            .lines()
-            .find(|l| l.split('\t').next() == Some(name.as_str()))
-        {
-            let f: Vec<&str> = line.split('\t').collect();
-            let get = |i: usize| f.get(i).copied().unwrap_or("").to_string();
-            rows.push(vec![name, s, get(1), get(2), get(3), get(4)]);
+        for name in containers_of(&existing, &s) {
+            if let Some(line) = out
+                .lines()
+                .find(|l| l.split('\t').next() == Some(name.as_str()))
+            {
+                let f: Vec<&str> = line.split('\t').collect();
+                let get = |i: usize| f.get(i).copied().unwrap_or("").to_string();
+                rows.push(vec![name, s.clone(), get(1), get(2), get(3), get(4)]);
+            }
         }
     }
     crate::table::print(
@@ -792,20 +948,34 @@ fn follow_logs(
     flags: &[String],
 ) -> Result<()> {
     use nix::sys::signal::{signal, SigHandler, Signal};
-    let width = services.iter().map(String::len).max().unwrap_or(0);
+    // Each container's prefix: its service, or with several `SERVICE-N`.
+    let mut sources: Vec<(String, String)> = Vec::new();
+    for s in services {
+        let names = p.container_names(s);
+        let several = names.len() > 1;
+        for (i, name) in names.into_iter().enumerate() {
+            let label = if several {
+                format!("{s}-{}", i + 1)
+            } else {
+                s.clone()
+            };
+            sources.push((label, name));
+        }
+    }
+    let width = sources.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     let mut children = Vec::new();
     let mut threads = Vec::new();
     // SAFETY: setting a disposition runs no handler.
     unsafe {
         let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
     }
-    for s in services {
+    for (s, name) in &sources {
         let mut argv = vec!["logs".to_string()];
         if follow {
             argv.push("-f".into());
         }
         argv.extend_from_slice(flags);
-        argv.push(p.container_name(s));
+        argv.push(name.clone());
         let mut cmd = c.cmd(&argv);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         // The children take Ctrl-C as usual; only this process outlives it.

@@ -705,6 +705,11 @@ fn run_step(
             network: None,
             network_of: None,
             labels: Default::default(),
+            // A build runs no healthcheck, as docker's.
+            health: crate::health::HealthFlags {
+                none: true,
+                ..Default::default()
+            },
         },
     )?;
     let result = (|| -> Result<()> {

@@ -740,9 +740,19 @@ impl Backend for MicroVmBackend {
         if let Some(slave) = tty {
             tty::pump_input(Arc::clone(&conn), &exec_id, slave)?;
         }
-        Ok(ProcessHandle::Remote(Box::new(move || {
-            exit_code(&conn, exec_id)
-        })))
+        let signalled = (Arc::clone(&conn), exec_id.clone());
+        Ok(ProcessHandle::Remote {
+            wait: Box::new(move || exit_code(&conn, exec_id)),
+            kill: Box::new(move |signal| {
+                signalled
+                    .0
+                    .request(Request::Signal {
+                        id: signalled.1.clone(),
+                        signal: signal as i32,
+                    })
+                    .map(|_| ())
+            }),
+        })
     }
 
     fn diff(&self, rec: &Record, out: &mut dyn std::io::Write) -> Result<()> {

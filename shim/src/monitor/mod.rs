@@ -174,6 +174,11 @@ fn run(
         Some(m) if foreground && rec.interactive => Some((stdin.as_fd(), m.try_clone()?)),
         _ => None,
     };
+    // Started once it runs; it dies with us if we are killed.
+    let checker = crate::health::start_checker(roots, &rec).unwrap_or_else(|e| {
+        tracing::warn!("container {id}: no healthcheck: {e:#}");
+        None
+    });
     let pump = Pump {
         sources: outputs,
         input,
@@ -193,9 +198,11 @@ fn run(
 
     crate::timing::phase("container ran (output closed)", &mut clock);
     let exit = match rec.layer_on_exit.clone() {
-        Some(path) => sandbox.wait_then(&mut || write_layer(backend.as_ref(), &rec, &path))?,
-        None => sandbox.wait()?,
+        Some(path) => sandbox.wait_then(&mut || write_layer(backend.as_ref(), &rec, &path)),
+        None => sandbox.wait(),
     };
+    crate::health::stop_checker(checker);
+    let exit = exit?;
     let code = exit.code;
     // The exit could not be collected (a lost guest agent, say): say why
     // to the person waiting, not only in the container's record.

@@ -39,6 +39,13 @@ pub enum Job {
         id: String,
         delay_ms: u64,
     },
+    /// The healthcheck checker of running container `id` (crate::health),
+    /// a child of its monitor that dies with it.
+    Health {
+        lib: PathBuf,
+        run: PathBuf,
+        id: String,
+    },
 }
 
 /// The ready pipe's descriptor in the monitor.
@@ -119,6 +126,18 @@ pub(super) fn start_detached(job: &Job) -> Result<()> {
     Ok(())
 }
 
+/// Starts `job` as our child, killed when we die (a healthcheck checker).
+pub(crate) fn start_child(job: &Job) -> Result<std::process::Child> {
+    let mut cmd = monitor_command(job, ProcessIo::default())?;
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(Into::into)
+        });
+    }
+    cmd.spawn().with_context(|| starting(&cmd))
+}
+
 /// The `capsa` binary that has the `__monitor` command: this one, or for
 /// another program (the containerd shim) the one beside it.
 fn capsa_binary() -> Result<PathBuf> {
@@ -152,6 +171,7 @@ pub fn main(args: &[String]) -> i32 {
             &id,
             std::time::Duration::from_millis(delay_ms),
         ),
+        Job::Health { lib, run, id } => crate::health::run_checker(&Roots { lib, run }, &id),
     });
     match result {
         Ok(code) => code,
