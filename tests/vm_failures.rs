@@ -79,6 +79,12 @@ fn timeouts_panics_and_killed_vmms_and_daemons_are_reported_and_cleaned_up() {
     );
     assert!(!killed.contains("jail shares"), "{text}");
     assert!(killed.contains("exec in the jailed VM: ok"), "{text}");
+    // In a cgroup of its own, bounded: the guest's memory and some more,
+    // a few tasks.
+    assert!(
+        killed.contains("vmm cgroup=/capsa/ID memory=guest+256M pids=128"),
+        "{text}"
+    );
     assert!(killed.contains("rc=137"), "{text}");
     assert!(killed.contains("killed with SIGKILL"), "{text}");
 
@@ -98,7 +104,9 @@ fn timeouts_panics_and_killed_vmms_and_daemons_are_reported_and_cleaned_up() {
     );
 
     assert!(
-        stdout.contains("@@ leftovers containers=0 vmms=0 virtiofsd=0 mounts=0 sockets=0 jails=0"),
+        stdout.contains(
+            "@@ leftovers containers=0 vmms=0 virtiofsd=0 mounts=0 sockets=0 jails=0 cgroups=0"
+        ),
         "{text}"
     );
 }

@@ -21,6 +21,11 @@ for ns in mnt net pid ipc uts; do
   [ "$(readlink /proc/$p/ns/$ns)" = "$(readlink /proc/1/ns/$ns)" ] && echo "jail shares the host's $ns namespace"
 done
 echo "exec in the jailed VM: $($c exec $id echo ok)"
+# its cgroup of its own: the guest's memory plus 256 MiB, 128 tasks
+cg=$(awk -F: '$1 == "0" { print $3 }' /proc/$p/cgroup)
+mem=$(( $(grep -o '"mem_mib": *[0-9]*' /run/f/containers/$id/vm.json | tr -dc 0-9) * 1048576 + 268435456 ))
+[ "$(cat /sys/fs/cgroup$cg/memory.max)" = "$mem" ] && mem=guest+256M || mem="$(cat /sys/fs/cgroup$cg/memory.max) vs $mem"
+echo "vmm cgroup=$(echo "$cg" | sed "s/$id/ID/") memory=$mem pids=$(cat /sys/fs/cgroup$cg/pids.max)"
 pkill -9 capsa-vmm
 echo "rc=$($c wait $id)"; $c inspect $id | grep '"error"'; $c rm $id > /dev/null
 echo "@@ virtiofsd-killed"
@@ -36,4 +41,4 @@ for p in $(pgrep -x virtiofsd); do
 done
 pkill -9 -x virtiofsd
 echo "rc=$(timeout 60 $c wait $id)"; $c inspect $id | grep '"error"'; $c rm $id > /dev/null
-echo "@@ leftovers containers=$($c ps -aq | wc -l) vmms=$(pgrep -c capsa-vmm) virtiofsd=$(pgrep -c virtiofsd) mounts=$(grep -c /run/f/ /proc/mounts) sockets=$(ls /run/f/run/sockets 2>/dev/null | wc -l) jails=$(grep -c capsa-vmm-jail /proc/mounts)"
+echo "@@ leftovers containers=$($c ps -aq | wc -l) vmms=$(pgrep -c capsa-vmm) virtiofsd=$(pgrep -c virtiofsd) mounts=$(grep -c /run/f/ /proc/mounts) sockets=$(ls /run/f/run/sockets 2>/dev/null | wc -l) jails=$(grep -c capsa-vmm-jail /proc/mounts) cgroups=$(find /sys/fs/cgroup/capsa -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)"

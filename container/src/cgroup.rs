@@ -21,6 +21,12 @@ fn in_unified(cgroup: &Path) -> PathBuf {
 
 const UNIFIED: &str = "/sys/fs/cgroup";
 
+/// Whether this is a unified (cgroup v2 only) host.
+fn unified() -> bool {
+    nix::sys::statfs::statfs(UNIFIED)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}
+
 /// For runc's `exec --cgroup` on a unified (cgroup v2 only) host: makes
 /// `sub` (relative, checked by the caller) under the container's cgroup
 /// `cgroup` and opens its `cgroup.procs` for the new process to join
@@ -34,9 +40,7 @@ const UNIFIED: &str = "/sys/fs/cgroup";
 /// down. runc leaves the sub-cgroup's controllers alone, and so does
 /// this: its processes stay bounded by the container's cgroup above it.
 pub fn v2_sub_cgroup_procs(cgroup: &Path, sub: &str) -> std::io::Result<Option<fs::File>> {
-    let unified = nix::sys::statfs::statfs(UNIFIED)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
-    if !unified {
+    if !unified() {
         return Ok(None);
     }
     let dir = in_unified(cgroup).join(sub);
@@ -168,6 +172,118 @@ fn v2_pids(cgroup: &Path) -> Vec<i32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+/// A cgroup capsa makes for a process it starts itself (a VMM): made in
+/// the unified hierarchy, or in the v1 memory and pids ones, with those
+/// two limits; [`LimitedCgroup::procs`] are its `cgroup.procs`, which the
+/// process writes "0" (itself) to before it executes, so that all it
+/// allocates is counted there.
+pub struct LimitedCgroup {
+    dirs: Vec<PathBuf>,
+    pub procs: Vec<fs::File>,
+}
+
+/// Makes `cgroup` (relative to each hierarchy) with a memory limit of
+/// `memory` bytes and at most `pids` tasks. A half-made one is removed.
+pub fn make_limited(cgroup: &Path, memory: u64, pids: u64) -> std::io::Result<LimitedCgroup> {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let mut made = LimitedCgroup {
+        dirs: Vec::new(),
+        procs: Vec::new(),
+    };
+    let mut make = |dir: PathBuf, limits: &[(&str, String)]| -> std::io::Result<()> {
+        fs::create_dir_all(&dir)?;
+        made.dirs.push(dir.clone());
+        for (file, value) in limits {
+            fs::write(dir.join(file), value)?;
+        }
+        made.procs.push(
+            fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))?,
+        );
+        Ok(())
+    };
+    let result = if unified() {
+        // Each ancestor hands the two controllers down (the root, and
+        // capsa's own level, which holds no process).
+        let mut parent = PathBuf::from(UNIFIED);
+        let mut step = || -> std::io::Result<()> {
+            for part in rel.parent().into_iter().flat_map(Path::components) {
+                fs::write(parent.join("cgroup.subtree_control"), "+memory +pids")?;
+                parent.push(part);
+                fs::create_dir_all(&parent)?;
+            }
+            fs::write(parent.join("cgroup.subtree_control"), "+memory +pids")
+        };
+        step().and_then(|()| {
+            make(
+                in_unified(cgroup),
+                &[
+                    ("memory.max", memory.to_string()),
+                    ("pids.max", pids.to_string()),
+                ],
+            )
+        })
+    } else {
+        [
+            ("memory", "memory.limit_in_bytes", memory),
+            ("pids", "pids.max", pids),
+        ]
+        .into_iter()
+        .filter(|(ctrl, ..)| hierarchies().contains(&Path::new(UNIFIED).join(ctrl)))
+        .try_for_each(|(ctrl, file, value)| {
+            make(
+                Path::new(UNIFIED).join(ctrl).join(rel),
+                &[(file, value.to_string())],
+            )
+        })
+    };
+    match result {
+        Ok(()) => Ok(made),
+        Err(e) => {
+            made.remove(std::time::Duration::ZERO);
+            Err(e)
+        }
+    }
+}
+
+impl LimitedCgroup {
+    /// Removes the cgroup, waiting up to `patience` for its processes to
+    /// be gone. Whether it is.
+    pub fn remove(&self, patience: std::time::Duration) -> bool {
+        remove_dirs(&self.dirs, patience)
+    }
+}
+
+/// Removes `cgroup` (relative to each hierarchy) made by
+/// [`make_limited`], by a process that did not make it (a VMM's cgroup,
+/// when the monitor that made it died), waiting up to `patience` for its
+/// processes to end. Whether it is gone.
+pub fn remove_limited(cgroup: &Path, patience: std::time::Duration) -> bool {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let dirs: Vec<PathBuf> = hierarchies()
+        .iter()
+        .map(|h| h.join(rel))
+        .filter(|d| d.exists())
+        .collect();
+    remove_dirs(&dirs, patience)
+}
+
+fn remove_dirs(dirs: &[PathBuf], patience: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + patience;
+    dirs.iter().rev().all(|d| loop {
+        match fs::remove_dir(d) {
+            Ok(()) => break true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break true,
+            // EBUSY: a process still exiting.
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(_) => break false,
+        }
+    })
 }
 
 #[cfg(test)]

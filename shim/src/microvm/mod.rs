@@ -147,6 +147,11 @@ impl MicroVmBackend {
         if let Some(pid) = pid.filter(|p| is_vmm(*p)) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
+        // Once its VMM has exited (one not ours to reap may take a moment).
+        capsa_container::cgroup::remove_limited(
+            &capsa_container::cgroup::cgroup_path(id),
+            Duration::from_secs(5),
+        );
         let _ = std::fs::remove_file(self.socket(id));
         // The shares' sockets (their daemons exit with the VMM; an adopted
         // VM's are not this process's children to reap).
@@ -599,10 +604,27 @@ impl Backend for MicroVmBackend {
         if rec.keeper_pid.is_none() {
             die_with_parent(&mut cmd);
         }
+        // A cgroup of its own, joined before it executes: the VMM's memory
+        // (the guest's, all of it anonymous memory of the VMM, plus its
+        // own) and tasks are bounded on the host, whatever a guest that
+        // took it over does.
+        let cgroup = match capsa_container::cgroup::make_limited(
+            &capsa_container::cgroup::cgroup_path(&rec.id),
+            (mem_mib << 20) + VMM_MEMORY_HEADROOM,
+            VMM_TASKS,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                shares::stop(&mut daemons);
+                return Err(e).context("making the VMM's cgroup");
+            }
+        };
+        join_on_exec(&mut cmd, &cgroup);
         let mut child = match spawn_in_own_pid_ns(&mut cmd) {
             Ok(c) => c,
             Err(e) => {
                 shares::stop(&mut daemons);
+                cgroup.remove(Duration::from_secs(2));
                 return Err(e).with_context(|| format!("starting {}", vmm.display()));
             }
         };
@@ -618,6 +640,7 @@ impl Backend for MicroVmBackend {
                 let _ = child.kill();
                 let _ = child.wait();
                 shares::stop(&mut daemons);
+                cgroup.remove(Duration::from_secs(2));
                 // capsa-vmm's own error line names a panic, a triple fault
                 // or a kernel it cannot load; otherwise the guest console
                 // says how far it got.
@@ -662,6 +685,7 @@ impl Backend for MicroVmBackend {
             let _ = child.kill();
             let _ = child.wait();
             shares::stop(&mut daemons);
+            cgroup.remove(Duration::from_secs(2));
             return Err(e);
         }
         crate::timing::phase("vm: container created in the guest", &mut clock);
@@ -1049,6 +1073,32 @@ fn die_with_parent(cmd: &mut Command) {
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// What a VMM may use beyond its guest's memory (its own heap, the
+/// virtqueues' buffers, the page cache of the disks it reads), and how
+/// many tasks it may have (its vCPU and device threads; it starts no
+/// process).
+const VMM_MEMORY_HEADROOM: u64 = 256 << 20;
+const VMM_TASKS: u64 = 128;
+
+/// Has `cmd`'s process join `cgroup` first thing in the child, before it
+/// executes.
+fn join_on_exec(cmd: &mut Command, cgroup: &capsa_container::cgroup::LimitedCgroup) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fds: Vec<i32> = cgroup.procs.iter().map(AsRawFd::as_raw_fd).collect();
+    // SAFETY: write(2) is async-signal-safe; the files outlive the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
