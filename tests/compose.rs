@@ -242,6 +242,14 @@ fn a_bad_compose_file_is_one_line_naming_the_key_and_makes_nothing() {
             "services:\n  web:\n    image: demo\n    scale: 2\n    deploy: {replicas: 3}\n",
             "scale (2) and deploy.replicas (3) differ",
         ),
+        (
+            "services:\n  web:\n    extends: {file: common.yaml, service: app}\n",
+            "services.web.extends.file: reading",
+        ),
+        (
+            "services:\n  a:\n    extends: b\n  b:\n    extends: a\n",
+            "extends itself",
+        ),
     ] {
         fs::write(d.join("compose.yaml"), text).unwrap();
         let out = compose(&env, d, 1, &["up", "-d"]);

@@ -231,6 +231,8 @@ pub struct Healthcheck {
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_period: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_interval: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable: bool,
 }
@@ -619,7 +621,8 @@ impl Project {
             .with_context(|| format!("reading {}", path.display()))?;
         let vars = dotenv(&dir.join(".env"))?;
         let text = interpolate(&text, &vars).with_context(|| format!("{}", path.display()))?;
-        let file = parse(&text).with_context(|| format!("{}", path.display()))?;
+        let file =
+            parse_in(&text, Some(&dir), &vars).with_context(|| format!("{}", path.display()))?;
         let name = name
             .map(str::to_string)
             .or_else(|| file.name.clone())
@@ -849,16 +852,172 @@ impl Project {
     }
 }
 
-/// Parses the (interpolated) text; errors name the key's path.
-pub fn parse(text: &str) -> Result<ComposeFile> {
-    let mut value: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(text).map_err(|e| anyhow!("{e}"))?;
-    value.apply_merge().map_err(|e| anyhow!("{e}"))?;
-    let value = strip_extensions(value);
+/// Parses the (interpolated) text; errors name the key's path. An
+/// `extends` may name a service of this text only.
+#[cfg(test)]
+fn parse(text: &str) -> Result<ComposeFile> {
+    parse_in(text, None, &BTreeMap::new())
+}
+
+/// [`parse`], with `extends: {file: …}` read relative to `dir` (and
+/// interpolated with `vars` as the main file was).
+fn parse_in(
+    text: &str,
+    dir: Option<&Path>,
+    vars: &BTreeMap<String, String>,
+) -> Result<ComposeFile> {
+    let mut value = yaml_of(text)?;
+    extends::resolve(&mut value, dir, vars)?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         anyhow!("{path}: {}", e.into_inner())
     })
+}
+
+/// A compose file's YAML with its merge keys applied and the extensions
+/// capsa ignores dropped.
+fn yaml_of(text: &str) -> Result<serde_yaml_ng::Value> {
+    let mut value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|e| anyhow!("{e}"))?;
+    value.apply_merge().map_err(|e| anyhow!("{e}"))?;
+    Ok(strip_extensions(value))
+}
+
+/// A service's `extends`, as the compose specification merges it.
+mod extends {
+    use super::*;
+    use serde_yaml_ng::{Mapping, Value};
+
+    /// Replaces each service that extends another with the other's
+    /// configuration (resolved the same way) with its own keys over it.
+    pub(super) fn resolve(
+        top: &mut Value,
+        dir: Option<&Path>,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let Some(Value::Mapping(services)) = top.get("services").cloned() else {
+            return Ok(());
+        };
+        let mut resolved = Mapping::new();
+        for (name, _) in &services {
+            let name = name.as_str().unwrap_or_default().to_string();
+            let mut stack = Vec::new();
+            resolved.insert(
+                Value::from(name.clone()),
+                service(&services, &name, dir, vars, &mut stack)?,
+            );
+        }
+        top["services"] = Value::Mapping(resolved);
+        Ok(())
+    }
+
+    fn service(
+        services: &Mapping,
+        name: &str,
+        dir: Option<&Path>,
+        vars: &BTreeMap<String, String>,
+        stack: &mut Vec<String>,
+    ) -> Result<Value> {
+        let at = format!("services.{name}.extends");
+        let Some(own) = services.get(name) else {
+            bail!("{at}: no service {name}");
+        };
+        let Value::Mapping(own) = own.clone() else {
+            return Ok(own.clone());
+        };
+        let Some(ext) = own.get("extends").cloned() else {
+            return Ok(Value::Mapping(own));
+        };
+        let (base_name, file) = match &ext {
+            Value::String(s) => (s.clone(), None),
+            Value::Mapping(m) => {
+                for k in m.keys() {
+                    if !matches!(k.as_str(), Some("service" | "file")) {
+                        bail!(
+                            "{at}: unknown field `{}`, expected `service` or `file`",
+                            k.as_str().unwrap_or("?")
+                        );
+                    }
+                }
+                let service = m
+                    .get("service")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| anyhow!("{at}: give the service to extend"))?;
+                (
+                    service.to_string(),
+                    m.get("file").and_then(Value::as_str).map(str::to_string),
+                )
+            }
+            _ => bail!("{at}: give a service name, or {{service, file}}"),
+        };
+        let key = format!("{}:{base_name}", file.as_deref().unwrap_or(""));
+        if stack.contains(&key) {
+            bail!(
+                "{at}: {base_name} extends itself (through {})",
+                stack.join(" → ")
+            );
+        }
+        stack.push(key);
+        let base = match &file {
+            None if !services.contains_key(base_name.as_str()) => {
+                bail!("{at}: no service {base_name} in the file")
+            }
+            None => service(services, &base_name, dir, vars, stack)?,
+            Some(f) => {
+                let dir = dir.ok_or_else(|| anyhow!("{at}.file: no directory to read {f} from"))?;
+                let path = dir.join(f);
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("{at}.file: reading {}", path.display()))?;
+                let text =
+                    interpolate(&text, vars).with_context(|| format!("{}", path.display()))?;
+                let other = yaml_of(&text).with_context(|| format!("{}", path.display()))?;
+                let Some(Value::Mapping(theirs)) = other.get("services") else {
+                    bail!("{at}.file: {} has no services", path.display());
+                };
+                if !theirs.contains_key(base_name.as_str()) {
+                    bail!("{at}: no service {base_name} in {}", path.display());
+                }
+                let other_dir = path.parent().map(Path::to_path_buf);
+                service(theirs, &base_name, other_dir.as_deref(), vars, stack)?
+            }
+        };
+        stack.pop();
+        let mut own = own;
+        own.remove("extends");
+        Ok(merge(base, Value::Mapping(own), None))
+    }
+
+    /// `over` on `base`: mappings key by key, lists joined (an item
+    /// already in `base` once), a scalar (or a command) replaced.
+    pub(super) fn merge(base: Value, over: Value, key: Option<&str>) -> Value {
+        match (base, over) {
+            (Value::Mapping(mut b), Value::Mapping(o)) => {
+                for (k, v) in o {
+                    let merged = match b.remove(&k) {
+                        Some(bv) => merge(bv, v, k.as_str()),
+                        None => v,
+                    };
+                    b.insert(k, merged);
+                }
+                Value::Mapping(b)
+            }
+            // What a command line is: the whole of it is replaced.
+            (_, o @ Value::Sequence(_))
+                if matches!(key, Some("command" | "entrypoint" | "test")) =>
+            {
+                o
+            }
+            (Value::Sequence(mut b), Value::Sequence(o)) => {
+                for v in o {
+                    if !b.contains(&v) {
+                        b.push(v);
+                    }
+                }
+                Value::Sequence(b)
+            }
+            (_, o) => o,
+        }
+    }
 }
 
 /// Drops `x-…` keys at the top level (YAML anchors' homes) and keeps
@@ -973,6 +1132,68 @@ fn interpolate(text: &str, dotenv: &BTreeMap<String, String>) -> Result<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extends_merges_the_base_under_the_service() {
+        let f = parse(
+            "services:\n  base:\n    image: demo\n    environment: {A: '1'}\n    ports: ['80']\n    command: [a, x]\n\
+             \x20 web:\n    extends: base\n    environment: {B: '2'}\n    ports: ['81', '80']\n    command: [b]\n\
+             \x20 deeper:\n    extends: {service: web}\n    image: other\n",
+        )
+        .unwrap();
+        let web = &f.services["web"];
+        assert_eq!(web.image.as_deref(), Some("demo"));
+        let env = serde_json::to_value(&web.environment).unwrap();
+        assert_eq!(env, serde_json::json!({"A": "1", "B": "2"}));
+        let ports: Vec<String> = web.ports.iter().map(Port::short).collect();
+        assert_eq!(ports, ["80", "81"]);
+        assert_eq!(
+            serde_json::to_value(&web.command).unwrap(),
+            serde_json::json!(["b"])
+        );
+        let deeper = &f.services["deeper"];
+        assert_eq!(deeper.image.as_deref(), Some("other"));
+        assert_eq!(
+            serde_json::to_value(&deeper.command).unwrap(),
+            serde_json::json!(["b"])
+        );
+        let err = |t: &str| parse(t).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err("services:\n  a:\n    extends: b\n  b:\n    extends: a\n")
+                .contains("extends itself"),
+        );
+        assert!(err("services:\n  a:\n    extends: nope\n")
+            .contains("services.a.extends: no service nope"));
+        assert!(
+            err("services:\n  a:\n    extends: {service: b, bogus: 1}\n  b: {image: x}\n")
+                .contains("unknown field `bogus`")
+        );
+        // From another file, relative to the project's directory.
+        let dir = std::env::temp_dir().join(format!("capsa-extends-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("common.yaml"),
+            "services:\n  app:\n    image: ${IMG}\n    working_dir: /w\n",
+        )
+        .unwrap();
+        let vars = BTreeMap::from([("IMG".to_string(), "demo".to_string())]);
+        let f = parse_in(
+            "services:\n  web:\n    extends: {file: common.yaml, service: app}\n    user: '1000'\n",
+            Some(&dir),
+            &vars,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let f = f.unwrap();
+        let web = &f.services["web"];
+        assert_eq!(
+            (
+                web.image.as_deref(),
+                web.working_dir.as_deref(),
+                web.user.as_deref()
+            ),
+            (Some("demo"), Some("/w"), Some("1000"))
+        );
+    }
 
     #[test]
     fn a_fixed_host_port_is_one_number() {

@@ -831,6 +831,7 @@ fn health_flags(hc: &Healthcheck) -> Result<Vec<String>> {
         ("--health-interval", &hc.interval),
         ("--health-timeout", &hc.timeout),
         ("--health-start-period", &hc.start_period),
+        ("--health-start-interval", &hc.start_interval),
     ] {
         if let Some(v) = v {
             a.extend([flag.into(), v.clone()]);
