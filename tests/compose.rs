@@ -21,6 +21,7 @@ services:
     ports:
       - {target: 8888, published: "${DEV_PORT:?give DEV_PORT}", host_ip: 127.0.0.1, protocol: tcp}
     extra_hosts: ["db:10.1.2.3", "gw:host-gateway"]
+    shm_size: 96m
     healthcheck:
       test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8888/"]
       interval: 1s
@@ -151,6 +152,20 @@ fn the_seeds_setup_runs_and_down_leaves_nothing() {
         &["exec", "-T", "dev", "cat", "/srv/index.html"],
     );
     assert_eq!(stdout(&exec), "notebook\n");
+    let shm = compose(
+        &env,
+        d,
+        port,
+        &[
+            "exec",
+            "-T",
+            "dev",
+            "sh",
+            "-c",
+            "grep ' /dev/shm ' /proc/mounts | grep -o 'size=[0-9]*k'",
+        ],
+    );
+    assert_eq!(stdout(&shm), "size=98304k\n", "shm_size");
     // extra_hosts: an address as given, host-gateway as the host's on the
     // project's network.
     let hosts = compose(

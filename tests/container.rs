@@ -2735,3 +2735,96 @@ fn healthchecks_run_while_the_container_runs() {
     env.ok(&["rm", "-f", "hc", "slow", "quiet"]);
     env.assert_no_leaks(&[]);
 }
+
+/// docker's `--mount` long form (bind, volume, tmpfs) and `--shm-size`
+/// (#13): the same mounts as -v and --tmpfs give; a bad one is one line
+/// and makes nothing.
+#[test]
+fn mount_and_shm_size_as_docker_takes_them() {
+    let env = Env::with_demo();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), "hi\n").unwrap();
+    let src = host.path().to_str().unwrap();
+    let bind = format!("type=bind,src={src},dst=/data,readonly");
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--mount",
+        &bind,
+        "demo",
+        "sh",
+        "-c",
+        "cat /data/f; touch /data/x 2>/dev/null || echo read-only",
+    ]);
+    assert_eq!(out, "hi\nread-only\n");
+    env.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--mount",
+        "type=volume,source=mvol,target=/v",
+        "demo",
+        "sh",
+        "-c",
+        "echo kept > /v/f",
+    ]);
+    // type defaults to volume, as docker's.
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--mount",
+        "src=mvol,dst=/v,ro",
+        "demo",
+        "cat",
+        "/v/f",
+    ]);
+    assert_eq!(out, "kept\n");
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--mount",
+        "type=tmpfs,destination=/t,tmpfs-size=1m,tmpfs-mode=700",
+        "--shm-size",
+        "256m",
+        "demo",
+        "sh",
+        "-c",
+        "grep -E ' /(t|dev/shm) ' /proc/mounts | cut -d' ' -f2,4 | sort",
+    ]);
+    assert_eq!(
+        out,
+        "/dev/shm rw,nosuid,nodev,noexec,relatime,size=262144k\n/t rw,nosuid,nodev,noexec,relatime,size=1024k,mode=700\n"
+    );
+    let before = env.container_ids().len();
+    for bad in [
+        vec!["--mount", "type=bind,dst=/x"],
+        vec!["--mount", "type=bind,src=/nonexistent-capsa,dst=/x"],
+        vec!["--mount", "type=bind,src=relative,dst=/x"],
+        vec!["--mount", "type=nfs,dst=/x"],
+        vec!["--mount", "type=bind,src=/tmp,dst=/x,bogus=1"],
+        vec!["--mount", "type=tmpfs,dst=/t,tmpfs-mode=9z"],
+        vec!["--shm-size", "lots"],
+        vec!["--shm-size", "1g", "--tmpfs", "/dev/shm"],
+    ] {
+        let out = env.run(
+            &[
+                &["run", "--rm", "--network", "none"],
+                &bad[..],
+                &["demo", "true"],
+            ]
+            .concat(),
+        );
+        assert_eq!(out.status.code(), Some(125), "{bad:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{bad:?}: {}", stderr(&out));
+    }
+    assert_eq!(env.container_ids().len(), before);
+    env.ok(&["volume", "rm", "mvol"]);
+    env.assert_no_leaks(&[]);
+}

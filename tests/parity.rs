@@ -308,6 +308,11 @@ fn both_modes_give_the_same_results() {
         c["update"].1.contains("up|U / 128MiB|134217728 50|50|up|"),
         "{ctx}"
     );
+    expect("mount-long", "code=0");
+    assert!(
+        c["mount-long"].1.contains("out: size=1024k|size=98304k|"),
+        "{ctx}"
+    );
     assert!(
         c["health"]
             .1

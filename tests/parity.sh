@@ -259,6 +259,10 @@ $r -d --isolation "$mode" --name hc --health-cmd 'test -f /tmp/ok' --health-inte
   [ "$($c exec hslow sh -c 'ps | grep -c "[s]leep 47"')" -le 1 ] && echo killed; $c rm -f hslow; } > /run/o 2> /run/e
 report health 0
 
+# docker's --mount (a tmpfs here) and --shm-size size the same mounts in both modes
+$r --rm --isolation "$mode" --mount type=tmpfs,dst=/t,tmpfs-size=1m --shm-size 96m demo sh -c 'for m in /t /dev/shm; do grep " $m " /proc/mounts | grep -o "size=[0-9]*k"; done' > /run/o 2> /run/e
+report mount-long $?
+
 # a killed monitor loses no exit status: its keeper collects it
 $r -d --isolation "$mode" --name keeperjob -v /run/vol:/data:ro demo sh -c 'sleep 3; exit 7' > /dev/null
 kill -9 "$($c inspect keeperjob | grep '"monitor_pid"' | tr -dc 0-9)"

@@ -43,6 +43,14 @@ pub struct RunArgs {
     /// Mount a tmpfs: PATH[:OPTIONS].
     #[arg(long = "tmpfs", value_name = "PATH[:OPTIONS]")]
     pub tmpfs: Vec<String>,
+    /// docker's long mount form: type=bind|volume|tmpfs, source (src),
+    /// target (dst, destination), readonly (ro), tmpfs-size, tmpfs-mode.
+    #[arg(long = "mount", value_name = "type=…,source=…,target=…")]
+    pub mount: Vec<String>,
+    /// The size of /dev/shm (default 64m), e.g. 1g for a data loader's
+    /// shared memory.
+    #[arg(long = "shm-size", value_name = "BYTES")]
+    pub shm_size: Option<String>,
     /// Memory limit, e.g. 64m or 1g; the container is OOM-killed beyond it
     /// (0: no limit).
     #[arg(short = 'm', long = "memory", value_name = "BYTES")]
@@ -190,6 +198,28 @@ impl RunArgs {
         for v in &self.volumes {
             mounts.push(parse_volume(v)?);
         }
+        let mut tmpfs = self.tmpfs.clone();
+        for m in &self.mount {
+            match parse_mount(m)? {
+                LongMount::Bind(b) => mounts.push(b),
+                LongMount::Tmpfs(t) => tmpfs.push(t),
+            }
+        }
+        if let Some(size) = &self.shm_size {
+            if tmpfs
+                .iter()
+                .any(|t| t.split(':').next() == Some("/dev/shm"))
+            {
+                bail!(usage(
+                    "--shm-size and a tmpfs on /dev/shm both size it: give one".to_string()
+                ));
+            }
+            let n = parse_bytes(size).map_err(|e| usage(format!("--shm-size: {e}")))?;
+            if n <= 0 {
+                bail!(usage(format!("--shm-size {size}: give a size above 0")));
+            }
+            tmpfs.push(format!("/dev/shm:size={n}"));
+        }
         let cpus = cpus_flag(self.cpus.as_deref())?;
         let mut annotations = std::collections::HashMap::new();
         if !self.add_host.is_empty() {
@@ -240,7 +270,7 @@ impl RunArgs {
             workdir: self.workdir.clone(),
             user: self.user.clone(),
             mounts,
-            tmpfs: self.tmpfs.clone(),
+            tmpfs,
             memory_bytes: memory_flag(self.memory.as_deref())?,
             cpus,
             // docker's meaning: 0 and -1 are both "no limit"; podman's
@@ -520,6 +550,100 @@ fn parse_volume(v: &str) -> Result<BindMount> {
             "invalid volume mode {other:?} in {v:?}: use ro or rw"
         ))),
     };
+    bind_mount(v, src, dst, readonly)
+}
+
+/// What `--mount` gives: a bind mount or named volume (as `-v`'s), or a
+/// tmpfs (as `--tmpfs`'s).
+enum LongMount {
+    Bind(BindMount),
+    Tmpfs(String),
+}
+
+/// docker's `--mount` form: comma-separated KEY=VALUE (`readonly` alone
+/// too); type defaults to volume, as docker's.
+fn parse_mount(m: &str) -> Result<LongMount> {
+    let bad = |why: String| usage(format!("invalid --mount {m:?}: {why}"));
+    let (mut typ, mut src, mut dst, mut ro) = ("volume", None, None, false);
+    let (mut size, mut mode) = (None, None);
+    for field in m.split(',') {
+        let (k, v) = field.split_once('=').unwrap_or((field, ""));
+        let flag = |v: &str| match v {
+            "" | "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(bad(format!("{k}={v}: give true or false"))),
+        };
+        match k {
+            "type" => typ = v,
+            "source" | "src" => src = Some(v),
+            "target" | "destination" | "dst" => dst = Some(v),
+            "readonly" | "ro" => ro = flag(v)?,
+            "tmpfs-size" => size = Some(v),
+            "tmpfs-mode" => mode = Some(v),
+            // capsa's bind mounts are always private, as docker's default.
+            "bind-propagation" if matches!(v, "rprivate" | "private") => {}
+            // A macOS setting; nothing on Linux.
+            "consistency" => {}
+            other => bail!(bad(format!(
+                "{other} is not supported (give type, source, target, readonly, tmpfs-size, tmpfs-mode)"
+            ))),
+        }
+    }
+    let dst = dst.ok_or_else(|| bad("give a target".into()))?;
+    match typ {
+        "bind" | "volume" => {
+            if size.is_some() || mode.is_some() {
+                bail!(bad("tmpfs-size and tmpfs-mode are for type=tmpfs".into()));
+            }
+            let src = src.ok_or_else(|| bad("give a source".into()))?;
+            if typ == "bind" && !src.starts_with('/') {
+                bail!(bad(format!(
+                    "a bind source is an absolute host path, not {src:?}"
+                )));
+            }
+            if typ == "volume" && src.starts_with('/') {
+                bail!(bad(format!(
+                    "a volume source is a volume's name, not the path {src:?}"
+                )));
+            }
+            Ok(LongMount::Bind(bind_mount(m, src, dst, ro)?))
+        }
+        "tmpfs" => {
+            if src.is_some() {
+                bail!(bad("a tmpfs has no source".into()));
+            }
+            let mut opts = Vec::new();
+            if let Some(s) = size {
+                let n = parse_bytes(s).map_err(|e| bad(format!("tmpfs-size: {e}")))?;
+                opts.push(format!("size={n}"));
+            }
+            if let Some(md) = mode {
+                if u32::from_str_radix(md, 8).is_err() {
+                    bail!(bad(format!(
+                        "tmpfs-mode {md}: give an octal mode such as 1777"
+                    )));
+                }
+                opts.push(format!("mode={md}"));
+            }
+            if ro {
+                opts.push("ro".into());
+            }
+            Ok(LongMount::Tmpfs(if opts.is_empty() {
+                dst.to_string()
+            } else {
+                format!("{dst}:{}", opts.join(","))
+            }))
+        }
+        other => bail!(bad(format!(
+            "type {other} is not supported (give bind, volume or tmpfs)"
+        ))),
+    }
+}
+
+/// A bind mount of host path `src`, or named volume `src`, at `dst`
+/// (`given` is the flag's value, for messages).
+fn bind_mount(given: &str, src: &str, dst: &str, readonly: bool) -> Result<BindMount> {
+    let v = given;
     if !dst.starts_with('/') {
         bail!(usage(format!(
             "invalid volume {v:?}: the container path must be absolute"

@@ -328,6 +328,9 @@ pub struct Service {
     pub scale: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_limit: Option<String>,
+    /// The size of /dev/shm (`--shm-size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<Scalar>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_only: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -519,6 +519,9 @@ fn run_argv(p: &Project, values: &Path, service: &str, name: &str) -> Result<Vec
     if s.read_only == Some(true) {
         a.push("--read-only".into());
     }
+    if let Some(size) = &s.shm_size {
+        a.extend(["--shm-size".into(), size.to_string()]);
+    }
     let limits = s
         .deploy
         .as_ref()
