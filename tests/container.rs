@@ -2828,3 +2828,122 @@ fn mount_and_shm_size_as_docker_takes_them() {
     env.ok(&["volume", "rm", "mvol"]);
     env.assert_no_leaks(&[]);
 }
+
+/// docker's `--ulimit`, `--stop-signal` and `--stop-timeout` (#13): the
+/// limits the container's process has, the signal `stop` sends first and
+/// how long it waits before SIGKILL; bad values are one line.
+#[test]
+fn ulimits_and_the_stop_signal_and_timeout() {
+    use std::time::{Duration, Instant};
+    let env = Env::with_demo();
+    let limits = "awk '/^Max open files/ {print $4, $5} /^Max core file size/ {print $5, $6}' /proc/self/limits";
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=2048:4096",
+        "--ulimit",
+        "core=-1",
+        "demo",
+        "sh",
+        "-c",
+        limits,
+    ]);
+    assert_eq!(out, "unlimited unlimited\n2048 4096\n");
+    // Without --ulimit nofile, capsa's default.
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "demo",
+        "sh",
+        "-c",
+        limits,
+    ]);
+    assert!(out.ends_with("1024 1024\n"), "{out}");
+
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "usr1",
+        "--network",
+        "none",
+        "--stop-signal",
+        "USR1",
+        "--ulimit",
+        "nproc=500",
+        "demo",
+        "sh",
+        "-c",
+        "trap 'echo got-usr1; exit 3' USR1; while :; do sleep 0.1; done",
+    ]);
+    assert_eq!(
+        env.ok(&["inspect", "-f", "{{.Config.StopSignal}} {{json .HostConfig.Ulimits}}", "usr1"]),
+        "SIGUSR1 [{\"Hard\":1024,\"Name\":\"nofile\",\"Soft\":1024},{\"Hard\":500,\"Name\":\"nproc\",\"Soft\":500}]\n"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    env.ok(&["stop", "usr1"]);
+    assert_eq!(
+        env.ok(&["inspect", "-f", "{{.State.ExitCode}}", "usr1"]),
+        "3\n"
+    );
+    assert!(env.ok(&["logs", "usr1"]).contains("got-usr1"));
+
+    // A process that ignores the stop signal is killed after the
+    // container's own timeout (docker's default is 10 s).
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "deaf",
+        "--network",
+        "none",
+        "--stop-timeout",
+        "1",
+        "demo",
+        "sh",
+        "-c",
+        "trap '' TERM; while :; do sleep 0.1; done",
+    ]);
+    assert_eq!(
+        env.ok(&["inspect", "-f", "{{.Config.StopTimeout}}", "deaf"]),
+        "1\n"
+    );
+    let t0 = Instant::now();
+    env.ok(&["stop", "deaf"]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "stop waited {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        env.ok(&["inspect", "-f", "{{.State.ExitCode}}", "deaf"]),
+        "137\n"
+    );
+
+    let before = env.container_ids().len();
+    for bad in [
+        vec!["--ulimit", "bogus=1"],
+        vec!["--ulimit", "nofile=10:5"],
+        vec!["--ulimit", "nofile"],
+        vec!["--stop-signal", "NOPE"],
+    ] {
+        let out = env.run(
+            &[
+                &["run", "--rm", "--network", "none"],
+                &bad[..],
+                &["demo", "true"],
+            ]
+            .concat(),
+        );
+        assert_eq!(out.status.code(), Some(125), "{bad:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{bad:?}: {}", stderr(&out));
+    }
+    assert_eq!(env.container_ids().len(), before);
+    env.ok(&["rm", "usr1", "deaf"]);
+    env.assert_no_leaks(&[]);
+}

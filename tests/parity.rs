@@ -308,6 +308,13 @@ fn both_modes_give_the_same_results() {
         c["update"].1.contains("up|U / 128MiB|134217728 50|50|up|"),
         "{ctx}"
     );
+    expect("ulimit", "code=0");
+    assert!(
+        c["ulimit"]
+            .1
+            .contains("out: unlimited unlimited|2048 4096|"),
+        "{ctx}"
+    );
     expect("mount-long", "code=0");
     assert!(
         c["mount-long"].1.contains("out: size=1024k|size=98304k|"),

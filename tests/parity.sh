@@ -263,6 +263,10 @@ report health 0
 $r --rm --isolation "$mode" --mount type=tmpfs,dst=/t,tmpfs-size=1m --shm-size 96m demo sh -c 'for m in /t /dev/shm; do grep " $m " /proc/mounts | grep -o "size=[0-9]*k"; done' > /run/o 2> /run/e
 report mount-long $?
 
+# --ulimit: the limits the container's process has, in both modes
+$r --rm --isolation "$mode" --ulimit nofile=2048:4096 --ulimit core=-1 demo sh -c "awk '/^Max open files/ {print \$4, \$5} /^Max core file size/ {print \$5, \$6}' /proc/self/limits" > /run/o 2> /run/e
+report ulimit $?
+
 # a killed monitor loses no exit status: its keeper collects it
 $r -d --isolation "$mode" --name keeperjob -v /run/vol:/data:ro demo sh -c 'sleep 3; exit 7' > /dev/null
 kill -9 "$($c inspect keeperjob | grep '"monitor_pid"' | tr -dc 0-9)"

@@ -36,6 +36,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
     let storage_size = args.storage_size()?;
     let restart = args.restart_policy()?;
     let health = args.health()?;
+    let stop_signal = args.stop_signal()?;
     let image = args.image().to_string();
     store.ensure_local(&image)?;
     lifecycle::create(
@@ -56,6 +57,8 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
             network_of: args.network_of().map(str::to_string),
             labels: args.labels()?,
             health,
+            stop_signal,
+            stop_timeout: args.stop_timeout,
         },
     )
 }
@@ -573,16 +576,17 @@ fn parse_uid_gid(s: &str) -> Result<(u32, u32)> {
 
 #[derive(Args)]
 pub struct StopArgs {
-    /// Seconds to wait before SIGKILL.
-    #[arg(short = 't', long = "time", default_value_t = 10)]
-    time: u64,
+    /// Seconds to wait before SIGKILL (default: the container's
+    /// --stop-timeout, else 10).
+    #[arg(short = 't', long = "time")]
+    time: Option<u64>,
     #[arg(required = true)]
     containers: Vec<String>,
 }
 
 pub fn stop(roots: &Roots, args: StopArgs) -> Result<i32> {
     each(&args.containers, |c| {
-        lifecycle::stop(roots, c, Duration::from_secs(args.time))?;
+        lifecycle::stop(roots, c, args.time.map(Duration::from_secs))?;
         println!("{c}");
         Ok(())
     })
@@ -702,9 +706,10 @@ pub fn start(roots: &Roots, args: StartArgs) -> Result<i32> {
 
 #[derive(Args)]
 pub struct RestartArgs {
-    /// Seconds to wait for the stop signal to work before SIGKILL.
-    #[arg(short = 't', long = "time", default_value_t = 10)]
-    time: u64,
+    /// Seconds to wait for the stop signal to work before SIGKILL
+    /// (default: the container's --stop-timeout, else 10).
+    #[arg(short = 't', long = "time")]
+    time: Option<u64>,
     #[arg(required = true)]
     containers: Vec<String>,
 }
@@ -721,7 +726,7 @@ pub fn restart(roots: &Roots, args: RestartArgs) -> Result<i32> {
                 format!("container {} was run with --rm: stopping it removes it, so it cannot be restarted", rec.name)
             ));
         }
-        lifecycle::stop(roots, &rec.id, Duration::from_secs(args.time))?;
+        lifecycle::stop(roots, &rec.id, args.time.map(Duration::from_secs))?;
         if let Some(rec) = lifecycle::prepare_start(roots, &store, &rec.id)? {
             start_detached_monitor(roots, &rec)?;
             capsa_shim::events::emit(roots, &rec, "restart", &[]);
@@ -962,7 +967,11 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
         "WorkingDir": process.cwd().display().to_string(),
         "Tty": process.terminal().unwrap_or(false),
         "Labels": rec.labels,
+        "StopSignal": rec.stop_signal,
     });
+    if let Some(t) = rec.stop_timeout {
+        v["Config"]["StopTimeout"] = json!(t);
+    }
     if let Some(hc) = &rec.healthcheck {
         v["Config"]["Healthcheck"] = json!(hc);
     }
@@ -1030,6 +1039,16 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
             "max-file": rec.log.max_files.to_string(),
         }},
         "StorageOpt": rec.storage_size.map(|n| json!({"size": n.to_string()})),
+        // docker's names (nofile), -1 for no limit; capsa's default
+        // open-files limit too.
+        "Ulimits": process.rlimits().iter().flatten().map(|r| {
+            let n = |v: u64| if v == u64::MAX { -1 } else { v as i64 };
+            json!({
+                "Name": r.typ().to_string().trim_start_matches("RLIMIT_").to_ascii_lowercase(),
+                "Soft": n(r.soft()),
+                "Hard": n(r.hard()),
+            })
+        }).collect::<Vec<_>>(),
     });
     v["Mounts"] = json!(binds);
 }

@@ -51,6 +51,18 @@ pub struct RunArgs {
     /// shared memory.
     #[arg(long = "shm-size", value_name = "BYTES")]
     pub shm_size: Option<String>,
+    /// A resource limit: NAME=SOFT[:HARD], e.g. nofile=65536 or
+    /// memlock=-1 (no limit).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
+    /// The signal `stop` sends first (default the image's STOPSIGNAL, else
+    /// SIGTERM).
+    #[arg(long = "stop-signal", value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Seconds `stop` waits before SIGKILL when it is not given -t
+    /// (default 10).
+    #[arg(long = "stop-timeout", value_name = "SECONDS")]
+    pub stop_timeout: Option<u64>,
     /// Memory limit, e.g. 64m or 1g; the container is OOM-killed beyond it
     /// (0: no limit).
     #[arg(short = 'm', long = "memory", value_name = "BYTES")]
@@ -271,6 +283,11 @@ impl RunArgs {
             user: self.user.clone(),
             mounts,
             tmpfs,
+            ulimits: self
+                .ulimit
+                .iter()
+                .map(|u| capsa_image::spec::Ulimit::parse(u).map_err(usage))
+                .collect::<Result<_, _>>()?,
             memory_bytes: memory_flag(self.memory.as_deref())?,
             cpus,
             // docker's meaning: 0 and -1 are both "no limit"; podman's
@@ -375,6 +392,18 @@ impl RunArgs {
             none: self.no_healthcheck,
         })
         .map_err(|e| usage(format!("{e:#}")).into())
+    }
+
+    /// `--stop-signal`, checked: a signal's name (with or without SIG) or
+    /// number.
+    pub fn stop_signal(&self) -> Result<Option<String>> {
+        let Some(s) = &self.stop_signal else {
+            return Ok(None);
+        };
+        match capsa_shim::lifecycle::parse_signal(s) {
+            Some(sig) => Ok(Some(sig.as_str().to_string())),
+            None => bail!(usage(format!("--stop-signal {s}: not a signal"))),
+        }
     }
 
     /// `--label KEY[=VALUE]`s; a later one for a key wins, as docker's.

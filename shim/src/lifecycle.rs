@@ -44,6 +44,10 @@ pub struct CreateRequest {
     pub labels: std::collections::BTreeMap<String, String>,
     /// `--health-*`, over the image's HEALTHCHECK.
     pub health: crate::health::HealthFlags,
+    /// `--stop-signal` (checked), over the image's STOPSIGNAL.
+    pub stop_signal: Option<String>,
+    /// `--stop-timeout`: `stop`'s wait before SIGKILL without -t.
+    pub stop_timeout: Option<u64>,
 }
 
 /// Prepares a container: record, writable layer, root filesystem, bundle.
@@ -212,12 +216,15 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     spec.save(paths.config())
         .with_context(|| format!("writing {}", paths.config().display()))?;
 
-    let stop_signal = image
-        .config
-        .config()
-        .as_ref()
-        .and_then(|c| c.stop_signal().clone())
-        .unwrap_or_else(|| "SIGTERM".into());
+    let stop_signal = req.stop_signal.clone().unwrap_or_else(|| {
+        image
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.stop_signal().clone())
+            .unwrap_or_else(|| "SIGTERM".into())
+    });
+    rec.stop_timeout = req.stop_timeout;
     rec.command = command;
     rec.tty = tty;
     rec.stop_signal = stop_signal;
@@ -710,8 +717,11 @@ fn emit_kill(roots: &Roots, rec: &Record, signal: Signal) {
 }
 
 /// Stops a container: its stop signal, then SIGKILL after `timeout`.
-pub fn stop(roots: &Roots, key: &str, timeout: Duration) -> Result<Record> {
+/// docker's `stop`: the stop signal, then SIGKILL after `timeout` (None:
+/// the container's --stop-timeout, else 10 s).
+pub fn stop(roots: &Roots, key: &str, timeout: Option<Duration>) -> Result<Record> {
     let rec = thawed(roots, Record::find(roots, key)?)?;
+    let timeout = timeout.unwrap_or(Duration::from_secs(rec.stop_timeout.unwrap_or(10)));
     // Also for a stopped one: a restart it waits for is called off.
     mark_stopped_by_user(roots, &rec.id)?;
     if rec.status() != Status::Running {

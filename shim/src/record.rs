@@ -207,6 +207,9 @@ pub struct Record {
     /// `--health-*`): see crate::health.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<crate::health::HealthConfig>,
+    /// `--stop-timeout`: `stop`'s wait before SIGKILL when not given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<u64>,
     /// `capsa build`'s RUN steps: when the process exits, the monitor
     /// writes the container's writable layer here (VM mode: while the
     /// guest still runs).
@@ -249,6 +252,7 @@ impl Record {
             restart_count: 0,
             labels: BTreeMap::new(),
             healthcheck: None,
+            stop_timeout: None,
             tty: false,
             interactive: false,
             stop_signal: "SIGTERM".into(),

@@ -237,6 +237,24 @@ pub struct Healthcheck {
     pub disable: bool,
 }
 
+/// A ulimit: one number for both limits, or each.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum UlimitDef {
+    Both(i64),
+    Each { soft: i64, hard: i64 },
+}
+
+impl UlimitDef {
+    /// As `--ulimit NAME=…` takes it.
+    pub fn flag(&self, name: &str) -> String {
+        match self {
+            UlimitDef::Both(n) => format!("{name}={n}"),
+            UlimitDef::Each { soft, hard } => format!("{name}={soft}:{hard}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deploy {
@@ -331,6 +349,15 @@ pub struct Service {
     /// The size of /dev/shm (`--shm-size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<Scalar>,
+    /// Resource limits: NAME: N, or NAME: {soft, hard} (`--ulimit`).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub ulimits: IndexMap<String, UlimitDef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long `stop` waits before SIGKILL (`--stop-timeout`, whole
+    /// seconds rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_only: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

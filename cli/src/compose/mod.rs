@@ -522,6 +522,20 @@ fn run_argv(p: &Project, values: &Path, service: &str, name: &str) -> Result<Vec
     if let Some(size) = &s.shm_size {
         a.extend(["--shm-size".into(), size.to_string()]);
     }
+    for (name, u) in &s.ulimits {
+        a.extend(["--ulimit".into(), u.flag(name)]);
+    }
+    if let Some(sig) = &s.stop_signal {
+        a.extend(["--stop-signal".into(), sig.clone()]);
+    }
+    if let Some(d) = &s.stop_grace_period {
+        let ns = capsa_shim::build::go_duration(d.trim())
+            .ok_or_else(|| at(anyhow!("stop_grace_period {d}: not a duration such as 10s")))?;
+        a.extend([
+            "--stop-timeout".into(),
+            ns.div_ceil(1_000_000_000).to_string(),
+        ]);
+    }
     let limits = s
         .deploy
         .as_ref()

@@ -41,8 +41,8 @@ mod users;
 
 pub use mounts::{MASKED_PATHS, READONLY_PATHS};
 pub use process::{
-    capability_set, command, environment, ALL_CAPS, DEFAULT_CAPS, DEFAULT_PATH, DEFAULT_PIDS_LIMIT,
-    NOFILE_LIMIT,
+    capability_set, command, environment, Ulimit, ALL_CAPS, DEFAULT_CAPS, DEFAULT_PATH,
+    DEFAULT_PIDS_LIMIT, NOFILE_LIMIT,
 };
 pub use resources::{limits, Limits};
 pub use seccomp::{allowed_syscalls, default_seccomp, DENIED_SYSCALLS};
@@ -132,6 +132,9 @@ pub struct RunConfig {
     /// neither masked nor read-only (VM mode: inside the guest).
     #[serde(default)]
     pub privileged: bool,
+    /// `--ulimit`s (the open-files one replaces capsa's default).
+    #[serde(default)]
+    pub ulimits: Vec<Ulimit>,
 }
 
 fn bad(msg: impl Into<String>) -> Error {

@@ -84,6 +84,74 @@ pub const DEFAULT_PIDS_LIMIT: i64 = 2048;
 /// whose own hard limit is low and where capsa has no CAP_SYS_RESOURCE.
 pub const NOFILE_LIMIT: u64 = 1024;
 
+/// A `--ulimit`: a resource limit by docker's name (`nofile`), soft and
+/// hard (`u64::MAX`: unlimited).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// docker's ulimit names, as setrlimit(2)'s resources.
+const ULIMITS: [(&str, PosixRlimitType); 16] = [
+    ("as", PosixRlimitType::RlimitAs),
+    ("core", PosixRlimitType::RlimitCore),
+    ("cpu", PosixRlimitType::RlimitCpu),
+    ("data", PosixRlimitType::RlimitData),
+    ("fsize", PosixRlimitType::RlimitFsize),
+    ("locks", PosixRlimitType::RlimitLocks),
+    ("memlock", PosixRlimitType::RlimitMemlock),
+    ("msgqueue", PosixRlimitType::RlimitMsgqueue),
+    ("nice", PosixRlimitType::RlimitNice),
+    ("nofile", PosixRlimitType::RlimitNofile),
+    ("nproc", PosixRlimitType::RlimitNproc),
+    ("rss", PosixRlimitType::RlimitRss),
+    ("rtprio", PosixRlimitType::RlimitRtprio),
+    ("rttime", PosixRlimitType::RlimitRttime),
+    ("sigpending", PosixRlimitType::RlimitSigpending),
+    ("stack", PosixRlimitType::RlimitStack),
+];
+
+fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
+    ULIMITS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+impl Ulimit {
+    /// docker's `--ulimit NAME=SOFT[:HARD]` (the hard limit defaults to
+    /// the soft one; -1 or unlimited is no limit).
+    pub fn parse(s: &str) -> std::result::Result<Ulimit, String> {
+        let (name, values) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--ulimit {s}: give NAME=SOFT[:HARD], e.g. nofile=4096:8192"))?;
+        if rlimit_type(name).is_none() {
+            let names: Vec<&str> = ULIMITS.iter().map(|(n, _)| *n).collect();
+            return Err(format!(
+                "--ulimit {s}: no limit {name} (the limits are {})",
+                names.join(", ")
+            ));
+        }
+        let (soft, hard) = values.split_once(':').unwrap_or((values, values));
+        let number = |v: &str| match v {
+            "-1" | "unlimited" => Ok(u64::MAX),
+            _ => v
+                .parse::<u64>()
+                .map_err(|_| format!("--ulimit {s}: {v:?} is not a number (or -1 for no limit)")),
+        };
+        let (soft, hard) = (number(soft)?, number(hard)?);
+        if soft > hard {
+            return Err(format!(
+                "--ulimit {s}: the soft limit is above the hard one"
+            ));
+        }
+        Ok(Ulimit {
+            name: name.to_string(),
+            soft,
+            hard,
+        })
+    }
+}
+
 /// docker's ENTRYPOINT + CMD rules.
 pub fn command(image: &Image, rc: &RunConfig) -> Result<Vec<String>> {
     let cfg = image.config.config().as_ref();
@@ -289,12 +357,31 @@ pub(super) fn process(
         .ambient(Capabilities::new())
         .build()
         .map_err(internal)?;
-    let nofile = PosixRlimitBuilder::default()
-        .typ(PosixRlimitType::RlimitNofile)
-        .hard(NOFILE_LIMIT)
-        .soft(NOFILE_LIMIT)
-        .build()
-        .map_err(internal)?;
+    // The default open-files limit, unless `--ulimit nofile=…` gives one.
+    let mut rlimits = Vec::new();
+    if !rc.ulimits.iter().any(|u| u.name == "nofile") {
+        rlimits.push(
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(NOFILE_LIMIT)
+                .soft(NOFILE_LIMIT)
+                .build()
+                .map_err(internal)?,
+        );
+    }
+    for u in &rc.ulimits {
+        rlimits.push(
+            PosixRlimitBuilder::default()
+                .typ(
+                    rlimit_type(&u.name)
+                        .ok_or_else(|| bad(format!("--ulimit {}: no such limit", u.name)))?,
+                )
+                .hard(u.hard)
+                .soft(u.soft)
+                .build()
+                .map_err(internal)?,
+        );
+    }
     let process_user = UserBuilder::default()
         .uid(user.uid)
         .gid(user.gid)
@@ -309,7 +396,7 @@ pub(super) fn process(
         .env(env)
         .cwd(cwd)
         .capabilities(capabilities)
-        .rlimits(vec![nofile])
+        .rlimits(rlimits)
         .no_new_privileges(true)
         .build()
         .map_err(internal)
@@ -318,6 +405,24 @@ pub(super) fn process(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ulimits_as_docker_writes_them() {
+        let u = |s: &str| Ulimit::parse(s).map(|u| (u.name, u.soft, u.hard));
+        assert_eq!(u("nofile=2048:4096"), Ok(("nofile".into(), 2048, 4096)));
+        assert_eq!(u("nproc=500"), Ok(("nproc".into(), 500, 500)));
+        assert_eq!(u("memlock=-1"), Ok(("memlock".into(), u64::MAX, u64::MAX)));
+        assert_eq!(u("core=0:unlimited"), Ok(("core".into(), 0, u64::MAX)));
+        for bad in [
+            "nofile",
+            "bogus=1",
+            "nofile=10:5",
+            "nofile=many",
+            "nofile=-2",
+        ] {
+            assert!(u(bad).is_err(), "{bad}");
+        }
+    }
     use crate::spec::generate;
     use crate::spec::tests::{env_of, gen, image, rc, rootfs};
     use serde_json::json;

@@ -710,6 +710,8 @@ fn run_step(
                 none: true,
                 ..Default::default()
             },
+            stop_signal: None,
+            stop_timeout: None,
         },
     )?;
     let result = (|| -> Result<()> {
