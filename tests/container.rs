@@ -2720,17 +2720,14 @@ fn healthchecks_run_while_the_container_runs() {
     assert!(!env.ok(&["ps", "--filter", "name=quiet"]).contains("health"));
 
     // Bad flags: one line, nothing made.
-    let before = env.container_ids().len();
-    for bad in [
-        vec!["--health-interval", "soon", "--health-cmd", "true"],
-        vec!["--health-retries", "2"],
-        vec!["--no-healthcheck", "--health-cmd", "true"],
-    ] {
-        let out = env.run(&[&["run", "--network", "none"], &bad[..], &["demo", "true"]].concat());
-        assert_eq!(out.status.code(), Some(125), "{bad:?}: {}", stderr(&out));
-        assert_eq!(stderr(&out).lines().count(), 1, "{bad:?}: {}", stderr(&out));
-    }
-    assert_eq!(env.container_ids().len(), before);
+    refused_in_one_line(
+        &env,
+        &[
+            vec!["--health-interval", "soon", "--health-cmd", "true"],
+            vec!["--health-retries", "2"],
+            vec!["--no-healthcheck", "--health-cmd", "true"],
+        ],
+    );
 
     env.ok(&["rm", "-f", "hc", "slow", "quiet"]);
     env.assert_no_leaks(&[]);
@@ -2802,29 +2799,19 @@ fn mount_and_shm_size_as_docker_takes_them() {
         out,
         "/dev/shm rw,nosuid,nodev,noexec,relatime,size=262144k\n/t rw,nosuid,nodev,noexec,relatime,size=1024k,mode=700\n"
     );
-    let before = env.container_ids().len();
-    for bad in [
-        vec!["--mount", "type=bind,dst=/x"],
-        vec!["--mount", "type=bind,src=/nonexistent-capsa,dst=/x"],
-        vec!["--mount", "type=bind,src=relative,dst=/x"],
-        vec!["--mount", "type=nfs,dst=/x"],
-        vec!["--mount", "type=bind,src=/tmp,dst=/x,bogus=1"],
-        vec!["--mount", "type=tmpfs,dst=/t,tmpfs-mode=9z"],
-        vec!["--shm-size", "lots"],
-        vec!["--shm-size", "1g", "--tmpfs", "/dev/shm"],
-    ] {
-        let out = env.run(
-            &[
-                &["run", "--rm", "--network", "none"],
-                &bad[..],
-                &["demo", "true"],
-            ]
-            .concat(),
-        );
-        assert_eq!(out.status.code(), Some(125), "{bad:?}: {}", stderr(&out));
-        assert_eq!(stderr(&out).lines().count(), 1, "{bad:?}: {}", stderr(&out));
-    }
-    assert_eq!(env.container_ids().len(), before);
+    refused_in_one_line(
+        &env,
+        &[
+            vec!["--mount", "type=bind,dst=/x"],
+            vec!["--mount", "type=bind,src=/nonexistent-capsa,dst=/x"],
+            vec!["--mount", "type=bind,src=relative,dst=/x"],
+            vec!["--mount", "type=nfs,dst=/x"],
+            vec!["--mount", "type=bind,src=/tmp,dst=/x,bogus=1"],
+            vec!["--mount", "type=tmpfs,dst=/t,tmpfs-mode=9z"],
+            vec!["--shm-size", "lots"],
+            vec!["--shm-size", "1g", "--tmpfs", "/dev/shm"],
+        ],
+    );
     env.ok(&["volume", "rm", "mvol"]);
     env.assert_no_leaks(&[]);
 }
@@ -2925,25 +2912,39 @@ fn ulimits_and_the_stop_signal_and_timeout() {
         "137\n"
     );
 
+    refused_in_one_line(
+        &env,
+        &[
+            vec!["--ulimit", "bogus=1"],
+            vec!["--ulimit", "nofile=10:5"],
+            vec!["--ulimit", "nofile"],
+            vec!["--stop-signal", "NOPE"],
+        ],
+    );
+    env.ok(&["rm", "usr1", "deaf"]);
+    env.assert_no_leaks(&[]);
+}
+
+/// `run [--rm] --network none FLAGS… demo true` with each of `bad` is
+/// refused with exit 125 and one line, and makes no container.
+fn refused_in_one_line(env: &Env, bad: &[Vec<&str>]) {
     let before = env.container_ids().len();
-    for bad in [
-        vec!["--ulimit", "bogus=1"],
-        vec!["--ulimit", "nofile=10:5"],
-        vec!["--ulimit", "nofile"],
-        vec!["--stop-signal", "NOPE"],
-    ] {
+    for flags in bad {
         let out = env.run(
             &[
                 &["run", "--rm", "--network", "none"],
-                &bad[..],
+                &flags[..],
                 &["demo", "true"],
             ]
             .concat(),
         );
-        assert_eq!(out.status.code(), Some(125), "{bad:?}: {}", stderr(&out));
-        assert_eq!(stderr(&out).lines().count(), 1, "{bad:?}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(125), "{flags:?}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out).lines().count(),
+            1,
+            "{flags:?}: {}",
+            stderr(&out)
+        );
     }
     assert_eq!(env.container_ids().len(), before);
-    env.ok(&["rm", "usr1", "deaf"]);
-    env.assert_no_leaks(&[]);
 }
