@@ -167,13 +167,14 @@ impl HealthConfig {
             _ => None,
         }
     }
+}
 
-    fn or(ns: u64, default: Duration) -> Duration {
-        if ns == 0 {
-            default
-        } else {
-            Duration::from_nanos(ns)
-        }
+/// A duration the config gives in nanoseconds, 0 meaning `default`.
+fn nanos_or(ns: u64, default: Duration) -> Duration {
+    if ns == 0 {
+        default
+    } else {
+        Duration::from_nanos(ns)
     }
 }
 
@@ -282,14 +283,16 @@ pub fn run_checker(roots: &Roots, id: &str) -> Result<i32> {
     } else {
         hc.retries
     };
-    let timeout = HealthConfig::or(hc.timeout, DEFAULT_TIMEOUT);
+    let timeout = nanos_or(hc.timeout, DEFAULT_TIMEOUT);
     let mut health = load(roots, id).unwrap_or_else(Health::starting);
+    // In the start period, until it was healthy once: probed every start
+    // interval, and a failure does not count.
+    let starting = |h: &Health| begun.elapsed() < start_period && h.status != "healthy";
     loop {
-        let in_start_period = begun.elapsed() < start_period;
-        std::thread::sleep(if in_start_period && health.status != "healthy" {
-            HealthConfig::or(hc.start_interval, DEFAULT_START_INTERVAL)
+        std::thread::sleep(if starting(&health) {
+            nanos_or(hc.start_interval, DEFAULT_START_INTERVAL)
         } else {
-            HealthConfig::or(hc.interval, DEFAULT_INTERVAL)
+            nanos_or(hc.interval, DEFAULT_INTERVAL)
         });
         reap_orphans();
         let rec = match Record::load(roots, id) {
@@ -304,7 +307,7 @@ pub fn run_checker(roots: &Roots, id: &str) -> Result<i32> {
             _ => return Ok(0),
         }
         let probe = probe(roots, &rec, &argv, timeout);
-        let counts = !(begun.elapsed() < start_period && health.status != "healthy");
+        let counts = !starting(&health);
         if health.record(probe, retries, counts) {
             crate::events::emit(
                 roots,
@@ -351,12 +354,12 @@ fn fork_probe(
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     use nix::unistd::{fork, ForkResult};
     let (r, w) = nix::unistd::pipe()?;
+    let deadline = Instant::now() + timeout;
     // SAFETY: the checker is single-threaded (an exec'd `capsa __monitor`
     // that starts no thread), so the child may run any code.
     match unsafe { fork() }? {
         ForkResult::Child => {
             drop(r);
-            let deadline = Instant::now() + timeout;
             let code = match exec_in(roots, rec, argv, w, deadline) {
                 Ok(Some(code)) => code,
                 // Killed at the deadline: said by our own death, as every
@@ -373,7 +376,6 @@ fn fork_probe(
         }
         ForkResult::Parent { child } => {
             drop(w);
-            let deadline = Instant::now() + timeout;
             let mut out = Vec::new();
             let mut pipe = std::fs::File::from(r);
             let mut open = true;
