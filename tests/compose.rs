@@ -22,6 +22,7 @@ services:
       - {target: 8888, published: "${DEV_PORT:?give DEV_PORT}", host_ip: 127.0.0.1, protocol: tcp}
     extra_hosts: ["db:10.1.2.3", "gw:host-gateway"]
     shm_size: 96m
+    userns_mode: auto
     healthcheck:
       test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8888/"]
       interval: 1s
@@ -166,6 +167,20 @@ fn the_seeds_setup_runs_and_down_leaves_nothing() {
         ],
     );
     assert_eq!(stdout(&shm), "size=98304k\n", "shm_size");
+    // userns_mode: auto: its root is not the host's (published port and
+    // healthcheck working through it above).
+    let map = compose(
+        &env,
+        d,
+        port,
+        &["exec", "-T", "dev", "cat", "/proc/self/uid_map"],
+    );
+    let map = stdout(&map);
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    assert!(
+        fields.len() == 3 && fields[0] == "0" && fields[1] != "0",
+        "userns_mode: {map}"
+    );
     // extra_hosts: an address as given, host-gateway as the host's on the
     // project's network.
     let hosts = compose(

@@ -2948,3 +2948,196 @@ fn refused_in_one_line(env: &Env, bad: &[Vec<&str>]) {
     }
     assert_eq!(env.container_ids().len(), before);
 }
+
+/// `--userns=auto`: root in the container is an unprivileged host uid of
+/// the container's own (from capsa's range in /etc/subuid), which owns the
+/// image's files through idmapped layers; what it writes to a host
+/// directory belongs to that uid; exec'd processes join its namespace.
+#[test]
+fn userns_auto_makes_root_an_unprivileged_host_uid() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::with_demo();
+    let vol = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(vol.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--userns=auto",
+        "-v",
+        &format!("{}:/data", vol.path().display()),
+        "demo",
+        "sh",
+        "-c",
+        "id -u; awk '{print $1, $3}' /proc/self/uid_map; stat -c %u:%g /etc/passwd; \
+         echo x >> /etc/passwd && echo copied-up; echo hi > /data/f",
+    ]);
+    assert_eq!(out, "0\n0 65536\n0:0\ncopied-up\n");
+    let f = std::fs::metadata(vol.path().join("f")).unwrap();
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap();
+    let (start, count) = subuid
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() == 3 && f[0] == "capsa")
+                .then(|| (f[1].parse::<u32>().unwrap(), f[2].parse::<u32>().unwrap()))
+        })
+        .expect("capsa's line in /etc/subuid");
+    assert!(
+        f.uid() >= start && f.uid() < start + count && f.gid() == f.uid(),
+        "the file's owner {}:{} is not in capsa's range {start}:{count}",
+        f.uid(),
+        f.gid()
+    );
+
+    // Two containers on the default network (one it joins, made before
+    // the user namespace) get disjoint ranges.
+    let host_uid = |name: &str| -> u32 {
+        let pid = env.ok(&["inspect", "-f", "{{.State.Pid}}", name]);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    for n in ["ua", "ub"] {
+        env.ok(&[
+            "run",
+            "-d",
+            "--name",
+            n,
+            "--userns=auto",
+            "demo",
+            "sleep",
+            "300",
+        ]);
+    }
+    let (ua, ub) = (host_uid("ua"), host_uid("ub"));
+    assert!(ua.abs_diff(ub) >= 65536, "ranges overlap: {ua} and {ub}");
+    assert_eq!(
+        env.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.UsernsMode}} {{json .HostConfig.IdMappings.UidMap}}",
+            "ua"
+        ]),
+        format!("auto [\"0:{ua}:65536\"]\n")
+    );
+    // An exec'd process is in the namespace, confined as the container's
+    // first process, and in its network namespace.
+    let pid = env.ok(&["inspect", "-f", "{{.State.Pid}}", "ua"]);
+    let confinement = |status: &str| -> String {
+        status
+            .lines()
+            .filter(|l| {
+                l.starts_with("CapEff:")
+                    || l.starts_with("NoNewPrivs:")
+                    || l.starts_with("Seccomp:")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let init = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let out = env.ok(&[
+        "exec",
+        "ua",
+        "sh",
+        "-c",
+        "id -u; awk '{print $1, $2}' /proc/self/uid_map; readlink /proc/self/ns/net; \
+         grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status",
+    ]);
+    let netns = std::fs::read_link(format!("/proc/{}/ns/net", pid.trim())).unwrap();
+    assert_eq!(
+        out,
+        format!("0\n0 {ua}\n{}\n{}\n", netns.display(), confinement(&init)),
+        "exec'd process"
+    );
+    let out = env.ok(&[
+        "exec",
+        "-u",
+        "1000",
+        "ua",
+        "sh",
+        "-c",
+        "id -u; grep CapEff /proc/self/status",
+    ]);
+    assert_eq!(out, "1000\nCapEff:\t0000000000000000\n");
+    // Its host uid: the container's root, not the host's.
+    env.ok(&["exec", "-d", "ua", "sleep", "271"]);
+    let mut exec_uid = None;
+    for _ in 0..100 {
+        exec_uid = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            (cmd == b"sleep\x00271\0").then(|| std::fs::metadata(e.path()).ok().map(|m| m.uid()))?
+        });
+        if exec_uid.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(exec_uid, Some(ua), "the exec'd process's host uid");
+
+    // Stopped and started again: the same range, its files still its own,
+    // and what `cp` brings in (running or stopped) is its root's.
+    let src = vol.path().join("src");
+    std::fs::write(&src, "copied").unwrap();
+    let src = src.display().to_string();
+    env.ok(&["exec", "ua", "sh", "-c", "echo kept > /root/mine"]);
+    env.ok(&["cp", &src, "ua:/root/live"]);
+    env.ok(&["stop", "-t", "1", "ua"]);
+    env.ok(&["cp", &src, "ua:/root/stopped"]);
+    env.ok(&["start", "ua"]);
+    assert_eq!(host_uid("ua"), ua);
+    assert_eq!(
+        env.ok(&[
+            "exec",
+            "ua",
+            "sh",
+            "-c",
+            "stat -c '%u:%g %n' /root/mine /root/live /root/stopped; cat /root/mine"
+        ]),
+        "0:0 /root/mine\n0:0 /root/live\n0:0 /root/stopped\nkept\n"
+    );
+    // commit writes the layer with the container's owners, not the host's.
+    env.ok(&[
+        "exec",
+        "ua",
+        "sh",
+        "-c",
+        "touch /root/u; chown 1000:1000 /root/u",
+    ]);
+    env.ok(&["commit", "ua", "uns-committed"]);
+    assert_eq!(
+        env.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "uns-committed",
+            "stat",
+            "-c",
+            "%u:%g",
+            "/root/mine",
+            "/root/u"
+        ]),
+        "0:0\n1000:1000\n"
+    );
+
+    refused_in_one_line(
+        &env,
+        &[
+            vec!["--userns", "keep-id"],
+            vec!["--userns", "auto:size=0"],
+            vec!["--userns", "auto:size=x"],
+            // The image's user 1000 is outside 100 ids.
+            vec!["--userns", "auto:size=100", "-u", "1000"],
+        ],
+    );
+    let ids = env.container_ids();
+    env.ok(&["rm", "-f", "ua", "ub"]);
+    env.assert_no_leaks(&ids);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(".idmapped"),
+        "an idmapped layer was left mounted"
+    );
+}

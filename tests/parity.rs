@@ -212,6 +212,20 @@ fn both_modes_give_the_same_results() {
     assert!(c["volume-named"].1.contains("user 755|kept|pvol|"), "{ctx}");
     expect("volume-setuid", "code=0");
     assert!(c["volume-setuid"].1.contains("out: 1000|"), "{ctx}");
+    // --userns=auto: root inside, capsa's first uid outside; exec'd
+    // processes in the namespace with the container's confinement.
+    assert!(
+        c["userns"]
+            .1
+            .contains("out: 0|0 65536|0:0|copied-up|host-owner-mapped|"),
+        "{ctx}"
+    );
+    assert!(
+        c["userns-exec"].1.contains(
+            "out: 0|0 65536|CapEff:\t00000000800405fb|NoNewPrivs:\t1|Seccomp:\t2|1000|CapEff:\t0000000000000000|"
+        ),
+        "{ctx}"
+    );
     expect("exec-stdin", "code=0 out=5/");
     // Init's lines, then the exec'd process's: the same filter, NNP and
     // capabilities; `unshare -U` is refused (not 0).

@@ -122,6 +122,22 @@ $r --rm --isolation "$mode" -v /mnt/scratch/x:/data -v "$udp":/opt/h:ro demo sh 
   mkdir /data/t; i=0; while [ $i -lt 300 ]; do : > /data/t/f$i; i=$((i+1)); done; rm -rf /data/t && echo tree-gone' > /run/o 2> /run/e; code=$?
 "$udp"/xattr get /mnt/scratch/x/f user.model >> /run/o 2>> /run/e; ls /mnt/scratch/x >> /run/o
 report volume-disk "$code"
+# --userns=auto (#15): root in the container is a host uid of its own
+# (the first of capsa's range), which owns the image's files inside and
+# what it writes to a host directory outside; an exec'd process joins it.
+# The store is on the scratch disk: the test host's tmpfs cannot be idmapped.
+u="$capsa --root /mnt/scratch/uns-$mode"
+$u load --demo >/dev/null
+rm -rf /run/uns && mkdir -p /run/uns && chmod 1777 /run/uns
+$u run --rm --isolation "$mode" --network none --userns=auto -v /run/uns:/data demo sh -c 'id -u; awk "{print \$1, \$3}" /proc/self/uid_map
+  stat -c %u:%g /etc/passwd; echo x >> /etc/passwd && echo copied-up; echo hi > /data/f' > /run/o 2> /run/e; code=$?
+[ "$(stat -c %u:%g /run/uns/f)" = "$(grep '^capsa:' /etc/subuid | cut -d: -f2):$(grep '^capsa:' /etc/subgid | cut -d: -f2)" ] && echo host-owner-mapped >> /run/o
+report userns "$code"
+$u run -d --isolation "$mode" --network none --name uns --userns=auto demo sleep 300 > /dev/null
+$u exec uns sh -c 'id -u; awk "{print \$1, \$3}" /proc/self/uid_map; grep -E "^(CapEff|NoNewPrivs|Seccomp):" /proc/self/status' > /run/o 2> /run/e; code=$?
+$u exec -u 1000 uns sh -c 'id -u; grep CapEff /proc/self/status' >> /run/o 2>> /run/e
+report userns-exec "$code"; why uns
+$u rm -f uns > /dev/null
 # many volumes (#12): VM mode gathers them in one share; each stays a
 # mount of its own (no hard link from one to another), read-only all the
 # way down (a mount inside a read-only volume too)

@@ -67,10 +67,23 @@ pub fn make_idle(spec: &mut Spec, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `capsa-agent __diff UPPER CGROUP`: freezes the container's cgroup
-/// (unless it is frozen already), writes UPPER as a layer tar to stdout,
-/// and thaws it again, so the layer is one moment's.
-pub fn write_diff(upper: &Path, cgroup: &Path) -> Result<()> {
+/// `capsa-agent __diff UPPER CGROUP [HOST:SIZE]`: freezes the container's
+/// cgroup (unless it is frozen already), writes UPPER as a layer tar to
+/// stdout, and thaws it again, so the layer is one moment's. HOST:SIZE:
+/// the container's user namespace mapping, whose ids the layer is
+/// written in.
+pub fn write_diff(upper: &Path, cgroup: &Path, userns: Option<&str>) -> Result<()> {
+    let userns = match userns.map(|s| s.split_once(':')) {
+        None => None,
+        Some(Some((host, size))) => Some(
+            oci_spec::runtime::LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(host.parse::<u32>()?)
+                .size(size.parse::<u32>()?)
+                .build()?,
+        ),
+        Some(None) => bail!("a user namespace mapping is HOST:SIZE"),
+    };
     let freeze = cgroup.join("cgroup.freeze");
     let was_frozen = fs::read_to_string(&freeze).is_ok_and(|s| s.trim() == "1");
     if !was_frozen {
@@ -84,7 +97,8 @@ pub fn write_diff(upper: &Path, cgroup: &Path) -> Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
-    let written = capsa_container::layer_diff::write(upper, std::io::stdout().lock());
+    let written =
+        capsa_container::layer_diff::write(upper, userns.as_ref(), std::io::stdout().lock());
     if !was_frozen {
         fs::write(&freeze, "0").context("thawing the container")?;
     }
@@ -148,6 +162,20 @@ pub fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The mapping of the spec's own user namespace (`--userns=auto`), if it
+/// has one.
+fn userns_of(spec: &Spec) -> Option<oci_spec::runtime::LinuxIdMapping> {
+    let linux = spec.linux().as_ref()?;
+    let new_userns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User && n.path().is_none());
+    new_userns
+        .then(|| linux.uid_mappings().iter().flatten().next().copied())
+        .flatten()
+}
+
 /// The tmpfs mount options for a writable layer of `size_bytes`.
 pub fn tmpfs_options(size_bytes: u64) -> Result<String> {
     if size_bytes < 1024 * 1024 {
@@ -193,6 +221,12 @@ impl Container {
                 drop_swap_limit(&mut spec);
             }
             guest_bind_sources(&mut spec, &etc_dir(id))?;
+            if let Some(map) = userns_of(&spec) {
+                // Root in the container may edit them, as with docker.
+                for f in fs::read_dir(etc_dir(id)).into_iter().flatten().flatten() {
+                    capsa_container::idmap::chown_to_root(&f.path(), &map)?;
+                }
+            }
             let config = bundle.join("config.json");
             spec.save(&config)
                 .with_context(|| format!("writing {}", config.display()))?;
@@ -256,14 +290,27 @@ impl Container {
         for d in [&upper, &work, target] {
             fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
         }
+        // In a user namespace of its own, the container's root owns the
+        // image's files through an idmapped mount of its disk, as on the
+        // host (capsa_container::idmap).
+        let stage = base.join("image.idmapped");
+        let lower = match userns_of(&self.spec) {
+            Some(map) => {
+                capsa_container::idmap::chown_to_root(&upper, &map)?;
+                capsa_container::idmap::stage_layers(std::slice::from_ref(&image), &map, &stage)?
+                    .remove(0)
+            }
+            None => image.clone(),
+        };
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",
-            image.display(),
+            lower.display(),
             upper.display(),
             work.display()
         );
-        mount_dev("overlay", "overlay", target, MsFlags::empty(), &data)
-            .context("mounting the container's overlay root")?;
+        let mounted = mount_dev("overlay", "overlay", target, MsFlags::empty(), &data);
+        capsa_container::idmap::detach_all(&stage);
+        mounted.context("mounting the container's overlay root")?;
         self.mounts.push(target.to_path_buf());
         Ok(())
     }
@@ -338,6 +385,7 @@ impl Container {
             .arg(DIFF_COMMAND)
             .arg(&upper)
             .arg(self.cgroup_dir())
+            .args(userns_of(&self.spec).map(|m| format!("{}:{}", m.host_id(), m.size())))
             .stdin(null())
             .stdout(io.stdout.map_or_else(null, Into::into))
             .stderr(io.stderr.map_or_else(null, Into::into))

@@ -47,8 +47,12 @@ fn host_tool(args: Vec<String>) -> Result<()> {
             Ok(())
         }
         // In the guest, started by the agent (Container::diff).
-        Some(capsa_agent::container::DIFF_COMMAND) if args.len() == 3 => {
-            capsa_agent::container::write_diff(args[1].as_ref(), args[2].as_ref())
+        Some(capsa_agent::container::DIFF_COMMAND) if matches!(args.len(), 3 | 4) => {
+            capsa_agent::container::write_diff(
+                args[1].as_ref(),
+                args[2].as_ref(),
+                args.get(3).map(String::as_str),
+            )
         }
         _ => anyhow::bail!("{USAGE}"),
     }

@@ -265,6 +265,7 @@ impl Bench {
                         &b.join("work"),
                         &rootfs,
                         true,
+                        None,
                     )?;
                     fs::write(b.join("config.json"), &self.config)?;
                     let mut cmd = Command::new(self.peer_exe(p));
@@ -474,6 +475,7 @@ fn prepare_bundle(bench: &mut Bench, image: &capsa_image::Image) -> Result<()> {
         &scratch.join("work"),
         &merged,
         true,
+        None,
     )?;
     let copied = Command::new("cp")
         .arg("-a")

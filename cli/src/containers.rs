@@ -37,6 +37,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
     let restart = args.restart_policy()?;
     let health = args.health()?;
     let stop_signal = args.stop_signal()?;
+    let userns = args.userns()?;
     let image = args.image().to_string();
     store.ensure_local(&image)?;
     lifecycle::create(
@@ -59,6 +60,7 @@ fn create_from_image(roots: &Roots, args: &RunArgs) -> Result<Record> {
             health,
             stop_signal,
             stop_timeout: args.stop_timeout,
+            userns,
         },
     )
 }
@@ -1039,6 +1041,12 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
             "max-file": rec.log.max_files.to_string(),
         }},
         "StorageOpt": rec.storage_size.map(|n| json!({"size": n.to_string()})),
+        // podman's name; the range it got is in IdMappings.
+        "UsernsMode": if rec.userns.is_some() { "auto" } else { "" },
+        "IdMappings": rec.userns.map(|m| {
+            let line = format!("0:{}:{}", m.host_id(), m.size());
+            json!({"UidMap": [line], "GidMap": [line]})
+        }),
         // docker's names (nofile), -1 for no limit; capsa's default
         // open-files limit too.
         "Ulimits": process.rlimits().iter().flatten().map(|r| {

@@ -63,6 +63,11 @@ pub struct RunArgs {
     /// (default 10).
     #[arg(long = "stop-timeout", value_name = "SECONDS")]
     pub stop_timeout: Option<u64>,
+    /// host (default), or auto[:size=N]: a user namespace of the
+    /// container's own, its root an unprivileged host uid from capsa's
+    /// range in /etc/subuid (VM mode: inside the guest).
+    #[arg(long = "userns", value_name = "MODE")]
+    pub userns: Option<String>,
     /// Memory limit, e.g. 64m or 1g; the container is OOM-killed beyond it
     /// (0: no limit).
     #[arg(short = 'm', long = "memory", value_name = "BYTES")]
@@ -403,6 +408,13 @@ impl RunArgs {
         match capsa_shim::lifecycle::parse_signal(s) {
             Some(sig) => Ok(Some(sig.as_str().to_string())),
             None => bail!(usage(format!("--stop-signal {s}: not a signal"))),
+        }
+    }
+
+    pub fn userns(&self) -> Result<capsa_shim::userns::Mode> {
+        match &self.userns {
+            None => Ok(Default::default()),
+            Some(s) => s.parse().map_err(|e| usage(format!("{e}")).into()),
         }
     }
 

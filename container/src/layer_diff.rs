@@ -15,19 +15,43 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-/// Writes `upper` as a layer tar to `out`.
-pub fn write(upper: &Path, out: impl Write) -> Result<()> {
+/// Writes `upper` as a layer tar to `out`. `userns`: the container's user
+/// namespace mapping (`--userns=auto`); its files' owners are written as
+/// the container saw them, not as the host stores them.
+pub fn write(
+    upper: &Path,
+    userns: Option<&oci_spec::runtime::LinuxIdMapping>,
+    out: impl Write,
+) -> Result<()> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     let mut seen = HashMap::new();
-    walk(upper, Path::new(""), &mut b, &mut seen)?;
+    let ids = Ids(userns.copied());
+    walk(upper, Path::new(""), &ids, &mut b, &mut seen)?;
     b.into_inner().context("finishing the layer")?.flush()?;
     Ok(())
+}
+
+/// Host ids to the container's.
+struct Ids(Option<oci_spec::runtime::LinuxIdMapping>);
+
+impl Ids {
+    /// An id outside the mapping is what the kernel shows the container
+    /// for it: the overflow id, nobody.
+    fn inside(&self, id: u64) -> u64 {
+        let Some(m) = &self.0 else { return id };
+        let (host, size) = (m.host_id() as u64, m.size() as u64);
+        match id.checked_sub(host) {
+            Some(off) if off < size => m.container_id() as u64 + off,
+            _ => 65534,
+        }
+    }
 }
 
 fn walk<W: Write>(
     root: &Path,
     rel: &Path,
+    ids: &Ids,
     b: &mut tar::Builder<W>,
     seen: &mut HashMap<(u64, u64), PathBuf>,
 ) -> Result<()> {
@@ -44,6 +68,8 @@ fn walk<W: Write>(
         let ft = m.file_type();
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(&m, tar::HeaderMode::Complete);
+        h.set_uid(ids.inside(m.uid() as u64));
+        h.set_gid(ids.inside(m.gid() as u64));
         if ft.is_char_device() && m.rdev() == 0 {
             let mut wh = std::ffi::OsString::from(".wh.");
             wh.push(&name);
@@ -53,7 +79,7 @@ fn walk<W: Write>(
             if is_opaque(&path) {
                 empty_file(b, &entry.join(".wh..wh..opq"))?;
             }
-            walk(root, &entry, b, seen)?;
+            walk(root, &entry, ids, b, seen)?;
         } else if ft.is_symlink() {
             b.append_link(&mut h, &entry, fs::read_link(&path)?)?;
         } else if ft.is_file() {
@@ -116,9 +142,9 @@ mod tests {
         )
         .unwrap();
         let mut bytes = Vec::new();
-        write(up, &mut bytes).unwrap();
+        write(up, None, &mut bytes).unwrap();
         let mut again = Vec::new();
-        write(up, &mut again).unwrap();
+        write(up, None, &mut again).unwrap();
         assert_eq!(bytes, again, "the same directory gives the same tar");
 
         let mut ar = tar::Archive::new(bytes.as_slice());
@@ -151,5 +177,37 @@ mod tests {
         ]
         .map(|(p, t, l)| (p.to_string(), t, l.to_string()));
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_user_namespaced_layer_has_the_containers_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = dir.path();
+        for (name, id) in [("root", 200_000), ("user", 201_000), ("host", 0)] {
+            fs::write(up.join(name), name).unwrap();
+            std::os::unix::fs::lchown(up.join(name), Some(id), Some(id)).unwrap();
+        }
+        let map = oci_spec::runtime::LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(200_000u32)
+            .size(65536u32)
+            .build()
+            .unwrap();
+        let mut bytes = Vec::new();
+        write(up, Some(&map), &mut bytes).unwrap();
+        let mut ar = tar::Archive::new(bytes.as_slice());
+        let owners: Vec<(String, u64, u64)> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                let path = e.path().unwrap().display().to_string();
+                (path, h.uid().unwrap(), h.gid().unwrap())
+            })
+            .collect();
+        // The host's root, unmapped, was nobody to the container.
+        let want = [("host", 65534, 65534), ("root", 0, 0), ("user", 1000, 1000)];
+        assert_eq!(owners, want.map(|(p, u, g)| (p.to_string(), u, g)));
     }
 }

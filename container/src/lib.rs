@@ -10,6 +10,7 @@
 //!   start, kill, exec, delete), with the state locked against racing
 //!   callers;
 //! - [`rootfs`]: the overlay root and the checks a bundle's root needs;
+//! - [`idmap`]: the image's layers as a user-namespaced container's own;
 //! - [`process`]: a new process's standard streams, an exec request, and
 //!   waiting for a process the docker way (128+N for signal N);
 //! - [`cgroup`]: where a container's cgroup lives and what it counted;
@@ -19,6 +20,7 @@
 //!   container (CVE-2019-5736).
 
 pub mod cgroup;
+pub mod idmap;
 pub mod layer_diff;
 pub mod namespaces;
 pub mod netif;

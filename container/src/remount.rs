@@ -9,27 +9,46 @@
 //!   mounts each cgroup v1 hierarchy read-write whatever the spec's
 //!   `/sys/fs/cgroup` options say (runc honours `ro`), which would let the
 //!   container's root raise its own limits (pids.max, memory.limit_in_bytes).
+//! - a /sys bound from the host (a user-namespaced container's, as podman
+//!   binds it) is read-only with every mount under it: a bind's `ro`
+//!   reaches only its top mount.
 
 use anyhow::{Context, Result};
 use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::Spec;
 
-/// Whether `spec` mounts the cgroup file system read-only.
-pub fn wants_read_only(spec: &Spec) -> bool {
-    spec.mounts().iter().flatten().any(|m| {
-        m.destination().as_os_str() == "/sys/fs/cgroup"
-            && m.typ().as_deref().is_some_and(|t| t.starts_with("cgroup"))
-            && m.options().iter().flatten().any(|o| o == "ro")
-    })
+/// The trees `spec` mounts read-only whose every mount must be made so:
+/// the cgroup file system, and a /sys bound from the host.
+pub fn read_only_trees(spec: &Spec) -> Vec<&'static str> {
+    let ro = |dest: &str, typ: fn(&str) -> bool| {
+        spec.mounts().iter().flatten().any(|m| {
+            m.destination().as_os_str() == dest
+                && m.typ().as_deref().is_some_and(typ)
+                && m.options().iter().flatten().any(|o| o == "ro")
+        })
+    };
+    let mut trees = vec![];
+    if ro("/sys/fs/cgroup", |t| t.starts_with("cgroup")) {
+        trees.push("/sys/fs/cgroup");
+    }
+    if ro("/sys", |t| t == "bind") {
+        trees.push("/sys");
+    }
+    trees
 }
 
-/// The mount points at and under /sys/fs/cgroup in `mountinfo` (as the
+/// The mount points at and under each of `trees` in `mountinfo` (as the
 /// process sees them), outermost first.
-fn cgroup_mounts(mountinfo: &str) -> Vec<String> {
+fn mounts_under(mountinfo: &str, trees: &[&str]) -> Vec<String> {
+    let under = |p: &str| {
+        trees
+            .iter()
+            .any(|t| p == *t || p.strip_prefix(t).is_some_and(|r| r.starts_with('/')))
+    };
     let mut points: Vec<String> = mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| *p == "/sys/fs/cgroup" || p.starts_with("/sys/fs/cgroup/"))
+        .filter(|p| under(p))
         .map(str::to_string)
         .collect();
     points.sort();
@@ -63,17 +82,14 @@ fn root_options(mountinfo: &str) -> Option<&str> {
     })
 }
 
-/// In process `pid`'s mount namespace: the root remounted `nodev`, and,
-/// with `cgroup_read_only`, every mount at and under /sys/fs/cgroup
+/// In process `pid`'s mount namespace: the root remounted `nodev`, and
+/// every mount at and under each of `read_only` ([`read_only_trees`])
 /// read-only (and nosuid, nodev, noexec).
-pub fn harden(pid: i32, cgroup_read_only: bool) -> Result<()> {
+pub fn harden(pid: i32, read_only: &[&str]) -> Result<()> {
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .with_context(|| format!("the mounts of process {pid}"))?;
     let root = kept_flags(root_options(&mountinfo).unwrap_or(""));
-    let points = match cgroup_read_only {
-        true => cgroup_mounts(&mountinfo),
-        false => vec![],
-    };
+    let points = mounts_under(&mountinfo, read_only);
     crate::namespaces::in_namespace_of(pid, nix::sched::CloneFlags::CLONE_NEWNS, move || {
         let remount = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
         mount(
@@ -87,14 +103,20 @@ pub fn harden(pid: i32, cgroup_read_only: bool) -> Result<()> {
         let read_only =
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         for p in &points {
-            mount(
+            match mount(
                 None::<&str>,
                 p.as_str(),
                 None::<&str>,
                 remount | read_only,
                 None::<&str>,
-            )
-            .with_context(|| format!("making {p} read-only in the container"))?;
+            ) {
+                // Covered by a later mount (the host's cgroup mounts in a
+                // bound /sys, under the container's own): out of reach.
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("making {p} read-only in the container"))
+                }
+            }
         }
         Ok(())
     })
@@ -115,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_cgroup_mounts_outermost_first() {
+    fn finds_the_mounts_under_a_tree_outermost_first() {
         let mi = "\
 22 1 0:20 / / rw - overlay overlay rw
 30 22 0:25 / /sys rw - sysfs sysfs ro
@@ -125,7 +147,7 @@ mod tests {
 40 22 0:30 / /sys/fs/cgroupish rw - tmpfs tmpfs rw
 ";
         assert_eq!(
-            cgroup_mounts(mi),
+            mounts_under(mi, &["/sys/fs/cgroup"]),
             [
                 "/sys/fs/cgroup",
                 "/sys/fs/cgroup/memory",

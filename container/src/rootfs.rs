@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use oci_spec::runtime::LinuxIdMapping;
 
 /// `layers` are lowest first, as the image store returns them.
 ///
@@ -18,12 +19,17 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 /// to tens of milliseconds per container on a busy host. podman does the
 /// same for `--rm`, CRI-O for every container. Kernels without the option
 /// get an ordinary mount.
+///
+/// `userns`: the container's user namespace mapping (`--userns=auto`): the
+/// layers are idmapped by it (see [`crate::idmap`]) and the upper
+/// directory belongs to the container's root.
 pub fn mount_overlay(
     layers: &[PathBuf],
     upper: &Path,
     work: &Path,
     target: &Path,
     volatile: bool,
+    userns: Option<&LinuxIdMapping>,
 ) -> Result<()> {
     if layers.is_empty() {
         bail!("the image has no layers");
@@ -31,6 +37,25 @@ pub fn mount_overlay(
     for dir in [upper, work, target] {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let Some(map) = userns else {
+        return overlay(layers, upper, work, target, volatile);
+    };
+    crate::idmap::chown_to_root(upper, map)?;
+    // Beside the target; overlayfs keeps its own references to them.
+    let stage = target.with_extension("idmapped");
+    let staged = crate::idmap::stage_layers(layers, map, &stage)?;
+    let made = overlay(&staged, upper, work, target, volatile);
+    crate::idmap::detach_all(&stage);
+    made
+}
+
+fn overlay(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    volatile: bool,
+) -> Result<()> {
     // overlayfs lists lower directories top first.
     let lower: Vec<String> = layers
         .iter()

@@ -60,13 +60,22 @@ impl Runtime {
     pub fn create(&self, id: &str, bundle: &Path, io: ProcessIo) -> Result<i32> {
         rootfs::prepare_bundle(bundle)?;
         let staged = staged_bundle::stage(&self.state_dir, id, bundle)?;
-        let container = self
-            .builder(id, io, workload::CapsaExecutor::default())?
-            .as_init(&staged)
-            .with_systemd(false)
-            .with_detach(true)
-            .build()
-            .map_err(anyhow::Error::from);
+        let build = || {
+            self.builder(id, io, workload::CapsaExecutor::default())?
+                .as_init(&staged.bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(anyhow::Error::from)
+        };
+        let container = match &staged.netns {
+            Some(netns) => crate::namespaces::in_namespace_at(
+                netns,
+                nix::sched::CloneFlags::CLONE_NEWNET,
+                build,
+            ),
+            None => build(),
+        };
         let container = match container {
             Ok(c) => c,
             Err(e) => {
@@ -93,7 +102,7 @@ impl Runtime {
             if own_netns {
                 crate::netif::lo_up_in(pid.as_raw())?;
             }
-            crate::remount::harden(pid.as_raw(), crate::remount::wants_read_only(&spec))
+            crate::remount::harden(pid.as_raw(), &crate::remount::read_only_trees(&spec))
         };
         if let Err(e) = fixes() {
             let _ = self.delete(id);
@@ -165,7 +174,29 @@ impl Runtime {
             .prefix(".exec-")
             .suffix(".json")
             .tempfile_in(&self.state_dir)?;
-        serde_json::to_writer(&mut file, process)?;
+        // In a user namespace of its own, the container may have inherited
+        // its network namespace (staged_bundle::Staged::netns): so does
+        // the new process. It enters the user namespace last, from uid 0
+        // (workload::UsernsEntry).
+        let init = self
+            .load(id)?
+            .pid()
+            .context("the container has no process")?;
+        let userns = match crate::namespaces::in_own_userns(init.as_raw()) {
+            true => Some(
+                std::fs::File::open(format!("/proc/{init}/ns/user"))
+                    .context("the container's user namespace")?,
+            ),
+            false => None,
+        };
+        match &userns {
+            Some(_) => {
+                let mut as_owner = process.clone();
+                as_owner.set_user(oci_spec::runtime::User::default());
+                serde_json::to_writer(&mut file, &as_owner)?
+            }
+            None => serde_json::to_writer(&mut file, process)?,
+        }
         // The exec'd process gets exactly the container's seccomp filter
         // (libcontainer's tenant path drops it; see CapsaExecutor).
         let seccomp_of = |s: &Spec| s.linux().as_ref().and_then(|l| l.seccomp().clone());
@@ -192,17 +223,32 @@ impl Runtime {
         let executor = workload::CapsaExecutor {
             seccomp,
             join_cgroup: join.as_ref().map(|f| f.as_raw_fd()),
+            userns: userns.as_ref().map(|f| workload::UsernsEntry {
+                fd: f.as_raw_fd(),
+                user: process.user().clone(),
+            }),
         };
-        let pid = self
-            .builder(id, io, executor)?
-            .as_tenant()
-            .with_process(Some(file.path()))
-            .with_sub_cgroup(sub_cgroup)
-            .with_ignore_paused(options.ignore_paused)
-            // libcontainer wants a console socket exactly for a detached
-            // process on a terminal; we always return at once.
-            .with_detach(terminal)
-            .build()?;
+        let build = || {
+            Ok(self
+                .builder(id, io, executor)?
+                .as_tenant()
+                .with_process(Some(file.path()))
+                .with_sub_cgroup(sub_cgroup)
+                .with_ignore_paused(options.ignore_paused)
+                // libcontainer wants a console socket exactly for a detached
+                // process on a terminal; we always return at once.
+                .with_detach(terminal)
+                .build()?)
+        };
+        let pid = if userns.is_some() {
+            crate::namespaces::in_namespace_of(
+                init.as_raw(),
+                nix::sched::CloneFlags::CLONE_NEWNET,
+                build,
+            )?
+        } else {
+            build()?
+        };
         Ok(pid.as_raw())
     }
 

@@ -108,13 +108,21 @@ fn read_only() -> io::Result<bool> {
 
 /// A read-only (and nosuid, nodev) bind mount of `file`, attached nowhere.
 fn detached_read_only(file: &str) -> io::Result<OwnedFd> {
-    let file = cstring(file.into())?;
+    // SAFETY: an all-zero mount_attr is valid (no change); we set fields.
+    let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
+    attr.attr_set = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    detached_with(&cstring(file.into())?, &attr)
+}
+
+/// A copy of the mount at `path` (open_tree), attached nowhere, with
+/// `attr` set on it (mount_setattr).
+pub(crate) fn detached_with(path: &std::ffi::CStr, attr: &libc::mount_attr) -> io::Result<OwnedFd> {
     // SAFETY: a NUL-terminated path; a new descriptor is returned or -1.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
             libc::AT_FDCWD,
-            file.as_ptr(),
+            path.as_ptr(),
             libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
         )
     };
@@ -123,9 +131,6 @@ fn detached_read_only(file: &str) -> io::Result<OwnedFd> {
     }
     // SAFETY: open_tree returned this descriptor, which nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // SAFETY: an all-zero mount_attr is valid (no change); we set fields.
-    let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
-    attr.attr_set = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
     // SAFETY: the mount's descriptor, an empty path with AT_EMPTY_PATH and
     // a mount_attr of the size given.
     let rc = unsafe {
@@ -134,7 +139,7 @@ fn detached_read_only(file: &str) -> io::Result<OwnedFd> {
             fd.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH,
-            &attr as *const libc::mount_attr,
+            attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
     };

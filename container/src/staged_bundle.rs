@@ -1,4 +1,8 @@
-//! runc's default cgroup for a bundle that names none.
+//! The bundle libcontainer reads, where capsa must change the engine's:
+//!
+//! - runc's default cgroup for a bundle that names none;
+//! - a network namespace a new user namespace does not own, left out
+//!   (the container inherits it instead: see [`Staged::netns`]).
 //!
 //! runc puts such a container in the cgroup `/<id>` of each hierarchy.
 //! libcontainer reads the bundle's config.json itself (at create, and again
@@ -23,31 +27,40 @@ fn dir(state_dir: &Path, id: &str) -> PathBuf {
     state_dir.join(".bundles").join(id)
 }
 
+pub struct Staged {
+    /// The bundle libcontainer reads.
+    pub bundle: PathBuf,
+    /// A network namespace the container's new user namespace does not
+    /// own: libcontainer enters the user namespace first, and could then
+    /// not join it (setns needs CAP_SYS_ADMIN over the namespace's owner).
+    /// The container is made by a thread already in it, and inherits it,
+    /// as runc's containers join such a namespace before the user one.
+    pub netns: Option<PathBuf>,
+}
+
 /// The bundle libcontainer should read for `bundle`: `bundle` itself when
-/// its spec names a cgroup path, else a staged copy whose spec names
-/// `/<id>`. Refuses when `/<id>` is a cgroup that holds processes already
-/// (on a systemd host `/init.scope` holds PID 1): that is the bundle's to
-/// name, not capsa's to join.
-pub fn stage(state_dir: &Path, id: &str, bundle: &Path) -> Result<PathBuf> {
+/// its spec names a cgroup path and needs no inherited network namespace,
+/// else a staged copy whose spec names `/<id>` (or the bundle's own path)
+/// and leaves that namespace out. Refuses when `/<id>` is a cgroup that
+/// holds processes already (on a systemd host `/init.scope` holds PID 1):
+/// that is the bundle's to name, not capsa's to join.
+pub fn stage(state_dir: &Path, id: &str, bundle: &Path) -> Result<Staged> {
     let config = bundle.join("config.json");
     let mut spec = Spec::load(&config).with_context(|| format!("reading {}", config.display()))?;
-    let Some(linux) = spec.linux_mut() else {
-        return Ok(bundle.to_path_buf());
+    let as_is = Staged {
+        bundle: bundle.to_path_buf(),
+        netns: None,
     };
-    if linux.cgroups_path().is_some() {
-        return Ok(bundle.to_path_buf());
+    let Some(linux) = spec.linux_mut() else {
+        return Ok(as_is);
+    };
+    let netns = take_foreign_netns(linux);
+    if linux.cgroups_path().is_some() && netns.is_none() {
+        return Ok(as_is);
     }
-    let cgroup = PathBuf::from(format!("/{id}"));
-    for h in crate::cgroup::hierarchies() {
-        let procs = h.join(id).join("cgroup.procs");
-        if fs::read_to_string(&procs).is_ok_and(|p| !p.trim().is_empty()) {
-            bail!(
-                "cgroup {} already holds processes: name the container's cgroup in linux.cgroupsPath",
-                h.join(id).display()
-            );
-        }
+    if linux.cgroups_path().is_none() {
+        default_cgroup(id, linux)?;
     }
-    linux.set_cgroups_path(Some(cgroup));
     if let Some(root) = spec.root_mut() {
         root.set_path(bundle.join(root.path()));
     }
@@ -68,7 +81,48 @@ pub fn stage(state_dir: &Path, id: &str, bundle: &Path) -> Result<PathBuf> {
         remove(state_dir, id);
         return Err(e.context(format!("staging the bundle in {}", staged.display())));
     }
-    Ok(staged)
+    Ok(Staged {
+        bundle: staged,
+        netns,
+    })
+}
+
+/// With a new user namespace, the path of the network namespace `linux`
+/// joins, taken out of its list.
+fn take_foreign_netns(linux: &mut oci_spec::runtime::Linux) -> Option<PathBuf> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let namespaces = linux.namespaces().as_ref()?;
+    let new_userns = namespaces
+        .iter()
+        .any(|n| n.typ() == T::User && n.path().is_none());
+    let path = namespaces
+        .iter()
+        .find(|n| n.typ() == T::Network)
+        .and_then(|n| n.path().clone())
+        .filter(|_| new_userns)?;
+    let kept = namespaces
+        .iter()
+        .filter(|n| n.typ() != T::Network)
+        .cloned()
+        .collect();
+    linux.set_namespaces(Some(kept));
+    Some(path)
+}
+
+/// runc's `/<id>`, unless it holds processes already.
+fn default_cgroup(id: &str, linux: &mut oci_spec::runtime::Linux) -> Result<()> {
+    let cgroup = PathBuf::from(format!("/{id}"));
+    for h in crate::cgroup::hierarchies() {
+        let procs = h.join(id).join("cgroup.procs");
+        if fs::read_to_string(&procs).is_ok_and(|p| !p.trim().is_empty()) {
+            bail!(
+                "cgroup {} already holds processes: name the container's cgroup in linux.cgroupsPath",
+                h.join(id).display()
+            );
+        }
+    }
+    linux.set_cgroups_path(Some(cgroup));
+    Ok(())
 }
 
 /// Removes container `id`'s staged bundle, if it has one.

@@ -27,6 +27,72 @@ pub struct CapsaExecutor {
     /// executes (runc's `exec --cgroup` on cgroup v2). Opened by the
     /// caller, whose credentials and cgroup namespace the kernel checks.
     pub join_cgroup: Option<RawFd>,
+    /// The container's own user namespace, for a process joining it.
+    pub userns: Option<UsernsEntry>,
+}
+
+/// A process joining a container that has a user namespace of its own
+/// joins that namespace here, last: libcontainer 0.7's exec joins every
+/// namespace but that one, which would leave the process host root in
+/// the container. libcontainer runs it as uid 0 (the namespace's owner,
+/// whom the kernel lets in); here it enters the namespace (which hands it
+/// every capability there) and takes the `user` and the capabilities its
+/// spec asks for, as libcontainer does for any process.
+#[derive(Clone)]
+pub struct UsernsEntry {
+    /// An open /proc/PID/ns/user of the container's process, kept open by
+    /// the caller until this process has executed.
+    pub fd: RawFd,
+    pub user: oci_spec::runtime::User,
+}
+
+fn enter_userns(entry: &UsernsEntry, spec: &Spec) -> Result<(), ExecutorError> {
+    use libcontainer::capabilities;
+    use nix::unistd::{Gid, Uid};
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        ExecutorError::Other(format!("{what} for the exec'd process: {e}"))
+    };
+    let syscall = libcontainer::syscall::syscall::create_syscall();
+    syscall
+        .set_ns(entry.fd, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| fail("entering the container's user namespace", &e))?;
+    let groups: Vec<Gid> = (entry.user.additional_gids().iter().flatten())
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    syscall
+        .set_groups(&groups)
+        .map_err(|e| fail("setting the groups", &e))?;
+    syscall
+        .set_id(
+            Uid::from_raw(entry.user.uid()),
+            Gid::from_raw(entry.user.gid()),
+        )
+        .map_err(|e| fail("setting the user", &e))?;
+    capabilities::reset_effective(syscall.as_ref())
+        .map_err(|e| fail("resetting the capabilities", &e))?;
+    // No capability sets in the spec: none at all, not the namespace's all
+    // (oci-spec's default would be a set of its own).
+    let none = || {
+        let empty = oci_spec::runtime::Capabilities::new();
+        oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+            .bounding(empty.clone())
+            .effective(empty.clone())
+            .permitted(empty.clone())
+            .inheritable(empty.clone())
+            .ambient(empty)
+            .build()
+            .map_err(|e| fail("an empty capability set", &e))
+    };
+    let caps = match spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.capabilities().clone())
+    {
+        Some(c) => c,
+        None => none()?,
+    };
+    capabilities::drop_privileges(&caps, syscall.as_ref())
+        .map_err(|e| fail("dropping the capabilities", &e))
 }
 
 /// Gives the process every signal's default action and an empty signal
@@ -52,6 +118,9 @@ impl Executor for CapsaExecutor {
             // "0": the writing process itself.
             nix::unistd::write(inherited(fd), b"0")
                 .map_err(|e| ExecutorError::Other(format!("joining the sub-cgroup: {e}")))?;
+        }
+        if let Some(entry) = &self.userns {
+            enter_userns(entry, spec)?;
         }
         default_signals();
         if let Some(seccomp) = &self.seccomp {

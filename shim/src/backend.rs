@@ -134,12 +134,15 @@ pub trait Backend {
     /// Makes the root filesystem the bundle's config.json points at.
     /// `ephemeral`: the container's writes are thrown away when it stops
     /// (`--rm`), so they need not survive a crash of the host.
+    /// `userns`: the container's user namespace mapping, whose root owns
+    /// the image's files (`--userns=auto`).
     fn prepare_rootfs(
         &self,
         paths: &ContainerPaths,
         store: &Store,
         image: &Image,
         ephemeral: bool,
+        userns: Option<&oci_spec::runtime::LinuxIdMapping>,
     ) -> Result<()>;
     /// Undoes `prepare_rootfs`; idempotent, and safe on a half-prepared one.
     fn release_rootfs(&self, paths: &ContainerPaths) -> Result<()>;

@@ -352,6 +352,7 @@ fn target(roots: &Roots, store: &Store, key: &str) -> Result<Target> {
     let root = StoppedRoot {
         roots: roots.clone(),
         paths,
+        userns: rec.userns,
         _busy: busy,
     };
     Ok(Target {
@@ -380,6 +381,8 @@ impl Target {
 struct StoppedRoot {
     roots: Roots,
     paths: ContainerPaths,
+    /// The container's user namespace mapping: the copy runs as its root.
+    userns: Option<oci_spec::runtime::LinuxIdMapping>,
     // The container's own lock (see crate::record::lock_container).
     _busy: nix::fcntl::Flock<fs::File>,
 }
@@ -387,7 +390,10 @@ struct StoppedRoot {
 impl StoppedRoot {
     /// Runs `work` in a child chrooted into the root (no_new_privs, its
     /// stderr on `stderr`): paths resolve inside the root, `..` and
-    /// absolute symlinks included. Exits 1 with the error on stderr.
+    /// absolute symlinks included; for a container with a user namespace
+    /// of its own, as the root of one with the same mapping (what it
+    /// writes is the container's root's, as with a running container's
+    /// copy). Exits 1 with the error on stderr.
     /// `parent_ends` are the parent's ends of the pipes `work` uses: the
     /// child closes its copies, so that each side sees the other go (EOF,
     /// EPIPE) instead of waiting on itself.
@@ -412,6 +418,10 @@ impl StoppedRoot {
                 let done = (|| -> Result<()> {
                     dup2(stderr.as_raw_fd(), 2)?;
                     capsa_container::rootfs::mount_binds_privately(&root, &spec)?;
+                    if let Some(map) = &self.userns {
+                        // Before chroot: a chrooted process cannot enter one.
+                        capsa_container::idmap::become_root_of(map)?;
+                    }
                     chroot(&root)?;
                     chdir("/")?;
                     nix::sys::prctl::set_no_new_privs()?;

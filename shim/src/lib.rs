@@ -38,6 +38,7 @@ pub mod spec_check;
 pub mod stdio;
 pub mod timing;
 pub mod usage;
+pub mod userns;
 pub mod volumes;
 pub mod writable;
 

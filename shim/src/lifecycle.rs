@@ -48,6 +48,8 @@ pub struct CreateRequest {
     pub stop_signal: Option<String>,
     /// `--stop-timeout`: `stop`'s wait before SIGKILL without -t.
     pub stop_timeout: Option<u64>,
+    /// `--userns`.
+    pub userns: crate::userns::Mode,
 }
 
 /// Prepares a container: record, writable layer, root filesystem, bundle.
@@ -137,6 +139,12 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
             .chain(std::mem::take(&mut req.labels))
             .collect();
         rec.healthcheck = healthcheck;
+        if let crate::userns::Mode::Auto { size } = req.userns {
+            rec.userns = Some(
+                crate::userns::allocate(roots, size)
+                    .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?,
+            );
+        }
         rec.create_dir(roots)?;
         (image, rec, network_of)
     };
@@ -164,13 +172,19 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     if let Some(size) = req.storage_size {
         crate::writable::make(&paths, size)?;
     }
-    backend.prepare_rootfs(&paths, store, &image, req.auto_remove)?;
+    backend.prepare_rootfs(&paths, store, &image, req.auto_remove, rec.userns.as_ref())?;
 
     req.run.container_id = id.clone();
+    req.run.userns = rec.userns;
     let layers = store.layer_dirs(&image)?;
     for m in &req.run.mounts {
         if let Some(v) = &m.volume {
-            crate::volumes::fill_from_image(&crate::volumes::get(roots, v)?, &layers, &m.dst)?;
+            crate::volumes::fill_from_image(
+                &crate::volumes::get(roots, v)?,
+                &layers,
+                &m.dst,
+                rec.userns.as_ref(),
+            )?;
         }
     }
     let mut spec = capsa_image::spec::generate(&image, &paths.rootfs(), &layers, &req.run)
@@ -183,7 +197,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     crate::spec_check::check(&spec).map_err(|e| {
         CodedError::new(EXIT_CAPSA_ERROR, format!("invalid container settings: {e}"))
     })?;
-    add_etc_files(&paths, &mut spec, &req.run.network, req.isolation)?;
+    add_etc_files(&paths, &mut spec, &req.run, req.isolation)?;
     if let Some(other) = &network_of {
         // The other container's files as they are now (docker shares them).
         let theirs = ContainerPaths::new(roots, other);
@@ -256,9 +270,10 @@ fn resolve_image(store: &Store, name: &str) -> Result<capsa_image::Image> {
 fn add_etc_files(
     paths: &ContainerPaths,
     spec: &mut oci_spec::runtime::Spec,
-    network: &capsa_image::spec::Network,
+    run: &RunConfig,
     isolation: Isolation,
 ) -> Result<()> {
+    let network = &run.network;
     use capsa_image::spec::Network;
     use oci_spec::runtime::MountBuilder;
     let hostname = spec.hostname().clone().unwrap_or_default();
@@ -290,6 +305,10 @@ fn add_etc_files(
         let src = paths.dir.join(name);
         if isolation == Isolation::Container {
             fs::write(&src, content)?;
+            // Root in the container may edit them, as with docker.
+            if let Some(map) = &run.userns {
+                capsa_container::idmap::chown_to_root(&src, map)?;
+            }
         }
         mounts.push(
             MountBuilder::default()
@@ -509,7 +528,13 @@ pub(crate) fn remount_root(
         )
     })?;
     let paths = ContainerPaths::new(roots, &rec.id);
-    backend_for(roots, rec.isolation)?.prepare_rootfs(&paths, store, &image, ephemeral)?;
+    backend_for(roots, rec.isolation)?.prepare_rootfs(
+        &paths,
+        store,
+        &image,
+        ephemeral,
+        rec.userns.as_ref(),
+    )?;
     Ok(paths)
 }
 

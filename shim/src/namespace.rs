@@ -39,6 +39,7 @@ impl Backend for NamespaceBackend {
         store: &Store,
         image: &Image,
         ephemeral: bool,
+        userns: Option<&oci_spec::runtime::LinuxIdMapping>,
     ) -> Result<()> {
         // With --storage-opt size, the layer is on the container's disk.
         let mounted = writable::mount(paths)?;
@@ -50,6 +51,7 @@ impl Backend for NamespaceBackend {
             &work,
             &paths.rootfs(),
             ephemeral,
+            userns,
         );
         if made.is_err() && mounted {
             let _ = writable::unmount(paths);
@@ -120,7 +122,7 @@ impl Backend for NamespaceBackend {
             }
             _ => None,
         };
-        let written = capsa_container::layer_diff::write(&upper, out);
+        let written = capsa_container::layer_diff::write(&upper, rec.userns.as_ref(), out);
         if let Some(mut c) = frozen {
             c.resume()
                 .with_context(|| format!("thawing container {}", rec.name))?;

@@ -210,6 +210,9 @@ pub struct Record {
     /// `--stop-timeout`: `stop`'s wait before SIGKILL when not given one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<u64>,
+    /// `--userns=auto`: the host ids its user namespace maps 0… to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<oci_spec::runtime::LinuxIdMapping>,
     /// `capsa build`'s RUN steps: when the process exits, the monitor
     /// writes the container's writable layer here (VM mode: while the
     /// guest still runs).
@@ -253,6 +256,7 @@ impl Record {
             labels: BTreeMap::new(),
             healthcheck: None,
             stop_timeout: None,
+            userns: None,
             tty: false,
             interactive: false,
             stop_signal: "SIGTERM".into(),
@@ -381,6 +385,15 @@ impl Record {
             }
         }
         let result = (|| {
+            if let Some(map) = &self.userns {
+                // The container's init, already its own user, passes
+                // through to its root filesystem and files; no one else.
+                std::os::unix::fs::chown(&staging, None, Some(map.host_id()))?;
+                fs::set_permissions(
+                    &staging,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o710),
+                )?;
+            }
             let paths = ContainerPaths {
                 dir: staging.clone(),
             };

@@ -187,7 +187,15 @@ pub fn prune(roots: &Roots) -> Result<Vec<String>> {
 /// xattrs. A path in the image that is not a plain directory all the way
 /// down (a symlink, which would resolve outside the image here, or a file)
 /// gives nothing to copy.
-pub fn fill_from_image(vol: &Volume, layers: &[PathBuf], dst: &str) -> Result<()> {
+///
+/// `userns`: the filling container's user namespace mapping; the volume is
+/// its root's, and the image's files are copied with their owners mapped.
+pub fn fill_from_image(
+    vol: &Volume,
+    layers: &[PathBuf],
+    dst: &str,
+    userns: Option<&oci_spec::runtime::LinuxIdMapping>,
+) -> Result<()> {
     let data = &vol.mountpoint;
     // One filler at a time: two containers starting on one new volume.
     let meta = fs::File::open(data.with_file_name("volume.json"))?;
@@ -197,6 +205,9 @@ pub fn fill_from_image(vol: &Volume, layers: &[PathBuf], dst: &str) -> Result<()
     if fs::read_dir(data)?.next().is_some() {
         return Ok(());
     }
+    if let Some(map) = userns {
+        capsa_container::idmap::chown_to_root(data, map)?;
+    }
     let scratch = tempfile::Builder::new()
         .prefix(".fill-")
         .tempdir_in(data.parent().unwrap_or(data))?;
@@ -205,7 +216,7 @@ pub fn fill_from_image(vol: &Volume, layers: &[PathBuf], dst: &str) -> Result<()
         scratch.path().join("work"),
         scratch.path().join("merged"),
     );
-    capsa_container::rootfs::mount_overlay(layers, &upper, &work, &merged, true)?;
+    capsa_container::rootfs::mount_overlay(layers, &upper, &work, &merged, true, userns)?;
     let result = copy_dir_at(&merged, dst, data);
     let unmounted = capsa_container::rootfs::unmount(&merged);
     result.and(unmounted)

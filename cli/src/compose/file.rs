@@ -349,6 +349,9 @@ pub struct Service {
     /// The size of /dev/shm (`--shm-size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<Scalar>,
+    /// `host`, or `auto[:size=N]` (`--userns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns_mode: Option<String>,
     /// Resource limits: NAME: N, or NAME: {soft, hard} (`--ulimit`).
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub ulimits: IndexMap<String, UlimitDef>,

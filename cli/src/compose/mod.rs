@@ -522,6 +522,9 @@ fn run_argv(p: &Project, values: &Path, service: &str, name: &str) -> Result<Vec
     if let Some(size) = &s.shm_size {
         a.extend(["--shm-size".into(), size.to_string()]);
     }
+    if let Some(mode) = &s.userns_mode {
+        a.extend(["--userns".into(), mode.clone()]);
+    }
     for (name, u) in &s.ulimits {
         a.extend(["--ulimit".into(), u.flag(name)]);
     }

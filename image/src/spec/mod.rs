@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxSeccomp,
-    RootBuilder, Spec, SpecBuilder,
+    LinuxBuilder, LinuxIdMapping, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxSeccomp, RootBuilder, Spec, SpecBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +135,16 @@ pub struct RunConfig {
     /// `--ulimit`s (the open-files one replaces capsa's default).
     #[serde(default)]
     pub ulimits: Vec<Ulimit>,
+    /// `--userns=auto`: a user namespace of the container's own, whose
+    /// uids and gids 0… are the host's `host_id`… (None: the host's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<LinuxIdMapping>,
+}
+
+/// Whether the container makes a network namespace of its own (one its
+/// user namespace owns), rather than joining the host's or a prepared one.
+pub fn own_network(rc: &RunConfig) -> bool {
+    rc.network == Network::None
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -187,8 +197,11 @@ fn namespaces(rc: &RunConfig) -> Result<Vec<LinuxNamespace>> {
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Cgroup,
     ];
-    if rc.network == Network::None {
+    if own_network(rc) {
         ns_types.push(LinuxNamespaceType::Network);
+    }
+    if rc.userns.is_some() {
+        ns_types.push(LinuxNamespaceType::User);
     }
     let mut out = ns_types
         .into_iter()
@@ -216,6 +229,18 @@ fn namespaces(rc: &RunConfig) -> Result<Vec<LinuxNamespace>> {
 pub fn generate(image: &Image, rootfs: &Path, layers: &[PathBuf], rc: &RunConfig) -> Result<Spec> {
     let args = command(image, rc)?;
     let user = resolve_user(layers, &users::requested_user(image, rc))?;
+    if let Some(map) = &rc.userns {
+        let mut ids = [user.uid, user.gid]
+            .into_iter()
+            .chain(user.additional_gids.clone());
+        if let Some(id) = ids.find(|id| *id >= map.size()) {
+            return Err(bad(format!(
+                "the container's user or group {id} is outside its user namespace's {} ids: \
+                 give --userns=auto:size=N with N above {id}",
+                map.size()
+            )));
+        }
+    }
     let hostname = hostname(rc)?;
 
     // Every field is set, even empty ones: oci-spec's builders fill an unset
@@ -235,6 +260,10 @@ pub fn generate(image: &Image, rootfs: &Path, layers: &[PathBuf], rc: &RunConfig
         .build()
         .map_err(internal)?;
     linux.set_seccomp(seccomp_of(rc)?);
+    if let Some(map) = rc.userns {
+        linux.set_uid_mappings(Some(vec![map]));
+        linux.set_gid_mappings(Some(vec![map]));
+    }
     let root = RootBuilder::default()
         .path(rootfs)
         .readonly(rc.read_only)

@@ -48,8 +48,10 @@ fn mount(
 }
 
 /// The kernel file systems every container gets; /sys and its cgroup
-/// read-write only with `--privileged`.
-fn default_mounts(privileged: bool) -> Result<Vec<Mount>> {
+/// read-write only with `--privileged`. `bind_sys`: /sys is the host's,
+/// bound (as podman does): a user namespace cannot mount a sysfs for a
+/// network namespace it does not own.
+fn default_mounts(privileged: bool, bind_sys: bool) -> Result<Vec<Mount>> {
     #[rustfmt::skip]
     const MOUNTS: &[(&str, &str, &str, &[&str])] = &[
         ("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
@@ -62,9 +64,16 @@ fn default_mounts(privileged: bool) -> Result<Vec<Mount>> {
     ];
     MOUNTS
         .iter()
-        .map(|(dst, typ, src, opts)| {
-            let opts = opts.iter().filter(|o| !(privileged && **o == "ro"));
-            mount(*dst, typ, *src, opts.map(|o| o.to_string()).collect())
+        .map(|&(dst, typ, src, opts)| {
+            let (typ, src, bind) = match (dst, bind_sys) {
+                ("/sys", true) => ("bind", "/sys", &["rbind", "rprivate"][..]),
+                _ => (typ, src, &[][..]),
+            };
+            let opts = bind
+                .iter()
+                .chain(opts)
+                .filter(|o| !(privileged && **o == "ro"));
+            mount(dst, typ, src, opts.map(|o| o.to_string()).collect())
         })
         .collect()
 }
@@ -149,7 +158,8 @@ pub(super) fn mounts(rc: &RunConfig) -> Result<Vec<Mount>> {
     // A user mount replaces the default one on the same destination,
     // compared as written (as strings: `Path`'s `==` ignores a trailing `/`).
     let extra = user_mounts(rc)?;
-    let mut mounts: Vec<Mount> = default_mounts(rc.privileged)?
+    let bind_sys = rc.userns.is_some() && !super::own_network(rc);
+    let mut mounts: Vec<Mount> = default_mounts(rc.privileged, bind_sys)?
         .into_iter()
         .filter(|d| {
             !extra

@@ -712,6 +712,7 @@ fn run_step(
             },
             stop_signal: None,
             stop_timeout: None,
+            userns: Default::default(),
         },
     )?;
     let result = (|| -> Result<()> {

@@ -433,6 +433,8 @@ impl Backend for MicroVmBackend {
         store: &Store,
         image: &Image,
         _ephemeral: bool,
+        // The guest idmaps the image's disk from the spec's mappings.
+        _userns: Option<&oci_spec::runtime::LinuxIdMapping>,
     ) -> Result<()> {
         let disk = store.rootfs_image(image, ROOT_FORMAT)?;
         // Again for a restart: the link may be there.
