@@ -103,6 +103,15 @@ fn timeouts_panics_and_killed_vmms_and_daemons_are_reported_and_cleaned_up() {
         "{text}"
     );
 
+    // With --userns=auto the daemon is the container's root on the host.
+    let uns = section(&stdout, "virtiofsd-userns");
+    assert!(
+        uns.contains("daemon uid=capsa-base userns=own Seccomp:2"),
+        "{text}"
+    );
+    assert!(uns.contains("written as capsa-base"), "{text}");
+    assert!(uns.contains("Permission denied"), "{text}");
+
     assert!(
         stdout.contains(
             "@@ leftovers containers=0 vmms=0 virtiofsd=0 mounts=0 sockets=0 jails=0 cgroups=0"

@@ -41,4 +41,20 @@ for p in $(pgrep -x virtiofsd); do
 done
 pkill -9 -x virtiofsd
 echo "rc=$(timeout 60 $c wait $id)"; $c inspect $id | grep '"error"'; $c rm $id > /dev/null
+echo "@@ virtiofsd-userns"
+# --userns=auto: the share's daemon runs as the container's root (the first
+# uid of capsa's range), not the host's; what the container writes is that
+# uid's; a host file outside the mapping stays out of its reach
+chmod 1777 /run/share; echo secret > /run/share/host-only; chmod 600 /run/share/host-only
+id=$($c run -d --isolation vm --userns=auto -v /run/share:/data demo sh -c 'echo w > /data/w; cat /data/host-only 2>&1 | grep -o "Permission denied"; sleep 300')
+base=$(grep '^capsa:' /etc/subuid | cut -d: -f2); n=0
+until [ -s /run/share/w ] || [ $n -ge 100 ]; do sleep 0.1; n=$((n+1)); done
+for p in $(pgrep -x virtiofsd); do
+  uid=$(awk '/^Uid:/ {print $2}' /proc/$p/status)
+  [ "$uid" = "$base" ] && uid=capsa-base
+  [ "$(readlink /proc/$p/ns/user)" = "$(readlink /proc/1/ns/user)" ] && userns=host || userns=own
+  echo "daemon uid=$uid userns=$userns $(grep -E '^Seccomp:' /proc/$p/status | tr -d '\t ')"
+done
+[ "$(stat -c %u /run/share/w)" = "$base" ] && echo "written as capsa-base"
+$c logs $id; $c rm -f $id > /dev/null
 echo "@@ leftovers containers=$($c ps -aq | wc -l) vmms=$(pgrep -c capsa-vmm) virtiofsd=$(pgrep -c virtiofsd) mounts=$(grep -c /run/f/ /proc/mounts) sockets=$(ls /run/f/run/sockets 2>/dev/null | wc -l) jails=$(grep -c capsa-vmm-jail /proc/mounts) cgroups=$(find /sys/fs/cgroup/capsa -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)"

@@ -162,20 +162,6 @@ pub fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The mapping of the spec's own user namespace (`--userns=auto`), if it
-/// has one.
-fn userns_of(spec: &Spec) -> Option<oci_spec::runtime::LinuxIdMapping> {
-    let linux = spec.linux().as_ref()?;
-    let new_userns = linux
-        .namespaces()
-        .iter()
-        .flatten()
-        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User && n.path().is_none());
-    new_userns
-        .then(|| linux.uid_mappings().iter().flatten().next().copied())
-        .flatten()
-}
-
 /// The tmpfs mount options for a writable layer of `size_bytes`.
 pub fn tmpfs_options(size_bytes: u64) -> Result<String> {
     if size_bytes < 1024 * 1024 {
@@ -221,7 +207,7 @@ impl Container {
                 drop_swap_limit(&mut spec);
             }
             guest_bind_sources(&mut spec, &etc_dir(id))?;
-            if let Some(map) = userns_of(&spec) {
+            if let Some(map) = capsa_container::idmap::own_mapping(&spec) {
                 // Root in the container may edit them, as with docker.
                 for f in fs::read_dir(etc_dir(id)).into_iter().flatten().flatten() {
                     capsa_container::idmap::chown_to_root(&f.path(), &map)?;
@@ -294,7 +280,7 @@ impl Container {
         // image's files through an idmapped mount of its disk, as on the
         // host (capsa_container::idmap).
         let stage = base.join("image.idmapped");
-        let lower = match userns_of(&self.spec) {
+        let lower = match capsa_container::idmap::own_mapping(&self.spec) {
             Some(map) => {
                 capsa_container::idmap::chown_to_root(&upper, &map)?;
                 capsa_container::idmap::stage_layers(std::slice::from_ref(&image), &map, &stage)?
@@ -385,7 +371,10 @@ impl Container {
             .arg(DIFF_COMMAND)
             .arg(&upper)
             .arg(self.cgroup_dir())
-            .args(userns_of(&self.spec).map(|m| format!("{}:{}", m.host_id(), m.size())))
+            .args(
+                capsa_container::idmap::own_mapping(&self.spec)
+                    .map(|m| format!("{}:{}", m.host_id(), m.size())),
+            )
             .stdin(null())
             .stdout(io.stdout.map_or_else(null, Into::into))
             .stderr(io.stderr.map_or_else(null, Into::into))

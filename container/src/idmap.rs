@@ -167,6 +167,19 @@ pub fn become_root_of(map: &LinuxIdMapping) -> Result<()> {
     Ok(())
 }
 
+/// The mapping of `spec`'s own user namespace (`--userns=auto`: one range
+/// from 0), if it makes one.
+pub fn own_mapping(spec: &oci_spec::runtime::Spec) -> Option<LinuxIdMapping> {
+    let linux = spec.linux().as_ref()?;
+    let new_userns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User && n.path().is_none());
+    let map = linux.uid_mappings().iter().flatten().next().copied()?;
+    (new_userns && map.container_id() == 0).then_some(map)
+}
+
 /// `path` owned by the mapped root (uid and gid `map`'s host id for 0),
 /// so root in the container owns it.
 pub fn chown_to_root(path: &Path, map: &LinuxIdMapping) -> Result<()> {

@@ -530,12 +530,14 @@ impl Backend for MicroVmBackend {
                 .unwrap_or(false),
             tag: ROOT_TAG.into(),
             binds: Vec::new(),
+            userns: None,
         });
         let pod_share = pod_dir.as_ref().map(|dir| ShareSpec {
             source: dir.clone(),
             readonly: false,
             tag: sandbox::POD_TAG.into(),
             binds: Vec::new(),
+            userns: None,
         });
         let share_specs: Vec<_> = root_share
             .into_iter()

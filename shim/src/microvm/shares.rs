@@ -20,6 +20,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,9 @@ pub struct ShareSpec {
     /// Host directories bound at `source/0`, `source/1`, … for the daemon
     /// only (see the module's comment).
     pub binds: Vec<Bind>,
+    /// The container's user namespace mapping (`--userns=auto`): the
+    /// daemon runs as its root, not the host's (see [`as_the_containers_root`]).
+    pub userns: Option<oci_spec::runtime::LinuxIdMapping>,
 }
 
 /// A host directory a share holds.
@@ -95,9 +99,20 @@ fn start_one(s: &ShareSpec, socket: &Path, log: &Path, die_with_caller: bool) ->
     let bin = virtiofsd()?;
     let _ = std::fs::remove_file(socket);
     let mut cmd = Command::new(&bin);
-    cmd.arg("--socket-path")
-        .arg(socket)
-        .arg("--shared-dir")
+    // As the container's root, the daemon cannot make its socket in
+    // capsa's directory: it is handed one listening already.
+    let listener = match &s.userns {
+        Some(_) => Some(
+            std::os::unix::net::UnixListener::bind(socket)
+                .with_context(|| format!("listening on {}", socket.display()))?,
+        ),
+        None => None,
+    };
+    match &listener {
+        Some(l) => cmd.arg("--fd").arg(l.as_raw_fd().to_string()),
+        None => cmd.arg("--socket-path").arg(socket),
+    };
+    cmd.arg("--shared-dir")
         .arg(&s.source)
         .args(["--sandbox", "namespace", "--seccomp", "kill"])
         // Metadata and data cached for a second, as Kata does: a file the
@@ -119,12 +134,19 @@ fn start_one(s: &ShareSpec, socket: &Path, log: &Path, die_with_caller: bool) ->
         cmd.arg("--announce-submounts");
         bind_in_own_namespace(&mut cmd, &s.source, &s.binds)?;
     }
+    // After the binds (made as host root), before the parent-death signal
+    // (a change of user clears it).
+    if let (Some(map), Some(l)) = (&s.userns, &listener) {
+        as_the_containers_root(&mut cmd, map, l.as_raw_fd())?;
+    }
     if die_with_caller {
         super::die_with_parent(&mut cmd);
     }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
+    // The daemon holds its copy; connections wait in its backlog.
+    drop(listener);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if socket.exists() {
@@ -153,6 +175,45 @@ fn start_one(s: &ShareSpec, socket: &Path, log: &Path, die_with_caller: bool) ->
         tag: s.tag.clone(),
         child,
     })
+}
+
+/// Makes `cmd` (virtiofsd) start as root of a user namespace mapped as the
+/// container's (`map`), inheriting `listener`: on the host it is the
+/// container's root, an unprivileged uid that owns only what the container
+/// owns. virtiofsd, root in its namespace, makes its sandbox there (mount,
+/// pid and network namespaces of its own); the guest's ids (the mapped
+/// ones: the guest runs the container in the same mapping) are translated
+/// back to the namespace's with `--translate-uid/gid map:HOST:0:SIZE`, so
+/// a file the container writes gets the same host owner as in container
+/// mode, and a host file outside the mapping is nobody's to it.
+fn as_the_containers_root(
+    cmd: &mut Command,
+    map: &oci_spec::runtime::LinuxIdMapping,
+    listener: std::os::fd::RawFd,
+) -> Result<()> {
+    let userns = capsa_container::idmap::user_namespace(map)?;
+    let translate = format!("map:{}:0:{}", map.host_id(), map.size());
+    cmd.arg("--translate-uid")
+        .arg(&translate)
+        .arg("--translate-gid")
+        .arg(&translate);
+    // SAFETY: between fork and exec the closure only makes system calls on
+    // descriptors opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |r: libc::c_long| match r {
+                r if r < 0 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            };
+            // Inherited across exec (std's sockets are close-on-exec).
+            check(libc::fcntl(listener, libc::F_SETFD, 0).into())?;
+            check(libc::setns(userns.as_raw_fd(), libc::CLONE_NEWUSER).into())?;
+            check(libc::setgroups(0, std::ptr::null()).into())?;
+            check(libc::setresgid(0, 0, 0).into())?;
+            check(libc::setresuid(0, 0, 0).into())
+        });
+    }
+    Ok(())
 }
 
 /// Makes `cmd` start in a mount namespace of its own, with each of `binds`

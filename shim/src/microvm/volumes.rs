@@ -128,6 +128,7 @@ pub fn plan(spec: &mut Spec, dir: &Path, first_device: char, copy_files: bool) -
                 readonly: false,
                 tag: VOLUMES_TAG.into(),
                 binds,
+                userns: capsa_container::idmap::own_mapping(spec),
             },
             Volume {
                 device: VOLUMES_TAG.into(),
