@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -158,26 +158,35 @@ pub fn detach_all(stage: &Path) {
 /// mapped root, and host files outside the mapping are nobody's to it.
 pub fn become_root_of(map: &LinuxIdMapping) -> Result<()> {
     let ns = user_namespace(map)?;
-    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUSER)
-        .context("entering the container's user namespace")?;
-    nix::unistd::setgroups(&[]).context("dropping the host's groups")?;
-    let (u, g) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
-    nix::unistd::setresgid(g, g, g).context("becoming the container's root group")?;
-    nix::unistd::setresuid(u, u, u).context("becoming the container's root")?;
-    Ok(())
+    enter_as_root(ns.as_fd()).context("becoming root of the container's user namespace")
+}
+
+/// Enters the user namespace `ns` as its root, with no supplementary
+/// groups. System calls only: fit to run between fork and exec.
+pub fn enter_as_root(ns: std::os::fd::BorrowedFd) -> nix::Result<()> {
+    use nix::unistd::{Gid, Uid};
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER)?;
+    nix::unistd::setgroups(&[])?;
+    let (u, g) = (Uid::from_raw(0), Gid::from_raw(0));
+    nix::unistd::setresgid(g, g, g)?;
+    nix::unistd::setresuid(u, u, u)
 }
 
 /// The mapping of `spec`'s own user namespace (`--userns=auto`: one range
 /// from 0), if it makes one.
 pub fn own_mapping(spec: &oci_spec::runtime::Spec) -> Option<LinuxIdMapping> {
     let linux = spec.linux().as_ref()?;
-    let new_userns = linux
+    let map = linux.uid_mappings().iter().flatten().next().copied()?;
+    (makes_user_namespace(linux) && map.container_id() == 0).then_some(map)
+}
+
+/// Whether `linux` makes a user namespace (one with no path to join).
+pub fn makes_user_namespace(linux: &oci_spec::runtime::Linux) -> bool {
+    linux
         .namespaces()
         .iter()
         .flatten()
-        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User && n.path().is_none());
-    let map = linux.uid_mappings().iter().flatten().next().copied()?;
-    (new_userns && map.container_id() == 0).then_some(map)
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User && n.path().is_none())
 }
 
 /// `path` owned by the mapped root (uid and gid `map`'s host id for 0),

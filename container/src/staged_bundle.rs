@@ -91,15 +91,14 @@ pub fn stage(state_dir: &Path, id: &str, bundle: &Path) -> Result<Staged> {
 /// joins, taken out of its list.
 fn take_foreign_netns(linux: &mut oci_spec::runtime::Linux) -> Option<PathBuf> {
     use oci_spec::runtime::LinuxNamespaceType as T;
+    if !crate::idmap::makes_user_namespace(linux) {
+        return None;
+    }
     let namespaces = linux.namespaces().as_ref()?;
-    let new_userns = namespaces
-        .iter()
-        .any(|n| n.typ() == T::User && n.path().is_none());
     let path = namespaces
         .iter()
         .find(|n| n.typ() == T::Network)
-        .and_then(|n| n.path().clone())
-        .filter(|_| new_userns)?;
+        .and_then(|n| n.path().clone())?;
     let kept = namespaces
         .iter()
         .filter(|n| n.typ() != T::Network)

@@ -97,7 +97,8 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         });
         let healthcheck = crate::health::HealthConfig::resolve(image_check, &req.health)
             .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
-        if Record::list(roots)?.iter().any(|r| r.name == name) {
+        let existing = Record::list(roots)?;
+        if existing.iter().any(|r| r.name == name) {
             return Err(CodedError::new(
                 EXIT_CAPSA_ERROR,
                 format!("the container name {name:?} is already in use; remove that container or choose another --name"),
@@ -141,7 +142,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         rec.healthcheck = healthcheck;
         if let crate::userns::Mode::Auto { size } = req.userns {
             rec.userns = Some(
-                crate::userns::allocate(roots, size)
+                crate::userns::allocate(&existing, size)
                     .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?,
             );
         }

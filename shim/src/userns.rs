@@ -13,7 +13,6 @@ use std::str::FromStr;
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::LinuxIdMapping;
 
-use crate::paths::Roots;
 use crate::record::Record;
 
 /// The name capsa's range goes by in /etc/subuid and /etc/subgid.
@@ -60,13 +59,13 @@ impl FromStr for Mode {
     }
 }
 
-/// A range for a new container of `roots` that no other of its containers
-/// holds. Call with the containers lock held, and keep the range in the
-/// new record before the lock goes.
-pub fn allocate(roots: &Roots, size: Option<u32>) -> Result<LinuxIdMapping> {
+/// A range for a new container that none of `records` (the root's
+/// containers) holds. Call with the containers lock held, and keep the
+/// range in the new record before the lock goes.
+pub fn allocate(records: &[Record], size: Option<u32>) -> Result<LinuxIdMapping> {
     let size = size.unwrap_or(DEFAULT_SIZE);
     let (start, count) = capsa_range(Path::new("/etc/subuid"), Path::new("/etc/subgid"))?;
-    let mut used: Vec<(u64, u64)> = Record::list(roots)?
+    let mut used: Vec<(u64, u64)> = records
         .iter()
         .filter_map(|r| r.userns)
         .map(|m| (m.host_id() as u64, m.host_id() as u64 + m.size() as u64))

@@ -20,7 +20,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -201,16 +201,11 @@ fn as_the_containers_root(
     // descriptors opened before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            let check = |r: libc::c_long| match r {
-                r if r < 0 => Err(std::io::Error::last_os_error()),
-                _ => Ok(()),
-            };
             // Inherited across exec (std's sockets are close-on-exec).
-            check(libc::fcntl(listener, libc::F_SETFD, 0).into())?;
-            check(libc::setns(userns.as_raw_fd(), libc::CLONE_NEWUSER).into())?;
-            check(libc::setgroups(0, std::ptr::null()).into())?;
-            check(libc::setresgid(0, 0, 0).into())?;
-            check(libc::setresuid(0, 0, 0).into())
+            if libc::fcntl(listener, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            capsa_container::idmap::enter_as_root(userns.as_fd()).map_err(Into::into)
         });
     }
     Ok(())
