@@ -92,11 +92,17 @@ fn timeouts_panics_and_killed_vmms_and_daemons_are_reported_and_cleaned_up() {
     // names it, instead of a guest hung on its files.
     let fs = section(&stdout, "virtiofsd-killed");
     // The daemon serving the share is confined: seccomp on, the share as
-    // its whole root (volume 0 bound in it), a network namespace of its own.
+    // its whole root (volume 0 bound in it), a network namespace of its
+    // own, a user namespace of its own (so no capability over the host)
+    // mapping every id to itself (so the guest's root writes as host root,
+    // as in container mode), in the VM's cgroup.
     assert!(
-        fs.contains("daemon Seccomp:2 root=0, vol0=only-this, net=own"),
+        fs.contains(
+            "daemon Seccomp:2 root=0, vol0=by-root,only-this, net=own userns=own:0:0:4294967295 cgroup=/capsa/ID"
+        ),
         "{text}"
     );
+    assert!(fs.contains("by-root owner=0:0"), "{text}");
     assert!(fs.contains("rc=125"), "{text}");
     assert!(
         fs.contains("virtio-fs capsa-volumes: its virtiofsd closed the connection"),

@@ -30,15 +30,20 @@ pkill -9 capsa-vmm
 echo "rc=$($c wait $id)"; $c inspect $id | grep '"error"'; $c rm $id > /dev/null
 echo "@@ virtiofsd-killed"
 mkdir -p /run/share && echo marker > /run/share/only-this
-id=$($c run -d --isolation vm -v /run/share:/data demo sh -c 'while :; do ls /data > /dev/null; sleep 0.1; done')
+id=$($c run -d --isolation vm -v /run/share:/data demo sh -c 'touch /data/by-root; while :; do ls /data > /dev/null; sleep 0.1; done')
 sleep 2
 # the daemon that serves the share: its seccomp mode, what its root holds
-# (the volumes, bound in its own mount namespace), and whether its network
-# namespace is the host's
+# (the volumes, bound in its own mount namespace), whether its network
+# namespace is the host's, its user namespace (not the host's: every id
+# mapped to itself) and its cgroup (the VM's); the guest's root writes as
+# host root, as in container mode
 for p in $(pgrep -x virtiofsd); do
   [ "$(readlink /proc/$p/ns/net)" = "$(readlink /proc/1/ns/net)" ] && net=host || net=own
-  echo "daemon $(grep -E '^Seccomp:' /proc/$p/status | tr -d '\t ') root=$(ls /proc/$p/root | tr '\n' ,) vol0=$(ls /proc/$p/root/0 | tr '\n' ,) net=$net"
+  [ "$(readlink /proc/$p/ns/user)" = "$(readlink /proc/1/ns/user)" ] && userns=host || userns="own:$(awk '{print $1":"$2":"$3}' /proc/$p/uid_map)"
+  cg=$(awk -F: '$1 == "0" { print $3 }' /proc/$p/cgroup | sed "s/$id/ID/")
+  echo "daemon $(grep -E '^Seccomp:' /proc/$p/status | tr -d '\t ') root=$(ls /proc/$p/root | tr '\n' ,) vol0=$(ls /proc/$p/root/0 | tr '\n' ,) net=$net userns=$userns cgroup=$cg"
 done
+echo "by-root owner=$(stat -c %u:%g /run/share/by-root)"
 pkill -9 -x virtiofsd
 echo "rc=$(timeout 60 $c wait $id)"; $c inspect $id | grep '"error"'; $c rm $id > /dev/null
 echo "@@ virtiofsd-userns"

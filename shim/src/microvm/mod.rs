@@ -544,92 +544,98 @@ impl Backend for MicroVmBackend {
             .chain(volumes.share.iter().map(|(s, _)| s.clone()))
             .chain(pod_share)
             .collect();
-        let mut daemons = shares::start(
+        // The VM's cgroup, joined by its share daemons and its VMM before
+        // they execute: the guest's memory (all of it anonymous memory of
+        // the VMM), the VMM's and the daemons' own, and their tasks are
+        // bounded on the host, whatever a guest that took them over does.
+        let cgroup = capsa_container::cgroup::make_limited(
+            &capsa_container::cgroup::cgroup_path(&rec.id),
+            (mem_mib << 20) + VMM_MEMORY_HEADROOM,
+            VMM_TASKS,
+        )
+        .context("making the VM's cgroup")?;
+        let mut daemons = match shares::start(
             &share_specs,
             |n| self.share_socket(&rec.id, n),
             &self.vmm_log(&rec.id),
             rec.keeper_pid.is_none(),
-        )?;
-        let read_only = |path: &Path| DiskConfig {
-            path: path.to_path_buf(),
-            read_only: true,
-        };
-        let config = VmConfig {
-            kernel,
-            initrd: Some(initrd),
-            cmdline: Some(cmdline),
-            mem_mib: u32::try_from(mem_mib).context("the VM's memory size")?,
-            vcpus: u8::try_from(vcpus).context("the VM's vCPU count")?,
-            disks: root_disk
-                .iter()
-                .map(PathBuf::as_path)
-                .chain(volumes.disks.iter().map(|v| v.image.as_path()))
-                .map(read_only)
-                .chain(writable_disk.as_ref().map(|(path, _)| DiskConfig {
-                    path: path.clone(),
-                    read_only: false,
-                }))
-                .collect(),
-            vsock: Some(VsockConfig {
-                cid: 3,
-                uds: sock.clone(),
-            }),
-            nets: nics.vm_config(),
-            fs: daemons
-                .iter()
-                .map(|d| FsConfig {
-                    socket: d.socket.clone(),
-                    tag: d.tag.clone(),
-                })
-                .collect(),
-            serial: SerialConfig::File(self.console_log(&rec.id)),
-            // The user chose the kernel (e.g. a PVM-enabled one).
-            allow_pvm: rec.kernel.is_some(),
-        };
-        // Kept beside the container: what was booted, for whoever debugs it.
-        let config_file = vm_config_file(&paths);
-        std::fs::write(&config_file, serde_json::to_vec_pretty(&config)?)
-            .with_context(|| format!("writing {}", config_file.display()))?;
-        let mut cmd = Command::new(&vmm);
-        nics.inherit(&mut cmd);
-        // Jailed once the VM is built (capsa-vmm's jail module), as the
-        // first process of a PID namespace of its own.
-        cmd.arg("--jail")
-            .arg("--config")
-            .arg(&config_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(self.vmm_log(&rec.id))?);
-        // The VM lives no longer than the process that holds its agent
-        // connection (the monitor): a killed monitor must not leave a
-        // guest running that nobody can reach. With a keeper (see
-        // crate::keeper) the VM outlives the monitor: the keeper adopts it
-        // and collects the container's exit from the agent.
-        if rec.keeper_pid.is_none() {
-            die_with_parent(&mut cmd);
-        }
-        // A cgroup of its own, joined before it executes: the VMM's memory
-        // (the guest's, all of it anonymous memory of the VMM, plus its
-        // own) and tasks are bounded on the host, whatever a guest that
-        // took it over does.
-        let cgroup = match capsa_container::cgroup::make_limited(
-            &capsa_container::cgroup::cgroup_path(&rec.id),
-            (mem_mib << 20) + VMM_MEMORY_HEADROOM,
-            VMM_TASKS,
+            &cgroup,
         ) {
-            Ok(c) => c,
+            Ok(d) => d,
             Err(e) => {
-                shares::stop(&mut daemons);
-                return Err(e).context("making the VMM's cgroup");
+                cgroup.remove(Duration::from_secs(2));
+                return Err(e);
             }
         };
-        join_on_exec(&mut cmd, &cgroup);
-        let mut child = match spawn_in_own_pid_ns(&mut cmd) {
+        // Nothing between the daemons and the VMM may leave them behind.
+        let spawned = (|| -> Result<Child> {
+            let read_only = |path: &Path| DiskConfig {
+                path: path.to_path_buf(),
+                read_only: true,
+            };
+            let config = VmConfig {
+                kernel,
+                initrd: Some(initrd),
+                cmdline: Some(cmdline),
+                mem_mib: u32::try_from(mem_mib).context("the VM's memory size")?,
+                vcpus: u8::try_from(vcpus).context("the VM's vCPU count")?,
+                disks: root_disk
+                    .iter()
+                    .map(PathBuf::as_path)
+                    .chain(volumes.disks.iter().map(|v| v.image.as_path()))
+                    .map(read_only)
+                    .chain(writable_disk.as_ref().map(|(path, _)| DiskConfig {
+                        path: path.clone(),
+                        read_only: false,
+                    }))
+                    .collect(),
+                vsock: Some(VsockConfig {
+                    cid: 3,
+                    uds: sock.clone(),
+                }),
+                nets: nics.vm_config(),
+                fs: daemons
+                    .iter()
+                    .map(|d| FsConfig {
+                        socket: d.socket.clone(),
+                        tag: d.tag.clone(),
+                    })
+                    .collect(),
+                serial: SerialConfig::File(self.console_log(&rec.id)),
+                // The user chose the kernel (e.g. a PVM-enabled one).
+                allow_pvm: rec.kernel.is_some(),
+            };
+            // Kept beside the container: what was booted, for whoever debugs it.
+            let config_file = vm_config_file(&paths);
+            std::fs::write(&config_file, serde_json::to_vec_pretty(&config)?)
+                .with_context(|| format!("writing {}", config_file.display()))?;
+            let mut cmd = Command::new(&vmm);
+            nics.inherit(&mut cmd);
+            // Jailed once the VM is built (capsa-vmm's jail module), as the
+            // first process of a PID namespace of its own.
+            cmd.arg("--jail")
+                .arg("--config")
+                .arg(&config_file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(self.vmm_log(&rec.id))?);
+            // The VM lives no longer than the process that holds its agent
+            // connection (the monitor): a killed monitor must not leave a
+            // guest running that nobody can reach. With a keeper (see
+            // crate::keeper) the VM outlives the monitor: the keeper adopts it
+            // and collects the container's exit from the agent.
+            if rec.keeper_pid.is_none() {
+                die_with_parent(&mut cmd);
+            }
+            join_on_exec(&mut cmd, &cgroup);
+            spawn_in_own_pid_ns(&mut cmd).with_context(|| format!("starting {}", vmm.display()))
+        })();
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 shares::stop(&mut daemons);
                 cgroup.remove(Duration::from_secs(2));
-                return Err(e).with_context(|| format!("starting {}", vmm.display()));
+                return Err(e);
             }
         };
         let pid = child.id() as i32;
@@ -1083,10 +1089,11 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// What a VMM may use beyond its guest's memory (its own heap, the
-/// virtqueues' buffers, the page cache of the disks it reads), and how
-/// many tasks it may have (its vCPU and device threads; it starts no
-/// process).
+/// What a VM's host processes may use beyond its guest's memory (the
+/// VMM's heap, the virtqueues' buffers, the page cache of the disks and
+/// shared files read for it, the share daemons'), and how many tasks they
+/// may have (the VMM's vCPU and device threads, the daemons'; neither
+/// starts other processes).
 const VMM_MEMORY_HEADROOM: u64 = 256 << 20;
 const VMM_TASKS: u64 = 128;
 

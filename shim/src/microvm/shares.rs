@@ -5,7 +5,9 @@
 //! Each daemon runs in virtiofsd's own namespace sandbox (new mount, pid
 //! and network namespaces, pivot_root into the shared directory) with its
 //! seccomp filter on, so what the guest can name is the directory and what
-//! lies below it. A daemon serves one connection and exits when capsa-vmm
+//! lies below it. It starts in a user namespace capsa makes for it (see
+//! [`user_namespace_of`]), so it holds no capability over the host, and in
+//! its VM's cgroup, whose memory and task limits bound it with the VMM. A daemon serves one connection and exits when capsa-vmm
 //! closes it, so it never outlives its VM; one whose VM never connected is
 //! killed by whoever started it (and, unless a keeper adopts the VM, it
 //! dies with the monitor).
@@ -20,7 +22,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder};
 
 /// One share as the VM configuration and the agent see it.
 #[derive(Debug, Clone)]
@@ -40,8 +43,8 @@ pub struct ShareSpec {
     /// only (see the module's comment).
     pub binds: Vec<Bind>,
     /// The container's user namespace mapping (`--userns=auto`): the
-    /// daemon runs as its root, not the host's (see [`as_the_containers_root`]).
-    pub userns: Option<oci_spec::runtime::LinuxIdMapping>,
+    /// daemon runs as its root, not the host's (see [`user_namespace_of`]).
+    pub userns: Option<LinuxIdMapping>,
 }
 
 /// A host directory a share holds.
@@ -73,18 +76,20 @@ fn virtiofsd() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Starts one daemon per share and waits until each listens. On error the
-/// ones already started are stopped. With `die_with_caller`, each daemon is
-/// killed if the calling process dies before its VM connects.
+/// Starts one daemon per share, in `cgroup` (the VM's), each on a socket
+/// already listening. On error the ones already started are stopped. With
+/// `die_with_caller`, each daemon is killed if the calling process dies
+/// before its VM connects.
 pub fn start(
     shares: &[ShareSpec],
     socket_of: impl Fn(usize) -> PathBuf,
     log: &Path,
     die_with_caller: bool,
+    cgroup: &capsa_container::cgroup::LimitedCgroup,
 ) -> Result<Vec<Daemon>> {
     let mut out: Vec<Daemon> = Vec::new();
     for (n, s) in shares.iter().enumerate() {
-        match start_one(s, &socket_of(n), log, die_with_caller) {
+        match start_one(s, &socket_of(n), log, die_with_caller, cgroup) {
             Ok(d) => out.push(d),
             Err(e) => {
                 stop(&mut out);
@@ -95,24 +100,25 @@ pub fn start(
     Ok(out)
 }
 
-fn start_one(s: &ShareSpec, socket: &Path, log: &Path, die_with_caller: bool) -> Result<Daemon> {
+fn start_one(
+    s: &ShareSpec,
+    socket: &Path,
+    log: &Path,
+    die_with_caller: bool,
+    cgroup: &capsa_container::cgroup::LimitedCgroup,
+) -> Result<Daemon> {
     let bin = virtiofsd()?;
     let _ = std::fs::remove_file(socket);
     let mut cmd = Command::new(&bin);
-    // As the container's root, the daemon cannot make its socket in
-    // capsa's directory: it is handed one listening already.
-    let listener = match &s.userns {
-        Some(_) => Some(
-            std::os::unix::net::UnixListener::bind(socket)
-                .with_context(|| format!("listening on {}", socket.display()))?,
-        ),
-        None => None,
-    };
-    match &listener {
-        Some(l) => cmd.arg("--fd").arg(l.as_raw_fd().to_string()),
-        None => cmd.arg("--socket-path").arg(socket),
-    };
-    cmd.arg("--shared-dir")
+    // Joined first, as host root.
+    super::join_on_exec(&mut cmd, cgroup);
+    // In its user namespace the daemon cannot make its socket in capsa's
+    // directory: it is handed one listening already.
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    cmd.arg("--fd")
+        .arg(listener.as_raw_fd().to_string())
+        .arg("--shared-dir")
         .arg(&s.source)
         .args(["--sandbox", "namespace", "--seccomp", "kill"])
         // Metadata and data cached for a second, as Kata does: a file the
@@ -136,40 +142,17 @@ fn start_one(s: &ShareSpec, socket: &Path, log: &Path, die_with_caller: bool) ->
     }
     // After the binds (made as host root), before the parent-death signal
     // (a change of user clears it).
-    if let (Some(map), Some(l)) = (&s.userns, &listener) {
-        as_the_containers_root(&mut cmd, map, l.as_raw_fd())?;
-    }
+    in_user_namespace(&mut cmd, s.userns.as_ref(), listener.as_raw_fd())?;
     if die_with_caller {
         super::die_with_parent(&mut cmd);
     }
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    // The daemon holds its copy; connections wait in its backlog.
+    // The daemon holds its copy; capsa-vmm's connection waits in its
+    // backlog, and a daemon that failed to start closes it (the VMM's
+    // error names the share, the log the daemon's reason).
     drop(listener);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if socket.exists() {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let said = std::fs::read_to_string(log).unwrap_or_default();
-            let last = said.lines().last().unwrap_or("").trim().to_string();
-            bail!(
-                "virtiofsd for {} exited before listening ({status}): {last}",
-                s.source.display()
-            );
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "virtiofsd for {} did not listen within 10 s",
-                s.source.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
     Ok(Daemon {
         socket: socket.to_path_buf(),
         tag: s.tag.clone(),
@@ -177,26 +160,52 @@ fn start_one(s: &ShareSpec, socket: &Path, log: &Path, die_with_caller: bool) ->
     })
 }
 
-/// Makes `cmd` (virtiofsd) start as root of a user namespace mapped as the
-/// container's (`map`), inheriting `listener`: on the host it is the
-/// container's root, an unprivileged uid that owns only what the container
-/// owns. virtiofsd, root in its namespace, makes its sandbox there (mount,
-/// pid and network namespaces of its own); the guest's ids (the mapped
-/// ones: the guest runs the container in the same mapping) are translated
-/// back to the namespace's with `--translate-uid/gid map:HOST:0:SIZE`, so
-/// a file the container writes gets the same host owner as in container
-/// mode, and a host file outside the mapping is nobody's to it.
-fn as_the_containers_root(
+/// The user namespace a share's daemon starts in, as its root:
+///
+/// - for a container with its own mapping (`--userns=auto`), one mapped as
+///   the container's: on the host the daemon is the container's root, an
+///   unprivileged uid that owns only what the container owns. The guest's
+///   ids (the mapped ones: the guest runs the container in the same
+///   mapping) are translated back with `--translate-uid/gid
+///   map:HOST:0:SIZE`, so a file the container writes gets the same host
+///   owner as in container mode, and a host file outside the mapping is
+///   nobody's to it;
+/// - otherwise one that maps every id to itself. The daemon is still uid 0
+///   to the files it serves, as the container's root is in container mode
+///   (a file the guest's root writes is host root's in both modes), but
+///   its capabilities are the namespace's only: none reaches the host's
+///   (no CAP_DAC_READ_SEARCH to open a file by handle outside its root, no
+///   CAP_SYS_ADMIN, no device nodes), whatever a guest makes it do.
+///
+/// virtiofsd, root in the namespace, makes its sandbox there (mount, pid
+/// and network namespaces of its own).
+fn user_namespace_of(map: Option<&LinuxIdMapping>) -> Result<(OwnedFd, LinuxIdMapping)> {
+    let map = match map {
+        Some(m) => *m,
+        None => LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(0u32)
+            .size(u32::MAX)
+            .build()?,
+    };
+    Ok((capsa_container::idmap::user_namespace(&map)?, map))
+}
+
+/// Makes `cmd` (virtiofsd) start as root of its user namespace
+/// ([`user_namespace_of`]), inheriting `listener`.
+fn in_user_namespace(
     cmd: &mut Command,
-    map: &oci_spec::runtime::LinuxIdMapping,
+    container: Option<&LinuxIdMapping>,
     listener: std::os::fd::RawFd,
 ) -> Result<()> {
-    let userns = capsa_container::idmap::user_namespace(map)?;
-    let translate = format!("map:{}:0:{}", map.host_id(), map.size());
-    cmd.arg("--translate-uid")
-        .arg(&translate)
-        .arg("--translate-gid")
-        .arg(&translate);
+    let (userns, map) = user_namespace_of(container)?;
+    if container.is_some() {
+        let translate = format!("map:{}:0:{}", map.host_id(), map.size());
+        cmd.arg("--translate-uid")
+            .arg(&translate)
+            .arg("--translate-gid")
+            .arg(&translate);
+    }
     // SAFETY: between fork and exec the closure only makes system calls on
     // descriptors opened before the fork.
     unsafe {
