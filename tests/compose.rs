@@ -583,6 +583,48 @@ fn secrets_and_configs_are_files_mounted_read_only() {
     env.assert_no_leaks(&[]);
 }
 
+/// Volumes as docker compose takes them: a missing host directory of the
+/// short form is made, and of the long form unless `create_host_path` is
+/// false; the long form's `read_only`, `bind.selinux` and
+/// `volume.nocopy` reach the mount.
+#[test]
+fn volumes_make_missing_host_directories_and_take_options() {
+    let env = Env::with_demo();
+    let proj = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = proj.path();
+    let file = "name: vols\nservices:\n  app:\n    image: demo\n    \
+                command: sh -c 'echo made > /made/f; ls -A /home; touch /ro/x 2>/dev/null || echo read-only'\n    \
+                volumes:\n      - ./made/deeper:/made\n      \
+                - {type: volume, source: home, target: /home, volume: {nocopy: true}}\n      \
+                - {type: bind, source: ./ro, target: /ro, read_only: true, bind: {selinux: z}}\n\
+                volumes:\n  home:\n";
+    fs::write(d.join("compose.yaml"), file).unwrap();
+    let up = compose(&env, d, 1, &["up", "-d"]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert_eq!(env.ok(&["wait", "vols-app-1"]).trim(), "0");
+    assert_eq!(env.ok(&["logs", "vols-app-1"]), "read-only\n");
+    assert_eq!(
+        fs::read_to_string(d.join("made/deeper/f")).unwrap(),
+        "made\n"
+    );
+    assert!(d.join("ro").is_dir());
+    assert!(compose(&env, d, 1, &["down", "-v"]).status.success());
+
+    let kept = file.replace(
+        "bind: {selinux: z}",
+        "bind: {selinux: z, create_host_path: false}",
+    );
+    fs::remove_dir(d.join("ro")).unwrap();
+    fs::write(d.join("compose.yaml"), kept).unwrap();
+    let out = compose(&env, d, 1, &["up", "-d"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert!(!d.join("ro").exists());
+    assert!(compose(&env, d, 1, &["down", "-v"]).status.success());
+    assert!(env.container_ids().is_empty());
+    env.assert_no_leaks(&[]);
+}
+
 fn nix_kill_group(pid: u32) {
     let ok = std::process::Command::new("kill")
         .args(["-INT", "--", &format!("-{pid}")])

@@ -1082,7 +1082,9 @@ fn rm_waits_for_the_containers_locks() {
         let mut stdin = cp.stdin.take().unwrap();
         stdin.write_all(&tar).unwrap();
         drop(stdin);
-        assert!(cp.wait().unwrap().success(), "cp failed");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut cp.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(cp.wait().unwrap().success(), "cp failed: {err}");
     });
 
     // The containers lock, held by another process.
@@ -2816,6 +2818,109 @@ fn mount_and_shm_size_as_docker_takes_them() {
     env.assert_no_leaks(&[]);
 }
 
+/// `-v`'s options as docker and podman take them: mount flags, `U`
+/// (podman: the source becomes the container user's, without following a
+/// symlink out of it), `nocopy` (docker: a new named volume stays empty),
+/// `z`/`Z` accepted on a host without SELinux; a mount under /etc is the
+/// user's in inspect; a bad option is one line and makes nothing.
+#[test]
+fn volume_options_as_docker_and_podman_take_them() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::with_demo();
+    let host = tempfile::tempdir().unwrap();
+    let dir = host.path();
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/f"), "x\n").unwrap();
+    std::fs::copy("/bin/true", dir.join("t")).unwrap();
+    let outside = host.path().join("outside");
+    std::fs::write(&outside, "not the container's\n").unwrap();
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::create_dir(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub/f"), "x\n").unwrap();
+    std::fs::copy("/bin/true", data.join("t")).unwrap();
+    std::os::unix::fs::symlink(&outside, data.join("link")).unwrap();
+    let v = format!("{}:/data:U,noexec,nosuid,Z", data.display());
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-u",
+        "1000:1000",
+        "-v",
+        &v,
+        "demo",
+        "sh",
+        "-c",
+        "stat -c '%u:%g' /data/sub/f; echo w > /data/w && echo wrote; /data/t 2>/dev/null || echo no-exec; grep ' /data ' /proc/self/mounts | grep -o 'noexec\\|nosuid' | sort | tr '\\n' ' '",
+    ]);
+    assert_eq!(out, "1000:1000\nwrote\nno-exec\nnoexec nosuid ");
+    for f in ["", "sub", "sub/f", "t", "w", "link"] {
+        let m = std::fs::symlink_metadata(data.join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1000, 1000), "{f}");
+    }
+    let m = std::fs::metadata(&outside).unwrap();
+    assert_eq!((m.uid(), m.gid()), (0, 0), "U followed a symlink out");
+
+    // ro with z; a mount under /etc listed in inspect.
+    let v = format!("{}:/etc/app:ro,z", dir.join("sub").display());
+    env.ok(&[
+        "create",
+        "--name",
+        "etc-app",
+        "--network",
+        "none",
+        "-v",
+        &v,
+        "demo",
+        "cat",
+        "/etc/app/f",
+    ]);
+    let mounts = env.ok(&["inspect", "-f", "{{json .Mounts}}", "etc-app"]);
+    assert!(
+        mounts.contains(r#""Destination":"/etc/app","Mode":"ro","RW":false"#),
+        "{mounts}"
+    );
+    env.ok(&["rm", "etc-app"]);
+
+    // nocopy: the image's /home holds user/; a new volume gets it unless
+    // nocopy (-v's option, --mount's volume-nocopy).
+    let ls = |flag: &str, value: &str| {
+        env.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            flag,
+            value,
+            "demo",
+            "ls",
+            "-A",
+            "/home",
+        ])
+    };
+    assert_eq!(ls("-v", "copied:/home"), "user\n");
+    assert_eq!(ls("-v", "empty:/home:nocopy"), "");
+    assert_eq!(ls("--mount", "src=empty2,dst=/home,volume-nocopy"), "");
+    env.ok(&["volume", "rm", "copied", "empty", "empty2"]);
+
+    let d = dir.display();
+    let bad: Vec<String> = vec![
+        format!("{d}:/x:shared"),
+        format!("{d}:/x:ro,rw"),
+        format!("{d}:/x:exec,noexec"),
+        format!("{d}:/x:O"),
+        format!("{d}:/x:nocopy"),
+        "/usr:/x:U".into(),
+        "/:/x:U".into(),
+        "/usr/share/../bin:/x:U".into(),
+    ];
+    let bad: Vec<Vec<&str>> = bad.iter().map(|v| vec!["-v", v.as_str()]).collect();
+    refused_in_one_line(&env, &bad);
+    env.assert_no_leaks(&[]);
+}
+
 /// docker's `--ulimit`, `--stop-signal` and `--stop-timeout` (#13): the
 /// limits the container's process has, the signal `stop` sends first and
 /// how long it waits before SIGKILL; bad values are one line.
@@ -2947,6 +3052,68 @@ fn refused_in_one_line(env: &Env, bad: &[Vec<&str>]) {
         );
     }
     assert_eq!(env.container_ids().len(), before);
+}
+
+/// podman's `--uidmap` (#15): the container's root is the first host id
+/// of the given range, its files there; a range another container holds,
+/// and what capsa cannot map (another start, differing group range), are
+/// one line and make nothing.
+#[test]
+fn uidmap_gives_the_container_the_range_asked_for() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::with_demo();
+    let host = tempfile::tempdir().unwrap();
+    let dir = host.path();
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let v = format!("{}:/d", dir.display());
+    let out = env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "mapped",
+        "--network",
+        "none",
+        "--uidmap",
+        "0:700000:65536",
+        "-v",
+        &v,
+        "demo",
+        "sh",
+        "-c",
+        "id -u; awk '{print $1, $2, $3}' /proc/self/uid_map; echo x > /d/f; sleep 300",
+    ]);
+    let id = out.trim().to_string();
+    let mut n = 0;
+    while !dir.join("f").exists() && n < 100 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        n += 1;
+    }
+    assert_eq!(env.ok(&["logs", "mapped"]), "0\n0 700000 65536\n");
+    let m = std::fs::metadata(dir.join("f")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (700000, 700000));
+    assert_eq!(
+        env.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.UsernsMode}}|{{json .HostConfig.IdMappings}}",
+            "mapped"
+        ])
+        .trim(),
+        r#"|{"GidMap":["0:700000:65536"],"UidMap":["0:700000:65536"]}"#
+    );
+    refused_in_one_line(
+        &env,
+        &[
+            vec!["--uidmap", "0:765535:10"],
+            vec!["--uidmap", "1:800000:10"],
+            vec!["--uidmap", "0:800000:10", "--gidmap", "0:900000:10"],
+            vec!["--gidmap", "0:800000:10"],
+            vec!["--userns", "auto", "--uidmap", "0:800000:10"],
+            vec!["--uidmap", "0:800000"],
+        ],
+    );
+    env.ok(&["rm", "-f", "mapped"]);
+    env.assert_no_leaks(&[id]);
 }
 
 /// `--userns=auto`: root in the container is an unprivileged host uid of

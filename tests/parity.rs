@@ -226,6 +226,14 @@ fn both_modes_give_the_same_results() {
         ),
         "{ctx}"
     );
+    // -v's U, noexec, nosuid and nocopy.
+    expect("volume-options", "code=0");
+    assert!(
+        c["volume-options"]
+            .1
+            .contains("out: 1000:1000|wrote|no-exec|noexec nosuid end|host-owner-user|"),
+        "{ctx}"
+    );
     expect("exec-stdin", "code=0 out=5/");
     // Init's lines, then the exec'd process's: the same filter, NNP and
     // capabilities; `unshare -U` is refused (not 0).

@@ -1003,8 +1003,12 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
         .iter()
         .flatten()
         .filter(|m| capsa_container::is_bind_mount(m))
-        // capsa's own files (/etc/hosts…) are not the user's mounts.
-        .filter(|m| !m.destination().starts_with("/etc"))
+        // capsa's own files are not the user's mounts.
+        .filter(|m| {
+            !["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]
+                .iter()
+                .any(|f| m.destination() == std::path::Path::new(f))
+        })
         .map(|m| {
             let ro = m.options().iter().flatten().any(|o| o == "ro");
             let source = m.source().clone().unwrap_or_default();
@@ -1042,7 +1046,7 @@ fn docker_sections(roots: &Roots, rec: &Record, v: &mut serde_json::Value) {
         }},
         "StorageOpt": rec.storage_size.map(|n| json!({"size": n.to_string()})),
         // podman's name; the range it got is in IdMappings.
-        "UsernsMode": if rec.userns.is_some() { "auto" } else { "" },
+        "UsernsMode": if rec.userns.is_some() && !rec.userns_given { "auto" } else { "" },
         "IdMappings": rec.userns.map(|m| {
             let line = format!("0:{}:{}", m.host_id(), m.size());
             json!({"UidMap": [line], "GidMap": [line]})

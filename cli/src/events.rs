@@ -29,9 +29,10 @@ pub(crate) fn parse_time(flag: &str, s: &str, now: i64) -> Result<i64> {
     if let Ok(secs) = s.parse::<f64>() {
         return Ok((secs * 1e9) as i64);
     }
-    match crate::runc::parse_interval(s) {
-        Ok(d) => Ok(now - d.as_nanos() as i64),
-        Err(_) => Err(refuse(format!(
+    // docker's "duration ago": Go's syntax, 0m (now) and 1h30m included.
+    match capsa_shim::build::go_duration(s) {
+        Some(ago) => Ok(now - ago as i64),
+        None => Err(refuse(format!(
             "{flag} takes a time (RFC 3339 such as 2026-01-02T15:04:05Z, Unix seconds, or a duration ago such as 10m), not {s:?}"
         ))),
     }
@@ -144,6 +145,12 @@ mod tests {
             now - 600_000_000_000
         );
         assert!(parse_time("--since", "yesterday", now).is_err());
+        // Go's durations, as docker takes them: 0m is now.
+        assert_eq!(parse_time("--until", "0m", now).unwrap(), now);
+        assert_eq!(
+            parse_time("--since", "1h30m", now).unwrap(),
+            now - 5_400_000_000_000
+        );
     }
 
     #[test]

@@ -36,9 +36,16 @@ pub struct RunArgs {
     /// User to run as: NAME, UID or UID:GID.
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
-    /// Bind-mount a host path (HOST:CONTAINER[:ro|rw]) or a named volume
-    /// (NAME:CONTAINER[:ro|rw]; made on first use, filled from the image).
-    #[arg(short = 'v', long = "volume", value_name = "HOST|NAME:CONTAINER[:ro]")]
+    /// Bind-mount a host path (HOST:CONTAINER[:OPTIONS]) or a named volume
+    /// (NAME:CONTAINER[:OPTIONS]; made on first use, filled from the image
+    /// unless nocopy). OPTIONS, comma-separated: ro|rw, noexec|exec,
+    /// nosuid|suid, nodev|dev, U (chown the source to the container's
+    /// user), nocopy, z|Z (accepted; capsa labels nothing).
+    #[arg(
+        short = 'v',
+        long = "volume",
+        value_name = "HOST|NAME:CONTAINER[:OPTIONS]"
+    )]
     pub volumes: Vec<String>,
     /// Mount a tmpfs: PATH[:OPTIONS].
     #[arg(long = "tmpfs", value_name = "PATH[:OPTIONS]")]
@@ -68,6 +75,14 @@ pub struct RunArgs {
     /// range in /etc/subuid (VM mode: inside the guest).
     #[arg(long = "userns", value_name = "MODE")]
     pub userns: Option<String>,
+    /// A user namespace with this range (podman's): 0:HOST:SIZE, the
+    /// container's ids 0… as host ids HOST…; no other container may hold
+    /// any of them.
+    #[arg(long = "uidmap", value_name = "0:HOST:SIZE")]
+    pub uidmap: Option<String>,
+    /// The groups' range: capsa takes --uidmap's only (the default).
+    #[arg(long = "gidmap", value_name = "0:HOST:SIZE")]
+    pub gidmap: Option<String>,
     /// Memory limit, e.g. 64m or 1g; the container is OOM-killed beyond it
     /// (0: no limit).
     #[arg(short = 'm', long = "memory", value_name = "BYTES")]
@@ -412,9 +427,17 @@ impl RunArgs {
     }
 
     pub fn userns(&self) -> Result<capsa_shim::userns::Mode> {
-        match &self.userns {
-            None => Ok(Default::default()),
-            Some(s) => s.parse().map_err(|e| usage(format!("{e}")).into()),
+        let to_usage = |e: anyhow::Error| -> anyhow::Error { usage(format!("{e}")).into() };
+        match (&self.userns, &self.uidmap, &self.gidmap) {
+            (None, None, None) => Ok(Default::default()),
+            (Some(s), None, None) => s.parse().map_err(to_usage),
+            (None, Some(u), g) => capsa_shim::userns::given(u, g.as_deref())
+                .map(capsa_shim::userns::Mode::Map)
+                .map_err(to_usage),
+            (None, None, Some(_)) => bail!(usage("--gidmap needs --uidmap".into())),
+            (Some(_), ..) => bail!(usage(
+                "--userns and --uidmap/--gidmap both given: give one".into()
+            )),
         }
     }
 
@@ -575,23 +598,88 @@ fn read_env_file(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// `-v SOURCE:TARGET[:OPTIONS]`, OPTIONS comma-separated as docker's and
+/// podman's.
 fn parse_volume(v: &str) -> Result<BindMount> {
     let parts: Vec<&str> = v.split(':').collect();
-    let (src, dst, mode) = match parts.as_slice() {
-        [s, d] => (*s, *d, "rw"),
-        [s, d, m] => (*s, *d, *m),
+    let (src, dst, options) = match parts.as_slice() {
+        [s, d] => (*s, *d, ""),
+        [s, d, o] => (*s, *d, *o),
         _ => bail!(usage(format!(
-            "invalid volume {v:?}: use HOST:CONTAINER or HOST:CONTAINER:ro"
+            "invalid volume {v:?}: use SOURCE:TARGET or SOURCE:TARGET:OPTIONS (e.g. ro)"
         ))),
     };
-    let readonly = match mode {
-        "ro" => true,
-        "rw" => false,
-        other => bail!(usage(format!(
-            "invalid volume mode {other:?} in {v:?}: use ro or rw"
-        ))),
-    };
-    bind_mount(v, src, dst, readonly)
+    let bad = |why: String| usage(format!("invalid volume {v:?}: {why}"));
+    let mut mode: Option<&str> = None;
+    let (mut flags, mut chown, mut nocopy) = (Vec::<String>::new(), false, false);
+    for o in options.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" | "rw" => {
+                if mode.is_some_and(|m| m != o) {
+                    bail!(bad("ro and rw both given".into()));
+                }
+                mode = Some(o);
+            }
+            "noexec" | "exec" | "nosuid" | "suid" | "nodev" | "dev" => {
+                let opposite = o.strip_prefix("no").map_or(format!("no{o}"), str::to_string);
+                if flags.contains(&opposite) {
+                    bail!(bad(format!("{o} and {opposite} both given")));
+                }
+                flags.push(o.to_string());
+            }
+            "U" => chown = true,
+            "nocopy" => nocopy = true,
+            // SELinux relabelling: capsa labels nothing (as docker and
+            // podman on a host without SELinux, they are accepted).
+            "z" | "Z" => {}
+            // capsa's bind mounts are always recursive and private.
+            "rbind" | "rprivate" | "private" => {}
+            // macOS settings; nothing on Linux.
+            "cached" | "delegated" | "consistent" => {}
+            "shared" | "rshared" | "slave" | "rslave" | "runbindable" | "unbindable" => {
+                bail!(bad(format!(
+                    "propagation {o} is not supported: capsa's bind mounts are private (rprivate)"
+                )))
+            }
+            other => bail!(bad(format!(
+                "option {other:?} is not supported (give ro, rw, noexec, exec, nosuid, suid, nodev, dev, U, nocopy, z or Z)"
+            ))),
+        }
+    }
+    let mut m = bind_mount(v, src, dst, mode == Some("ro"))?;
+    if nocopy && m.volume.is_none() {
+        bail!(bad("nocopy is for named volumes, not host paths".into()));
+    }
+    if chown {
+        if let Some(why) = refused_chown(&m.src) {
+            bail!(bad(why));
+        }
+    }
+    m.flags = flags;
+    m.chown = chown;
+    m.nocopy = nocopy;
+    Ok(m)
+}
+
+/// Why `U` may not change the owner of everything under host path `src`
+/// (a named volume's is not known yet, and always capsa's to change): the
+/// root, a top-level directory, or one of the system's trees, as podman
+/// refuses them.
+fn refused_chown(src: &Path) -> Option<String> {
+    if src.as_os_str().is_empty() {
+        return None;
+    }
+    let real = src.canonicalize().unwrap_or_else(|_| src.to_path_buf());
+    const SYSTEM: [&str; 10] = [
+        "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/usr",
+    ];
+    let top_level = real.parent().is_none_or(|p| p == Path::new("/"));
+    (top_level || SYSTEM.iter().any(|s| real.starts_with(s))).then(|| {
+        format!(
+            "U would change the owner of every file under {}: refusing a system directory",
+            real.display()
+        )
+    })
 }
 
 /// What `--mount` gives: a bind mount or named volume (as `-v`'s), or a
@@ -605,7 +693,7 @@ enum LongMount {
 /// too); type defaults to volume, as docker's.
 fn parse_mount(m: &str) -> Result<LongMount> {
     let bad = |why: String| usage(format!("invalid --mount {m:?}: {why}"));
-    let (mut typ, mut src, mut dst, mut ro) = ("volume", None, None, false);
+    let (mut typ, mut src, mut dst, mut ro, mut nocopy) = ("volume", None, None, false, false);
     let (mut size, mut mode) = (None, None);
     for field in m.split(',') {
         let (k, v) = field.split_once('=').unwrap_or((field, ""));
@@ -619,6 +707,7 @@ fn parse_mount(m: &str) -> Result<LongMount> {
             "source" | "src" => src = Some(v),
             "target" | "destination" | "dst" => dst = Some(v),
             "readonly" | "ro" => ro = flag(v)?,
+            "volume-nocopy" => nocopy = flag(v)?,
             "tmpfs-size" => size = Some(v),
             "tmpfs-mode" => mode = Some(v),
             // capsa's bind mounts are always private, as docker's default.
@@ -626,7 +715,7 @@ fn parse_mount(m: &str) -> Result<LongMount> {
             // A macOS setting; nothing on Linux.
             "consistency" => {}
             other => bail!(bad(format!(
-                "{other} is not supported (give type, source, target, readonly, tmpfs-size, tmpfs-mode)"
+                "{other} is not supported (give type, source, target, readonly, volume-nocopy, tmpfs-size, tmpfs-mode)"
             ))),
         }
     }
@@ -647,7 +736,12 @@ fn parse_mount(m: &str) -> Result<LongMount> {
                     "a volume source is a volume's name, not the path {src:?}"
                 )));
             }
-            Ok(LongMount::Bind(bind_mount(m, src, dst, ro)?))
+            if nocopy && typ != "volume" {
+                bail!(bad("volume-nocopy is for type=volume".into()));
+            }
+            let mut b = bind_mount(m, src, dst, ro)?;
+            b.nocopy = nocopy;
+            Ok(LongMount::Bind(b))
         }
         "tmpfs" => {
             if src.is_some() {
@@ -702,6 +796,7 @@ fn bind_mount(given: &str, src: &str, dst: &str, readonly: bool) -> Result<BindM
             dst: dst.to_string(),
             readonly,
             volume: Some(src.to_string()),
+            ..Default::default()
         });
     }
     if !Path::new(src).exists() {
@@ -712,6 +807,7 @@ fn bind_mount(given: &str, src: &str, dst: &str, readonly: bool) -> Result<BindM
         dst: dst.to_string(),
         readonly,
         volume: None,
+        ..Default::default()
     })
 }
 
@@ -931,5 +1027,27 @@ mod tests {
         assert!(parse_volume("/tmp:data").is_err());
         assert!(parse_volume("/tmp:/data:xx").is_err());
         assert!(parse_volume("/no/such/dir/here:/data").is_err());
+    }
+
+    #[test]
+    fn volume_options_as_docker_and_podman_write_them() {
+        let m = parse_volume("/var/tmp:/data:ro,Z,noexec,nodev,rprivate,cached").unwrap();
+        assert!(m.readonly && !m.chown && !m.nocopy);
+        assert_eq!(m.flags, ["noexec", "nodev"]);
+        let m = parse_volume("cache:/data:nocopy,U").unwrap();
+        assert!(m.nocopy && m.chown && !m.readonly);
+        assert!(parse_volume("/var/tmp:/data:U").unwrap().chown);
+        for bad in [
+            "/var/tmp:/d:rw,ro",
+            "/var/tmp:/d:suid,nosuid",
+            "/var/tmp:/d:rslave",
+            "/var/tmp:/d:nocopy",
+            "/var/tmp:/d:idmap",
+            "/etc/ssl:/d:U",
+            "/home:/d:U",
+            "/:/d:U",
+        ] {
+            assert!(parse_volume(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -78,7 +78,7 @@ pub fn volume(roots: &Roots, args: VolumeArgs) -> Result<i32> {
                 .collect();
             let name = match name {
                 Some(n) => n,
-                None => capsa_shim::lifecycle::new_id()?,
+                None => capsa_network::random_id()?,
             };
             let (vol, _) = volumes::create(roots, &name, labels)?;
             println!("{}", vol.name);

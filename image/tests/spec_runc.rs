@@ -165,6 +165,7 @@ fn user_env_workdir_mounts_and_read_only_root() {
             dst: "/data".into(),
             readonly: true,
             volume: None,
+            ..Default::default()
         }],
         hostname: Some("box".into()),
         pids_limit: Some(30),

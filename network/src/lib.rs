@@ -492,6 +492,19 @@ fn require(tool: impl AsRef<Path>) -> Result<()> {
     Ok(())
 }
 
+/// `N` random bytes from the kernel.
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut b)?;
+    Ok(b)
+}
+
+/// A new ID of 64 hex digits, as docker's and podman's: containers,
+/// networks, anonymous volumes.
+pub fn random_id() -> std::io::Result<String> {
+    Ok(hex::encode(random_bytes::<32>()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

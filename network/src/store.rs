@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -190,7 +189,7 @@ impl Store {
         let is_default = req.name == DEFAULT_NETWORK;
         let net = Network {
             name: req.name.clone(),
-            id: random_id()?,
+            id: crate::random_id()?,
             driver: "bridge".into(),
             network_interface: bridge_name(&existing, is_default),
             subnets: vec![Subnet { subnet, gateway }],
@@ -322,13 +321,6 @@ fn bridge_name(existing: &[Network], is_default: bool) -> String {
         .map(|i| format!("capsa{i}"))
         .find(|b| !existing.iter().any(|n| &n.network_interface == b) && !crate::netns::has_link(b))
         .expect("an unbounded range")
-}
-
-/// 64 hex digits, as docker's and podman's network IDs.
-fn random_id() -> Result<String> {
-    let mut bytes = [0u8; 32];
-    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]

@@ -190,10 +190,7 @@ fn routes(netns: &Path, names: &[&str]) -> Result<Vec<Route>> {
 
 /// A random, locally administered, unicast MAC (as netavark makes them).
 fn random_mac() -> Result<String> {
-    let mut b = [0u8; 6];
-    File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .context("reading /dev/urandom")?;
+    let mut b = crate::random_bytes::<6>().context("reading /dev/urandom")?;
     b[0] = (b[0] & 0xfe) | 0x02;
     Ok(b.iter()
         .map(|x| format!("{x:02x}"))

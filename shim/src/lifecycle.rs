@@ -2,13 +2,12 @@
 //! create, run (through the monitor), stop, kill, wait, exec, remove.
 
 use std::fs;
-use std::io::Read;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use capsa_image::spec::RunConfig;
+use capsa_image::spec::{BindMount, RunConfig};
 use capsa_image::Store;
 use nix::sys::signal::Signal;
 
@@ -77,7 +76,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         }
         crate::microvm::check_host(req.kernel.as_deref())?;
     }
-    let id = new_id()?;
+    let id = capsa_network::random_id()?;
     let name = match req.name.take() {
         Some(n) => {
             validate_name(&n)?;
@@ -140,12 +139,17 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
             .chain(std::mem::take(&mut req.labels))
             .collect();
         rec.healthcheck = healthcheck;
-        if let crate::userns::Mode::Auto { size } = req.userns {
-            rec.userns = Some(
-                crate::userns::allocate(&existing, size)
-                    .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?,
-            );
-        }
+        let range = match req.userns {
+            crate::userns::Mode::Host => None,
+            crate::userns::Mode::Auto { size } => Some(crate::userns::allocate(&existing, size)),
+            crate::userns::Mode::Map(map) => {
+                rec.userns_given = true;
+                Some(crate::userns::claim(&existing, map))
+            }
+        };
+        rec.userns = range
+            .transpose()
+            .map_err(|e| CodedError::new(EXIT_CAPSA_ERROR, format!("{e:#}")))?;
         rec.create_dir(roots)?;
         (image, rec, network_of)
     };
@@ -185,6 +189,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
                 &layers,
                 &m.dst,
                 rec.userns.as_ref(),
+                !m.nocopy,
             )?;
         }
     }
@@ -228,6 +233,7 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
+    give_to_the_user(&spec, &req.run.mounts)?;
     spec.save(paths.config())
         .with_context(|| format!("writing {}", paths.config().display()))?;
 
@@ -248,6 +254,34 @@ pub fn create(roots: &Roots, store: &Store, mut req: CreateRequest) -> Result<Re
     crate::events::emit(roots, &rec, "create", &[]);
     crate::timing::phase("host preparation (rootfs, bundle)", &mut clock);
     Ok(rec)
+}
+
+/// podman's `-v …:U`: each such mount's source becomes the container
+/// user's, as host ids (through its user namespace's mapping, if it has
+/// one).
+fn give_to_the_user(spec: &oci_spec::runtime::Spec, mounts: &[BindMount]) -> Result<()> {
+    let Some(user) = spec.process().as_ref().map(|p| p.user()) else {
+        return Ok(());
+    };
+    let on_host = |id: u32| -> Result<u32> {
+        match capsa_container::idmap::own_mapping(spec) {
+            None => Ok(id),
+            Some(map) if id < map.size() => Ok(map.host_id() + id),
+            Some(map) => Err(CodedError::new(
+                EXIT_CAPSA_ERROR,
+                format!(
+                    "-v …:U: the container's user {id} is outside its user namespace's {} ids",
+                    map.size()
+                ),
+            )
+            .into()),
+        }
+    };
+    let (uid, gid) = (on_host(user.uid())?, on_host(user.gid())?);
+    for m in mounts.iter().filter(|m| m.chown) {
+        crate::volumes::chown_tree(&m.src, uid, gid)?;
+    }
+    Ok(())
 }
 
 fn resolve_image(store: &Store, name: &str) -> Result<capsa_image::Image> {
@@ -926,13 +960,6 @@ pub fn parse_signal(s: &str) -> Option<Signal> {
         format!("SIG{upper}")
     };
     Signal::from_str(&name).ok()
-}
-
-/// A new 64-hex-digit ID (containers; anonymous volumes).
-pub fn new_id() -> Result<String> {
-    let mut bytes = [0u8; 32];
-    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn validate_name(name: &str) -> Result<()> {

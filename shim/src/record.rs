@@ -210,9 +210,13 @@ pub struct Record {
     /// `--stop-timeout`: `stop`'s wait before SIGKILL when not given one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<u64>,
-    /// `--userns=auto`: the host ids its user namespace maps 0… to.
+    /// `--userns=auto` (or `--uidmap`): the host ids its user namespace
+    /// maps 0… to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub userns: Option<oci_spec::runtime::LinuxIdMapping>,
+    /// The range was given (`--uidmap`), not allocated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub userns_given: bool,
     /// `capsa build`'s RUN steps: when the process exits, the monitor
     /// writes the container's writable layer here (VM mode: while the
     /// guest still runs).
@@ -257,6 +261,7 @@ impl Record {
             healthcheck: None,
             stop_timeout: None,
             userns: None,
+            userns_given: false,
             tty: false,
             interactive: false,
             stop_signal: "SIGTERM".into(),

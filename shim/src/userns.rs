@@ -33,6 +33,70 @@ pub enum Mode {
     Host,
     /// A namespace of its own; `size` ids (default [`DEFAULT_SIZE`]).
     Auto { size: Option<u32> },
+    /// A namespace of its own with the range the user gave (podman's
+    /// `--uidmap`/`--gidmap`, see [`given`]).
+    Map(LinuxIdMapping),
+}
+
+/// podman's `--uidmap CONTAINER:HOST:SIZE` and `--gidmap`, as far as capsa
+/// maps ids: one range from container id 0, the same for uids and gids
+/// (`--gidmap` left out is `--uidmap`'s, as podman takes it).
+pub fn given(uidmap: &str, gidmap: Option<&str>) -> Result<LinuxIdMapping> {
+    let parse = |flag: &str, s: &str| -> Result<(u32, u32, u32)> {
+        let bad = || anyhow::anyhow!("{flag} {s:?}: give CONTAINER:HOST:SIZE, e.g. 0:300000:65536");
+        let n: Vec<u32> = s
+            .split(':')
+            .map(|p| p.parse().map_err(|_| bad()))
+            .collect::<Result<_>>()?;
+        let [c, h, size] = n[..] else {
+            return Err(bad());
+        };
+        if c != 0 {
+            bail!("{flag} {s:?}: capsa maps one range from container id 0 (0:HOST:SIZE)");
+        }
+        if size == 0 || h.checked_add(size).is_none() {
+            bail!("{flag} {s:?}: SIZE must be at least 1 and HOST+SIZE within 2^32");
+        }
+        Ok((c, h, size))
+    };
+    let (c, h, size) = parse("--uidmap", uidmap)?;
+    if let Some(g) = gidmap {
+        if parse("--gidmap", g)? != (c, h, size) {
+            bail!(
+                "--gidmap {g:?}: capsa maps uids and gids alike: give --uidmap's range ({uidmap})"
+            );
+        }
+    }
+    Ok(oci_spec::runtime::LinuxIdMappingBuilder::default()
+        .container_id(c)
+        .host_id(h)
+        .size(size)
+        .build()?)
+}
+
+/// A given range (`--uidmap`) that no other container of the root holds
+/// any of: tenants sharing host ids could reach each other's processes and
+/// files.
+pub fn claim(records: &[Record], map: LinuxIdMapping) -> Result<LinuxIdMapping> {
+    let (a, b) = (
+        map.host_id() as u64,
+        map.host_id() as u64 + map.size() as u64,
+    );
+    for r in records {
+        if let Some(m) = r.userns {
+            let (c, d) = (m.host_id() as u64, m.host_id() as u64 + m.size() as u64);
+            if a < d && c < b {
+                bail!(
+                    "--uidmap 0:{}:{}: host ids {c}…{} are container {}'s already; give a range no container holds",
+                    map.host_id(),
+                    map.size(),
+                    d - 1,
+                    r.name
+                );
+            }
+        }
+    }
+    Ok(map)
 }
 
 impl FromStr for Mode {

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -190,11 +191,13 @@ pub fn prune(roots: &Roots) -> Result<Vec<String>> {
 ///
 /// `userns`: the filling container's user namespace mapping; the volume is
 /// its root's, and the image's files are copied with their owners mapped.
+/// With `copy` false (`nocopy`) a new volume stays empty.
 pub fn fill_from_image(
     vol: &Volume,
     layers: &[PathBuf],
     dst: &str,
     userns: Option<&oci_spec::runtime::LinuxIdMapping>,
+    copy: bool,
 ) -> Result<()> {
     let data = &vol.mountpoint;
     // One filler at a time: two containers starting on one new volume.
@@ -207,6 +210,9 @@ pub fn fill_from_image(
     }
     if let Some(map) = userns {
         capsa_container::idmap::chown_to_root(data, map)?;
+    }
+    if !copy {
+        return Ok(());
     }
     let scratch = tempfile::Builder::new()
         .prefix(".fill-")
@@ -245,6 +251,64 @@ fn copy_dir_at(root: &Path, dst: &str, to: &Path) -> Result<()> {
             "filling the volume from the image's {dst}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
+    }
+    Ok(())
+}
+
+/// podman's `U`: everything under `dir`, itself included, becomes
+/// `uid`:`gid`'s. Symbolic links are not followed and other file systems
+/// mounted below are left alone. The walk goes by descriptor (each
+/// directory opened with O_NOFOLLOW relative to its parent), so a
+/// directory swapped for a symbolic link while it runs (a container
+/// sharing the directory may do that) cannot lead it anywhere else.
+pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    let top = nix::dir::Dir::open(dir, DIR_FLAGS, nix::sys::stat::Mode::empty())
+        .with_context(|| format!("opening {}", dir.display()))?;
+    let dev = nix::sys::stat::fstat(top.as_raw_fd())?.st_dev;
+    nix::unistd::fchown(top.as_raw_fd(), Some(uid.into()), Some(gid.into()))
+        .with_context(|| format!("changing the owner of {}", dir.display()))?;
+    chown_below(top, dev, uid, gid)
+        .with_context(|| format!("changing the owner of files under {}", dir.display()))
+}
+
+const DIR_FLAGS: nix::fcntl::OFlag = nix::fcntl::OFlag::O_RDONLY
+    .union(nix::fcntl::OFlag::O_DIRECTORY)
+    .union(nix::fcntl::OFlag::O_NOFOLLOW)
+    .union(nix::fcntl::OFlag::O_CLOEXEC);
+
+fn chown_below(mut dir: nix::dir::Dir, dev: u64, uid: u32, gid: u32) -> Result<()> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::{fstatat, SFlag};
+    let fd = dir.as_raw_fd();
+    let mut subdirs = Vec::new();
+    for entry in dir.iter() {
+        let name = entry?.file_name().to_owned();
+        if matches!(name.to_bytes(), b"." | b"..") {
+            continue;
+        }
+        let st = fstatat(Some(fd), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        if st.st_dev != dev {
+            continue;
+        }
+        nix::unistd::fchownat(
+            Some(fd),
+            name.as_c_str(),
+            Some(uid.into()),
+            Some(gid.into()),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+            subdirs.push(name);
+        }
+    }
+    for name in subdirs {
+        let sub = nix::dir::Dir::openat(
+            Some(fd),
+            name.as_c_str(),
+            DIR_FLAGS,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        chown_below(sub, dev, uid, gid)?;
     }
     Ok(())
 }

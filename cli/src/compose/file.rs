@@ -137,6 +137,16 @@ pub enum Scalar {
     Bool(bool),
 }
 
+impl Scalar {
+    /// YAML's true, or the string "true".
+    pub fn is_true(&self) -> bool {
+        match self {
+            Scalar::Bool(b) => *b,
+            other => other.to_string() == "true",
+        }
+    }
+}
+
 impl std::fmt::Display for Scalar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -512,11 +522,11 @@ pub struct VolumeLong {
     pub target: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
-    /// `create_host_path` (docker creates a missing bind source; so does
-    /// capsa's `-v`).
+    /// `create_host_path` (a missing bind source is made unless false),
+    /// `propagation`, `selinux`: given to `-v` as its options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<BTreeMap<String, Scalar>>,
-    /// `nocopy`: accepted.
+    /// `nocopy`: given to `-v`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<BTreeMap<String, Scalar>>,
     /// `size` of a tmpfs (bytes, or with a unit).
@@ -546,7 +556,26 @@ impl ServiceVolume {
             ServiceVolume::Short(s) => return Ok(VolumeFlag::Volume(s.clone())),
             ServiceVolume::Long(l) => l,
         };
-        let ro = if l.read_only { ":ro" } else { "" };
+        let mut options: Vec<String> = Vec::new();
+        if l.read_only {
+            options.push("ro".into());
+        }
+        for key in ["propagation", "selinux"] {
+            if let Some(v) = l.bind.as_ref().and_then(|b| b.get(key)) {
+                options.push(v.to_string());
+            }
+        }
+        if l.volume
+            .as_ref()
+            .and_then(|v| v.get("nocopy"))
+            .is_some_and(Scalar::is_true)
+        {
+            options.push("nocopy".into());
+        }
+        let options = match options.is_empty() {
+            true => String::new(),
+            false => format!(":{}", options.join(",")),
+        };
         Ok(match (l.kind, &l.source) {
             (VolumeKind::Tmpfs, _) => match l.tmpfs.as_ref().and_then(|t| t.get("size")) {
                 Some(size) => VolumeFlag::Tmpfs(format!("{}:size={size}", l.target)),
@@ -555,8 +584,22 @@ impl ServiceVolume {
             (VolumeKind::Bind, None) => bail!("a bind volume needs a source"),
             // Anonymous: a volume of its own, made for the container.
             (VolumeKind::Volume, None) => VolumeFlag::Volume(l.target.clone()),
-            (_, Some(src)) => VolumeFlag::Volume(format!("{src}:{}{ro}", l.target)),
+            (_, Some(src)) => VolumeFlag::Volume(format!("{src}:{}{options}", l.target)),
         })
+    }
+
+    /// Whether a missing host directory it names is made first, as docker
+    /// compose does: always for the short form, unless
+    /// `bind.create_host_path` is false for the long one.
+    pub fn creates_host_path(&self) -> bool {
+        match self {
+            ServiceVolume::Short(_) => true,
+            ServiceVolume::Long(l) => l
+                .bind
+                .as_ref()
+                .and_then(|b| b.get("create_host_path"))
+                .is_none_or(Scalar::is_true),
+        }
     }
 }
 

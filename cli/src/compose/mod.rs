@@ -470,7 +470,20 @@ fn run_argv(p: &Project, values: &Path, service: &str, name: &str) -> Result<Vec
             .flag()
             .map_err(|e| refuse(format!("services.{service}.volumes[{i}]: {e:#}")))?;
         match flag {
-            VolumeFlag::Volume(v) => a.extend(["-v".into(), volume_arg(p, &v)]),
+            VolumeFlag::Volume(flag) => {
+                let arg = volume_arg(p, &flag);
+                // An anonymous volume (a target alone) names no host path.
+                let src = Path::new(arg.split_once(':').map_or("", |(s, _)| s));
+                if src.is_absolute() && !src.exists() && v.creates_host_path() {
+                    std::fs::create_dir_all(src).map_err(|e| {
+                        refuse(format!(
+                            "services.{service}.volumes[{i}]: making {}: {e}",
+                            src.display()
+                        ))
+                    })?;
+                }
+                a.extend(["-v".into(), arg]);
+            }
             VolumeFlag::Tmpfs(t) => a.extend(["--tmpfs".into(), t]),
         }
     }

@@ -60,7 +60,7 @@ fn stats_event(id: &str, s: &oci::Stats) -> serde_json::Value {
     })
 }
 
-pub(crate) fn parse_interval(s: &str) -> Result<Duration> {
+fn parse_interval(s: &str) -> Result<Duration> {
     let bad = || anyhow!("--interval takes a duration like 5s, 500ms or 1m, not {s:?}");
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')

@@ -29,7 +29,6 @@ mod state;
 
 pub use create::{create, CreateArgs};
 pub use delete::{delete, DeleteArgs};
-pub(crate) use events::parse_interval;
 pub use events::{events, EventsArgs};
 pub use exec::{exec, ExecArgs};
 pub use features::features;

@@ -76,16 +76,27 @@ pub enum Seccomp {
     Profile(String),
 }
 
-/// A bind mount (`-v HOST:CTR[:ro]`), or a named volume's (`-v NAME:CTR`:
-/// `volume` names it, and `src` is its directory once the lifecycle has
-/// found or made it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A bind mount (`-v HOST:CTR[:OPTIONS]`), or a named volume's (`-v
+/// NAME:CTR`: `volume` names it, and `src` is its directory once the
+/// lifecycle has found or made it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindMount {
     pub src: PathBuf,
     pub dst: String,
     pub readonly: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
+    /// Mount flags asked for (`noexec`, `nosuid`, `nodev` and their
+    /// opposites), passed on as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    /// podman's `U`: the source's files become the container user's (its
+    /// host ids, through the user namespace) when the container is made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chown: bool,
+    /// docker's `nocopy`: a new named volume is not filled from the image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nocopy: bool,
 }
 
 /// What the user asked for on `capsa run`, on top of the image config.

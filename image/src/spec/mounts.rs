@@ -117,11 +117,12 @@ fn user_mounts(rc: &RunConfig) -> Result<Vec<Mount>> {
         // Read-only all the way down, mounts inside the source included
         // (docker's default since 25: "rro", mount_setattr's AT_RECURSIVE).
         let mode: &[&str] = if m.readonly { &["ro", "rro"] } else { &["rw"] };
+        let flags: Vec<&str> = m.flags.iter().map(String::as_str).collect();
         out.push(mount(
             &m.dst,
             "bind",
             &m.src,
-            strings(&[&["rbind", "rprivate"][..], mode].concat()),
+            strings(&[&["rbind", "rprivate"][..], mode, &flags].concat()),
         )?);
     }
     for t in &rc.tmpfs {
@@ -189,12 +190,14 @@ mod tests {
                 dst: "/data".into(),
                 readonly: true,
                 volume: None,
+                ..Default::default()
             },
             BindMount {
                 src: host.path().into(),
                 dst: "/rw".into(),
                 readonly: false,
                 volume: None,
+                ..Default::default()
             },
         ];
         r.tmpfs = vec![
@@ -239,24 +242,28 @@ mod tests {
                 dst: "/x".into(),
                 readonly: false,
                 volume: None,
+                ..Default::default()
             },
             BindMount {
                 src: host.path().into(),
                 dst: "relative".into(),
                 readonly: false,
                 volume: None,
+                ..Default::default()
             },
             BindMount {
                 src: host.path().into(),
                 dst: "/".into(),
                 readonly: false,
                 volume: None,
+                ..Default::default()
             },
             BindMount {
                 src: "rel".into(),
                 dst: "/x".into(),
                 readonly: false,
                 volume: None,
+                ..Default::default()
             },
         ] {
             let r = RunConfig {

@@ -681,7 +681,7 @@ fn run_step(
 ) -> Result<()> {
     let shown = argv.join(" ");
     let run = RunConfig {
-        container_id: lifecycle::new_id()?,
+        container_id: capsa_network::random_id()?,
         args: Some(argv),
         entrypoint: Some(vec![]),
         env,

@@ -729,7 +729,7 @@ impl Backend for MicroVmBackend {
         let conn = Arc::new(self.connect(rec)?);
         // Unique, not per capsa process: an `exec -d` process outlives
         // the capsa that started it, and host pids are reused.
-        let exec_id = format!("exec-{}", &crate::lifecycle::new_id()?[..16]);
+        let exec_id = format!("exec-{}", &capsa_network::random_id()?[..16]);
         // -t: a host pty bridged to the terminal the guest allocates, as
         // for the container's own process.
         let tty = match (&io.console_socket, req.tty) {
@@ -791,7 +791,7 @@ impl Backend for MicroVmBackend {
 
     fn diff(&self, rec: &Record, out: &mut dyn std::io::Write) -> Result<()> {
         let conn = self.connect(rec)?;
-        let exec_id = format!("diff-{}", &crate::lifecycle::new_id()?[..16]);
+        let exec_id = format!("diff-{}", &capsa_network::random_id()?[..16]);
         let (layer, errors) = (crate::stdio::pipe()?, crate::stdio::pipe()?);
         conn.route_output(&exec_id, StdStream::Stdout, layer.write);
         conn.route_output(&exec_id, StdStream::Stderr, errors.write);
