@@ -7,7 +7,9 @@
 //! seccomp filter on, so what the guest can name is the directory and what
 //! lies below it. It starts in a user namespace capsa makes for it (see
 //! [`user_namespace_of`]), so it holds no capability over the host, and in
-//! its VM's cgroup, whose memory and task limits bound it with the VMM. A daemon serves one connection and exits when capsa-vmm
+//! its VM's cgroup, whose memory and task limits bound it with the VMM.
+//!
+//! A daemon serves one connection and exits when capsa-vmm
 //! closes it, so it never outlives its VM; one whose VM never connected is
 //! killed by whoever started it (and, unless a keeper adopts the VM, it
 //! dies with the monitor).
