@@ -226,7 +226,7 @@ fn both_modes_give_the_same_results() {
         ),
         "{ctx}"
     );
-    // -v's U, noexec, nosuid and nocopy.
+    // -v's U (through --uidmap's range), noexec, nosuid and nocopy.
     expect("volume-options", "code=0");
     assert!(
         c["volume-options"]

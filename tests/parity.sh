@@ -139,13 +139,13 @@ $u exec -u 1000 uns sh -c 'id -u; grep CapEff /proc/self/status' >> /run/o 2>> /
 report userns-exec "$code"; why uns
 $u rm -f uns > /dev/null
 # -v options: U gives the source to the container's user (through its user
-# namespace: capsa's first uid + 1000 on the host), noexec and nosuid
-# reach the mount, nocopy leaves a new named volume empty
+# namespace, here the range podman's --uidmap gives: 900000 + 1000 on the
+# host), noexec and nosuid reach the mount, nocopy leaves a new named
+# volume empty
 rm -rf /run/vo && mkdir -p /run/vo/sub && echo x > /run/vo/sub/f && cp /bin/busybox /run/vo/bb
-$u run --rm --isolation "$mode" --network none --userns=auto -u 1000:1000 -v /run/vo:/data:U,noexec,nosuid -v novol:/home:nocopy demo sh -c 'stat -c %u:%g /data/sub/f; echo w > /data/w && echo wrote
+$u run --rm --isolation "$mode" --network none --uidmap 0:900000:65536 -u 1000:1000 -v /run/vo:/data:U,noexec,nosuid -v novol:/home:nocopy demo sh -c 'stat -c %u:%g /data/sub/f; echo w > /data/w && echo wrote
   /data/bb true 2>/dev/null || echo no-exec; grep " /data " /proc/self/mounts | grep -o "noexec\|nosuid" | sort -u | tr "\n" " "; ls -A /home; echo end' > /run/o 2> /run/e; code=$?
-b=$(grep '^capsa:' /etc/subuid | cut -d: -f2); g=$(grep '^capsa:' /etc/subgid | cut -d: -f2)
-[ "$(stat -c %u:%g /run/vo/sub/f /run/vo/w | sort -u)" = "$((b+1000)):$((g+1000))" ] && echo host-owner-user >> /run/o
+[ "$(stat -c %u:%g /run/vo/sub/f /run/vo/w | sort -u)" = "901000:901000" ] && echo host-owner-user >> /run/o
 report volume-options "$code"
 $u volume rm novol > /dev/null
 # many volumes (#12): VM mode gathers them in one share; each stays a
