@@ -2831,7 +2831,6 @@ fn volume_options_as_docker_and_podman_take_them() {
     let dir = host.path();
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("sub/f"), "x\n").unwrap();
-    std::fs::copy("/bin/true", dir.join("t")).unwrap();
     let outside = host.path().join("outside");
     std::fs::write(&outside, "not the container's\n").unwrap();
     let data = dir.join("data");

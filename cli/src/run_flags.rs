@@ -646,10 +646,7 @@ fn parse_volume(v: &str) -> Result<BindMount> {
             ))),
         }
     }
-    let mut m = bind_mount(v, src, dst, mode == Some("ro"))?;
-    if nocopy && m.volume.is_none() {
-        bail!(bad("nocopy is for named volumes, not host paths".into()));
-    }
+    let mut m = bind_mount(v, src, dst, mode == Some("ro"), nocopy)?;
     if chown {
         if let Some(why) = refused_chown(&m.src) {
             bail!(bad(why));
@@ -657,7 +654,6 @@ fn parse_volume(v: &str) -> Result<BindMount> {
     }
     m.flags = flags;
     m.chown = chown;
-    m.nocopy = nocopy;
     Ok(m)
 }
 
@@ -736,12 +732,7 @@ fn parse_mount(m: &str) -> Result<LongMount> {
                     "a volume source is a volume's name, not the path {src:?}"
                 )));
             }
-            if nocopy && typ != "volume" {
-                bail!(bad("volume-nocopy is for type=volume".into()));
-            }
-            let mut b = bind_mount(m, src, dst, ro)?;
-            b.nocopy = nocopy;
-            Ok(LongMount::Bind(b))
+            Ok(LongMount::Bind(bind_mount(m, src, dst, ro, nocopy)?))
         }
         "tmpfs" => {
             if src.is_some() {
@@ -776,8 +767,15 @@ fn parse_mount(m: &str) -> Result<LongMount> {
 }
 
 /// A bind mount of host path `src`, or named volume `src`, at `dst`
-/// (`given` is the flag's value, for messages).
-fn bind_mount(given: &str, src: &str, dst: &str, readonly: bool) -> Result<BindMount> {
+/// (`given` is the flag's value, for messages); `nocopy` only for a
+/// named volume.
+fn bind_mount(
+    given: &str,
+    src: &str,
+    dst: &str,
+    readonly: bool,
+    nocopy: bool,
+) -> Result<BindMount> {
     let v = given;
     if !dst.starts_with('/') {
         bail!(usage(format!(
@@ -796,8 +794,14 @@ fn bind_mount(given: &str, src: &str, dst: &str, readonly: bool) -> Result<BindM
             dst: dst.to_string(),
             readonly,
             volume: Some(src.to_string()),
+            nocopy,
             ..Default::default()
         });
+    }
+    if nocopy {
+        bail!(usage(format!(
+            "invalid volume {v:?}: nocopy is for named volumes, not host paths"
+        )));
     }
     if !Path::new(src).exists() {
         bail!(usage(format!("bind source path does not exist: {src}")));

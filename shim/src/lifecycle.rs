@@ -263,8 +263,12 @@ fn give_to_the_user(spec: &oci_spec::runtime::Spec, mounts: &[BindMount]) -> Res
     let Some(user) = spec.process().as_ref().map(|p| p.user()) else {
         return Ok(());
     };
+    if !mounts.iter().any(|m| m.chown) {
+        return Ok(());
+    }
+    let map = capsa_container::idmap::own_mapping(spec);
     let on_host = |id: u32| -> Result<u32> {
-        match capsa_container::idmap::own_mapping(spec) {
+        match map {
             None => Ok(id),
             Some(map) if id < map.size() => Ok(map.host_id() + id),
             Some(map) => Err(CodedError::new(

@@ -78,13 +78,10 @@ pub fn given(uidmap: &str, gidmap: Option<&str>) -> Result<LinuxIdMapping> {
 /// any of: tenants sharing host ids could reach each other's processes and
 /// files.
 pub fn claim(records: &[Record], map: LinuxIdMapping) -> Result<LinuxIdMapping> {
-    let (a, b) = (
-        map.host_id() as u64,
-        map.host_id() as u64 + map.size() as u64,
-    );
+    let (a, b) = host_ids(&map);
     for r in records {
         if let Some(m) = r.userns {
-            let (c, d) = (m.host_id() as u64, m.host_id() as u64 + m.size() as u64);
+            let (c, d) = host_ids(&m);
             if a < d && c < b {
                 bail!(
                     "--uidmap 0:{}:{}: host ids {c}…{} are container {}'s already; give a range no container holds",
@@ -123,6 +120,12 @@ impl FromStr for Mode {
     }
 }
 
+/// The host ids `map` holds, as `[start, end)`.
+fn host_ids(map: &LinuxIdMapping) -> (u64, u64) {
+    let start = map.host_id() as u64;
+    (start, start + map.size() as u64)
+}
+
 /// A range for a new container that none of `records` (the root's
 /// containers) holds. Call with the containers lock held, and keep the
 /// range in the new record before the lock goes.
@@ -131,8 +134,7 @@ pub fn allocate(records: &[Record], size: Option<u32>) -> Result<LinuxIdMapping>
     let (start, count) = capsa_range(Path::new("/etc/subuid"), Path::new("/etc/subgid"))?;
     let mut used: Vec<(u64, u64)> = records
         .iter()
-        .filter_map(|r| r.userns)
-        .map(|m| (m.host_id() as u64, m.host_id() as u64 + m.size() as u64))
+        .filter_map(|r| r.userns.as_ref().map(host_ids))
         .collect();
     used.sort();
     let host = first_fit(

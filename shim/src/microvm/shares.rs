@@ -44,7 +44,7 @@ pub struct ShareSpec {
     /// Host directories bound at `source/0`, `source/1`, … for the daemon
     /// only (see the module's comment).
     pub binds: Vec<Bind>,
-    /// The container's user namespace mapping (`--userns=auto`): the
+    /// The container's user namespace mapping (`--userns=auto`, `--uidmap`): the
     /// daemon runs as its root, not the host's (see [`user_namespace_of`]).
     pub userns: Option<LinuxIdMapping>,
 }
@@ -181,8 +181,8 @@ fn start_one(
 ///
 /// virtiofsd, root in the namespace, makes its sandbox there (mount, pid
 /// and network namespaces of its own).
-fn user_namespace_of(map: Option<&LinuxIdMapping>) -> Result<(OwnedFd, LinuxIdMapping)> {
-    let map = match map {
+fn user_namespace_of(container: Option<&LinuxIdMapping>) -> Result<OwnedFd> {
+    let map = match container {
         Some(m) => *m,
         None => LinuxIdMappingBuilder::default()
             .container_id(0u32)
@@ -190,7 +190,7 @@ fn user_namespace_of(map: Option<&LinuxIdMapping>) -> Result<(OwnedFd, LinuxIdMa
             .size(u32::MAX)
             .build()?,
     };
-    Ok((capsa_container::idmap::user_namespace(&map)?, map))
+    capsa_container::idmap::user_namespace(&map)
 }
 
 /// Makes `cmd` (virtiofsd) start as root of its user namespace
@@ -200,8 +200,8 @@ fn in_user_namespace(
     container: Option<&LinuxIdMapping>,
     listener: std::os::fd::RawFd,
 ) -> Result<()> {
-    let (userns, map) = user_namespace_of(container)?;
-    if container.is_some() {
+    let userns = user_namespace_of(container)?;
+    if let Some(map) = container {
         let translate = format!("map:{}:0:{}", map.host_id(), map.size());
         cmd.arg("--translate-uid")
             .arg(&translate)
